@@ -1,0 +1,196 @@
+//! gRPC service `herd.v1.Herd`.
+use std::sync::Arc;
+use std::time::Instant;
+
+use herd_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::error::blocking;
+use crate::collector::stats::ScrapeStats;
+use crate::collector::StatusBoard;
+use crate::model::{now_ms, Labels};
+use crate::ownership::FleetState;
+use crate::store::Store;
+
+/// Default and largest number of events one call returns.
+const DEFAULT_EVENTS: u32 = 100;
+const MAX_EVENTS: u32 = 10_000;
+/// Largest fleet spec accepted over the API.
+const MAX_SPEC_BYTES: usize = 8 * 1024 * 1024;
+
+/// Who this node is, for `herd status`.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    pub id: u64,
+    pub address: String,
+    pub started: Instant,
+}
+
+pub struct HerdApi {
+    pub node: NodeIdentity,
+    pub store: Store,
+    pub board: StatusBoard,
+    pub fleet: Arc<FleetState>,
+    pub stats: Arc<ScrapeStats>,
+}
+
+#[tonic::async_trait]
+impl pb::herd_server::Herd for HerdApi {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let now = now_ms();
+        let targets = match self.board.read() {
+            Ok(board) => board
+                .iter()
+                .map(|(name, s)| pb::TargetInfo {
+                    name: name.clone(),
+                    owner: self.node.id,
+                    up: match s.up {
+                        Some(true) => 1,
+                        Some(false) => 0,
+                        None => -1,
+                    },
+                    last_scrape_age_s: s
+                        .last_scrape_ms
+                        .map(|t| (now - t) as f64 / 1000.0)
+                        .unwrap_or(-1.0),
+                    address: s.address.clone(),
+                    transport: s.transport.clone(),
+                    interval_ms: s.interval.as_millis() as u64,
+                    last_error: s.last_error.clone().unwrap_or_default(),
+                    scrapes: s.scrapes,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let (spec_version, _) = self.fleet.current();
+        let took = self.stats.duration();
+        let late = self.stats.lateness();
+        let stats = &self.store.stats;
+        Ok(Response::new(pb::StatusReply {
+            scrapes: Some(pb::ScrapeSummary {
+                count: took.count,
+                duration_p50_ms: took.p50.as_secs_f64() * 1000.0,
+                duration_p99_ms: took.p99.as_secs_f64() * 1000.0,
+                duration_max_ms: took.max.as_secs_f64() * 1000.0,
+                lateness_p50_ms: late.p50.as_secs_f64() * 1000.0,
+                lateness_p99_ms: late.p99.as_secs_f64() * 1000.0,
+                lateness_max_ms: late.max.as_secs_f64() * 1000.0,
+            }),
+            store_samples_dropped: stats
+                .samples_dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            store_commits: stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+            nodes: vec![pb::NodeInfo {
+                id: self.node.id,
+                address: self.node.address.clone(),
+                role: "standalone".into(),
+                alive: true,
+                uptime_s: self.node.started.elapsed().as_secs(),
+            }],
+            targets,
+            alerts: Vec::new(),
+            spec_version,
+            store_bytes: self.store.file_bytes(),
+            store_samples: self
+                .store
+                .stats
+                .samples_written
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }))
+    }
+
+    async fn query(
+        &self,
+        req: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryReply>, Status> {
+        let q = req.into_inner();
+        if q.target.is_empty() || q.metric.is_empty() {
+            return Err(Status::invalid_argument("target and metric are required"));
+        }
+        if q.from_ms > q.to_ms {
+            return Err(Status::invalid_argument("from_ms is after to_ms"));
+        }
+        let store = self.store.clone();
+        let (target, metric) = (q.target.clone(), q.metric.clone());
+        let labels: Labels = q.labels.into_iter().collect();
+        let (from, to) = (q.from_ms, q.to_ms);
+        let series = blocking(move || store.query(&target, &metric, &labels, from, to)).await?;
+        let (_, spec) = self.fleet.current();
+        if series.is_empty() && !spec.targets.iter().any(|t| t.name == q.target) {
+            return Err(Status::not_found(format!(
+                "no target named {:?} in the applied fleet spec, and no data for it",
+                q.target
+            )));
+        }
+        Ok(Response::new(pb::QueryReply {
+            target: q.target,
+            metric: q.metric,
+            series: series
+                .into_iter()
+                .map(|s| pb::Series {
+                    labels: s.labels.into_iter().collect(),
+                    points: s
+                        .points
+                        .into_iter()
+                        .map(|(ts_ms, value)| pb::Point { ts_ms, value })
+                        .collect(),
+                })
+                .collect(),
+            gaps: Vec::new(),
+        }))
+    }
+
+    async fn events(
+        &self,
+        req: Request<pb::EventsRequest>,
+    ) -> Result<Response<pb::EventsReply>, Status> {
+        let q = req.into_inner();
+        let limit = match q.limit {
+            0 => DEFAULT_EVENTS,
+            n => n.min(MAX_EVENTS),
+        } as usize;
+        let store = self.store.clone();
+        let target = (!q.target.is_empty()).then_some(q.target);
+        let events = blocking(move || store.events(target.as_deref(), q.since_ms, limit)).await?;
+        Ok(Response::new(pb::EventsReply {
+            events: events
+                .into_iter()
+                .map(|e| pb::Event {
+                    ts_ms: e.ts_ms,
+                    target: e.target,
+                    kind: e.kind.as_str().into(),
+                    message: e.message,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn apply(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
+        let q = req.into_inner();
+        if q.fleet_toml.len() > MAX_SPEC_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "fleet spec is {} bytes; the limit is {MAX_SPEC_BYTES}",
+                q.fleet_toml.len()
+            )));
+        }
+        let source = if q.source_name.is_empty() {
+            "fleet.toml".to_string()
+        } else {
+            q.source_name
+        };
+        let (version, d) = self.fleet.apply(&q.fleet_toml, &source).await?;
+        Ok(Response::new(pb::ApplyReply {
+            spec_version: version,
+            added: d.added,
+            changed: d.changed,
+            removed: d.removed,
+            unchanged: d.unchanged,
+        }))
+    }
+}

@@ -1,0 +1,5 @@
+//! The node's gRPC API (the CLI's only way in). One file maps errors to statuses.
+mod error;
+mod grpc;
+
+pub use grpc::{HerdApi, NodeIdentity};

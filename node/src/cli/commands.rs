@@ -1,0 +1,241 @@
+//! What each subcommand does.
+use std::path::Path;
+use std::time::Duration;
+
+use herd_proto::v1 as pb;
+use herd_proto::v1::herd_client::HerdClient;
+use tonic::transport::Channel;
+
+use super::{output, Cli, CliError, Command};
+use crate::config::{parse_duration, parse_fleet, NodeConfig};
+use crate::model::now_ms;
+
+/// How long the CLI waits to reach a node.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the CLI waits for one answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError> {
+    match cli.command {
+        Command::Node { fleet, .. } => {
+            let cfg = node_cfg.ok_or_else(|| CliError::Usage("no node config".into()))?;
+            run_node(cfg, fleet.as_deref()).await
+        }
+        Command::Demo {
+            data_dir,
+            grpc,
+            interval,
+        } => super::demo::run(&data_dir, &grpc, &interval).await,
+        Command::Check { file } => check(&file),
+        Command::Apply { file } => apply(&cli.node, &file).await,
+        Command::Status { json } => status(&cli.node, json).await,
+        Command::Query {
+            target,
+            metric,
+            since,
+            labels,
+            json,
+        } => query(&cli.node, &target, &metric, &since, &labels, json).await,
+        Command::Events {
+            target,
+            since,
+            limit,
+            json,
+        } => events(&cli.node, target.as_deref(), &since, limit, json).await,
+    }
+}
+
+async fn run_node(cfg: NodeConfig, fleet: Option<&Path>) -> Result<(), CliError> {
+    let initial = match fleet {
+        Some(path) => Some(read_fleet(path)?),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(&cfg.node.grpc)
+        .await
+        .map_err(|e| CliError::Failure(format!("cannot listen on {}: {e}", cfg.node.grpc)))?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let node = crate::daemon::run_node(cfg, listener, crate::daemon::signals(), move |r| {
+        let _ = ready_tx.send(r);
+    });
+    let apply_initial = async move {
+        if let (Some((text, source)), Ok(running)) = (initial, ready_rx.await) {
+            if running.fleet.current().0 == 0 {
+                if let Err(e) = running.fleet.apply(&text, &source).await {
+                    tracing::error!(error = %e, "cannot apply the initial fleet spec");
+                }
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        r = node => r.map_err(|e| CliError::Failure(format!("{e:#}"))),
+        _ = apply_initial => Ok(()),
+    }
+}
+
+fn read_fleet(path: &Path) -> Result<(String, String), CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("{}: cannot read: {e}", path.display())))?;
+    Ok((text, path.display().to_string()))
+}
+
+fn check(path: &Path) -> Result<(), CliError> {
+    let (text, source) = read_fleet(path)?;
+    match parse_fleet(&text, &source) {
+        Ok(spec) => {
+            println!(
+                "{source}: ok, {} target{}",
+                spec.targets.len(),
+                if spec.targets.len() == 1 { "" } else { "s" }
+            );
+            Ok(())
+        }
+        Err(errors) => {
+            let n = errors.0.len();
+            Err(CliError::Usage(format!(
+                "{errors}\n{n} error{} in {source}",
+                if n == 1 { "" } else { "s" }
+            )))
+        }
+    }
+}
+
+async fn client(node: &str) -> Result<HerdClient<Channel>, CliError> {
+    let url = if node.contains("://") {
+        node.to_string()
+    } else {
+        format!("http://{node}")
+    };
+    let endpoint = Channel::from_shared(url)
+        .map_err(|e| CliError::Usage(format!("--node {node:?} is not an address: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
+    let channel = endpoint.connect().await.map_err(|e| {
+        CliError::Failure(format!(
+            "cannot reach a herd node at {node}: {e} (is `herd node` or `herd demo` running? set --node or HERD_NODE)"
+        ))
+    })?;
+    Ok(HerdClient::new(channel))
+}
+
+fn call_error(node: &str, s: tonic::Status) -> CliError {
+    match s.code() {
+        tonic::Code::InvalidArgument => CliError::Usage(s.message().to_string()),
+        tonic::Code::NotFound => CliError::Failure(s.message().to_string()),
+        _ => CliError::Failure(format!("node {node}: {}", s.message())),
+    }
+}
+
+async fn apply(node: &str, path: &Path) -> Result<(), CliError> {
+    let (text, source) = read_fleet(path)?;
+    // Checked here first so that errors show even when no node is running.
+    parse_fleet(&text, &source).map_err(|e| CliError::Usage(e.to_string()))?;
+    let reply = client(node)
+        .await?
+        .apply(pb::ApplyRequest {
+            fleet_toml: text,
+            source_name: source.clone(),
+        })
+        .await
+        .map_err(|s| call_error(node, s))?
+        .into_inner();
+    println!(
+        "applied {source} as fleet spec v{}: {} added, {} changed, {} removed, {} unchanged",
+        reply.spec_version,
+        reply.added.len(),
+        reply.changed.len(),
+        reply.removed.len(),
+        reply.unchanged.len()
+    );
+    for (what, names) in [
+        ("added", &reply.added),
+        ("changed", &reply.changed),
+        ("removed", &reply.removed),
+    ] {
+        if !names.is_empty() {
+            println!("  {what}: {}", names.join(", "));
+        }
+    }
+    Ok(())
+}
+
+async fn status(node: &str, json: bool) -> Result<(), CliError> {
+    let reply = client(node)
+        .await?
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(|s| call_error(node, s))?
+        .into_inner();
+    if json {
+        println!("{}", output::status_json(&reply));
+    } else {
+        print!("{}", output::status_table(&reply));
+    }
+    Ok(())
+}
+
+fn since_ms(since: &str) -> Result<i64, CliError> {
+    let d = parse_duration(since).map_err(|e| CliError::Usage(format!("--since: {e}")))?;
+    Ok(now_ms().saturating_sub(d.as_millis() as i64))
+}
+
+async fn query(
+    node: &str,
+    target: &str,
+    metric: &str,
+    since: &str,
+    labels: &[String],
+    json: bool,
+) -> Result<(), CliError> {
+    let from_ms = since_ms(since)?;
+    let mut matchers = std::collections::HashMap::new();
+    for l in labels {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("--label {l:?}: write it as NAME=VALUE")))?;
+        matchers.insert(k.to_string(), v.to_string());
+    }
+    let reply = client(node)
+        .await?
+        .query(pb::QueryRequest {
+            target: target.into(),
+            metric: metric.into(),
+            from_ms,
+            to_ms: now_ms(),
+            labels: matchers,
+        })
+        .await
+        .map_err(|s| call_error(node, s))?
+        .into_inner();
+    if json {
+        println!("{}", output::query_json(&reply));
+    } else {
+        print!("{}", output::query_table(&reply));
+    }
+    Ok(())
+}
+
+async fn events(
+    node: &str,
+    target: Option<&str>,
+    since: &str,
+    limit: u32,
+    json: bool,
+) -> Result<(), CliError> {
+    let reply = client(node)
+        .await?
+        .events(pb::EventsRequest {
+            target: target.unwrap_or_default().into(),
+            since_ms: since_ms(since)?,
+            limit,
+        })
+        .await
+        .map_err(|s| call_error(node, s))?
+        .into_inner();
+    if json {
+        println!("{}", output::events_json(&reply));
+    } else {
+        print!("{}", output::events_table(&reply));
+    }
+    Ok(())
+}

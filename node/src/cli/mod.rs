@@ -1,0 +1,125 @@
+//! Subcommands. All but `node`, `demo` and `check` talk to a node over gRPC.
+mod commands;
+mod demo;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use commands::run;
+
+/// Default address of the node the CLI talks to (`herd demo` starts one there).
+pub const DEFAULT_NODE: &str = "127.0.0.1:7401";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herd",
+    version,
+    about = "Agentless fleet monitor: a herd of peer nodes scraping targets over SSH"
+)]
+pub struct Cli {
+    /// gRPC address of the node to talk to.
+    #[arg(long, global = true, env = "HERD_NODE", default_value = DEFAULT_NODE)]
+    pub node: String,
+    /// Log format on stderr (overrides [log] format).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one node.
+    Node {
+        /// herd.toml; absent: defaults and HERD_* env only.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A fleet.toml to apply at start when the node has none stored yet.
+        #[arg(long)]
+        fleet: Option<PathBuf>,
+    },
+    /// Run a node on embedded defaults that monitors this machine.
+    Demo {
+        /// Where the demo keeps its redb file.
+        #[arg(long, default_value = "./herd-demo")]
+        data_dir: PathBuf,
+        /// gRPC address of the demo node.
+        #[arg(long, default_value = DEFAULT_NODE)]
+        grpc: String,
+        /// Scrape interval of the local target.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+    },
+    /// Validate a fleet spec offline; every error with file, line and key.
+    Check { file: PathBuf },
+    /// Send a fleet spec to the node; it reconciles its collectors without a restart.
+    Apply { file: PathBuf },
+    /// Nodes, targets and alerts.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Samples of one metric of one target.
+    Query {
+        target: String,
+        metric: String,
+        /// How far back, e.g. 15m, 1h, 2d.
+        #[arg(long, default_value = "1h")]
+        since: String,
+        /// Only series with this label, e.g. --label mount=/ (repeatable).
+        #[arg(long = "label", value_name = "NAME=VALUE")]
+        labels: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent events: targets down and up, host key problems, check errors.
+    Events {
+        /// Only this target.
+        target: Option<String>,
+        #[arg(long, default_value = "24h")]
+        since: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit codes that scripts rely on.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    pub const USAGE: u8 = 2;
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad usage or bad config: exit 2.
+    Usage(String),
+    /// Runtime failure: exit 1.
+    Failure(String),
+}
+
+impl CliError {
+    pub fn code(&self) -> ExitCode {
+        match self {
+            CliError::Usage(_) => ExitCode::from(exit::USAGE),
+            CliError::Failure(_) => ExitCode::from(exit::FAILURE),
+        }
+    }
+    pub fn message(&self) -> &str {
+        match self {
+            CliError::Usage(m) | CliError::Failure(m) => m,
+        }
+    }
+}

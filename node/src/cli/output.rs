@@ -1,0 +1,245 @@
+//! Human tables and the JSON documents scripts rely on (shapes in DESIGN.md).
+use std::time::{Duration, UNIX_EPOCH};
+
+use herd_proto::v1 as pb;
+use serde_json::{json, Value};
+
+/// Left-aligned columns separated by two spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+pub fn time(ts_ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ts_ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn age(seconds: f64) -> String {
+    if seconds < 0.0 {
+        "never".into()
+    } else if seconds < 120.0 {
+        format!("{seconds:.1}s ago")
+    } else {
+        format!(
+            "{} ago",
+            humantime::format_duration(Duration::from_secs(seconds as u64))
+        )
+    }
+}
+
+fn up_word(up: i32) -> &'static str {
+    match up {
+        1 => "up",
+        0 => "DOWN",
+        _ => "pending",
+    }
+}
+
+pub fn status_json(r: &pb::StatusReply) -> Value {
+    json!({
+        "nodes": r.nodes.iter().map(|n| json!({
+            "id": n.id, "address": n.address, "role": n.role, "alive": n.alive,
+            "uptime_s": n.uptime_s,
+        })).collect::<Vec<_>>(),
+        "targets": r.targets.iter().map(|t| json!({
+            "name": t.name,
+            "owner": t.owner,
+            "up": match t.up { 1 => json!(true), 0 => json!(false), _ => Value::Null },
+            "last_scrape_age_s": (t.last_scrape_age_s >= 0.0).then_some(t.last_scrape_age_s),
+            "address": t.address,
+            "transport": t.transport,
+            "interval_s": t.interval_ms as f64 / 1000.0,
+            "scrapes": t.scrapes,
+            "last_error": (!t.last_error.is_empty()).then_some(&t.last_error),
+        })).collect::<Vec<_>>(),
+        "alerts": r.alerts,
+        "spec_version": r.spec_version,
+        "store": { "bytes": r.store_bytes, "samples": r.store_samples },
+    })
+}
+
+pub fn status_table(r: &pb::StatusReply) -> String {
+    let mut out = String::new();
+    for n in &r.nodes {
+        out.push_str(&format!(
+            "node {} at {} ({}, up {}) · fleet spec v{} · store {:.1} MiB, {} samples\n\n",
+            n.id,
+            n.address,
+            n.role,
+            humantime::format_duration(Duration::from_secs(n.uptime_s)),
+            r.spec_version,
+            r.store_bytes as f64 / (1024.0 * 1024.0),
+            r.store_samples
+        ));
+    }
+    if r.targets.is_empty() {
+        out.push_str("no targets: apply a fleet spec with `herd apply fleet.toml`\n");
+        return out;
+    }
+    let rows: Vec<Vec<String>> = r
+        .targets
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                up_word(t.up).into(),
+                age(t.last_scrape_age_s),
+                t.transport.clone(),
+                t.address.clone(),
+                t.owner.to_string(),
+                t.last_error.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "TARGET",
+            "UP",
+            "LAST SCRAPE",
+            "TRANSPORT",
+            "ADDRESS",
+            "OWNER",
+            "ERROR",
+        ],
+        &rows,
+    ));
+    out
+}
+
+pub fn query_json(r: &pb::QueryReply) -> Value {
+    json!({
+        "target": r.target,
+        "metric": r.metric,
+        "series": r.series.iter().map(|s| json!({
+            "labels": s.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "points": s.points.iter().map(|p| json!([p.ts_ms, p.value])).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "gaps": r.gaps.iter().map(|g| json!({"from_ms": g.from_ms, "to_ms": g.to_ms, "reason": g.reason})).collect::<Vec<_>>(),
+    })
+}
+
+fn series_name(metric: &str, labels: &std::collections::HashMap<String, String>) -> String {
+    if labels.is_empty() {
+        return metric.to_string();
+    }
+    let mut l: Vec<_> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    l.sort();
+    format!("{metric}{{{}}}", l.join(","))
+}
+
+pub fn query_table(r: &pb::QueryReply) -> String {
+    if r.series.is_empty() {
+        return format!(
+            "no samples of {} for {} in that range\n",
+            r.metric, r.target
+        );
+    }
+    let mut out = String::new();
+    for s in &r.series {
+        out.push_str(&format!(
+            "{} {} — {} points\n",
+            r.target,
+            series_name(&r.metric, &s.labels),
+            s.points.len()
+        ));
+        let rows: Vec<Vec<String>> = s
+            .points
+            .iter()
+            .map(|p| vec![time(p.ts_ms), format_value(p.value)])
+            .collect();
+        out.push_str(&table(&["TIME", "VALUE"], &rows));
+        out.push('\n');
+    }
+    out
+}
+
+pub fn format_value(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+pub fn events_json(r: &pb::EventsReply) -> Value {
+    json!({
+        "events": r.events.iter().map(|e| json!({
+            "ts_ms": e.ts_ms, "target": e.target, "kind": e.kind, "message": e.message,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn events_table(r: &pb::EventsReply) -> String {
+    if r.events.is_empty() {
+        return "no events in that range\n".into();
+    }
+    let rows: Vec<Vec<String>> = r
+        .events
+        .iter()
+        .map(|e| {
+            vec![
+                time(e.ts_ms),
+                e.target.clone(),
+                e.kind.clone(),
+                e.message.clone(),
+            ]
+        })
+        .collect();
+    table(&["TIME", "TARGET", "KIND", "MESSAGE"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["A", "LONGER"], &[vec!["xxxx".into(), "y".into()]]);
+        assert_eq!(t, "A     LONGER\nxxxx  y\n");
+    }
+
+    #[test]
+    fn query_json_has_the_documented_shape() {
+        let r = pb::QueryReply {
+            target: "t".into(),
+            metric: "m".into(),
+            series: vec![pb::Series {
+                labels: [("mount".to_string(), "/".to_string())].into(),
+                points: vec![pb::Point {
+                    ts_ms: 5,
+                    value: 1.5,
+                }],
+            }],
+            gaps: vec![],
+        };
+        let v = query_json(&r);
+        assert_eq!(v["series"][0]["points"][0], json!([5, 1.5]));
+        assert_eq!(v["series"][0]["labels"]["mount"], "/");
+        assert!(v["gaps"].as_array().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,47 @@
+//! The collector: a task per owned target, reconciled against "what this node owns".
+pub mod checks;
+pub mod link;
+mod scheduler;
+pub mod stats;
+mod target;
+pub mod transport;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+pub use scheduler::{run, Reconciled, Scheduler};
+
+use crate::store::Store;
+use transport::SshSettings;
+
+/// Live state of one target, shown by `herd status`.
+#[derive(Debug, Clone, Default)]
+pub struct TargetStatus {
+    pub address: String,
+    pub transport: String,
+    pub interval: Duration,
+    /// None until the first scrape finished.
+    pub up: Option<bool>,
+    pub last_scrape_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub scrapes: u64,
+}
+
+/// Status of every running target, by name.
+pub type StatusBoard = Arc<RwLock<BTreeMap<String, TargetStatus>>>;
+
+/// What every target task needs; built once by the daemon.
+pub struct CollectorCtx {
+    pub store: Store,
+    pub ssh: Arc<SshSettings>,
+    /// `[ssh] key`; None: ssh-agent.
+    pub default_key: Option<PathBuf>,
+    pub default_user: String,
+    pub command_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub board: StatusBoard,
+    pub stats: Arc<stats::ScrapeStats>,
+}

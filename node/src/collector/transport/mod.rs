@@ -1,0 +1,125 @@
+//! How a command reaches a target: `ssh` (one persistent russh session per target,
+//! an exec channel per command) or `local` (a `sh -c` on the node's own host).
+mod local;
+mod ssh;
+
+use std::time::Duration;
+
+pub use local::LocalTransport;
+pub use ssh::{SshAuth, SshSettings, SshTarget, SshTransport};
+
+/// What a command printed and how it ended.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    /// The first `MAX_STDERR_BYTES` of stderr, for error messages.
+    pub stderr: Vec<u8>,
+    /// Exit status; None when the command ended by a signal or did not say.
+    pub exit_status: Option<u32>,
+}
+
+/// Stderr kept per command: enough for a message, never a memory risk.
+pub const MAX_STDERR_BYTES: usize = 16 * 1024;
+
+/// Why a command did not run to completion. `reason()` is the stable short word that
+/// events and `herd status` show.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    #[error("connection refused by {addr}")]
+    Refused { addr: String },
+    #[error("no answer from {addr} within {after:?}")]
+    ConnectTimeout { addr: String, after: Duration },
+    #[error("cannot resolve or reach {addr}: {message}")]
+    Unreachable { addr: String, message: String },
+    #[error("authentication as {user} failed on {addr}: {message}")]
+    AuthFailed {
+        addr: String,
+        user: String,
+        message: String,
+    },
+    #[error(
+        "host key of {addr} changed ({fingerprint}, known_hosts line {line}); refusing to connect"
+    )]
+    HostKeyChanged {
+        addr: String,
+        fingerprint: String,
+        line: usize,
+    },
+    #[error("host key of {addr} ({fingerprint}) is not in {known_hosts} and host_key_checking is strict")]
+    HostKeyUnknown {
+        addr: String,
+        fingerprint: String,
+        known_hosts: String,
+    },
+    #[error("ssh session to {addr} broke: {message}")]
+    SessionBroken { addr: String, message: String },
+    #[error("command did not finish within {after:?}; its channel was closed")]
+    CommandTimeout { after: Duration },
+    #[error("command printed more than {limit} bytes; its channel was closed")]
+    OutputTooLarge { limit: usize },
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl TransportError {
+    /// A stable word for the failure: refused, timeout, unreachable, auth_failed,
+    /// host_key_changed, host_key_unknown, session_broken, command_timeout,
+    /// output_too_large, setup.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TransportError::Refused { .. } => "refused",
+            TransportError::ConnectTimeout { .. } => "timeout",
+            TransportError::Unreachable { .. } => "unreachable",
+            TransportError::AuthFailed { .. } => "auth_failed",
+            TransportError::HostKeyChanged { .. } => "host_key_changed",
+            TransportError::HostKeyUnknown { .. } => "host_key_unknown",
+            TransportError::SessionBroken { .. } => "session_broken",
+            TransportError::CommandTimeout { .. } => "command_timeout",
+            TransportError::OutputTooLarge { .. } => "output_too_large",
+            TransportError::Setup(_) => "setup",
+        }
+    }
+
+    /// True when the target itself cannot be reached (the target is down), false
+    /// when the session is fine and only this command failed.
+    pub fn is_unreachable(&self) -> bool {
+        !matches!(
+            self,
+            TransportError::CommandTimeout { .. } | TransportError::OutputTooLarge { .. }
+        )
+    }
+}
+
+/// A target's transport.
+pub enum Transport {
+    Ssh(Box<SshTransport>),
+    Local(LocalTransport),
+}
+
+impl Transport {
+    /// Runs `command` under `sh` on the target; the whole run is bounded by `timeout`
+    /// and the output by `max_output` bytes.
+    pub async fn exec(
+        &self,
+        command: &str,
+        timeout: Duration,
+        max_output: usize,
+    ) -> Result<ExecOutput, TransportError> {
+        match self {
+            Transport::Ssh(t) => t.exec(command, timeout, max_output).await,
+            Transport::Local(t) => t.exec(command, timeout, max_output).await,
+        }
+    }
+
+    /// Drops the session (if any) so that the next command reconnects.
+    pub async fn reset(&self) {
+        if let Transport::Ssh(t) = self {
+            t.disconnect().await;
+        }
+    }
+
+    /// Ends the session politely.
+    pub async fn close(&self) {
+        self.reset().await;
+    }
+}

@@ -1,0 +1,379 @@
+//! The `ssh` transport: one persistent russh session per target, an exec channel per
+//! command, at most `max_channels` at once. Host keys are checked against
+//! known_hosts (plain, hashed and `[host]:port` entries); a changed key is refused.
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client::{self, Handle};
+use russh::keys::agent::client::AgentClient;
+use russh::keys::PublicKeyOrCertificate;
+use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
+use russh::ChannelMsg;
+use tokio::sync::Semaphore;
+
+use super::{ExecOutput, TransportError, MAX_STDERR_BYTES};
+use crate::config::HostKeyChecking;
+
+/// Node-wide SSH settings, from `[ssh]` in herd.toml.
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    pub known_hosts: PathBuf,
+    pub host_key_checking: HostKeyChecking,
+    pub connect_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_max: usize,
+    pub max_channels: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshAuth {
+    KeyFile(PathBuf),
+    /// Keys held by the ssh-agent at `SSH_AUTH_SOCK`.
+    Agent,
+}
+
+/// Where and as whom to log in.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub auth: SshAuth,
+}
+
+impl SshTarget {
+    fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// What the host key check concluded; read after a refused handshake.
+#[derive(Debug, Clone)]
+enum Verdict {
+    Known,
+    Learned(String),
+    Unknown(String),
+    Changed { fingerprint: String, line: usize },
+    Failed(String),
+}
+
+struct Client {
+    host: String,
+    port: u16,
+    known_hosts: PathBuf,
+    checking: HostKeyChecking,
+    verdict: Arc<Mutex<Option<Verdict>>>,
+}
+
+impl Client {
+    fn decide(&self, key: &PublicKey) -> Verdict {
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        match russh::keys::check_known_hosts_path(&self.host, self.port, key, &self.known_hosts) {
+            Ok(true) => Verdict::Known,
+            Ok(false) if self.checking == HostKeyChecking::AcceptNew => {
+                match russh::keys::known_hosts::learn_known_hosts_path(
+                    &self.host,
+                    self.port,
+                    key,
+                    &self.known_hosts,
+                ) {
+                    Ok(()) => Verdict::Learned(fingerprint),
+                    Err(e) => Verdict::Failed(format!(
+                        "cannot record host key in {}: {e}",
+                        self.known_hosts.display()
+                    )),
+                }
+            }
+            Ok(false) => Verdict::Unknown(fingerprint),
+            Err(russh::keys::Error::KeyChanged { line }) => Verdict::Changed { fingerprint, line },
+            Err(e) => Verdict::Failed(format!("cannot check {}: {e}", self.known_hosts.display())),
+        }
+    }
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let verdict = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => self.decide(key),
+            PublicKeyOrCertificate::Certificate(_) => {
+                Verdict::Failed("host certificates are not supported; list the host key".into())
+            }
+        };
+        let accept = matches!(verdict, Verdict::Known | Verdict::Learned(_));
+        if let Ok(mut v) = self.verdict.lock() {
+            *v = Some(verdict);
+        }
+        Ok(accept)
+    }
+}
+
+/// The transport of one target.
+pub struct SshTransport {
+    target: SshTarget,
+    settings: Arc<SshSettings>,
+    session: tokio::sync::Mutex<Option<Arc<Handle<Client>>>>,
+    channels: Semaphore,
+    /// A host key recorded by accept-new during the last connect, to report once.
+    learned: Mutex<Option<String>>,
+}
+
+impl SshTransport {
+    pub fn new(target: SshTarget, settings: Arc<SshSettings>) -> Self {
+        let channels = Semaphore::new(settings.max_channels);
+        SshTransport {
+            target,
+            settings,
+            session: tokio::sync::Mutex::new(None),
+            channels,
+            learned: Mutex::new(None),
+        }
+    }
+
+    /// The fingerprint of a host key learned (accept-new) since the last call.
+    pub fn take_learned_key(&self) -> Option<String> {
+        self.learned.lock().ok().and_then(|mut l| l.take())
+    }
+
+    pub async fn exec(
+        &self,
+        command: &str,
+        timeout: Duration,
+        max_output: usize,
+    ) -> Result<ExecOutput, TransportError> {
+        let handle = self.session().await?;
+        let _permit = self
+            .channels
+            .acquire()
+            .await
+            .map_err(|_| TransportError::Setup("transport closed".into()))?;
+        let result = run_channel(&handle, command, timeout, max_output, &self.target).await;
+        if let Err(TransportError::SessionBroken { .. }) = &result {
+            self.disconnect().await;
+        }
+        result
+    }
+
+    pub async fn disconnect(&self) {
+        let old = self.session.lock().await.take();
+        if let Some(handle) = old {
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, "herd closing", "en")
+                .await;
+        }
+    }
+
+    async fn session(&self) -> Result<Arc<Handle<Client>>, TransportError> {
+        let mut guard = self.session.lock().await;
+        if let Some(h) = guard.as_ref() {
+            if !h.is_closed() {
+                return Ok(h.clone());
+            }
+        }
+        *guard = None;
+        let handle = Arc::new(self.connect().await?);
+        *guard = Some(handle.clone());
+        Ok(handle)
+    }
+
+    async fn connect(&self) -> Result<Handle<Client>, TransportError> {
+        let t = &self.target;
+        let addr = t.addr();
+        let verdict = Arc::new(Mutex::new(None));
+        let client = Client {
+            host: t.host.clone(),
+            port: t.port,
+            known_hosts: self.settings.known_hosts.clone(),
+            checking: self.settings.host_key_checking,
+            verdict: verdict.clone(),
+        };
+        let config = Arc::new(client::Config {
+            keepalive_interval: Some(self.settings.keepalive_interval),
+            keepalive_max: self.settings.keepalive_max,
+            // Quiet sessions are normal between scrapes; keepalives find dead ones.
+            inactivity_timeout: None,
+            nodelay: true,
+            ..Default::default()
+        });
+        let after = self.settings.connect_timeout;
+        let connecting = async {
+            let mut handle = client::connect(config, (t.host.as_str(), t.port), client)
+                .await
+                .map_err(|e| connect_error(&addr, e, &verdict, &self.settings))?;
+            self.authenticate(&mut handle, &addr).await?;
+            Ok::<_, TransportError>(handle)
+        };
+        let handle = match tokio::time::timeout(after, connecting).await {
+            Ok(r) => r?,
+            Err(_) => return Err(TransportError::ConnectTimeout { addr, after }),
+        };
+        if let Some(Verdict::Learned(fp)) = verdict.lock().ok().and_then(|v| v.clone()) {
+            if let Ok(mut l) = self.learned.lock() {
+                *l = Some(fp);
+            }
+        }
+        Ok(handle)
+    }
+
+    async fn authenticate(
+        &self,
+        handle: &mut Handle<Client>,
+        addr: &str,
+    ) -> Result<(), TransportError> {
+        let user = self.target.user.clone();
+        let failed = |message: String| TransportError::AuthFailed {
+            addr: addr.to_string(),
+            user: user.clone(),
+            message,
+        };
+        let rsa_hash = handle
+            .best_supported_rsa_hash()
+            .await
+            .ok()
+            .flatten()
+            .flatten();
+        match &self.target.auth {
+            SshAuth::KeyFile(path) => {
+                let key: PrivateKey = russh::keys::load_secret_key(path, None)
+                    .map_err(|e| failed(format!("cannot load key {}: {e}", path.display())))?;
+                let key = PrivateKeyWithHashAlg::new(Arc::new(key), rsa_hash);
+                let result = handle
+                    .authenticate_publickey(user.clone(), key)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                if result.success() {
+                    Ok(())
+                } else {
+                    Err(failed(format!("key {} was not accepted", path.display())))
+                }
+            }
+            SshAuth::Agent => {
+                let mut agent = AgentClient::connect_env()
+                    .await
+                    .map_err(|e| failed(format!("no ssh-agent (SSH_AUTH_SOCK): {e}")))?;
+                let identities = agent
+                    .request_identities()
+                    .await
+                    .map_err(|e| failed(format!("ssh-agent: {e}")))?;
+                for id in identities {
+                    let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = id else {
+                        continue;
+                    };
+                    let hash = if key.algorithm().is_rsa() {
+                        rsa_hash
+                    } else {
+                        None
+                    };
+                    match handle
+                        .authenticate_publickey_with(user.clone(), key, hash, &mut agent)
+                        .await
+                    {
+                        Ok(r) if r.success() => return Ok(()),
+                        Ok(_) => continue,
+                        Err(e) => return Err(failed(format!("ssh-agent: {e}"))),
+                    }
+                }
+                Err(failed("no key of the ssh-agent was accepted".into()))
+            }
+        }
+    }
+}
+
+fn connect_error(
+    addr: &str,
+    e: russh::Error,
+    verdict: &Mutex<Option<Verdict>>,
+    settings: &SshSettings,
+) -> TransportError {
+    let verdict = verdict.lock().ok().and_then(|v| v.clone());
+    match (verdict, e) {
+        (Some(Verdict::Changed { fingerprint, line }), _) => TransportError::HostKeyChanged {
+            addr: addr.into(),
+            fingerprint,
+            line,
+        },
+        (Some(Verdict::Unknown(fingerprint)), _) => TransportError::HostKeyUnknown {
+            addr: addr.into(),
+            fingerprint,
+            known_hosts: settings.known_hosts.display().to_string(),
+        },
+        (Some(Verdict::Failed(message)), _) => TransportError::Setup(message),
+        (_, russh::Error::IO(io)) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            TransportError::Refused { addr: addr.into() }
+        }
+        (_, russh::Error::IO(io)) => TransportError::Unreachable {
+            addr: addr.into(),
+            message: io.to_string(),
+        },
+        (_, other) => TransportError::SessionBroken {
+            addr: addr.into(),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Opens a channel, runs the command and reads it to its end. The channel is closed
+/// on every way out (dropping it does not send CHANNEL_CLOSE and would leak one of
+/// sshd's MaxSessions slots).
+async fn run_channel(
+    handle: &Handle<Client>,
+    command: &str,
+    timeout: Duration,
+    max_output: usize,
+    target: &SshTarget,
+) -> Result<ExecOutput, TransportError> {
+    let broken = |message: String| TransportError::SessionBroken {
+        addr: target.addr(),
+        message,
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut channel = match tokio::time::timeout_at(deadline, handle.channel_open_session()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(broken(format!("cannot open a channel: {e}"))),
+        Err(_) => return Err(TransportError::CommandTimeout { after: timeout }),
+    };
+    if let Err(e) = channel.exec(true, command).await {
+        let _ = channel.close().await;
+        return Err(broken(format!("exec refused: {e}")));
+    }
+    let mut out = ExecOutput::default();
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, channel.wait()).await {
+            Ok(m) => m,
+            Err(_) => {
+                let _ = channel.close().await;
+                return Err(TransportError::CommandTimeout { after: timeout });
+            }
+        };
+        match msg {
+            Some(ChannelMsg::Data { data }) => {
+                if out.stdout.len() + data.len() > max_output {
+                    let _ = channel.close().await;
+                    return Err(TransportError::OutputTooLarge { limit: max_output });
+                }
+                out.stdout.extend_from_slice(&data);
+            }
+            Some(ChannelMsg::ExtendedData { data, .. }) => {
+                let room = MAX_STDERR_BYTES.saturating_sub(out.stderr.len());
+                out.stderr.extend_from_slice(&data[..data.len().min(room)]);
+            }
+            Some(ChannelMsg::ExitStatus { exit_status }) => out.exit_status = Some(exit_status),
+            Some(ChannelMsg::Failure) => {
+                let _ = channel.close().await;
+                return Err(broken("the server refused to run the command".into()));
+            }
+            Some(ChannelMsg::Close) | None => break,
+            Some(_) => {}
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,11 @@
+//! Configuration: node-local `herd.toml` and the cluster-wide `fleet.toml`.
+//! Types deny unknown fields; validation is pure and returns every error at once.
+mod duration;
+mod error;
+pub mod fleet;
+pub mod node;
+
+pub use duration::{parse_duration, HumanDuration};
+pub use error::{ConfigError, ConfigErrors};
+pub use fleet::{parse_fleet, CheckSpec, FleetSpec, TargetSpec, TransportKind};
+pub use node::{expand_home, HostKeyChecking, LogFormat, NodeConfig};

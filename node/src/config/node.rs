@@ -1,0 +1,381 @@
+//! `herd.toml`: settings of one node. Layers: defaults < file < `HERD_SECTION__KEY` env.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use toml::de::{DeTable, ValueDeserializer};
+
+use super::duration::HumanDuration;
+use super::error::{line_of, ConfigError, ConfigErrors};
+
+/// OpenSSH's default `MaxSessions` is 10; stay below it.
+pub const MAX_CHANNELS_LIMIT: usize = 9;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    pub ssh: SshSection,
+    pub store: StoreSection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Unique and stable for the node's life.
+    pub id: u64,
+    /// gRPC address: the client API (and Raft traffic once the herd exists).
+    pub grpc: String,
+    /// REST, dashboard and /metrics. Reserved: the HTTP side is not built yet.
+    pub http: String,
+    /// Where the node's redb files live.
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            id: 1,
+            grpc: "127.0.0.1:7401".into(),
+            http: "127.0.0.1:7481".into(),
+            data_dir: PathBuf::from("./data/herd-1"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyChecking {
+    /// Only hosts already in known_hosts are connected.
+    #[default]
+    Strict,
+    /// Unknown hosts are recorded on first connect; a changed key is still refused.
+    AcceptNew,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshSection {
+    /// Private key file; absent: ssh-agent (`SSH_AUTH_SOCK`).
+    pub key: Option<String>,
+    /// Login user when a target names none; absent: the user running herd.
+    pub user: Option<String>,
+    pub known_hosts: String,
+    pub host_key_checking: HostKeyChecking,
+    /// TCP connect + SSH handshake + auth.
+    pub connect_timeout: HumanDuration,
+    /// Per command unless the target or check sets one; the channel is closed at expiry.
+    pub command_timeout: HumanDuration,
+    /// SSH keepalive period; `keepalive_max` unanswered ones end the session.
+    pub keepalive_interval: HumanDuration,
+    pub keepalive_max: usize,
+    /// Concurrent exec channels per session (OpenSSH allows 10).
+    pub max_channels: usize,
+    /// Reconnect backoff: first wait, doubling up to `reconnect_max`, with jitter.
+    pub reconnect_min: HumanDuration,
+    pub reconnect_max: HumanDuration,
+}
+
+impl Default for SshSection {
+    fn default() -> Self {
+        SshSection {
+            key: None,
+            user: None,
+            known_hosts: "~/.ssh/known_hosts".into(),
+            host_key_checking: HostKeyChecking::Strict,
+            connect_timeout: HumanDuration::from_secs(10),
+            command_timeout: HumanDuration::from_secs(30),
+            keepalive_interval: HumanDuration::from_secs(15),
+            keepalive_max: 3,
+            max_channels: 8,
+            reconnect_min: HumanDuration::from_secs(1),
+            reconnect_max: HumanDuration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Samples and events older than this are deleted.
+    pub retention: HumanDuration,
+    /// Longest time a sample waits in memory before it is committed (the most a
+    /// `kill -9` can lose).
+    pub flush_interval: HumanDuration,
+    /// Samples per compressed chunk before a new one is started.
+    pub chunk_samples: usize,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            retention: HumanDuration::from_secs(30 * 24 * 3600),
+            flush_interval: HumanDuration::from_secs(1),
+            chunk_samples: 240,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: LogFormat,
+    /// tracing filter, e.g. "info" or "herd=debug,russh=warn".
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Expands a leading `~/` with `$HOME`.
+pub fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+impl NodeConfig {
+    /// Loads defaults < `file` < env, reporting every error with file, line and key.
+    pub fn load(file: Option<&Path>) -> Result<NodeConfig, ConfigErrors> {
+        let mut fig = Figment::from(Serialized::defaults(NodeConfig::default()));
+        if let Some(path) = file {
+            let source = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigErrors(vec![ConfigError {
+                    source: source.clone(),
+                    line: None,
+                    key: String::new(),
+                    message: format!("cannot read: {e}"),
+                }])
+            })?;
+            precheck(&text, &source)?;
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        // Only HERD_SECTION__KEY variables: HERD_NODE alone is the CLI's node address.
+        fig = fig.merge(
+            Env::prefixed("HERD_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
+        let cfg: NodeConfig = fig.extract().map_err(|e| {
+            ConfigErrors(
+                e.into_iter()
+                    .map(|e| ConfigError {
+                        source: e
+                            .metadata
+                            .as_ref()
+                            .map(|m| m.name.to_string())
+                            .unwrap_or_else(|| "config".into()),
+                        line: None,
+                        key: e.path.join("."),
+                        message: e.kind.to_string(),
+                    })
+                    .collect(),
+            )
+        })?;
+        let source = file
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "defaults".into());
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(
+                problems
+                    .into_iter()
+                    .map(|(key, message)| ConfigError {
+                        source: source.clone(),
+                        line: None,
+                        key: key.into(),
+                        message,
+                    })
+                    .collect(),
+            ))
+        }
+    }
+
+    /// Relations between fields that types do not express; every problem is returned.
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if self.node.id == 0 {
+            p.push(("node.id", "must be 1 or more".into()));
+        }
+        if self.node.grpc.parse::<SocketAddr>().is_err() {
+            p.push((
+                "node.grpc",
+                format!("{:?} is not an IP:port address", self.node.grpc),
+            ));
+        }
+        if self.node.http.parse::<SocketAddr>().is_err() {
+            p.push((
+                "node.http",
+                format!("{:?} is not an IP:port address", self.node.http),
+            ));
+        }
+        if self.node.data_dir.as_os_str().is_empty() {
+            p.push(("node.data_dir", "must not be empty".into()));
+        }
+        let s = &self.ssh;
+        for (key, d) in [
+            ("ssh.connect_timeout", s.connect_timeout),
+            ("ssh.command_timeout", s.command_timeout),
+            ("ssh.keepalive_interval", s.keepalive_interval),
+            ("ssh.reconnect_min", s.reconnect_min),
+            ("ssh.reconnect_max", s.reconnect_max),
+            ("store.flush_interval", self.store.flush_interval),
+            ("store.retention", self.store.retention),
+        ] {
+            if d.get().is_zero() {
+                p.push((key, "must be above 0".into()));
+            }
+        }
+        if s.reconnect_min > s.reconnect_max {
+            p.push((
+                "ssh.reconnect_min",
+                format!(
+                    "{} is above ssh.reconnect_max {}",
+                    s.reconnect_min, s.reconnect_max
+                ),
+            ));
+        }
+        if s.max_channels == 0 || s.max_channels > MAX_CHANNELS_LIMIT {
+            p.push((
+                "ssh.max_channels",
+                format!(
+                    "{} is outside 1..={MAX_CHANNELS_LIMIT} (OpenSSH's MaxSessions is 10)",
+                    s.max_channels
+                ),
+            ));
+        }
+        if s.keepalive_max == 0 {
+            p.push(("ssh.keepalive_max", "must be 1 or more".into()));
+        }
+        if !(2..=65_535).contains(&self.store.chunk_samples) {
+            p.push((
+                "store.chunk_samples",
+                format!("{} is outside 2..=65535", self.store.chunk_samples),
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            p.push((
+                "log.level",
+                format!("{:?} is not a tracing filter", self.log.level),
+            ));
+        }
+        p
+    }
+}
+
+/// Checks the file alone, section by section, so that errors carry lines and
+/// every section's first error is reported.
+fn precheck(text: &str, source: &str) -> Result<(), ConfigErrors> {
+    let err = |offset: Option<usize>, key: &str, message: &str| ConfigError {
+        source: source.to_string(),
+        line: offset.map(|o| line_of(text, o)),
+        key: key.to_string(),
+        message: message.to_string(),
+    };
+    let root = DeTable::parse(text)
+        .map_err(|e| ConfigErrors(vec![err(e.span().map(|s| s.start), "", e.message())]))?;
+    let mut errors = Vec::new();
+    for (key, value) in root.get_ref() {
+        let name: &str = key.get_ref().as_ref();
+        let de = || ValueDeserializer::from(value.clone());
+        let result = match name {
+            "node" => NodeSection::deserialize(de()).map(drop),
+            "ssh" => SshSection::deserialize(de()).map(drop),
+            "store" => StoreSection::deserialize(de()).map(drop),
+            "log" => LogSection::deserialize(de()).map(drop),
+            _ => {
+                errors.push(err(
+                    Some(key.span().start),
+                    name,
+                    "unknown section; expected [node], [ssh], [store] or [log]",
+                ));
+                continue;
+            }
+        };
+        if let Err(e) = result {
+            errors.push(err(
+                Some(e.span().unwrap_or(value.span()).start),
+                name,
+                e.message(),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(NodeConfig::default().validate().is_empty());
+    }
+
+    #[test]
+    fn bad_file_names_every_section_with_lines() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        write!(
+            f,
+            "[node]\nid = 1\ngprc = \"x\"\n\n[ssh]\nconnect_timeout = \"soon\"\n[storage]\n"
+        )
+        .unwrap();
+        let errs = NodeConfig::load(Some(f.path())).unwrap_err().to_string();
+        assert!(errs.contains(":3: node: unknown field `gprc`"), "{errs}");
+        assert!(errs.contains(":6: ssh:") && errs.contains("soon"), "{errs}");
+        assert!(errs.contains(":7: storage: unknown section"), "{errs}");
+    }
+
+    #[test]
+    fn relations_are_checked() {
+        let mut c = NodeConfig::default();
+        c.ssh.max_channels = 12;
+        c.ssh.reconnect_min = HumanDuration::from_secs(100);
+        c.node.grpc = "nowhere".into();
+        let keys: Vec<_> = c.validate().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["node.grpc", "ssh.reconnect_min", "ssh.max_channels"]);
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The shipped example must stay loadable: every key it documents is real.
+    #[test]
+    fn shipped_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/herd.toml.example");
+        let cfg = NodeConfig::load(Some(&path)).unwrap();
+        assert_eq!(
+            cfg,
+            NodeConfig::default(),
+            "the example documents the defaults"
+        );
+    }
+}

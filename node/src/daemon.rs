@@ -1,0 +1,158 @@
+//! The one place that wires a node: store → fleet state → collectors → gRPC, and
+//! shuts them down in order (scrapers, then the API, then the store) with a deadline.
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{HerdApi, NodeIdentity};
+use crate::collector::stats::ScrapeStats;
+use crate::collector::transport::SshSettings;
+use crate::collector::{CollectorCtx, StatusBoard};
+use crate::config::{expand_home, NodeConfig};
+use crate::ownership::{self, FleetState};
+use crate::store::{Store, StoreOptions};
+
+/// Longest wait for the collectors to stop on shutdown.
+const COLLECTOR_STOP_DEADLINE: Duration = Duration::from_secs(8);
+
+/// A running node's handles, for the demo and tests in-process.
+pub struct Running {
+    pub store: Store,
+    pub fleet: Arc<FleetState>,
+    pub board: StatusBoard,
+}
+
+/// The login name of the user running herd: the default SSH user.
+pub fn current_user() -> String {
+    if let Ok(u) = std::env::var("USER") {
+        if !u.is_empty() {
+            return u;
+        }
+    }
+    // SAFETY: getpwuid returns a pointer into static storage or null; we copy the
+    // name out at once and run before any other thread could call it concurrently
+    // through herd's own code.
+    unsafe {
+        let pw = libc::getpwuid(libc::getuid());
+        if !pw.is_null() && !(*pw).pw_name.is_null() {
+            return std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
+    "root".into()
+}
+
+/// Runs a node on `listener` until `shutdown` resolves. `on_ready` gets the node's
+/// handles once everything is up.
+pub async fn run_node(
+    cfg: NodeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(Running) + Send,
+) -> anyhow::Result<()> {
+    let data_dir = cfg.node.data_dir.clone();
+    let store = Store::open(
+        &data_dir,
+        StoreOptions {
+            retention: cfg.store.retention.get(),
+            flush_interval: cfg.store.flush_interval.get(),
+            chunk_samples: cfg.store.chunk_samples,
+        },
+    )
+    .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    let board: StatusBoard = Arc::new(RwLock::new(Default::default()));
+    let stats = Arc::new(ScrapeStats::default());
+    let (owned_tx, owned_rx) = ownership::channel();
+    let fleet = Arc::new(FleetState::load(cfg.node.id, store.clone(), owned_tx)?);
+    let ssh = &cfg.ssh;
+    let ctx = Arc::new(CollectorCtx {
+        store: store.clone(),
+        ssh: Arc::new(SshSettings {
+            known_hosts: expand_home(&ssh.known_hosts),
+            host_key_checking: ssh.host_key_checking,
+            connect_timeout: ssh.connect_timeout.get(),
+            keepalive_interval: ssh.keepalive_interval.get(),
+            keepalive_max: ssh.keepalive_max,
+            max_channels: ssh.max_channels,
+        }),
+        default_key: ssh.key.as_deref().map(expand_home),
+        default_user: ssh.user.clone().unwrap_or_else(current_user),
+        command_timeout: ssh.command_timeout.get(),
+        reconnect_min: ssh.reconnect_min.get(),
+        reconnect_max: ssh.reconnect_max.get(),
+        board: board.clone(),
+        stats: stats.clone(),
+    });
+
+    let cancel = CancellationToken::new();
+    let collector = tokio::spawn(crate::collector::run(ctx, owned_rx, cancel.clone()));
+
+    let addr = listener.local_addr()?;
+    let api = HerdApi {
+        node: NodeIdentity {
+            id: cfg.node.id,
+            address: addr.to_string(),
+            started: Instant::now(),
+        },
+        store: store.clone(),
+        board: board.clone(),
+        fleet: fleet.clone(),
+        stats,
+    };
+    let api_cancel = cancel.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(herd_proto::v1::herd_server::HerdServer::new(api))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move { api_cancel.cancelled().await },
+            ),
+    );
+    tracing::info!(node = cfg.node.id, grpc = %addr, data_dir = %data_dir.display(), "node is up");
+    on_ready(Running {
+        store: store.clone(),
+        fleet,
+        board,
+    });
+
+    shutdown.await;
+    tracing::info!("shutting down: stopping scrapers");
+    cancel.cancel();
+    if tokio::time::timeout(COLLECTOR_STOP_DEADLINE, collector)
+        .await
+        .is_err()
+    {
+        tracing::warn!("collectors did not stop in time");
+    }
+    match server.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!("flushing the store");
+    let closing = store.clone();
+    tokio::task::spawn_blocking(move || closing.close()).await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn signals() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,10 @@
+//! Herd: an agentless fleet monitor. Modules are listed in the order a sample
+//! travels: config → ownership → collector → store → api → cli.
+pub mod api;
+pub mod cli;
+pub mod collector;
+pub mod config;
+pub mod daemon;
+pub mod model;
+pub mod ownership;
+pub mod store;

@@ -1,0 +1,64 @@
+//! `herd`: parse the command line, set up logging, run the subcommand, map the
+//! outcome to an exit code (0 ok, 1 runtime failure, 2 bad usage or config).
+use std::process::ExitCode;
+
+use clap::Parser;
+use herd::cli::{Cli, Command, LogFormatArg};
+use herd::config::{LogFormat, NodeConfig};
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let flag_format = cli.log_format.map(|f| match f {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    });
+    // The node's config is loaded before anything runs, so that a bad herd.toml is
+    // refused with every error and exit code 2.
+    let node_cfg = match &cli.command {
+        Command::Node { config, .. } => match NodeConfig::load(config.as_deref()) {
+            Ok(c) => Some(c),
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("herd node: refusing to start with a bad config");
+                return ExitCode::from(herd::cli::exit::USAGE);
+            }
+        },
+        _ => None,
+    };
+    let (format, level) = match (&node_cfg, &cli.command) {
+        (Some(c), _) => (flag_format.unwrap_or(c.log.format), c.log.level.clone()),
+        (None, Command::Demo { .. }) => (flag_format.unwrap_or_default(), "warn".to_string()),
+        (None, _) => (flag_format.unwrap_or_default(), "warn".to_string()),
+    };
+    init_logging(format, &level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("herd: cannot start the async runtime: {e}");
+            return ExitCode::from(herd::cli::exit::FAILURE);
+        }
+    };
+    match runtime.block_on(herd::cli::run(cli, node_cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", e.message());
+            e.code()
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The node's redb file: compressed per-series chunks, events and node metadata.
+//!
+//! Writes go through one writer thread fed by a channel and committed in batches
+//! (at most `flush_interval` apart); reads are MVCC snapshots taken by any thread.
+//! A `kill -9` loses at most the batch not yet committed.
+pub mod codec;
+mod query;
+mod tables;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use redb::Database;
+
+use crate::model::{Event, Sample};
+pub use query::SeriesPoints;
+
+/// Operations queued between the writer and everyone else. Bounded so that an
+/// overloaded disk slows nobody down without limit: samples beyond it are counted
+/// as dropped.
+const QUEUE_DEPTH: usize = 16_384;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("store: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("store is closed")]
+    Closed,
+    #[error("store: corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// Counters shown in `herd status`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub samples_written: AtomicU64,
+    pub samples_dropped: AtomicU64,
+    pub commits: AtomicU64,
+}
+
+pub(crate) enum WriteOp {
+    Samples(Vec<Sample>),
+    Event(Event),
+    /// Stored durably; the reply comes after the commit.
+    PutMeta(String, Vec<u8>, std::sync::mpsc::Sender<Result<(), String>>),
+    /// Commit now; the reply comes after the commit.
+    Flush(std::sync::mpsc::Sender<()>),
+    /// Commit and stop; later operations fail with `Closed`.
+    Shutdown(std::sync::mpsc::Sender<()>),
+}
+
+/// Settings of the store, from `[store]` in herd.toml.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub retention: Duration,
+    pub flush_interval: Duration,
+    pub chunk_samples: usize,
+}
+
+/// Handle to the node's store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+    tx: SyncSender<WriteOp>,
+    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    pub stats: Arc<StoreStats>,
+}
+
+impl Store {
+    /// Opens (or creates) `dir/herd.redb` and starts the writer thread.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("herd.redb");
+        let db_err = |e: redb::Error| StoreError::Db {
+            path: path.clone(),
+            source: e,
+        };
+        let db = Arc::new(Database::create(&path).map_err(|e| db_err(e.into()))?);
+        let state = tables::init(&db).map_err(db_err)?;
+        let stats = Arc::new(StoreStats::default());
+        stats
+            .samples_written
+            .store(state.samples_written, Ordering::Relaxed);
+        let (tx, rx) = sync_channel(QUEUE_DEPTH);
+        let w = writer::Writer::new(db.clone(), state, options, stats.clone());
+        let handle = std::thread::Builder::new()
+            .name("herd-store".into())
+            .spawn(move || w.run(rx))?;
+        Ok(Store {
+            db,
+            path,
+            tx,
+            writer: Arc::new(Mutex::new(Some(handle))),
+            stats,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues samples without waiting. Returns false (and counts them dropped) when
+    /// the writer is behind by a full queue.
+    pub fn append(&self, samples: Vec<Sample>) -> bool {
+        let n = samples.len() as u64;
+        match self.tx.try_send(WriteOp::Samples(samples)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.samples_dropped.fetch_add(n, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Queues an event; events are never dropped silently: a full queue waits.
+    pub async fn event(&self, event: Event) {
+        let tx = self.tx.clone();
+        let _ = tokio::task::spawn_blocking(move || tx.send(WriteOp::Event(event))).await;
+    }
+
+    /// Stores a metadata value and returns once it is durable.
+    pub async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+        let tx = self.tx.clone();
+        let op = WriteOp::PutMeta(key.to_string(), value, reply_tx);
+        tokio::task::spawn_blocking(move || {
+            tx.send(op).map_err(|_| StoreError::Closed)?;
+            reply_rx
+                .recv()
+                .map_err(|_| StoreError::Closed)?
+                .map_err(StoreError::Corrupt)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commits everything queued so far; returns once it is durable.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+        self.tx
+            .send(WriteOp::Flush(reply_tx))
+            .map_err(|_| StoreError::Closed)?;
+        reply_rx.recv().map_err(|_| StoreError::Closed)
+    }
+
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        tables::get_meta(&self.db, key).map_err(|e| self.db_err(e))
+    }
+
+    /// Series of `metric` of `target` whose labels include `labels`, with their points in
+    /// `[from_ms, to_ms]`.
+    pub fn query(
+        &self,
+        target: &str,
+        metric: &str,
+        labels: &crate::model::Labels,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SeriesPoints>, StoreError> {
+        query::query(&self.db, target, metric, labels, from_ms, to_ms).map_err(|e| self.db_err(e))
+    }
+
+    /// Events newest first, optionally of one target, at most `limit`.
+    pub fn events(
+        &self,
+        target: Option<&str>,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        query::events(&self.db, target, since_ms, limit).map_err(|e| self.db_err(e))
+    }
+
+    /// Size of the redb file in bytes.
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Commits everything queued and stops the writer. Idempotent.
+    pub fn close(&self) {
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+            if self.tx.send(WriteOp::Shutdown(reply_tx)).is_ok() {
+                let _ = reply_rx.recv();
+            }
+            let _ = handle.join();
+        }
+    }
+
+    fn db_err(&self, e: redb::Error) -> StoreError {
+        StoreError::Db {
+            path: self.path.clone(),
+            source: e,
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Reads: each call is one short MVCC snapshot.
+use redb::{Database, ReadableDatabase};
+
+use super::codec;
+use super::tables::{self, CHUNKS, EVENTS, SERIES_INDEX};
+use super::writer::MAX_CHUNK_SPAN_MS;
+use crate::model::{Event, Labels};
+
+/// The points of one series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesPoints {
+    pub labels: Labels,
+    pub points: Vec<(i64, f64)>,
+}
+
+pub fn query(
+    db: &Database,
+    target: &str,
+    metric: &str,
+    matchers: &Labels,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<SeriesPoints>, redb::Error> {
+    let r = db.begin_read()?;
+    let index = r.open_table(SERIES_INDEX)?;
+    let chunks = r.open_table(CHUNKS)?;
+    let prefix = tables::series_prefix(target, metric);
+    let mut out = Vec::new();
+    for entry in index.range(prefix.as_str()..)? {
+        let (key, id) = entry?;
+        let key = key.value();
+        let Some(labels_json) = key.strip_prefix(prefix.as_str()) else {
+            break;
+        };
+        let labels: Labels = serde_json::from_str(labels_json).unwrap_or_default();
+        if !matchers.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            continue;
+        }
+        let id = id.value();
+        let mut points = Vec::new();
+        let start = from_ms.saturating_sub(MAX_CHUNK_SPAN_MS);
+        for chunk in chunks.range((id, start)..=(id, to_ms))? {
+            let (_, bytes) = chunk?;
+            let bytes = bytes.value();
+            match codec::header(bytes) {
+                Ok(h) if h.last_ts < from_ms => continue,
+                _ => {}
+            }
+            match codec::decode(bytes) {
+                Ok(decoded) => points.extend(
+                    decoded
+                        .into_iter()
+                        .filter(|(ts, _)| *ts >= from_ms && *ts <= to_ms),
+                ),
+                Err(e) => tracing::warn!(series = key, error = %e, "skipping unreadable chunk"),
+            }
+        }
+        if !points.is_empty() {
+            points.sort_by_key(|p| p.0);
+            out.push(SeriesPoints { labels, points });
+        }
+    }
+    Ok(out)
+}
+
+pub fn events(
+    db: &Database,
+    target: Option<&str>,
+    since_ms: i64,
+    limit: usize,
+) -> Result<Vec<Event>, redb::Error> {
+    let r = db.begin_read()?;
+    let table = r.open_table(EVENTS)?;
+    let mut out = Vec::new();
+    for entry in table.range((since_ms, 0)..)?.rev() {
+        if out.len() >= limit {
+            break;
+        }
+        let (_, json) = entry?;
+        let Ok(event) = serde_json::from_str::<Event>(json.value()) else {
+            continue;
+        };
+        if target.is_none_or(|t| t == event.target) {
+            out.push(event);
+        }
+    }
+    Ok(out)
+}

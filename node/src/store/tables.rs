@@ -1,0 +1,76 @@
+//! Table layout. Keys are chosen so that the common reads are range scans:
+//! a series' chunks by `(series_id, first_ts)`, events by `(ts_ms, seq)`.
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+/// `target \0 metric \0 labels-json` → series id. Prefix scans find a metric's series.
+pub const SERIES_INDEX: TableDefinition<&str, u64> = TableDefinition::new("series_index");
+/// `(series id, first ts of the chunk)` → compressed chunk (see `codec`).
+pub const CHUNKS: TableDefinition<(u64, i64), &[u8]> = TableDefinition::new("chunks");
+/// `(ts_ms, seq)` → event as JSON.
+pub const EVENTS: TableDefinition<(i64, u64), &str> = TableDefinition::new("events");
+/// Node metadata: the applied fleet spec, counters.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+pub const META_SAMPLES_WRITTEN: &str = "samples_written";
+
+/// Key of a series in `SERIES_INDEX`. Target names and metric names never hold NUL
+/// (validated / fixed in code), so the prefix `target\0metric\0` is unambiguous.
+pub fn series_key(target: &str, metric: &str, labels: &crate::model::Labels) -> String {
+    let labels = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
+    format!("{target}\0{metric}\0{labels}")
+}
+
+pub fn series_prefix(target: &str, metric: &str) -> String {
+    format!("{target}\0{metric}\0")
+}
+
+/// What the writer needs to continue after a restart.
+pub struct LoadedState {
+    pub series: std::collections::HashMap<String, u64>,
+    pub next_series_id: u64,
+    pub next_event_seq: u64,
+    pub samples_written: u64,
+}
+
+/// Creates the tables if missing and loads the series index.
+pub fn init(db: &Database) -> Result<LoadedState, redb::Error> {
+    let w = db.begin_write()?;
+    {
+        w.open_table(SERIES_INDEX)?;
+        w.open_table(CHUNKS)?;
+        w.open_table(EVENTS)?;
+        w.open_table(META)?;
+    }
+    w.commit()?;
+    let r = db.begin_read()?;
+    let index = r.open_table(SERIES_INDEX)?;
+    let mut series = std::collections::HashMap::new();
+    let mut max_id = 0;
+    for entry in index.iter()? {
+        let (k, v) = entry?;
+        max_id = max_id.max(v.value());
+        series.insert(k.value().to_string(), v.value());
+    }
+    let events = r.open_table(EVENTS)?;
+    let next_event_seq = match events.last()? {
+        Some((k, _)) => k.value().1 + 1,
+        None => 0,
+    };
+    let meta = r.open_table(META)?;
+    let samples_written = meta
+        .get(META_SAMPLES_WRITTEN)?
+        .and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes))
+        .unwrap_or(0);
+    Ok(LoadedState {
+        series,
+        next_series_id: max_id + 1,
+        next_event_seq,
+        samples_written,
+    })
+}
+
+pub fn get_meta(db: &Database, key: &str) -> Result<Option<Vec<u8>>, redb::Error> {
+    let r = db.begin_read()?;
+    let t = r.open_table(META)?;
+    Ok(t.get(key)?.map(|v| v.value().to_vec()))
+}

@@ -1,0 +1,288 @@
+//! The writer thread: the only place that writes the redb file.
+//!
+//! Each active series has an open chunk (its "head") in memory. Every commit rewrites
+//! the heads that got samples since the last one, so the file always holds every
+//! sample up to the last commit; a head that is full is written one last time and a
+//! new chunk starts.
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redb::{Database, ReadableTable};
+
+use super::codec::{self, ChunkEncoder};
+use super::tables::{self, CHUNKS, EVENTS, META, SERIES_INDEX};
+use super::{StoreOptions, StoreStats, WriteOp};
+use crate::model::{now_ms, Event, Sample};
+
+/// Commit early when this many samples are waiting, whatever the interval.
+const MAX_BATCH_SAMPLES: usize = 50_000;
+/// A chunk never spans more than this, so a query need only look this far back
+/// before its start for chunks that overlap it.
+pub const MAX_CHUNK_SPAN_MS: i64 = 4 * 3600 * 1000;
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+/// A metadata write and who waits for its commit.
+type MetaWrite = (String, Vec<u8>, Sender<Result<(), String>>);
+
+struct Head {
+    start_ts: i64,
+    enc: ChunkEncoder,
+    /// Not yet reconciled with a chunk that may already be stored under the same
+    /// key (a restart after which the first sample has the same timestamp).
+    fresh: bool,
+}
+
+pub struct Writer {
+    db: Arc<Database>,
+    options: StoreOptions,
+    stats: Arc<StoreStats>,
+    series: HashMap<String, u64>,
+    next_series_id: u64,
+    next_event_seq: u64,
+    heads: HashMap<u64, Head>,
+    new_series: Vec<(String, u64)>,
+    dirty: HashSet<u64>,
+    /// Full chunks to write once more before they leave memory.
+    closing: Vec<(u64, i64, Vec<u8>)>,
+    events: Vec<Event>,
+    meta: Vec<MetaWrite>,
+    waiting: Vec<Sender<()>>,
+    pending_samples: usize,
+    samples_written: u64,
+}
+
+impl Writer {
+    pub fn new(
+        db: Arc<Database>,
+        state: tables::LoadedState,
+        options: StoreOptions,
+        stats: Arc<StoreStats>,
+    ) -> Self {
+        Writer {
+            db,
+            options,
+            stats,
+            series: state.series,
+            next_series_id: state.next_series_id,
+            next_event_seq: state.next_event_seq,
+            heads: HashMap::new(),
+            new_series: Vec::new(),
+            dirty: HashSet::new(),
+            closing: Vec::new(),
+            events: Vec::new(),
+            meta: Vec::new(),
+            waiting: Vec::new(),
+            pending_samples: 0,
+            samples_written: state.samples_written,
+        }
+    }
+
+    pub fn run(mut self, rx: Receiver<WriteOp>) {
+        let mut last_commit = Instant::now();
+        self.retention();
+        let mut last_retention = Instant::now();
+        loop {
+            let wait = self
+                .options
+                .flush_interval
+                .saturating_sub(last_commit.elapsed());
+            let mut stop = false;
+            match rx.recv_timeout(wait) {
+                Ok(WriteOp::Samples(s)) => self.accept(s),
+                Ok(WriteOp::Event(e)) => self.events.push(e),
+                Ok(WriteOp::PutMeta(k, v, reply)) => self.meta.push((k, v, reply)),
+                Ok(WriteOp::Flush(reply)) => self.waiting.push(reply),
+                Ok(WriteOp::Shutdown(reply)) => {
+                    self.waiting.push(reply);
+                    stop = true;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => stop = true,
+            }
+            let due = last_commit.elapsed() >= self.options.flush_interval;
+            if stop
+                || due
+                || self.pending_samples >= MAX_BATCH_SAMPLES
+                || !self.waiting.is_empty()
+                || !self.meta.is_empty()
+            {
+                self.commit();
+                last_commit = Instant::now();
+            }
+            if stop {
+                tracing::debug!("store writer stopped");
+                return;
+            }
+            if last_retention.elapsed() >= RETENTION_EVERY {
+                self.retention();
+                last_retention = Instant::now();
+            }
+        }
+    }
+
+    fn accept(&mut self, samples: Vec<Sample>) {
+        for s in samples {
+            let key = tables::series_key(&s.target, &s.metric, &s.labels);
+            let id = match self.series.get(&key) {
+                Some(id) => *id,
+                None => {
+                    let id = self.next_series_id;
+                    self.next_series_id += 1;
+                    self.series.insert(key.clone(), id);
+                    self.new_series.push((key, id));
+                    id
+                }
+            };
+            if let Some(head) = self.heads.get(&id) {
+                // Out-of-order samples are dropped, as Prometheus does: a scraper
+                // stamps in order unless the clock steps back.
+                if head.enc.last_ts().is_some_and(|last| s.ts_ms < last) {
+                    self.stats.samples_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let full = head.enc.len() >= self.options.chunk_samples
+                    || s.ts_ms.saturating_sub(head.start_ts) > MAX_CHUNK_SPAN_MS;
+                if full {
+                    if let Some(old) = self.heads.remove(&id) {
+                        self.closing.push((id, old.start_ts, old.enc.bytes()));
+                    }
+                }
+            }
+            let head = self.heads.entry(id).or_insert_with(|| Head {
+                start_ts: s.ts_ms,
+                enc: ChunkEncoder::new(),
+                fresh: true,
+            });
+            head.enc.push(s.ts_ms, s.value);
+            self.dirty.insert(id);
+            self.pending_samples += 1;
+        }
+    }
+
+    fn commit(&mut self) {
+        let nothing = self.dirty.is_empty()
+            && self.closing.is_empty()
+            && self.events.is_empty()
+            && self.meta.is_empty()
+            && self.new_series.is_empty();
+        if !nothing {
+            match self.write_txn() {
+                Ok(()) => {
+                    self.samples_written += self.pending_samples as u64;
+                    self.stats
+                        .samples_written
+                        .fetch_add(self.pending_samples as u64, Ordering::Relaxed);
+                    self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    self.pending_samples = 0;
+                    self.dirty.clear();
+                    self.closing.clear();
+                    self.events.clear();
+                    self.new_series.clear();
+                    for (_, _, reply) in self.meta.drain(..) {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    // Kept in memory: the next commit tries again.
+                    tracing::error!(error = %e, "store commit failed; will retry");
+                    for (_, _, reply) in self.meta.drain(..) {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+        for w in self.waiting.drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    fn write_txn(&mut self) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut index = txn.open_table(SERIES_INDEX)?;
+            for (key, id) in &self.new_series {
+                index.insert(key.as_str(), *id)?;
+            }
+            let mut chunks = txn.open_table(CHUNKS)?;
+            for (id, start, bytes) in &self.closing {
+                chunks.insert((*id, *start), bytes.as_slice())?;
+            }
+            for id in &self.dirty {
+                let Some(head) = self.heads.get_mut(id) else {
+                    continue;
+                };
+                if head.fresh {
+                    let existing = chunks
+                        .get((*id, head.start_ts))?
+                        .map(|v| v.value().to_vec());
+                    if let Some(existing) = existing {
+                        merge_into(head, &existing);
+                    }
+                    head.fresh = false;
+                }
+                chunks.insert((*id, head.start_ts), head.enc.bytes().as_slice())?;
+            }
+            let mut events = txn.open_table(EVENTS)?;
+            for e in &self.events {
+                let json = serde_json::to_string(e).unwrap_or_default();
+                events.insert((e.ts_ms, self.next_event_seq), json.as_str())?;
+                self.next_event_seq += 1;
+            }
+            let mut meta = txn.open_table(META)?;
+            for (k, v, _) in &self.meta {
+                meta.insert(k.as_str(), v.as_slice())?;
+            }
+            let written = self.samples_written + self.pending_samples as u64;
+            meta.insert(
+                tables::META_SAMPLES_WRITTEN,
+                written.to_le_bytes().as_slice(),
+            )?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Deletes chunks and events older than the retention period.
+    fn retention(&mut self) {
+        let cutoff = now_ms().saturating_sub(self.options.retention.as_millis() as i64);
+        let result = (|| -> Result<(), redb::Error> {
+            let txn = self.db.begin_write()?;
+            {
+                let mut chunks = txn.open_table(CHUNKS)?;
+                chunks.retain(|_, bytes| match codec::header(bytes) {
+                    Ok(h) => h.last_ts >= cutoff,
+                    // An unreadable chunk is kept: deleting data is never a guess.
+                    Err(_) => true,
+                })?;
+                let mut events = txn.open_table(EVENTS)?;
+                events.retain_in(..(cutoff, 0), |_, _| false)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "store retention failed");
+        }
+    }
+}
+
+/// Puts the points of a chunk already stored under the head's key in front of the
+/// head's own points, so that restarting never overwrites stored samples.
+fn merge_into(head: &mut Head, existing: &[u8]) {
+    let Ok(mut points) = codec::decode(existing) else {
+        return;
+    };
+    if let Ok(mine) = codec::decode(&head.enc.bytes()) {
+        points.extend(mine);
+    }
+    points.sort_by_key(|p| p.0);
+    let mut enc = ChunkEncoder::new();
+    for (ts, v) in points {
+        enc.push(ts, v);
+    }
+    head.enc = enc;
+}

@@ -1,0 +1,395 @@
+//! One real `herd node` process in a temp dir, and the CLI pointed at it.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::ports::free_port;
+use crate::process::{log_tail, run_bounded, signal, spawn_logged, wait_exit};
+use crate::sshd::{Sshd, SSH_USER};
+
+/// Longest wait for a node to answer `herd status` after it was started.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest run of one CLI command (the CLI's own call timeout is 30 s).
+const CLI_TIMEOUT: Duration = Duration::from_secs(45);
+/// Longest wait for a node to exit after SIGTERM.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What goes into herd.toml, and the fleet given with `--fleet` at start.
+#[derive(Debug, Clone)]
+pub struct HerdOptions {
+    pub id: u64,
+    /// `[ssh] key`; None: no key line.
+    pub ssh_key: Option<PathBuf>,
+    /// `[ssh] known_hosts`; None: an empty `known_hosts` in the node's dir.
+    pub known_hosts: Option<PathBuf>,
+    /// "strict" or "accept-new".
+    pub host_key_checking: String,
+    pub ssh_user: String,
+    pub connect_timeout: String,
+    pub reconnect_min: String,
+    pub reconnect_max: String,
+    pub flush_interval: String,
+    /// fleet.toml text passed with `--fleet` (applied when the node has no spec yet).
+    pub fleet: Option<String>,
+}
+
+impl Default for HerdOptions {
+    fn default() -> Self {
+        HerdOptions {
+            id: 1,
+            ssh_key: None,
+            known_hosts: None,
+            host_key_checking: "strict".into(),
+            ssh_user: SSH_USER.into(),
+            connect_timeout: "3s".into(),
+            reconnect_min: "500ms".into(),
+            reconnect_max: "2s".into(),
+            flush_interval: "200ms".into(),
+            fleet: None,
+        }
+    }
+}
+
+impl HerdOptions {
+    /// Logs in to `sshd` with its client key and trusts its known_hosts file.
+    pub fn with_sshd(sshd: &Sshd) -> Self {
+        HerdOptions {
+            ssh_key: Some(sshd.client_key()),
+            known_hosts: Some(sshd.known_hosts()),
+            ..Default::default()
+        }
+    }
+
+    pub fn fleet(mut self, text: impl Into<String>) -> Self {
+        self.fleet = Some(text.into());
+        self
+    }
+
+    pub fn known_hosts(mut self, path: impl Into<PathBuf>) -> Self {
+        self.known_hosts = Some(path.into());
+        self
+    }
+
+    pub fn host_key_checking(mut self, mode: &str) -> Self {
+        self.host_key_checking = mode.into();
+        self
+    }
+}
+
+pub struct Herd {
+    dir: TempDir,
+    opts: HerdOptions,
+    port: u16,
+    child: Option<Child>,
+    files_written: AtomicUsize,
+}
+
+impl Herd {
+    /// Writes herd.toml and starts the node; returns once `herd status` answers.
+    pub fn start(opts: HerdOptions) -> Herd {
+        crate::herd_bin();
+        let dir = tempfile::Builder::new()
+            .prefix("herd-node-")
+            .tempdir()
+            .expect("cannot create a temp dir");
+        let mut herd = Herd {
+            dir,
+            opts,
+            port: 0,
+            child: None,
+            files_written: AtomicUsize::new(0),
+        };
+        if let Some(fleet) = herd.opts.fleet.clone() {
+            std::fs::write(herd.fleet_path(), fleet).expect("writing fleet.toml");
+        }
+        if herd.opts.known_hosts.is_none() {
+            std::fs::write(herd.dir.path().join("known_hosts"), "").expect("writing known_hosts");
+        }
+        // Another process may take the free port before the node binds it: retry once.
+        for attempt in 0..2 {
+            herd.port = free_port();
+            herd.write_config();
+            match herd.spawn() {
+                Ok(()) => return herd,
+                Err(e) if attempt == 0 && herd.log().contains("cannot listen") => {
+                    eprintln!("    herd did not start ({e}); retrying on another port")
+                }
+                Err(e) => panic!("herd node did not start: {e}\n{}", herd.log_tail(40)),
+            }
+        }
+        unreachable!()
+    }
+
+    /// `127.0.0.1:PORT`, the node's gRPC address.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("herd.toml")
+    }
+
+    /// The known_hosts file the node uses.
+    pub fn known_hosts(&self) -> PathBuf {
+        self.opts
+            .known_hosts
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("known_hosts"))
+    }
+
+    fn fleet_path(&self) -> PathBuf {
+        self.dir.path().join("fleet.toml")
+    }
+
+    /// The node's stderr: its JSON log lines, across restarts.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("node.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log_path(), lines)
+    }
+
+    /// Prints the tail of the node's log to stderr.
+    pub fn dump_logs(&self) {
+        eprintln!(
+            "----- herd node {} at {} ({}), last lines -----\n{}\n-----",
+            self.opts.id,
+            self.addr(),
+            self.log_path().display(),
+            self.log_tail(60)
+        );
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Runs `herd --node ADDR ARGS...` (bounded) and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(crate::herd_bin());
+        cmd.arg("--node").arg(self.addr()).args(args);
+        clean_env(&mut cmd);
+        run_bounded(&mut cmd, CLI_TIMEOUT)
+    }
+
+    /// Like [`Herd::cli`], but panics unless it exits 0; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        if !out.status.success() {
+            panic!(
+                "`herd {}` failed with {}:\nstdout: {}\nstderr: {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn cli_json(&self, args: &[&str]) -> Value {
+        let text = self.cli_ok(args);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("`herd {}` printed no JSON ({e}): {text}", args.join(" ")))
+    }
+
+    /// `herd status --json`.
+    pub fn status_json(&self) -> Value {
+        self.cli_json(&["status", "--json"])
+    }
+
+    /// The `targets[]` entry of `name` in `herd status --json`, if listed.
+    pub fn target_status(&self, name: &str) -> Option<Value> {
+        self.status_json()["targets"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["name"] == name).cloned())
+    }
+
+    /// `herd query TARGET METRIC --json` over the last hour.
+    pub fn query_json(&self, target: &str, metric: &str) -> Value {
+        self.cli_json(&["query", target, metric, "--since", "1h", "--json"])
+    }
+
+    /// Every point of every series of `metric`, sorted by time.
+    pub fn points(&self, target: &str, metric: &str) -> Vec<(i64, f64)> {
+        let v = self.query_json(target, metric);
+        let mut points: Vec<(i64, f64)> = v["series"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["points"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| Some((p.get(0)?.as_i64()?, p.get(1)?.as_f64()?)))
+            .collect();
+        points.sort_by_key(|p| p.0);
+        points
+    }
+
+    /// `herd events --json` (all targets, last 24 h, up to 1000).
+    pub fn events_json(&self) -> Value {
+        self.cli_json(&["events", "--limit", "1000", "--json"])
+    }
+
+    /// Events of `target` of `kind`, newest first.
+    pub fn events_of(&self, target: &str, kind: &str) -> Vec<Value> {
+        self.events_json()["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["target"] == target && e["kind"] == kind)
+            .cloned()
+            .collect()
+    }
+
+    /// Writes `fleet` to a new file in the node's dir and runs `herd apply` on it;
+    /// panics unless it exits 0. Returns the CLI's stdout.
+    pub fn apply(&self, fleet: &str) -> String {
+        let path = self.write_file("fleet", fleet);
+        self.cli_ok(&["apply", &path.display().to_string()])
+    }
+
+    /// Writes `text` to a new numbered `.toml` file in the node's dir.
+    pub fn write_file(&self, stem: &str, text: &str) -> PathBuf {
+        let n = self.files_written.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.path().join(format!("{stem}-{n}.toml"));
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id() as i32, libc::SIGKILL);
+            if wait_exit(&mut child, EXIT_TIMEOUT).is_none() {
+                panic!("herd node did not die after SIGKILL");
+            }
+        }
+    }
+
+    /// SIGTERM, and the exit status (bounded wait; panics if the node hangs).
+    pub fn sigterm(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the node is not running");
+        signal(child.id() as i32, libc::SIGTERM);
+        match wait_exit(&mut child, EXIT_TIMEOUT) {
+            Some(status) => status,
+            None => {
+                self.dump_logs();
+                signal(child.id() as i32, libc::SIGKILL);
+                let _ = child.wait();
+                panic!("herd node did not exit within {EXIT_TIMEOUT:?} of SIGTERM");
+            }
+        }
+    }
+
+    /// Starts the node again: same config, port and data dir. A running node is
+    /// killed first (SIGKILL).
+    pub fn restart(&mut self) {
+        self.kill9();
+        if let Err(e) = self.spawn() {
+            panic!("herd node did not restart: {e}\n{}", self.log_tail(40));
+        }
+    }
+
+    fn write_config(&self) {
+        let o = &self.opts;
+        let mut ssh = String::new();
+        if let Some(key) = &o.ssh_key {
+            ssh.push_str(&format!("key = \"{}\"\n", key.display()));
+        }
+        let text = format!(
+            "[node]\n\
+             id = {id}\n\
+             grpc = \"{addr}\"\n\
+             data_dir = \"{data}\"\n\
+             \n\
+             [ssh]\n\
+             {ssh}\
+             known_hosts = \"{known_hosts}\"\n\
+             host_key_checking = \"{checking}\"\n\
+             user = \"{user}\"\n\
+             connect_timeout = \"{ct}\"\n\
+             reconnect_min = \"{rmin}\"\n\
+             reconnect_max = \"{rmax}\"\n\
+             \n\
+             [store]\n\
+             flush_interval = \"{flush}\"\n",
+            id = o.id,
+            addr = self.addr(),
+            data = self.data_dir().display(),
+            known_hosts = self.known_hosts().display(),
+            checking = o.host_key_checking,
+            user = o.ssh_user,
+            ct = o.connect_timeout,
+            rmin = o.reconnect_min,
+            rmax = o.reconnect_max,
+            flush = o.flush_interval,
+        );
+        std::fs::write(self.config_path(), text).expect("writing herd.toml");
+    }
+
+    /// Starts the process and waits until `herd status` answers.
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut cmd = Command::new(crate::herd_bin());
+        cmd.args(["--log-format", "json", "node", "--config"])
+            .arg(self.config_path());
+        if self.opts.fleet.is_some() {
+            cmd.arg("--fleet").arg(self.fleet_path());
+        }
+        clean_env(&mut cmd);
+        let stdout = self.dir.path().join("node.out");
+        let mut child = spawn_logged(&mut cmd, &stdout, &self.log_path());
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("herd node exited with {status} while starting"));
+            }
+            if self.cli(&["status", "--json"]).status.success() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                signal(child.id() as i32, libc::SIGKILL);
+                let _ = child.wait();
+                return Err(format!("herd node did not answer within {READY_TIMEOUT:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Herd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        self.kill9();
+    }
+}
+
+/// Keeps the caller's HERD_* variables (HERD_NODE, HERD_SSH__KEY, ...) away from the
+/// processes under test: they would override the fixture's settings.
+fn clean_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("HERD_") {
+            cmd.env_remove(key);
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Harness for Herd's end-to-end tests: the real `herd` binary, a real OpenSSH `sshd`
+//! on loopback with keys generated per test, and bounded waits.
+//!
+//! Every fixture lives in its own temp dir on its own ports, so tests run in
+//! parallel. Every wait has a deadline. When a test fails, the fixtures print the
+//! tail of their logs as they are dropped.
+mod fleet;
+mod herd;
+mod ports;
+mod process;
+mod sshd;
+mod wait;
+
+use std::path::PathBuf;
+
+pub use fleet::{local_target, ssh_target};
+pub use herd::{Herd, HerdOptions};
+pub use ports::free_port;
+pub use process::{generate_key, log_tail};
+pub use sshd::{Sshd, SSH_USER};
+pub use wait::{wait_for, wait_until};
+
+/// Prints the start of a test phase, so that a test's output reads as its story.
+#[macro_export]
+macro_rules! phase {
+    ($($arg:tt)*) => {
+        eprintln!("\n=== {}", format!($($arg)*))
+    };
+}
+
+/// The `herd` binary under test: `$HERD_BIN` if set, else `herd` in the same
+/// target profile directory as this test executable (`target/debug/herd` for a
+/// plain `cargo test`), else `<workspace>/target/debug/herd`.
+pub fn herd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HERD_BIN") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "HERD_BIN={} is not a file", p.display());
+        return p;
+    }
+    let mut candidates = Vec::new();
+    // <target>/<profile>/deps/<test executable>
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(profile_dir) = exe.parent().and_then(|deps| deps.parent()) {
+            candidates.push(profile_dir.join("herd"));
+        }
+    }
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    candidates.push(workspace.join("target/debug/herd"));
+    for c in &candidates {
+        if c.is_file() {
+            return c.clone();
+        }
+    }
+    panic!(
+        "the herd binary is missing (looked at {candidates:?}): run `cargo build -p herd` first, \
+         or set HERD_BIN"
+    );
+}
+
+/// These tests start sshd and create a login account: they need root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the end-to-end tests run sshd and create the `{SSH_USER}` account: run them as root"
+    );
+}
