@@ -56,6 +56,10 @@ pub async fn run_node(
     on_ready: impl FnOnce(Running) + Send,
 ) -> anyhow::Result<()> {
     let data_dir = cfg.node.data_dir.clone();
+    let token = match &cfg.node.api_token_file {
+        Some(path) => Some(crate::api::auth::read_token(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let store = Store::open(
         &data_dir,
         StoreOptions {
@@ -107,7 +111,10 @@ pub async fn run_node(
     let api_cancel = cancel.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(herd_proto::v1::herd_server::HerdServer::new(api))
+            .add_service(herd_proto::v1::herd_server::HerdServer::with_interceptor(
+                api,
+                crate::api::auth::RequireToken::new(token),
+            ))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async move { api_cancel.cancelled().await },

@@ -1,4 +1,5 @@
 //! The node's gRPC API (the CLI's only way in). One file maps errors to statuses.
+pub mod auth;
 mod error;
 mod grpc;
 

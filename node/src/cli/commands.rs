@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use herd_proto::v1 as pb;
 use herd_proto::v1::herd_client::HerdClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+use crate::api::auth::{read_token, SendToken};
 
 use super::{output, Cli, CliError, Command};
 use crate::config::{parse_duration, parse_fleet, NodeConfig};
@@ -15,7 +18,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the CLI waits for one answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+type Client = HerdClient<InterceptedService<Channel, SendToken>>;
+
+/// Where the CLI finds its node and credentials.
+struct Target {
+    node: String,
+    token: Option<String>,
+}
+
 pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError> {
+    let token = match (&cli.token_file, std::env::var("HERD_TOKEN")) {
+        (Some(path), _) => Some(read_token(path).map_err(CliError::Usage)?),
+        (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        _ => None,
+    };
+    let node = &Target {
+        node: cli.node.clone(),
+        token,
+    };
     match cli.command {
         Command::Node { fleet, .. } => {
             let cfg = node_cfg.ok_or_else(|| CliError::Usage("no node config".into()))?;
@@ -27,21 +47,21 @@ pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError>
             interval,
         } => super::demo::run(&data_dir, &grpc, &interval).await,
         Command::Check { file } => check(&file),
-        Command::Apply { file } => apply(&cli.node, &file).await,
-        Command::Status { json } => status(&cli.node, json).await,
+        Command::Apply { file } => apply(node, &file).await,
+        Command::Status { json } => status(node, json).await,
         Command::Query {
             target,
             metric,
             since,
             labels,
             json,
-        } => query(&cli.node, &target, &metric, &since, &labels, json).await,
+        } => query(node, &target, &metric, &since, &labels, json).await,
         Command::Events {
             target,
             since,
             limit,
             json,
-        } => events(&cli.node, target.as_deref(), &since, limit, json).await,
+        } => events(node, target.as_deref(), &since, limit, json).await,
     }
 }
 
@@ -100,7 +120,8 @@ fn check(path: &Path) -> Result<(), CliError> {
     }
 }
 
-async fn client(node: &str) -> Result<HerdClient<Channel>, CliError> {
+async fn client(target: &Target) -> Result<Client, CliError> {
+    let node = target.node.as_str();
     let url = if node.contains("://") {
         node.to_string()
     } else {
@@ -115,18 +136,21 @@ async fn client(node: &str) -> Result<HerdClient<Channel>, CliError> {
             "cannot reach a herd node at {node}: {e} (is `herd node` or `herd demo` running? set --node or HERD_NODE)"
         ))
     })?;
-    Ok(HerdClient::new(channel))
+    let auth = SendToken::new(target.token.as_deref()).map_err(CliError::Usage)?;
+    Ok(HerdClient::with_interceptor(channel, auth))
 }
 
-fn call_error(node: &str, s: tonic::Status) -> CliError {
+fn call_error(target: &Target, s: tonic::Status) -> CliError {
+    let node = &target.node;
     match s.code() {
+        tonic::Code::Unauthenticated => CliError::Usage(format!("node {node}: {}", s.message())),
         tonic::Code::InvalidArgument => CliError::Usage(s.message().to_string()),
         tonic::Code::NotFound => CliError::Failure(s.message().to_string()),
         _ => CliError::Failure(format!("node {node}: {}", s.message())),
     }
 }
 
-async fn apply(node: &str, path: &Path) -> Result<(), CliError> {
+async fn apply(node: &Target, path: &Path) -> Result<(), CliError> {
     let (text, source) = read_fleet(path)?;
     // Checked here first so that errors show even when no node is running.
     parse_fleet(&text, &source).map_err(|e| CliError::Usage(e.to_string()))?;
@@ -159,7 +183,7 @@ async fn apply(node: &str, path: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn status(node: &str, json: bool) -> Result<(), CliError> {
+async fn status(node: &Target, json: bool) -> Result<(), CliError> {
     let reply = client(node)
         .await?
         .status(pb::StatusRequest {})
@@ -180,7 +204,7 @@ fn since_ms(since: &str) -> Result<i64, CliError> {
 }
 
 async fn query(
-    node: &str,
+    node: &Target,
     target: &str,
     metric: &str,
     since: &str,
@@ -216,7 +240,7 @@ async fn query(
 }
 
 async fn events(
-    node: &str,
+    node: &Target,
     target: Option<&str>,
     since: &str,
     limit: u32,

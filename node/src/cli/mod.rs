@@ -23,6 +23,10 @@ pub struct Cli {
     /// gRPC address of the node to talk to.
     #[arg(long, global = true, env = "HERD_NODE", default_value = DEFAULT_NODE)]
     pub node: String,
+    /// File holding the node's API token (see node.api_token_file). The token itself
+    /// can also come from env HERD_TOKEN.
+    #[arg(long, global = true, env = "HERD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Log format on stderr (overrides [log] format).
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormatArg>,

@@ -33,6 +33,9 @@ pub struct NodeSection {
     pub http: String,
     /// Where the node's redb files live.
     pub data_dir: PathBuf,
+    /// File holding the API token clients must present (`Authorization: Bearer`).
+    /// Required when `grpc` listens beyond loopback.
+    pub api_token_file: Option<PathBuf>,
 }
 
 impl Default for NodeSection {
@@ -42,6 +45,7 @@ impl Default for NodeSection {
             grpc: "127.0.0.1:7401".into(),
             http: "127.0.0.1:7481".into(),
             data_dir: PathBuf::from("./data/herd-1"),
+            api_token_file: None,
         }
     }
 }
@@ -218,11 +222,19 @@ impl NodeConfig {
         if self.node.id == 0 {
             p.push(("node.id", "must be 1 or more".into()));
         }
-        if self.node.grpc.parse::<SocketAddr>().is_err() {
-            p.push((
+        match self.node.grpc.parse::<SocketAddr>() {
+            Err(_) => p.push((
                 "node.grpc",
                 format!("{:?} is not an IP:port address", self.node.grpc),
-            ));
+            )),
+            Ok(a) if !a.ip().is_loopback() && self.node.api_token_file.is_none() => p.push((
+                "node.api_token_file",
+                format!(
+                    "node.grpc {a} listens beyond loopback: set api_token_file so that only \
+                     holders of the token can use the API"
+                ),
+            )),
+            Ok(_) => {}
         }
         if self.node.http.parse::<SocketAddr>().is_err() {
             p.push((
@@ -360,6 +372,16 @@ mod tests {
         c.node.grpc = "nowhere".into();
         let keys: Vec<_> = c.validate().into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["node.grpc", "ssh.reconnect_min", "ssh.max_channels"]);
+    }
+
+    #[test]
+    fn api_beyond_loopback_needs_a_token() {
+        let mut c = NodeConfig::default();
+        c.node.grpc = "0.0.0.0:7401".into();
+        let keys: Vec<_> = c.validate().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["node.api_token_file"]);
+        c.node.api_token_file = Some("/etc/herd/token".into());
+        assert!(c.validate().is_empty());
     }
 }
 

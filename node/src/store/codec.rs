@@ -1381,6 +1381,36 @@ mod tests {
                 overall < 4.0,
                 "{overall} B/sample at chunk length {chunk_len}"
             );
+            let (rate_bytes, rate_samples) = per_kind
+                .iter()
+                .find(|k| k.0 == "net_rate")
+                .map_or((0, 0), |k| (k.1, k.2));
+            let others = (total.0 - rate_bytes) as f64 / (total.1 - rate_samples) as f64;
+            println!("chunk {chunk_len}: {:>10} {others:.3} B/sample", "non-rate");
+            assert!(others < 2.0, "{others} B/sample without rates");
+        }
+        // Other timestamp patterns, with a constant value so only timestamps cost.
+        let mut t = 1_760_000_000_000;
+        let accumulating: Vec<i64> = (0..240)
+            .map(|_| {
+                t += 10_000 + rng.random_range(0..=20);
+                t
+            })
+            .collect();
+        let mut with_gap = vitals_ts(&mut rng, 240);
+        with_gap[120..].iter_mut().for_each(|t| *t += 86_400_000);
+        let mut slower = vitals_ts(&mut rng, 240);
+        for i in 120..240 {
+            slower[i] = slower[119] + (i as i64 - 119) * 30_000 + rng.random_range(-5..=5);
+        }
+        for (name, ts) in [
+            ("sleep-after-scrape ts", accumulating),
+            ("1-day gap ts", with_gap),
+            ("10 s -> 30 s ts", slower),
+        ] {
+            let per_sample = roundtrip(&zip_ts(&ts, std::iter::repeat(1.0))).len() as f64 / 240.0;
+            println!("chunk 240: {name:>22} {per_sample:.3} B/sample");
+            assert!(per_sample < 1.0, "{name}: {per_sample} B/sample");
         }
     }
 }

@@ -197,6 +197,7 @@ impl SshTransport {
             verdict: verdict.clone(),
         };
         let config = Arc::new(client::Config {
+            preferred: preferred_for(&t.host, t.port, &self.settings.known_hosts),
             keepalive_interval: Some(self.settings.keepalive_interval),
             keepalive_max: self.settings.keepalive_max,
             // Quiet sessions are normal between scrapes; keepalives find dead ones.
@@ -285,6 +286,46 @@ impl SshTransport {
                 Err(failed("no key of the ssh-agent was accepted".into()))
             }
         }
+    }
+}
+
+/// Host key algorithms to ask for, the ones recorded in known_hosts for this host
+/// first (as OpenSSH does): a host recorded with only its ECDSA key must be offered
+/// ECDSA, or its ed25519 key would look unknown and strict checking would refuse it.
+fn preferred_for(host: &str, port: u16, known_hosts: &std::path::Path) -> russh::Preferred {
+    use russh::keys::Algorithm;
+    let default = russh::Preferred::default();
+    let recorded =
+        russh::keys::known_hosts::known_host_keys_path(host, port, known_hosts).unwrap_or_default();
+    if recorded.is_empty() {
+        return default;
+    }
+    let mut first: Vec<Algorithm> = Vec::new();
+    for (_, key) in &recorded {
+        let alg = key.algorithm();
+        let variants = if key.algorithm().is_rsa() {
+            vec![
+                Algorithm::Rsa {
+                    hash: Some(HashAlg::Sha512),
+                },
+                Algorithm::Rsa {
+                    hash: Some(HashAlg::Sha256),
+                },
+            ]
+        } else {
+            vec![alg]
+        };
+        for v in variants {
+            if !first.contains(&v) {
+                first.push(v);
+            }
+        }
+    }
+    let rest = default.key.iter().filter(|a| !first.contains(a)).cloned();
+    let key: Vec<Algorithm> = first.iter().cloned().chain(rest).collect();
+    russh::Preferred {
+        key: key.into(),
+        ..default
     }
 }
 
