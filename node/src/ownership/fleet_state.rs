@@ -65,6 +65,8 @@ pub struct FleetState {
     store: Store,
     owned: OwnedTx,
     current: Mutex<(u64, Arc<FleetSpec>)>,
+    /// Serializes applies, so two at once cannot both become the same version.
+    applying: tokio::sync::Mutex<()>,
 }
 
 impl FleetState {
@@ -96,6 +98,7 @@ impl FleetState {
             store,
             owned,
             current: Mutex::new((version, Arc::new(spec))),
+            applying: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -112,6 +115,7 @@ impl FleetState {
     /// Validates `text`, stores it durably as the next version and publishes it.
     pub async fn apply(&self, text: &str, source: &str) -> Result<(u64, SpecDiff), ApplyError> {
         let spec = parse_fleet(text, source).map_err(ApplyError::Invalid)?;
+        let _one_at_a_time = self.applying.lock().await;
         let (old_version, old) = self.current();
         let version = old_version + 1;
         let stored = StoredSpec {

@@ -46,9 +46,33 @@ impl Runner {
                         format!("vitals: {e} (stderr: {})", truncate(stderr, 200))
                     }
                 })?;
-                Ok(state.observe(snap, ts_ms))
+                let mut m = state.observe(snap, ts_ms);
+                for x in &mut m {
+                    x.value = round_derived(x.value);
+                }
+                Ok(m)
             }
         }
+    }
+}
+
+/// Decimal places kept of derived values (percentages, rates).
+const DERIVED_DECIMALS: i32 = 2;
+
+/// Rounds a derived, fractional value (a percentage, a rate) to
+/// `DERIVED_DECIMALS`: the digits beyond carry no information, and a value with
+/// few decimals compresses to about a byte in the store, where an arbitrary float
+/// costs seven. Whole numbers (byte counts) are left exactly as they are.
+pub fn round_derived(v: f64) -> f64 {
+    if !v.is_finite() || v.fract() == 0.0 {
+        return v;
+    }
+    let scale = 10f64.powi(DERIVED_DECIMALS);
+    let r = (v * scale).round() / scale;
+    if r.is_finite() {
+        r
+    } else {
+        v
     }
 }
 
@@ -56,5 +80,19 @@ fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_derived;
+
+    #[test]
+    fn derived_values_keep_two_decimals_and_whole_numbers_stay_exact() {
+        assert_eq!(round_derived(81.723_423_4), 81.72);
+        assert_eq!(round_derived(0.005_1), 0.01);
+        let huge = 9_007_199_254_740_993_f64; // beyond 2^53: must not be touched
+        assert_eq!(round_derived(huge).to_bits(), huge.to_bits());
+        assert!(round_derived(f64::NAN).is_nan());
     }
 }
