@@ -47,11 +47,13 @@ pub fn current_user() -> String {
     "root".into()
 }
 
-/// Runs a node on `listener` until `shutdown` resolves. `on_ready` gets the node's
-/// handles once everything is up.
+/// Runs a node on `listener` until `shutdown` resolves. `initial` (fleet text and
+/// its source name) is applied before the API answers, when the node has no spec
+/// stored yet. `on_ready` gets the node's handles once everything is up.
 pub async fn run_node(
     cfg: NodeConfig,
     listener: TcpListener,
+    initial: Option<(String, String)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(Running) + Send,
 ) -> anyhow::Result<()> {
@@ -73,6 +75,14 @@ pub async fn run_node(
     let stats = Arc::new(ScrapeStats::default());
     let (owned_tx, owned_rx) = ownership::channel();
     let fleet = Arc::new(FleetState::load(cfg.node.id, store.clone(), owned_tx)?);
+    if let Some((text, source)) = initial {
+        if fleet.current().0 == 0 {
+            fleet
+                .apply(&text, &source)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot apply the initial fleet spec: {e}"))?;
+        }
+    }
     let ssh = &cfg.ssh;
     let ctx = Arc::new(CollectorCtx {
         store: store.clone(),

@@ -89,7 +89,8 @@ pub struct Herd {
 }
 
 impl Herd {
-    /// Writes herd.toml and starts the node; returns once `herd status` answers.
+    /// Writes herd.toml and starts the node; returns once `herd status` answers and
+    /// the `--fleet` spec, if any, is applied.
     pub fn start(opts: HerdOptions) -> Herd {
         crate::herd_bin();
         let dir = tempfile::Builder::new()
@@ -345,7 +346,23 @@ impl Herd {
         std::fs::write(self.config_path(), text).expect("writing herd.toml");
     }
 
-    /// Starts the process and waits until `herd status` answers.
+    /// `herd status` answers and, when the node was given a fleet with `--fleet`, a
+    /// fleet spec is applied (the node applies it only after it is up).
+    fn ready(&self) -> bool {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return false;
+        }
+        if self.opts.fleet.is_none() {
+            return true;
+        }
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["spec_version"].as_u64())
+            .is_some_and(|v| v > 0)
+    }
+
+    /// Starts the process and waits until it is [ready](Herd::ready).
     fn spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(crate::herd_bin());
         cmd.args(["--log-format", "json", "node", "--config"])
@@ -361,7 +378,7 @@ impl Herd {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!("herd node exited with {status} while starting"));
             }
-            if self.cli(&["status", "--json"]).status.success() {
+            if self.ready() {
                 self.child = Some(child);
                 return Ok(());
             }
@@ -373,6 +390,15 @@ impl Herd {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Runs `herd ARGS...` with no `--node` (for `check`, or a `node` that must refuse
+/// to start), at most `timeout`.
+pub fn herd_cli(args: &[&str], timeout: Duration) -> Output {
+    let mut cmd = Command::new(crate::herd_bin());
+    cmd.args(args);
+    clean_env(&mut cmd);
+    run_bounded(&mut cmd, timeout)
 }
 
 impl Drop for Herd {

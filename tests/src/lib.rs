@@ -14,7 +14,7 @@ mod wait;
 use std::path::PathBuf;
 
 pub use fleet::{local_target, ssh_target};
-pub use herd::{Herd, HerdOptions};
+pub use herd::{herd_cli, Herd, HerdOptions};
 pub use ports::free_port;
 pub use process::{generate_key, log_tail};
 pub use sshd::{Sshd, SSH_USER};
@@ -55,6 +55,14 @@ pub fn herd_bin() -> PathBuf {
         "the herd binary is missing (looked at {candidates:?}): run `cargo build -p herd` first, \
          or set HERD_BIN"
     );
+}
+
+/// Milliseconds since the Unix epoch, as herd's sample timestamps.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// These tests start sshd and create a login account: they need root.

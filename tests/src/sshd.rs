@@ -57,7 +57,9 @@ impl Sshd {
             sshd.write_files();
             match sshd.spawn() {
                 Ok(()) => return sshd,
-                Err(e) if attempt == 0 => eprintln!("    sshd did not start ({e}); retrying on another port"),
+                Err(e) if attempt == 0 => {
+                    eprintln!("    sshd did not start ({e}); retrying on another port")
+                }
                 Err(e) => panic!("sshd did not start: {e}\n{}", sshd.log_tail(40)),
             }
         }
@@ -86,7 +88,11 @@ impl Sshd {
                 }
             }
         }
-        panic!("sshd did not restart on port {}: {last}\n{}", self.port, self.log_tail(40));
+        panic!(
+            "sshd did not restart on port {}: {last}\n{}",
+            self.port,
+            self.log_tail(40)
+        );
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -254,9 +260,12 @@ fn ensure_privsep_dir() {
 }
 
 fn user_exists() -> bool {
-    run_bounded(Command::new("id").args(["-u", SSH_USER]), Duration::from_secs(10))
-        .status
-        .success()
+    run_bounded(
+        Command::new("id").args(["-u", SSH_USER]),
+        Duration::from_secs(10),
+    )
+    .status
+    .success()
 }
 
 /// Creates the login account once. `'*'` (not `!`): with `UsePAM no`, sshd refuses

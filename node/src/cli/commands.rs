@@ -73,24 +73,9 @@ async fn run_node(cfg: NodeConfig, fleet: Option<&Path>) -> Result<(), CliError>
     let listener = tokio::net::TcpListener::bind(&cfg.node.grpc)
         .await
         .map_err(|e| CliError::Failure(format!("cannot listen on {}: {e}", cfg.node.grpc)))?;
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let node = crate::daemon::run_node(cfg, listener, crate::daemon::signals(), move |r| {
-        let _ = ready_tx.send(r);
-    });
-    let apply_initial = async move {
-        if let (Some((text, source)), Ok(running)) = (initial, ready_rx.await) {
-            if running.fleet.current().0 == 0 {
-                if let Err(e) = running.fleet.apply(&text, &source).await {
-                    tracing::error!(error = %e, "cannot apply the initial fleet spec");
-                }
-            }
-        }
-        std::future::pending::<()>().await
-    };
-    tokio::select! {
-        r = node => r.map_err(|e| CliError::Failure(format!("{e:#}"))),
-        _ = apply_initial => Ok(()),
-    }
+    crate::daemon::run_node(cfg, listener, initial, crate::daemon::signals(), |_| {})
+        .await
+        .map_err(|e| CliError::Failure(format!("{e:#}")))
 }
 
 fn read_fleet(path: &Path) -> Result<(String, String), CliError> {

@@ -41,16 +41,21 @@ pub async fn run(data_dir: &Path, grpc: &str, interval: &str) -> Result<(), CliE
     let fleet_text = demo_fleet(interval);
     let grpc_owned = grpc.to_string();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Running>();
-    let node = crate::daemon::run_node(cfg, listener, crate::daemon::signals(), move |r| {
-        let _ = ready_tx.send(r);
-    });
+    let initial = Some((fleet_text.clone(), "demo fleet".to_string()));
+    let node =
+        crate::daemon::run_node(cfg, listener, initial, crate::daemon::signals(), move |r| {
+            let _ = ready_tx.send(r);
+        });
     let show = async move {
         let Ok(running) = ready_rx.await else {
             return std::future::pending().await;
         };
-        if let Err(e) = running.fleet.apply(&fleet_text, "demo fleet").await {
-            eprintln!("herd demo: cannot apply the demo fleet: {e}");
-            return std::future::pending().await;
+        // A demo dir kept from an earlier run may hold another spec (other interval).
+        let wanted = crate::config::parse_fleet(&fleet_text, "demo fleet").ok();
+        if wanted.as_ref() != Some(&*running.fleet.current().1) {
+            if let Err(e) = running.fleet.apply(&fleet_text, "demo fleet").await {
+                eprintln!("herd demo: cannot apply the demo fleet: {e}");
+            }
         }
         let node_flag = if grpc_owned == super::DEFAULT_NODE {
             String::new()

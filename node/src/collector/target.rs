@@ -7,7 +7,7 @@ use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::checks::Runner;
+use super::checks::{CheckError, Env, Outcome, Runner, Status};
 use super::link::{Link, Transition};
 use super::transport::{
     LocalTransport, SshAuth, SshTarget, SshTransport, Transport, TransportError,
@@ -81,10 +81,14 @@ pub async fn run_target(spec: TargetSpec, ctx: Arc<CollectorCtx>, cancel: Cancel
     let link = Arc::new(Mutex::new(Link::new(ctx.reconnect_min, ctx.reconnect_max)));
     let spec = Arc::new(spec);
     let mut loops = tokio::task::JoinSet::new();
-    for check in spec.checks.clone() {
+    // target.up comes from one check only (the first that uses the transport), so
+    // that it is one sample per interval however many checks a target has.
+    let up_check = spec.checks.iter().position(|c| c.uses_transport());
+    for (i, check) in spec.checks.clone().into_iter().enumerate() {
         loops.spawn(check_loop(
             spec.clone(),
             check,
+            up_check == Some(i),
             transport.clone(),
             link.clone(),
             ctx.clone(),
@@ -99,9 +103,11 @@ pub async fn run_target(spec: TargetSpec, ctx: Arc<CollectorCtx>, cancel: Cancel
 /// Reachability shared by the checks of one target.
 type SharedLink = Arc<Mutex<Link>>;
 
+#[allow(clippy::too_many_arguments)]
 async fn check_loop(
     spec: Arc<TargetSpec>,
     check: CheckSpec,
+    emits_up: bool,
     transport: Arc<Transport>,
     link: SharedLink,
     ctx: Arc<CollectorCtx>,
@@ -114,7 +120,19 @@ async fn check_loop(
         .map(|t| t.get())
         .unwrap_or(ctx.command_timeout)
         .min(interval);
-    let mut runner = Runner::new(&check);
+    let uses_transport = check.uses_transport();
+    let mut runner = match Runner::new(&check) {
+        Ok(r) => r,
+        Err(message) => {
+            record_event(&ctx, &spec.name, EventKind::CheckError, message).await;
+            return;
+        }
+    };
+    let check_labels = (check.kind() != "vitals").then(|| {
+        let mut l = Labels::new();
+        l.insert("check".into(), check.name().to_string());
+        l
+    });
     let spread = rand::rng().random_range(0.0..1.0);
     let mut next = Instant::now() + FIRST_SCRAPE_SPREAD.min(interval).mul_f64(spread);
     let mut retry_at: Option<Instant> = None;
@@ -128,71 +146,57 @@ async fn check_loop(
         let started = Instant::now();
         let late = started.saturating_duration_since(next);
         let ts = now_ms();
-        let mut up = 1.0;
-        let mut measurements = Vec::new();
+        let mut up: Option<bool> = None;
+        let mut outcome = Outcome::default();
         let mut error: Option<String> = None;
-        if retry_at.is_some_and(|at| Instant::now() < at) {
+        let waiting = uses_transport && retry_at.is_some_and(|at| Instant::now() < at);
+        if waiting {
             // Waiting out the reconnect backoff: still a fact worth a sample.
-            up = 0.0;
+            up = Some(false);
             error = link.lock().ok().and_then(|l| l.reason().map(String::from));
         } else {
-            let outcome = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = transport.exec(runner.command(), timeout, runner.max_output()) => r,
+            let env = Env {
+                target: &spec,
+                transport: &transport,
+                timeout,
+                ts_ms: ts,
             };
-            match outcome {
-                Ok(out) => {
-                    retry_at = None;
-                    timeouts = 0;
-                    let t = link
-                        .lock()
-                        .map(|mut l| l.success())
-                        .unwrap_or(Transition::None);
-                    if t == Transition::Up {
-                        tracing::info!(target_name = %spec.name, "target is up again");
-                        record_event(
-                            &ctx,
-                            &spec.name,
-                            EventKind::TargetUp,
-                            "target answers again".into(),
-                        )
-                        .await;
-                    }
-                    if let Transport::Ssh(ssh) = transport.as_ref() {
-                        if let Some(fp) = ssh.take_learned_key() {
-                            record_event(
-                                &ctx,
-                                &spec.name,
-                                EventKind::HostKeyLearned,
-                                format!("recorded new host key {fp} (accept-new)"),
-                            )
-                            .await;
-                        }
-                    }
-                    match runner.ingest(&out, ts) {
-                        Ok(m) => measurements = m,
-                        Err(message) => error = Some(message),
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = runner.run(&check, &env) => r,
+            };
+            match result {
+                Ok(o) => {
+                    outcome = o;
+                    if uses_transport {
+                        up = Some(true);
+                        retry_at = None;
+                        timeouts = 0;
+                        target_answered(&spec, &transport, &link, &ctx).await;
                     }
                 }
-                Err(e) if e.is_unreachable() => {
-                    up = 0.0;
+                Err(CheckError::Transport(e)) if e.is_unreachable() => {
+                    up = Some(false);
                     let jitter = rand::rng().random_range(0.5..=1.0);
                     let (t, wait) = link
                         .lock()
                         .map(|mut l| l.failure(e.reason(), jitter))
                         .unwrap_or((Transition::None, ctx.reconnect_max));
+                    // A changed host key is never retried quickly: it needs a person.
+                    let wait = if matches!(e, TransportError::HostKeyChanged { .. }) {
+                        ctx.reconnect_max
+                    } else {
+                        wait
+                    };
                     retry_at = Some(Instant::now() + wait);
                     if let Transition::Down { .. } = t {
                         tracing::warn!(target_name = %spec.name, reason = e.reason(), error = %e, retry_in = ?wait, "target is down");
                         record_event(&ctx, &spec.name, down_kind(&e), e.to_string()).await;
                     }
                     error = Some(e.to_string());
-                    // A changed host key is never retried quickly: it needs a person.
-                    if matches!(e, TransportError::HostKeyChanged { .. }) {
-                        retry_at = Some(Instant::now() + ctx.reconnect_max);
-                    }
                 }
-                Err(e) => {
+                Err(CheckError::Transport(e)) => {
+                    up = Some(true);
                     if matches!(e, TransportError::CommandTimeout { .. }) {
                         timeouts += 1;
                         if timeouts >= TIMEOUTS_BEFORE_RESET {
@@ -201,15 +205,24 @@ async fn check_loop(
                             timeouts = 0;
                         }
                     }
-                    error = Some(format!("{}: {e}", check.kind()));
+                    error = Some(format!("{} check {:?}: {e}", check.kind(), check.name()));
+                    outcome.status = Some(Status::Unknown);
+                }
+                Err(CheckError::Failed(message)) => {
+                    if uses_transport {
+                        up = Some(true);
+                    }
+                    error = Some(message);
+                    outcome.status = Some(Status::Unknown);
                 }
             }
-            if let Some(message) = error.as_ref().filter(|_| up == 1.0) {
+            let reachable_error = error.as_ref().filter(|_| up != Some(false));
+            if let Some(message) = reachable_error {
                 let repeat = last_error
                     .as_ref()
                     .is_some_and(|(m, at)| m == message && at.elapsed() < REPEAT_ERROR_AFTER);
                 if !repeat {
-                    tracing::warn!(target_name = %spec.name, check = check.kind(), error = %message, "check failed");
+                    tracing::warn!(target_name = %spec.name, check = check.name(), error = %message, "check failed");
                     record_event(&ctx, &spec.name, EventKind::CheckError, message.clone()).await;
                     last_error = Some((message.clone(), Instant::now()));
                 }
@@ -217,30 +230,32 @@ async fn check_loop(
                 last_error = None;
             }
         }
-        let mut samples: Vec<Sample> = measurements
-            .into_iter()
-            .map(|m| Sample {
-                target: spec.name.clone(),
-                metric: m.metric,
-                labels: m.labels,
-                ts_ms: ts,
-                value: m.value,
-            })
-            .collect();
-        samples.push(Sample {
-            target: spec.name.clone(),
-            metric: "target.up".into(),
-            labels: Labels::new(),
-            ts_ms: ts,
-            value: up,
-        });
+        if up == Some(false) && check_labels.is_some() {
+            // The check could not run: its verdict is unknown, not ok.
+            outcome.status = Some(Status::Unknown);
+        }
+        for (kind, message) in outcome.events.drain(..) {
+            record_event(&ctx, &spec.name, kind, message).await;
+        }
+        let samples = samples_of(
+            &spec.name,
+            &check,
+            check_labels.as_ref(),
+            outcome,
+            emits_up.then_some(up).flatten(),
+            ts,
+        );
         ctx.stats.record(started.elapsed(), late);
         ctx.store.append(samples);
         if let Ok(mut board) = ctx.board.write() {
             if let Some(s) = board.get_mut(&spec.name) {
-                s.up = Some(up == 1.0);
+                if let Some(u) = up.filter(|_| emits_up) {
+                    s.up = Some(u);
+                }
                 s.last_scrape_ms = Some(ts);
-                s.last_error = error;
+                if emits_up || error.is_some() {
+                    s.last_error = error;
+                }
                 s.scrapes += 1;
             }
         }
@@ -252,6 +267,90 @@ async fn check_loop(
             next += interval * behind as u32;
         }
     }
+}
+
+/// The target answered: record the way back up and a newly learned host key.
+async fn target_answered(
+    spec: &TargetSpec,
+    transport: &Transport,
+    link: &SharedLink,
+    ctx: &CollectorCtx,
+) {
+    let t = link
+        .lock()
+        .map(|mut l| l.success())
+        .unwrap_or(Transition::None);
+    if t == Transition::Up {
+        tracing::info!(target_name = %spec.name, "target is up again");
+        record_event(
+            ctx,
+            &spec.name,
+            EventKind::TargetUp,
+            "target answers again".into(),
+        )
+        .await;
+    }
+    if let Transport::Ssh(ssh) = transport {
+        if let Some(fp) = ssh.take_learned_key() {
+            record_event(
+                ctx,
+                &spec.name,
+                EventKind::HostKeyLearned,
+                format!("recorded new host key {fp} (accept-new)"),
+            )
+            .await;
+        }
+    }
+}
+
+/// Stamps a check's outcome into samples: its measurements (labelled with the
+/// check's name, except vitals), `check.status{check,kind}` and `target.up`.
+fn samples_of(
+    target: &str,
+    check: &CheckSpec,
+    check_labels: Option<&Labels>,
+    outcome: Outcome,
+    up: Option<bool>,
+    ts: i64,
+) -> Vec<Sample> {
+    let mut samples: Vec<Sample> = outcome
+        .measurements
+        .into_iter()
+        .map(|m| {
+            let mut labels = m.labels;
+            if let Some(extra) = check_labels {
+                labels.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            Sample {
+                target: target.to_string(),
+                metric: m.metric,
+                labels,
+                ts_ms: ts,
+                value: m.value,
+            }
+        })
+        .collect();
+    if let (Some(status), Some(labels)) = (outcome.status, check_labels) {
+        let mut labels = labels.clone();
+        labels.insert("kind".into(), check.kind().into());
+        samples.push(Sample {
+            target: target.to_string(),
+            metric: "check.status".into(),
+            labels,
+            ts_ms: ts,
+            value: status.code(),
+        });
+    }
+    if let Some(up) = up {
+        samples.push(Sample {
+            target: target.to_string(),
+            metric: "target.up".into(),
+            labels: Labels::new(),
+            ts_ms: ts,
+            value: if up { 1.0 } else { 0.0 },
+        });
+    }
+    samples
 }
 
 fn down_kind(e: &TransportError) -> EventKind {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
+use super::checks::{validate_check, CheckSpec, VitalsCheck};
 use super::duration::HumanDuration;
 use super::error::{line_of, ConfigError, ConfigErrors};
 
@@ -82,41 +83,6 @@ fn default_interval() -> HumanDuration {
 
 fn default_checks() -> Vec<CheckSpec> {
     vec![CheckSpec::Vitals(VitalsCheck::default())]
-}
-
-/// A check of a target. One variant per kind; more kinds come with the checks work.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum CheckSpec {
-    Vitals(VitalsCheck),
-}
-
-impl CheckSpec {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            CheckSpec::Vitals(_) => "vitals",
-        }
-    }
-    pub fn interval(&self) -> Option<HumanDuration> {
-        match self {
-            CheckSpec::Vitals(c) => c.interval,
-        }
-    }
-    pub fn timeout(&self) -> Option<HumanDuration> {
-        match self {
-            CheckSpec::Vitals(c) => c.timeout,
-        }
-    }
-}
-
-/// CPU, memory, swap, disk, load, network and uptime in one command.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VitalsCheck {
-    #[serde(default)]
-    pub interval: Option<HumanDuration>,
-    #[serde(default)]
-    pub timeout: Option<HumanDuration>,
 }
 
 /// Host and port of an address such as `web-1`, `10.0.0.5:2222` or `[::1]:22`.
@@ -236,12 +202,18 @@ pub fn validate(targets: &[TargetSpec]) -> Vec<Problem> {
         if t.checks.is_empty() {
             bad(Some("checks"), "a target needs at least one check".into());
         }
-        let mut kinds = BTreeSet::new();
+        let mut names = BTreeSet::new();
         for c in &t.checks {
-            if !kinds.insert(c.kind()) {
+            for problem in validate_check(c) {
                 bad(
                     Some("checks"),
-                    format!("check kind {:?} appears twice", c.kind()),
+                    format!("{} check {:?}: {problem}", c.kind(), c.name()),
+                );
+            }
+            if !names.insert(c.name().to_string()) {
+                bad(
+                    Some("checks"),
+                    format!("check name {:?} appears twice; give one a `name`", c.name()),
                 );
             }
             let interval = c.interval().unwrap_or(t.interval);
@@ -250,7 +222,7 @@ pub fn validate(targets: &[TargetSpec]) -> Vec<Problem> {
                     Some("checks"),
                     format!(
                         "{} check interval {interval} is outside {MIN_INTERVAL}..{MAX_INTERVAL}",
-                        c.kind()
+                        c.name()
                     ),
                 );
             }
@@ -258,7 +230,10 @@ pub fn validate(targets: &[TargetSpec]) -> Vec<Problem> {
                 if timeout.get().is_zero() || timeout > interval {
                     bad(
                         Some("checks"),
-                        format!("{} check timeout {timeout} must be above 0 and at most its interval {interval}", c.kind()),
+                        format!(
+                            "{} check timeout {timeout} must be above 0 and at most its interval {interval}",
+                            c.name()
+                        ),
                     );
                 }
             }

@@ -1,11 +1,13 @@
 //! Configuration: node-local `herd.toml` and the cluster-wide `fleet.toml`.
 //! Types deny unknown fields; validation is pure and returns every error at once.
+pub mod checks;
 mod duration;
 mod error;
 pub mod fleet;
 pub mod node;
 
+pub use checks::{CheckSpec, Vantage};
 pub use duration::{parse_duration, HumanDuration};
 pub use error::{ConfigError, ConfigErrors};
-pub use fleet::{parse_fleet, CheckSpec, FleetSpec, TargetSpec, TransportKind};
+pub use fleet::{parse_fleet, FleetSpec, TargetSpec, TransportKind};
 pub use node::{expand_home, HostKeyChecking, LogFormat, NodeConfig};

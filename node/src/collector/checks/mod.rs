@@ -1,58 +1,155 @@
-//! Check kinds: each turns command output into measurements. One file per kind;
-//! `Runner` is the one place that dispatches on the kind.
+//! Check kinds: each turns what it reads from a target into measurements, events
+//! and a status. One file per kind; `Runner` is the one place that dispatches.
+pub mod file_fresh;
+pub mod parse;
+pub mod port;
+pub mod socket;
 pub mod vitals;
 
-use crate::config::CheckSpec;
-use crate::model::Measurement;
+use std::time::Duration;
 
-use super::transport::ExecOutput;
+use crate::config::{CheckSpec, TargetSpec};
+use crate::model::{EventKind, Measurement};
 
-/// The per-target state of one check (e.g. previous counters for rates).
+use super::transport::{ExecOutput, Transport, TransportError};
+
+/// What a check needs to run once.
+pub struct Env<'a> {
+    pub target: &'a TargetSpec,
+    pub transport: &'a Transport,
+    /// The whole run is bounded by this.
+    pub timeout: Duration,
+    /// Monitor-side time of this scrape.
+    pub ts_ms: i64,
+}
+
+impl Env<'_> {
+    /// Runs a command on the target, bounded by the check's timeout.
+    pub async fn exec(&self, command: &str, max_output: usize) -> Result<ExecOutput, CheckError> {
+        self.transport
+            .exec(command, self.timeout, max_output)
+            .await
+            .map_err(CheckError::Transport)
+    }
+
+    /// The host part of the target's address (127.0.0.1 for local targets).
+    pub fn target_host(&self) -> String {
+        self.target
+            .address
+            .as_deref()
+            .and_then(|a| crate::config::fleet::parse_address(a).ok())
+            .map(|(h, _)| h)
+            .unwrap_or_else(|| "127.0.0.1".into())
+    }
+}
+
+/// Ok/warning/critical/unknown, with the Nagios codes 0..3 as the sample value of
+/// `check.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Warning,
+    Critical,
+    Unknown,
+}
+
+impl Status {
+    pub fn code(self) -> f64 {
+        match self {
+            Status::Ok => 0.0,
+            Status::Warning => 1.0,
+            Status::Critical => 2.0,
+            Status::Unknown => 3.0,
+        }
+    }
+    pub fn up(up: bool) -> Status {
+        if up {
+            Status::Ok
+        } else {
+            Status::Critical
+        }
+    }
+}
+
+/// What one run of a check found.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub measurements: Vec<Measurement>,
+    /// Facts worth an event (a matching log line, a state change).
+    pub events: Vec<(EventKind, String)>,
+    /// The check's verdict; becomes `check.status{check,kind}`. Vitals has none.
+    pub status: Option<Status>,
+    /// Text that explains the status (a plugin's first line, why a port is down).
+    pub detail: Option<String>,
+}
+
+/// Why a check could not reach a verdict.
+#[derive(Debug)]
+pub enum CheckError {
+    /// The transport failed: the target is unreachable, or the command timed out.
+    Transport(TransportError),
+    /// The check ran but what it read makes no sense.
+    Failed(String),
+}
+
+/// The per-target state of one check (previous counters, tail offsets, ...).
 pub enum Runner {
     Vitals(vitals::VitalsState),
+    FileFresh,
+    Port,
+    Socket,
 }
 
 impl Runner {
-    pub fn new(spec: &CheckSpec) -> Self {
-        match spec {
+    pub fn new(spec: &CheckSpec) -> Result<Self, String> {
+        Ok(match spec {
             CheckSpec::Vitals(_) => Runner::Vitals(vitals::VitalsState::default()),
-        }
+            CheckSpec::FileFresh(_) => Runner::FileFresh,
+            CheckSpec::Port(_) => Runner::Port,
+            CheckSpec::Socket(_) => Runner::Socket,
+            // Refused by validation until built (config::checks::NOT_BUILT).
+            other => return Err(format!("the {} check is not built yet", other.kind())),
+        })
     }
 
-    /// The command run on the target for one scrape.
-    pub fn command(&self) -> &'static str {
-        match self {
-            Runner::Vitals(_) => vitals::VITALS_COMMAND,
+    pub async fn run(&mut self, spec: &CheckSpec, env: &Env<'_>) -> Result<Outcome, CheckError> {
+        match (self, spec) {
+            (Runner::Vitals(state), CheckSpec::Vitals(_)) => run_vitals(state, env).await,
+            (Runner::FileFresh, CheckSpec::FileFresh(c)) => file_fresh::run(c, env).await,
+            (Runner::Port, CheckSpec::Port(c)) => port::run(c, env).await,
+            (Runner::Socket, CheckSpec::Socket(c)) => socket::run(c, env).await,
+            (_, spec) => Err(CheckError::Failed(format!(
+                "internal: runner does not match the {} check",
+                spec.kind()
+            ))),
         }
     }
+}
 
-    /// Output beyond this many bytes is refused (the channel is closed).
-    pub fn max_output(&self) -> usize {
-        match self {
-            Runner::Vitals(_) => vitals::MAX_OUTPUT_BYTES,
-        }
+async fn run_vitals(state: &mut vitals::VitalsState, env: &Env<'_>) -> Result<Outcome, CheckError> {
+    let out = env
+        .exec(vitals::VITALS_COMMAND, vitals::MAX_OUTPUT_BYTES)
+        .await?;
+    let snap = vitals::parse(&out.stdout)
+        .map_err(|e| CheckError::Failed(with_stderr(format!("vitals: {e}"), &out)))?;
+    let mut measurements = state.observe(snap, env.ts_ms);
+    for m in &mut measurements {
+        m.value = round_derived(m.value);
     }
+    Ok(Outcome {
+        measurements,
+        ..Default::default()
+    })
+}
 
-    /// Turns one scrape's output into measurements, or a message saying what was wrong.
-    pub fn ingest(&mut self, out: &ExecOutput, ts_ms: i64) -> Result<Vec<Measurement>, String> {
-        match self {
-            Runner::Vitals(state) => {
-                let snap = vitals::parse(&out.stdout).map_err(|e| {
-                    let stderr = String::from_utf8_lossy(&out.stderr);
-                    let stderr = stderr.trim();
-                    if stderr.is_empty() {
-                        format!("vitals: {e}")
-                    } else {
-                        format!("vitals: {e} (stderr: {})", truncate(stderr, 200))
-                    }
-                })?;
-                let mut m = state.observe(snap, ts_ms);
-                for x in &mut m {
-                    x.value = round_derived(x.value);
-                }
-                Ok(m)
-            }
-        }
+/// Appends the start of stderr to a message, when there is any.
+pub fn with_stderr(message: String, out: &ExecOutput) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = stderr.trim();
+    if stderr.is_empty() {
+        message
+    } else {
+        format!("{message} (stderr: {})", truncate(stderr, 200))
     }
 }
 
@@ -76,16 +173,22 @@ pub fn round_derived(v: f64) -> f64 {
     }
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+/// The first `max` characters of `s`.
+pub fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
     }
 }
 
+/// Quotes a string for POSIX sh: single quotes, with `'` written as `'\''`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::round_derived;
+    use super::*;
 
     #[test]
     fn derived_values_keep_two_decimals_and_whole_numbers_stay_exact() {
@@ -94,5 +197,15 @@ mod tests {
         let huge = 9_007_199_254_740_993_f64; // beyond 2^53: must not be touched
         assert_eq!(round_derived(huge).to_bits(), huge.to_bits());
         assert!(round_derived(f64::NAN).is_nan());
+    }
+
+    #[test]
+    fn shell_quoting_survives_quotes_and_spaces() {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", shell_quote("a 'b' $HOME `x`")))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a 'b' $HOME `x`");
     }
 }

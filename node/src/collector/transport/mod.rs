@@ -90,6 +90,42 @@ impl TransportError {
     }
 }
 
+/// A byte stream to a service: a TCP or unix connection, or an SSH tunnel.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+pub type Stream = Box<dyn Io>;
+
+/// Where a tunnel leads, as seen from the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(String, u16),
+    Unix(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(h, p) if h.contains(':') => write!(f, "[{h}]:{p}"),
+            Endpoint::Tcp(h, p) => write!(f, "{h}:{p}"),
+            Endpoint::Unix(path) => write!(f, "unix:{path}"),
+        }
+    }
+}
+
+/// Why a tunnel could not be opened.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TunnelError {
+    /// The target itself could not be reached.
+    #[error(transparent)]
+    Transport(TransportError),
+    /// The target's sshd refused to forward (configuration).
+    #[error("{0}")]
+    Prohibited(String),
+    /// Nothing accepted the connection at the far end.
+    #[error("connection refused: {0}")]
+    Refused(String),
+}
+
 /// A target's transport.
 pub enum Transport {
     Ssh(Box<SshTransport>),
@@ -111,6 +147,23 @@ impl Transport {
         }
     }
 
+    /// Opens a connection to `to` as seen from the target: a tunnel on the SSH
+    /// session, or a direct connection for the local transport.
+    pub async fn connect(&self, to: &Endpoint, timeout: Duration) -> Result<Stream, TunnelError> {
+        let connecting = async {
+            match self {
+                Transport::Ssh(t) => t.tunnel(to).await,
+                Transport::Local(_) => connect_direct(to).await,
+            }
+        };
+        match tokio::time::timeout(timeout, connecting).await {
+            Ok(r) => r,
+            Err(_) => Err(TunnelError::Refused(format!(
+                "{to}: no answer within {timeout:?}"
+            ))),
+        }
+    }
+
     /// Drops the session (if any) so that the next command reconnects.
     pub async fn reset(&self) {
         if let Transport::Ssh(t) = self {
@@ -121,5 +174,22 @@ impl Transport {
     /// Ends the session politely.
     pub async fn close(&self) {
         self.reset().await;
+    }
+}
+
+/// A direct connection from this host.
+pub async fn connect_direct(to: &Endpoint) -> Result<Stream, TunnelError> {
+    match to {
+        Endpoint::Tcp(host, port) => tokio::net::TcpStream::connect((host.as_str(), *port))
+            .await
+            .map(|s| {
+                let _ = s.set_nodelay(true);
+                Box::new(s) as Stream
+            })
+            .map_err(|e| TunnelError::Refused(format!("{to}: {e}"))),
+        Endpoint::Unix(path) => tokio::net::UnixStream::connect(path)
+            .await
+            .map(|s| Box::new(s) as Stream)
+            .map_err(|e| TunnelError::Refused(format!("{to}: {e}"))),
     }
 }

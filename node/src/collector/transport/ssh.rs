@@ -12,7 +12,7 @@ use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use russh::ChannelMsg;
 use tokio::sync::Semaphore;
 
-use super::{ExecOutput, TransportError, MAX_STDERR_BYTES};
+use super::{Endpoint, ExecOutput, TransportError, TunnelError, MAX_STDERR_BYTES};
 use crate::config::HostKeyChecking;
 
 /// Node-wide SSH settings, from `[ssh]` in herd.toml.
@@ -161,6 +161,37 @@ impl SshTransport {
             self.disconnect().await;
         }
         result
+    }
+
+    /// Opens a TCP or unix-socket tunnel from the target (direct-tcpip or
+    /// direct-streamlocal on the session: nothing runs on the target). sshd allows
+    /// both by default (AllowTcpForwarding, AllowStreamLocalForwarding).
+    pub async fn tunnel(&self, to: &Endpoint) -> Result<super::Stream, TunnelError> {
+        let handle = self.session().await.map_err(TunnelError::Transport)?;
+        let opened = match to {
+            Endpoint::Tcp(host, port) => {
+                handle
+                    .channel_open_direct_tcpip(host.as_str(), u32::from(*port), "127.0.0.1", 0)
+                    .await
+            }
+            Endpoint::Unix(path) => handle.channel_open_direct_streamlocal(path.as_str()).await,
+        };
+        match opened {
+            Ok(channel) => Ok(Box::new(channel.into_stream())),
+            Err(russh::Error::ChannelOpenFailure(f)) => Err(match f {
+                russh::ChannelOpenFailure::AdministrativelyProhibited => TunnelError::Prohibited(
+                    format!("the target's sshd does not allow forwarding to {to}"),
+                ),
+                other => TunnelError::Refused(format!("{to}: {other:?}")),
+            }),
+            Err(e) => {
+                self.disconnect().await;
+                Err(TunnelError::Transport(TransportError::SessionBroken {
+                    addr: self.target.addr(),
+                    message: e.to_string(),
+                }))
+            }
+        }
     }
 
     pub async fn disconnect(&self) {

@@ -1,0 +1,469 @@
+//! The check kinds of `fleet.toml`: `checks = [{ kind = "...", ... }]`. One struct per
+//! kind; `CheckSpec` is the closed family. Every kind takes `name` (default: the kind;
+//! unique per target), `interval` and `timeout`.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration::HumanDuration;
+
+/// Where a network check connects from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Vantage {
+    /// From the monitoring node.
+    #[default]
+    Node,
+    /// From the target, through a TCP tunnel on its SSH session (nothing runs there).
+    Target,
+}
+
+fn vantage_target() -> Vantage {
+    Vantage::Target
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A check of a target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CheckSpec {
+    Vitals(VitalsCheck),
+    Log(LogCheck),
+    Nginx(NginxCheck),
+    FileFresh(FileFreshCheck),
+    Port(PortCheck),
+    Socket(SocketCheck),
+    Http(HttpCheck),
+    Command(CommandCheck),
+    Prometheus(PrometheusCheck),
+    JsonState(JsonStateCheck),
+}
+
+/// `name`, `interval` and `timeout` of every kind, without a match per accessor.
+macro_rules! common {
+    ($self:ident, $field:ident) => {
+        match $self {
+            CheckSpec::Vitals(c) => &c.$field,
+            CheckSpec::Log(c) => &c.$field,
+            CheckSpec::Nginx(c) => &c.$field,
+            CheckSpec::FileFresh(c) => &c.$field,
+            CheckSpec::Port(c) => &c.$field,
+            CheckSpec::Socket(c) => &c.$field,
+            CheckSpec::Http(c) => &c.$field,
+            CheckSpec::Command(c) => &c.$field,
+            CheckSpec::Prometheus(c) => &c.$field,
+            CheckSpec::JsonState(c) => &c.$field,
+        }
+    };
+}
+
+impl CheckSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CheckSpec::Vitals(_) => "vitals",
+            CheckSpec::Log(_) => "log",
+            CheckSpec::Nginx(_) => "nginx",
+            CheckSpec::FileFresh(_) => "file_fresh",
+            CheckSpec::Port(_) => "port",
+            CheckSpec::Socket(_) => "socket",
+            CheckSpec::Http(_) => "http",
+            CheckSpec::Command(_) => "command",
+            CheckSpec::Prometheus(_) => "prometheus",
+            CheckSpec::JsonState(_) => "json_state",
+        }
+    }
+    /// The check's name: `name`, or the kind when absent.
+    pub fn name(&self) -> &str {
+        common!(self, name).as_deref().unwrap_or(self.kind())
+    }
+    pub fn interval(&self) -> Option<HumanDuration> {
+        *common!(self, interval)
+    }
+    pub fn timeout(&self) -> Option<HumanDuration> {
+        *common!(self, timeout)
+    }
+    /// True when the check runs commands or tunnels over the target's SSH session.
+    pub fn uses_transport(&self) -> bool {
+        match self {
+            CheckSpec::Port(c) => c.from == Vantage::Target,
+            CheckSpec::Http(c) => c.from == Vantage::Target,
+            CheckSpec::Prometheus(c) => c.from == Vantage::Target,
+            CheckSpec::Nginx(c) => c.from == Vantage::Target || c.access_log.is_some(),
+            _ => true,
+        }
+    }
+}
+
+/// CPU, memory, swap, disk, load, network and uptime in one command.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VitalsCheck {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// Lines of a file on the target matching patterns, tailed by byte offset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogCheck {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    pub path: String,
+    /// Regexes; a line is reported when it matches one (all lines when empty).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Regexes; a line matching one is never reported.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Matching lines reported as events per scrape; more are only counted.
+    #[serde(default)]
+    pub max_lines: Option<usize>,
+    /// Bytes read per scrape at most; a backlog beyond is skipped and counted.
+    #[serde(default)]
+    pub max_bytes: Option<usize>,
+}
+
+/// nginx: stub_status and access-log statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NginxCheck {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// URL of the stub_status page, e.g. "http://127.0.0.1/nginx_status".
+    #[serde(default)]
+    pub status_url: Option<String>,
+    /// Where status_url is fetched from; default: the target (it is usually local there).
+    #[serde(default = "vantage_target")]
+    pub from: Vantage,
+    /// Access log on the target to count requests from.
+    #[serde(default)]
+    pub access_log: Option<String>,
+    /// nginx `log_format` of that log; default: `combined`.
+    #[serde(default)]
+    pub log_format: Option<String>,
+}
+
+/// A file's modification time must be newer than `max_age`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFreshCheck {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    pub path: String,
+    pub max_age: HumanDuration,
+}
+
+/// A TCP port accepts connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortCheck {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    pub port: u16,
+    /// Host to connect to; default: the target's host (from the target: 127.0.0.1).
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub from: Vantage,
+}
+
+/// A unix socket on the target accepts a connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketCheck {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    pub path: String,
+}
+
+/// An HTTP endpoint answers as expected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    pub url: String,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Statuses that count as up; default: 200-399.
+    #[serde(default)]
+    pub expect_status: Vec<u16>,
+    /// The body must match this regex.
+    #[serde(default)]
+    pub body_regex: Option<String>,
+    /// Verify TLS certificates (system roots, plus `ca_file`). On by default.
+    #[serde(default = "yes")]
+    pub tls_verify: bool,
+    /// PEM file of extra CA certificates to trust.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default)]
+    pub from: Vantage,
+}
+
+/// Any command on the target under the Nagios plugin convention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandCheck {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    pub command: String,
+}
+
+/// A Prometheus exposition endpoint; allow-listed families are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusCheck {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    pub url: String,
+    /// Family names or globs (`node_cpu_*`) to keep; nothing else is stored.
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub from: Vantage,
+    /// Samples read per scrape at most.
+    #[serde(default)]
+    pub max_samples: Option<usize>,
+}
+
+/// A numeric state path recorded as a metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateMetric {
+    pub path: String,
+    pub metric: String,
+}
+
+/// JSON-lines records deep-merged into a per-target state tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonStateCheck {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// A JSON-lines file on the target, tailed.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Or: `docker logs` of containers with this label (docker CLI on the target).
+    #[serde(default)]
+    pub docker_label: Option<String>,
+    #[serde(default)]
+    pub metrics: Vec<StateMetric>,
+    /// Keys untouched this long are removed from the tree.
+    #[serde(default)]
+    pub expire_after: Option<HumanDuration>,
+}
+
+fn valid_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("url {url:?} must start with http:// or https://"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(format!("url {url:?} has no host"));
+    }
+    Ok(())
+}
+
+fn valid_regexes(what: &str, patterns: &[String], out: &mut Vec<String>) {
+    for p in patterns {
+        if let Err(e) = regex::Regex::new(p) {
+            out.push(format!("{what} regex {p:?}: {e}"));
+        }
+    }
+}
+
+fn valid_metric_name(m: &str) -> bool {
+    !m.is_empty()
+        && m.len() <= 200
+        && m.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Kinds whose configuration is accepted by the parser but that do not run yet;
+/// validation refuses them with a plain message instead of silently not checking.
+pub const NOT_BUILT: &[&str] = &[
+    "log",
+    "nginx",
+    "http",
+    "command",
+    "prometheus",
+    "json_state",
+];
+
+/// Problems of one check's own fields (pure). Relations with the target (names,
+/// intervals) are checked by the caller.
+pub fn validate_check(c: &CheckSpec) -> Vec<String> {
+    let mut p = Vec::new();
+    if NOT_BUILT.contains(&c.kind()) {
+        p.push(format!("the {} check is not built yet", c.kind()));
+    }
+    if let Some(n) = common!(c, name) {
+        if n.is_empty()
+            || !n
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+        {
+            p.push(format!(
+                "check name {n:?} must be letters, digits, '.', '_' or '-'"
+            ));
+        }
+    }
+    match c {
+        CheckSpec::Vitals(_) => {}
+        CheckSpec::Log(l) => {
+            if l.path.trim().is_empty() {
+                p.push("log: path is empty".into());
+            }
+            valid_regexes("include", &l.include, &mut p);
+            valid_regexes("exclude", &l.exclude, &mut p);
+            if l.max_lines == Some(0) || l.max_bytes == Some(0) {
+                p.push("log: max_lines and max_bytes must be above 0".into());
+            }
+        }
+        CheckSpec::Nginx(n) => {
+            if n.status_url.is_none() && n.access_log.is_none() {
+                p.push("nginx: set status_url, access_log or both".into());
+            }
+            if let Some(u) = &n.status_url {
+                if let Err(e) = valid_url(u) {
+                    p.push(format!("nginx: {e}"));
+                }
+            }
+        }
+        CheckSpec::FileFresh(f) => {
+            if f.path.trim().is_empty() {
+                p.push("file_fresh: path is empty".into());
+            }
+            if f.max_age.get().is_zero() {
+                p.push("file_fresh: max_age must be above 0".into());
+            }
+        }
+        CheckSpec::Port(port) => {
+            if port.port == 0 {
+                p.push("port: port must be 1-65535".into());
+            }
+        }
+        CheckSpec::Socket(s) => {
+            if !s.path.starts_with('/') {
+                p.push(format!("socket: path {:?} must be absolute", s.path));
+            }
+        }
+        CheckSpec::Http(h) => {
+            if let Err(e) = valid_url(&h.url) {
+                p.push(format!("http: {e}"));
+            }
+            if let Some(m) = &h.method {
+                if m.is_empty() || !m.chars().all(|c| c.is_ascii_uppercase()) {
+                    p.push(format!(
+                        "http: method {m:?} must be an upper-case HTTP method"
+                    ));
+                }
+            }
+            for s in &h.expect_status {
+                if !(100..=599).contains(s) {
+                    p.push(format!("http: expect_status {s} is not an HTTP status"));
+                }
+            }
+            if let Some(r) = &h.body_regex {
+                valid_regexes("body", std::slice::from_ref(r), &mut p);
+            }
+            for (k, v) in &h.headers {
+                if k.is_empty() || k.contains([':', '\r', '\n', ' ']) || v.contains(['\r', '\n']) {
+                    p.push(format!("http: header {k:?} is not a valid header"));
+                }
+            }
+        }
+        CheckSpec::Command(c) => {
+            if c.command.trim().is_empty() {
+                p.push("command: command is empty".into());
+            }
+        }
+        CheckSpec::Prometheus(pr) => {
+            if let Err(e) = valid_url(&pr.url) {
+                p.push(format!("prometheus: {e}"));
+            }
+            if pr.allow.is_empty() {
+                p.push("prometheus: allow must list the metric families to keep".into());
+            }
+            for a in &pr.allow {
+                if a.is_empty()
+                    || !a
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '*'))
+                {
+                    p.push(format!(
+                        "prometheus: allow pattern {a:?} must be a family name, '*' for globbing"
+                    ));
+                }
+            }
+        }
+        CheckSpec::JsonState(j) => {
+            match (&j.path, &j.docker_label) {
+                (None, None) | (Some(_), Some(_)) => {
+                    p.push("json_state: set exactly one of path and docker_label".into())
+                }
+                _ => {}
+            }
+            for m in &j.metrics {
+                if !valid_metric_name(&m.metric) {
+                    p.push(format!(
+                        "json_state: metric {:?} must be letters, digits, '.', '_' or '-'",
+                        m.metric
+                    ));
+                }
+                if m.path.is_empty() {
+                    p.push("json_state: a metric path is empty".into());
+                }
+            }
+        }
+    }
+    p
+}
