@@ -90,7 +90,11 @@ fn main() {
     }
     raise_nofile_limit();
     use_release_herd();
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // One worker that keeps running between calls: a gRPC connection whose client
+    // stops being polled never answers the node's HTTP/2 shutdown PING, and the
+    // node then waits for it forever on SIGTERM.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .expect("tokio runtime");

@@ -10,6 +10,7 @@ use crate::collector::stats::ScrapeStats;
 use crate::collector::StatusBoard;
 use crate::model::{now_ms, Labels};
 use crate::ownership::FleetState;
+use crate::store::rollup::Granularity;
 use crate::store::Store;
 
 /// Default and largest number of events one call returns.
@@ -117,6 +118,37 @@ impl pb::herd_server::Herd for HerdApi {
         let (target, metric) = (q.target.clone(), q.metric.clone());
         let labels: Labels = q.labels.into_iter().collect();
         let (from, to) = (q.from_ms, q.to_ms);
+        if !q.rollup.is_empty() {
+            let g = Granularity::parse(&q.rollup).ok_or_else(|| {
+                Status::invalid_argument(format!("rollup {:?}: use minute or hour", q.rollup))
+            })?;
+            let rollups =
+                blocking(move || store.rollups(&target, &metric, &labels, g, from, to)).await?;
+            return Ok(Response::new(pb::QueryReply {
+                target: q.target,
+                metric: q.metric,
+                rollup: q.rollup,
+                rollups: rollups
+                    .into_iter()
+                    .map(|s| pb::RollupSeries {
+                        labels: s.labels.into_iter().collect(),
+                        buckets: s
+                            .buckets
+                            .into_iter()
+                            .map(|(bucket_ms, a)| pb::RollupBucket {
+                                bucket_ms,
+                                count: a.count,
+                                min: (a.timed > 0).then_some(a.min),
+                                max: (a.timed > 0).then_some(a.max),
+                                mean: a.mean(),
+                                statuses: a.statuses.into_iter().collect(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                ..Default::default()
+            }));
+        }
         let series = blocking(move || store.query(&target, &metric, &labels, from, to)).await?;
         let (_, spec) = self.fleet.current();
         if series.is_empty() && !spec.targets.iter().any(|t| t.name == q.target) {
@@ -140,6 +172,7 @@ impl pb::herd_server::Herd for HerdApi {
                 })
                 .collect(),
             gaps: Vec::new(),
+            ..Default::default()
         }))
     }
 

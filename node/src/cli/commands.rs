@@ -54,8 +54,18 @@ pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError>
             metric,
             since,
             labels,
+            rollup,
             json,
-        } => query(node, &target, &metric, &since, &labels, json).await,
+        } => {
+            let q = QueryArgs {
+                target: &target,
+                metric: &metric,
+                since: &since,
+                labels: &labels,
+                rollup: rollup.as_deref(),
+            };
+            query(node, q, json).await
+        }
         Command::Events {
             target,
             since,
@@ -188,14 +198,22 @@ fn since_ms(since: &str) -> Result<i64, CliError> {
     Ok(now_ms().saturating_sub(d.as_millis() as i64))
 }
 
-async fn query(
-    node: &Target,
-    target: &str,
-    metric: &str,
-    since: &str,
-    labels: &[String],
-    json: bool,
-) -> Result<(), CliError> {
+struct QueryArgs<'a> {
+    target: &'a str,
+    metric: &'a str,
+    since: &'a str,
+    labels: &'a [String],
+    rollup: Option<&'a str>,
+}
+
+async fn query(node: &Target, q: QueryArgs<'_>, json: bool) -> Result<(), CliError> {
+    let QueryArgs {
+        target,
+        metric,
+        since,
+        labels,
+        rollup,
+    } = q;
     let from_ms = since_ms(since)?;
     let mut matchers = std::collections::HashMap::new();
     for l in labels {
@@ -212,14 +230,16 @@ async fn query(
             from_ms,
             to_ms: now_ms(),
             labels: matchers,
+            rollup: rollup.unwrap_or_default().to_string(),
         })
         .await
         .map_err(|s| call_error(node, s))?
         .into_inner();
-    if json {
-        println!("{}", output::query_json(&reply));
-    } else {
-        print!("{}", output::query_table(&reply));
+    match (json, rollup.is_some()) {
+        (true, false) => println!("{}", output::query_json(&reply)),
+        (false, false) => print!("{}", output::query_table(&reply)),
+        (true, true) => println!("{}", output::rollup_json(&reply)),
+        (false, true) => print!("{}", output::rollup_table(&reply)),
     }
     Ok(())
 }

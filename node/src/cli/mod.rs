@@ -82,6 +82,9 @@ pub enum Command {
         /// Only series with this label, e.g. --label mount=/ (repeatable).
         #[arg(long = "label", value_name = "NAME=VALUE")]
         labels: Vec<String>,
+        /// Rollup buckets instead of points: minute or hour (http checks keep them).
+        #[arg(long, value_parser = ["minute", "hour"])]
+        rollup: Option<String>,
         #[arg(long)]
         json: bool,
     },

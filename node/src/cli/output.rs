@@ -178,6 +178,68 @@ pub fn query_table(r: &pb::QueryReply) -> String {
     out
 }
 
+pub fn rollup_json(r: &pb::QueryReply) -> Value {
+    json!({
+        "target": r.target,
+        "metric": r.metric,
+        "rollup": r.rollup,
+        "series": r.rollups.iter().map(|s| json!({
+            "labels": s.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "buckets": s.buckets.iter().map(|b| json!({
+                "bucket_ms": b.bucket_ms,
+                "count": b.count,
+                "min": b.min, "max": b.max, "mean": b.mean,
+                "statuses": b.statuses.iter().collect::<std::collections::BTreeMap<_, _>>(),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn rollup_table(r: &pb::QueryReply) -> String {
+    if r.rollups.is_empty() {
+        return format!(
+            "no {} rollups of {} for {} in that range\n",
+            r.rollup, r.metric, r.target
+        );
+    }
+    let ms = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+    let mut out = String::new();
+    for s in &r.rollups {
+        out.push_str(&format!(
+            "{} {} per {}\n",
+            r.target,
+            series_name(&r.metric, &s.labels),
+            r.rollup
+        ));
+        let rows: Vec<Vec<String>> = s
+            .buckets
+            .iter()
+            .map(|b| {
+                let mut statuses: Vec<_> = b.statuses.iter().collect();
+                statuses.sort();
+                vec![
+                    time(b.bucket_ms),
+                    b.count.to_string(),
+                    ms(b.min),
+                    ms(b.mean),
+                    ms(b.max),
+                    statuses
+                        .iter()
+                        .map(|(k, v)| format!("{k}:{v}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["BUCKET", "COUNT", "MIN_MS", "MEAN_MS", "MAX_MS", "STATUSES"],
+            &rows,
+        ));
+        out.push('\n');
+    }
+    out
+}
+
 pub fn format_value(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{v:.0}")
@@ -236,6 +298,7 @@ mod tests {
                 }],
             }],
             gaps: vec![],
+            ..Default::default()
         };
         let v = query_json(&r);
         assert_eq!(v["series"][0]["points"][0], json!([5, 1.5]));

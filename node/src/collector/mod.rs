@@ -1,5 +1,6 @@
 //! The collector: a task per owned target, reconciled against "what this node owns".
 pub mod checks;
+pub mod http;
 pub mod link;
 mod scheduler;
 pub mod stats;

@@ -16,6 +16,7 @@ use super::{CollectorCtx, TargetStatus};
 use crate::config::fleet::parse_address;
 use crate::config::{expand_home, CheckSpec, TargetSpec, TransportKind};
 use crate::model::{now_ms, Event, EventKind, Labels, Sample};
+use crate::store::RollupPoint;
 
 /// The first scrape of a new target starts within this, spread at random so that
 /// many targets added at once do not connect at once.
@@ -233,6 +234,16 @@ async fn check_loop(
         if up == Some(false) && check_labels.is_some() {
             // The check could not run: its verdict is unknown, not ok.
             outcome.status = Some(Status::Unknown);
+        }
+        if let Some(r) = outcome.rollup.take() {
+            ctx.store.rollup(RollupPoint {
+                target: spec.name.clone(),
+                metric: "http.response_ms".into(),
+                labels: check_labels.clone().unwrap_or_default(),
+                ts_ms: ts,
+                response_ms: r.response_ms,
+                status: r.status,
+            });
         }
         for (kind, message) in outcome.events.drain(..) {
             record_event(&ctx, &spec.name, kind, message).await;

@@ -5,6 +5,7 @@
 //! A `kill -9` loses at most the batch not yet committed.
 pub mod codec;
 mod query;
+pub mod rollup;
 mod tables;
 mod writer;
 
@@ -18,7 +19,7 @@ use std::time::Duration;
 use redb::Database;
 
 use crate::model::{Event, Sample};
-pub use query::SeriesPoints;
+pub use query::{RollupSeries, SeriesPoints};
 
 /// Operations queued between the writer and everyone else. Bounded so that an
 /// overloaded disk slows nobody down without limit: samples beyond it are counted
@@ -49,8 +50,20 @@ pub struct StoreStats {
     pub commits: AtomicU64,
 }
 
+/// One request's contribution to the rollups of a series.
+#[derive(Debug, Clone)]
+pub struct RollupPoint {
+    pub target: String,
+    pub metric: String,
+    pub labels: crate::model::Labels,
+    pub ts_ms: i64,
+    pub response_ms: Option<f64>,
+    pub status: String,
+}
+
 pub(crate) enum WriteOp {
     Samples(Vec<Sample>),
+    Rollup(RollupPoint),
     Event(Event),
     /// Stored durably; the reply comes after the commit.
     PutMeta(String, Vec<u8>, std::sync::mpsc::Sender<Result<(), String>>),
@@ -122,6 +135,36 @@ impl Store {
                 false
             }
         }
+    }
+
+    /// Queues a rollup point without waiting (dropped and counted when the queue is full).
+    pub fn rollup(&self, point: RollupPoint) {
+        if self.tx.try_send(WriteOp::Rollup(point)).is_err() {
+            self.stats.samples_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Rollup buckets of `metric` of `target` (series whose labels include
+    /// `labels`) in `[from_ms, to_ms]`.
+    pub fn rollups(
+        &self,
+        target: &str,
+        metric: &str,
+        labels: &crate::model::Labels,
+        granularity: rollup::Granularity,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<query::RollupSeries>, StoreError> {
+        query::rollups(
+            &self.db,
+            target,
+            metric,
+            labels,
+            granularity,
+            from_ms,
+            to_ms,
+        )
+        .map_err(|e| self.db_err(e))
     }
 
     /// Queues an event; events are never dropped silently: a full queue waits.

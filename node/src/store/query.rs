@@ -2,7 +2,8 @@
 use redb::{Database, ReadableDatabase};
 
 use super::codec;
-use super::tables::{self, CHUNKS, EVENTS, SERIES_INDEX};
+use super::rollup::{Agg, Granularity};
+use super::tables::{self, CHUNKS, EVENTS, ROLLUPS, SERIES_INDEX};
 use super::writer::MAX_CHUNK_SPAN_MS;
 use crate::model::{Event, Labels};
 
@@ -11,6 +12,66 @@ use crate::model::{Event, Labels};
 pub struct SeriesPoints {
     pub labels: Labels,
     pub points: Vec<(i64, f64)>,
+}
+
+/// The rollup buckets of one series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollupSeries {
+    pub labels: Labels,
+    pub buckets: Vec<(i64, Agg)>,
+}
+
+/// Series ids and labels of `metric` of `target` whose labels include `matchers`.
+fn matching_series(
+    index: &impl redb::ReadableTable<&'static str, u64>,
+    target: &str,
+    metric: &str,
+    matchers: &Labels,
+) -> Result<Vec<(u64, Labels)>, redb::Error> {
+    let prefix = tables::series_prefix(target, metric);
+    let mut out = Vec::new();
+    for entry in index.range(prefix.as_str()..)? {
+        let (key, id) = entry?;
+        let key = key.value();
+        let Some(labels_json) = key.strip_prefix(prefix.as_str()) else {
+            break;
+        };
+        let labels: Labels = serde_json::from_str(labels_json).unwrap_or_default();
+        if matchers.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            out.push((id.value(), labels));
+        }
+    }
+    Ok(out)
+}
+
+pub fn rollups(
+    db: &Database,
+    target: &str,
+    metric: &str,
+    matchers: &Labels,
+    granularity: Granularity,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<RollupSeries>, redb::Error> {
+    let r = db.begin_read()?;
+    let index = r.open_table(SERIES_INDEX)?;
+    let table = r.open_table(ROLLUPS)?;
+    let g = granularity.code();
+    let mut out = Vec::new();
+    for (id, labels) in matching_series(&index, target, metric, matchers)? {
+        let mut buckets = Vec::new();
+        let start = granularity.bucket(from_ms);
+        for entry in table.range((id, g, start)..=(id, g, to_ms))? {
+            let (k, v) = entry?;
+            if let Ok(agg) = serde_json::from_slice::<Agg>(v.value()) {
+                buckets.push((k.value().2, agg));
+            }
+        }
+        if !buckets.is_empty() {
+            out.push(RollupSeries { labels, buckets });
+        }
+    }
+    Ok(out)
 }
 
 pub fn query(
@@ -24,19 +85,8 @@ pub fn query(
     let r = db.begin_read()?;
     let index = r.open_table(SERIES_INDEX)?;
     let chunks = r.open_table(CHUNKS)?;
-    let prefix = tables::series_prefix(target, metric);
     let mut out = Vec::new();
-    for entry in index.range(prefix.as_str()..)? {
-        let (key, id) = entry?;
-        let key = key.value();
-        let Some(labels_json) = key.strip_prefix(prefix.as_str()) else {
-            break;
-        };
-        let labels: Labels = serde_json::from_str(labels_json).unwrap_or_default();
-        if !matchers.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-            continue;
-        }
-        let id = id.value();
+    for (id, labels) in matching_series(&index, target, metric, matchers)? {
         let mut points = Vec::new();
         let start = from_ms.saturating_sub(MAX_CHUNK_SPAN_MS);
         for chunk in chunks.range((id, start)..=(id, to_ms))? {
@@ -52,7 +102,9 @@ pub fn query(
                         .into_iter()
                         .filter(|(ts, _)| *ts >= from_ms && *ts <= to_ms),
                 ),
-                Err(e) => tracing::warn!(series = key, error = %e, "skipping unreadable chunk"),
+                Err(e) => {
+                    tracing::warn!(target_name = target, metric, series = id, error = %e, "skipping unreadable chunk")
+                }
             }
         }
         if !points.is_empty() {

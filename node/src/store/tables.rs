@@ -6,6 +6,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 pub const SERIES_INDEX: TableDefinition<&str, u64> = TableDefinition::new("series_index");
 /// `(series id, first ts of the chunk)` → compressed chunk (see `codec`).
 pub const CHUNKS: TableDefinition<(u64, i64), &[u8]> = TableDefinition::new("chunks");
+/// `(series id, granularity code, bucket start)` → rollup bucket as JSON.
+pub const ROLLUPS: TableDefinition<(u64, u8, i64), &[u8]> = TableDefinition::new("rollups");
 /// `(ts_ms, seq)` → event as JSON.
 pub const EVENTS: TableDefinition<(i64, u64), &str> = TableDefinition::new("events");
 /// Node metadata: the applied fleet spec, counters.
@@ -39,6 +41,7 @@ pub fn init(db: &Database) -> Result<LoadedState, redb::Error> {
         w.open_table(SERIES_INDEX)?;
         w.open_table(CHUNKS)?;
         w.open_table(EVENTS)?;
+        w.open_table(ROLLUPS)?;
         w.open_table(META)?;
     }
     w.commit()?;

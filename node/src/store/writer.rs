@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableTable};
 
 use super::codec::{self, ChunkEncoder};
-use super::tables::{self, CHUNKS, EVENTS, META, SERIES_INDEX};
-use super::{StoreOptions, StoreStats, WriteOp};
+use super::rollup::{Agg, Granularity};
+use super::tables::{self, CHUNKS, EVENTS, META, ROLLUPS, SERIES_INDEX};
+use super::{RollupPoint, StoreOptions, StoreStats, WriteOp};
 use crate::model::{now_ms, Event, Sample};
 
 /// Commit early when this many samples are waiting, whatever the interval.
@@ -27,6 +28,16 @@ const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
 /// A metadata write and who waits for its commit.
 type MetaWrite = (String, Vec<u8>, Sender<Result<(), String>>);
+
+/// A rollup bucket still receiving points. `fresh` as in `Head`.
+struct OpenBucket {
+    agg: Agg,
+    fresh: bool,
+}
+
+/// Open rollup buckets older than this (by bucket start) leave memory after a commit;
+/// a late point re-reads the stored bucket.
+const ROLLUP_KEEP_MS: i64 = 2 * 3_600_000;
 
 struct Head {
     start_ts: i64,
@@ -44,6 +55,8 @@ pub struct Writer {
     next_series_id: u64,
     next_event_seq: u64,
     heads: HashMap<u64, Head>,
+    rollups: HashMap<(u64, u8, i64), OpenBucket>,
+    dirty_rollups: HashSet<(u64, u8, i64)>,
     new_series: Vec<(String, u64)>,
     dirty: HashSet<u64>,
     /// Full chunks to write once more before they leave memory.
@@ -70,6 +83,8 @@ impl Writer {
             next_series_id: state.next_series_id,
             next_event_seq: state.next_event_seq,
             heads: HashMap::new(),
+            rollups: HashMap::new(),
+            dirty_rollups: HashSet::new(),
             new_series: Vec::new(),
             dirty: HashSet::new(),
             closing: Vec::new(),
@@ -93,6 +108,7 @@ impl Writer {
             let mut stop = false;
             match rx.recv_timeout(wait) {
                 Ok(WriteOp::Samples(s)) => self.accept(s),
+                Ok(WriteOp::Rollup(p)) => self.accept_rollup(p),
                 Ok(WriteOp::Event(e)) => self.events.push(e),
                 Ok(WriteOp::PutMeta(k, v, reply)) => self.meta.push((k, v, reply)),
                 Ok(WriteOp::Flush(reply)) => self.waiting.push(reply),
@@ -124,19 +140,37 @@ impl Writer {
         }
     }
 
+    /// The id of a series, allocated (and queued for the index) on first sight.
+    fn series_id(&mut self, target: &str, metric: &str, labels: &crate::model::Labels) -> u64 {
+        let key = tables::series_key(target, metric, labels);
+        match self.series.get(&key) {
+            Some(id) => *id,
+            None => {
+                let id = self.next_series_id;
+                self.next_series_id += 1;
+                self.series.insert(key.clone(), id);
+                self.new_series.push((key, id));
+                id
+            }
+        }
+    }
+
+    fn accept_rollup(&mut self, p: RollupPoint) {
+        let id = self.series_id(&p.target, &p.metric, &p.labels);
+        for g in Granularity::ALL {
+            let key = (id, g.code(), g.bucket(p.ts_ms));
+            let open = self.rollups.entry(key).or_insert_with(|| OpenBucket {
+                agg: Agg::default(),
+                fresh: true,
+            });
+            open.agg.add(p.response_ms, &p.status);
+            self.dirty_rollups.insert(key);
+        }
+    }
+
     fn accept(&mut self, samples: Vec<Sample>) {
         for s in samples {
-            let key = tables::series_key(&s.target, &s.metric, &s.labels);
-            let id = match self.series.get(&key) {
-                Some(id) => *id,
-                None => {
-                    let id = self.next_series_id;
-                    self.next_series_id += 1;
-                    self.series.insert(key.clone(), id);
-                    self.new_series.push((key, id));
-                    id
-                }
-            };
+            let id = self.series_id(&s.target, &s.metric, &s.labels);
             if let Some(head) = self.heads.get(&id) {
                 // Out-of-order samples are dropped, as Prometheus does: a scraper
                 // stamps in order unless the clock steps back.
@@ -165,6 +199,7 @@ impl Writer {
 
     fn commit(&mut self) {
         let nothing = self.dirty.is_empty()
+            && self.dirty_rollups.is_empty()
             && self.closing.is_empty()
             && self.events.is_empty()
             && self.meta.is_empty()
@@ -179,6 +214,9 @@ impl Writer {
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.pending_samples = 0;
                     self.dirty.clear();
+                    self.dirty_rollups.clear();
+                    let horizon = now_ms().saturating_sub(ROLLUP_KEEP_MS);
+                    self.rollups.retain(|k, _| k.2 >= horizon);
                     self.closing.clear();
                     self.events.clear();
                     self.new_series.clear();
@@ -226,6 +264,21 @@ impl Writer {
                 }
                 chunks.insert((*id, head.start_ts), head.enc.bytes().as_slice())?;
             }
+            let mut rollups = txn.open_table(ROLLUPS)?;
+            for key in &self.dirty_rollups {
+                let Some(open) = self.rollups.get_mut(key) else {
+                    continue;
+                };
+                if open.fresh {
+                    let stored = rollups.get(*key)?.map(|v| v.value().to_vec());
+                    if let Some(agg) = stored.and_then(|b| serde_json::from_slice::<Agg>(&b).ok()) {
+                        open.agg.merge(&agg);
+                    }
+                    open.fresh = false;
+                }
+                let json = serde_json::to_vec(&open.agg).unwrap_or_default();
+                rollups.insert(*key, json.as_slice())?;
+            }
             let mut events = txn.open_table(EVENTS)?;
             for e in &self.events {
                 let json = serde_json::to_string(e).unwrap_or_default();
@@ -260,6 +313,8 @@ impl Writer {
                 })?;
                 let mut events = txn.open_table(EVENTS)?;
                 events.retain_in(..(cutoff, 0), |_, _| false)?;
+                let mut rollups = txn.open_table(ROLLUPS)?;
+                rollups.retain(|k, _| k.2 >= cutoff)?;
             }
             txn.commit()?;
             Ok(())

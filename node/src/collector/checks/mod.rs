@@ -1,6 +1,8 @@
 //! Check kinds: each turns what it reads from a target into measurements, events
 //! and a status. One file per kind; `Runner` is the one place that dispatches.
+pub mod command;
 pub mod file_fresh;
+pub mod http;
 pub mod parse;
 pub mod port;
 pub mod socket;
@@ -81,6 +83,8 @@ pub struct Outcome {
     pub status: Option<Status>,
     /// Text that explains the status (a plugin's first line, why a port is down).
     pub detail: Option<String>,
+    /// For checks that keep rollups (http): this run's contribution.
+    pub rollup: Option<http::Rollup>,
 }
 
 /// Why a check could not reach a verdict.
@@ -98,6 +102,8 @@ pub enum Runner {
     FileFresh,
     Port,
     Socket,
+    Command,
+    Http(Box<http::HttpState>),
 }
 
 impl Runner {
@@ -107,6 +113,8 @@ impl Runner {
             CheckSpec::FileFresh(_) => Runner::FileFresh,
             CheckSpec::Port(_) => Runner::Port,
             CheckSpec::Socket(_) => Runner::Socket,
+            CheckSpec::Command(_) => Runner::Command,
+            CheckSpec::Http(c) => Runner::Http(Box::new(http::HttpState::new(c)?)),
             // Refused by validation until built (config::checks::NOT_BUILT).
             other => return Err(format!("the {} check is not built yet", other.kind())),
         })
@@ -118,6 +126,8 @@ impl Runner {
             (Runner::FileFresh, CheckSpec::FileFresh(c)) => file_fresh::run(c, env).await,
             (Runner::Port, CheckSpec::Port(c)) => port::run(c, env).await,
             (Runner::Socket, CheckSpec::Socket(c)) => socket::run(c, env).await,
+            (Runner::Command, CheckSpec::Command(c)) => command::run(c, env).await,
+            (Runner::Http(state), CheckSpec::Http(c)) => http::run(state, c, env).await,
             (_, spec) => Err(CheckError::Failed(format!(
                 "internal: runner does not match the {} check",
                 spec.kind()

@@ -154,9 +154,9 @@ impl StubState {
         ];
         if let Some((p, p_ts)) = self.prev {
             let reset = s.accepts < p.accepts || s.handled < p.handled || s.requests < p.requests;
-            let dt_s = (ts_ms.saturating_sub(p_ts)) as f64 / MS_PER_S;
+            let dt_s = ts_ms.saturating_sub(p_ts) as f64 / MS_PER_S;
             if !reset && dt_s > 0.0 {
-                let rate = |now: u64, before: u64| round2((now - before) as f64 / dt_s);
+                let rate = |now: u64, before: u64| round2(now.saturating_sub(before) as f64 / dt_s);
                 out.push(Measurement::new(
                     "nginx.accepts_per_s",
                     rate(s.accepts, p.accepts),
@@ -175,7 +175,7 @@ impl StubState {
                 let dropped_before = p.accepts.saturating_sub(p.handled);
                 out.push(Measurement::new(
                     "nginx.dropped_per_s",
-                    rate(dropped_now.max(dropped_before), dropped_before),
+                    rate(dropped_now, dropped_before),
                 ));
             }
         }
@@ -371,11 +371,16 @@ impl LogFormat {
         let bytes = get(self.body_bytes_sent)
             .or_else(|| get(self.bytes_sent))
             .and_then(|v| v.parse::<u64>().ok());
-        let method = match get(self.request_method) {
-            Some(m) => valid_method(m),
-            None => get(self.request)
-                .and_then(|r| r.split(' ').next())
-                .and_then(valid_method),
+        // nginx's own `$request_method` is `-` for a request line it could not
+        // parse; only formats without it fall back to the first word of
+        // `$request`, and only when a target follows it ("GARBAGE" is not a
+        // request with method GARBAGE).
+        let method = if self.request_method.is_some() {
+            get(self.request_method).and_then(valid_method)
+        } else {
+            get(self.request)
+                .and_then(|r| r.split_once(' '))
+                .and_then(|(m, _)| valid_method(m))
         };
         Some(AccessRecord {
             status: get(self.status).and_then(|v| v.parse::<u16>().ok()),
@@ -855,7 +860,7 @@ mod tests {
             (r.request_time_s, r.upstream_time_s),
             (Some(0.142), Some(0.141))
         );
-        // $request_method wins over $request; nginx logs `-` for a bad line.
+        // $request_method is used when logged; nginx logs `-` for a bad line.
         let garbage = text.lines().find(|l| l.contains("\"GARBAGE\"")).unwrap();
         let r = fmt.parse_line(garbage).unwrap();
         assert_eq!((r.method, r.status), (None, Some(400)));
@@ -983,7 +988,12 @@ mod tests {
                 status: Some(200),
                 // Uniform over [0, 1) s; the sample's median must stay near 0.5 s.
                 request_time_s: Some(i as f64 / n as f64),
-                remote_addr: Some(format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255)),
+                remote_addr: Some(format!(
+                    "10.{}.{}.{}",
+                    (i >> 16) & 255,
+                    (i >> 8) & 255,
+                    i & 255
+                )),
                 ..Default::default()
             });
         }
