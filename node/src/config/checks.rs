@@ -329,7 +329,7 @@ fn valid_metric_name(m: &str) -> bool {
 
 /// Kinds whose configuration is accepted by the parser but that do not run yet;
 /// validation refuses them with a plain message instead of silently not checking.
-pub const NOT_BUILT: &[&str] = &["log", "nginx", "prometheus", "json_state"];
+pub const NOT_BUILT: &[&str] = &["log", "nginx", "json_state"];
 
 /// Problems of one check's own fields (pure). Relations with the target (names,
 /// intervals) are checked by the caller.

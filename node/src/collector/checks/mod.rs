@@ -5,6 +5,7 @@ pub mod file_fresh;
 pub mod http;
 pub mod parse;
 pub mod port;
+pub mod prometheus;
 pub mod socket;
 pub mod vitals;
 
@@ -104,6 +105,7 @@ pub enum Runner {
     Socket,
     Command,
     Http(Box<http::HttpState>),
+    Prometheus(Box<prometheus::PromState>),
 }
 
 impl Runner {
@@ -115,6 +117,9 @@ impl Runner {
             CheckSpec::Socket(_) => Runner::Socket,
             CheckSpec::Command(_) => Runner::Command,
             CheckSpec::Http(c) => Runner::Http(Box::new(http::HttpState::new(c)?)),
+            CheckSpec::Prometheus(c) => {
+                Runner::Prometheus(Box::new(prometheus::PromState::new(c)?))
+            }
             // Refused by validation until built (config::checks::NOT_BUILT).
             other => return Err(format!("the {} check is not built yet", other.kind())),
         })
@@ -128,6 +133,9 @@ impl Runner {
             (Runner::Socket, CheckSpec::Socket(c)) => socket::run(c, env).await,
             (Runner::Command, CheckSpec::Command(c)) => command::run(c, env).await,
             (Runner::Http(state), CheckSpec::Http(c)) => http::run(state, c, env).await,
+            (Runner::Prometheus(state), CheckSpec::Prometheus(c)) => {
+                prometheus::run(state, c, env).await
+            }
             (_, spec) => Err(CheckError::Failed(format!(
                 "internal: runner does not match the {} check",
                 spec.kind()
