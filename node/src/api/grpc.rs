@@ -62,6 +62,17 @@ impl pb::herd_server::Herd for HerdApi {
                     interval_ms: s.interval.as_millis() as u64,
                     last_error: s.last_error.clone().unwrap_or_default(),
                     scrapes: s.scrapes,
+                    checks: s
+                        .checks
+                        .iter()
+                        .map(|(name, c)| pb::CheckInfo {
+                            name: name.clone(),
+                            kind: c.kind.clone(),
+                            status: c.status.clone(),
+                            detail: c.detail.clone(),
+                            ts_ms: c.ts_ms,
+                        })
+                        .collect(),
                 })
                 .collect(),
             Err(_) => Vec::new(),

@@ -4,6 +4,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use herd_proto::v1 as pb;
 use serde_json::{json, Value};
 
+/// Characters of a check's detail shown in the status table (JSON has it whole).
+const DETAIL_CHARS: usize = 100;
+
 /// Left-aligned columns separated by two spaces.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -76,6 +79,9 @@ pub fn status_json(r: &pb::StatusReply) -> Value {
             "interval_s": t.interval_ms as f64 / 1000.0,
             "scrapes": t.scrapes,
             "last_error": (!t.last_error.is_empty()).then_some(&t.last_error),
+            "checks": t.checks.iter().map(|c| json!({
+                "name": c.name, "kind": c.kind, "status": c.status, "detail": c.detail, "ts_ms": c.ts_ms,
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "alerts": r.alerts,
         "spec_version": r.spec_version,
@@ -128,6 +134,28 @@ pub fn status_table(r: &pb::StatusReply) -> String {
         ],
         &rows,
     ));
+    let checks: Vec<Vec<String>> = r
+        .targets
+        .iter()
+        .flat_map(|t| {
+            t.checks.iter().map(move |c| {
+                vec![
+                    t.name.clone(),
+                    c.name.clone(),
+                    c.kind.clone(),
+                    c.status.to_uppercase(),
+                    crate::collector::checks::truncate(&c.detail, DETAIL_CHARS).to_string(),
+                ]
+            })
+        })
+        .collect();
+    if !checks.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["TARGET", "CHECK", "KIND", "STATUS", "DETAIL"],
+            &checks,
+        ));
+    }
     out
 }
 

@@ -28,6 +28,18 @@ pub struct TargetStatus {
     pub last_scrape_ms: Option<i64>,
     pub last_error: Option<String>,
     pub scrapes: u64,
+    /// The latest verdict of each check that gives one, by check name.
+    pub checks: BTreeMap<String, CheckState>,
+}
+
+/// The latest verdict of one check.
+#[derive(Debug, Clone, Default)]
+pub struct CheckState {
+    pub kind: String,
+    /// "ok", "warning", "critical" or "unknown".
+    pub status: String,
+    pub detail: String,
+    pub ts_ms: i64,
 }
 
 /// Status of every running target, by name.

@@ -12,7 +12,7 @@ use super::link::{Link, Transition};
 use super::transport::{
     LocalTransport, SshAuth, SshTarget, SshTransport, Transport, TransportError,
 };
-use super::{CollectorCtx, TargetStatus};
+use super::{CheckState, CollectorCtx, TargetStatus};
 use crate::config::fleet::parse_address;
 use crate::config::{expand_home, CheckSpec, TargetSpec, TransportKind};
 use crate::model::{now_ms, Event, EventKind, Labels, Sample};
@@ -235,6 +235,16 @@ async fn check_loop(
             // The check could not run: its verdict is unknown, not ok.
             outcome.status = Some(Status::Unknown);
         }
+        let verdict = outcome.status.map(|st| CheckState {
+            kind: check.kind().to_string(),
+            status: st.as_str().to_string(),
+            detail: outcome
+                .detail
+                .clone()
+                .or_else(|| error.clone())
+                .unwrap_or_default(),
+            ts_ms: ts,
+        });
         if let Some(r) = outcome.rollup.take() {
             ctx.store.rollup(RollupPoint {
                 target: spec.name.clone(),
@@ -268,6 +278,9 @@ async fn check_loop(
                     s.last_error = error;
                 }
                 s.scrapes += 1;
+                if let Some(v) = verdict {
+                    s.checks.insert(check.name().to_string(), v);
+                }
             }
         }
         next += interval;

@@ -65,6 +65,14 @@ impl Status {
             Status::Unknown => 3.0,
         }
     }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warning => "warning",
+            Status::Critical => "critical",
+            Status::Unknown => "unknown",
+        }
+    }
     pub fn up(up: bool) -> Status {
         if up {
             Status::Ok
