@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{HerdApi, NodeIdentity};
 use crate::collector::stats::ScrapeStats;
 use crate::collector::transport::SshSettings;
-use crate::collector::{CollectorCtx, StatusBoard};
+use crate::collector::{CollectorCtx, StateBoard, StatusBoard};
 use crate::config::{expand_home, NodeConfig};
 use crate::ownership::{self, FleetState};
 use crate::store::{Store, StoreOptions};
@@ -73,6 +73,7 @@ pub async fn run_node(
     .with_context(|| format!("opening the store in {}", data_dir.display()))?;
     let board: StatusBoard = Arc::new(RwLock::new(Default::default()));
     let stats = Arc::new(ScrapeStats::default());
+    let states: StateBoard = Arc::new(RwLock::new(Default::default()));
     let (owned_tx, owned_rx) = ownership::channel();
     let fleet = Arc::new(FleetState::load(cfg.node.id, store.clone(), owned_tx)?);
     if let Some((text, source)) = initial {
@@ -101,6 +102,7 @@ pub async fn run_node(
         reconnect_max: ssh.reconnect_max.get(),
         board: board.clone(),
         stats: stats.clone(),
+        states: states.clone(),
     });
 
     let cancel = CancellationToken::new();
@@ -117,6 +119,7 @@ pub async fn run_node(
         board: board.clone(),
         fleet: fleet.clone(),
         stats,
+        states,
     };
     let api_cancel = cancel.clone();
     let server = tokio::spawn(

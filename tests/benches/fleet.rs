@@ -238,6 +238,8 @@ struct FleetRow {
     commits_per_s: f64,
     fake_cpu_ms_per_scrape: f64,
     rates_ok: bool,
+    /// How the node's CPU was read: "schedstat" (ns) or "stat" (ticks).
+    cpu_source: &'static str,
     stop_s: f64,
     stop_status: String,
     errors: Vec<String>,
@@ -254,6 +256,7 @@ impl FleetRow {
             "scrapes": self.scrapes,
             "expected_scrapes": self.expected_scrapes,
             "node_cpu_s": self.node_cpu_s,
+            "node_cpu_source": self.cpu_source,
             "cpu_ms_per_scrape": self.cpu_ms_per_scrape,
             "cpu_s_per_1000_scrapes": self.cpu_ms_per_scrape,
             "cpu_pct_of_one_core": self.cpu_pct,
@@ -319,10 +322,10 @@ fn bench_fleet(rt: &tokio::runtime::Runtime, n: usize, opts: &Options) -> FleetR
     let pid = node_pid(&herd);
 
     // The node with no targets: its floor.
-    let c0 = proc_cpu(pid).unwrap_or_default();
+    let c0 = read_cpu(pid).unwrap_or_default();
     std::thread::sleep(IDLE_WINDOW);
-    let c1 = proc_cpu(pid).unwrap_or_default();
-    row.idle_cpu_pct = (c1.own() - c0.own()) / IDLE_WINDOW.as_secs_f64() * 100.0;
+    let c1 = read_cpu(pid).unwrap_or_default();
+    row.idle_cpu_pct = cpu_between(&c0, &c1).0 / IDLE_WINDOW.as_secs_f64() * 100.0;
     row.rss_idle_bytes = vm_rss(pid).unwrap_or(0);
 
     let interval = format!("{}s", opts.interval_s);
@@ -378,8 +381,8 @@ fn bench_fleet(rt: &tokio::runtime::Runtime, n: usize, opts: &Options) -> FleetR
 
     // The window.
     let s0 = status(rt, &herd.addr()).expect("status at window start");
-    let cpu0 = proc_cpu(pid).expect("node /proc stat");
-    let fake0 = proc_cpu(fleet.pid()).unwrap_or_default();
+    let cpu0 = read_cpu(pid).expect("node /proc stat");
+    let fake0 = read_cpu(fleet.pid()).unwrap_or_default();
     let t0 = Instant::now();
     let mut remaining = opts.window;
     while !remaining.is_zero() {
@@ -390,8 +393,8 @@ fn bench_fleet(rt: &tokio::runtime::Runtime, n: usize, opts: &Options) -> FleetR
             progress(&format!("fleet {n}: {} s left", remaining.as_secs()));
         }
     }
-    let cpu1 = proc_cpu(pid).expect("node /proc stat");
-    let fake1 = proc_cpu(fleet.pid()).unwrap_or_default();
+    let cpu1 = read_cpu(pid).expect("node /proc stat");
+    let fake1 = read_cpu(fleet.pid()).unwrap_or_default();
     let elapsed = t0.elapsed().as_secs_f64();
     let s1 = status(rt, &herd.addr()).expect("status at window end");
     row.rss_bytes = vm_rss(pid).unwrap_or(0);
@@ -401,10 +404,10 @@ fn bench_fleet(rt: &tokio::runtime::Runtime, n: usize, opts: &Options) -> FleetR
     row.window_s = elapsed;
     row.scrapes = sc1.count.saturating_sub(sc0.count);
     row.expected_scrapes = n as f64 * elapsed / opts.interval_s as f64;
-    row.node_cpu_s = cpu1.own() - cpu0.own();
+    (row.node_cpu_s, row.cpu_source) = cpu_between(&cpu0, &cpu1);
     row.cpu_pct = row.node_cpu_s / elapsed * 100.0;
     row.cpu_ms_per_scrape = per(row.node_cpu_s * 1000.0, row.scrapes);
-    row.fake_cpu_ms_per_scrape = per((fake1.own() - fake0.own()) * 1000.0, row.scrapes);
+    row.fake_cpu_ms_per_scrape = per(cpu_between(&fake0, &fake1).0 * 1000.0, row.scrapes);
     row.duration_p50_ms = sc1.duration_p50_ms;
     row.duration_p99_ms = sc1.duration_p99_ms;
     row.duration_max_ms = sc1.duration_max_ms;
@@ -739,20 +742,21 @@ fn ssh_runs(
     }
     settle_sshd(listener);
     let target0 = tree_cpu(listener);
-    let master0 = master_pid.and_then(proc_cpu).unwrap_or_default();
+    let master0 = master_pid.and_then(threads_cpu).unwrap_or_default();
     let children0 = children_cpu_s();
     let mut walls = Vec::with_capacity(calls);
     for _ in 0..calls {
         walls.push(call()?.as_secs_f64() * 1000.0);
     }
     let children1 = children_cpu_s();
-    let master1 = master_pid.and_then(proc_cpu).unwrap_or_default();
+    let master1 = master_pid.and_then(threads_cpu).unwrap_or_default();
     settle_sshd(listener);
     let target1 = tree_cpu(listener);
     Ok(SshRun {
         calls,
         client_cpu_ms: (children1 - children0) * 1000.0 / calls as f64,
-        master_cpu_ms: master_pid.map(|_| (master1.own() - master0.own()) * 1000.0 / calls as f64),
+        master_cpu_ms: master_pid
+            .map(|_| (master1.seconds - master0.seconds) * 1000.0 / calls as f64),
         target_cpu_ms: (target1 - target0) * 1000.0 / calls as f64,
         wall_p50_ms: percentile(&mut walls, 50.0),
         wall_p99_ms: percentile(&mut walls, 99.0),
@@ -806,11 +810,11 @@ fn herd_vs_real(
         std::thread::sleep(Duration::from_millis(250));
     }
     let s0 = status(rt, &herd.addr())?;
-    let node0 = proc_cpu(pid).ok_or("node stat")?;
+    let node0 = read_cpu(pid).ok_or("node stat")?;
     let (sshd0, sshd_cmd0) = session_cpu(listener);
     let t0 = Instant::now();
     std::thread::sleep(window);
-    let node1 = proc_cpu(pid).ok_or("node stat")?;
+    let node1 = read_cpu(pid).ok_or("node stat")?;
     let (sshd1, sshd_cmd1) = session_cpu(listener);
     let window_s = t0.elapsed().as_secs_f64();
     let s1 = status(rt, &herd.addr())?;
@@ -825,7 +829,7 @@ fn herd_vs_real(
     Ok(RealHerd {
         scrapes,
         window_s,
-        node_cpu_ms: per((node1.own() - node0.own()) * 1000.0, scrapes),
+        node_cpu_ms: per(cpu_between(&node0, &node1).0 * 1000.0, scrapes),
         sshd_cpu_ms: per((sshd1 - sshd0) * 1000.0, scrapes),
         sshd_with_command_cpu_ms: per((sshd_cmd1 - sshd_cmd0) * 1000.0, scrapes),
         duration_p50_ms: sc1.duration_p50_ms,
@@ -833,15 +837,15 @@ fn herd_vs_real(
 }
 
 /// CPU seconds of sshd's per-connection processes (the ones serving the node's
-/// session): their own time, and their own plus their reaped children's (the
-/// commands they ran).
+/// session): their own time (exact, schedstat), and their own plus their reaped
+/// children's (the commands they ran; those only in 10 ms ticks).
 fn session_cpu(listener: i32) -> (f64, f64) {
     let mut own = 0.0;
     let mut with_children = 0.0;
     for p in descendants(listener) {
-        if let Some(c) = proc_cpu(p) {
-            own += c.own();
-            with_children += c.total();
+        if let (Some(c), Some(t)) = (proc_cpu(p), threads_cpu(p)) {
+            own += t.seconds;
+            with_children += t.seconds + c.children();
         }
     }
     (own, with_children)
@@ -903,6 +907,59 @@ fn proc_cpu(pid: i32) -> Option<Cpu> {
         cutime: field(13)?,
         cstime: field(14)?,
     })
+}
+
+/// CPU of a process to the nanosecond: the sum of its threads' run time
+/// (`/proc/PID/task/*/schedstat`), with the thread ids it was summed over.
+/// `/proc/PID/stat` counts in clock ticks (10 ms), too coarse for small windows.
+#[derive(Debug, Default, Clone)]
+struct ThreadsCpu {
+    tids: Vec<i32>,
+    seconds: f64,
+}
+
+fn threads_cpu(pid: i32) -> Option<ThreadsCpu> {
+    let mut out = ThreadsCpu::default();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(entry.path().join("schedstat")) else {
+            continue;
+        };
+        let ns: f64 = text.split_whitespace().next()?.parse().ok()?;
+        out.tids.push(tid);
+        out.seconds += ns / 1e9;
+    }
+    out.tids.sort_unstable();
+    Some(out)
+}
+
+/// A process's CPU at one moment, both ways.
+#[derive(Debug, Default, Clone)]
+struct CpuReading {
+    stat: Cpu,
+    threads: Option<ThreadsCpu>,
+}
+
+fn read_cpu(pid: i32) -> Option<CpuReading> {
+    Some(CpuReading {
+        stat: proc_cpu(pid)?,
+        threads: threads_cpu(pid),
+    })
+}
+
+/// CPU seconds between two readings: from the threads' run time when the same
+/// threads lived at both ends (exact), else from /proc/PID/stat (10 ms ticks,
+/// but it keeps the time of threads that exited).
+fn cpu_between(a: &CpuReading, b: &CpuReading) -> (f64, &'static str) {
+    match (&a.threads, &b.threads) {
+        (Some(x), Some(y)) if x.tids == y.tids => (y.seconds - x.seconds, "schedstat"),
+        _ => (b.stat.own() - a.stat.own(), "stat"),
+    }
 }
 
 fn vm_rss(pid: i32) -> Option<u64> {

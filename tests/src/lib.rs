@@ -11,6 +11,11 @@ mod process;
 mod sshd;
 mod wait;
 
+pub mod certs;
+pub mod nginx;
+pub mod node_exporter;
+pub mod unix_socket;
+
 use std::path::PathBuf;
 
 pub use fleet::{local_target, ssh_target};
@@ -19,6 +24,11 @@ pub use ports::free_port;
 pub use process::{generate_key, log_tail};
 pub use sshd::{Sshd, SSH_USER};
 pub use wait::{wait_for, wait_until};
+
+pub use certs::TestPki;
+pub use nginx::{Nginx, TlsListener};
+pub use node_exporter::NodeExporter;
+pub use unix_socket::UnixSocketServer;
 
 /// Prints the start of a test phase, so that a test's output reads as its story.
 #[macro_export]

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::blocking;
 use crate::collector::stats::ScrapeStats;
-use crate::collector::StatusBoard;
+use crate::collector::{StateBoard, StatusBoard};
 use crate::model::{now_ms, Labels};
 use crate::ownership::FleetState;
 use crate::store::rollup::Granularity;
@@ -33,6 +33,7 @@ pub struct HerdApi {
     pub board: StatusBoard,
     pub fleet: Arc<FleetState>,
     pub stats: Arc<ScrapeStats>,
+    pub states: StateBoard,
 }
 
 #[tonic::async_trait]
@@ -210,6 +211,26 @@ impl pb::herd_server::Herd for HerdApi {
                 })
                 .collect(),
         }))
+    }
+
+    async fn state(
+        &self,
+        req: Request<pb::StateRequest>,
+    ) -> Result<Response<pb::StateReply>, Status> {
+        let q = req.into_inner();
+        match crate::collector::checks::json_state::lookup(&self.states, &q.target, &q.path) {
+            Some(v) => Ok(Response::new(pb::StateReply {
+                json: v.to_string(),
+            })),
+            None if q.path.is_empty() => Err(Status::not_found(format!(
+                "target {:?} has no json_state check on this node",
+                q.target
+            ))),
+            None => Err(Status::not_found(format!(
+                "no value at {:?} in the state of {:?}",
+                q.path, q.target
+            ))),
+        }
     }
 
     async fn apply(

@@ -66,6 +66,7 @@ pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError>
             };
             query(node, q, json).await
         }
+        Command::State { target, path } => state(node, &target, path.as_deref()).await,
         Command::Events {
             target,
             since,
@@ -241,6 +242,25 @@ async fn query(node: &Target, q: QueryArgs<'_>, json: bool) -> Result<(), CliErr
         (true, true) => println!("{}", output::rollup_json(&reply)),
         (false, true) => print!("{}", output::rollup_table(&reply)),
     }
+    Ok(())
+}
+
+async fn state(node: &Target, target: &str, path: Option<&str>) -> Result<(), CliError> {
+    let reply = client(node)
+        .await?
+        .state(pb::StateRequest {
+            target: target.into(),
+            path: path.unwrap_or_default().into(),
+        })
+        .await
+        .map_err(|s| call_error(node, s))?
+        .into_inner();
+    let value: serde_json::Value = serde_json::from_str(&reply.json)
+        .map_err(|e| CliError::Failure(format!("the node sent unreadable JSON: {e}")))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).unwrap_or(reply.json)
+    );
     Ok(())
 }
 

@@ -88,6 +88,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The json_state tree of a target (JSON), whole or at a dotted path.
+    State {
+        target: String,
+        /// e.g. services.api.healthy
+        path: Option<String>,
+    },
     /// Recent events: targets down and up, host key problems, check errors.
     Events {
         /// Only this target.

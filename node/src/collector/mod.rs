@@ -42,6 +42,9 @@ pub struct CheckState {
     pub ts_ms: i64,
 }
 
+/// json_state trees: target → check name → tree.
+pub type StateBoard = Arc<RwLock<BTreeMap<String, BTreeMap<String, serde_json::Value>>>>;
+
 /// Status of every running target, by name.
 pub type StatusBoard = Arc<RwLock<BTreeMap<String, TargetStatus>>>;
 
@@ -57,4 +60,5 @@ pub struct CollectorCtx {
     pub reconnect_max: Duration,
     pub board: StatusBoard,
     pub stats: Arc<stats::ScrapeStats>,
+    pub states: StateBoard,
 }

@@ -7,7 +7,7 @@ use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::checks::{CheckError, Env, Outcome, Runner, Status};
+use super::checks::{CheckError, Env, Outcome, Runner, RunnerCtx, Status};
 use super::link::{Link, Transition};
 use super::transport::{
     LocalTransport, SshAuth, SshTarget, SshTransport, Transport, TransportError,
@@ -122,7 +122,12 @@ async fn check_loop(
         .unwrap_or(ctx.command_timeout)
         .min(interval);
     let uses_transport = check.uses_transport();
-    let mut runner = match Runner::new(&check) {
+    let runner_ctx = RunnerCtx {
+        store: &ctx.store,
+        target: &spec.name,
+        states: &ctx.states,
+    };
+    let mut runner = match Runner::new(&check, &runner_ctx) {
         Ok(r) => r,
         Err(message) => {
             record_event(&ctx, &spec.name, EventKind::CheckError, message).await;
@@ -255,9 +260,19 @@ async fn check_loop(
                 status: r.status,
             });
         }
-        for (kind, message) in outcome.events.drain(..) {
-            record_event(&ctx, &spec.name, kind, message).await;
-        }
+        let events: Vec<Event> = outcome
+            .events
+            .drain(..)
+            .map(|(kind, message)| Event {
+                ts_ms: ts,
+                target: spec.name.clone(),
+                kind,
+                message,
+            })
+            .collect();
+        ctx.store
+            .persist(events, std::mem::take(&mut outcome.persist))
+            .await;
         let samples = samples_of(
             &spec.name,
             &check,

@@ -327,17 +327,10 @@ fn valid_metric_name(m: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// Kinds whose configuration is accepted by the parser but that do not run yet;
-/// validation refuses them with a plain message instead of silently not checking.
-pub const NOT_BUILT: &[&str] = &["log", "nginx", "json_state"];
-
 /// Problems of one check's own fields (pure). Relations with the target (names,
 /// intervals) are checked by the caller.
 pub fn validate_check(c: &CheckSpec) -> Vec<String> {
     let mut p = Vec::new();
-    if NOT_BUILT.contains(&c.kind()) {
-        p.push(format!("the {} check is not built yet", c.kind()));
-    }
     if let Some(n) = common!(c, name) {
         if n.is_empty()
             || !n

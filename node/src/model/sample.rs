@@ -58,6 +58,8 @@ pub enum EventKind {
     CheckError,
     /// The fleet spec changed on this node.
     SpecApplied,
+    /// A log line matched a log check's patterns.
+    LogMatch,
 }
 
 impl EventKind {
@@ -70,6 +72,7 @@ impl EventKind {
             EventKind::HostKeyLearned => "host_key_learned",
             EventKind::CheckError => "check_error",
             EventKind::SpecApplied => "spec_applied",
+            EventKind::LogMatch => "log_match",
         }
     }
 }

@@ -67,6 +67,9 @@ pub(crate) enum WriteOp {
     Event(Event),
     /// Stored durably; the reply comes after the commit.
     PutMeta(String, Vec<u8>, std::sync::mpsc::Sender<Result<(), String>>),
+    /// Events and metadata that must commit together (log lines and the offset
+    /// after them: a crash neither repeats nor skips a line).
+    Persist(Vec<Event>, Vec<(String, Vec<u8>)>),
     /// Commit now; the reply comes after the commit.
     Flush(std::sync::mpsc::Sender<()>),
     /// Commit and stop; later operations fail with `Closed`.
@@ -171,6 +174,16 @@ impl Store {
     pub async fn event(&self, event: Event) {
         let tx = self.tx.clone();
         let _ = tokio::task::spawn_blocking(move || tx.send(WriteOp::Event(event))).await;
+    }
+
+    /// Queues events and metadata that commit in one transaction; does not wait for
+    /// the commit. Never dropped: a full queue waits.
+    pub async fn persist(&self, events: Vec<Event>, meta: Vec<(String, Vec<u8>)>) {
+        if events.is_empty() && meta.is_empty() {
+            return;
+        }
+        let tx = self.tx.clone();
+        let _ = tokio::task::spawn_blocking(move || tx.send(WriteOp::Persist(events, meta))).await;
     }
 
     /// Stores a metadata value and returns once it is durable.

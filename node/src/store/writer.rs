@@ -63,6 +63,8 @@ pub struct Writer {
     closing: Vec<(u64, i64, Vec<u8>)>,
     events: Vec<Event>,
     meta: Vec<MetaWrite>,
+    /// Metadata nobody waits for (tail offsets); written with the next commit.
+    quiet_meta: Vec<(String, Vec<u8>)>,
     waiting: Vec<Sender<()>>,
     pending_samples: usize,
     samples_written: u64,
@@ -90,6 +92,7 @@ impl Writer {
             closing: Vec::new(),
             events: Vec::new(),
             meta: Vec::new(),
+            quiet_meta: Vec::new(),
             waiting: Vec::new(),
             pending_samples: 0,
             samples_written: state.samples_written,
@@ -110,6 +113,10 @@ impl Writer {
                 Ok(WriteOp::Samples(s)) => self.accept(s),
                 Ok(WriteOp::Rollup(p)) => self.accept_rollup(p),
                 Ok(WriteOp::Event(e)) => self.events.push(e),
+                Ok(WriteOp::Persist(events, meta)) => {
+                    self.events.extend(events);
+                    self.quiet_meta.extend(meta);
+                }
                 Ok(WriteOp::PutMeta(k, v, reply)) => self.meta.push((k, v, reply)),
                 Ok(WriteOp::Flush(reply)) => self.waiting.push(reply),
                 Ok(WriteOp::Shutdown(reply)) => {
@@ -203,6 +210,7 @@ impl Writer {
             && self.closing.is_empty()
             && self.events.is_empty()
             && self.meta.is_empty()
+            && self.quiet_meta.is_empty()
             && self.new_series.is_empty();
         if !nothing {
             match self.write_txn() {
@@ -219,6 +227,7 @@ impl Writer {
                     self.rollups.retain(|k, _| k.2 >= horizon);
                     self.closing.clear();
                     self.events.clear();
+                    self.quiet_meta.clear();
                     self.new_series.clear();
                     for (_, _, reply) in self.meta.drain(..) {
                         let _ = reply.send(Ok(()));
@@ -286,6 +295,9 @@ impl Writer {
                 self.next_event_seq += 1;
             }
             let mut meta = txn.open_table(META)?;
+            for (k, v) in &self.quiet_meta {
+                meta.insert(k.as_str(), v.as_slice())?;
+            }
             for (k, v, _) in &self.meta {
                 meta.insert(k.as_str(), v.as_slice())?;
             }

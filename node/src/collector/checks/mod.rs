@@ -3,10 +3,14 @@
 pub mod command;
 pub mod file_fresh;
 pub mod http;
+pub mod json_state;
+pub mod log;
+pub mod nginx;
 pub mod parse;
 pub mod port;
 pub mod prometheus;
 pub mod socket;
+pub mod tail;
 pub mod vitals;
 
 use std::time::Duration;
@@ -94,6 +98,15 @@ pub struct Outcome {
     pub detail: Option<String>,
     /// For checks that keep rollups (http): this run's contribution.
     pub rollup: Option<http::Rollup>,
+    /// Metadata to store in the same commit as `events` (tail offsets, trees).
+    pub persist: Vec<(String, Vec<u8>)>,
+}
+
+/// What building a runner may need besides the check's spec.
+pub struct RunnerCtx<'a> {
+    pub store: &'a crate::store::Store,
+    pub target: &'a str,
+    pub states: &'a crate::collector::StateBoard,
 }
 
 /// Why a check could not reach a verdict.
@@ -114,10 +127,14 @@ pub enum Runner {
     Command,
     Http(Box<http::HttpState>),
     Prometheus(Box<prometheus::PromState>),
+    Log(Box<log::LogState>),
+    Nginx(Box<nginx::NginxState>),
+    JsonState(Box<json_state::JsonStateState>),
 }
 
 impl Runner {
-    pub fn new(spec: &CheckSpec) -> Result<Self, String> {
+    pub fn new(spec: &CheckSpec, ctx: &RunnerCtx<'_>) -> Result<Self, String> {
+        let name = spec.name();
         Ok(match spec {
             CheckSpec::Vitals(_) => Runner::Vitals(vitals::VitalsState::default()),
             CheckSpec::FileFresh(_) => Runner::FileFresh,
@@ -128,8 +145,21 @@ impl Runner {
             CheckSpec::Prometheus(c) => {
                 Runner::Prometheus(Box::new(prometheus::PromState::new(c)?))
             }
-            // Refused by validation until built (config::checks::NOT_BUILT).
-            other => return Err(format!("the {} check is not built yet", other.kind())),
+            CheckSpec::Log(c) => Runner::Log(Box::new(log::LogState::new(
+                c, name, ctx.store, ctx.target,
+            )?)),
+            CheckSpec::Nginx(c) => Runner::Nginx(Box::new(nginx::NginxState::new(
+                c, name, ctx.store, ctx.target,
+            )?)),
+            CheckSpec::JsonState(c) => {
+                Runner::JsonState(Box::new(json_state::JsonStateState::new(
+                    c,
+                    name,
+                    ctx.store,
+                    ctx.target,
+                    ctx.states.clone(),
+                )?))
+            }
         })
     }
 
@@ -143,6 +173,18 @@ impl Runner {
             (Runner::Http(state), CheckSpec::Http(c)) => http::run(state, c, env).await,
             (Runner::Prometheus(state), CheckSpec::Prometheus(c)) => {
                 prometheus::run(state, c, env).await
+            }
+            (Runner::Log(state), CheckSpec::Log(c)) => log::run(state, c, env).await,
+            (Runner::Nginx(state), CheckSpec::Nginx(c)) => {
+                let window = spec
+                    .interval()
+                    .unwrap_or(env.target.interval)
+                    .get()
+                    .as_secs_f64();
+                nginx::run(state, c, env, window).await
+            }
+            (Runner::JsonState(state), CheckSpec::JsonState(c)) => {
+                json_state::run(state, c, env).await
             }
             (_, spec) => Err(CheckError::Failed(format!(
                 "internal: runner does not match the {} check",
