@@ -6,5 +6,7 @@ pub mod collector;
 pub mod config;
 pub mod daemon;
 pub mod model;
+pub mod notify;
 pub mod ownership;
+pub mod rules;
 pub mod store;

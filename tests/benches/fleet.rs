@@ -238,6 +238,16 @@ struct FleetRow {
     commits_per_s: f64,
     fake_cpu_ms_per_scrape: f64,
     rates_ok: bool,
+    /// Share of the node's timing window that is first (connecting) scrapes.
+    connect_share_pct: f64,
+    /// Execs the fake fleet answered in the window, sessions it accepted in all,
+    /// sessions open at the end.
+    fake_execs: u64,
+    fake_sessions: u64,
+    fake_open: u64,
+    fake_rss_bytes: u64,
+    peak_scrapes_per_s: f64,
+    busy_time_pct: f64,
     /// How the node's CPU was read: "schedstat" (ns) or "stat" (ticks).
     cpu_source: &'static str,
     stop_s: f64,
@@ -268,6 +278,13 @@ impl FleetRow {
             "lateness_p99_ms": self.lateness_p99_ms,
             "lateness_max_ms": self.lateness_max_ms,
             "timing_over_last_scrapes": self.stats_over,
+            "timing_first_scrapes_pct": self.connect_share_pct,
+            "fake_fleet_execs": self.fake_execs,
+            "fake_fleet_sessions_accepted": self.fake_sessions,
+            "fake_fleet_sessions_open": self.fake_open,
+            "fake_fleet_rss_bytes": self.fake_rss_bytes,
+            "peak_scrapes_per_s": self.peak_scrapes_per_s,
+            "time_pct_holding_90pct_of_scrapes": self.busy_time_pct,
             "rss_bytes": self.rss_bytes,
             "rss_idle_bytes": self.rss_idle_bytes,
             "rss_bytes_per_target": self.rss_per_target,
@@ -294,7 +311,7 @@ fn bench_fleet(rt: &tokio::runtime::Runtime, n: usize, opts: &Options) -> FleetR
     progress(&format!(
         "fleet {n}: starting the fake fleet (russh server, own process)"
     ));
-    let fleet = FakeFleet::start();
+    let mut fleet = FakeFleet::start();
     let dir = tempfile::Builder::new()
         .prefix("herd-bench-")
         .tempdir()
@@ -383,6 +400,9 @@ fn bench_fleet(rt: &tokio::runtime::Runtime, n: usize, opts: &Options) -> FleetR
     let s0 = status(rt, &herd.addr()).expect("status at window start");
     let cpu0 = read_cpu(pid).expect("node /proc stat");
     let fake0 = read_cpu(fleet.pid()).unwrap_or_default();
+    if let Err(e) = fleet.mark() {
+        row.errors.push(e);
+    }
     let t0 = Instant::now();
     let mut remaining = opts.window;
     while !remaining.is_zero() {
@@ -395,9 +415,19 @@ fn bench_fleet(rt: &tokio::runtime::Runtime, n: usize, opts: &Options) -> FleetR
     }
     let cpu1 = read_cpu(pid).expect("node /proc stat");
     let fake1 = read_cpu(fleet.pid()).unwrap_or_default();
+    match fleet.stats() {
+        Ok(f) => {
+            row.fake_execs = f.execs;
+            row.fake_sessions = f.sessions;
+            row.fake_open = f.open;
+            (row.peak_scrapes_per_s, row.busy_time_pct) = burstiness(&f.buckets);
+        }
+        Err(e) => row.errors.push(e),
+    }
     let elapsed = t0.elapsed().as_secs_f64();
     let s1 = status(rt, &herd.addr()).expect("status at window end");
     row.rss_bytes = vm_rss(pid).unwrap_or(0);
+    row.fake_rss_bytes = vm_rss(fleet.pid()).unwrap_or(0);
 
     let sc0 = s0.scrapes.unwrap_or_default();
     let sc1 = s1.scrapes.unwrap_or_default();
@@ -415,6 +445,10 @@ fn bench_fleet(rt: &tokio::runtime::Runtime, n: usize, opts: &Options) -> FleetR
     row.lateness_p99_ms = sc1.lateness_p99_ms;
     row.lateness_max_ms = sc1.lateness_max_ms;
     row.stats_over = sc1.count.min(NODE_STATS_WINDOW);
+    // The node's timing window holds its last 20,000 scrapes; the first scrape of
+    // each target (TCP + SSH handshake) is in it until that many came after.
+    let first_scrapes_left = (n as u64).saturating_sub(sc1.count.saturating_sub(NODE_STATS_WINDOW));
+    row.connect_share_pct = first_scrapes_left as f64 / row.stats_over.max(1) as f64 * 100.0;
     row.rss_per_target = row.rss_bytes.saturating_sub(row.rss_idle_bytes) as f64 / n as f64;
     row.samples_per_s = s1.store_samples.saturating_sub(s0.store_samples) as f64 / elapsed;
     row.store_bytes = s1.store_bytes;
@@ -469,12 +503,25 @@ fn target_name(i: usize) -> String {
 }
 
 /// The fake fleet: this executable run with `--fake-fleet`, a russh server on
-/// 127.0.0.1 at a port it picks. It prints `READY PORT HOSTKEY` once it listens.
+/// 127.0.0.1 at a port it picks. It prints `READY PORT HOSTKEY` once it listens,
+/// then answers `mark` and `stats` lines on its stdin (see [`fake`]).
 struct FakeFleet {
     child: Child,
+    stdin: std::process::ChildStdin,
+    lines: mpsc::Receiver<String>,
     port: u16,
     /// `ssh-ed25519 AAAA...`
     host_key: String,
+}
+
+/// What the fake fleet saw between `mark` and `stats`.
+#[derive(Debug, Default)]
+struct FakeStats {
+    execs: u64,
+    sessions: u64,
+    open: u64,
+    /// Execs per 100 ms since the mark.
+    buckets: Vec<u64>,
 }
 
 impl FakeFleet {
@@ -482,19 +529,23 @@ impl FakeFleet {
         let exe = std::env::current_exe().expect("current_exe");
         let mut cmd = Command::new(exe);
         cmd.arg("--fake-fleet")
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         die_with_parent(&mut cmd);
         let mut child = cmd.spawn().expect("cannot start the fake fleet");
         let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
+        let stdin = child.stdin.take().expect("piped stdin");
+        let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
         });
-        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+        let line = match lines.recv_timeout(Duration::from_secs(20)) {
             Ok(l) => l,
             Err(_) => {
                 let _ = child.kill();
@@ -512,11 +563,44 @@ impl FakeFleet {
             port: port.parse().expect("fake fleet port"),
             host_key: format!("{alg} {key}"),
             child,
+            stdin,
+            lines,
         }
     }
 
     fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// Sends one command line and returns the answer line.
+    fn ask(&mut self, command: &str) -> Result<String, String> {
+        writeln!(self.stdin, "{command}")
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| format!("fake fleet stdin: {e}"))?;
+        self.lines
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| format!("the fake fleet did not answer {command:?}"))
+    }
+
+    /// Starts counting execs per 100 ms from now.
+    fn mark(&mut self) -> Result<(), String> {
+        self.ask("mark").map(|_| ())
+    }
+
+    fn stats(&mut self) -> Result<FakeStats, String> {
+        let line = self.ask("stats")?;
+        let v: Value =
+            serde_json::from_str(&line).map_err(|e| format!("fake fleet stats {line:?}: {e}"))?;
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        Ok(FakeStats {
+            execs: n("execs_since_mark"),
+            sessions: n("sessions"),
+            open: n("open"),
+            buckets: v["buckets_100ms"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default(),
+        })
     }
 }
 
@@ -525,6 +609,35 @@ impl Drop for FakeFleet {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How bunched up the scrapes are: the busiest second's rate, and the share of
+/// time (100 ms slots) that holds 90% of the scrapes (10% = evenly spread over a
+/// tenth of the time; 90% = smooth).
+fn burstiness(buckets: &[u64]) -> (f64, f64) {
+    let peak_per_s = buckets
+        .windows(10)
+        .map(|w| w.iter().sum::<u64>())
+        .max()
+        .unwrap_or_else(|| buckets.iter().sum()) as f64;
+    let total: u64 = buckets.iter().sum();
+    let mut sorted = buckets.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let mut acc = 0;
+    let mut slots = 0;
+    for b in sorted {
+        if acc * 10 >= total * 9 {
+            break;
+        }
+        acc += b;
+        slots += 1;
+    }
+    let share = if buckets.is_empty() {
+        f64::NAN
+    } else {
+        slots as f64 / buckets.len() as f64 * 100.0
+    };
+    (peak_per_s, share)
 }
 
 /// A fresh ed25519 client key in OpenSSH format (what `ssh-keygen` writes).
@@ -1218,9 +1331,16 @@ const COLUMNS: &[Column] = &[
     ("cpu_ms/scrape", |r| format!("{:.3}", r.cpu_ms_per_scrape)),
     ("cpu_s/1000", |r| format!("{:.3}", r.cpu_ms_per_scrape)),
     ("cpu%", |r| format!("{:.1}", r.cpu_pct)),
-    ("p50_ms", |r| format!("{:.2}", r.duration_p50_ms)),
-    ("p99_ms", |r| format!("{:.2}", r.duration_p99_ms)),
+    ("p50_ms", |r| {
+        let mark = if r.connect_share_pct > 25.0 { "*" } else { "" };
+        format!("{:.2}{mark}", r.duration_p50_ms)
+    }),
+    ("p99_ms", |r| {
+        let mark = if r.connect_share_pct > 0.5 { "*" } else { "" };
+        format!("{:.2}{mark}", r.duration_p99_ms)
+    }),
     ("late_p99_ms", |r| format!("{:.1}", r.lateness_p99_ms)),
+    ("peak/s", |r| format!("{:.0}", r.peak_scrapes_per_s)),
     ("rss_B/target", |r| format!("{:.0}", r.rss_per_target)),
     ("samples/s", |r| format!("{:.0}", r.samples_per_s)),
     ("B/sample", |r| format!("{:.2}", r.bytes_per_sample)),
@@ -1267,14 +1387,23 @@ fn print_table(rows: &[FleetRow], baseline: Option<&Baseline>) {
             "  rss_B/target = (VmRSS at the end - VmRSS of the idle node) / targets;\n  \
              B/sample = redb file bytes (free pages included) / samples written\n",
         );
+        out.push_str(
+            "  p50/p99/late are the node's own, over its last 20,000 scrapes; * = that window \
+             still holds\n  the first scrape of each target (TCP + SSH handshake) and they \
+             skew this percentile\n  peak/s = most scrapes the fake fleet answered in one \
+             second of the window (mean = targets / interval)\n",
+        );
         for r in rows {
             let mib = |b: u64| b as f64 / 1048576.0;
             out.push_str(&format!(
                 "  {} targets: node idle {:.2}% cpu, RSS {:.1} MiB (idle {:.1} MiB), \
                  warm-up {:.1} s, store {:.1} MiB / {} samples, {:.2} commits/s,\n    \
-                 scrape p99/max {:.1}/{:.1} ms over the last {} scrapes, \
+                 scrape p99/max {:.1}/{:.1} ms over the last {} scrapes ({:.1}% first scrapes), \
                  late p50/max {:.1}/{:.1} ms,\n    \
-                 fake fleet {:.3} ms CPU/scrape, node stopped in {:.1} s ({})\n",
+                 90% of the scrapes fell in {:.0}% of the time, \
+                 fake fleet {} execs in the window / {} sessions ({} open), \
+                 {:.3} ms CPU/scrape, RSS {:.1} MiB,\n    node cpu read from {}, \
+                 node stopped in {:.1} s ({})\n",
                 r.targets,
                 r.idle_cpu_pct,
                 mib(r.rss_bytes),
@@ -1286,9 +1415,16 @@ fn print_table(rows: &[FleetRow], baseline: Option<&Baseline>) {
                 r.duration_p99_ms,
                 r.duration_max_ms,
                 r.stats_over,
+                r.connect_share_pct,
                 r.lateness_p50_ms,
                 r.lateness_max_ms,
+                r.busy_time_pct,
+                r.fake_execs,
+                r.fake_sessions,
+                r.fake_open,
                 r.fake_cpu_ms_per_scrape,
+                mib(r.fake_rss_bytes),
+                r.cpu_source,
                 r.stop_s,
                 r.stop_status,
             ));
@@ -1375,6 +1511,15 @@ mod fake {
 
     static START: LazyLock<Instant> = LazyLock::new(Instant::now);
     static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+    static OPEN: AtomicU64 = AtomicU64::new(0);
+    /// 100 ms slots for an hour: execs answered in each, since START.
+    const SLOTS: usize = 36_000;
+    static EXECS: LazyLock<Vec<AtomicU64>> =
+        LazyLock::new(|| (0..SLOTS).map(|_| AtomicU64::new(0)).collect());
+
+    fn slot_now() -> usize {
+        (START.elapsed().as_millis() / 100) as usize
+    }
 
     /// A fixture line, or a slot the renderer fills.
     enum Line {
@@ -1500,6 +1645,7 @@ mod fake {
                 calls: 0,
                 out: String::with_capacity(FIXTURE.len() + 256),
             };
+            OPEN.fetch_add(1, Ordering::Relaxed);
             // Age the counters by the boot offset, then by the time since start.
             m.advance(boot_offset, busy);
             m.last = START.elapsed().as_secs_f64();
@@ -1605,6 +1751,12 @@ mod fake {
         }
     }
 
+    impl Drop for Machine {
+        fn drop(&mut self) {
+            OPEN.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     impl server::Handler for Machine {
         type Error = russh::Error;
 
@@ -1641,6 +1793,9 @@ mod fake {
             session: &mut Session,
         ) -> Result<(), Self::Error> {
             session.channel_success(channel)?;
+            if let Some(slot) = EXECS.get(slot_now()) {
+                slot.fetch_add(1, Ordering::Relaxed);
+            }
             let output = self.render();
             session.data(channel, output)?;
             session.exit_status_request(channel, 0)?;
@@ -1650,9 +1805,45 @@ mod fake {
         }
     }
 
+    /// Answers the parent on stdin/stdout: `mark` starts a measurement, `stats`
+    /// prints one JSON line about it. EOF (the parent is gone) ends the process.
+    fn commands() {
+        let mut mark = slot_now();
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            let answer = match line.trim() {
+                "mark" => {
+                    mark = slot_now();
+                    "ok".to_string()
+                }
+                "stats" => {
+                    let now = slot_now().min(SLOTS);
+                    let buckets: Vec<u64> = EXECS[mark.min(now)..now]
+                        .iter()
+                        .map(|b| b.load(Ordering::Relaxed))
+                        .collect();
+                    serde_json::json!({
+                        "execs_since_mark": buckets.iter().sum::<u64>(),
+                        "sessions": NEXT_ID.load(Ordering::Relaxed),
+                        "open": OPEN.load(Ordering::Relaxed),
+                        "buckets_100ms": buckets,
+                    })
+                    .to_string()
+                }
+                other => format!("error: unknown command {other:?}"),
+            };
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{answer}");
+            let _ = stdout.flush();
+        }
+        std::process::exit(0);
+    }
+
     pub fn run() {
         LazyLock::force(&START);
         LazyLock::force(&TEMPLATE);
+        LazyLock::force(&EXECS);
+        std::thread::spawn(commands);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

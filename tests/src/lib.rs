@@ -1,5 +1,7 @@
 //! Harness for Herd's end-to-end tests: the real `herd` binary, a real OpenSSH `sshd`
-//! on loopback with keys generated per test, and bounded waits.
+//! on loopback with keys generated per test, and bounded waits. For the check kinds:
+//! a real nginx (plain and TLS), a real node_exporter, certificates made with the
+//! openssl CLI and a unix socket listener.
 //!
 //! Every fixture lives in its own temp dir on its own ports, so tests run in
 //! parallel. Every wait has a deadline. When a test fails, the fixtures print the

@@ -225,6 +225,16 @@ fn shared_dir(prefix: &str) -> tempfile::TempDir {
     dir
 }
 
+/// A temp dir only root may enter (0700; tempfile's default is 0777 less the umask).
+fn private_dir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
 fn touch(path: &Path, date: &str) {
     let out = Command::new("touch")
         .arg("-d")
@@ -340,6 +350,13 @@ fn http_check_statuses_body_and_rollups() {
     let state = check_state(&herd, "web", "health").expect("status lists the health check");
     assert_eq!(state["kind"], "http", "{state}");
     assert_eq!(state["status"], "ok", "{state}");
+    let table = herd.cli_ok(&["status"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("missing") && l.contains("CRITICAL") && l.contains("404")),
+        "the `herd status` table shows the critical check and why:\n{table}"
+    );
 
     phase!("nginx really served the checks (its access log)");
     let log = nginx.access_log();
@@ -511,11 +528,13 @@ fn http_and_port_through_the_target() {
                 nginx.port()
             ),
             format!("{{ kind = \"port\", name = \"closed-port\", port = {closed}, from = \"target\" }}"),
+            // The contrast: nginx's port from the node (the target's host, 127.0.0.1).
+            format!("{{ kind = \"port\", name = \"from-node\", port = {} }}", nginx.port()),
         ],
     );
     let herd = Herd::start(HerdOptions::with_sshd(&sshd).fleet(fleet));
 
-    phase!("verdicts: health 0, nginx-port 0, closed-port 2");
+    phase!("verdicts: health 0, nginx-port 0, closed-port 2 (and from-node 0)");
     wait_statuses(
         &herd,
         "tunnel",
@@ -523,6 +542,7 @@ fn http_and_port_through_the_target() {
             ("health", OK),
             ("nginx-port", OK),
             ("closed-port", CRITICAL),
+            ("from-node", OK),
         ],
     );
     assert_eq!(last(&herd, "tunnel", "http.status", "health"), Some(200.0));
@@ -568,6 +588,15 @@ fn http_and_port_through_the_target() {
         std::net::TcpStream::connect(("127.0.0.1", nginx.port())).is_ok(),
         "nginx itself is still up: the checks really went through sshd"
     );
+    let from_node = points(&herd, "tunnel", "check.status", "from-node");
+    assert!(
+        from_node.iter().any(|p| p.0 > stopped)
+            && from_node
+                .iter()
+                .filter(|p| p.0 > stopped)
+                .all(|p| p.1 == OK),
+        "the port check from the node does not need sshd: {from_node:?}"
+    );
 
     phase!("restart sshd: the verdicts come back");
     sshd.restart();
@@ -589,7 +618,7 @@ fn socket_check_through_the_target() {
     let listening = server.path().display().to_string();
     let nothing = server.dir().join("nothing.sock").display().to_string();
     // A socket in a root-only dir: the SSH login user may not reach it.
-    let private_dir = tempfile::tempdir().unwrap(); // 0700, root's
+    let private_dir = private_dir("herd-private-");
     let private_sock = private_dir.path().join("private.sock");
     let _private = std::os::unix::net::UnixListener::bind(&private_sock).unwrap();
     let private = private_sock.display().to_string();
@@ -658,6 +687,9 @@ fn file_fresh_ages_and_missing() {
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     let missing = dir.path().join("missing.stamp");
+    let private_dir = private_dir("herd-private-");
+    let hidden = private_dir.path().join("hidden.stamp");
+    std::fs::write(&hidden, "secret").unwrap();
     let q = |p: &Path| toml_str(&p.display().to_string());
     let checks = [
         format!(
@@ -676,9 +708,13 @@ fn file_fresh_ages_and_missing() {
             "{{ kind = \"file_fresh\", name = \"missing\", path = {}, max_age = \"1h\" }}",
             q(&missing)
         ),
+        format!(
+            "{{ kind = \"file_fresh\", name = \"hidden\", path = {}, max_age = \"1h\" }}",
+            q(&hidden)
+        ),
     ];
 
-    phase!("real sshd; a local target and an ssh target with the same four checks");
+    phase!("real sshd; a local target and an ssh target with the same five checks");
     let sshd = Sshd::start();
     let fleet = format!(
         "{}{}",
@@ -718,6 +754,14 @@ fn file_fresh_ages_and_missing() {
         let d = detail(&herd, target, "old");
         assert!(d.contains("older than"), "{target}/old: {d}");
     }
+
+    phase!("a file in a root-only dir: fresh locally (root), not fresh over ssh ({SSH_USER})");
+    wait_statuses(&herd, "local", &[("hidden", OK)]);
+    wait_statuses(&herd, "remote", &[("hidden", CRITICAL)]);
+    assert!(
+        points(&herd, "remote", "file.age_s", "hidden").is_empty(),
+        "no age for a file the login user cannot stat"
+    );
 
     phase!("touch the old file: it turns fresh on the next scrapes");
     touch(&old, "now");

@@ -7,9 +7,11 @@ use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
+use super::channels::{ChannelSpec, Routes};
 use super::checks::{validate_check, CheckSpec, VitalsCheck};
 use super::duration::HumanDuration;
 use super::error::{line_of, ConfigError, ConfigErrors};
+use super::rules::RuleSpec;
 
 /// Scrape interval when a target does not set one.
 pub const DEFAULT_INTERVAL: HumanDuration = HumanDuration::from_secs(10);
@@ -24,6 +26,9 @@ pub const DEFAULT_SSH_PORT: u16 = 22;
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct FleetSpec {
     pub targets: Vec<TargetSpec>,
+    pub rules: Vec<RuleSpec>,
+    pub channels: Vec<ChannelSpec>,
+    pub routes: Routes,
 }
 
 /// How commands reach a target.
@@ -250,17 +255,45 @@ pub fn validate(targets: &[TargetSpec]) -> Vec<Problem> {
     problems
 }
 
-/// Top-level sections that later work will add; named so the error says so plainly.
-const NOT_YET_BUILT: &[(&str, &str)] = &[
-    (
-        "rule",
-        "rules are not built yet (they come with the reactions work)",
-    ),
-    (
-        "channel",
-        "notification channels are not built yet (they come with the reactions work)",
-    ),
-];
+/// One item of an array section with the span it came from, for error lines.
+struct Item<'r, 'i, T> {
+    spec: T,
+    raw: &'r Spanned<DeValue<'i>>,
+    label: String,
+}
+
+/// Deserializes each item of an array section on its own, so that one bad item
+/// does not hide the errors of the others.
+fn items<'r, 'i, T: serde::de::DeserializeOwned>(
+    section: &str,
+    raws: &[&'r Spanned<DeValue<'i>>],
+    errors: &mut Vec<(usize, String, String)>,
+) -> Vec<Item<'r, 'i, T>> {
+    let mut out = Vec::new();
+    for (i, raw) in raws.iter().enumerate() {
+        let label = item_label(section, i, raw);
+        match T::deserialize(ValueDeserializer::from((*raw).clone())) {
+            Ok(spec) => out.push(Item { spec, raw, label }),
+            Err(e) => {
+                let offset = e.span().unwrap_or(raw.span()).start;
+                let key = match field_at(raw, offset) {
+                    Some(f) => format!("{label}.{f}"),
+                    None => label,
+                };
+                errors.push((offset, key, e.message().to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Line offset of `field` of an item (or of the item).
+fn at<T>(item: &Item<'_, '_, T>, field: Option<&str>) -> usize {
+    field
+        .and_then(|f| item.raw.get_ref().get(f))
+        .map(|v| v.span().start)
+        .unwrap_or(item.raw.span().start)
+}
 
 /// Parses and validates a fleet spec. `source` names the file in errors.
 pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> {
@@ -277,64 +310,179 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
             e.message().to_string(),
         )])
     })?;
-    let mut errors = Vec::new();
-    let mut targets: Vec<(TargetSpec, &Spanned<DeValue>)> = Vec::new();
+    // (byte offset, key, message)
+    let mut errors: Vec<(usize, String, String)> = Vec::new();
     let mut raw_targets: Vec<&Spanned<DeValue>> = Vec::new();
+    let mut raw_rules: Vec<&Spanned<DeValue>> = Vec::new();
+    let mut raw_channels: Vec<&Spanned<DeValue>> = Vec::new();
+    let mut routes = Routes::default();
+    let mut routes_at = 0;
     for (key, value) in root.get_ref() {
         let name = key.get_ref().as_ref();
-        match name {
-            "target" => match value.get_ref() {
-                DeValue::Array(items) => raw_targets.extend(items.iter()),
-                _ => errors.push(err(
-                    Some(key.span().start),
-                    "target".into(),
-                    "must be an array of tables: write each target as [[target]]".into(),
+        let into = match name {
+            "target" => Some(&mut raw_targets),
+            "rule" => Some(&mut raw_rules),
+            "channel" => Some(&mut raw_channels),
+            _ => None,
+        };
+        if let Some(into) = into {
+            match value.get_ref() {
+                DeValue::Array(items) => into.extend(items.iter()),
+                _ => errors.push((
+                    key.span().start,
+                    name.to_string(),
+                    format!("must be an array of tables: write each as [[{name}]]"),
                 )),
-            },
-            _ => {
-                let why = NOT_YET_BUILT
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, why)| why.to_string())
-                    .unwrap_or_else(|| "unknown key; expected [[target]]".into());
-                errors.push(err(Some(key.span().start), name.to_string(), why));
             }
+            continue;
+        }
+        match name {
+            "routes" => {
+                routes_at = key.span().start;
+                match Routes::deserialize(ValueDeserializer::from(value.clone())) {
+                    Ok(r) => routes = r,
+                    Err(e) => errors.push((
+                        e.span().unwrap_or(value.span()).start,
+                        "routes".into(),
+                        e.message().to_string(),
+                    )),
+                }
+            }
+            _ => errors.push((
+                key.span().start,
+                name.to_string(),
+                "unknown key; expected [[target]], [[rule]], [[channel]] or [routes]".into(),
+            )),
         }
     }
-    for (i, raw) in raw_targets.iter().enumerate() {
-        let label = target_label(i, raw);
-        match TargetSpec::deserialize(ValueDeserializer::from((*raw).clone())) {
-            Ok(t) => targets.push((t, raw)),
-            Err(e) => {
-                let offset = e.span().unwrap_or(raw.span()).start;
-                let key = match field_at(raw, offset) {
-                    Some(f) => format!("{label}.{f}"),
-                    None => label,
-                };
-                errors.push(err(Some(offset), key, e.message().to_string()))
-            }
-        }
-    }
-    let specs: Vec<TargetSpec> = targets.iter().map(|(t, _)| t.clone()).collect();
+    let targets: Vec<Item<TargetSpec>> = items("target", &raw_targets, &mut errors);
+    let rules: Vec<Item<RuleSpec>> = items("rule", &raw_rules, &mut errors);
+    let channels: Vec<Item<ChannelSpec>> = items("channel", &raw_channels, &mut errors);
+
+    let specs: Vec<TargetSpec> = targets.iter().map(|t| t.spec.clone()).collect();
     for p in validate(&specs) {
-        let raw = targets[p.target].1;
-        let offset = p
-            .field
-            .and_then(|f| raw.get_ref().get(f))
-            .map(|v| v.span().start)
-            .unwrap_or(raw.span().start);
-        let mut key = target_label(index_of(&raw_targets, raw), raw);
-        if let Some(f) = p.field {
-            key = format!("{key}.{f}");
+        let t = &targets[p.target];
+        let key = match p.field {
+            Some(f) => format!("{}.{f}", t.label),
+            None => t.label.clone(),
+        };
+        errors.push((at(t, p.field), key, p.message));
+    }
+
+    let mut channel_names: BTreeSet<&str> = BTreeSet::new();
+    for c in &channels {
+        for problem in c.spec.validate() {
+            errors.push((at(c, None), c.label.clone(), problem));
         }
-        errors.push(err(Some(offset), key, p.message));
+        if !channel_names.insert(c.spec.name()) {
+            errors.push((
+                at(c, Some("name")),
+                format!("{}.name", c.label),
+                format!("channel name {:?} is used twice", c.spec.name()),
+            ));
+        }
     }
+    for c in &channels {
+        for f in &c.spec.delivery().fallback {
+            if !channel_names.contains(f.as_str()) {
+                errors.push((
+                    at(c, Some("fallback")),
+                    format!("{}.fallback", c.label),
+                    format!("no channel named {f:?}"),
+                ));
+            }
+        }
+        if let Some(cycle) = fallback_cycle(c.spec.name(), &channels) {
+            errors.push((
+                at(c, Some("fallback")),
+                format!("{}.fallback", c.label),
+                format!("fallbacks loop: {cycle}"),
+            ));
+        }
+    }
+    for (severity, list) in [
+        ("default", &routes.default),
+        ("critical", &routes.critical),
+        ("warning", &routes.warning),
+        ("info", &routes.info),
+    ] {
+        for ch in list {
+            if !channel_names.contains(ch.as_str()) {
+                errors.push((
+                    routes_at,
+                    format!("routes.{severity}"),
+                    format!("no channel named {ch:?}"),
+                ));
+            }
+        }
+    }
+    let mut rule_names = BTreeSet::new();
+    for r in &rules {
+        for problem in r.spec.validate() {
+            errors.push((at(r, None), r.label.clone(), problem));
+        }
+        if !rule_names.insert(r.spec.name.as_str()) {
+            errors.push((
+                at(r, Some("name")),
+                format!("{}.name", r.label),
+                format!("rule name {:?} is used twice", r.spec.name),
+            ));
+        }
+        for ch in &r.spec.channels {
+            if !channel_names.contains(ch.as_str()) {
+                errors.push((
+                    at(r, Some("channels")),
+                    format!("{}.channels", r.label),
+                    format!("no channel named {ch:?}"),
+                ));
+            }
+        }
+    }
+
     if errors.is_empty() {
-        Ok(FleetSpec { targets: specs })
+        Ok(FleetSpec {
+            targets: specs,
+            rules: rules.into_iter().map(|r| r.spec).collect(),
+            channels: channels.into_iter().map(|c| c.spec).collect(),
+            routes,
+        })
     } else {
-        errors.sort_by_key(|e| e.line);
-        Err(ConfigErrors(errors))
+        errors.sort_by_key(|e| e.0);
+        Err(ConfigErrors(
+            errors
+                .into_iter()
+                .map(|(offset, key, message)| err(Some(offset), key, message))
+                .collect(),
+        ))
     }
+}
+
+/// A loop in the fallback chains starting at `start`, written `a -> b -> a`.
+fn fallback_cycle(start: &str, channels: &[Item<'_, '_, ChannelSpec>]) -> Option<String> {
+    fn walk<'a>(
+        name: &'a str,
+        channels: &'a [Item<'_, '_, ChannelSpec>],
+        path: &mut Vec<&'a str>,
+    ) -> Option<String> {
+        if path.contains(&name) {
+            path.push(name);
+            return Some(path.join(" -> "));
+        }
+        path.push(name);
+        let c = channels.iter().find(|c| c.spec.name() == name)?;
+        for f in &c.spec.delivery().fallback {
+            let f: &str = channels
+                .iter()
+                .find(|c| c.spec.name() == f)
+                .map(|c| c.spec.name())?;
+            if let Some(cycle) = walk(f, channels, path) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        None
+    }
+    walk(start, channels, &mut Vec::new()).filter(|c| c.starts_with(start))
 }
 
 /// The field of a table whose key or value covers `offset`, to name it in an error.
@@ -346,17 +494,11 @@ fn field_at(raw: &Spanned<DeValue>, offset: usize) -> Option<String> {
         .map(|(k, _)| k.get_ref().to_string())
 }
 
-fn index_of(all: &[&Spanned<DeValue>], one: &Spanned<DeValue>) -> usize {
-    all.iter()
-        .position(|r| std::ptr::eq(*r, one))
-        .unwrap_or_default()
-}
-
-/// `target[3]` or `target[3] "web-1"` when the name is readable.
-fn target_label(i: usize, raw: &Spanned<DeValue>) -> String {
+/// `target[3]` or `target[3] (web-1)` when the name is readable.
+fn item_label(section: &str, i: usize, raw: &Spanned<DeValue>) -> String {
     match raw.get_ref().get("name").and_then(|n| n.get_ref().as_str()) {
-        Some(name) => format!("target[{i}] ({name})"),
-        None => format!("target[{i}]"),
+        Some(name) => format!("{section}[{i}] ({name})"),
+        None => format!("{section}[{i}]"),
     }
 }
 
@@ -416,7 +558,7 @@ checks = [{ kind = "nope" }]
             all.contains("f.toml:18: target[3] (d).checks: unknown variant `nope`"),
             "{all}"
         );
-        assert!(all.contains("f.toml:20: rule"), "{all}");
+        assert!(all.contains("f.toml:20: rule[0]"), "{all}");
         assert_eq!(errs.len(), 5, "{all}");
     }
 

@@ -1,10 +1,12 @@
 //! Configuration: node-local `herd.toml` and the cluster-wide `fleet.toml`.
 //! Types deny unknown fields; validation is pure and returns every error at once.
+pub mod channels;
 pub mod checks;
 mod duration;
 mod error;
 pub mod fleet;
 pub mod node;
+pub mod rules;
 
 pub use checks::{CheckSpec, Vantage};
 pub use duration::{parse_duration, HumanDuration};

@@ -1,0 +1,2 @@
+//! Notifications: a durable outbox drained by a worker through channels.
+pub mod channels;
