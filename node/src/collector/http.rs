@@ -151,7 +151,7 @@ pub async fn fetch(
 }
 
 async fn fetch_inner(req: &Request, via: Via<'_>, tls: &Tls) -> Result<Response, HttpError> {
-    let started = Instant::now();
+    let mut started = Instant::now();
     let url = req.uri.to_string();
     let (uri, is_tls, host, port) = parse_url(&url)?;
     let to = Endpoint::Tcp(host.clone(), port);
@@ -161,6 +161,11 @@ async fn fetch_inner(req: &Request, via: Via<'_>, tls: &Tls) -> Result<Response,
         Via::Target(t) => t.connect(&to, TUNNEL_CONNECT_BOUND).await,
     }
     .map_err(HttpError::Connect)?;
+    if matches!(via, Via::Target(_)) {
+        // Opening the tunnel may include (re)connecting the SSH session: that is
+        // the transport's cost, not the endpoint's response time.
+        started = Instant::now();
+    }
     let stream: super::transport::Stream = if is_tls {
         let name = ServerName::try_from(host.clone())
             .map_err(|e| HttpError::Tls(format!("{host}: {e}")))?;

@@ -144,6 +144,7 @@ async fn check_loop(
     let mut retry_at: Option<Instant> = None;
     let mut last_error: Option<(String, Instant)> = None;
     let mut timeouts = 0u32;
+    let mut last_status: Option<Status> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -239,6 +240,30 @@ async fn check_loop(
         if up == Some(false) && check_labels.is_some() {
             // The check could not run: its verdict is unknown, not ok.
             outcome.status = Some(Status::Unknown);
+        }
+        if let Some(st) = outcome.status {
+            // One event per change of verdict; a first verdict of ok is not news.
+            let changed = match last_status {
+                None => st != Status::Ok,
+                Some(prev) => prev != st,
+            };
+            if changed {
+                let detail = outcome
+                    .detail
+                    .clone()
+                    .or_else(|| error.clone())
+                    .unwrap_or_default();
+                let from = last_status.map(Status::as_str).unwrap_or("new");
+                outcome.events.push((
+                    EventKind::CheckStatus,
+                    format!(
+                        "check {}: {from} -> {}: {detail}",
+                        check.name(),
+                        st.as_str()
+                    ),
+                ));
+            }
+            last_status = Some(st);
         }
         let verdict = outcome.status.map(|st| CheckState {
             kind: check.kind().to_string(),

@@ -22,7 +22,15 @@ impl fmt::Display for ConfigError {
         if !self.key.is_empty() {
             write!(f, ": {}", self.key)?;
         }
-        write!(f, ": {}", self.message)
+        // One error, one line: scripts split on newlines. Multi-line messages
+        // (a regex library's caret diagram) are folded.
+        let message: Vec<&str> = self
+            .message
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        write!(f, ": {}", message.join(" "))
     }
 }
 

@@ -143,6 +143,8 @@ pub struct Problem {
     pub target: usize,
     /// Field of the target at fault, or None for the whole target.
     pub field: Option<&'static str>,
+    /// For `checks`: which check.
+    pub index: Option<usize>,
     pub message: String,
 }
 
@@ -151,15 +153,17 @@ pub fn validate(targets: &[TargetSpec]) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut seen: BTreeSet<&str> = BTreeSet::new();
     for (i, t) in targets.iter().enumerate() {
-        let mut bad = |field: Option<&'static str>, message: String| {
+        let mut bad = |index: Option<usize>, field: Option<&'static str>, message: String| {
             problems.push(Problem {
                 target: i,
                 field,
+                index,
                 message,
             })
         };
         if !valid_name(&t.name) {
             bad(
+                None,
                 Some("name"),
                 format!(
                     "target name {:?} must be 1-253 letters, digits, '.', '_' or '-'",
@@ -168,24 +172,27 @@ pub fn validate(targets: &[TargetSpec]) -> Vec<Problem> {
             );
         } else if !seen.insert(&t.name) {
             bad(
+                None,
                 Some("name"),
                 format!("target name {:?} is used twice", t.name),
             );
         }
         match (t.transport, &t.address) {
             (TransportKind::Ssh, None) => bad(
+                None,
                 Some("address"),
                 format!("target {:?} uses ssh and needs an address", t.name),
             ),
             (_, Some(a)) => {
                 if let Err(e) = parse_address(a) {
-                    bad(Some("address"), e);
+                    bad(None, Some("address"), e);
                 }
             }
             (TransportKind::Local, None) => {}
         }
         if t.interval < MIN_INTERVAL || t.interval > MAX_INTERVAL {
             bad(
+                None,
                 Some("interval"),
                 format!(
                     "interval {} is outside {}..{}",
@@ -196,6 +203,7 @@ pub fn validate(targets: &[TargetSpec]) -> Vec<Problem> {
         if let Some(timeout) = t.timeout {
             if timeout.get().is_zero() || timeout > t.interval {
                 bad(
+                    None,
                     Some("timeout"),
                     format!(
                         "timeout {timeout} must be above 0 and at most the interval {}",
@@ -205,25 +213,35 @@ pub fn validate(targets: &[TargetSpec]) -> Vec<Problem> {
             }
         }
         if t.checks.is_empty() {
-            bad(Some("checks"), "a target needs at least one check".into());
+            bad(
+                None,
+                Some("checks"),
+                "a target needs at least one check".into(),
+            );
         }
         let mut names = BTreeSet::new();
-        for c in &t.checks {
+        for (ci, c) in t.checks.iter().enumerate() {
             for problem in validate_check(c) {
                 bad(
+                    Some(ci),
                     Some("checks"),
                     format!("{} check {:?}: {problem}", c.kind(), c.name()),
                 );
             }
             if !names.insert(c.name().to_string()) {
                 bad(
+                    Some(ci),
                     Some("checks"),
-                    format!("check name {:?} appears twice; give one a `name`", c.name()),
+                    format!(
+                        "two checks are named {:?}; give each its own `name`",
+                        c.name()
+                    ),
                 );
             }
             let interval = c.interval().unwrap_or(t.interval);
             if interval < MIN_INTERVAL || interval > MAX_INTERVAL {
                 bad(
+                    Some(ci),
                     Some("checks"),
                     format!(
                         "{} check interval {interval} is outside {MIN_INTERVAL}..{MAX_INTERVAL}",
@@ -233,7 +251,7 @@ pub fn validate(targets: &[TargetSpec]) -> Vec<Problem> {
             }
             if let Some(timeout) = c.timeout() {
                 if timeout.get().is_zero() || timeout > interval {
-                    bad(
+                    bad(Some(ci),
                         Some("checks"),
                         format!(
                             "{} check timeout {timeout} must be above 0 and at most its interval {interval}",
@@ -246,6 +264,7 @@ pub fn validate(targets: &[TargetSpec]) -> Vec<Problem> {
         for name in t.labels.keys() {
             if !valid_name(name) {
                 bad(
+                    None,
                     Some("labels"),
                     format!("label name {name:?} must be letters, digits, '.', '_' or '-'"),
                 );
@@ -362,11 +381,23 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
     let specs: Vec<TargetSpec> = targets.iter().map(|t| t.spec.clone()).collect();
     for p in validate(&specs) {
         let t = &targets[p.target];
-        let key = match p.field {
-            Some(f) => format!("{}.{f}", t.label),
-            None => t.label.clone(),
+        let key = match (p.field, p.index) {
+            (Some(f), Some(i)) => format!("{}.{f}[{i}]", t.label),
+            (Some(f), None) => format!("{}.{f}", t.label),
+            _ => t.label.clone(),
         };
-        errors.push((at(t, p.field), key, p.message));
+        let offset = match (p.field, p.index) {
+            (Some(f), Some(i)) => t
+                .raw
+                .get_ref()
+                .get(f)
+                .and_then(|v| v.get_ref().as_array())
+                .and_then(|a| a.iter().nth(i))
+                .map(|v| v.span().start)
+                .unwrap_or_else(|| at(t, p.field)),
+            _ => at(t, p.field),
+        };
+        errors.push((offset, key, p.message));
     }
 
     let mut channel_names: BTreeSet<&str> = BTreeSet::new();

@@ -60,6 +60,10 @@ pub enum EventKind {
     SpecApplied,
     /// A log line matched a log check's patterns.
     LogMatch,
+    /// A check's verdict changed (ok, warning, critical, unknown).
+    CheckStatus,
+    /// A notification could not be delivered by its channel nor its fallbacks.
+    NotificationFailed,
 }
 
 impl EventKind {
@@ -73,6 +77,8 @@ impl EventKind {
             EventKind::CheckError => "check_error",
             EventKind::SpecApplied => "spec_applied",
             EventKind::LogMatch => "log_match",
+            EventKind::CheckStatus => "check_status",
+            EventKind::NotificationFailed => "notification_failed",
         }
     }
 }

@@ -92,12 +92,13 @@ impl FleetState {
                 }
             }
         }
+        let spec = Arc::new(spec);
         let _ = owned.send(Arc::new(owned_by(node_id, &spec, version)));
         Ok(FleetState {
             node_id,
             store,
             owned,
-            current: Mutex::new((version, Arc::new(spec))),
+            current: Mutex::new((version, spec)),
             applying: tokio::sync::Mutex::new(()),
         })
     }

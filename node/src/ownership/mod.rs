@@ -18,13 +18,16 @@ pub struct Owned {
     /// Version of the fleet spec these targets come from.
     pub spec_version: u64,
     pub targets: Vec<TargetSpec>,
+    /// The whole spec (rules, channels, routes apply to the owned targets).
+    pub spec: Arc<FleetSpec>,
 }
 
 /// The targets `node` owns under `spec`. Single node: all of them.
-pub fn owned_by(_node: u64, spec: &FleetSpec, spec_version: u64) -> Owned {
+pub fn owned_by(_node: u64, spec: &Arc<FleetSpec>, spec_version: u64) -> Owned {
     Owned {
         spec_version,
         targets: spec.targets.clone(),
+        spec: spec.clone(),
     }
 }
 

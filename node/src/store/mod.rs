@@ -3,6 +3,7 @@
 //! Writes go through one writer thread fed by a channel and committed in batches
 //! (at most `flush_interval` apart); reads are MVCC snapshots taken by any thread.
 //! A `kill -9` loses at most the batch not yet committed.
+pub mod alerting;
 pub mod codec;
 mod query;
 pub mod rollup;
@@ -70,10 +71,39 @@ pub(crate) enum WriteOp {
     /// Events and metadata that must commit together (log lines and the offset
     /// after them: a crash neither repeats nor skips a line).
     Persist(Vec<Event>, Vec<(String, Vec<u8>)>),
+    /// Alert changes and the notifications they cause, in one transaction; the
+    /// reply comes after the commit.
+    Alerting(AlertingBatch, std::sync::mpsc::Sender<Result<(), String>>),
+    /// Outbox changes after delivery attempts; the reply comes after the commit.
+    Outbox(OutboxChange, std::sync::mpsc::Sender<Result<(), String>>),
     /// Commit now; the reply comes after the commit.
     Flush(std::sync::mpsc::Sender<()>),
     /// Commit and stop; later operations fail with `Closed`.
     Shutdown(std::sync::mpsc::Sender<()>),
+}
+
+/// Alert changes written together.
+#[derive(Debug, Clone, Default)]
+pub struct AlertingBatch {
+    /// Alerts to store (insert or replace), by id.
+    pub alerts: Vec<crate::model::Alert>,
+    /// Alerts to forget.
+    pub deleted: Vec<String>,
+    pub transitions: Vec<alerting::TransitionRecord>,
+    /// New notifications; the store gives them their sequence numbers.
+    pub outbox: Vec<alerting::OutboxEntry>,
+}
+
+/// What a delivery round did to the outbox.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxChange {
+    /// Delivered: removed, and their idempotency keys recorded as sent.
+    pub done: Vec<(u64, String)>,
+    /// Tried and to be tried again later.
+    pub update: Vec<(u64, alerting::OutboxEntry)>,
+    /// Given up on (their fallbacks, if any, are in `add`).
+    pub remove: Vec<u64>,
+    pub add: Vec<alerting::OutboxEntry>,
 }
 
 /// Settings of the store, from `[store]` in herd.toml.
@@ -188,11 +218,32 @@ impl Store {
 
     /// Stores a metadata value and returns once it is durable.
     pub async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.wait_for(move |reply| WriteOp::PutMeta(key, value, reply))
+            .await
+    }
+
+    /// Writes alert changes and their notifications in one transaction; returns
+    /// once durable.
+    pub async fn alerting(&self, batch: AlertingBatch) -> Result<(), StoreError> {
+        self.wait_for(move |reply| WriteOp::Alerting(batch, reply))
+            .await
+    }
+
+    /// Applies a delivery round to the outbox; returns once durable.
+    pub async fn outbox_change(&self, change: OutboxChange) -> Result<(), StoreError> {
+        self.wait_for(move |reply| WriteOp::Outbox(change, reply))
+            .await
+    }
+
+    async fn wait_for(
+        &self,
+        op: impl FnOnce(std::sync::mpsc::Sender<Result<(), String>>) -> WriteOp + Send + 'static,
+    ) -> Result<(), StoreError> {
         let (reply_tx, reply_rx) = std::sync::mpsc::channel();
         let tx = self.tx.clone();
-        let op = WriteOp::PutMeta(key.to_string(), value, reply_tx);
         tokio::task::spawn_blocking(move || {
-            tx.send(op).map_err(|_| StoreError::Closed)?;
+            tx.send(op(reply_tx)).map_err(|_| StoreError::Closed)?;
             reply_rx
                 .recv()
                 .map_err(|_| StoreError::Closed)?
@@ -200,6 +251,30 @@ impl Store {
         })
         .await
         .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Every stored alert.
+    pub fn alerts(&self) -> Result<Vec<crate::model::Alert>, StoreError> {
+        query::alerts(&self.db).map_err(|e| self.db_err(e))
+    }
+
+    /// The outbox in order.
+    pub fn outbox(&self) -> Result<Vec<(u64, alerting::OutboxEntry)>, StoreError> {
+        query::outbox(&self.db).map_err(|e| self.db_err(e))
+    }
+
+    /// Whether a notification with this idempotency key was delivered.
+    pub fn was_sent(&self, key: &str) -> Result<bool, StoreError> {
+        query::was_sent(&self.db, key).map_err(|e| self.db_err(e))
+    }
+
+    /// Transitions newest first since `since_ms`, at most `limit`.
+    pub fn transitions(
+        &self,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<alerting::TransitionRecord>, StoreError> {
+        query::transitions(&self.db, since_ms, limit).map_err(|e| self.db_err(e))
     }
 
     /// Commits everything queued so far; returns once it is durable.

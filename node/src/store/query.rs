@@ -1,9 +1,12 @@
 //! Reads: each call is one short MVCC snapshot.
-use redb::{Database, ReadableDatabase};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
+use super::alerting::{OutboxEntry, TransitionRecord};
 use super::codec;
 use super::rollup::{Agg, Granularity};
-use super::tables::{self, CHUNKS, EVENTS, ROLLUPS, SERIES_INDEX};
+use super::tables::{
+    self, ALERTS, CHUNKS, EVENTS, OUTBOX, ROLLUPS, SENT, SERIES_INDEX, TRANSITIONS,
+};
 use super::writer::MAX_CHUNK_SPAN_MS;
 use crate::model::{Event, Labels};
 
@@ -134,6 +137,59 @@ pub fn events(
         };
         if target.is_none_or(|t| t == event.target) {
             out.push(event);
+        }
+    }
+    Ok(out)
+}
+
+pub fn alerts(db: &Database) -> Result<Vec<crate::model::Alert>, redb::Error> {
+    let r = db.begin_read()?;
+    let t = r.open_table(ALERTS)?;
+    let mut out = Vec::new();
+    for entry in t.iter()? {
+        let (_, v) = entry?;
+        if let Ok(a) = serde_json::from_slice(v.value()) {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
+pub fn outbox(db: &Database) -> Result<Vec<(u64, OutboxEntry)>, redb::Error> {
+    let r = db.begin_read()?;
+    let t = r.open_table(OUTBOX)?;
+    let mut out = Vec::new();
+    for entry in t.iter()? {
+        let (k, v) = entry?;
+        match serde_json::from_slice(v.value()) {
+            Ok(e) => out.push((k.value(), e)),
+            Err(e) => tracing::error!(seq = k.value(), error = %e, "unreadable outbox entry"),
+        }
+    }
+    Ok(out)
+}
+
+pub fn was_sent(db: &Database, key: &str) -> Result<bool, redb::Error> {
+    let r = db.begin_read()?;
+    let t = r.open_table(SENT)?;
+    Ok(t.get(key)?.is_some())
+}
+
+pub fn transitions(
+    db: &Database,
+    since_ms: i64,
+    limit: usize,
+) -> Result<Vec<TransitionRecord>, redb::Error> {
+    let r = db.begin_read()?;
+    let t = r.open_table(TRANSITIONS)?;
+    let mut out = Vec::new();
+    for entry in t.range((since_ms, 0)..)?.rev() {
+        if out.len() >= limit {
+            break;
+        }
+        let (_, v) = entry?;
+        if let Ok(rec) = serde_json::from_slice(v.value()) {
+            out.push(rec);
         }
     }
     Ok(out)

@@ -10,6 +10,14 @@ pub const CHUNKS: TableDefinition<(u64, i64), &[u8]> = TableDefinition::new("chu
 pub const ROLLUPS: TableDefinition<(u64, u8, i64), &[u8]> = TableDefinition::new("rollups");
 /// `(ts_ms, seq)` → event as JSON.
 pub const EVENTS: TableDefinition<(i64, u64), &str> = TableDefinition::new("events");
+/// alert id → Alert as JSON (current state of every known alert).
+pub const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("alerts");
+/// `(ts_ms, seq)` → TransitionRecord as JSON.
+pub const TRANSITIONS: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("transitions");
+/// seq → OutboxEntry as JSON: notifications not yet delivered.
+pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// idempotency key → unix ms it was delivered: what has gone out.
+pub const SENT: TableDefinition<&str, i64> = TableDefinition::new("sent");
 /// Node metadata: the applied fleet spec, counters.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -32,6 +40,8 @@ pub struct LoadedState {
     pub next_series_id: u64,
     pub next_event_seq: u64,
     pub samples_written: u64,
+    pub next_outbox_seq: u64,
+    pub next_transition_seq: u64,
 }
 
 /// Creates the tables if missing and loads the series index.
@@ -42,6 +52,10 @@ pub fn init(db: &Database) -> Result<LoadedState, redb::Error> {
         w.open_table(CHUNKS)?;
         w.open_table(EVENTS)?;
         w.open_table(ROLLUPS)?;
+        w.open_table(ALERTS)?;
+        w.open_table(TRANSITIONS)?;
+        w.open_table(OUTBOX)?;
+        w.open_table(SENT)?;
         w.open_table(META)?;
     }
     w.commit()?;
@@ -64,7 +78,19 @@ pub fn init(db: &Database) -> Result<LoadedState, redb::Error> {
         .get(META_SAMPLES_WRITTEN)?
         .and_then(|v| v.value().try_into().ok().map(u64::from_le_bytes))
         .unwrap_or(0);
+    let outbox = r.open_table(OUTBOX)?;
+    let next_outbox_seq = match outbox.last()? {
+        Some((k, _)) => k.value() + 1,
+        None => 0,
+    };
+    let transitions = r.open_table(TRANSITIONS)?;
+    let next_transition_seq = match transitions.last()? {
+        Some((k, _)) => k.value().1 + 1,
+        None => 0,
+    };
     Ok(LoadedState {
+        next_outbox_seq,
+        next_transition_seq,
         series,
         next_series_id: max_id + 1,
         next_event_seq,

@@ -14,8 +14,10 @@ use redb::{Database, ReadableTable};
 
 use super::codec::{self, ChunkEncoder};
 use super::rollup::{Agg, Granularity};
-use super::tables::{self, CHUNKS, EVENTS, META, ROLLUPS, SERIES_INDEX};
-use super::{RollupPoint, StoreOptions, StoreStats, WriteOp};
+use super::tables::{
+    self, ALERTS, CHUNKS, EVENTS, META, OUTBOX, ROLLUPS, SENT, SERIES_INDEX, TRANSITIONS,
+};
+use super::{AlertingBatch, OutboxChange, RollupPoint, StoreOptions, StoreStats, WriteOp};
 use crate::model::{now_ms, Event, Sample};
 
 /// Commit early when this many samples are waiting, whatever the interval.
@@ -63,6 +65,10 @@ pub struct Writer {
     closing: Vec<(u64, i64, Vec<u8>)>,
     events: Vec<Event>,
     meta: Vec<MetaWrite>,
+    alerting: Vec<(AlertingBatch, Sender<Result<(), String>>)>,
+    outbox_changes: Vec<(OutboxChange, Sender<Result<(), String>>)>,
+    next_outbox_seq: u64,
+    next_transition_seq: u64,
     /// Metadata nobody waits for (tail offsets); written with the next commit.
     quiet_meta: Vec<(String, Vec<u8>)>,
     waiting: Vec<Sender<()>>,
@@ -93,6 +99,10 @@ impl Writer {
             events: Vec::new(),
             meta: Vec::new(),
             quiet_meta: Vec::new(),
+            alerting: Vec::new(),
+            outbox_changes: Vec::new(),
+            next_outbox_seq: state.next_outbox_seq,
+            next_transition_seq: state.next_transition_seq,
             waiting: Vec::new(),
             pending_samples: 0,
             samples_written: state.samples_written,
@@ -119,6 +129,8 @@ impl Writer {
                 }
                 Ok(WriteOp::PutMeta(k, v, reply)) => self.meta.push((k, v, reply)),
                 Ok(WriteOp::Flush(reply)) => self.waiting.push(reply),
+                Ok(WriteOp::Alerting(batch, reply)) => self.alerting.push((batch, reply)),
+                Ok(WriteOp::Outbox(change, reply)) => self.outbox_changes.push((change, reply)),
                 Ok(WriteOp::Shutdown(reply)) => {
                     self.waiting.push(reply);
                     stop = true;
@@ -132,6 +144,8 @@ impl Writer {
                 || self.pending_samples >= MAX_BATCH_SAMPLES
                 || !self.waiting.is_empty()
                 || !self.meta.is_empty()
+                || !self.alerting.is_empty()
+                || !self.outbox_changes.is_empty()
             {
                 self.commit();
                 last_commit = Instant::now();
@@ -211,6 +225,8 @@ impl Writer {
             && self.events.is_empty()
             && self.meta.is_empty()
             && self.quiet_meta.is_empty()
+            && self.alerting.is_empty()
+            && self.outbox_changes.is_empty()
             && self.new_series.is_empty();
         if !nothing {
             match self.write_txn() {
@@ -232,11 +248,23 @@ impl Writer {
                     for (_, _, reply) in self.meta.drain(..) {
                         let _ = reply.send(Ok(()));
                     }
+                    for (_, reply) in self.alerting.drain(..) {
+                        let _ = reply.send(Ok(()));
+                    }
+                    for (_, reply) in self.outbox_changes.drain(..) {
+                        let _ = reply.send(Ok(()));
+                    }
                 }
                 Err(e) => {
                     // Kept in memory: the next commit tries again.
                     tracing::error!(error = %e, "store commit failed; will retry");
                     for (_, _, reply) in self.meta.drain(..) {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                    for (_, reply) in self.alerting.drain(..) {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                    for (_, reply) in self.outbox_changes.drain(..) {
                         let _ = reply.send(Err(e.to_string()));
                     }
                 }
@@ -294,6 +322,7 @@ impl Writer {
                 events.insert((e.ts_ms, self.next_event_seq), json.as_str())?;
                 self.next_event_seq += 1;
             }
+            self.write_alerting(&txn)?;
             let mut meta = txn.open_table(META)?;
             for (k, v) in &self.quiet_meta {
                 meta.insert(k.as_str(), v.as_slice())?;
@@ -308,6 +337,55 @@ impl Writer {
             )?;
         }
         txn.commit()?;
+        Ok(())
+    }
+
+    /// Alert changes and outbox changes of this commit. Sequence numbers advance
+    /// only in memory here; a failed commit retries with new numbers, which is fine
+    /// since nothing refers to them before the commit.
+    fn write_alerting(&mut self, txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+        let mut alerts = txn.open_table(ALERTS)?;
+        let mut transitions = txn.open_table(TRANSITIONS)?;
+        let mut outbox = txn.open_table(OUTBOX)?;
+        let mut sent = txn.open_table(SENT)?;
+        for (batch, _) in &self.alerting {
+            for a in &batch.alerts {
+                let json = serde_json::to_vec(a).unwrap_or_default();
+                alerts.insert(a.id.as_str(), json.as_slice())?;
+            }
+            for id in &batch.deleted {
+                alerts.remove(id.as_str())?;
+            }
+            for t in &batch.transitions {
+                let json = serde_json::to_vec(t).unwrap_or_default();
+                transitions.insert((t.ts_ms, self.next_transition_seq), json.as_slice())?;
+                self.next_transition_seq += 1;
+            }
+            for e in &batch.outbox {
+                let json = serde_json::to_vec(e).unwrap_or_default();
+                outbox.insert(self.next_outbox_seq, json.as_slice())?;
+                self.next_outbox_seq += 1;
+            }
+        }
+        let now = now_ms();
+        for (change, _) in &self.outbox_changes {
+            for (seq, key) in &change.done {
+                outbox.remove(*seq)?;
+                sent.insert(key.as_str(), now)?;
+            }
+            for (seq, e) in &change.update {
+                let json = serde_json::to_vec(e).unwrap_or_default();
+                outbox.insert(*seq, json.as_slice())?;
+            }
+            for seq in &change.remove {
+                outbox.remove(*seq)?;
+            }
+            for e in &change.add {
+                let json = serde_json::to_vec(e).unwrap_or_default();
+                outbox.insert(self.next_outbox_seq, json.as_slice())?;
+                self.next_outbox_seq += 1;
+            }
+        }
         Ok(())
     }
 
@@ -327,6 +405,10 @@ impl Writer {
                 events.retain_in(..(cutoff, 0), |_, _| false)?;
                 let mut rollups = txn.open_table(ROLLUPS)?;
                 rollups.retain(|k, _| k.2 >= cutoff)?;
+                let mut transitions = txn.open_table(TRANSITIONS)?;
+                transitions.retain_in(..(cutoff, 0), |_, _| false)?;
+                let mut sent = txn.open_table(SENT)?;
+                sent.retain(|_, ts| ts >= cutoff)?;
             }
             txn.commit()?;
             Ok(())

@@ -55,7 +55,10 @@ pub async fn run(c: &FileFreshCheck, env: &Env<'_>) -> Result<Outcome, CheckErro
     let max = c.max_age.get().as_secs() as i64;
     let mut measurements = Vec::new();
     let (fresh, detail) = match age {
-        None => (false, format!("{} is missing", c.path)),
+        None => (
+            false,
+            format!("{} is missing (or not reachable by the login user)", c.path),
+        ),
         Some(a) => {
             measurements.push(Measurement::new("file.age_s", a as f64));
             if a <= max {

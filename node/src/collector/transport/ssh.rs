@@ -182,7 +182,13 @@ impl SshTransport {
                 russh::ChannelOpenFailure::AdministrativelyProhibited => TunnelError::Prohibited(
                     format!("the target's sshd does not allow forwarding to {to}"),
                 ),
-                other => TunnelError::Refused(format!("{to}: {other:?}")),
+                russh::ChannelOpenFailure::ConnectFailed => TunnelError::Refused(format!(
+                    "{to}: refused or unreachable as seen from the target"
+                )),
+                russh::ChannelOpenFailure::Other { reason, .. } if !reason.is_empty() => {
+                    TunnelError::Refused(format!("{to}: {reason} (from the target)"))
+                }
+                other => TunnelError::Refused(format!("{to}: {other:?} (from the target)")),
             }),
             Err(e) => {
                 self.disconnect().await;

@@ -1,0 +1,173 @@
+//! Alert state, transition history, the notification outbox, the log of sent
+//! notifications and silences. A transition and the notifications it causes are
+//! written in one transaction, so a crash never loses one without the other.
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Alert, AlertState, Notification, NotifyKind};
+
+/// One stored transition (history shown by `herd alerts --history`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransitionRecord {
+    pub alert_id: String,
+    pub rule: String,
+    pub target: String,
+    pub from: AlertState,
+    pub to: AlertState,
+    pub notify: Option<NotifyKind>,
+    pub ts_ms: i64,
+    /// Why no notification went out although one was due (silenced, no route).
+    pub suppressed: Option<String>,
+}
+
+/// A notification waiting in the outbox until a channel took it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub notification: Notification,
+    /// Delivery attempts so far on this channel.
+    pub attempts: u32,
+    /// Unix ms before which it is not tried (backoff, grouping, rate limit).
+    pub not_before_ms: i64,
+    pub created_ms: i64,
+    /// Channels still to try, in order, when this one gives up.
+    pub fallbacks: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+/// A silence: matching alerts still change state but notify nobody.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Silence {
+    pub id: String,
+    /// `target=GLOB`, `rule=NAME`, `LABEL=VALUE`, joined by commas; all must match.
+    pub selector: String,
+    pub until_ms: i64,
+    pub reason: String,
+    pub created_ms: i64,
+    pub created_by: String,
+}
+
+impl Silence {
+    /// Whether this silence covers `alert` at `now_ms`.
+    pub fn covers(&self, alert: &Alert, now_ms: i64) -> bool {
+        if now_ms >= self.until_ms {
+            return false;
+        }
+        self.selector
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .all(|part| {
+                let Some((k, v)) = part.split_once('=') else {
+                    return false;
+                };
+                let (k, v) = (k.trim(), v.trim());
+                match k {
+                    "target" => glob_match(v, &alert.target),
+                    "rule" => glob_match(v, &alert.rule),
+                    "severity" => v == alert.severity.as_str(),
+                    label => alert.labels.get(label).is_some_and(|x| glob_match(v, x)),
+                }
+            })
+    }
+
+    /// Problems of a selector (pure): each part must be NAME=VALUE.
+    pub fn check_selector(selector: &str) -> Result<(), String> {
+        let parts: Vec<&str> = selector
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        if parts.is_empty() {
+            return Err("the selector is empty; write e.g. target=web-*,rule=disk-full".into());
+        }
+        for p in parts {
+            match p.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {}
+                _ => return Err(format!("{p:?} is not NAME=VALUE")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `*` and `?` globbing, for selectors.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(c) if *c == '?' || *c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi.min(p.len())..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Severity;
+
+    fn alert() -> Alert {
+        Alert {
+            id: "a1".into(),
+            rule: "disk-full".into(),
+            target: "web-1".into(),
+            labels: [("mount".to_string(), "/".to_string())].into(),
+            severity: Severity::Warning,
+            state: AlertState::Firing,
+            since_ms: 0,
+            active_since_ms: 0,
+            value: "95".into(),
+            summary: String::new(),
+            description: String::new(),
+            transitions: 1,
+            acked_by: None,
+            flapping: false,
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("web-*", "web-1"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("w?b-*1", "web-11"));
+        assert!(!glob_match("web-?", "web-10"));
+        assert!(!glob_match("db*", "web"));
+    }
+
+    #[test]
+    fn silences_match_every_part_until_they_expire() {
+        let s = Silence {
+            id: "s".into(),
+            selector: "target=web-*, rule=disk-full, mount=/".into(),
+            until_ms: 100,
+            reason: "maintenance".into(),
+            created_ms: 0,
+            created_by: "me".into(),
+        };
+        assert!(s.covers(&alert(), 50));
+        assert!(!s.covers(&alert(), 100), "expired");
+        let mut other = alert();
+        other.target = "db-1".into();
+        assert!(!s.covers(&other, 50));
+        assert!(Silence::check_selector("target=web-*").is_ok());
+        assert!(Silence::check_selector("web").is_err());
+        assert!(Silence::check_selector("").is_err());
+    }
+}
