@@ -22,6 +22,15 @@ fn init_logging(format: LogFormat, level: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Node { .. } | Command::Demo { .. }) {
+        // A CLI whose output is piped into `head` should end quietly, as other
+        // tools do, instead of panicking on a broken pipe. Nodes keep ignoring it.
+        // SAFETY: setting a signal disposition to its default before any thread
+        // starts has no preconditions.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let flag_format = cli.log_format.map(|f| match f {
         LogFormatArg::Text => LogFormat::Text,
         LogFormatArg::Json => LogFormat::Json,

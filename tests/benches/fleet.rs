@@ -28,6 +28,8 @@
 //! through an OpenSSH ControlMaster, and a herd node scraping that sshd every second.
 //!
 //! Results: a table on stdout, and `target/bench/fleet.json`. Progress on stderr.
+// serde_json's json! of a fleet row nests deeper than the default limit.
+#![recursion_limit = "256"]
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -246,6 +248,9 @@ struct FleetRow {
     fake_sessions: u64,
     fake_open: u64,
     fake_rss_bytes: u64,
+    rtt_p50_ms: f64,
+    rtt_p99_ms: f64,
+    rtt_max_ms: f64,
     peak_scrapes_per_s: f64,
     busy_time_pct: f64,
     /// How the node's CPU was read: "schedstat" (ns) or "stat" (ticks).
@@ -283,6 +288,9 @@ impl FleetRow {
             "fake_fleet_sessions_accepted": self.fake_sessions,
             "fake_fleet_sessions_open": self.fake_open,
             "fake_fleet_rss_bytes": self.fake_rss_bytes,
+            "target_side_exec_p50_ms": self.rtt_p50_ms,
+            "target_side_exec_p99_ms": self.rtt_p99_ms,
+            "target_side_exec_max_ms": self.rtt_max_ms,
             "peak_scrapes_per_s": self.peak_scrapes_per_s,
             "time_pct_holding_90pct_of_scrapes": self.busy_time_pct,
             "rss_bytes": self.rss_bytes,
@@ -420,6 +428,9 @@ fn bench_fleet(rt: &tokio::runtime::Runtime, n: usize, opts: &Options) -> FleetR
             row.fake_execs = f.execs;
             row.fake_sessions = f.sessions;
             row.fake_open = f.open;
+            row.rtt_p50_ms = f.rtt_p50_ms;
+            row.rtt_p99_ms = f.rtt_p99_ms;
+            row.rtt_max_ms = f.rtt_max_ms;
             (row.peak_scrapes_per_s, row.busy_time_pct) = burstiness(&f.buckets);
         }
         Err(e) => row.errors.push(e),
@@ -522,6 +533,10 @@ struct FakeStats {
     open: u64,
     /// Execs per 100 ms since the mark.
     buckets: Vec<u64>,
+    /// Channel open → the client's CLOSE, as the target sees an exec.
+    rtt_p50_ms: f64,
+    rtt_p99_ms: f64,
+    rtt_max_ms: f64,
 }
 
 impl FakeFleet {
@@ -592,7 +607,11 @@ impl FakeFleet {
         let v: Value =
             serde_json::from_str(&line).map_err(|e| format!("fake fleet stats {line:?}: {e}"))?;
         let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        let ms = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
         Ok(FakeStats {
+            rtt_p50_ms: ms("rtt_p50_ms"),
+            rtt_p99_ms: ms("rtt_p99_ms"),
+            rtt_max_ms: ms("rtt_max_ms"),
             execs: n("execs_since_mark"),
             sessions: n("sessions"),
             open: n("open"),
@@ -1340,6 +1359,9 @@ const COLUMNS: &[Column] = &[
         format!("{:.2}{mark}", r.duration_p99_ms)
     }),
     ("late_p99_ms", |r| format!("{:.1}", r.lateness_p99_ms)),
+    ("tgt_p50/p99_ms", |r| {
+        format!("{:.2}/{:.1}", r.rtt_p50_ms, r.rtt_p99_ms)
+    }),
     ("peak/s", |r| format!("{:.0}", r.peak_scrapes_per_s)),
     ("rss_B/target", |r| format!("{:.0}", r.rss_per_target)),
     ("samples/s", |r| format!("{:.0}", r.samples_per_s)),
@@ -1390,7 +1412,8 @@ fn print_table(rows: &[FleetRow], baseline: Option<&Baseline>) {
         out.push_str(
             "  p50/p99/late are the node's own, over its last 20,000 scrapes; * = that window \
              still holds\n  the first scrape of each target (TCP + SSH handshake) and they \
-             skew this percentile\n  peak/s = most scrapes the fake fleet answered in one \
+             skew this percentile\n  tgt_p50/p99_ms = exec as the fake target saw it (channel open \
+             to the node's CLOSE), window only\n  peak/s = most scrapes the fake fleet answered in one \
              second of the window (mean = targets / interval)\n",
         );
         for r in rows {
@@ -1517,6 +1540,10 @@ mod fake {
     static EXECS: LazyLock<Vec<AtomicU64>> =
         LazyLock::new(|| (0..SLOTS).map(|_| AtomicU64::new(0)).collect());
 
+    /// Since the last `mark`: channel open → the client's CLOSE, per exec, in µs.
+    static RTTS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+    static MARK: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+
     fn slot_now() -> usize {
         (START.elapsed().as_millis() / 100) as usize
     }
@@ -1624,6 +1651,8 @@ mod fake {
         last: f64,
         calls: u64,
         out: String,
+        /// When each open channel was opened.
+        opened: std::collections::HashMap<ChannelId, Instant>,
     }
 
     impl Machine {
@@ -1644,6 +1673,7 @@ mod fake {
                 last: 0.0,
                 calls: 0,
                 out: String::with_capacity(FIXTURE.len() + 256),
+                opened: std::collections::HashMap::new(),
             };
             OPEN.fetch_add(1, Ordering::Relaxed);
             // Age the counters by the boot offset, then by the time since start.
@@ -1778,11 +1808,29 @@ mod fake {
 
         async fn channel_open_session(
             &mut self,
-            _channel: Channel<Msg>,
+            channel: Channel<Msg>,
             reply: ChannelOpenHandle,
             _session: &mut Session,
         ) -> Result<(), Self::Error> {
+            self.opened.insert(channel.id(), Instant::now());
             reply.accept().await;
+            Ok(())
+        }
+
+        async fn channel_close(
+            &mut self,
+            channel: ChannelId,
+            _session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            if let Some(opened) = self.opened.remove(&channel) {
+                let mark = MARK.lock().ok().and_then(|m| *m);
+                if mark.is_some_and(|m| opened >= m) {
+                    let us = opened.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                    if let Ok(mut r) = RTTS.lock() {
+                        r.push(us);
+                    }
+                }
+            }
             Ok(())
         }
 
@@ -1814,6 +1862,10 @@ mod fake {
             let answer = match line.trim() {
                 "mark" => {
                     mark = slot_now();
+                    if let (Ok(mut m), Ok(mut r)) = (MARK.lock(), RTTS.lock()) {
+                        *m = Some(Instant::now());
+                        r.clear();
+                    }
                     "ok".to_string()
                 }
                 "stats" => {
@@ -1822,7 +1874,20 @@ mod fake {
                         .iter()
                         .map(|b| b.load(Ordering::Relaxed))
                         .collect();
+                    let mut rtts = RTTS.lock().map(|r| r.clone()).unwrap_or_default();
+                    rtts.sort_unstable();
+                    let pct = |p: f64| -> f64 {
+                        if rtts.is_empty() {
+                            return f64::NAN;
+                        }
+                        let rank = ((p / 100.0) * (rtts.len() - 1) as f64).round() as usize;
+                        rtts[rank.min(rtts.len() - 1)] as f64 / 1000.0
+                    };
                     serde_json::json!({
+                        "rtt_count": rtts.len(),
+                        "rtt_p50_ms": pct(50.0),
+                        "rtt_p99_ms": pct(99.0),
+                        "rtt_max_ms": pct(100.0),
                         "execs_since_mark": buckets.iter().sum::<u64>(),
                         "sessions": NEXT_ID.load(Ordering::Relaxed),
                         "open": OPEN.load(Ordering::Relaxed),

@@ -1108,9 +1108,6 @@ fn config_errors_for_checks() {
 }
 
 #[test]
-#[ignore = "Herd bug: a bad regex's error spans several lines (the regex crate's \
-            multi-line message), so not every stderr line of `herd check` is a \
-            `file:line:` error"]
 fn config_error_messages_are_one_line_each() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("checks-fleet.toml");

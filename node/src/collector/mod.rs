@@ -42,8 +42,10 @@ pub struct CheckState {
     pub ts_ms: i64,
 }
 
-/// json_state trees: target → check name → tree.
-pub type StateBoard = Arc<RwLock<BTreeMap<String, BTreeMap<String, serde_json::Value>>>>;
+/// json_state trees: target → check name → (the runner instance that owns the
+/// entry, tree). The instance lets an old runner that stops after its replacement
+/// started (an apply changed the target) leave the new runner's entry alone.
+pub type StateBoard = Arc<RwLock<BTreeMap<String, BTreeMap<String, (u64, serde_json::Value)>>>>;
 
 /// Status of every running target, by name.
 pub type StatusBoard = Arc<RwLock<BTreeMap<String, TargetStatus>>>;

@@ -34,7 +34,12 @@ pub struct JsonStateState {
     check: String,
     /// Store key of the persisted tree.
     key: String,
+    /// Distinguishes this runner's board entry from its successor's.
+    instance: u64,
 }
+
+/// Source of runner instance numbers.
+static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl JsonStateState {
     pub fn new(
@@ -72,6 +77,7 @@ impl JsonStateState {
             target: target.to_string(),
             check: name.to_string(),
             key,
+            instance: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         s.publish();
         Ok(s)
@@ -79,9 +85,10 @@ impl JsonStateState {
 
     fn publish(&self) {
         if let Ok(mut b) = self.board.write() {
-            b.entry(self.target.clone())
-                .or_default()
-                .insert(self.check.clone(), self.tree.root().clone());
+            b.entry(self.target.clone()).or_default().insert(
+                self.check.clone(),
+                (self.instance, self.tree.root().clone()),
+            );
         }
     }
 }
@@ -90,7 +97,9 @@ impl Drop for JsonStateState {
     fn drop(&mut self) {
         if let Ok(mut b) = self.board.write() {
             if let Some(t) = b.get_mut(&self.target) {
-                t.remove(&self.check);
+                if t.get(&self.check).is_some_and(|(i, _)| *i == self.instance) {
+                    t.remove(&self.check);
+                }
                 if t.is_empty() {
                     b.remove(&self.target);
                 }
@@ -208,9 +217,14 @@ pub fn lookup(board: &StateBoard, target: &str, path: &str) -> Option<Value> {
     let b = board.read().ok()?;
     let trees = b.get(target)?;
     let root = if trees.len() == 1 {
-        trees.values().next()?.clone()
+        trees.values().next()?.1.clone()
     } else {
-        Value::Object(trees.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Value::Object(
+            trees
+                .iter()
+                .map(|(k, (_, v))| (k.clone(), v.clone()))
+                .collect(),
+        )
     };
     if path.is_empty() {
         return Some(root);

@@ -5,6 +5,9 @@ use super::parse::logtail::{self, TailPosition, TailRead};
 use super::{CheckError, Env};
 use crate::store::Store;
 
+/// The marker the tail command prints for a file that does not exist.
+const MISSING: &[u8] = b"@@herd:missing ";
+
 pub struct Tail {
     path: String,
     /// Store metadata key of the offset.
@@ -39,6 +42,14 @@ impl Tail {
     pub async fn read(&mut self, env: &Env<'_>) -> Result<TailRead, CheckError> {
         let cmd = logtail::command(&self.path, self.pos.as_ref(), self.max_bytes);
         let out = env.exec(&cmd, logtail::max_output(self.max_bytes)).await?;
+        if self.pos.is_none() && out.stdout.windows(MISSING.len()).any(|w| w == MISSING) {
+            // The file does not exist yet: when it appears, everything in it is
+            // new, so read it from its start (inode 0 never matches a real file).
+            self.pos = Some(TailPosition {
+                inode: 0,
+                offset: 0,
+            });
+        }
         let read = logtail::parse(&out.stdout, self.pos.as_ref(), self.max_bytes)
             .map_err(|e| CheckError::Failed(super::with_stderr(e, &out)))?;
         Ok(read)
