@@ -13,6 +13,7 @@ use crate::collector::stats::ScrapeStats;
 use crate::collector::transport::SshSettings;
 use crate::collector::{CollectorCtx, StateBoard, StatusBoard};
 use crate::config::{expand_home, NodeConfig};
+use crate::notify::worker::Notifier;
 use crate::ownership::{self, FleetState};
 use crate::store::{Store, StoreOptions};
 
@@ -74,6 +75,7 @@ pub async fn run_node(
     let board: StatusBoard = Arc::new(RwLock::new(Default::default()));
     let stats = Arc::new(ScrapeStats::default());
     let states: StateBoard = Arc::new(RwLock::new(Default::default()));
+    let (rules, rules_rx) = crate::rules::runner::channel(&store);
     let (owned_tx, owned_rx) = ownership::channel();
     let fleet = Arc::new(FleetState::load(cfg.node.id, store.clone(), owned_tx)?);
     if let Some((text, source)) = initial {
@@ -103,9 +105,20 @@ pub async fn run_node(
         board: board.clone(),
         stats: stats.clone(),
         states: states.clone(),
+        rules: Some(rules.clone()),
     });
 
     let cancel = CancellationToken::new();
+    let notifier = Notifier::new(store.clone());
+    let notify_task = tokio::spawn(notifier.clone().run(cancel.clone()));
+    let rules_task = tokio::spawn(crate::rules::runner::run(
+        rules.clone(),
+        rules_rx,
+        owned_rx.clone(),
+        notifier,
+        states.clone(),
+        cancel.clone(),
+    ));
     let collector = tokio::spawn(crate::collector::run(ctx, owned_rx, cancel.clone()));
 
     let addr = listener.local_addr()?;
@@ -120,6 +133,7 @@ pub async fn run_node(
         fleet: fleet.clone(),
         stats,
         states,
+        rules,
     };
     let api_cancel = cancel.clone();
     let server = tokio::spawn(
@@ -148,6 +162,14 @@ pub async fn run_node(
         .is_err()
     {
         tracing::warn!("collectors did not stop in time");
+    }
+    for (what, task) in [("rules", rules_task), ("notifications", notify_task)] {
+        if tokio::time::timeout(COLLECTOR_STOP_DEADLINE, task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(task = what, "did not stop in time");
+        }
     }
     match server.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),

@@ -8,8 +8,11 @@ use tonic::{Request, Response, Status};
 use super::error::blocking;
 use crate::collector::stats::ScrapeStats;
 use crate::collector::{StateBoard, StatusBoard};
+use crate::model::Alert;
 use crate::model::{now_ms, Labels};
 use crate::ownership::FleetState;
+use crate::rules::runner::RulesHandle;
+use crate::store::alerting::Silence;
 use crate::store::rollup::Granularity;
 use crate::store::Store;
 
@@ -34,6 +37,7 @@ pub struct HerdApi {
     pub fleet: Arc<FleetState>,
     pub stats: Arc<ScrapeStats>,
     pub states: StateBoard,
+    pub rules: RulesHandle,
 }
 
 #[tonic::async_trait]
@@ -233,6 +237,117 @@ impl pb::herd_server::Herd for HerdApi {
         }
     }
 
+    async fn alerts(
+        &self,
+        req: Request<pb::AlertsRequest>,
+    ) -> Result<Response<pb::AlertsReply>, Status> {
+        let q = req.into_inner();
+        let mut alerts: Vec<pb::AlertInfo> = self.rules.alerts().iter().map(alert_info).collect();
+        alerts.sort_by(|a, b| a.state.cmp(&b.state).then(b.since_ms.cmp(&a.since_ms)));
+        let store = self.store.clone();
+        let limit = match q.history_limit {
+            0 => DEFAULT_EVENTS,
+            n => n.min(MAX_EVENTS),
+        } as usize;
+        let since = q.history_since_ms;
+        let (history, outbox) = blocking(move || {
+            let h = if since > 0 {
+                store.transitions(since, limit)?
+            } else {
+                Vec::new()
+            };
+            Ok((h, store.outbox()?.len() as u64))
+        })
+        .await?;
+        Ok(Response::new(pb::AlertsReply {
+            alerts,
+            history: history
+                .into_iter()
+                .map(|t| pb::TransitionInfo {
+                    alert_id: t.alert_id,
+                    rule: t.rule,
+                    target: t.target,
+                    from: t.from.as_str().into(),
+                    to: t.to.as_str().into(),
+                    notify: t.notify.map(|k| k.as_str().to_string()).unwrap_or_default(),
+                    ts_ms: t.ts_ms,
+                    suppressed: t.suppressed.unwrap_or_default(),
+                })
+                .collect(),
+            outbox,
+        }))
+    }
+
+    async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckReply>, Status> {
+        let q = req.into_inner();
+        let by = if q.by.is_empty() {
+            "someone".to_string()
+        } else {
+            q.by
+        };
+        match self.rules.ack(&q.id, &by).await {
+            Some(a) => Ok(Response::new(pb::AckReply {
+                alert: Some(alert_info(&a)),
+            })),
+            None => Err(Status::not_found(format!(
+                "no alert with id {:?} on this node",
+                q.id
+            ))),
+        }
+    }
+
+    async fn silence_add(
+        &self,
+        req: Request<pb::SilenceAddRequest>,
+    ) -> Result<Response<pb::SilenceInfo>, Status> {
+        let q = req.into_inner();
+        Silence::check_selector(&q.selector).map_err(Status::invalid_argument)?;
+        if q.duration_ms == 0 {
+            return Err(Status::invalid_argument(
+                "a silence needs a duration (--for 2h)",
+            ));
+        }
+        let now = now_ms();
+        let s = Silence {
+            id: format!("s{:x}", (now as u64) ^ (rand_bits() & 0xffff)),
+            selector: q.selector,
+            until_ms: now.saturating_add(q.duration_ms.min(i64::MAX as u64) as i64),
+            reason: q.reason,
+            created_ms: now,
+            created_by: q.created_by,
+        };
+        self.rules.add_silence(s.clone()).await?;
+        Ok(Response::new(silence_info(&s)))
+    }
+
+    async fn silence_list(
+        &self,
+        _req: Request<pb::SilenceListRequest>,
+    ) -> Result<Response<pb::SilenceListReply>, Status> {
+        let now = now_ms();
+        Ok(Response::new(pb::SilenceListReply {
+            silences: self
+                .rules
+                .silences()
+                .iter()
+                .filter(|s| s.until_ms > now)
+                .map(silence_info)
+                .collect(),
+        }))
+    }
+
+    async fn silence_remove(
+        &self,
+        req: Request<pb::SilenceRemoveRequest>,
+    ) -> Result<Response<pb::SilenceRemoveReply>, Status> {
+        let id = req.into_inner().id;
+        if self.rules.remove_silence(&id).await? {
+            Ok(Response::new(pb::SilenceRemoveReply {}))
+        } else {
+            Err(Status::not_found(format!("no silence with id {id:?}")))
+        }
+    }
+
     async fn apply(
         &self,
         req: Request<pb::ApplyRequest>,
@@ -258,4 +373,40 @@ impl pb::herd_server::Herd for HerdApi {
             unchanged: d.unchanged,
         }))
     }
+}
+
+fn alert_info(a: &Alert) -> pb::AlertInfo {
+    pb::AlertInfo {
+        id: a.id.clone(),
+        rule: a.rule.clone(),
+        target: a.target.clone(),
+        labels: a.labels.clone().into_iter().collect(),
+        severity: a.severity.as_str().into(),
+        state: a.state.as_str().into(),
+        since_ms: a.since_ms,
+        active_since_ms: a.active_since_ms,
+        value: a.value.clone(),
+        summary: a.summary.clone(),
+        description: a.description.clone(),
+        acked_by: a.acked_by.clone().unwrap_or_default(),
+        flapping: a.flapping,
+        transitions: a.transitions,
+    }
+}
+
+fn silence_info(s: &Silence) -> pb::SilenceInfo {
+    pb::SilenceInfo {
+        id: s.id.clone(),
+        selector: s.selector.clone(),
+        until_ms: s.until_ms,
+        reason: s.reason.clone(),
+        created_ms: s.created_ms,
+        created_by: s.created_by.clone(),
+    }
+}
+
+/// A few random bits for ids.
+fn rand_bits() -> u64 {
+    use rand::Rng;
+    rand::rng().random()
 }

@@ -67,6 +67,9 @@ pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError>
             query(node, q, json).await
         }
         Command::State { target, path } => state(node, &target, path.as_deref()).await,
+        Command::Alerts { history, json } => alerts(node, history.as_deref(), json).await,
+        Command::Ack { alert, by } => ack(node, &alert, by).await,
+        Command::Silence { action } => silence(node, action).await,
         Command::Events {
             target,
             since,
@@ -261,6 +264,103 @@ async fn state(node: &Target, target: &str, path: Option<&str>) -> Result<(), Cl
         "{}",
         serde_json::to_string_pretty(&value).unwrap_or(reply.json)
     );
+    Ok(())
+}
+
+fn whoami(by: Option<String>) -> String {
+    by.unwrap_or_else(crate::daemon::current_user)
+}
+
+async fn alerts(node: &Target, history: Option<&str>, json: bool) -> Result<(), CliError> {
+    let history_since_ms = match history {
+        Some(h) => since_ms(h)?,
+        None => 0,
+    };
+    let reply = client(node)
+        .await?
+        .alerts(pb::AlertsRequest {
+            history_since_ms,
+            history_limit: 0,
+        })
+        .await
+        .map_err(|s| call_error(node, s))?
+        .into_inner();
+    if json {
+        println!("{}", output::alerts_json(&reply));
+    } else {
+        print!("{}", output::alerts_table(&reply));
+    }
+    Ok(())
+}
+
+async fn ack(node: &Target, alert: &str, by: Option<String>) -> Result<(), CliError> {
+    let reply = client(node)
+        .await?
+        .ack(pb::AckRequest {
+            id: alert.into(),
+            by: whoami(by),
+        })
+        .await
+        .map_err(|s| call_error(node, s))?
+        .into_inner();
+    if let Some(a) = reply.alert {
+        println!(
+            "acknowledged {} ({} on {}) by {}",
+            a.id, a.rule, a.target, a.acked_by
+        );
+    }
+    Ok(())
+}
+
+async fn silence(node: &Target, action: super::SilenceAction) -> Result<(), CliError> {
+    use super::SilenceAction;
+    let mut c = client(node).await?;
+    match action {
+        SilenceAction::Add {
+            selector,
+            duration,
+            reason,
+            by,
+        } => {
+            let d =
+                parse_duration(&duration).map_err(|e| CliError::Usage(format!("--for: {e}")))?;
+            crate::store::alerting::Silence::check_selector(&selector).map_err(CliError::Usage)?;
+            let s = c
+                .silence_add(pb::SilenceAddRequest {
+                    selector,
+                    duration_ms: d.as_millis() as u64,
+                    reason,
+                    created_by: whoami(by),
+                })
+                .await
+                .map_err(|s| call_error(node, s))?
+                .into_inner();
+            println!(
+                "silence {} on {} until {}",
+                s.id,
+                s.selector,
+                output::time(s.until_ms)
+            );
+        }
+        SilenceAction::Ls { json } => {
+            let r = c
+                .silence_list(pb::SilenceListRequest {})
+                .await
+                .map_err(|s| call_error(node, s))?
+                .into_inner();
+            if json {
+                println!("{}", output::silences_json(&r));
+            } else {
+                print!("{}", output::silences_table(&r));
+            }
+        }
+        SilenceAction::Rm { id } => {
+            c.silence_remove(pb::SilenceRemoveRequest { id: id.clone() })
+                .await
+                .map_err(|s| call_error(node, s))?;
+            println!("silence {id} removed");
+        }
+    }
     Ok(())
 }
 

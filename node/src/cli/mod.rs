@@ -94,6 +94,27 @@ pub enum Command {
         /// e.g. services.api.healthy
         path: Option<String>,
     },
+    /// Alerts: pending, firing and recently resolved (with --history: transitions).
+    Alerts {
+        /// Also list transitions this far back, e.g. 1h.
+        #[arg(long)]
+        history: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Acknowledge a firing alert: someone is on it.
+    Ack {
+        /// The alert's id (see `herd alerts`).
+        alert: String,
+        /// Who acknowledges; default: $USER.
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Silences: matching alerts notify nobody until the silence ends.
+    Silence {
+        #[command(subcommand)]
+        action: SilenceAction,
+    },
     /// Recent events: targets down and up, host key problems, check errors.
     Events {
         /// Only this target.
@@ -105,6 +126,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SilenceAction {
+    /// Silence alerts matching SELECTOR: `target=GLOB`, `rule=NAME`, `severity=S`,
+    /// `LABEL=VALUE`, comma-separated (all must match).
+    Add {
+        selector: String,
+        /// How long, e.g. 2h.
+        #[arg(long = "for")]
+        duration: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Active silences.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a silence now.
+    Rm { id: String },
 }
 
 /// Exit codes that scripts rely on.

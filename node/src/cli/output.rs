@@ -268,6 +268,128 @@ pub fn rollup_table(r: &pb::QueryReply) -> String {
     out
 }
 
+fn alert_json(a: &pb::AlertInfo) -> Value {
+    json!({
+        "id": a.id, "rule": a.rule, "target": a.target,
+        "labels": a.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "severity": a.severity, "state": a.state, "since_ms": a.since_ms,
+        "active_since_ms": a.active_since_ms, "value": a.value, "summary": a.summary,
+        "description": a.description,
+        "acked_by": (!a.acked_by.is_empty()).then_some(&a.acked_by),
+        "flapping": a.flapping, "transitions": a.transitions,
+    })
+}
+
+pub fn alerts_json(r: &pb::AlertsReply) -> Value {
+    json!({
+        "alerts": r.alerts.iter().map(alert_json).collect::<Vec<_>>(),
+        "history": r.history.iter().map(|t| json!({
+            "alert_id": t.alert_id, "rule": t.rule, "target": t.target, "from": t.from,
+            "to": t.to, "notify": (!t.notify.is_empty()).then_some(&t.notify), "ts_ms": t.ts_ms,
+            "suppressed": (!t.suppressed.is_empty()).then_some(&t.suppressed),
+        })).collect::<Vec<_>>(),
+        "outbox": r.outbox,
+    })
+}
+
+pub fn alerts_table(r: &pb::AlertsReply) -> String {
+    let mut out = String::new();
+    if r.alerts.is_empty() {
+        out.push_str("no alerts\n");
+    } else {
+        let rows: Vec<Vec<String>> = r
+            .alerts
+            .iter()
+            .map(|a| {
+                let mut state = a.state.to_uppercase();
+                if a.flapping {
+                    state.push_str(" (flapping)");
+                }
+                if !a.acked_by.is_empty() {
+                    state.push_str(&format!(" (acked by {})", a.acked_by));
+                }
+                vec![
+                    a.id.clone(),
+                    state,
+                    a.severity.clone(),
+                    a.rule.clone(),
+                    a.target.clone(),
+                    time(a.since_ms),
+                    a.value.clone(),
+                    a.summary.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "ID", "STATE", "SEVERITY", "RULE", "TARGET", "SINCE", "VALUE", "SUMMARY",
+            ],
+            &rows,
+        ));
+    }
+    if r.outbox > 0 {
+        out.push_str(&format!(
+            "\n{} notification(s) waiting for delivery\n",
+            r.outbox
+        ));
+    }
+    if !r.history.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = r
+            .history
+            .iter()
+            .map(|t| {
+                vec![
+                    time(t.ts_ms),
+                    t.alert_id.clone(),
+                    t.rule.clone(),
+                    t.target.clone(),
+                    format!("{} -> {}", t.from, t.to),
+                    if t.suppressed.is_empty() {
+                        t.notify.clone()
+                    } else {
+                        format!("{} ({})", t.notify, t.suppressed)
+                    },
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["TIME", "ID", "RULE", "TARGET", "TRANSITION", "NOTIFIED"],
+            &rows,
+        ));
+    }
+    out
+}
+
+pub fn silences_json(r: &pb::SilenceListReply) -> Value {
+    json!({
+        "silences": r.silences.iter().map(|s| json!({
+            "id": s.id, "selector": s.selector, "until_ms": s.until_ms, "reason": s.reason,
+            "created_ms": s.created_ms, "created_by": s.created_by,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn silences_table(r: &pb::SilenceListReply) -> String {
+    if r.silences.is_empty() {
+        return "no active silences\n".into();
+    }
+    let rows: Vec<Vec<String>> = r
+        .silences
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                s.selector.clone(),
+                time(s.until_ms),
+                s.created_by.clone(),
+                s.reason.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "SELECTOR", "UNTIL", "BY", "REASON"], &rows)
+}
+
 pub fn format_value(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{v:.0}")

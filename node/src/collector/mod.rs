@@ -63,4 +63,6 @@ pub struct CollectorCtx {
     pub board: StatusBoard,
     pub stats: Arc<stats::ScrapeStats>,
     pub states: StateBoard,
+    /// Where samples and events go for rule evaluation (None: no rules, in tests).
+    pub rules: Option<crate::rules::runner::RulesHandle>,
 }

@@ -295,6 +295,11 @@ async fn check_loop(
                 message,
             })
             .collect();
+        if let Some(rules) = &ctx.rules {
+            for e in &events {
+                rules.event(e);
+            }
+        }
         ctx.store
             .persist(events, std::mem::take(&mut outcome.persist))
             .await;
@@ -307,6 +312,9 @@ async fn check_loop(
             ts,
         );
         ctx.stats.record(started.elapsed(), late);
+        if let Some(rules) = &ctx.rules {
+            rules.samples(&samples);
+        }
         ctx.store.append(samples);
         if let Ok(mut board) = ctx.board.write() {
             if let Some(s) = board.get_mut(&spec.name) {
@@ -426,12 +434,14 @@ fn down_kind(e: &TransportError) -> EventKind {
 }
 
 async fn record_event(ctx: &CollectorCtx, target: &str, kind: EventKind, message: String) {
-    ctx.store
-        .event(Event {
-            ts_ms: now_ms(),
-            target: target.to_string(),
-            kind,
-            message,
-        })
-        .await;
+    let e = Event {
+        ts_ms: now_ms(),
+        target: target.to_string(),
+        kind,
+        message,
+    };
+    if let Some(rules) = &ctx.rules {
+        rules.event(&e);
+    }
+    ctx.store.event(e).await;
 }

@@ -392,7 +392,7 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
                 .get_ref()
                 .get(f)
                 .and_then(|v| v.get_ref().as_array())
-                .and_then(|a| a.iter().nth(i))
+                .and_then(|a| a.get(i))
                 .map(|v| v.span().start)
                 .unwrap_or_else(|| at(t, p.field)),
             _ => at(t, p.field),

@@ -1,0 +1,306 @@
+//! The outbox worker: drains the durable outbox through the channels. An entry
+//! leaves the outbox only once a channel took it (or, given up on, once its
+//! fallback is queued in the same commit); each carries an idempotency key.
+//!
+//! Stages per round: due entries → grouped by (channel, target) → rate limit →
+//! send with a timeout → record as sent, or retry with backoff, or fall back.
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::channels::{Channel, SendError};
+use crate::config::channels::{
+    ChannelSpec, Delivery, DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_TIMEOUT,
+};
+use crate::model::{now_ms, Event, EventKind, Notification};
+use crate::store::alerting::OutboxEntry;
+use crate::store::{OutboxChange, Store};
+
+/// The worker looks at the outbox at least this often, woken or not.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Width of the rate-limit window.
+const RATE_WINDOW_MS: i64 = 60_000;
+
+/// A built channel and its delivery settings.
+struct Built {
+    channel: Arc<Channel>,
+    delivery: Delivery,
+}
+
+pub struct Notifier {
+    store: Store,
+    channels: RwLock<HashMap<String, Arc<Built>>>,
+    /// Channels whose build failed, with why (shown in events).
+    broken: RwLock<HashMap<String, String>>,
+    wake: Notify,
+    /// Send times per channel in the last rate window.
+    sent_at: Mutex<HashMap<String, VecDeque<i64>>>,
+}
+
+/// `alert-id:transition:channel`.
+pub fn idempotency_key(alert_id: &str, transition: u64, channel: &str) -> String {
+    format!("{alert_id}:{transition}:{channel}")
+}
+
+impl Notifier {
+    pub fn new(store: Store) -> Arc<Notifier> {
+        Arc::new(Notifier {
+            store,
+            channels: RwLock::new(HashMap::new()),
+            broken: RwLock::new(HashMap::new()),
+            wake: Notify::new(),
+            sent_at: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Builds the channels of a (new) fleet spec. A channel that cannot be built
+    /// (a secret missing) is reported and its notifications fall back.
+    pub async fn configure(&self, specs: &[ChannelSpec]) {
+        let mut built = HashMap::new();
+        let mut broken = HashMap::new();
+        for spec in specs {
+            match Channel::build(spec) {
+                Ok(c) => {
+                    built.insert(
+                        spec.name().to_string(),
+                        Arc::new(Built {
+                            channel: Arc::new(c),
+                            delivery: spec.delivery(),
+                        }),
+                    );
+                }
+                Err(why) => {
+                    tracing::error!(channel = spec.name(), error = %why, "channel cannot be built");
+                    broken.insert(spec.name().to_string(), why);
+                }
+            }
+        }
+        for (name, why) in &broken {
+            self.store
+                .event(Event {
+                    ts_ms: now_ms(),
+                    target: String::new(),
+                    kind: EventKind::NotificationFailed,
+                    message: format!("channel {name} cannot be used: {why}"),
+                })
+                .await;
+        }
+        if let Ok(mut c) = self.channels.write() {
+            *c = built;
+        }
+        if let Ok(mut b) = self.broken.write() {
+            *b = broken;
+        }
+        self.wake();
+    }
+
+    /// Settings of a channel, defaults when unknown.
+    pub fn delivery(&self, channel: &str) -> Delivery {
+        self.channels
+            .read()
+            .ok()
+            .and_then(|c| c.get(channel).map(|b| b.delivery.clone()))
+            .unwrap_or_default()
+    }
+
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            let next = match self.round().await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::error!(error = %e, "outbox round failed");
+                    None
+                }
+            };
+            let wait = next
+                .map(|at| {
+                    Duration::from_millis(
+                        (at - now_ms()).clamp(0, IDLE_POLL.as_millis() as i64) as u64
+                    )
+                })
+                .unwrap_or(IDLE_POLL);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One pass over the outbox. Returns when the next entry becomes due.
+    async fn round(&self) -> Result<Option<i64>, crate::store::StoreError> {
+        let store = self.store.clone();
+        let entries = tokio::task::spawn_blocking(move || store.outbox())
+            .await
+            .map_err(|_| crate::store::StoreError::Closed)??;
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let mut next: Option<i64> = None;
+        let mut groups: BTreeMap<(String, String), Vec<(u64, OutboxEntry)>> = BTreeMap::new();
+        for (seq, e) in entries {
+            if e.not_before_ms > now {
+                next = Some(next.map_or(e.not_before_ms, |n| n.min(e.not_before_ms)));
+                continue;
+            }
+            let key = (
+                e.notification.channel.clone(),
+                e.notification.alert.target.clone(),
+            );
+            groups.entry(key).or_default().push((seq, e));
+        }
+        let mut change = OutboxChange::default();
+        let mut sends = tokio::task::JoinSet::new();
+        for ((channel, _target), group) in groups {
+            let built = self
+                .channels
+                .read()
+                .ok()
+                .and_then(|c| c.get(&channel).cloned());
+            let Some(built) = built else {
+                let why = self
+                    .broken
+                    .read()
+                    .ok()
+                    .and_then(|b| b.get(&channel).cloned())
+                    .unwrap_or_else(|| "no such channel in the fleet spec".into());
+                for (seq, e) in group {
+                    self.give_up(seq, e, &why, &mut change).await;
+                }
+                continue;
+            };
+            if let Some(at) = self.rate_limited(&channel, &built.delivery, now) {
+                for (seq, mut e) in group {
+                    e.not_before_ms = at;
+                    change.update.push((seq, e));
+                }
+                next = Some(next.map_or(at, |n| n.min(at)));
+                continue;
+            }
+            let timeout = built.delivery.timeout.unwrap_or(DEFAULT_TIMEOUT).get();
+            let channel_obj = built.channel.clone();
+            sends.spawn(async move {
+                let notes: Vec<Notification> =
+                    group.iter().map(|(_, e)| e.notification.clone()).collect();
+                let result = channel_obj.send(&notes, timeout).await;
+                (group, built, result)
+            });
+        }
+        while let Some(joined) = sends.join_next().await {
+            let Ok((group, built, result)) = joined else {
+                continue;
+            };
+            match result {
+                Ok(()) => {
+                    for (seq, e) in group {
+                        tracing::info!(channel = %e.notification.channel, key = %e.notification.idempotency_key, "notification delivered");
+                        change.done.push((seq, e.notification.idempotency_key));
+                    }
+                }
+                Err(err) => {
+                    let permanent = matches!(err, SendError::Permanent(_));
+                    let max = built.delivery.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+                    for (seq, mut e) in group {
+                        e.attempts += 1;
+                        e.last_error = Some(err.to_string());
+                        if permanent || e.attempts >= max {
+                            let why = format!(
+                                "{} after {} attempts: {err}",
+                                e.notification.channel, e.attempts
+                            );
+                            self.give_up(seq, e, &why, &mut change).await;
+                        } else {
+                            let wait = backoff(&built.delivery, e.attempts);
+                            tracing::warn!(channel = %e.notification.channel, attempt = e.attempts, retry_in = ?wait, error = %err, "notification not delivered; will retry");
+                            e.not_before_ms = now_ms() + wait.as_millis() as i64;
+                            next = Some(next.map_or(e.not_before_ms, |n| n.min(e.not_before_ms)));
+                            change.update.push((seq, e));
+                        }
+                    }
+                }
+            }
+        }
+        let has_new = !change.add.is_empty();
+        if !(change.done.is_empty()
+            && change.update.is_empty()
+            && change.remove.is_empty()
+            && change.add.is_empty())
+        {
+            self.store.outbox_change(change).await?;
+        }
+        if has_new {
+            next = Some(now_ms());
+        }
+        Ok(next)
+    }
+
+    /// Replaces an entry by one for its next fallback channel, or drops it with an
+    /// event when none is left.
+    async fn give_up(&self, seq: u64, e: OutboxEntry, why: &str, change: &mut OutboxChange) {
+        change.remove.push(seq);
+        let mut fallbacks = e.fallbacks.clone();
+        if fallbacks.is_empty() {
+            tracing::error!(channel = %e.notification.channel, key = %e.notification.idempotency_key, reason = why, "notification given up");
+            self.store
+                .event(Event {
+                    ts_ms: now_ms(),
+                    target: e.notification.alert.target.clone(),
+                    kind: EventKind::NotificationFailed,
+                    message: format!(
+                        "{} of {} not delivered: {why}",
+                        e.notification.kind.as_str(),
+                        e.notification.alert.rule
+                    ),
+                })
+                .await;
+            return;
+        }
+        let next_channel = fallbacks.remove(0);
+        tracing::warn!(from = %e.notification.channel, to = %next_channel, reason = why, "notification falls back");
+        let mut n = e.notification.clone();
+        n.idempotency_key = idempotency_key(&n.alert.id, n.alert.transitions, &next_channel);
+        n.channel = next_channel;
+        change.add.push(OutboxEntry {
+            notification: n,
+            attempts: 0,
+            not_before_ms: now_ms(),
+            created_ms: now_ms(),
+            fallbacks,
+            last_error: Some(why.to_string()),
+        });
+    }
+
+    /// When the channel may send again, if its rate limit is reached now.
+    fn rate_limited(&self, channel: &str, d: &Delivery, now: i64) -> Option<i64> {
+        let limit = d.rate_limit_per_min? as usize;
+        let mut sent = self.sent_at.lock().ok()?;
+        let times = sent.entry(channel.to_string()).or_default();
+        while times.front().is_some_and(|t| *t <= now - RATE_WINDOW_MS) {
+            times.pop_front();
+        }
+        if times.len() >= limit {
+            return times.front().map(|t| t + RATE_WINDOW_MS);
+        }
+        times.push_back(now);
+        None
+    }
+}
+
+/// `backoff · 2^(attempt-1)` capped at `backoff_max`, scaled by a random 50–100 %.
+pub fn backoff(d: &Delivery, attempt: u32) -> Duration {
+    let base = d.backoff.unwrap_or(DEFAULT_BACKOFF).get();
+    let max = d.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX).get();
+    let exp = attempt.saturating_sub(1).min(30);
+    let wait = base.saturating_mul(1u32 << exp).min(max);
+    wait.mul_f64(rand::rng().random_range(0.5..=1.0))
+}

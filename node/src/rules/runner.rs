@@ -1,0 +1,350 @@
+//! The rules task: feeds samples and events of owned targets to the engine, ticks
+//! its timers, and writes each transition with its notifications (routed, minus
+//! silenced ones) in one store transaction, then wakes the outbox worker.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::engine::{Engine, Transition};
+use crate::collector::StateBoard;
+use crate::config::rules::{effective_rules, RuleSpec};
+use crate::config::FleetSpec;
+use crate::model::{now_ms, Alert, Event, Notification, Sample, Severity};
+use crate::notify::worker::{idempotency_key, Notifier};
+use crate::ownership::OwnedRx;
+use crate::store::alerting::{OutboxEntry, Silence, TransitionRecord};
+use crate::store::{AlertingBatch, Store, StoreError};
+
+/// Inputs queued for the engine; beyond this they are dropped and counted.
+const QUEUE_DEPTH: usize = 10_000;
+/// Timers (`for`, dead-man, hysteresis) are checked this often.
+const TICK: Duration = Duration::from_secs(1);
+const META_SILENCES: &str = "silences";
+
+pub enum Input {
+    Samples(Vec<Sample>),
+    Event(Event),
+    Ack {
+        id: String,
+        by: String,
+        reply: oneshot::Sender<Option<Alert>>,
+    },
+}
+
+/// What the rest of the node uses to talk to the rules task.
+#[derive(Clone)]
+pub struct RulesHandle {
+    tx: mpsc::Sender<Input>,
+    alerts: Arc<RwLock<Vec<Alert>>>,
+    silences: Arc<RwLock<Vec<Silence>>>,
+    store: Store,
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl RulesHandle {
+    pub fn samples(&self, samples: &[Sample]) {
+        if self.tx.try_send(Input::Samples(samples.to_vec())).is_err() {
+            self.dropped
+                .fetch_add(samples.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub fn event(&self, e: &Event) {
+        if self.tx.try_send(Input::Event(e.clone())).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub async fn ack(&self, id: &str, by: &str) -> Option<Alert> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Ack {
+                id: id.to_string(),
+                by: by.to_string(),
+                reply,
+            })
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Current alerts (pending, firing, recently resolved).
+    pub fn alerts(&self) -> Vec<Alert> {
+        self.alerts.read().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    pub fn silences(&self) -> Vec<Silence> {
+        self.silences.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Adds a silence durably.
+    pub async fn add_silence(&self, s: Silence) -> Result<(), StoreError> {
+        let mut list = self.silences();
+        let now = now_ms();
+        list.retain(|x| x.until_ms > now);
+        list.push(s);
+        self.save_silences(list).await
+    }
+
+    /// Removes a silence; false when there was none with that id.
+    pub async fn remove_silence(&self, id: &str) -> Result<bool, StoreError> {
+        let mut list = self.silences();
+        let before = list.len();
+        list.retain(|x| x.id != id);
+        let removed = list.len() != before;
+        if removed {
+            self.save_silences(list).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn save_silences(&self, list: Vec<Silence>) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(&list).unwrap_or_default();
+        self.store.put_meta(META_SILENCES, bytes).await?;
+        if let Ok(mut s) = self.silences.write() {
+            *s = list;
+        }
+        Ok(())
+    }
+}
+
+/// Creates the handle (silences loaded from the store) and the engine's queue.
+pub fn channel(store: &Store) -> (RulesHandle, mpsc::Receiver<Input>) {
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let silences: Vec<Silence> = store
+        .get_meta(META_SILENCES)
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let handle = RulesHandle {
+        tx,
+        alerts: Arc::new(RwLock::new(Vec::new())),
+        silences: Arc::new(RwLock::new(silences)),
+        store: store.clone(),
+        dropped: Arc::new(AtomicU64::new(0)),
+    };
+    (handle, rx)
+}
+
+/// State of the task besides the engine: the spec in force and the last seen
+/// json_state values (the engine is told about changes only).
+struct Ctx {
+    handle: RulesHandle,
+    notifier: Arc<Notifier>,
+    spec: Arc<FleetSpec>,
+    rules: HashMap<String, RuleSpec>,
+    states: StateBoard,
+    seen_state: HashMap<(String, String), Value>,
+}
+
+pub async fn run(
+    handle: RulesHandle,
+    mut rx: mpsc::Receiver<Input>,
+    mut owned: OwnedRx,
+    notifier: Arc<Notifier>,
+    states: StateBoard,
+    cancel: CancellationToken,
+) {
+    let store = handle.store.clone();
+    let restored = tokio::task::spawn_blocking(move || store.alerts())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let current = owned.borrow_and_update().clone();
+    let rules = effective_rules(&current.spec.rules);
+    let mut engine = Engine::new(rules.clone(), &current.targets, restored);
+    notifier.configure(&current.spec.channels).await;
+    let mut ctx = Ctx {
+        handle,
+        notifier,
+        spec: current.spec.clone(),
+        rules: rules.into_iter().map(|r| (r.name.clone(), r)).collect(),
+        states,
+        seen_state: HashMap::new(),
+    };
+    publish(&ctx, &engine);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let transitions = tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = owned.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let current = owned.borrow_and_update().clone();
+                let rules = effective_rules(&current.spec.rules);
+                let dropped = engine.reconfigure(rules.clone(), &current.targets);
+                ctx.rules = rules.into_iter().map(|r| (r.name.clone(), r)).collect();
+                ctx.spec = current.spec.clone();
+                ctx.notifier.configure(&current.spec.channels).await;
+                if !dropped.is_empty() {
+                    let batch = AlertingBatch { deleted: dropped, ..Default::default() };
+                    if let Err(e) = ctx.handle.store.alerting(batch).await {
+                        tracing::error!(error = %e, "cannot forget alerts of removed rules or targets");
+                    }
+                }
+                Vec::new()
+            }
+            input = rx.recv() => match input {
+                None => break,
+                Some(Input::Samples(samples)) => samples.iter().flat_map(|s| engine.on_sample(s)).collect(),
+                Some(Input::Event(e)) => engine.on_event(&e),
+                Some(Input::Ack { id, by, reply }) => {
+                    let acked = engine.ack(&id, &by);
+                    if let Some(a) = &acked {
+                        let batch = AlertingBatch { alerts: vec![a.clone()], ..Default::default() };
+                        if let Err(e) = ctx.handle.store.alerting(batch).await {
+                            tracing::error!(error = %e, "cannot store an ack");
+                        }
+                    }
+                    let _ = reply.send(acked);
+                    Vec::new()
+                }
+            },
+            _ = tick.tick() => {
+                let now = now_ms();
+                let mut t = state_changes(&mut ctx, &mut engine, now);
+                t.extend(engine.tick(now));
+                t
+            }
+        };
+        if !transitions.is_empty() {
+            record(&ctx, transitions).await;
+        }
+        publish(&ctx, &engine);
+    }
+}
+
+/// Tells the engine about json_state values that changed since the last tick.
+fn state_changes(ctx: &mut Ctx, engine: &mut Engine, now: i64) -> Vec<Transition> {
+    let paths: Vec<String> = ctx.rules.values().filter_map(|r| r.state.clone()).collect();
+    if paths.is_empty() {
+        return Vec::new();
+    }
+    let trees = ctx.states.read().map(|b| b.clone()).unwrap_or_default();
+    let mut out = Vec::new();
+    for (target, by_check) in &trees {
+        for path in &paths {
+            let value = by_check.values().find_map(|(_, tree)| lookup(tree, path));
+            let key = (target.clone(), path.clone());
+            let before = ctx.seen_state.get(&key);
+            if before == value.as_ref() {
+                continue;
+            }
+            out.extend(engine.on_state(target, path, value.as_ref(), now));
+            match value {
+                Some(v) => ctx.seen_state.insert(key, v),
+                None => ctx.seen_state.remove(&key),
+            };
+        }
+    }
+    out
+}
+
+fn lookup(tree: &Value, path: &str) -> Option<Value> {
+    let mut v = tree;
+    for seg in path.split('.') {
+        v = match v {
+            Value::Object(m) => m.get(seg)?,
+            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(v.clone())
+}
+
+fn publish(ctx: &Ctx, engine: &Engine) {
+    if let Ok(mut a) = ctx.handle.alerts.write() {
+        *a = engine.alerts();
+    }
+}
+
+/// Channels an alert goes to: its rule's, else its severity's route, else the default.
+pub fn route(spec: &FleetSpec, rule: Option<&RuleSpec>, severity: Severity) -> Vec<String> {
+    if let Some(r) = rule.filter(|r| !r.channels.is_empty()) {
+        return r.channels.clone();
+    }
+    let by_severity = match severity {
+        Severity::Critical => &spec.routes.critical,
+        Severity::Warning => &spec.routes.warning,
+        Severity::Info => &spec.routes.info,
+    };
+    if !by_severity.is_empty() {
+        return by_severity.clone();
+    }
+    spec.routes.default.clone()
+}
+
+async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
+    let now = now_ms();
+    let silences = ctx.handle.silences();
+    let mut batch = AlertingBatch::default();
+    for t in transitions {
+        let mut suppressed = None;
+        if let Some(kind) = t.notify {
+            let rule = ctx.rules.get(&t.alert.rule);
+            let channels = route(&ctx.spec, rule, t.alert.severity);
+            if let Some(s) = silences.iter().find(|s| s.covers(&t.alert, now)) {
+                suppressed = Some(format!("silenced by {} ({})", s.id, s.reason));
+            } else if channels.is_empty() {
+                suppressed = Some("no channel routes this alert".into());
+            } else {
+                for ch in channels {
+                    let delivery = ctx.notifier.delivery(&ch);
+                    let window = delivery
+                        .group_window
+                        .unwrap_or(crate::config::channels::DEFAULT_GROUP_WINDOW)
+                        .get()
+                        .as_millis() as i64;
+                    batch.outbox.push(OutboxEntry {
+                        notification: Notification {
+                            idempotency_key: idempotency_key(&t.alert.id, t.alert.transitions, &ch),
+                            channel: ch,
+                            kind,
+                            alert: t.alert.clone(),
+                            ts_ms: t.ts_ms,
+                        },
+                        attempts: 0,
+                        not_before_ms: now + window,
+                        created_ms: now,
+                        fallbacks: delivery.fallback.clone(),
+                        last_error: None,
+                    });
+                }
+            }
+            tracing::info!(alert = %t.alert.id, rule = %t.alert.rule, target_name = %t.alert.target, kind = kind.as_str(), suppressed = ?suppressed, "alert transition");
+        }
+        batch.transitions.push(TransitionRecord {
+            alert_id: t.alert.id.clone(),
+            rule: t.alert.rule.clone(),
+            target: t.alert.target.clone(),
+            from: t.from,
+            to: t.to,
+            notify: t.notify,
+            ts_ms: t.ts_ms,
+            suppressed,
+        });
+        if t.to == crate::model::AlertState::Inactive {
+            // Pending that cleared before `for`: nothing to keep.
+            batch.deleted.push(t.alert.id);
+        } else {
+            batch.alerts.push(t.alert);
+        }
+    }
+    let wake = !batch.outbox.is_empty();
+    if let Err(e) = ctx.handle.store.alerting(batch).await {
+        tracing::error!(error = %e, "cannot store alert transitions");
+        return;
+    }
+    if wake {
+        ctx.notifier.wake();
+    }
+}
