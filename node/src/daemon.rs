@@ -17,6 +17,9 @@ use crate::notify::worker::Notifier;
 use crate::ownership::{self, FleetState};
 use crate::store::{Store, StoreOptions};
 
+/// How often pauses with an end are checked.
+const PAUSE_CHECK: Duration = Duration::from_secs(1);
+
 /// Longest wait for the collectors to stop on shutdown.
 const COLLECTOR_STOP_DEADLINE: Duration = Duration::from_secs(8);
 
@@ -76,6 +79,7 @@ pub async fn run_node(
     let stats = Arc::new(ScrapeStats::default());
     let states: StateBoard = Arc::new(RwLock::new(Default::default()));
     let (rules, rules_rx) = crate::rules::runner::channel(&store);
+    let transports: crate::collector::Transports = Arc::new(RwLock::new(Default::default()));
     let (owned_tx, owned_rx) = ownership::channel();
     let fleet = Arc::new(FleetState::load(cfg.node.id, store.clone(), owned_tx)?);
     if let Some((text, source)) = initial {
@@ -106,6 +110,7 @@ pub async fn run_node(
         stats: stats.clone(),
         states: states.clone(),
         rules: Some(rules.clone()),
+        transports: transports.clone(),
     });
 
     let cancel = CancellationToken::new();
@@ -117,9 +122,23 @@ pub async fn run_node(
         owned_rx.clone(),
         notifier,
         states.clone(),
+        transports.clone(),
         cancel.clone(),
     ));
     let collector = tokio::spawn(crate::collector::run(ctx, owned_rx, cancel.clone()));
+    let pause_clock = {
+        let fleet = fleet.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(PAUSE_CHECK);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = every.tick() => fleet.expire_pauses(crate::model::now_ms()).await,
+                }
+            }
+        })
+    };
 
     let addr = listener.local_addr()?;
     let api = HerdApi {
@@ -163,7 +182,11 @@ pub async fn run_node(
     {
         tracing::warn!("collectors did not stop in time");
     }
-    for (what, task) in [("rules", rules_task), ("notifications", notify_task)] {
+    for (what, task) in [
+        ("rules", rules_task),
+        ("notifications", notify_task),
+        ("pauses", pause_clock),
+    ] {
         if tokio::time::timeout(COLLECTOR_STOP_DEADLINE, task)
             .await
             .is_err()

@@ -2,6 +2,7 @@
 //! travels: config → ownership → collector → store → api → cli.
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod collector;
 pub mod config;
 pub mod daemon;

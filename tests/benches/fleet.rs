@@ -27,6 +27,15 @@
 //! `herdtest` with `/bin/sh`): the vitals command through a fresh `ssh` per call,
 //! through an OpenSSH ControlMaster, and a herd node scraping that sshd every second.
 //!
+//! **What is measured.** Node CPU (utime+stime of the process, or the exact run
+//! time of its threads when none came or went) over a window, divided by the
+//! scrapes the node counted in it; the node's own scrape timing (`Status`, its last
+//! 20,000 scrapes); the exec as the fake target saw it (channel open to the node's
+//! answer to a ping sent after CLOSE), over the window only; how bunched the
+//! scrapes are (the fake fleet counts execs per 100 ms); VmRSS; samples written,
+//! dropped and the redb file size. The host's CPU used by anything else in the
+//! window is reported too: a build running beside the bench disturbs lateness.
+//!
 //! Results: a table on stdout, and `target/bench/fleet.json`. Progress on stderr.
 // serde_json's json! of a fleet row nests deeper than the default limit.
 #![recursion_limit = "256"]
@@ -45,7 +54,9 @@ use herd_tests::{ssh_target, Herd, HerdOptions, Sshd, SSH_USER};
 use serde_json::{json, Value};
 
 /// The vitals command exactly as the node sends it
-/// (`node/src/collector/checks/vitals.rs`, `VITALS_COMMAND`).
+/// (`node/src/collector/checks/vitals.rs`, `VITALS_COMMAND`); the baseline runs
+/// it through OpenSSH. The fake fleet checks every command it gets against it and
+/// the bench reports a difference.
 const VITALS_COMMAND: &str = "exec 2>/dev/null;\
 for s in stat meminfo loadavg net/dev uptime mounts;do echo \"@@herd:$s\";cat /proc/$s;done;\
 echo @@herd:df;df -Pk;echo @@herd:dfi;df -Pi;echo @@herd:end";
@@ -433,6 +444,13 @@ fn bench_fleet(rt: &tokio::runtime::Runtime, n: usize, opts: &Options) -> FleetR
             row.fake_execs = f.execs;
             row.fake_sessions = f.sessions;
             row.fake_open = f.open;
+            if f.other_commands > 0 {
+                row.errors.push(format!(
+                    "{} execs were not this bench's VITALS_COMMAND: the node's command changed, \
+                     update the copy in tests/benches/fleet.rs (the baseline runs the copy)",
+                    f.other_commands
+                ));
+            }
             row.rtt_p50_ms = f.rtt_p50_ms;
             row.rtt_p99_ms = f.rtt_p99_ms;
             row.rtt_max_ms = f.rtt_max_ms;
@@ -546,6 +564,8 @@ struct FakeStats {
     execs: u64,
     sessions: u64,
     open: u64,
+    /// Execs whose command differed from this file's `VITALS_COMMAND`.
+    other_commands: u64,
     /// Execs per 100 ms since the mark.
     buckets: Vec<u64>,
     /// Channel open → the node's answer to a ping sent after CLOSE: the exec as
@@ -631,6 +651,7 @@ impl FakeFleet {
             execs: n("execs_since_mark"),
             sessions: n("sessions"),
             open: n("open"),
+            other_commands: n("other_commands"),
             buckets: v["buckets_100ms"]
                 .as_array()
                 .map(|a| a.iter().filter_map(Value::as_u64).collect())
@@ -1405,6 +1426,22 @@ const COLUMNS: &[Column] = &[
     ("up", |r| r.up_at_end.to_string()),
 ];
 
+/// What the columns mean, printed under the table.
+const TABLE_NOTES: &[&str] = &[
+    "sched% = scrapes / (targets x window / interval); cpu% = node CPU over the window, \
+     of one core;",
+    "cpu_s/1000 = CPU s per 1000 scrapes (the same number as ms per scrape)",
+    "rss_B/target = (VmRSS at the end - VmRSS of the idle node) / targets;",
+    "B/sample = redb file bytes (free pages included) / samples written",
+    "p50/p99/late are the node's own, over its last 20,000 scrapes; * = that window still \
+     holds",
+    "  the first scrape of each target (TCP + SSH handshake) and they skew this percentile",
+    "tgt_p50/p99_ms = exec as the fake target saw it (channel open to the node's answer",
+    "  to a ping sent after CLOSE), over the window only",
+    "peak/s = most scrapes the fake fleet answered in one second of the window \
+     (mean = targets / interval)",
+];
+
 fn print_table(rows: &[FleetRow], baseline: Option<&Baseline>) {
     let mut out = String::new();
     if !rows.is_empty() {
@@ -1435,22 +1472,11 @@ fn print_table(rows: &[FleetRow], baseline: Option<&Baseline>) {
             out.push_str(&padded.join("  "));
             out.push('\n');
         }
-        out.push_str(
-            "  sched% = scrapes / (targets x window / interval); \
-             cpu% = node CPU over the window, of one core;\n  \
-             cpu_s/1000 = CPU s per 1000 scrapes (the same number as ms per scrape)\n",
-        );
-        out.push_str(
-            "  rss_B/target = (VmRSS at the end - VmRSS of the idle node) / targets;\n  \
-             B/sample = redb file bytes (free pages included) / samples written\n",
-        );
-        out.push_str(
-            "  p50/p99/late are the node's own, over its last 20,000 scrapes; * = that window \
-             still holds\n  the first scrape of each target (TCP + SSH handshake) and they \
-             skew this percentile\n  tgt_p50/p99_ms = exec as the fake target saw it (channel open to \
-             the node's\n  answer to a ping sent after CLOSE), over the window only\n  peak/s = most scrapes the fake fleet answered in one \
-             second of the window (mean = targets / interval)\n",
-        );
+        for note in TABLE_NOTES {
+            out.push_str("  ");
+            out.push_str(note);
+            out.push('\n');
+        }
         for r in rows {
             let mib = |b: u64| b as f64 / 1048576.0;
             out.push_str(&format!(
@@ -1581,6 +1607,8 @@ mod fake {
     /// right after CLOSE, per exec, in µs.
     static RTTS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
     static MARK: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    /// Execs whose command was not the bench's copy of `VITALS_COMMAND`.
+    static OTHER_COMMANDS: AtomicU64 = AtomicU64::new(0);
 
     fn slot_now() -> usize {
         (START.elapsed().as_millis() / 100) as usize
@@ -1858,10 +1886,13 @@ mod fake {
         async fn exec_request(
             &mut self,
             channel: ChannelId,
-            _command: &[u8],
+            command: &[u8],
             session: &mut Session,
         ) -> Result<(), Self::Error> {
             session.channel_success(channel)?;
+            if command != super::VITALS_COMMAND.as_bytes() {
+                OTHER_COMMANDS.fetch_add(1, Ordering::Relaxed);
+            }
             if let Some(slot) = EXECS.get(slot_now()) {
                 slot.fetch_add(1, Ordering::Relaxed);
             }
@@ -1929,6 +1960,7 @@ mod fake {
                         "execs_since_mark": buckets.iter().sum::<u64>(),
                         "sessions": NEXT_ID.load(Ordering::Relaxed),
                         "open": OPEN.load(Ordering::Relaxed),
+                        "other_commands": OTHER_COMMANDS.load(Ordering::Relaxed),
                         "buckets_100ms": buckets,
                     })
                     .to_string()

@@ -1,7 +1,8 @@
 //! Harness for Herd's end-to-end tests: the real `herd` binary, a real OpenSSH `sshd`
 //! on loopback with keys generated per test, and bounded waits. For the check kinds:
 //! a real nginx (plain and TLS), a real node_exporter, certificates made with the
-//! openssl CLI and a unix socket listener.
+//! openssl CLI and a unix socket listener. For reactions: a real SMTP server
+//! (aiosmtpd) and a real HTTP receiver for webhooks.
 //!
 //! Every fixture lives in its own temp dir on its own ports, so tests run in
 //! parallel. Every wait has a deadline. When a test fails, the fixtures print the
@@ -16,6 +17,8 @@ mod wait;
 pub mod certs;
 pub mod nginx;
 pub mod node_exporter;
+pub mod receiver;
+pub mod smtp;
 pub mod unix_socket;
 
 use std::path::PathBuf;
@@ -30,6 +33,8 @@ pub use wait::{wait_for, wait_until};
 pub use certs::TestPki;
 pub use nginx::{Nginx, TlsListener};
 pub use node_exporter::NodeExporter;
+pub use receiver::{HttpReceiver, Received};
+pub use smtp::{Mail, SmtpServer};
 pub use unix_socket::UnixSocketServer;
 
 /// Prints the start of a test phase, so that a test's output reads as its story.

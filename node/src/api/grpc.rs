@@ -67,6 +67,12 @@ impl pb::herd_server::Herd for HerdApi {
                     interval_ms: s.interval.as_millis() as u64,
                     last_error: s.last_error.clone().unwrap_or_default(),
                     scrapes: s.scrapes,
+                    paused: s.paused.as_ref().map(|p| pb::PauseInfo {
+                        by: p.by.clone(),
+                        reason: p.reason.clone(),
+                        since_ms: p.since_ms,
+                        until_ms: p.until_ms.unwrap_or(0),
+                    }),
                     checks: s
                         .checks
                         .iter()
@@ -345,6 +351,51 @@ impl pb::herd_server::Herd for HerdApi {
             Ok(Response::new(pb::SilenceRemoveReply {}))
         } else {
             Err(Status::not_found(format!("no silence with id {id:?}")))
+        }
+    }
+
+    async fn pause(
+        &self,
+        req: Request<pb::PauseRequest>,
+    ) -> Result<Response<pb::PauseReply>, Status> {
+        let q = req.into_inner();
+        let now = now_ms();
+        let until_ms = (q.duration_ms > 0)
+            .then(|| now.saturating_add(q.duration_ms.min(i64::MAX as u64) as i64));
+        let pause = crate::ownership::Pause {
+            by: if q.by.is_empty() {
+                "someone".into()
+            } else {
+                q.by
+            },
+            reason: q.reason,
+            since_ms: now,
+            until_ms,
+        };
+        self.fleet
+            .pause(&q.target, pause)
+            .await
+            .map_err(|e| match e {
+                crate::ownership::PauseError::NoTarget(_) => Status::not_found(e.to_string()),
+                crate::ownership::PauseError::Store(s) => s.into(),
+            })?;
+        Ok(Response::new(pb::PauseReply {
+            until_ms: until_ms.unwrap_or(0),
+        }))
+    }
+
+    async fn resume(
+        &self,
+        req: Request<pb::ResumeRequest>,
+    ) -> Result<Response<pb::ResumeReply>, Status> {
+        let target = req.into_inner().target;
+        match self.fleet.resume(&target).await {
+            Ok(true) => Ok(Response::new(pb::ResumeReply {})),
+            Ok(false) => Err(Status::not_found(format!(
+                "target {target:?} is not paused"
+            ))),
+            Err(crate::ownership::PauseError::Store(s)) => Err(s.into()),
+            Err(e) => Err(Status::not_found(e.to_string())),
         }
     }
 

@@ -70,6 +70,23 @@ pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError>
         Command::Alerts { history, json } => alerts(node, history.as_deref(), json).await,
         Command::Ack { alert, by } => ack(node, &alert, by).await,
         Command::Silence { action } => silence(node, action).await,
+        Command::Pause {
+            target,
+            duration,
+            reason,
+            by,
+        } => pause(node, &target, duration.as_deref(), reason, by).await,
+        Command::Resume { target } => {
+            client(node)
+                .await?
+                .resume(pb::ResumeRequest {
+                    target: target.clone(),
+                })
+                .await
+                .map_err(|s| call_error(node, s))?;
+            println!("{target} resumed");
+            Ok(())
+        }
         Command::Events {
             target,
             since,
@@ -360,6 +377,38 @@ async fn silence(node: &Target, action: super::SilenceAction) -> Result<(), CliE
                 .map_err(|s| call_error(node, s))?;
             println!("silence {id} removed");
         }
+    }
+    Ok(())
+}
+
+async fn pause(
+    node: &Target,
+    target: &str,
+    duration: Option<&str>,
+    reason: String,
+    by: Option<String>,
+) -> Result<(), CliError> {
+    let duration_ms = match duration {
+        Some(d) => parse_duration(d)
+            .map_err(|e| CliError::Usage(format!("--for: {e}")))?
+            .as_millis() as u64,
+        None => 0,
+    };
+    let reply = client(node)
+        .await?
+        .pause(pb::PauseRequest {
+            target: target.into(),
+            duration_ms,
+            reason,
+            by: whoami(by),
+        })
+        .await
+        .map_err(|s| call_error(node, s))?
+        .into_inner();
+    if reply.until_ms > 0 {
+        println!("{target} paused until {}", output::time(reply.until_ms));
+    } else {
+        println!("{target} paused until `herd resume {target}`");
     }
     Ok(())
 }

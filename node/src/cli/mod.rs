@@ -115,6 +115,19 @@ pub enum Command {
         #[command(subcommand)]
         action: SilenceAction,
     },
+    /// Pause a target: not scraped, no alert, until resumed or --for is over.
+    Pause {
+        target: String,
+        /// e.g. 2h; absent: until `herd resume`.
+        #[arg(long = "for")]
+        duration: Option<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Resume a paused target.
+    Resume { target: String },
     /// Recent events: targets down and up, host key problems, check errors.
     Events {
         /// Only this target.

@@ -79,6 +79,10 @@ pub fn status_json(r: &pb::StatusReply) -> Value {
             "interval_s": t.interval_ms as f64 / 1000.0,
             "scrapes": t.scrapes,
             "last_error": (!t.last_error.is_empty()).then_some(&t.last_error),
+            "paused": t.paused.as_ref().map(|p| json!({
+                "by": p.by, "reason": p.reason, "since_ms": p.since_ms,
+                "until_ms": (p.until_ms > 0).then_some(p.until_ms),
+            })),
             "checks": t.checks.iter().map(|c| json!({
                 "name": c.name, "kind": c.kind, "status": c.status, "detail": c.detail, "ts_ms": c.ts_ms,
             })).collect::<Vec<_>>(),
@@ -111,9 +115,19 @@ pub fn status_table(r: &pb::StatusReply) -> String {
         .targets
         .iter()
         .map(|t| {
+            let up = match &t.paused {
+                Some(p) if p.until_ms > 0 => format!(
+                    "paused until {} by {} ({})",
+                    time(p.until_ms),
+                    p.by,
+                    p.reason
+                ),
+                Some(p) => format!("paused by {} ({})", p.by, p.reason),
+                None => up_word(t.up).into(),
+            };
             vec![
                 t.name.clone(),
-                up_word(t.up).into(),
+                up,
                 age(t.last_scrape_age_s),
                 t.transport.clone(),
                 t.address.clone(),

@@ -30,6 +30,8 @@ pub struct TargetStatus {
     pub scrapes: u64,
     /// The latest verdict of each check that gives one, by check name.
     pub checks: BTreeMap<String, CheckState>,
+    /// Set while the target is paused (no task runs).
+    pub paused: Option<crate::ownership::Pause>,
 }
 
 /// The latest verdict of one check.
@@ -50,6 +52,10 @@ pub type StateBoard = Arc<RwLock<BTreeMap<String, BTreeMap<String, (u64, serde_j
 /// Status of every running target, by name.
 pub type StatusBoard = Arc<RwLock<BTreeMap<String, TargetStatus>>>;
 
+/// The transport of each running target, so that remediation actions run over the
+/// target's own SSH session.
+pub type Transports = Arc<RwLock<BTreeMap<String, Arc<transport::Transport>>>>;
+
 /// What every target task needs; built once by the daemon.
 pub struct CollectorCtx {
     pub store: Store,
@@ -65,4 +71,5 @@ pub struct CollectorCtx {
     pub states: StateBoard,
     /// Where samples and events go for rule evaluation (None: no rules, in tests).
     pub rules: Option<crate::rules::runner::RulesHandle>,
+    pub transports: Transports,
 }

@@ -46,7 +46,7 @@ impl Scheduler {
     pub fn reconcile(&mut self, owned: &Owned) -> Reconciled {
         let mut report = Reconciled::default();
         let wanted: HashMap<&str, &TargetSpec> =
-            owned.targets.iter().map(|t| (t.name.as_str(), t)).collect();
+            owned.active().map(|t| (t.name.as_str(), t)).collect();
         let gone: Vec<String> = self
             .tasks
             .keys()
@@ -59,6 +59,24 @@ impl Scheduler {
                 board.remove(&name);
             }
             report.removed.push(name);
+        }
+        // Paused targets run no task but stay visible, with who paused them and why.
+        if let Ok(mut board) = self.ctx.board.write() {
+            board.retain(|name, s| s.paused.is_none() || owned.paused.contains_key(name));
+            for t in owned.targets.iter() {
+                if let Some(p) = owned.paused.get(&t.name) {
+                    board.insert(
+                        t.name.clone(),
+                        super::TargetStatus {
+                            address: t.address.clone().unwrap_or_else(|| "local".into()),
+                            transport: t.transport.as_str().into(),
+                            interval: t.interval.get(),
+                            paused: Some(p.clone()),
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
         }
         for (name, spec) in wanted {
             match self.tasks.get(name) {

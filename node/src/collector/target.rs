@@ -79,6 +79,9 @@ pub async fn run_target(spec: TargetSpec, ctx: Arc<CollectorCtx>, cancel: Cancel
         }
     };
     tracing::info!(target_name = %name, transport = spec.transport.as_str(), "target started");
+    if let Ok(mut t) = ctx.transports.write() {
+        t.insert(name.clone(), transport.clone());
+    }
     let link = Arc::new(Mutex::new(Link::new(ctx.reconnect_min, ctx.reconnect_max)));
     let spec = Arc::new(spec);
     let mut loops = tokio::task::JoinSet::new();
@@ -97,6 +100,12 @@ pub async fn run_target(spec: TargetSpec, ctx: Arc<CollectorCtx>, cancel: Cancel
         ));
     }
     while loops.join_next().await.is_some() {}
+    if let Ok(mut t) = ctx.transports.write() {
+        // Only our own entry: a successor task may already have put its own.
+        if t.get(&name).is_some_and(|x| Arc::ptr_eq(x, &transport)) {
+            t.remove(&name);
+        }
+    }
     transport.close().await;
     tracing::info!(target_name = %name, "target stopped");
 }

@@ -141,6 +141,8 @@ pub enum ChannelSpec {
     Slack(SlackChannel),
     Telegram(TelegramChannel),
     Command(CommandChannel),
+    Asana(AsanaChannel),
+    Nats(NatsChannel),
 }
 
 macro_rules! each {
@@ -151,6 +153,8 @@ macro_rules! each {
             ChannelSpec::Slack($c) => $e,
             ChannelSpec::Telegram($c) => $e,
             ChannelSpec::Command($c) => $e,
+            ChannelSpec::Asana($c) => $e,
+            ChannelSpec::Nats($c) => $e,
         }
     };
 }
@@ -166,6 +170,8 @@ impl ChannelSpec {
             ChannelSpec::Slack(_) => "slack",
             ChannelSpec::Telegram(_) => "telegram",
             ChannelSpec::Command(_) => "command",
+            ChannelSpec::Asana(_) => "asana",
+            ChannelSpec::Nats(_) => "nats",
         }
     }
     pub fn delivery(&self) -> Delivery {
@@ -241,6 +247,33 @@ impl ChannelSpec {
                     p.push("command is empty".into());
                 }
             }
+            ChannelSpec::Asana(a) => {
+                p.extend(a.token.problems("token"));
+                if a.project.is_none() && a.workspace.is_none() {
+                    p.push("set project, workspace or both".into());
+                }
+                if let Some(b) = &a.base_url {
+                    if !(b.starts_with("http://") || b.starts_with("https://")) {
+                        p.push(format!(
+                            "base_url {b:?} must start with http:// or https://"
+                        ));
+                    }
+                }
+            }
+            ChannelSpec::Nats(n) => {
+                if !(n.url.starts_with("nats://") || n.url.starts_with("tls://")) {
+                    p.push(format!("url {:?} must start with nats:// or tls://", n.url));
+                }
+                if n.subject.is_empty() || n.subject.contains([' ', '*', '>']) {
+                    p.push(format!(
+                        "subject {:?} must be a plain subject (no spaces or wildcards)",
+                        n.subject
+                    ));
+                }
+                if let Some(s) = &n.token {
+                    p.extend(s.problems("token"));
+                }
+            }
         }
         p
     }
@@ -314,4 +347,35 @@ pub struct Routes {
     pub warning: Vec<String>,
     #[serde(default)]
     pub info: Vec<String>,
+}
+
+channel_struct! {
+    /// Asana: creates a task per message (name: the alert line; notes: the details).
+    AsanaChannel {
+        token: Secret,
+        /// Project gid the task goes into.
+        #[serde(default)]
+        project: Option<String>,
+        /// Workspace gid (needed when no project is given).
+        #[serde(default)]
+        workspace: Option<String>,
+        /// Default: https://app.asana.com/api/1.0
+        #[serde(default)]
+        base_url: Option<String>,
+    }
+}
+
+channel_struct! {
+    /// NATS: publishes the notifications as JSON to a subject; with `stream`, waits
+    /// for the JetStream acknowledgement (the message is kept for consumers).
+    NatsChannel {
+        /// nats://host:port (or tls://).
+        url: String,
+        subject: String,
+        /// A JetStream stream covering `subject`; created if missing.
+        #[serde(default)]
+        stream: Option<String>,
+        #[serde(default)]
+        token: Option<Secret>,
+    }
 }

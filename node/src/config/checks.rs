@@ -156,6 +156,10 @@ pub struct NginxCheck {
     /// nginx `log_format` of that log; default: `combined`.
     #[serde(default)]
     pub log_format: Option<String>,
+    /// A MaxMind-format database (GeoLite2-Country.mmdb, ...) on the node: requests
+    /// are then also counted per country. None: no country labels.
+    #[serde(default)]
+    pub geoip_db: Option<String>,
 }
 
 /// A file's modification time must be newer than `max_age`.
@@ -234,6 +238,23 @@ pub struct HttpCheck {
     pub ca_file: Option<String>,
     #[serde(default)]
     pub from: Vantage,
+    /// JSON answers: values at these paths become samples (numbers) or values
+    /// (strings, for regex/presence rules).
+    #[serde(default)]
+    pub json: Vec<JsonValue>,
+    /// Conditions on the JSON answer that set the check's status, e.g.
+    /// `status == "UP"`, `nodes.up >= 3`.
+    #[serde(default)]
+    pub expect: Vec<String>,
+}
+
+/// A value picked out of a JSON answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonValue {
+    /// JSONPath (RFC 9535, `$.data.queue.depth`) or a dotted path (`data.queue.depth`).
+    pub path: String,
+    pub metric: String,
 }
 
 /// Any command on the target under the Nagios plugin convention.
@@ -298,6 +319,124 @@ pub struct JsonStateCheck {
     /// Keys untouched this long are removed from the tree.
     #[serde(default)]
     pub expire_after: Option<HumanDuration>,
+}
+
+/// A comparison in an `expect` condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Ge,
+    Le,
+    Gt,
+    Lt,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Eq => "==",
+            Op::Ne => "!=",
+            Op::Ge => ">=",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Lt => "<",
+        }
+    }
+}
+
+/// `expect = ['status == "UP"', 'nodes.up >= 3']`: a path, an operator and a JSON
+/// literal (strings quoted; numbers, true, false, null bare).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expect {
+    pub path: String,
+    pub op: Op,
+    pub value: serde_json::Value,
+}
+
+impl Expect {
+    pub fn parse(text: &str) -> Result<Expect, String> {
+        // Two-character operators first, so ">=" is not read as ">".
+        const OPS: [(&str, Op); 6] = [
+            ("==", Op::Eq),
+            ("!=", Op::Ne),
+            (">=", Op::Ge),
+            ("<=", Op::Le),
+            (">", Op::Gt),
+            ("<", Op::Lt),
+        ];
+        let found = OPS
+            .iter()
+            .filter_map(|(s, op)| text.find(s).map(|i| (i, *s, *op)))
+            .min_by_key(|(i, s, _)| (*i, std::cmp::Reverse(s.len())));
+        let Some((i, s, op)) = found else {
+            return Err(format!(
+                "expect {text:?}: write PATH OP VALUE, e.g. status == \"UP\" or nodes.up >= 3"
+            ));
+        };
+        let path = text[..i].trim();
+        let literal = text[i + s.len()..].trim();
+        if path.is_empty() {
+            return Err(format!("expect {text:?}: the path is empty"));
+        }
+        let value: serde_json::Value = serde_json::from_str(literal).map_err(|_| {
+            format!("expect {text:?}: {literal:?} is not a JSON value (quote strings: \"UP\")")
+        })?;
+        if matches!(op, Op::Ge | Op::Le | Op::Gt | Op::Lt) && !value.is_number() {
+            return Err(format!("expect {text:?}: {} needs a number", op.as_str()));
+        }
+        json_path(path)?;
+        Ok(Expect {
+            path: path.to_string(),
+            op,
+            value,
+        })
+    }
+
+    /// Whether `found` (the value at the path, None when missing) satisfies it.
+    pub fn holds(&self, found: Option<&serde_json::Value>) -> bool {
+        let Some(v) = found else {
+            return false;
+        };
+        let num = |x: &serde_json::Value| x.as_f64();
+        match self.op {
+            Op::Eq => v == &self.value || (num(v).is_some() && num(v) == num(&self.value)),
+            Op::Ne => !(v == &self.value || (num(v).is_some() && num(v) == num(&self.value))),
+            op => match (num(v), num(&self.value)) {
+                (Some(a), Some(b)) => match op {
+                    Op::Ge => a >= b,
+                    Op::Le => a <= b,
+                    Op::Gt => a > b,
+                    _ => a < b,
+                },
+                _ => false,
+            },
+        }
+    }
+}
+
+/// A JSONPath from a user's path: `$...` as written, `a.b.0` as `$.a.b[0]`-style
+/// dotted segments.
+pub fn json_path(path: &str) -> Result<serde_json_path::JsonPath, String> {
+    let full = if path.starts_with('$') {
+        path.to_string()
+    } else {
+        let mut p = String::from("$");
+        for seg in path.split('.') {
+            if seg.chars().all(|c| c.is_ascii_digit()) && !seg.is_empty() {
+                p.push_str(&format!("[{seg}]"));
+            } else {
+                p.push_str(&format!(
+                    "[{}]",
+                    serde_json::Value::String(seg.to_string())
+                        .to_string()
+                        .replace('"', "'")
+                ));
+            }
+        }
+        p
+    };
+    serde_json_path::JsonPath::parse(&full).map_err(|e| format!("path {path:?}: {e}"))
 }
 
 fn valid_url(url: &str) -> Result<(), String> {
@@ -401,6 +540,22 @@ pub fn validate_check(c: &CheckSpec) -> Vec<String> {
             if let Some(r) = &h.body_regex {
                 valid_regexes("body", std::slice::from_ref(r), &mut p);
             }
+            for e in &h.expect {
+                if let Err(why) = Expect::parse(e) {
+                    p.push(format!("http: {why}"));
+                }
+            }
+            for j in &h.json {
+                if let Err(why) = json_path(&j.path) {
+                    p.push(format!("http: json {why}"));
+                }
+                if !valid_metric_name(&j.metric) {
+                    p.push(format!(
+                        "http: json metric {:?} must be letters, digits, '.', '_' or '-'",
+                        j.metric
+                    ));
+                }
+            }
             for (k, v) in &h.headers {
                 if k.is_empty() || k.contains([':', '\r', '\n', ' ']) || v.contains(['\r', '\n']) {
                     p.push(format!("http: header {k:?} is not a valid header"));
@@ -452,4 +607,39 @@ pub fn validate_check(c: &CheckSpec) -> Vec<String> {
         }
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn expect_parses_and_evaluates() {
+        let e = Expect::parse(r#"status == "UP""#).unwrap();
+        assert!(e.holds(Some(&json!("UP"))));
+        assert!(!e.holds(Some(&json!("DOWN"))));
+        assert!(!e.holds(None));
+        let e = Expect::parse("nodes.up >= 3").unwrap();
+        assert_eq!(e.op, Op::Ge);
+        assert!(e.holds(Some(&json!(3))));
+        assert!(e.holds(Some(&json!(3.5))));
+        assert!(!e.holds(Some(&json!(2))));
+        assert!(!e.holds(Some(&json!("3"))), "a string is not a number");
+        assert!(Expect::parse("x != null").unwrap().holds(Some(&json!(1))));
+        assert!(Expect::parse("x > \"a\"").is_err());
+        assert!(Expect::parse("x = 3").is_err());
+        assert!(Expect::parse("x == UP").is_err(), "strings must be quoted");
+        assert!(Expect::parse(" == 3").is_err());
+    }
+
+    #[test]
+    fn dotted_paths_become_json_paths() {
+        let v = json!({"data": {"queue": {"depth": 7}, "items": [{"n": 1}, {"n": 2}]}});
+        let q = |p: &str| json_path(p).unwrap().query(&v).exactly_one().ok().cloned();
+        assert_eq!(q("data.queue.depth"), Some(json!(7)));
+        assert_eq!(q("data.items.1.n"), Some(json!(2)));
+        assert_eq!(q("$.data.queue.depth"), Some(json!(7)));
+        assert_eq!(q("data.nope"), None);
+    }
 }

@@ -105,6 +105,43 @@ pub struct RuleSpec {
     pub channels: Vec<String>,
     #[serde(default)]
     pub flapping: Option<Flapping>,
+    /// A remediation run when the alert fires (and optionally when it resolves).
+    #[serde(default)]
+    pub action: Option<Action>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionOn {
+    #[default]
+    Firing,
+    Resolved,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionWhere {
+    /// On the alert's target, over its SSH session (or locally for local targets).
+    #[default]
+    Target,
+    /// On the node that owns the alert (e.g. "restart the broken server" from a peer).
+    Node,
+}
+
+/// `action = { run = "systemctl restart nginx", on = "firing", timeout = "30s", max_per_hour = 3 }`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    pub run: String,
+    #[serde(default)]
+    pub on: ActionOn,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pub max_per_hour: Option<u32>,
+    #[serde(default, rename = "where")]
+    pub location: ActionWhere,
 }
 
 /// Default resolution delay of event and change rules.
@@ -185,6 +222,17 @@ impl RuleSpec {
         if self.kind != RuleKind::Range && (self.min.is_some() || self.max.is_some()) {
             p.push("min and max are only for range rules".into());
         }
+        if let Some(a) = &self.action {
+            if a.run.trim().is_empty() {
+                p.push("action.run is empty".into());
+            }
+            if a.max_per_hour == Some(0) {
+                p.push("action.max_per_hour must be 1 or more".into());
+            }
+            if a.timeout.is_some_and(|t| t.get().is_zero()) {
+                p.push("action.timeout must be above 0".into());
+            }
+        }
         if let Some(f) = &self.flapping {
             if f.transitions < 2 || f.window.get().is_zero() {
                 p.push("flapping needs transitions >= 2 and a window above 0".into());
@@ -225,6 +273,7 @@ pub fn builtin_rules() -> Vec<RuleSpec> {
         description: None,
         channels: Vec::new(),
         flapping: None,
+        action: None,
     };
     vec![
         RuleSpec {

@@ -64,6 +64,8 @@ pub enum EventKind {
     CheckStatus,
     /// A notification could not be delivered by its channel nor its fallbacks.
     NotificationFailed,
+    /// A rule's remediation action ran (exit code and first lines of output).
+    ActionRun,
 }
 
 impl EventKind {
@@ -79,6 +81,7 @@ impl EventKind {
             EventKind::LogMatch => "log_match",
             EventKind::CheckStatus => "check_status",
             EventKind::NotificationFailed => "notification_failed",
+            EventKind::ActionRun => "action_run",
         }
     }
 }

@@ -5,12 +5,13 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::{owned_by, OwnedTx};
+use super::{owned_by, OwnedTx, Pause};
 use crate::config::{parse_fleet, ConfigErrors, FleetSpec, TargetSpec};
 use crate::model::{now_ms, Event, EventKind};
 use crate::store::{Store, StoreError};
 
 const META_FLEET: &str = "fleet_spec";
+const META_PAUSES: &str = "pauses";
 
 /// The applied spec as stored: its text (so it can be parsed again by a newer
 /// version) and its version.
@@ -53,6 +54,14 @@ pub fn diff(old: &FleetSpec, new: &FleetSpec) -> SpecDiff {
 }
 
 #[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    #[error("no target named {0:?} in the applied fleet spec")]
+    NoTarget(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("{0}")]
     Invalid(ConfigErrors),
@@ -65,6 +74,8 @@ pub struct FleetState {
     store: Store,
     owned: OwnedTx,
     current: Mutex<(u64, Arc<FleetSpec>)>,
+    /// Paused targets (node-local until the herd replicates them), kept in the store.
+    pauses: Mutex<BTreeMap<String, Pause>>,
     /// Serializes applies, so two at once cannot both become the same version.
     applying: tokio::sync::Mutex<()>,
 }
@@ -93,11 +104,16 @@ impl FleetState {
             }
         }
         let spec = Arc::new(spec);
-        let _ = owned.send(Arc::new(owned_by(node_id, &spec, version)));
+        let pauses: BTreeMap<String, Pause> = store
+            .get_meta(META_PAUSES)?
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let _ = owned.send(Arc::new(owned_by(node_id, &spec, version, &pauses)));
         Ok(FleetState {
             node_id,
             store,
             owned,
+            pauses: Mutex::new(pauses),
             current: Mutex::new((version, spec)),
             applying: tokio::sync::Mutex::new(()),
         })
@@ -111,6 +127,65 @@ impl FleetState {
                 (c.0, c.1.clone())
             }
         }
+    }
+
+    fn pauses(&self) -> BTreeMap<String, Pause> {
+        self.pauses.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Tells the collectors and rules what this node owns now.
+    fn publish(&self) {
+        let (version, spec) = self.current();
+        let _ = self.owned.send(Arc::new(owned_by(
+            self.node_id,
+            &spec,
+            version,
+            &self.pauses(),
+        )));
+    }
+
+    /// Pauses a target of the applied spec: not scraped, no alert, until resumed or
+    /// `until_ms`. Durable before it returns.
+    pub async fn pause(&self, target: &str, pause: Pause) -> Result<(), PauseError> {
+        let (_, spec) = self.current();
+        if !spec.targets.iter().any(|t| t.name == target) {
+            return Err(PauseError::NoTarget(target.to_string()));
+        }
+        let mut all = self.pauses();
+        all.insert(target.to_string(), pause);
+        self.save_pauses(all).await
+    }
+
+    /// Resumes a paused target; false when it was not paused.
+    pub async fn resume(&self, target: &str) -> Result<bool, PauseError> {
+        let mut all = self.pauses();
+        if all.remove(target).is_none() {
+            return Ok(false);
+        }
+        self.save_pauses(all).await.map(|()| true)
+    }
+
+    /// Ends pauses whose time is up (called every second by the daemon).
+    pub async fn expire_pauses(&self, now_ms: i64) {
+        let mut all = self.pauses();
+        let before = all.len();
+        all.retain(|_, p| p.until_ms.is_none_or(|u| u > now_ms));
+        if all.len() != before {
+            tracing::info!(ended = before - all.len(), "pauses ended");
+            if let Err(e) = self.save_pauses(all).await {
+                tracing::error!(error = %e, "cannot store ended pauses");
+            }
+        }
+    }
+
+    async fn save_pauses(&self, all: BTreeMap<String, Pause>) -> Result<(), PauseError> {
+        let bytes = serde_json::to_vec(&all).unwrap_or_default();
+        self.store.put_meta(META_PAUSES, bytes).await?;
+        if let Ok(mut p) = self.pauses.lock() {
+            *p = all;
+        }
+        self.publish();
+        Ok(())
     }
 
     /// Validates `text`, stores it durably as the next version and publishes it.
@@ -131,9 +206,7 @@ impl FleetState {
         if let Ok(mut c) = self.current.lock() {
             *c = (version, spec.clone());
         }
-        let _ = self
-            .owned
-            .send(Arc::new(owned_by(self.node_id, &spec, version)));
+        self.publish();
         self.store
             .event(Event {
                 ts_ms: now_ms(),

@@ -10,11 +10,12 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::action::{self, Actions};
 use super::engine::{Engine, Transition};
-use crate::collector::StateBoard;
+use crate::collector::{StateBoard, Transports};
 use crate::config::rules::{effective_rules, RuleSpec};
 use crate::config::FleetSpec;
-use crate::model::{now_ms, Alert, Event, Notification, Sample, Severity};
+use crate::model::{now_ms, Alert, Event, EventKind, Notification, Sample, Severity};
 use crate::notify::worker::{idempotency_key, Notifier};
 use crate::ownership::OwnedRx;
 use crate::store::alerting::{OutboxEntry, Silence, TransitionRecord};
@@ -136,6 +137,8 @@ pub fn channel(store: &Store) -> (RulesHandle, mpsc::Receiver<Input>) {
 /// json_state values (the engine is told about changes only).
 struct Ctx {
     handle: RulesHandle,
+    transports: Transports,
+    actions: Arc<Actions>,
     notifier: Arc<Notifier>,
     spec: Arc<FleetSpec>,
     rules: HashMap<String, RuleSpec>,
@@ -149,6 +152,7 @@ pub async fn run(
     mut owned: OwnedRx,
     notifier: Arc<Notifier>,
     states: StateBoard,
+    transports: Transports,
     cancel: CancellationToken,
 ) {
     let store = handle.store.clone();
@@ -159,10 +163,13 @@ pub async fn run(
         .unwrap_or_default();
     let current = owned.borrow_and_update().clone();
     let rules = effective_rules(&current.spec.rules);
-    let mut engine = Engine::new(rules.clone(), &current.targets, restored);
+    let active: Vec<_> = current.active().cloned().collect();
+    let mut engine = Engine::new(rules.clone(), &active, restored);
     notifier.configure(&current.spec.channels).await;
     let mut ctx = Ctx {
         handle,
+        transports,
+        actions: Arc::new(Actions::default()),
         notifier,
         spec: current.spec.clone(),
         rules: rules.into_iter().map(|r| (r.name.clone(), r)).collect(),
@@ -181,7 +188,9 @@ pub async fn run(
                 }
                 let current = owned.borrow_and_update().clone();
                 let rules = effective_rules(&current.spec.rules);
-                let dropped = engine.reconfigure(rules.clone(), &current.targets);
+                // Paused targets raise no alert: their alerts end silently.
+                let active: Vec<_> = current.active().cloned().collect();
+                let dropped = engine.reconfigure(rules.clone(), &active);
                 ctx.rules = rules.into_iter().map(|r| (r.name.clone(), r)).collect();
                 ctx.spec = current.spec.clone();
                 ctx.notifier.configure(&current.spec.channels).await;
@@ -287,6 +296,7 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
     let now = now_ms();
     let silences = ctx.handle.silences();
     let mut batch = AlertingBatch::default();
+    let mut deferred = Vec::new();
     for t in transitions {
         let mut suppressed = None;
         if let Some(kind) = t.notify {
@@ -297,6 +307,7 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
             } else if channels.is_empty() {
                 suppressed = Some("no channel routes this alert".into());
             } else {
+                let mut entries = Vec::new();
                 for ch in channels {
                     let delivery = ctx.notifier.delivery(&ch);
                     let window = delivery
@@ -304,7 +315,7 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
                         .unwrap_or(crate::config::channels::DEFAULT_GROUP_WINDOW)
                         .get()
                         .as_millis() as i64;
-                    batch.outbox.push(OutboxEntry {
+                    entries.push(OutboxEntry {
                         notification: Notification {
                             idempotency_key: idempotency_key(&t.alert.id, t.alert.transitions, &ch),
                             channel: ch,
@@ -318,6 +329,14 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
                         fallbacks: delivery.fallback.clone(),
                         last_error: None,
                     });
+                }
+                match rule
+                    .and_then(|r| r.action.clone())
+                    .filter(|a| action::applies(a, kind))
+                {
+                    // The action runs first, so that its result is in the notification.
+                    Some(a) => deferred.push((a, t.alert.clone(), entries)),
+                    None => batch.outbox.extend(entries),
                 }
             }
             tracing::info!(alert = %t.alert.id, rule = %t.alert.rule, target_name = %t.alert.target, kind = kind.as_str(), suppressed = ?suppressed, "alert transition");
@@ -346,5 +365,44 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
     }
     if wake {
         ctx.notifier.wake();
+    }
+    for (a, alert, entries) in deferred {
+        let (actions, transports, store, notifier) = (
+            ctx.actions.clone(),
+            ctx.transports.clone(),
+            ctx.handle.store.clone(),
+            ctx.notifier.clone(),
+        );
+        let rules = ctx.handle.clone();
+        tokio::spawn(async move {
+            let result = actions.run(&a, &alert, &transports, &store).await;
+            let mut entries = entries;
+            if let Some(line) = &result {
+                tracing::info!(alert = %alert.id, result = %line, "remediation action");
+                let e = Event {
+                    ts_ms: now_ms(),
+                    target: alert.target.clone(),
+                    kind: EventKind::ActionRun,
+                    message: line.clone(),
+                };
+                rules.event(&e);
+                store.event(e).await;
+                for entry in &mut entries {
+                    let d = &mut entry.notification.alert.description;
+                    if !d.is_empty() {
+                        d.push('\n');
+                    }
+                    d.push_str(line);
+                }
+            }
+            let batch = AlertingBatch {
+                outbox: entries,
+                ..Default::default()
+            };
+            match store.alerting(batch).await {
+                Ok(()) => notifier.wake(),
+                Err(e) => tracing::error!(error = %e, "cannot queue notifications after an action"),
+            }
+        });
     }
 }

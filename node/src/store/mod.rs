@@ -104,6 +104,8 @@ pub struct OutboxChange {
     /// Given up on (their fallbacks, if any, are in `add`).
     pub remove: Vec<u64>,
     pub add: Vec<alerting::OutboxEntry>,
+    /// Keys to record as done that had no outbox entry (remediation actions).
+    pub mark_sent: Vec<String>,
 }
 
 /// Settings of the store, from `[store]` in herd.toml.
@@ -203,7 +205,7 @@ impl Store {
     /// Queues an event; events are never dropped silently: a full queue waits.
     pub async fn event(&self, event: Event) {
         let tx = self.tx.clone();
-        let _ = tokio::task::spawn_blocking(move || tx.send(WriteOp::Event(event))).await;
+        let _ = tokio::task::spawn_blocking(move || tx.send(WriteOp::Event(event)).is_ok()).await;
     }
 
     /// Queues events and metadata that commit in one transaction; does not wait for
@@ -213,7 +215,9 @@ impl Store {
             return;
         }
         let tx = self.tx.clone();
-        let _ = tokio::task::spawn_blocking(move || tx.send(WriteOp::Persist(events, meta))).await;
+        let _ =
+            tokio::task::spawn_blocking(move || tx.send(WriteOp::Persist(events, meta)).is_ok())
+                .await;
     }
 
     /// Stores a metadata value and returns once it is durable.

@@ -373,6 +373,9 @@ impl Writer {
                 outbox.remove(*seq)?;
                 sent.insert(key.as_str(), now)?;
             }
+            for key in &change.mark_sent {
+                sent.insert(key.as_str(), now)?;
+            }
             for (seq, e) in &change.update {
                 let json = serde_json::to_vec(e).unwrap_or_default();
                 outbox.insert(*seq, json.as_slice())?;

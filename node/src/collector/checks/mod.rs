@@ -141,7 +141,9 @@ impl Runner {
             CheckSpec::Port(_) => Runner::Port,
             CheckSpec::Socket(_) => Runner::Socket,
             CheckSpec::Command(_) => Runner::Command,
-            CheckSpec::Http(c) => Runner::Http(Box::new(http::HttpState::new(c)?)),
+            CheckSpec::Http(c) => Runner::Http(Box::new(http::HttpState::new(
+                c, name, ctx.target, ctx.states,
+            )?)),
             CheckSpec::Prometheus(c) => {
                 Runner::Prometheus(Box::new(prometheus::PromState::new(c)?))
             }

@@ -16,8 +16,10 @@ use crate::collector::http::{self, HttpError, Request, Response, Tls, Via};
 use crate::config::channels::ChannelSpec;
 use crate::model::Notification;
 
+mod asana;
 mod command;
 mod email;
+mod nats;
 mod payload;
 mod slack;
 mod telegram;
@@ -60,6 +62,8 @@ enum Kind {
     Slack(slack::Slack),
     Telegram(telegram::Telegram),
     Command(command::Command),
+    Asana(asana::Asana),
+    Nats(nats::Nats),
 }
 
 impl Channel {
@@ -78,6 +82,8 @@ impl Channel {
             ChannelSpec::Slack(s) => slack::Slack::build(s).map(Kind::Slack),
             ChannelSpec::Telegram(t) => telegram::Telegram::build(t).map(Kind::Telegram),
             ChannelSpec::Command(c) => command::Command::build(c).map(Kind::Command),
+            ChannelSpec::Asana(a) => asana::Asana::build(a).map(Kind::Asana),
+            ChannelSpec::Nats(n) => nats::Nats::build(n).map(Kind::Nats),
         }
         .map_err(|e| format!("channel {name}: {e}"))?;
         Ok(Channel { name, kind })
@@ -87,7 +93,7 @@ impl Channel {
         &self.name
     }
 
-    /// "email", "webhook", "slack", "telegram" or "command".
+    /// "email", "webhook", "slack", "telegram", "command", "asana" or "nats".
     pub fn kind(&self) -> &'static str {
         match self.kind {
             Kind::Email(_) => "email",
@@ -95,6 +101,8 @@ impl Channel {
             Kind::Slack(_) => "slack",
             Kind::Telegram(_) => "telegram",
             Kind::Command(_) => "command",
+            Kind::Asana(_) => "asana",
+            Kind::Nats(_) => "nats",
         }
     }
 
@@ -113,6 +121,8 @@ impl Channel {
                 Kind::Slack(s) => s.send(group, deadline).await,
                 Kind::Telegram(t) => t.send(group, deadline).await,
                 Kind::Command(c) => c.send(group, deadline).await,
+                Kind::Asana(a) => a.send(group, deadline).await,
+                Kind::Nats(n) => n.send(group, deadline).await,
             }
         };
         match tokio::time::timeout_at(deadline, work).await {
@@ -135,6 +145,8 @@ impl fmt::Debug for Channel {
             Kind::Slack(s) => d.field("slack", s),
             Kind::Telegram(t) => d.field("telegram", t),
             Kind::Command(c) => d.field("command", c),
+            Kind::Asana(a) => d.field("asana", a),
+            Kind::Nats(n) => d.field("nats", n),
         };
         d.finish()
     }

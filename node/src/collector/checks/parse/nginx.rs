@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 
 use regex::Regex;
 
+use super::geoip::GeoDb;
 use crate::model::Measurement;
 
 /// Decimal places kept of rates and milliseconds: more digits carry no
@@ -358,6 +359,11 @@ impl LogFormat {
         &self.format
     }
 
+    /// True when the format logs `$remote_addr` (needed for counts per country).
+    pub fn has_remote_addr(&self) -> bool {
+        self.remote_addr.is_some()
+    }
+
     /// Reads one log line (a trailing `\n` / `\r\n` is ignored); None when it
     /// does not have the shape of the format.
     pub fn parse_line(&self, line: &str) -> Option<AccessRecord> {
@@ -565,6 +571,18 @@ impl AccessStats {
     /// distinct ones were already counted.
     pub fn remote_addrs_overflow(&self) -> u64 {
         self.remote_addrs_overflow
+    }
+
+    /// `nginx.log.requests{country="DE"}` per country of the window's client
+    /// addresses (ISO code, or `unknown`; addresses beyond [`MAX_REMOTE_ADDRS`]
+    /// count as `unknown`). Countries without requests have no series.
+    pub fn country_measurements(&self, db: &GeoDb) -> Vec<Measurement> {
+        db.count(self.remote_addrs(), self.remote_addrs_overflow)
+            .into_iter()
+            .map(|(country, n)| {
+                Measurement::new("nginx.log.requests", n as f64).with_label("country", &country)
+            })
+            .collect()
     }
 
     /// The window's measurements. `window_s` (the scrape interval) only
@@ -977,6 +995,42 @@ mod tests {
         );
         assert_eq!(nearest_rank(&[], 0.5), None);
         assert_eq!(nearest_rank(&[7.0], 0.99), Some(7.0));
+    }
+
+    #[test]
+    fn requests_per_country_on_real_log() {
+        let db =
+            super::super::geoip::GeoDb::from_bytes(super::super::geoip::testdb::sample(6)).unwrap();
+        let fmt = LogFormat::default();
+        assert!(fmt.has_remote_addr());
+        assert!(!LogFormat::compile("$status").unwrap().has_remote_addr());
+        let stats = stats_of(&fmt, ACCESS_COMBINED);
+        let ms = stats.country_measurements(&db);
+        let country = |c| value(&ms, "nginx.log.requests", Some(("country", c)));
+        assert_eq!(country("DE"), Some(65.0), "127.0.0.1");
+        assert_eq!(country("unknown"), Some(2.0), "::1 is in no network");
+        assert_eq!(ms.len(), 2, "{ms:?}");
+        assert!(ms.iter().all(|m| m.labels.len() == 1));
+        // No addresses: no series.
+        assert!(AccessStats::default().country_measurements(&db).is_empty());
+
+        // Addresses beyond the cap count as unknown.
+        let mut st = AccessStats::default();
+        for i in 0..MAX_REMOTE_ADDRS + 5 {
+            st.add(&AccessRecord {
+                remote_addr: Some(format!(
+                    "10.{}.{}.{}",
+                    (i >> 16) & 255,
+                    (i >> 8) & 255,
+                    i & 255
+                )),
+                ..Default::default()
+            });
+        }
+        let ms = st.country_measurements(&db);
+        let country = |c| value(&ms, "nginx.log.requests", Some(("country", c)));
+        assert_eq!(country("US"), Some(MAX_REMOTE_ADDRS as f64));
+        assert_eq!(country("unknown"), Some(5.0));
     }
 
     #[test]

@@ -1,0 +1,4 @@
+//! The herd: Raft (openraft) types, the redb log and state machine, and (to come)
+//! the tonic network, membership and the ownership it replicates.
+pub mod store;
+pub mod types;

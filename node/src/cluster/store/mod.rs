@@ -1,0 +1,246 @@
+//! The Raft storage of a node (openraft storage v2) in one redb file,
+//! `DATA_DIR/raft.redb`, apart from the node's samples file so that neither
+//! workload waits on the other's commits.
+//!
+//! - [`LogStore`]: vote, log entries, committed and last purged log ids.
+//! - [`StateMachineStore`]: the applied [`ClusterState`], `last_applied`, the last
+//!   membership and the current snapshot.
+//!
+//! Invariants:
+//! - every write is one redb transaction committed with `Durability::Immediate`
+//!   (an fsync); an append is reported durable to openraft only after that commit;
+//! - `last_applied` and the membership are written in the same transaction as the
+//!   state-machine change they describe, so after a crash the state never runs
+//!   ahead of or behind its `last_applied`;
+//! - redb calls block (fsync, file reads): they run on `spawn_blocking` threads,
+//!   never on the async workers;
+//! - failures become `openraft::StorageError` (openraft then stops the node
+//!   cleanly); nothing here panics.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::types::{ClusterState, NodeId};
+
+mod log;
+mod sm;
+#[cfg(test)]
+mod tests;
+
+pub use log::LogStore;
+pub use sm::{SnapshotBuilder, StateMachineStore};
+
+/// Name of the Raft file inside the node's data directory.
+pub const FILE_NAME: &str = "raft.redb";
+
+/// Log index → `openraft::Entry<TypeConfig>` as JSON.
+const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_logs");
+/// Log metadata (`KEY_VOTE`, `KEY_COMMITTED`, `KEY_LAST_PURGED`) → JSON.
+const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_meta");
+/// State machine (`KEY_LAST_APPLIED`, `KEY_MEMBERSHIP`, `KEY_STATE`) and the
+/// current snapshot (`KEY_SNAPSHOT_META`, `KEY_SNAPSHOT_DATA`) → JSON.
+const SM: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state_machine");
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_LAST_PURGED: &str = "last_purged";
+const KEY_LAST_APPLIED: &str = "last_applied";
+const KEY_MEMBERSHIP: &str = "membership";
+const KEY_STATE: &str = "state";
+const KEY_SNAPSHOT_META: &str = "snapshot_meta";
+const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
+
+/// Why the Raft store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("raft store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("raft store {path}: {source}")]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+    /// A stored record does not decode (a damaged file, or one written by an
+    /// incompatible version).
+    #[error("raft store {path}: corrupt {what}: {source}")]
+    Corrupt {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("raft store {path}: {message}")]
+    Other { path: PathBuf, message: String },
+}
+
+impl StoreError {
+    fn from_fault(path: &Path, fault: Fault) -> StoreError {
+        let path = path.to_path_buf();
+        match fault {
+            Fault::Db(source) => StoreError::Db { path, source },
+            Fault::Codec { what, source } => StoreError::Corrupt { path, what, source },
+            other => StoreError::Other {
+                path,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Opens (or creates) `dir/raft.redb` and loads the applied state.
+///
+/// Blocking (it commits, which fsyncs): call it before serving, or through
+/// [`open_async`] from async code.
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join(FILE_NAME);
+    let db = Database::create(&path).map_err(|e| StoreError::Db {
+        path: path.clone(),
+        source: e.into(),
+    })?;
+    let db = Arc::new(db);
+    let applied = init(&db).map_err(|f| StoreError::from_fault(&path, f))?;
+    Ok((
+        LogStore::new(db.clone(), path.clone()),
+        StateMachineStore::new(db, path, applied),
+    ))
+}
+
+/// [`open`] on a blocking thread.
+pub async fn open_async(dir: PathBuf) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let path = dir.join(FILE_NAME);
+    tokio::task::spawn_blocking(move || open(&dir))
+        .await
+        .map_err(|e| StoreError::Other {
+            path,
+            message: format!("open task failed: {e}"),
+        })?
+}
+
+/// Creates the tables if missing and reads what the state machine had applied.
+fn init(db: &Database) -> Result<sm::Applied, Fault> {
+    let w = write_txn(db)?;
+    {
+        w.open_table(LOGS)?;
+        w.open_table(LOG_META)?;
+        w.open_table(SM)?;
+    }
+    w.commit()?;
+    let r = db.begin_read()?;
+    let t = r.open_table(SM)?;
+    let last_applied = get_json(&t, KEY_LAST_APPLIED, "last applied log id")?.flatten();
+    let membership = get_json(&t, KEY_MEMBERSHIP, "membership")?.unwrap_or_default();
+    let state: ClusterState = get_json(&t, KEY_STATE, "cluster state")?.unwrap_or_default();
+    Ok(sm::Applied {
+        last_applied,
+        membership,
+        state: Arc::new(state),
+    })
+}
+
+/// What went wrong inside a store operation, before it is given the subject and
+/// verb openraft wants.
+#[derive(Debug, thiserror::Error)]
+enum Fault {
+    #[error(transparent)]
+    Db(#[from] redb::Error),
+    #[error("{what}: {source}")]
+    Codec {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// redb has one error type per step; all of them fold into `redb::Error`.
+macro_rules! redb_fault {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Fault {
+            fn from(e: $t) -> Fault {
+                Fault::Db(e.into())
+            }
+        }
+    )*};
+}
+redb_fault!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Maps a fault to the `StorageError` openraft expects for `subject`/`verb`.
+fn sto(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+) -> impl FnOnce(Fault) -> StorageError<NodeId> {
+    move |fault| StorageIOError::new(subject, verb, AnyError::new(&fault)).into()
+}
+
+/// Runs store work on a blocking thread: redb commits fsync and reads may hit
+/// the disk, neither belongs on an async worker.
+async fn blocking<T, F>(f: F) -> Result<T, Fault>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Fault> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await?
+}
+
+/// A write transaction that is durable once `commit` returns.
+fn write_txn(db: &Database) -> Result<WriteTransaction, Fault> {
+    let mut w = db.begin_write()?;
+    w.set_durability(Durability::Immediate)?;
+    Ok(w)
+}
+
+fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, Fault> {
+    serde_json::to_vec(value).map_err(|source| Fault::Codec { what, source })
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Fault> {
+    serde_json::from_slice(bytes).map_err(|source| Fault::Codec { what, source })
+}
+
+/// Reads and decodes `key` of a `&str → JSON` table; `None` when absent.
+fn get_json<T, R>(table: &R, key: &str, what: &'static str) -> Result<Option<T>, Fault>
+where
+    T: DeserializeOwned,
+    R: ReadableTable<&'static str, &'static [u8]>,
+{
+    match table.get(key)? {
+        Some(v) => decode(what, v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Encodes `value` and stores it under `key`.
+fn put_json<T: Serialize + ?Sized>(
+    table: &mut redb::Table<&'static str, &'static [u8]>,
+    key: &str,
+    what: &'static str,
+    value: &T,
+) -> Result<(), Fault> {
+    table.insert(key, encode(what, value)?.as_slice())?;
+    Ok(())
+}

@@ -1,0 +1,320 @@
+use std::collections::BTreeSet;
+use std::io::Cursor;
+use std::ops::Bound;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{
+    CommittedLeaderId, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder,
+    StorageError, Vote,
+};
+
+use super::*;
+use crate::cluster::types::{Command, TypeConfig};
+
+type Entry = openraft::Entry<TypeConfig>;
+
+/// A fresh store in a fresh temporary directory (removed with the guard).
+struct TempStore;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for TempStore {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
+        let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
+        let (log, sm) = open_async(dir.path().to_path_buf())
+            .await
+            .map_err(|e| StorageIOError::write(&e))?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_conformance_suite_passes() {
+    Suite::test_all(TempStore).expect("storage conformance suite");
+}
+
+fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn entry(term: u64, index: u64, cmd: Command) -> Entry {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(cmd),
+    }
+}
+
+fn spec(text: &str) -> Command {
+    Command::ApplySpec {
+        text: text.into(),
+        source: "fleet.toml".into(),
+    }
+}
+
+fn owners(pairs: &[(&str, u64)]) -> Command {
+    Command::SetOwnership {
+        owners: pairs.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
+        reason: "test".into(),
+    }
+}
+
+fn membership_entry(term: u64, index: u64, voters: &[u64]) -> Entry {
+    let set: BTreeSet<u64> = voters.iter().copied().collect();
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Membership(Membership::new(vec![set], None)),
+    }
+}
+
+#[tokio::test]
+async fn data_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let entries = vec![
+        membership_entry(1, 1, &[1, 2, 3]),
+        entry(1, 2, spec("[[target]]")),
+        entry(1, 3, owners(&[("web-1", 2), ("web-2", 3)])),
+        entry(2, 4, spec("second")),
+    ];
+    let expected_state;
+    {
+        let (mut log, mut sm) = open(dir.path()).expect("open");
+        log.save_vote(&Vote::new(2, 1)).await.expect("vote");
+        log.blocking_append(entries.clone()).await.expect("append");
+        log.save_committed(Some(log_id(1, 3)))
+            .await
+            .expect("committed");
+        let replies = sm.apply(entries[..3].to_vec()).await.expect("apply");
+        assert_eq!(replies[1].version, 1, "first spec version");
+        assert_eq!(replies[2].version, 1, "first ownership version");
+        expected_state = sm.state();
+        assert_eq!(expected_state.owners["web-1"], 2);
+    }
+    let (mut log, mut sm) = open(dir.path()).expect("reopen");
+    assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(2, 1)));
+    assert_eq!(
+        log.read_committed().await.expect("committed"),
+        Some(log_id(1, 3))
+    );
+    let got = log.try_get_log_entries(0..).await.expect("logs");
+    assert_eq!(got.len(), 4);
+    for (a, b) in got.iter().zip(&entries) {
+        assert_eq!(a.log_id, b.log_id);
+        assert_eq!(format!("{:?}", a.payload), format!("{:?}", b.payload));
+    }
+    let state = log.get_log_state().await.expect("state");
+    assert_eq!(state.last_log_id, Some(log_id(2, 4)));
+    assert_eq!(state.last_purged_log_id, None);
+    let (applied, membership) = sm.applied_state().await.expect("applied");
+    assert_eq!(applied, Some(log_id(1, 3)));
+    assert_eq!(membership.log_id(), &Some(log_id(1, 1)));
+    assert_eq!(sm.last_applied(), Some(log_id(1, 3)));
+    assert_eq!(*sm.state(), *expected_state);
+    assert_eq!(**sm.subscribe().borrow(), *expected_state);
+
+    // Applying continues from the stored state.
+    let replies = sm.apply(vec![entries[3].clone()]).await.expect("apply");
+    assert_eq!(replies[0].version, 2, "spec version continues");
+}
+
+#[tokio::test]
+async fn purge_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut log, _sm) = open(dir.path()).expect("open");
+        let entries: Vec<Entry> = (1..=5).map(|i| entry(1, i, spec("x"))).collect();
+        log.blocking_append(entries).await.expect("append");
+        log.purge(log_id(1, 3)).await.expect("purge");
+        // An older purge point is a no-op, not a regression.
+        log.purge(log_id(1, 2)).await.expect("older purge");
+    }
+    let (mut log, _sm) = open(dir.path()).expect("reopen");
+    let state = log.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 5)));
+    let got = log.try_get_log_entries(0..).await.expect("logs");
+    assert_eq!(
+        got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+}
+
+#[tokio::test]
+async fn subscribers_see_each_state_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm) = open(dir.path()).expect("open");
+    let mut rx = sm.subscribe();
+    assert!(!rx.has_changed().expect("open channel"));
+
+    // Blank and membership entries do not change the cluster state.
+    let blank = Entry {
+        log_id: log_id(1, 1),
+        payload: EntryPayload::Blank,
+    };
+    sm.apply(vec![blank, membership_entry(1, 2, &[1])])
+        .await
+        .expect("apply");
+    assert!(!rx.has_changed().expect("open channel"));
+    assert_eq!(sm.last_applied(), Some(log_id(1, 2)));
+
+    sm.apply(vec![entry(1, 3, owners(&[("db", 1)]))])
+        .await
+        .expect("apply");
+    assert!(rx.has_changed().expect("open channel"));
+    assert_eq!(rx.borrow_and_update().owners["db"], 1);
+}
+
+#[tokio::test]
+async fn snapshot_replaces_state_and_survives_reopen() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let (_l_log, mut leader) = open(leader_dir.path()).expect("open");
+    leader
+        .apply(vec![
+            membership_entry(1, 1, &[1, 2]),
+            entry(1, 2, spec("spec")),
+            entry(1, 3, owners(&[("a", 1), ("b", 2)])),
+        ])
+        .await
+        .expect("apply");
+    let snap = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    assert_eq!(snap.meta.last_log_id, Some(log_id(1, 3)));
+
+    {
+        let (_f_log, mut follower) = open(follower_dir.path()).expect("open");
+        // Something the snapshot must replace.
+        follower
+            .apply(vec![entry(1, 1, owners(&[("stale", 9)]))])
+            .await
+            .expect("apply");
+        let rx = follower.subscribe();
+        let mut incoming = follower.begin_receiving_snapshot().await.expect("receive");
+        *incoming = Cursor::new(snap.snapshot.get_ref().clone());
+        follower
+            .install_snapshot(&snap.meta, incoming)
+            .await
+            .expect("install");
+        assert!(rx.has_changed().expect("open channel"));
+        assert_eq!(*follower.state(), *leader.state());
+    }
+    let (_f_log, mut follower) = open(follower_dir.path()).expect("reopen");
+    assert_eq!(*follower.state(), *leader.state());
+    assert_eq!(follower.last_applied(), Some(log_id(1, 3)));
+    let cur = follower
+        .get_current_snapshot()
+        .await
+        .expect("read")
+        .expect("a snapshot");
+    assert_eq!(cur.meta, snap.meta);
+}
+
+#[tokio::test]
+async fn an_older_build_does_not_replace_a_newer_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm) = open(dir.path()).expect("open");
+    sm.apply(vec![entry(1, 1, spec("old"))])
+        .await
+        .expect("apply");
+    let mut old_builder = sm.get_snapshot_builder().await;
+    sm.apply(vec![entry(1, 2, spec("new"))])
+        .await
+        .expect("apply");
+    let newer = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    old_builder.build_snapshot().await.expect("old build");
+    let cur = sm
+        .get_current_snapshot()
+        .await
+        .expect("read")
+        .expect("a snapshot");
+    assert_eq!(cur.meta, newer.meta);
+}
+
+#[tokio::test]
+async fn a_mismatched_snapshot_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm) = open(dir.path()).expect("open");
+    sm.apply(vec![entry(1, 1, spec("x"))]).await.expect("apply");
+    let mut snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    snap.meta.last_log_id = Some(log_id(1, 7));
+    let before = sm.state();
+    assert!(sm
+        .install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .is_err());
+    assert_eq!(*sm.state(), *before);
+    let garbage = Box::new(Cursor::new(b"not json".to_vec()));
+    assert!(sm.install_snapshot(&snap.meta, garbage).await.is_err());
+}
+
+#[tokio::test]
+async fn limited_reads_stay_under_the_message_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _sm) = open(dir.path()).expect("open");
+    let big = "x".repeat(log::MAX_READ_BYTES / 3);
+    let entries: Vec<Entry> = (1..=6).map(|i| entry(1, i, spec(&big))).collect();
+    log.blocking_append(entries).await.expect("append");
+    let got = log.limited_get_log_entries(1, 7).await.expect("read");
+    assert!(!got.is_empty() && got.len() < 6, "got {}", got.len());
+    assert_eq!(got[0].log_id.index, 1);
+    // A single entry above the budget is still returned.
+    let huge = "y".repeat(log::MAX_READ_BYTES + 1);
+    log.blocking_append(vec![entry(1, 7, spec(&huge))])
+        .await
+        .expect("append");
+    assert_eq!(
+        log.limited_get_log_entries(7, 8).await.expect("read").len(),
+        1
+    );
+    // Unlimited reads return everything; inverted ranges nothing.
+    assert_eq!(log.try_get_log_entries(1..8).await.expect("read").len(), 7);
+    assert!(log
+        .try_get_log_entries((Bound::Included(5), Bound::Excluded(3)))
+        .await
+        .expect("read")
+        .is_empty());
+}
+
+#[test]
+fn a_corrupt_state_names_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(open(dir.path()).expect("open"));
+    {
+        let db = redb::Database::create(dir.path().join(FILE_NAME)).expect("db");
+        let w = db.begin_write().expect("txn");
+        {
+            let mut t = w.open_table(SM).expect("table");
+            t.insert(KEY_STATE, b"{broken".as_slice()).expect("insert");
+        }
+        w.commit().expect("commit");
+    }
+    let err = open(dir.path()).err().expect("refused");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("raft.redb") && msg.contains("cluster state"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_second_open_of_the_same_file_fails_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _first = open(dir.path()).expect("open");
+    let err = open(dir.path()).err().expect("already open");
+    assert!(err.to_string().contains("raft.redb"), "{err}");
+}

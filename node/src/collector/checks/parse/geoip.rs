@@ -1,0 +1,427 @@
+//! Countries of client addresses, from a MaxMind-format database (GeoLite2-Country,
+//! GeoIP2-Country or -City, DB-IP's country lite in MMDB format, ...).
+//!
+//! [`GeoDb`] wraps a `maxminddb::Reader` already in memory (opening the file is the
+//! caller's I/O) and answers the ISO 3166 code of an address as text from an access
+//! log. Decisions:
+//! - The code is `country.iso_code`, else `registered_country.iso_code` (GeoLite2
+//!   has ranges, e.g. anycast or satellite providers, with only the latter).
+//! - An IPv4-mapped IPv6 address (`::ffff:192.0.2.7`, what a dual-stack listener
+//!   logs for IPv4 clients) is looked up as the IPv4 address.
+//! - [`UNKNOWN`]: the address is not text of an IP address, is not in the database,
+//!   its record has no country, its code is not a short alphanumeric token (it
+//!   becomes a label value), or it is IPv6 in an IPv4-only database.
+//! - [`GeoDb::count`] also puts under [`UNKNOWN`] the requests whose address was not
+//!   kept (the access statistics keep a bounded number of distinct addresses), so
+//!   the per-country counts add up to the requests that logged an address.
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use maxminddb::{path, Reader};
+
+/// The country of an address the database cannot place.
+pub const UNKNOWN: &str = "unknown";
+
+/// Longest code accepted as a country label (ISO 3166-1 alpha-2 is 2; a few
+/// databases use longer private codes).
+const MAX_CODE_LEN: usize = 8;
+
+/// A MaxMind-format database in memory.
+pub struct GeoDb {
+    reader: Reader<Vec<u8>>,
+}
+
+impl GeoDb {
+    pub fn new(reader: Reader<Vec<u8>>) -> GeoDb {
+        GeoDb { reader }
+    }
+
+    /// Reads a database from its bytes (tests; the check opens the file with
+    /// `Reader::open_readfile`).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<GeoDb, String> {
+        Reader::from_source(bytes)
+            .map(GeoDb::new)
+            .map_err(|e| format!("not a MaxMind DB: {e}"))
+    }
+
+    /// `database_type` of the metadata, e.g. "GeoLite2-Country".
+    pub fn database_type(&self) -> &str {
+        &self.reader.metadata().database_type
+    }
+
+    /// The ISO code of the country of `addr` (text as logged), or None.
+    pub fn country(&self, addr: &str) -> Option<String> {
+        let ip: IpAddr = addr.trim().parse().ok()?;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        let found = self.reader.lookup(ip).ok()?;
+        if !found.has_data() {
+            return None;
+        }
+        let code = |field: &str| -> Option<String> {
+            found
+                .decode_path::<String>(&path![field, "iso_code"])
+                .ok()
+                .flatten()
+                .and_then(|c| clean_code(&c))
+        };
+        code("country").or_else(|| code("registered_country"))
+    }
+
+    /// Requests per country code of `(address, requests)` pairs; `unattributed`
+    /// requests (addresses not kept) count as [`UNKNOWN`]. Empty input: empty map.
+    pub fn count<'a>(
+        &self,
+        addrs: impl IntoIterator<Item = (&'a str, u64)>,
+        unattributed: u64,
+    ) -> BTreeMap<String, u64> {
+        let mut out: BTreeMap<String, u64> = BTreeMap::new();
+        for (addr, n) in addrs {
+            let code = self.country(addr).unwrap_or_else(|| UNKNOWN.to_string());
+            *out.entry(code).or_default() += n;
+        }
+        if unattributed > 0 {
+            *out.entry(UNKNOWN.to_string()).or_default() += unattributed;
+        }
+        out
+    }
+}
+
+impl fmt::Debug for GeoDb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.reader.metadata();
+        f.debug_struct("GeoDb")
+            .field("database_type", &m.database_type)
+            .field("ip_version", &m.ip_version)
+            .field("build_epoch", &m.build_epoch)
+            .finish()
+    }
+}
+
+/// An ISO code as a label value: short, ASCII alphanumeric, upper case.
+fn clean_code(code: &str) -> Option<String> {
+    let c = code.trim();
+    let ok =
+        !c.is_empty() && c.len() <= MAX_CODE_LEN && c.chars().all(|ch| ch.is_ascii_alphanumeric());
+    ok.then(|| c.to_ascii_uppercase())
+}
+
+/// A small writer of MaxMind DB files (format 2.0,
+/// <https://maxmind.github.io/MaxMind-DB/>) for tests: 24-bit records, IPv4 or
+/// IPv6 trees (IPv4 networks at `::a.b.c.d` in an IPv6 tree, as MaxMind does).
+#[cfg(test)]
+pub(crate) mod testdb {
+    use std::net::IpAddr;
+
+    /// A value of the data section.
+    #[derive(Debug, Clone)]
+    pub enum V {
+        Str(String),
+        U16(u16),
+        U32(u32),
+        U64(u64),
+        Map(Vec<(String, V)>),
+        Arr(Vec<V>),
+    }
+
+    pub fn s(v: &str) -> V {
+        V::Str(v.to_string())
+    }
+
+    pub fn map(pairs: &[(&str, V)]) -> V {
+        V::Map(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
+    }
+
+    /// `{"country": {"iso_code": CODE, "names": {"en": NAME}}}`.
+    pub fn country(code: &str, name: &str) -> V {
+        map(&[(
+            "country",
+            map(&[("iso_code", s(code)), ("names", map(&[("en", s(name))]))]),
+        )])
+    }
+
+    #[derive(Clone, Copy)]
+    enum Rec {
+        Empty,
+        Node(usize),
+        Data(usize),
+    }
+
+    pub struct Writer {
+        ip_version: u16,
+        nodes: Vec<[Rec; 2]>,
+        data: Vec<u8>,
+    }
+
+    impl Writer {
+        pub fn new(ip_version: u16) -> Writer {
+            assert!(ip_version == 4 || ip_version == 6);
+            Writer {
+                ip_version,
+                nodes: vec![[Rec::Empty, Rec::Empty]],
+                data: Vec::new(),
+            }
+        }
+
+        /// Maps `network/prefix` (e.g. "127.0.0.0", 24) to `value`. Networks must
+        /// not nest.
+        pub fn insert(&mut self, network: &str, prefix: u8, value: &V) -> &mut Self {
+            let ip: IpAddr = network.parse().expect("an IP address");
+            let (bits, depth): (u128, u8) = match (ip, self.ip_version) {
+                (IpAddr::V4(v4), 4) => (u128::from(u32::from(v4)) << 96, prefix),
+                (IpAddr::V4(v4), _) => (u128::from(u32::from(v4)), 96 + prefix),
+                (IpAddr::V6(v6), 6) => (u128::from(v6), prefix),
+                (IpAddr::V6(_), _) => panic!("IPv6 network in an IPv4 tree"),
+            };
+            assert!(depth >= 1 && depth <= if self.ip_version == 4 { 32 } else { 128 });
+            let offset = self.data.len();
+            encode(value, &mut self.data);
+            let mut node = 0usize;
+            for i in 0..depth {
+                let bit = ((bits >> (127 - u32::from(i))) & 1) as usize;
+                if i + 1 == depth {
+                    assert!(matches!(self.nodes[node][bit], Rec::Empty), "networks nest");
+                    self.nodes[node][bit] = Rec::Data(offset);
+                    break;
+                }
+                node = match self.nodes[node][bit] {
+                    Rec::Node(n) => n,
+                    Rec::Empty => {
+                        self.nodes.push([Rec::Empty, Rec::Empty]);
+                        let n = self.nodes.len() - 1;
+                        self.nodes[node][bit] = Rec::Node(n);
+                        n
+                    }
+                    Rec::Data(_) => panic!("networks nest"),
+                };
+            }
+            self
+        }
+
+        /// The whole file: search tree, 16-byte separator, data, metadata.
+        pub fn build(&self, database_type: &str) -> Vec<u8> {
+            let count = self.nodes.len();
+            let mut out = Vec::new();
+            for node in &self.nodes {
+                for rec in node {
+                    let v = match *rec {
+                        Rec::Empty => count,
+                        Rec::Node(n) => n,
+                        Rec::Data(off) => count + 16 + off,
+                    };
+                    assert!(v < 1 << 24, "too big for 24-bit records");
+                    out.extend_from_slice(&(v as u32).to_be_bytes()[1..]);
+                }
+            }
+            out.extend_from_slice(&[0u8; 16]);
+            out.extend_from_slice(&self.data);
+            out.extend_from_slice(b"\xAB\xCD\xEFMaxMind.com");
+            let meta = map(&[
+                ("node_count", V::U32(count as u32)),
+                ("record_size", V::U16(24)),
+                ("ip_version", V::U16(self.ip_version)),
+                ("database_type", s(database_type)),
+                ("languages", V::Arr(vec![s("en")])),
+                ("binary_format_major_version", V::U16(2)),
+                ("binary_format_minor_version", V::U16(0)),
+                ("build_epoch", V::U64(1_700_000_000)),
+                ("description", map(&[("en", s("Herd test database"))])),
+            ]);
+            encode(&meta, &mut out);
+            out
+        }
+    }
+
+    /// Control byte(s) of a field: type (extended when above 7) and size.
+    fn control(kind: u8, size: usize, out: &mut Vec<u8>) {
+        let (low, extra): (u8, Vec<u8>) = if size < 29 {
+            (size as u8, vec![])
+        } else if size < 29 + 256 {
+            (29, vec![(size - 29) as u8])
+        } else if size < 285 + 65_536 {
+            (30, ((size - 285) as u16).to_be_bytes().to_vec())
+        } else {
+            (31, ((size - 65_821) as u32).to_be_bytes()[1..].to_vec())
+        };
+        if kind <= 7 {
+            out.push((kind << 5) | low);
+        } else {
+            out.push(low);
+            out.push(kind - 7);
+        }
+        out.extend(extra);
+    }
+
+    fn uint(kind: u8, v: u64, out: &mut Vec<u8>) {
+        let bytes = v.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        control(kind, 8 - skip, out);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+
+    pub fn encode(v: &V, out: &mut Vec<u8>) {
+        match v {
+            V::Str(t) => {
+                control(2, t.len(), out);
+                out.extend_from_slice(t.as_bytes());
+            }
+            V::U16(n) => uint(5, u64::from(*n), out),
+            V::U32(n) => uint(6, u64::from(*n), out),
+            V::U64(n) => uint(9, *n, out),
+            V::Map(pairs) => {
+                control(7, pairs.len(), out);
+                for (k, val) in pairs {
+                    encode(&V::Str(k.clone()), out);
+                    encode(val, out);
+                }
+            }
+            V::Arr(items) => {
+                control(11, items.len(), out);
+                for item in items {
+                    encode(item, out);
+                }
+            }
+        }
+    }
+
+    /// The database the tests use: 127.0.0.0/24 → DE, 10.0.0.0/8 → US,
+    /// 192.0.2.0/24 → only a registered country (NL), 198.51.100.0/24 → a record
+    /// without any country, 2001:db8::/32 → FR (IPv6 trees only).
+    pub fn sample(ip_version: u16) -> Vec<u8> {
+        let mut w = Writer::new(ip_version);
+        w.insert("127.0.0.0", 24, &country("DE", "Germany"))
+            .insert("10.0.0.0", 8, &country("US", "United States"))
+            .insert(
+                "192.0.2.0",
+                24,
+                &map(&[("registered_country", map(&[("iso_code", s("nl"))]))]),
+            )
+            .insert(
+                "198.51.100.0",
+                24,
+                &map(&[("continent", map(&[("code", s("EU"))]))]),
+            );
+        if ip_version == 6 {
+            w.insert("2001:db8::", 32, &country("FR", "France"));
+        }
+        w.build("Herd-Test-Country")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testdb::{country, s, Writer, V};
+    use super::*;
+
+    #[test]
+    fn written_databases_are_valid() {
+        for version in [4u16, 6] {
+            let bytes = testdb::sample(version);
+            let reader = Reader::from_source(bytes).unwrap();
+            reader.verify().unwrap();
+            let m = reader.metadata();
+            assert_eq!(m.ip_version, version);
+            assert_eq!(m.record_size, 24);
+            assert_eq!(m.database_type, "Herd-Test-Country");
+            assert_eq!(m.languages, vec!["en".to_string()]);
+            let networks = reader.networks(Default::default()).unwrap().count();
+            assert_eq!(networks, if version == 6 { 5 } else { 4 });
+            let de = reader.lookup("127.0.0.1".parse().unwrap()).unwrap();
+            assert_eq!(de.network().unwrap().to_string(), "127.0.0.0/24");
+            let city: maxminddb::geoip2::Country = de.decode().unwrap().unwrap();
+            assert_eq!(city.country.iso_code, Some("DE"));
+            assert_eq!(city.country.names.english, Some("Germany"));
+        }
+    }
+
+    #[test]
+    fn countries_of_addresses() {
+        let db = GeoDb::from_bytes(testdb::sample(6)).unwrap();
+        assert_eq!(db.database_type(), "Herd-Test-Country");
+        let c = |a: &str| db.country(a);
+        assert_eq!(c("127.0.0.1").as_deref(), Some("DE"));
+        assert_eq!(c("127.0.0.255").as_deref(), Some("DE"));
+        assert_eq!(c(" 127.0.0.9 ").as_deref(), Some("DE"));
+        assert_eq!(c("127.0.1.1"), None, "outside the /24");
+        assert_eq!(c("10.1.2.3").as_deref(), Some("US"));
+        assert_eq!(c("10.255.255.255").as_deref(), Some("US"));
+        assert_eq!(c("11.0.0.1"), None);
+        assert_eq!(c("::ffff:127.0.0.5").as_deref(), Some("DE"), "IPv4-mapped");
+        assert_eq!(c("::ffff:10.0.0.1").as_deref(), Some("US"));
+        assert_eq!(c("2001:db8::1").as_deref(), Some("FR"));
+        assert_eq!(c("2001:db9::1"), None);
+        assert_eq!(
+            c("192.0.2.7").as_deref(),
+            Some("NL"),
+            "registered country, upper-cased"
+        );
+        assert_eq!(c("198.51.100.4"), None, "a record without a country");
+        for bad in [
+            "",
+            "-",
+            "unix:",
+            "localhost",
+            "127.0.0.1:8080",
+            "[::1]",
+            "fe80::1%eth0",
+            "999.1.1.1",
+        ] {
+            assert_eq!(c(bad), None, "{bad:?}");
+        }
+
+        // An IPv4-only database answers no IPv6 address (and does not fail).
+        let v4 = GeoDb::from_bytes(testdb::sample(4)).unwrap();
+        assert_eq!(v4.country("127.0.0.3").as_deref(), Some("DE"));
+        assert_eq!(v4.country("10.9.9.9").as_deref(), Some("US"));
+        assert_eq!(v4.country("::ffff:127.0.0.3").as_deref(), Some("DE"));
+        assert_eq!(v4.country("2001:db8::1"), None);
+        assert!(format!("{v4:?}").contains("ip_version: 4"));
+    }
+
+    #[test]
+    fn counts_per_country() {
+        let db = GeoDb::from_bytes(testdb::sample(6)).unwrap();
+        let addrs = [
+            ("127.0.0.1", 5u64),
+            ("127.0.0.2", 2),
+            ("10.0.0.7", 3),
+            ("2001:db8::5", 1),
+            ("203.0.113.9", 4),
+            ("garbage", 1),
+        ];
+        let counts = db.count(addrs, 6);
+        let want: BTreeMap<String, u64> = [("DE", 7), ("US", 3), ("FR", 1), ("unknown", 11)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(counts, want);
+        assert!(db.count([], 0).is_empty());
+    }
+
+    #[test]
+    fn odd_codes_and_bad_files() {
+        let mut w = Writer::new(6);
+        w.insert("127.0.0.0", 25, &country("de\"}", "x"))
+            .insert("127.0.0.128", 25, &country(&"A".repeat(20), "x"))
+            .insert("10.0.0.0", 8, &V::Map(vec![("country".into(), s("DE"))]));
+        let db = GeoDb::from_bytes(w.build("Odd")).unwrap();
+        assert_eq!(db.country("127.0.0.1"), None, "not a token");
+        assert_eq!(db.country("127.0.0.200"), None, "too long");
+        assert_eq!(db.country("10.0.0.1"), None, "country is not a map");
+
+        let e = GeoDb::from_bytes(b"not a database at all".to_vec()).unwrap_err();
+        assert!(e.contains("not a MaxMind DB"), "{e}");
+        let mut cut = testdb::sample(6);
+        cut.truncate(40);
+        assert!(GeoDb::from_bytes(cut).is_err());
+        assert_eq!(clean_code(" us "), Some("US".into()));
+    }
+}

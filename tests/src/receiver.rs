@@ -1,0 +1,366 @@
+//! A real HTTP/1.1 receiver on 127.0.0.1 for notification channels (webhook,
+//! Alertmanager, Slack, Telegram): it records every request (method, path, headers,
+//! body, and what it answered) and answers a configurable status. It can be taken
+//! down (the port is closed: connection refused) and brought up again on the same
+//! port, or start down.
+//!
+//! std only: one accept thread, one thread per connection, `Connection: close`.
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::ports::free_port;
+
+/// Longest wait for a request's head and body.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request accepted (head and body).
+const MAX_REQUEST: usize = 4 << 20;
+/// Default answer: what Telegram says, and fine for every other kind.
+const OK_BODY: &str = r#"{"ok":true,"result":{"message_id":1}}"#;
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    /// Path and query, as sent.
+    pub path: String,
+    /// Names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The status the receiver answered.
+    pub status: u16,
+    /// Unix ms when the request was complete.
+    pub ts_ms: i64,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON; panics with the body when it is not JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "the body of {} {} is not JSON ({e}): {}",
+                self.method,
+                self.path,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// Answered with a 2xx status: the sender counts it as delivered.
+    pub fn accepted(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+struct Shared {
+    requests: Mutex<Vec<Received>>,
+    answer: Mutex<(u16, String)>,
+}
+
+struct Running {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+pub struct HttpReceiver {
+    port: u16,
+    shared: Arc<Shared>,
+    running: Mutex<Option<Running>>,
+}
+
+impl HttpReceiver {
+    /// Listening on a free port, answering 200 with `{"ok":true,...}`.
+    pub fn start() -> HttpReceiver {
+        let r = HttpReceiver::start_down();
+        r.up();
+        r
+    }
+
+    /// A receiver whose port is reserved but closed (connection refused) until
+    /// [`HttpReceiver::up`].
+    pub fn start_down() -> HttpReceiver {
+        HttpReceiver {
+            port: free_port(),
+            shared: Arc::new(Shared {
+                requests: Mutex::new(Vec::new()),
+                answer: Mutex::new((200, OK_BODY.to_string())),
+            }),
+            running: Mutex::new(None),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Answer `status` with `body` from now on.
+    pub fn answer(&self, status: u16, body: &str) {
+        *self.shared.answer.lock().unwrap() = (status, body.to_string());
+    }
+
+    /// Answer 200 with `{"ok":true,...}` from now on.
+    pub fn answer_ok(&self) {
+        self.answer(200, OK_BODY);
+    }
+
+    /// Opens the port (again) and serves; waits up to 10 s for the port to be free.
+    pub fn up(&self) {
+        let mut running = self.running.lock().unwrap();
+        if running.is_some() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("    receiver cannot bind port {} yet: {e}", self.port);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("the receiver cannot listen on port {}: {e}", self.port),
+            }
+        };
+        listener
+            .set_nonblocking(true)
+            .expect("set the listener nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            let shared = self.shared.clone();
+            std::thread::spawn(move || accept_loop(listener, stop, shared))
+        };
+        *running = Some(Running { stop, thread });
+    }
+
+    /// Closes the port: later connections are refused. Requests being served finish.
+    pub fn down(&self) {
+        if let Some(r) = self.running.lock().unwrap().take() {
+            r.stop.store(true, Ordering::SeqCst);
+            let _ = r.thread.join();
+        }
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<Received> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// The requests answered with 2xx (what the sender counts as delivered).
+    pub fn accepted(&self) -> Vec<Received> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.accepted())
+            .collect()
+    }
+
+    /// Polls until `cond` holds on the requests so far; panics naming `what` after
+    /// `timeout`, listing what arrived.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut cond: impl FnMut(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let start = Instant::now();
+        loop {
+            let reqs = self.requests();
+            if cond(&reqs) {
+                eprintln!("    ok after {:.1}s: {what}", start.elapsed().as_secs_f64());
+                return reqs;
+            }
+            if start.elapsed() >= timeout {
+                panic!(
+                    "timed out after {timeout:?} waiting until {what}; the receiver on port {} got:\n{}",
+                    self.port,
+                    describe(&reqs)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// One line per request, for failure messages.
+pub fn describe(reqs: &[Received]) -> String {
+    if reqs.is_empty() {
+        return "  (nothing)".into();
+    }
+    reqs.iter()
+        .map(|r| {
+            format!(
+                "  {} {} -> {} {}",
+                r.method,
+                r.path,
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Drop for HttpReceiver {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+fn accept_loop(listener: TcpListener, stop: Arc<AtomicBool>, shared: Arc<Shared>) {
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                std::thread::spawn(move || serve(stream, &shared));
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                eprintln!("    receiver accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Reads one request, records it, answers and closes.
+fn serve(mut stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let Some((method, path, headers, body)) = read_request(&mut stream) else {
+        return;
+    };
+    let (status, answer) = shared.answer.lock().unwrap().clone();
+    shared.requests.lock().unwrap().push(Received {
+        method,
+        path,
+        headers,
+        body,
+        status,
+        ts_ms: crate::now_ms(),
+    });
+    let reply = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{answer}",
+        reason(status),
+        answer.len()
+    );
+    let _ = stream.write_all(reply.as_bytes());
+    let _ = stream.flush();
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+type Request = (String, String, Vec<(String, String)>, Vec<u8>);
+
+fn read_request(stream: &mut TcpStream) -> Option<Request> {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if !read_more(stream, &mut buf) {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_string();
+    let path = first.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut rest = buf[head_end + 4..].to_vec();
+    let chunked = header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        loop {
+            if let Some(body) = dechunk(&rest) {
+                break body;
+            }
+            if !read_more(stream, &mut rest) {
+                return None;
+            }
+        }
+    } else {
+        let length: usize = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        while rest.len() < length {
+            if !read_more(stream, &mut rest) {
+                return None;
+            }
+        }
+        rest.truncate(length);
+        rest
+    };
+    Some((method, path, headers, body))
+}
+
+/// Reads what is there into `buf`; false at EOF, on error or when too large.
+fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 16 * 1024];
+    match stream.read(&mut chunk) {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            buf.len() <= MAX_REQUEST
+        }
+    }
+}
+
+/// A complete chunked body, or None when more is needed.
+fn dechunk(data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    loop {
+        let line_end = data[i..].windows(2).position(|w| w == b"\r\n")? + i;
+        let size_text = String::from_utf8_lossy(&data[i..line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        i = line_end + 2;
+        if size == 0 {
+            return Some(out);
+        }
+        if data.len() < i + size + 2 {
+            return None;
+        }
+        out.extend_from_slice(&data[i..i + size]);
+        i += size + 2;
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
