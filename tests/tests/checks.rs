@@ -588,6 +588,16 @@ fn http_and_port_through_the_target() {
         std::net::TcpStream::connect(("127.0.0.1", nginx.port())).is_ok(),
         "nginx itself is still up: the checks really went through sshd"
     );
+    // A scrape of the node-side check after sshd stopped may still be due: wait for it.
+    wait_until(
+        Duration::from_secs(15),
+        "a port check from the node after sshd stopped",
+        || {
+            points(&herd, "tunnel", "check.status", "from-node")
+                .iter()
+                .any(|p| p.0 > stopped)
+        },
+    );
     let from_node = points(&herd, "tunnel", "check.status", "from-node");
     assert!(
         from_node.iter().any(|p| p.0 > stopped)

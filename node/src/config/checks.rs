@@ -502,6 +502,16 @@ pub fn validate_check(c: &CheckSpec) -> Vec<String> {
                     p.push(format!("nginx: {e}"));
                 }
             }
+            if n.geoip_db.is_some() && n.access_log.is_none() {
+                p.push("nginx: geoip_db counts requests of the access_log: set access_log".into());
+            }
+            if n.geoip_db.is_some()
+                && n.log_format
+                    .as_deref()
+                    .is_some_and(|f| !f.contains("$remote_addr"))
+            {
+                p.push("nginx: geoip_db needs $remote_addr in log_format".into());
+            }
         }
         CheckSpec::FileFresh(f) => {
             if f.path.trim().is_empty() {
