@@ -2,7 +2,8 @@
 //! on loopback with keys generated per test, and bounded waits. For the check kinds:
 //! a real nginx (plain and TLS), a real node_exporter, certificates made with the
 //! openssl CLI and a unix socket listener. For reactions: a real SMTP server
-//! (aiosmtpd) and a real HTTP receiver for webhooks.
+//! (aiosmtpd) and a real HTTP receiver for webhooks. For the extras: a real
+//! nats-server with JetStream and a writer of small MaxMind DB files.
 //!
 //! Every fixture lives in its own temp dir on its own ports, so tests run in
 //! parallel. Every wait has a deadline. When a test fails, the fixtures print the
@@ -15,6 +16,8 @@ mod sshd;
 mod wait;
 
 pub mod certs;
+pub mod mmdb;
+pub mod nats;
 pub mod nginx;
 pub mod node_exporter;
 pub mod receiver;
@@ -23,7 +26,7 @@ pub mod unix_socket;
 
 use std::path::PathBuf;
 
-pub use fleet::{local_target, ssh_target};
+pub use fleet::{local_target, local_target_with, ssh_target, ssh_target_with, toml_str};
 pub use herd::{herd_cli, Herd, HerdOptions};
 pub use ports::free_port;
 pub use process::{generate_key, log_tail};
@@ -31,6 +34,8 @@ pub use sshd::{Sshd, SSH_USER};
 pub use wait::{wait_for, wait_until};
 
 pub use certs::TestPki;
+pub use mmdb::MmdbWriter;
+pub use nats::NatsServer;
 pub use nginx::{Nginx, TlsListener};
 pub use node_exporter::NodeExporter;
 pub use receiver::{HttpReceiver, Received};

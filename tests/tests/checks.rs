@@ -14,8 +14,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use herd_tests::{
-    free_port, herd_cli, now_ms, phase, wait_for, wait_until, Herd, HerdOptions, Nginx,
-    NodeExporter, Sshd, TestPki, TlsListener, UnixSocketServer, SSH_USER,
+    free_port, herd_cli, local_target_with, now_ms, phase, ssh_target_with, toml_str, wait_for,
+    wait_until, Herd, HerdOptions, Nginx, NodeExporter, Sshd, TestPki, TlsListener,
+    UnixSocketServer, SSH_USER,
 };
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -30,33 +31,6 @@ const UNKNOWN: f64 = 3.0;
 const PLUGINS: &str = "/usr/lib/nagios/plugins";
 
 // ---------------------------------------------------------------- fleet snippets
-
-/// A local target (`transport = "local"`) at 1 s with these checks (inline tables).
-fn local_target(name: &str, checks: &[String]) -> String {
-    format!(
-        "[[target]]\nname = \"{name}\"\ntransport = \"local\"\ninterval = \"1s\"\nchecks = [\n{}]\n\n",
-        checks
-            .iter()
-            .map(|c| format!("  {c},\n"))
-            .collect::<String>()
-    )
-}
-
-/// An ssh target at `address` at 1 s with these checks.
-fn ssh_target(name: &str, address: &str, checks: &[String]) -> String {
-    format!(
-        "[[target]]\nname = \"{name}\"\naddress = \"{address}\"\ninterval = \"1s\"\nchecks = [\n{}]\n\n",
-        checks
-            .iter()
-            .map(|c| format!("  {c},\n"))
-            .collect::<String>()
-    )
-}
-
-/// A TOML basic string: quotes and backslashes escaped.
-fn toml_str(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
 
 // ---------------------------------------------------------------- observations
 
@@ -273,7 +247,7 @@ fn http_check_statuses_body_and_rollups() {
     let closed = free_port();
 
     phase!("a node with a local target and five http checks at 1s");
-    let fleet = local_target(
+    let fleet = local_target_with(
         "web",
         &[
             format!(
@@ -435,7 +409,7 @@ fn http_tls_verification_on_by_default() {
     let selfs = nginx.tls_url(1, "/health");
 
     phase!("a node with https checks: default verification, ca_file, tls_verify = false");
-    let fleet = local_target(
+    let fleet = local_target_with(
         "tls",
         &[
             format!("{{ kind = \"http\", name = \"signed-no-ca\", url = \"{signed}\" }}"),
@@ -515,7 +489,7 @@ fn http_and_port_through_the_target() {
     let closed = free_port();
 
     phase!("an ssh target with http and port checks from = \"target\" (SSH tunnels)");
-    let fleet = ssh_target(
+    let fleet = ssh_target_with(
         "tunnel",
         &sshd.address(),
         &[
@@ -651,8 +625,8 @@ fn socket_check_through_the_target() {
     ];
     let fleet = format!(
         "{}{}",
-        ssh_target("remote", &sshd.address(), &checks),
-        local_target("local", &checks)
+        ssh_target_with("remote", &sshd.address(), &checks),
+        local_target_with("local", &checks)
     );
     let herd = Herd::start(HerdOptions::with_sshd(&sshd).fleet(fleet));
 
@@ -728,8 +702,8 @@ fn file_fresh_ages_and_missing() {
     let sshd = Sshd::start();
     let fleet = format!(
         "{}{}",
-        local_target("local", &checks),
-        ssh_target("remote", &sshd.address(), &checks)
+        local_target_with("local", &checks),
+        ssh_target_with("remote", &sshd.address(), &checks)
     );
     let herd = Herd::start(HerdOptions::with_sshd(&sshd).fleet(fleet));
 
@@ -857,8 +831,8 @@ fn command_check_with_real_monitoring_plugins() {
         .collect();
     let fleet = format!(
         "{}{}",
-        local_target("local", &checks),
-        ssh_target("remote", &sshd.address(), &remote_checks)
+        local_target_with("local", &checks),
+        ssh_target_with("remote", &sshd.address(), &remote_checks)
     );
     let herd = Herd::start(HerdOptions::with_sshd(&sshd).fleet(fleet));
 
@@ -955,7 +929,7 @@ fn prometheus_check_against_real_node_exporter() {
     let sshd = Sshd::start();
     let fleet = format!(
         "{}{}",
-        local_target(
+        local_target_with(
             "local",
             &[
                 format!(
@@ -967,7 +941,7 @@ fn prometheus_check_against_real_node_exporter() {
                 ),
             ]
         ),
-        ssh_target(
+        ssh_target_with(
             "remote",
             &sshd.address(),
             &[format!(

@@ -20,7 +20,8 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use herd_tests::{
-    free_port, herd_cli, log_tail, now_ms, phase, wait_until, Herd, HerdOptions, Sshd,
+    free_port, herd_cli, local_target_with, log_tail, now_ms, phase, ssh_target_with, toml_str,
+    wait_until, Herd, HerdOptions, Sshd,
 };
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -32,33 +33,6 @@ const WARNING: f64 = 1.0;
 const CRITICAL: f64 = 2.0;
 
 // ---------------------------------------------------------------- fleet snippets
-
-/// A local target (`transport = "local"`) at 1 s with these checks (inline tables).
-fn local_target(name: &str, checks: &[String]) -> String {
-    format!(
-        "[[target]]\nname = \"{name}\"\ntransport = \"local\"\ninterval = \"1s\"\nchecks = [\n{}]\n\n",
-        checks
-            .iter()
-            .map(|c| format!("  {c},\n"))
-            .collect::<String>()
-    )
-}
-
-/// An ssh target at `address` at 1 s with these checks.
-fn ssh_target(name: &str, address: &str, checks: &[String]) -> String {
-    format!(
-        "[[target]]\nname = \"{name}\"\naddress = \"{address}\"\ninterval = \"1s\"\nchecks = [\n{}]\n\n",
-        checks
-            .iter()
-            .map(|c| format!("  {c},\n"))
-            .collect::<String>()
-    )
-}
-
-/// A TOML basic string: quotes and backslashes escaped.
-fn toml_str(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
 
 /// The log check of these tests: ERROR or panic lines, never "ignored" ones.
 fn log_check(name: &str, path: &Path) -> String {
@@ -496,7 +470,7 @@ fn log_check_reports_new_matching_lines_once() {
     write_file(&log, "old ERROR before herd\nold panic before herd\n");
     let p = log.display().to_string();
     let herd = Herd::start(
-        HerdOptions::default().fleet(local_target("logs", &[log_check("applog", &log)])),
+        HerdOptions::default().fleet(local_target_with("logs", &[log_check("applog", &log)])),
     );
     // The first scrape only learns where the file ends.
     wait_status(&herd, "logs", "applog", 0, OK);
@@ -619,7 +593,7 @@ fn log_offsets_survive_restart() {
     write_file(&log, "ERROR from before the node ever ran\n");
     let p = log.display().to_string();
     let mut herd = Herd::start(
-        HerdOptions::default().fleet(local_target("logs", &[log_check("applog", &log)])),
+        HerdOptions::default().fleet(local_target_with("logs", &[log_check("applog", &log)])),
     );
     wait_status(&herd, "logs", "applog", 0, OK);
 
@@ -665,7 +639,7 @@ fn log_check_over_ssh() {
     let log = dir.path().join("app.log");
     write_file(&log, "old ERROR before herd\n");
     let p = log.display().to_string();
-    let herd = Herd::start(HerdOptions::with_sshd(&sshd).fleet(ssh_target(
+    let herd = Herd::start(HerdOptions::with_sshd(&sshd).fleet(ssh_target_with(
         "remote",
         &sshd.address(),
         &[log_check("applog", &log)],
@@ -716,7 +690,8 @@ fn nginx_stub_status_and_access_log() {
     );
 
     phase!("a node with nginx checks from the target (default) and from the node");
-    let herd = Herd::start(HerdOptions::default().fleet(local_target("web", &[web, web_node])));
+    let herd =
+        Herd::start(HerdOptions::default().fleet(local_target_with("web", &[web, web_node])));
     wait_status(&herd, "web", "web", 0, OK);
     wait_status(&herd, "web", "web-node", 0, OK);
     let before = now_ms();
@@ -851,7 +826,7 @@ fn json_state_merges_expires_and_serves_paths() {
     let file = dir.path().join("status.jsonl");
     write_file(&file, "");
     let mut herd = Herd::start(
-        HerdOptions::default().fleet(local_target("app", &[json_state_check("st", &file)])),
+        HerdOptions::default().fleet(local_target_with("app", &[json_state_check("st", &file)])),
     );
     wait_status(&herd, "app", "st", 0, OK);
 
@@ -949,7 +924,7 @@ fn json_state_over_ssh() {
     let dir = shared_dir("herd-state-ssh-");
     let file = dir.path().join("status.jsonl");
     write_file(&file, "{\"old\":\"record before the first scrape\"}\n");
-    let herd = Herd::start(HerdOptions::with_sshd(&sshd).fleet(ssh_target(
+    let herd = Herd::start(HerdOptions::with_sshd(&sshd).fleet(ssh_target_with(
         "remote",
         &sshd.address(),
         &[json_state_check("st", &file)],
@@ -1071,7 +1046,7 @@ fn json_state_survives_apply_of_changed_target() {
         toml_str(&file.display().to_string())
     );
     let herd = Herd::start(
-        HerdOptions::default().fleet(local_target("app", std::slice::from_ref(&check))),
+        HerdOptions::default().fleet(local_target_with("app", std::slice::from_ref(&check))),
     );
     wait_status(&herd, "app", "st", 0, OK);
     append(&file, "{\"queue\":{\"depth\":3}}\n");
@@ -1086,7 +1061,7 @@ fn json_state_survives_apply_of_changed_target() {
         if round % 2 == 1 {
             checks.push("{ kind = \"vitals\" }".to_string());
         }
-        let out = herd.apply(&local_target("app", &checks));
+        let out = herd.apply(&local_target_with("app", &checks));
         assert!(out.contains("changed: app"), "{out}");
         wait_scrapes(&herd, "app", "st", now_ms(), 1);
 
@@ -1102,7 +1077,7 @@ fn log_file_created_after_monitoring_started_is_read_from_its_start() {
     let log = dir.path().join("late.log");
     let p = log.display().to_string();
     let herd = Herd::start(
-        HerdOptions::default().fleet(local_target("logs", &[log_check("applog", &log)])),
+        HerdOptions::default().fleet(local_target_with("logs", &[log_check("applog", &log)])),
     );
     wait_status(&herd, "logs", "applog", 0, 3.0);
     let errors = herd.events_of("logs", "check_error");

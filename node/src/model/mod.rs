@@ -1,6 +1,8 @@
 //! Plain data shared by every layer: no I/O here.
 mod alert;
+mod pattern;
 mod sample;
 
 pub use alert::{Alert, AlertState, Notification, NotifyKind, Severity};
+pub use pattern::{fnv1a64, glob_match, FNV_OFFSET, FNV_PRIME};
 pub use sample::{now_ms, Event, EventKind, Labels, Measurement, Sample};

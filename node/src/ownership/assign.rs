@@ -13,25 +13,12 @@
 //!   its excess);
 //! - determinism: the same sets of inputs give the same map, whatever the order
 //!   or repetition of `targets` and `live`.
+use crate::model::{fnv1a64, FNV_OFFSET};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// FNV-1a 64 offset basis.
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-/// FNV-1a 64 prime.
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 /// Separates the target name from the node id in the hashed bytes; never part
 /// of UTF-8 text, so `("a", n)` and `("a\u{…}", m)` cannot hash the same bytes.
 const HASH_SEPARATOR: u8 = 0xff;
-
-/// FNV-1a 64 of `bytes`, continuing from state `h` (start with `FNV_OFFSET`).
-/// Written out (not `DefaultHasher`) because its output must never change between
-/// Rust versions or platforms: a new leader running a newer binary must reach the
-/// same tie-breaks, or targets would move for nothing.
-fn fnv1a64(h: u64, bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
-}
 
 /// Murmur3's 64-bit finaliser. FNV-1a mixes its last bytes weakly; the node id
 /// comes last, so without this the order of nodes by hash would be nearly the same

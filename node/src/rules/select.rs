@@ -2,9 +2,6 @@
 //! stable alert id and compact number text.
 use std::collections::BTreeMap;
 
-/// FNV-1a 64-bit offset basis and prime (http://www.isthe.com/chongo/tech/comp/fnv/).
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 /// Separators that never occur in UTF-8 text, so ("ab", "c") and ("a", "bc") hash
 /// apart: 0xFF ends a field, 0xFE separates a label's name from its value.
 const FIELD_END: u8 = 0xFF;
@@ -16,64 +13,27 @@ const MAX_INTEGER_TEXT: f64 = 1e15;
 /// Below this magnitude a fraction is printed in scientific notation.
 const MIN_FIXED_TEXT: f64 = 0.01;
 
-fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(FNV_PRIME);
-    }
-    h
-}
-
 /// The stable id of an alert: FNV-1a 64 over (rule, target, series labels in name
 /// order), as 16 lowercase hex digits. Fixed algorithm and encoding: ids must match
 /// across processes, nodes and versions, because a new owner continues an alert by
 /// its id. Never change this encoding.
 pub fn alert_id(rule: &str, target: &str, series: &BTreeMap<String, String>) -> String {
     let mut h = FNV_OFFSET;
-    h = fnv1a(h, rule.as_bytes());
-    h = fnv1a(h, &[FIELD_END]);
-    h = fnv1a(h, target.as_bytes());
-    h = fnv1a(h, &[FIELD_END]);
+    h = fnv1a64(h, rule.as_bytes());
+    h = fnv1a64(h, &[FIELD_END]);
+    h = fnv1a64(h, target.as_bytes());
+    h = fnv1a64(h, &[FIELD_END]);
     for (name, value) in series {
-        h = fnv1a(h, name.as_bytes());
-        h = fnv1a(h, &[NAME_END]);
-        h = fnv1a(h, value.as_bytes());
-        h = fnv1a(h, &[FIELD_END]);
+        h = fnv1a64(h, name.as_bytes());
+        h = fnv1a64(h, &[NAME_END]);
+        h = fnv1a64(h, value.as_bytes());
+        h = fnv1a64(h, &[FIELD_END]);
     }
     format!("{h:016x}")
 }
 
-/// Shell-style glob: `*` is any run of characters (dots included), `?` is one
-/// character; everything else matches itself. Linear-time backtracking on `*`.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0usize, 0usize);
-    // Position after the last `*` seen, and the text position it was tried at.
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi + 1, ti));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || c == t[ti] => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                // Let the last `*` swallow one more character and retry.
-                Some((sp, st)) => {
-                    pi = sp;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
+pub use crate::model::glob_match;
+use crate::model::{fnv1a64, FNV_OFFSET};
 
 /// True when the pattern has glob characters (else it names one thing exactly).
 pub fn is_glob(pattern: &str) -> bool {

@@ -3,7 +3,7 @@
 //! written in one transaction, so a crash never loses one without the other.
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Alert, AlertState, Notification, NotifyKind};
+use crate::model::{glob_match, Alert, AlertState, Notification, NotifyKind};
 
 /// One stored transition (history shown by `herd alerts --history`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,35 +89,6 @@ impl Silence {
     }
 }
 
-/// `*` and `?` globbing, for selectors.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-            }
-            Some(c) if *c == '?' || *c == t[ti] => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi.min(p.len())..].iter().all(|c| *c == '*')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,15 +111,6 @@ mod tests {
             acked_by: None,
             flapping: false,
         }
-    }
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("web-*", "web-1"));
-        assert!(glob_match("*", ""));
-        assert!(glob_match("w?b-*1", "web-11"));
-        assert!(!glob_match("web-?", "web-10"));
-        assert!(!glob_match("db*", "web"));
     }
 
     #[test]

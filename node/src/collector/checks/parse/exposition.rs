@@ -116,7 +116,9 @@ impl Allow {
     }
 
     pub fn allows(&self, family: &str) -> bool {
-        self.patterns.iter().any(|p| glob_matches(p, family))
+        self.patterns
+            .iter()
+            .any(|p| crate::model::glob_match(p, family))
     }
 }
 
@@ -133,29 +135,6 @@ pub fn measurements(e: &Exposition, allow: &Allow) -> Vec<Measurement> {
             value: s.value,
         })
         .collect()
-}
-
-/// `*` matches any run of characters, everything else itself.
-fn glob_matches(pattern: &str, name: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = name.strip_prefix(first) else {
-        return false;
-    };
-    let middle: Vec<&str> = parts.collect();
-    let Some((last, middle)) = middle.split_last() else {
-        // No `*`: an exact name.
-        return rest.is_empty();
-    };
-    // Taking each middle part at its earliest occurrence leaves the most room for
-    // the rest, so it is never wrong to be greedy here.
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = rest.get(at + part.len()..).unwrap_or(""),
-            None => return false,
-        }
-    }
-    rest.ends_with(last)
 }
 
 /// Problems, bounded: a scrape of garbage must not produce one message per line.
