@@ -12,6 +12,9 @@
 //!          --interval S (scrape interval of the fleet, default 10)
 //!          --calls N (ssh calls per baseline, default 30)
 //!          --real-window S (herd against the real sshd, default 20)
+//!          --stagger (apply the fleet in one batch per second over an interval:
+//!                     the node starts all targets of one apply within 1 s, and
+//!                     they keep that phase, so one apply bunches the scrapes)
 //! ```
 //!
 //! **Fleet.** The targets are played by an in-process russh server in a child
@@ -127,6 +130,7 @@ fn main() {
             "interval_s": opts.interval_s,
             "baseline_calls": opts.calls,
             "real_window_s": opts.real_window.as_secs_f64(),
+            "stagger": opts.stagger,
             "herd_bin": herd_tests::herd_bin().display().to_string(),
         },
         "machine": machine(),
@@ -147,8 +151,9 @@ fn main() {
 }
 
 const USAGE: &str = "usage: fleet [fleet [N...]] [baseline] [--window S] [--interval S] \
-[--calls N] [--real-window S]
-  no mode: fleet 100 1000 3000, then baseline";
+[--calls N] [--real-window S] [--stagger]
+  no mode: fleet 100 1000 3000, then baseline
+  --stagger: apply the fleet in one batch per second over an interval (spreads the scrapes)";
 
 #[derive(Debug)]
 struct Options {
@@ -159,6 +164,8 @@ struct Options {
     interval_s: u64,
     calls: usize,
     real_window: Duration,
+    /// Apply the fleet in one batch per second over an interval.
+    stagger: bool,
     help: bool,
 }
 
@@ -172,6 +179,7 @@ impl Options {
             interval_s: 10,
             calls: 30,
             real_window: Duration::from_secs(20),
+            stagger: false,
             help: false,
         };
         let mut it = args.iter();
@@ -193,6 +201,7 @@ impl Options {
                 "--interval" => o.interval_s = value("--interval")?,
                 "--calls" => o.calls = value("--calls")?.min(1000) as usize,
                 "--real-window" => o.real_window = Duration::from_secs(value("--real-window")?),
+                "--stagger" => o.stagger = true,
                 "-h" | "--help" => o.help = true,
                 n if n.parse::<usize>().is_ok() => {
                     let n: usize = n.parse().unwrap();
@@ -369,15 +378,34 @@ fn bench_fleet(rt: &tokio::runtime::Runtime, n: usize, opts: &Options) -> FleetR
 
     let interval = format!("{}s", opts.interval_s);
     let address = format!("127.0.0.1:{}", fleet.port);
-    let mut text = String::with_capacity(n * 110);
-    for i in 0..n {
-        text.push_str(&ssh_target(&target_name(i), &address, &interval));
-    }
-    progress(&format!(
-        "fleet {n}: herd apply ({n} targets every {interval})"
-    ));
+    let fleet_of = |count: usize| -> String {
+        let mut text = String::with_capacity(count * 110);
+        for i in 0..count {
+            text.push_str(&ssh_target(&target_name(i), &address, &interval));
+        }
+        text
+    };
     let applied = Instant::now();
-    herd.apply(&text);
+    if opts.stagger {
+        // One apply per second over one interval, each adding its share: every
+        // batch starts in its own second, so the scrapes spread over the interval.
+        let batches = (opts.interval_s as usize).clamp(1, n);
+        progress(&format!(
+            "fleet {n}: herd apply in {batches} batches 1 s apart ({n} targets every {interval})"
+        ));
+        for b in 1..=batches {
+            herd.apply(&fleet_of(n * b / batches));
+            if b < batches {
+                let next = applied + Duration::from_secs(b as u64);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        }
+    } else {
+        progress(&format!(
+            "fleet {n}: herd apply ({n} targets every {interval})"
+        ));
+        herd.apply(&fleet_of(n));
+    }
 
     // Warm-up: every target has scraped once and is up.
     let mut last_print = Instant::now();

@@ -298,7 +298,7 @@ fn http_json_picks_and_expect_against_real_nginx() {
         sink.channel("log", "")
     );
     eprintln!("{fleet}");
-    let herd = Herd::start(HerdOptions::default().fleet(fleet));
+    let mut herd = Herd::start(HerdOptions::default().fleet(fleet));
 
     phase!("queue.depth (data.queue.depth) has samples of 12");
     wait_until(SECS(15), "queue.depth has points", || {
@@ -339,10 +339,10 @@ fn http_json_picks_and_expect_against_real_nginx() {
         "a missing path is reported once per change, not per scrape: {errs_later:?}"
     );
     assert_eq!(errs, errs_later);
-    assert!(
-        herd.target_status("api-1").unwrap()["up"] == true,
-        "a missing path is not a crash or an outage"
-    );
+    // (No check of api-1 uses the target's transport, so `up` stays null.)
+    let t = herd.target_status("api-1").unwrap();
+    assert!(t["up"] != false, "a missing path is not an outage: {t}");
+    assert!(herd.is_running(), "a missing path is not a crash");
 
     phase!("herd state api-1 shows api.version = \"1.2.3\"");
     let whole: Value = serde_json::from_str(&herd.cli_ok(&["state", "api-1"])).expect("JSON");
@@ -418,6 +418,10 @@ fn pause_and_resume() {
     let fleet = [
         fresh_local_target("batch-1", &[("job", &job)]),
         check_rule("job-missing", "job", "log", ""),
+        // A dead-man rule on the check's samples: a paused target must not trip it.
+        "[[rule]]\nname = \"job-silent\"\nmetric = \"check.status\"\nmatch = { check = \"job\" }\n\
+         kind = \"absence\"\nfor = \"2s\"\nchannels = [\"log\"]\n\n"
+            .to_string(),
         sink.channel("log", ""),
     ]
     .concat();
@@ -534,6 +538,19 @@ fn pause_and_resume() {
     wait_until(SECS(10), "samples after resume", || {
         points_since(&herd, "batch-1", "job", resumed) > 0
     });
+
+    phase!("the dead-man rule never fired: pauses are not silence");
+    std::thread::sleep(SECS(3));
+    assert!(
+        sink.notes_of("job-silent").is_empty(),
+        "{:?}",
+        sink.notes_of("job-silent")
+    );
+    assert!(
+        alert_of(&herd, "job-silent").is_none_or(|a| state(&a) != "firing"),
+        "{:?}",
+        alert_of(&herd, "job-silent")
+    );
 
     phase!("pausing an unknown target: exit 1 with a message");
     let out = herd.cli(&["pause", "no-such-target", "--reason", "x"]);
@@ -676,6 +693,38 @@ fn remediation_action_on_a_real_sshd_target() {
             .contains(&format!("Accepted publickey for {SSH_USER}")),
         "herd logged in over SSH"
     );
+}
+
+/// A rule whose only reaction is its action (no `channels`, no `[routes]`) never
+/// runs the action: `record` in node/src/rules/runner.rs starts actions only in
+/// the branch that queues notifications, after `channels.is_empty()` has set
+/// `suppressed = "no channel routes this alert"` (the same holds for a silenced
+/// alert). The README describes actions as running per alert transition and their
+/// result as *added* to the notification, not as depending on one; `herd check`
+/// accepts such a rule without a word. Observed: the alert fires, no
+/// `action_run` event, the file is never created.
+#[test]
+#[ignore = "Herd bug: a rule's action does not run when no channel routes the alert (see the doc comment)"]
+fn remediation_action_runs_without_a_channel() {
+    phase!("a local target; a rule with an action and no channel, no routes");
+    let files = temp_dir("herd-extras-quiet-");
+    let flag = files.path().join("quiet.flag");
+    let flag_s = flag.display().to_string();
+    let fleet = [
+        fresh_local_target("box-1", &[("quiet", &flag)]),
+        format!(
+            "[[rule]]\nname = \"quiet-heal\"\ncheck = \"quiet\"\nkind = \"range\"\n\
+             action = {{ run = {} }}\n\n",
+            toml_str(&format!("touch {flag_s}; echo fixed"))
+        ),
+    ]
+    .concat();
+    let herd = Herd::start(HerdOptions::default().fleet(fleet));
+    wait_alert_state(&herd, "quiet-heal", "firing", SECS(15));
+
+    phase!("the action runs anyway: an action_run event and the file");
+    wait_events(&herd, "box-1", "action_run", "quiet-heal", 1, SECS(10));
+    wait_until(SECS(5), "the action created the file", || flag.exists());
 }
 
 // ---------------------------------------------------------------------------------

@@ -26,6 +26,29 @@ fn yes() -> bool {
     true
 }
 
+/// Defines a check struct with the fields every kind takes (`name`, `interval`,
+/// `timeout`) followed by its own; written out (not flattened) so that unknown keys
+/// stay errors.
+macro_rules! check_struct {
+    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $field:ident : $ty:ty,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// Unique per target; default: the kind.
+            #[serde(default)]
+            pub name: Option<String>,
+            /// Default: the target's interval.
+            #[serde(default)]
+            pub interval: Option<HumanDuration>,
+            /// Default: `ssh.command_timeout`, at most the interval.
+            #[serde(default)]
+            pub timeout: Option<HumanDuration>,
+            $($(#[$fm])* pub $field: $ty,)*
+        }
+    };
+}
+
 /// A check of a target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -97,155 +120,114 @@ impl CheckSpec {
     }
 }
 
-/// CPU, memory, swap, disk, load, network and uptime in one command.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VitalsCheck {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub interval: Option<HumanDuration>,
-    #[serde(default)]
-    pub timeout: Option<HumanDuration>,
+check_struct! {
+    /// CPU, memory, swap, disk, load, network and uptime in one command.
+    #[derive(Default)]
+    VitalsCheck {
+    }
 }
 
-/// Lines of a file on the target matching patterns, tailed by byte offset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogCheck {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub interval: Option<HumanDuration>,
-    #[serde(default)]
-    pub timeout: Option<HumanDuration>,
-    pub path: String,
-    /// Regexes; a line is reported when it matches one (all lines when empty).
-    #[serde(default)]
-    pub include: Vec<String>,
-    /// Regexes; a line matching one is never reported.
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    /// Matching lines reported as events per scrape; more are only counted.
-    #[serde(default)]
-    pub max_lines: Option<usize>,
-    /// Bytes read per scrape at most; a backlog beyond is skipped and counted.
-    #[serde(default)]
-    pub max_bytes: Option<usize>,
+check_struct! {
+    /// Lines of a file on the target matching patterns, tailed by byte offset.
+    LogCheck {
+        path: String,
+        /// Regexes; a line is reported when it matches one (all lines when empty).
+        #[serde(default)]
+        include: Vec<String>,
+        /// Regexes; a line matching one is never reported.
+        #[serde(default)]
+        exclude: Vec<String>,
+        /// Matching lines reported as events per scrape; more are only counted.
+        #[serde(default)]
+        max_lines: Option<usize>,
+        /// Bytes read per scrape at most; a backlog beyond is skipped and counted.
+        #[serde(default)]
+        max_bytes: Option<usize>,
+    }
 }
 
-/// nginx: stub_status and access-log statistics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NginxCheck {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub interval: Option<HumanDuration>,
-    #[serde(default)]
-    pub timeout: Option<HumanDuration>,
-    /// URL of the stub_status page, e.g. "http://127.0.0.1/nginx_status".
-    #[serde(default)]
-    pub status_url: Option<String>,
-    /// Where status_url is fetched from; default: the target (it is usually local there).
-    #[serde(default = "vantage_target")]
-    pub from: Vantage,
-    /// Access log on the target to count requests from.
-    #[serde(default)]
-    pub access_log: Option<String>,
-    /// nginx `log_format` of that log; default: `combined`.
-    #[serde(default)]
-    pub log_format: Option<String>,
-    /// A MaxMind-format database (GeoLite2-Country.mmdb, ...) on the node: requests
-    /// are then also counted per country. None: no country labels.
-    #[serde(default)]
-    pub geoip_db: Option<String>,
+check_struct! {
+    /// nginx: stub_status and access-log statistics.
+    NginxCheck {
+        /// URL of the stub_status page, e.g. "http://127.0.0.1/nginx_status".
+        #[serde(default)]
+        status_url: Option<String>,
+        /// Where status_url is fetched from; default: the target (it is usually local there).
+        #[serde(default = "vantage_target")]
+        from: Vantage,
+        /// Access log on the target to count requests from.
+        #[serde(default)]
+        access_log: Option<String>,
+        /// nginx `log_format` of that log; default: `combined`.
+        #[serde(default)]
+        log_format: Option<String>,
+        /// A MaxMind-format database (GeoLite2-Country.mmdb, ...) on the node: requests
+        /// are then also counted per country. None: no country labels.
+        #[serde(default)]
+        geoip_db: Option<String>,
+    }
 }
 
-/// A file's modification time must be newer than `max_age`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileFreshCheck {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub interval: Option<HumanDuration>,
-    #[serde(default)]
-    pub timeout: Option<HumanDuration>,
-    pub path: String,
-    pub max_age: HumanDuration,
+check_struct! {
+    /// A file's modification time must be newer than `max_age`.
+    FileFreshCheck {
+        path: String,
+        max_age: HumanDuration,
+    }
 }
 
-/// A TCP port accepts connections.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PortCheck {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub interval: Option<HumanDuration>,
-    #[serde(default)]
-    pub timeout: Option<HumanDuration>,
-    pub port: u16,
-    /// Host to connect to; default: the target's host (from the target: 127.0.0.1).
-    #[serde(default)]
-    pub host: Option<String>,
-    #[serde(default)]
-    pub from: Vantage,
+check_struct! {
+    /// A TCP port accepts connections.
+    PortCheck {
+        port: u16,
+        /// Host to connect to; default: the target's host (from the target: 127.0.0.1).
+        #[serde(default)]
+        host: Option<String>,
+        #[serde(default)]
+        from: Vantage,
+    }
 }
 
-/// A unix socket on the target accepts a connection.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SocketCheck {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub interval: Option<HumanDuration>,
-    #[serde(default)]
-    pub timeout: Option<HumanDuration>,
-    pub path: String,
+check_struct! {
+    /// A unix socket on the target accepts a connection.
+    SocketCheck {
+        path: String,
+    }
 }
 
-/// An HTTP endpoint answers as expected.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpCheck {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub interval: Option<HumanDuration>,
-    #[serde(default)]
-    pub timeout: Option<HumanDuration>,
-    pub url: String,
-    #[serde(default)]
-    pub method: Option<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    #[serde(default)]
-    pub body: Option<String>,
-    /// Statuses that count as up; default: 200-399.
-    #[serde(default)]
-    pub expect_status: Vec<u16>,
-    /// The body must match this regex.
-    #[serde(default)]
-    pub body_regex: Option<String>,
-    /// Verify TLS certificates (system roots, plus `ca_file`). On by default.
-    #[serde(default = "yes")]
-    pub tls_verify: bool,
-    /// PEM file of extra CA certificates to trust.
-    #[serde(default)]
-    pub ca_file: Option<String>,
-    #[serde(default)]
-    pub from: Vantage,
-    /// JSON answers: values at these paths become samples (numbers) or values
-    /// (strings, for regex/presence rules).
-    #[serde(default)]
-    pub json: Vec<JsonValue>,
-    /// Conditions on the JSON answer that set the check's status, e.g.
-    /// `status == "UP"`, `nodes.up >= 3`.
-    #[serde(default)]
-    pub expect: Vec<String>,
+check_struct! {
+    /// An HTTP endpoint answers as expected.
+    HttpCheck {
+        url: String,
+        #[serde(default)]
+        method: Option<String>,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        #[serde(default)]
+        body: Option<String>,
+        /// Statuses that count as up; default: 200-399.
+        #[serde(default)]
+        expect_status: Vec<u16>,
+        /// The body must match this regex.
+        #[serde(default)]
+        body_regex: Option<String>,
+        /// Verify TLS certificates (system roots, plus `ca_file`). On by default.
+        #[serde(default = "yes")]
+        tls_verify: bool,
+        /// PEM file of extra CA certificates to trust.
+        #[serde(default)]
+        ca_file: Option<String>,
+        #[serde(default)]
+        from: Vantage,
+        /// JSON answers: values at these paths become samples (numbers) or values
+        /// (strings, for regex/presence rules).
+        #[serde(default)]
+        json: Vec<JsonValue>,
+        /// Conditions on the JSON answer that set the check's status, e.g.
+        /// `status == "UP"`, `nodes.up >= 3`.
+        #[serde(default)]
+        expect: Vec<String>,
+    }
 }
 
 /// A value picked out of a JSON answer.
@@ -257,37 +239,25 @@ pub struct JsonValue {
     pub metric: String,
 }
 
-/// Any command on the target under the Nagios plugin convention.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CommandCheck {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub interval: Option<HumanDuration>,
-    #[serde(default)]
-    pub timeout: Option<HumanDuration>,
-    pub command: String,
+check_struct! {
+    /// Any command on the target under the Nagios plugin convention.
+    CommandCheck {
+        command: String,
+    }
 }
 
-/// A Prometheus exposition endpoint; allow-listed families are kept.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrometheusCheck {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub interval: Option<HumanDuration>,
-    #[serde(default)]
-    pub timeout: Option<HumanDuration>,
-    pub url: String,
-    /// Family names or globs (`node_cpu_*`) to keep; nothing else is stored.
-    pub allow: Vec<String>,
-    #[serde(default)]
-    pub from: Vantage,
-    /// Samples read per scrape at most.
-    #[serde(default)]
-    pub max_samples: Option<usize>,
+check_struct! {
+    /// A Prometheus exposition endpoint; allow-listed families are kept.
+    PrometheusCheck {
+        url: String,
+        /// Family names or globs (`node_cpu_*`) to keep; nothing else is stored.
+        allow: Vec<String>,
+        #[serde(default)]
+        from: Vantage,
+        /// Samples read per scrape at most.
+        #[serde(default)]
+        max_samples: Option<usize>,
+    }
 }
 
 /// A numeric state path recorded as a metric.
@@ -298,27 +268,21 @@ pub struct StateMetric {
     pub metric: String,
 }
 
-/// JSON-lines records deep-merged into a per-target state tree.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JsonStateCheck {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub interval: Option<HumanDuration>,
-    #[serde(default)]
-    pub timeout: Option<HumanDuration>,
-    /// A JSON-lines file on the target, tailed.
-    #[serde(default)]
-    pub path: Option<String>,
-    /// Or: `docker logs` of containers with this label (docker CLI on the target).
-    #[serde(default)]
-    pub docker_label: Option<String>,
-    #[serde(default)]
-    pub metrics: Vec<StateMetric>,
-    /// Keys untouched this long are removed from the tree.
-    #[serde(default)]
-    pub expire_after: Option<HumanDuration>,
+check_struct! {
+    /// JSON-lines records deep-merged into a per-target state tree.
+    JsonStateCheck {
+        /// A JSON-lines file on the target, tailed.
+        #[serde(default)]
+        path: Option<String>,
+        /// Or: `docker logs` of containers with this label (docker CLI on the target).
+        #[serde(default)]
+        docker_label: Option<String>,
+        #[serde(default)]
+        metrics: Vec<StateMetric>,
+        /// Keys untouched this long are removed from the tree.
+        #[serde(default)]
+        expire_after: Option<HumanDuration>,
+    }
 }
 
 /// A comparison in an `expect` condition.

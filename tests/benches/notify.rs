@@ -1,0 +1,1786 @@
+//! Notification benchmark: how long a breach takes to reach a webhook, and how many
+//! notifications per second one `herd node` pushes through its durable outbox.
+//!
+//! Run it with `scripts/bench notify` (builds the release `herd` first). Arguments:
+//!
+//! ```text
+//! scripts/bench notify                  everything (latency, then throughput; ~5 min)
+//! scripts/bench notify latency          breach-to-delivery only
+//! scripts/bench notify throughput       outbox throughput only
+//! options: --targets N   targets of the latency part (default 20)
+//!          --breaches N  breaches of the latency part (default 60)
+//!          --duration S  how long the breaches are spread over (default 180)
+//!          --interval S  scrape interval of the latency part (default 10)
+//!          --burst M     targets going critical together in the throughput part (default 500)
+//!          --burst-interval S  their scrape interval (default 1)
+//! ```
+//!
+//! **The node** is the release `herd` binary (the harness's [`Herd`], flush_interval
+//! 1 s as the node's default), watching its own host: every target is
+//! `transport = "local"` with one `file_fresh` check on a file this bench creates
+//! and deletes, and one rule per check (`check = NAME`, `kind = "range"`, no `for`)
+//! routed to one webhook channel with `group_window = "0s"`, so grouping adds no
+//! delay. The channel posts Herd's JSON document to the **receiver**: an HTTP/1.1
+//! server in this process (blocking accept, a thread per connection) that records
+//! when each request was complete (wall clock, µs), its `Idempotency-Key` header and
+//! every notification of its body.
+//!
+//! **Latency.** Each breach deletes one target's file at a random moment (so at a
+//! random phase of the scrape interval), waits for the firing webhook, restores the
+//! file and waits for the resolved one, so every breach is a new firing episode.
+//! Reported: deletion → webhook arrival (goal: ≤ interval + 1 s), and the part
+//! after the scrape that saw it: arrival − `alert.active_since_ms` (the sample's
+//! timestamp, taken when the scrape starts; goal ≤ 100 ms). The node's JSON log
+//! ("alert transition" is logged before the transition's commit) splits the
+//! latter into scrape → rules engine and rules engine → webhook.
+//!
+//! **Throughput.** M targets scraped every second; all M files are deleted at once
+//! (burst A: M firing notifications as fast as the scrapes see them), then the
+//! receiver holds every request it gets while all M files are restored, until the
+//! node's outbox holds all M resolved notifications, and lets go (burst B: the
+//! outbox drains a backlog). Reported: notifications per second from first to last
+//! arrival, and that every idempotency key arrived exactly once.
+//!
+//! Results: a table on stdout, and `target/bench/notify.json`. Progress on stderr.
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use herd_proto::v1::herd_client::HerdClient;
+use herd_proto::v1::{AlertsReply, AlertsRequest, StatusReply, StatusRequest};
+use herd_tests::{Herd, HerdOptions};
+use rand::Rng;
+use serde_json::{json, Value};
+
+/// The webhook channel every rule routes to.
+const CHANNEL: &str = "hook";
+/// Longest wait for one gRPC call.
+const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for every target to have an ok verdict after the node started.
+const WARMUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the latency loop looks at arrivals and the breach plan.
+const TICK: Duration = Duration::from_millis(5);
+/// Longest wait for a burst's notifications.
+const BURST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest the receiver holds a request (the channel's timeout is 30 s).
+const HOLD_LIMIT: Duration = Duration::from_secs(25);
+/// Longest wait for the outbox to hold the whole backlog while the receiver holds.
+const BACKLOG_TIMEOUT: Duration = Duration::from_secs(20);
+/// Receiver: longest wait for a request's head and body, and its largest size.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_REQUEST: usize = 4 << 20;
+/// fsync probes of the data directory's file system.
+const FSYNC_PROBES: usize = 100;
+
+const USAGE: &str = "usage: notify [latency] [throughput] [--targets N] [--breaches N] \
+[--duration S] [--interval S] [--burst M] [--burst-interval S]
+  no mode: latency, then throughput";
+
+fn main() {
+    // `cargo bench` passes `--bench` to harness = false targets.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let opts = match Options::parse(&args) {
+        Ok(o) => o,
+        Err(message) => {
+            eprintln!("notify bench: {message}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if opts.help {
+        println!("{USAGE}");
+        return;
+    }
+    raise_nofile_limit();
+    use_release_herd();
+    // One worker that keeps running between calls (see the fleet bench: a client
+    // that is not polled never answers the node's HTTP/2 shutdown PING).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+
+    let started = Instant::now();
+    let receiver = Receiver::start();
+    progress(&format!("receiver listening on {}", receiver.url()));
+    let fsync = fsync_probe();
+    progress(&format!(
+        "fsync of a 4 KiB write in {}: p50 {:.2} ms, p99 {:.2} ms",
+        std::env::temp_dir().display(),
+        fsync.0,
+        fsync.1
+    ));
+    let latency = opts.latency.then(|| bench_latency(&rt, &receiver, &opts));
+    let throughput = opts
+        .throughput
+        .then(|| bench_throughput(&rt, &receiver, &opts));
+    drop(receiver);
+
+    let report = json!({
+        "settings": {
+            "targets": opts.targets,
+            "breaches": opts.breaches,
+            "duration_s": opts.duration.as_secs_f64(),
+            "interval_s": opts.interval_s,
+            "burst": opts.burst,
+            "burst_interval_s": opts.burst_interval_s,
+            "group_window": "0s",
+            "herd_bin": herd_tests::herd_bin().display().to_string(),
+        },
+        "machine": machine(fsync),
+        "latency": latency.as_ref().map(Latency::to_json),
+        "throughput": throughput.as_ref().map(Throughput::to_json),
+        "total_s": started.elapsed().as_secs_f64(),
+    });
+    print_table(&opts, latency.as_ref(), throughput.as_ref(), fsync);
+    let path = target_dir().join("bench/notify.json");
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap() + "\n") {
+        Ok(()) => eprintln!("\nwrote {}", path.display()),
+        Err(e) => eprintln!("\ncannot write {}: {e}", path.display()),
+    }
+    eprintln!("bench took {:.0} s", started.elapsed().as_secs_f64());
+}
+
+#[derive(Debug)]
+struct Options {
+    latency: bool,
+    throughput: bool,
+    targets: usize,
+    breaches: usize,
+    duration: Duration,
+    interval_s: u64,
+    burst: usize,
+    burst_interval_s: u64,
+    help: bool,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options, String> {
+        let mut o = Options {
+            latency: false,
+            throughput: false,
+            targets: 20,
+            breaches: 60,
+            duration: Duration::from_secs(180),
+            interval_s: 10,
+            burst: 500,
+            burst_interval_s: 1,
+            help: false,
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = |name: &str, max: u64| -> Result<u64, String> {
+                it.next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|v| (1..=max).contains(v))
+                    .ok_or_else(|| format!("{name} needs a number from 1 to {max}"))
+            };
+            match a.as_str() {
+                "latency" => o.latency = true,
+                "throughput" => o.throughput = true,
+                "all" => {
+                    o.latency = true;
+                    o.throughput = true;
+                }
+                "--targets" => o.targets = value("--targets", 1000)? as usize,
+                "--breaches" => o.breaches = value("--breaches", 10_000)? as usize,
+                "--duration" => o.duration = Duration::from_secs(value("--duration", 3600)?),
+                "--interval" => o.interval_s = value("--interval", 600)?,
+                "--burst" => o.burst = value("--burst", 5000)? as usize,
+                "--burst-interval" => o.burst_interval_s = value("--burst-interval", 60)?,
+                "-h" | "--help" => o.help = true,
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        if !o.latency && !o.throughput {
+            o.latency = true;
+            o.throughput = true;
+        }
+        let per_target = o.breaches.div_ceil(o.targets) as u64;
+        let slot = o.duration.as_secs() / per_target.max(1);
+        if o.latency && slot < 2 * o.interval_s + 6 {
+            return Err(format!(
+                "{} breaches on {} targets in {} s leave {slot} s per breach; each needs \
+                 2 intervals + 6 s (firing, restore, resolved): raise --duration or --targets",
+                o.breaches,
+                o.targets,
+                o.duration.as_secs()
+            ));
+        }
+        Ok(o)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The fleet
+
+/// One `[[target]]` with its `file_fresh` check and the `[[rule]]` on that check.
+fn target_and_rule(name: &str, check: &str, path: &Path, interval_s: u64) -> String {
+    format!(
+        "[[target]]\nname = \"{name}\"\ntransport = \"local\"\ninterval = \"{interval_s}s\"\n\
+         checks = [{{ kind = \"file_fresh\", name = \"{check}\", path = \"{path}\", \
+         max_age = \"1h\" }}]\n\n\
+         [[rule]]\nname = \"{check}\"\ntargets = [\"{name}\"]\ncheck = \"{check}\"\n\
+         kind = \"range\"\nseverity = \"critical\"\nchannels = [\"{CHANNEL}\"]\n\n",
+        path = path.display()
+    )
+}
+
+/// The webhook channel to the receiver, without grouping delay.
+fn channel(url: &str, group_window: &str) -> String {
+    format!(
+        "[[channel]]\nname = \"{CHANNEL}\"\nkind = \"webhook\"\nurl = \"{url}\"\n\
+         group_window = \"{group_window}\"\ntimeout = \"30s\"\n"
+    )
+}
+
+/// A fleet of `n` targets watching files in `dir`; `herd check` must accept a zero
+/// group window, else 1 ms is used (reported).
+struct Fleet {
+    names: Vec<String>,
+    files: Vec<PathBuf>,
+    text: String,
+    group_window: &'static str,
+}
+
+fn fleet(prefix: &str, n: usize, interval_s: u64, dir: &Path, url: &str) -> Fleet {
+    let width = n.saturating_sub(1).to_string().len().max(2);
+    let mut names = Vec::with_capacity(n);
+    let mut files = Vec::with_capacity(n);
+    let mut targets = String::with_capacity(n * 400);
+    for i in 0..n {
+        let name = format!("{prefix}-{i:0width$}");
+        let file = dir.join(format!("{name}.stamp"));
+        std::fs::write(&file, b"fresh\n").expect("creating a watched file");
+        targets.push_str(&target_and_rule(
+            &name,
+            &format!("fresh-{i:0width$}"),
+            &file,
+            interval_s,
+        ));
+        names.push(name);
+        files.push(file);
+    }
+    let mut group_window = "0s";
+    let mut text = format!("{targets}{}", channel(url, group_window));
+    let path = dir.join("fleet-check.toml");
+    std::fs::write(&path, &text).expect("writing fleet.toml");
+    let out = herd_tests::herd_cli(
+        &["check", &path.display().to_string()],
+        Duration::from_secs(30),
+    );
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !err.contains("group_window") {
+            panic!("herd check refused the bench's fleet:\n{err}");
+        }
+        progress(&format!(
+            "group_window = \"0s\" refused ({}); using 1ms",
+            err.trim()
+        ));
+        group_window = "1ms";
+        text = format!("{targets}{}", channel(url, group_window));
+    }
+    Fleet {
+        names,
+        files,
+        text,
+        group_window,
+    }
+}
+
+/// Starts the node on `fleet` and waits until every target's check said ok.
+fn start_node(rt: &tokio::runtime::Runtime, fleet: &Fleet, what: &str) -> (Herd, i32, f64) {
+    progress(&format!(
+        "{what}: starting herd node (release) with {} targets",
+        fleet.names.len()
+    ));
+    let herd = Herd::start(HerdOptions {
+        flush_interval: "1s".into(),
+        fleet: Some(fleet.text.clone()),
+        ..Default::default()
+    });
+    let pid = node_pid(&herd);
+    let t0 = Instant::now();
+    let mut last_print = Instant::now();
+    loop {
+        let ok = status(rt, &herd.addr())
+            .map(|s| {
+                s.targets
+                    .iter()
+                    .filter(|t| t.checks.iter().any(|c| c.status == "ok"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if ok == fleet.names.len() {
+            break;
+        }
+        if t0.elapsed() > WARMUP_TIMEOUT {
+            herd.dump_logs();
+            panic!(
+                "{what}: only {ok}/{} targets ok after {WARMUP_TIMEOUT:?}",
+                fleet.names.len()
+            );
+        }
+        if last_print.elapsed() > Duration::from_secs(5) {
+            progress(&format!(
+                "{what}: warm-up, {ok}/{} targets ok",
+                fleet.names.len()
+            ));
+            last_print = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let warmup = t0.elapsed().as_secs_f64();
+    progress(&format!(
+        "{what}: every target ok after {warmup:.1} s (node pid {pid})"
+    ));
+    (herd, pid, warmup)
+}
+
+fn stop_node(mut herd: Herd, errors: &mut Vec<String>) -> f64 {
+    let t = Instant::now();
+    let status = herd.sigterm();
+    if !status.success() {
+        errors.push(format!("node exited with {status} after SIGTERM"));
+    }
+    t.elapsed().as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------
+// Latency
+
+#[derive(Debug)]
+struct Breach {
+    target: String,
+    deleted_ms: f64,
+    active_since_ms: i64,
+    arrival_ms: f64,
+}
+
+#[derive(Debug, Default)]
+struct Latency {
+    targets: usize,
+    interval_s: u64,
+    planned: usize,
+    breaches: Vec<Breach>,
+    /// Breaches whose firing webhook did not come within 2 intervals + 10 s.
+    missed: usize,
+    /// Restores whose resolved webhook did not come in time.
+    resolved_missing: usize,
+    /// Restore → resolved webhook, ms.
+    resolve_ms: Vec<f64>,
+    /// Notifications that fit no breach (a second firing, a resolved too early).
+    unexpected: usize,
+    keys: KeyCheck,
+    stages: Stages,
+    warmup_s: f64,
+    window_s: f64,
+    node_cpu_s: f64,
+    commits: u64,
+    group_window: &'static str,
+    stop_s: f64,
+    errors: Vec<String>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Idle,
+    Deleted { at_ms: f64, at: Instant },
+    Restored { at_ms: f64, at: Instant },
+}
+
+struct Watched {
+    name: String,
+    file: PathBuf,
+    plan: Vec<Instant>,
+    next: usize,
+    phase: Phase,
+}
+
+fn bench_latency(rt: &tokio::runtime::Runtime, receiver: &Receiver, opts: &Options) -> Latency {
+    let dir = tempfile::Builder::new()
+        .prefix("herd-bench-notify-")
+        .tempdir()
+        .expect("temp dir");
+    let fleet = fleet(
+        "lat",
+        opts.targets,
+        opts.interval_s,
+        dir.path(),
+        &receiver.url(),
+    );
+    let (herd, pid, warmup_s) = start_node(rt, &fleet, "latency");
+    let mut out = Latency {
+        targets: opts.targets,
+        interval_s: opts.interval_s,
+        planned: opts.breaches,
+        warmup_s,
+        group_window: fleet.group_window,
+        ..Default::default()
+    };
+
+    // The plan: each target's breaches in slots of equal length, each at a random
+    // moment of the slot's first part (the rest leaves time to fire and resolve).
+    let per_target = opts.breaches.div_ceil(opts.targets);
+    let slot = opts.duration / per_target as u32;
+    let spread = slot - Duration::from_secs(2 * opts.interval_s + 5);
+    let start = Instant::now();
+    let mut rng = rand::rng();
+    let mut watched: Vec<Watched> = fleet
+        .names
+        .iter()
+        .zip(&fleet.files)
+        .enumerate()
+        .map(|(i, (name, file))| {
+            let count =
+                opts.breaches / opts.targets + usize::from(i < opts.breaches % opts.targets);
+            let plan = (0..count)
+                .map(|k| start + slot * k as u32 + spread.mul_f64(rng.random_range(0.0..1.0)))
+                .collect();
+            Watched {
+                name: name.clone(),
+                file: file.clone(),
+                plan,
+                next: 0,
+                phase: Phase::Idle,
+            }
+        })
+        .collect();
+    let by_name: HashMap<String, usize> = fleet
+        .names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), i))
+        .collect();
+    let give_up = Duration::from_secs(2 * opts.interval_s + 10);
+    let deadline = start + opts.duration + give_up * 2;
+    progress(&format!(
+        "latency: {} breaches on {} targets over {} s (interval {} s)",
+        opts.breaches,
+        opts.targets,
+        opts.duration.as_secs(),
+        opts.interval_s
+    ));
+
+    let s0 = status(rt, &herd.addr()).ok();
+    let cpu0 = proc_cpu_s(pid);
+    let base = receiver.len();
+    let mut seen = base;
+    let mut last_print = Instant::now();
+    loop {
+        for a in receiver.since(seen) {
+            seen += 1;
+            for n in &a.notes {
+                let Some(&i) = by_name.get(&n.target) else {
+                    out.unexpected += 1;
+                    continue;
+                };
+                let w = &mut watched[i];
+                match (n.kind.as_str(), &w.phase) {
+                    ("firing", Phase::Deleted { at_ms, .. }) => {
+                        out.breaches.push(Breach {
+                            target: w.name.clone(),
+                            deleted_ms: *at_ms,
+                            active_since_ms: n.active_since_ms,
+                            arrival_ms: a.at_ms,
+                        });
+                        restore(&w.file);
+                        w.phase = Phase::Restored {
+                            at_ms: now_ms_f64(),
+                            at: Instant::now(),
+                        };
+                    }
+                    ("resolved", Phase::Restored { at_ms, .. }) => {
+                        out.resolve_ms.push(a.at_ms - at_ms);
+                        w.phase = Phase::Idle;
+                    }
+                    _ => out.unexpected += 1,
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut done = true;
+        for w in &mut watched {
+            match w.phase {
+                Phase::Idle if w.next < w.plan.len() && now >= w.plan[w.next] => {
+                    if let Err(e) = std::fs::remove_file(&w.file) {
+                        panic!("cannot delete {}: {e}", w.file.display());
+                    }
+                    w.phase = Phase::Deleted {
+                        at_ms: now_ms_f64(),
+                        at: Instant::now(),
+                    };
+                    w.next += 1;
+                }
+                Phase::Deleted { at, .. } if at.elapsed() > give_up => {
+                    out.missed += 1;
+                    out.errors.push(format!(
+                        "{}: no firing webhook within {give_up:?} of the deletion",
+                        w.name
+                    ));
+                    restore(&w.file);
+                    w.phase = Phase::Restored {
+                        at_ms: now_ms_f64(),
+                        at: Instant::now(),
+                    };
+                }
+                Phase::Restored { at, .. } if at.elapsed() > give_up => {
+                    out.resolved_missing += 1;
+                    w.phase = Phase::Idle;
+                }
+                _ => {}
+            }
+            done &= w.next == w.plan.len() && matches!(w.phase, Phase::Idle);
+        }
+        if done {
+            break;
+        }
+        if now >= deadline {
+            out.errors
+                .push("the breach plan did not finish before its deadline".into());
+            break;
+        }
+        if last_print.elapsed() >= Duration::from_secs(15) {
+            let mut lat: Vec<f64> = out
+                .breaches
+                .iter()
+                .map(|b| b.arrival_ms - b.deleted_ms)
+                .collect();
+            progress(&format!(
+                "latency: {:.0} s, {}/{} breaches delivered, breach→webhook p50 {:.0} ms",
+                start.elapsed().as_secs_f64(),
+                out.breaches.len(),
+                opts.breaches,
+                percentile(&mut lat, 50.0)
+            ));
+            last_print = Instant::now();
+        }
+        std::thread::sleep(TICK);
+    }
+    out.window_s = start.elapsed().as_secs_f64();
+    out.node_cpu_s = proc_cpu_s(pid) - cpu0;
+    if let (Some(s0), Ok(s1)) = (s0, status(rt, &herd.addr())) {
+        out.commits = s1.store_commits.saturating_sub(s0.store_commits);
+    }
+    let arrivals = receiver.since(base);
+    out.keys = KeyCheck::of(&arrivals, None);
+    let log = NodeLog::read(&herd.log_path());
+    out.stages = Stages::of(&arrivals, &log, "firing");
+    out.stop_s = stop_node(herd, &mut out.errors);
+    let mut lat: Vec<f64> = out
+        .breaches
+        .iter()
+        .map(|b| b.arrival_ms - b.deleted_ms)
+        .collect();
+    progress(&format!(
+        "latency: {} breaches delivered, {} missed; breach→webhook p50 {:.0} ms p99 {:.0} ms",
+        out.breaches.len(),
+        out.missed,
+        percentile(&mut lat, 50.0),
+        percentile(&mut lat, 99.0)
+    ));
+    out
+}
+
+fn restore(file: &Path) {
+    if let Err(e) = std::fs::write(file, b"fresh\n") {
+        panic!("cannot restore {}: {e}", file.display());
+    }
+}
+
+impl Latency {
+    fn breach_ms(&self) -> Vec<f64> {
+        self.breaches
+            .iter()
+            .map(|b| b.arrival_ms - b.deleted_ms)
+            .collect()
+    }
+    fn after_scrape_ms(&self) -> Vec<f64> {
+        self.breaches
+            .iter()
+            .map(|b| b.arrival_ms - b.active_since_ms as f64)
+            .collect()
+    }
+    fn to_scrape_ms(&self) -> Vec<f64> {
+        self.breaches
+            .iter()
+            .map(|b| b.active_since_ms as f64 - b.deleted_ms)
+            .collect()
+    }
+    fn breach_goal_ms(&self) -> f64 {
+        (self.interval_s * 1000 + 1000) as f64
+    }
+
+    fn to_json(&self) -> Value {
+        let breach = Dist::of(self.breach_ms());
+        let after = Dist::of(self.after_scrape_ms());
+        json!({
+            "targets": self.targets,
+            "interval_s": self.interval_s,
+            "group_window": self.group_window,
+            "breaches_planned": self.planned,
+            "breaches_delivered": self.breaches.len(),
+            "breaches_missed": self.missed,
+            "resolved_missing": self.resolved_missing,
+            "unexpected_notifications": self.unexpected,
+            "breach_to_webhook_ms": breach.to_json(),
+            "breach_to_webhook_goal_ms": self.breach_goal_ms(),
+            "breach_to_webhook_goal_met": breach.max <= self.breach_goal_ms(),
+            "scrape_to_webhook_ms": after.to_json(),
+            "scrape_to_webhook_goal_ms": 100.0,
+            "scrape_to_webhook_goal_met": after.p99 <= 100.0,
+            "deletion_to_scrape_ms": Dist::of(self.to_scrape_ms()).to_json(),
+            "restore_to_resolved_webhook_ms": Dist::of(self.resolve_ms.clone()).to_json(),
+            "stages": self.stages.to_json(),
+            "idempotency": self.keys.to_json(),
+            "warmup_s": self.warmup_s,
+            "window_s": self.window_s,
+            "node_cpu_s": self.node_cpu_s,
+            "store_commits": self.commits,
+            "stop_s": self.stop_s,
+            "breaches": self.breaches.iter().map(|b| json!({
+                "target": b.target,
+                "deleted_ms": b.deleted_ms,
+                "active_since_ms": b.active_since_ms,
+                "arrival_ms": b.arrival_ms,
+            })).collect::<Vec<_>>(),
+            "errors": self.errors,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Throughput
+
+#[derive(Debug, Default)]
+struct Burst {
+    expected: usize,
+    /// Notifications of the burst's kind (first arrival of each key).
+    delivered: usize,
+    requests: usize,
+    /// First and last arrival (unix ms) of the measured notifications.
+    first_ms: f64,
+    last_ms: f64,
+    /// Where the measured span starts: the first arrival, or the release.
+    from_ms: f64,
+    /// Notifications measured (after `from_ms`).
+    measured: usize,
+    /// Arrival − active_since_ms of each notification.
+    after_scrape_ms: Vec<f64>,
+    /// Spread of the sample timestamps that created the alerts.
+    created_span_ms: f64,
+    peak_connections: usize,
+    commits: u64,
+    node_cpu_s: f64,
+    wall_s: f64,
+    stages: Stages,
+    /// Burst B: requests sent while the receiver held, how long it held, and the
+    /// outbox size when it let go.
+    held_requests: usize,
+    held_notifications: usize,
+    hold_s: f64,
+    outbox_at_release: u64,
+}
+
+impl Burst {
+    fn span_s(&self) -> f64 {
+        (self.last_ms - self.from_ms) / 1000.0
+    }
+    fn per_s(&self) -> f64 {
+        if self.span_s() > 0.0 {
+            self.measured as f64 / self.span_s()
+        } else {
+            f64::NAN
+        }
+    }
+    fn to_json(&self) -> Value {
+        json!({
+            "expected": self.expected,
+            "delivered": self.delivered,
+            "requests": self.requests,
+            "measured": self.measured,
+            "span_s": self.span_s(),
+            "notifications_per_s": self.per_s(),
+            "first_arrival_ms": self.first_ms,
+            "last_arrival_ms": self.last_ms,
+            "span_from_ms": self.from_ms,
+            "scrape_to_webhook_ms": Dist::of(self.after_scrape_ms.clone()).to_json(),
+            "alerts_created_span_ms": self.created_span_ms,
+            "peak_concurrent_connections": self.peak_connections,
+            "store_commits": self.commits,
+            "node_cpu_s": self.node_cpu_s,
+            "wall_s": self.wall_s,
+            "stages": self.stages.to_json(),
+            "held_requests": self.held_requests,
+            "held_notifications": self.held_notifications,
+            "hold_s": self.hold_s,
+            "outbox_at_release": self.outbox_at_release,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Throughput {
+    targets: usize,
+    interval_s: u64,
+    group_window: &'static str,
+    warmup_s: f64,
+    steady_cpu_pct: f64,
+    firing: Burst,
+    backlog: Burst,
+    keys: KeyCheck,
+    stop_s: f64,
+    errors: Vec<String>,
+}
+
+impl Throughput {
+    fn to_json(&self) -> Value {
+        json!({
+            "targets": self.targets,
+            "interval_s": self.interval_s,
+            "group_window": self.group_window,
+            "warmup_s": self.warmup_s,
+            "steady_node_cpu_pct_of_one_core": self.steady_cpu_pct,
+            "burst_a_firing": self.firing.to_json(),
+            "burst_b_backlog_resolved": self.backlog.to_json(),
+            "idempotency": self.keys.to_json(),
+            "stop_s": self.stop_s,
+            "errors": self.errors,
+        })
+    }
+}
+
+fn bench_throughput(
+    rt: &tokio::runtime::Runtime,
+    receiver: &Receiver,
+    opts: &Options,
+) -> Throughput {
+    let m = opts.burst;
+    let dir = tempfile::Builder::new()
+        .prefix("herd-bench-notify-")
+        .tempdir()
+        .expect("temp dir");
+    let fleet = fleet("tp", m, opts.burst_interval_s, dir.path(), &receiver.url());
+    let (herd, pid, warmup_s) = start_node(rt, &fleet, "throughput");
+    let mut out = Throughput {
+        targets: m,
+        interval_s: opts.burst_interval_s,
+        group_window: fleet.group_window,
+        warmup_s,
+        ..Default::default()
+    };
+    let addr = herd.addr();
+    let c0 = proc_cpu_s(pid);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    out.steady_cpu_pct = (proc_cpu_s(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
+    progress(&format!(
+        "throughput: steady node CPU {:.0}% of a core ({m} scrapes every {} s)",
+        out.steady_cpu_pct, opts.burst_interval_s
+    ));
+    let all_base = receiver.len();
+
+    // Burst A: every file deleted at once; the alerts fire as the scrapes see it.
+    progress(&format!("throughput: burst A, deleting {m} files at once"));
+    let base = receiver.len();
+    receiver.reset_peak();
+    let s0 = status(rt, &addr).ok();
+    let cpu0 = proc_cpu_s(pid);
+    let t = Instant::now();
+    for f in &fleet.files {
+        let _ = std::fs::remove_file(f);
+    }
+    if !wait_kind(receiver, base, "firing", m, BURST_TIMEOUT) {
+        out.errors.push(format!(
+            "burst A: not every firing notification within {BURST_TIMEOUT:?}"
+        ));
+    }
+    out.firing = burst_of(receiver, base, "firing", m, None);
+    out.firing.wall_s = t.elapsed().as_secs_f64();
+    out.firing.node_cpu_s = proc_cpu_s(pid) - cpu0;
+    if let (Some(s0), Ok(s1)) = (s0, status(rt, &addr)) {
+        out.firing.commits = s1.store_commits.saturating_sub(s0.store_commits);
+    }
+    progress(&format!(
+        "throughput: burst A, {} firing notifications in {:.2} s: {:.0}/s",
+        out.firing.delivered,
+        out.firing.span_s(),
+        out.firing.per_s()
+    ));
+    // Let the last round's commit land.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Burst B: the receiver holds what it gets while every file is restored; once
+    // the outbox holds all M resolved notifications, it lets go.
+    progress(&format!(
+        "throughput: burst B, receiver holds; restoring {m} files"
+    ));
+    let base = receiver.len();
+    receiver.hold(true);
+    receiver.reset_peak();
+    let s0 = status(rt, &addr).ok();
+    let cpu0 = proc_cpu_s(pid);
+    let t = Instant::now();
+    for f in &fleet.files {
+        restore(f);
+    }
+    let mut outbox = 0;
+    while t.elapsed() < BACKLOG_TIMEOUT {
+        outbox = alerts(rt, &addr).map(|a| a.outbox).unwrap_or(0);
+        if outbox >= m as u64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if outbox < m as u64 {
+        out.errors.push(format!(
+            "burst B: the outbox held {outbox} of {m} after {BACKLOG_TIMEOUT:?}"
+        ));
+    }
+    let held = receiver.since(base);
+    let release_ms = now_ms_f64();
+    receiver.hold(false);
+    let peak_held = receiver.reset_peak();
+    if !wait_kind(receiver, base, "resolved", m, BURST_TIMEOUT) {
+        out.errors.push(format!(
+            "burst B: not every resolved notification within {BURST_TIMEOUT:?}"
+        ));
+    }
+    out.backlog = burst_of(receiver, base, "resolved", m, Some(release_ms));
+    out.backlog.peak_connections = receiver.reset_peak();
+    out.backlog.held_requests = held.len();
+    out.backlog.held_notifications = held.iter().map(|a| a.notes.len()).sum();
+    out.backlog.hold_s = held
+        .first()
+        .map_or(0.0, |a| (release_ms - a.at_ms) / 1000.0);
+    out.backlog.outbox_at_release = outbox;
+    out.backlog.wall_s = t.elapsed().as_secs_f64();
+    out.backlog.node_cpu_s = proc_cpu_s(pid) - cpu0;
+    if let (Some(s0), Ok(s1)) = (s0, status(rt, &addr)) {
+        out.backlog.commits = s1.store_commits.saturating_sub(s0.store_commits);
+    }
+    progress(&format!(
+        "throughput: burst B, {} requests ({} connections at once) held {:.1} s while the \
+         outbox grew to {outbox}; then {} resolved notifications in {:.2} s: {:.0}/s",
+        out.backlog.held_requests,
+        peak_held,
+        out.backlog.hold_s,
+        out.backlog.measured,
+        out.backlog.span_s(),
+        out.backlog.per_s()
+    ));
+
+    let arrivals = receiver.since(all_base);
+    out.keys = KeyCheck::of(&arrivals, Some(2 * m));
+    let log = NodeLog::read(&herd.log_path());
+    out.firing.stages = Stages::of(&receiver.since(all_base), &log, "firing");
+    out.backlog.stages = Stages::of(&receiver.since(base), &log, "resolved");
+    out.stop_s = stop_node(herd, &mut out.errors);
+    out
+}
+
+/// Waits until `want` distinct keys of notifications of `kind` arrived since `base`.
+fn wait_kind(receiver: &Receiver, base: usize, kind: &str, want: usize, timeout: Duration) -> bool {
+    let t = Instant::now();
+    let mut last_print = Instant::now();
+    loop {
+        let got: HashSet<String> = receiver
+            .since(base)
+            .iter()
+            .flat_map(|a| a.notes.iter())
+            .filter(|n| n.kind == kind)
+            .map(|n| n.key.clone())
+            .collect();
+        if got.len() >= want {
+            return true;
+        }
+        if t.elapsed() >= timeout {
+            progress(&format!("  only {}/{want} {kind} notifications", got.len()));
+            return false;
+        }
+        if last_print.elapsed() >= Duration::from_secs(5) {
+            progress(&format!("  {}/{want} {kind} notifications", got.len()));
+            last_print = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A burst's figures from the arrivals since `base` of notifications of `kind`;
+/// the span runs from `from_ms` (else the first arrival) to the last arrival.
+fn burst_of(
+    receiver: &Receiver,
+    base: usize,
+    kind: &str,
+    expected: usize,
+    from_ms: Option<f64>,
+) -> Burst {
+    let arrivals = receiver.since(base);
+    let mut b = Burst {
+        expected,
+        ..Default::default()
+    };
+    let mut seen = HashSet::new();
+    let mut times = Vec::new();
+    let mut created = Vec::new();
+    for a in &arrivals {
+        let mut counted = false;
+        for n in a.notes.iter().filter(|n| n.kind == kind) {
+            if !seen.insert(n.key.clone()) {
+                continue;
+            }
+            counted = true;
+            times.push((a.at_ms, a.held));
+            created.push(n.active_since_ms);
+            b.after_scrape_ms.push(a.at_ms - n.active_since_ms as f64);
+        }
+        b.requests += usize::from(counted);
+    }
+    b.delivered = times.len();
+    b.first_ms = times.iter().map(|t| t.0).fold(f64::INFINITY, f64::min);
+    b.last_ms = times.iter().map(|t| t.0).fold(f64::NEG_INFINITY, f64::max);
+    b.from_ms = from_ms.unwrap_or(b.first_ms);
+    // From the first arrival: the intervals between arrivals; from a release: every
+    // arrival after it.
+    b.measured = match from_ms {
+        Some(_) => times.iter().filter(|t| !t.1).count(),
+        None => times.len().saturating_sub(1),
+    };
+    if let (Some(lo), Some(hi)) = (created.iter().min(), created.iter().max()) {
+        b.created_span_ms = (hi - lo) as f64;
+    }
+    b
+}
+
+// ---------------------------------------------------------------------------
+// Idempotency keys and the node's log
+
+#[derive(Debug, Default)]
+struct KeyCheck {
+    requests: usize,
+    notifications: usize,
+    distinct: usize,
+    /// Keys that arrived more than once.
+    duplicates: usize,
+    expected: Option<usize>,
+    /// Requests whose Idempotency-Key header is not the body's keys joined by ",".
+    header_mismatch: usize,
+    /// Requests whose body was no Herd document.
+    bad_bodies: usize,
+}
+
+impl KeyCheck {
+    fn of(arrivals: &[Arrival], expected: Option<usize>) -> KeyCheck {
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        let mut k = KeyCheck {
+            requests: arrivals.len(),
+            expected,
+            ..Default::default()
+        };
+        for a in arrivals {
+            if a.error.is_some() {
+                k.bad_bodies += 1;
+            }
+            let joined = a
+                .notes
+                .iter()
+                .map(|n| n.key.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            if joined != a.header_key {
+                k.header_mismatch += 1;
+            }
+            for n in &a.notes {
+                k.notifications += 1;
+                *counts.entry(n.key.as_str()).or_default() += 1;
+            }
+        }
+        k.distinct = counts.len();
+        k.duplicates = counts.values().filter(|c| **c > 1).count();
+        k
+    }
+
+    fn exactly_once(&self) -> bool {
+        self.duplicates == 0
+            && self.header_mismatch == 0
+            && self.bad_bodies == 0
+            && self.expected.is_none_or(|e| e == self.distinct)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "requests": self.requests,
+            "notifications": self.notifications,
+            "distinct_keys": self.distinct,
+            "expected_keys": self.expected,
+            "duplicate_keys": self.duplicates,
+            "header_mismatch": self.header_mismatch,
+            "bad_bodies": self.bad_bodies,
+            "exactly_once": self.exactly_once(),
+        })
+    }
+}
+
+/// What the node logged: "alert transition" (before the transition's commit) per
+/// (alert id, kind), and "notification delivered" (after the send) per key.
+#[derive(Debug, Default)]
+struct NodeLog {
+    transitions: HashMap<(String, String), Vec<f64>>,
+    delivered: HashMap<String, f64>,
+}
+
+impl NodeLog {
+    fn read(path: &Path) -> NodeLog {
+        let mut log = NodeLog::default();
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let Some(ts) = v["timestamp"].as_str().and_then(rfc3339_ms) else {
+                continue;
+            };
+            let f = &v["fields"];
+            match f["message"].as_str() {
+                Some("alert transition") => {
+                    if let (Some(id), Some(kind)) = (f["alert"].as_str(), f["kind"].as_str()) {
+                        log.transitions
+                            .entry((id.to_string(), kind.to_string()))
+                            .or_default()
+                            .push(ts);
+                    }
+                }
+                Some("notification delivered") => {
+                    if let Some(key) = f["key"].as_str() {
+                        log.delivered.insert(key.to_string(), ts);
+                    }
+                }
+                _ => {}
+            }
+        }
+        log
+    }
+}
+
+/// Where the time after the scrape goes, per notification (from the node's log):
+/// sample → "alert transition" logged (scrape command, rules queue and engine), and
+/// that log line → webhook arrival (the transition's commit, the outbox round, the
+/// HTTP request); arrival → "notification delivered" (answer read, logged).
+#[derive(Debug, Default)]
+struct Stages {
+    to_rules_ms: Vec<f64>,
+    rules_to_webhook_ms: Vec<f64>,
+    webhook_to_logged_ms: Vec<f64>,
+}
+
+impl Stages {
+    fn of(arrivals: &[Arrival], log: &NodeLog, kind: &str) -> Stages {
+        let mut s = Stages::default();
+        for a in arrivals {
+            for n in a.notes.iter().filter(|n| n.kind == kind) {
+                let id = n.key.split(':').next().unwrap_or_default();
+                let since = n.active_since_ms as f64;
+                let logged = log
+                    .transitions
+                    .get(&(id.to_string(), kind.to_string()))
+                    .and_then(|ts| {
+                        ts.iter()
+                            .copied()
+                            .filter(|t| *t >= since - 1.0 && *t <= a.at_ms + 1.0)
+                            .reduce(f64::max)
+                    });
+                if let Some(t) = logged {
+                    s.to_rules_ms.push(t - since);
+                    s.rules_to_webhook_ms.push(a.at_ms - t);
+                }
+                if let Some(d) = log.delivered.get(&n.key) {
+                    s.webhook_to_logged_ms.push(d - a.at_ms);
+                }
+            }
+        }
+        s
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "scrape_to_rules_logged_ms": Dist::of(self.to_rules_ms.clone()).to_json(),
+            "rules_logged_to_webhook_ms": Dist::of(self.rules_to_webhook_ms.clone()).to_json(),
+            "webhook_to_delivered_logged_ms": Dist::of(self.webhook_to_logged_ms.clone()).to_json(),
+        })
+    }
+}
+
+/// `2026-11-23T16:46:44.952716Z` → unix ms.
+fn rfc3339_ms(s: &str) -> Option<f64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, mo, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, mi) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = t.next()?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h * 3600 + mi * 60) as f64 + sec) * 1000.0)
+}
+
+// ---------------------------------------------------------------------------
+// The receiver
+
+/// One notification of a request's body.
+#[derive(Debug, Clone)]
+struct Note {
+    key: String,
+    kind: String,
+    target: String,
+    active_since_ms: i64,
+}
+
+/// One request: when it was complete, its keys, whether it was held.
+#[derive(Debug, Clone)]
+struct Arrival {
+    at_ms: f64,
+    header_key: String,
+    notes: Vec<Note>,
+    held: bool,
+    error: Option<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    arrivals: Mutex<Vec<Arrival>>,
+    hold: Mutex<bool>,
+    released: Condvar,
+    open: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// A webhook receiver on 127.0.0.1: blocking accept, a thread per connection,
+/// `Connection: close` (the node opens one connection per message).
+struct Receiver {
+    port: u16,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("receiver: bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("receiver address").port();
+        let shared = Arc::new(Shared::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let accept = {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("receiver".into())
+                .spawn(move || {
+                    for conn in listener.incoming() {
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        match conn {
+                            Ok(stream) => {
+                                let shared = shared.clone();
+                                let spawned = std::thread::Builder::new()
+                                    .name("receiver-conn".into())
+                                    .spawn(move || serve(stream, &shared));
+                                if let Err(e) = spawned {
+                                    eprintln!("    receiver: cannot start a thread: {e}");
+                                }
+                            }
+                            Err(e) => {
+                                eprintln!("    receiver: accept failed: {e}");
+                                std::thread::sleep(Duration::from_millis(1));
+                            }
+                        }
+                    }
+                })
+                .expect("receiver thread")
+        };
+        Receiver {
+            port,
+            shared,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    fn len(&self) -> usize {
+        self.shared.arrivals.lock().unwrap().len()
+    }
+
+    /// Arrivals from index `from` on, in arrival order.
+    fn since(&self, from: usize) -> Vec<Arrival> {
+        let a = self.shared.arrivals.lock().unwrap();
+        a.get(from..).map(<[Arrival]>::to_vec).unwrap_or_default()
+    }
+
+    /// While on, every request is recorded and then held (not answered) until off.
+    fn hold(&self, on: bool) {
+        *self.shared.hold.lock().unwrap() = on;
+        self.shared.released.notify_all();
+    }
+
+    /// The most connections open at once since the last reset; restarts counting.
+    fn reset_peak(&self) -> usize {
+        let open = self.shared.open.load(Ordering::SeqCst);
+        self.shared.peak.swap(open, Ordering::SeqCst)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.hold(false);
+        // Wake the blocking accept.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Counts a connection as open while it lives.
+struct OpenGuard<'a>(&'a Shared);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn serve(mut stream: TcpStream, shared: &Shared) {
+    let open = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
+    let _guard = OpenGuard(shared);
+    shared.peak.fetch_max(open, Ordering::SeqCst);
+    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let _ = stream.set_nodelay(true);
+    let Some((header_key, body)) = read_request(&mut stream) else {
+        return;
+    };
+    let at_ms = now_ms_f64();
+    let (notes, error) = match parse_notes(&body) {
+        Ok(n) => (n, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let held = *shared.hold.lock().unwrap();
+    shared.arrivals.lock().unwrap().push(Arrival {
+        at_ms,
+        header_key,
+        notes,
+        held,
+        error,
+    });
+    if held {
+        let hold = shared.hold.lock().unwrap();
+        let _ = shared
+            .released
+            .wait_timeout_while(hold, HOLD_LIMIT, |h| *h)
+            .unwrap();
+    }
+    let answer = r#"{"ok":true}"#;
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+    let _ = stream.write_all(reply.as_bytes());
+    let _ = stream.flush();
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// The Idempotency-Key header and the body of one request (content-length only:
+/// what the node sends).
+fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(8192);
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > MAX_REQUEST {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let header = |name: &str| {
+        head.split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if length > MAX_REQUEST {
+        return None;
+    }
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < length {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    body.truncate(length);
+    Some((header("idempotency-key").unwrap_or_default(), body))
+}
+
+/// The notifications of Herd's JSON document.
+fn parse_notes(body: &[u8]) -> Result<Vec<Note>, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let list = v["notifications"]
+        .as_array()
+        .ok_or("no notifications array")?;
+    list.iter()
+        .map(|n| {
+            let s = |v: &Value| v.as_str().map(String::from).ok_or("missing field");
+            Ok(Note {
+                key: s(&n["idempotency_key"])?,
+                kind: s(&n["kind"])?,
+                target: s(&n["alert"]["target"])?,
+                active_since_ms: n["alert"]["active_since_ms"]
+                    .as_i64()
+                    .ok_or("missing alert.active_since_ms")?,
+            })
+        })
+        .collect::<Result<Vec<_>, &str>>()
+        .map_err(String::from)
+}
+
+// ---------------------------------------------------------------------------
+// The node and the host
+
+fn status(rt: &tokio::runtime::Runtime, addr: &str) -> Result<StatusReply, String> {
+    let url = format!("http://{addr}");
+    rt.block_on(async {
+        let call = async {
+            let mut client = HerdClient::connect(url)
+                .await
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+            client
+                .status(StatusRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|e| format!("status: {e}"))
+        };
+        tokio::time::timeout(RPC_TIMEOUT, call)
+            .await
+            .map_err(|_| format!("status did not answer within {RPC_TIMEOUT:?}"))?
+    })
+}
+
+fn alerts(rt: &tokio::runtime::Runtime, addr: &str) -> Result<AlertsReply, String> {
+    let url = format!("http://{addr}");
+    rt.block_on(async {
+        let call = async {
+            let mut client = HerdClient::connect(url)
+                .await
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+            client
+                .alerts(AlertsRequest {
+                    history_since_ms: 0,
+                    history_limit: 0,
+                })
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|e| format!("alerts: {e}"))
+        };
+        tokio::time::timeout(RPC_TIMEOUT, call)
+            .await
+            .map_err(|_| format!("alerts did not answer within {RPC_TIMEOUT:?}"))?
+    })
+}
+
+/// The pid of the node process (the harness keeps its `Child` private): the one
+/// whose command line names its herd.toml.
+fn node_pid(herd: &Herd) -> i32 {
+    let needle = format!("node --config {}", herd.config_path().display());
+    let dir = std::fs::read_dir("/proc").expect("/proc");
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        if cmdline.contains(&needle) {
+            return pid;
+        }
+    }
+    panic!("no process with {needle:?}");
+}
+
+/// utime + stime of a process, seconds.
+fn proc_cpu_s(pid: i32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return f64::NAN;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
+/// p50 and p99 of a 4 KiB write + fdatasync in the temp dir (where the node's
+/// redb file lives): what each durable commit costs at least.
+fn fsync_probe() -> (f64, f64) {
+    let dir = tempfile::Builder::new()
+        .prefix("herd-bench-fsync-")
+        .tempdir()
+        .expect("temp dir");
+    let path = dir.path().join("probe");
+    let mut file = std::fs::File::create(&path).expect("fsync probe file");
+    let block = [7u8; 4096];
+    let mut times = Vec::with_capacity(FSYNC_PROBES);
+    for _ in 0..FSYNC_PROBES {
+        let t = Instant::now();
+        if file
+            .write_all(&block)
+            .and_then(|()| file.sync_data())
+            .is_err()
+        {
+            return (f64::NAN, f64::NAN);
+        }
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    (percentile(&mut times, 50.0), percentile(&mut times, 99.0))
+}
+
+/// Hundreds of targets, connections and receiver threads need descriptors: raise
+/// the soft limit to the hard one; the node inherits it.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// The harness picks `herd` next to this executable's profile; make sure that is
+/// the release build, not a stale debug one.
+fn use_release_herd() {
+    if std::env::var_os("HERD_BIN").is_some() {
+        return;
+    }
+    let release = target_dir().join("release/herd");
+    if !release.is_file() {
+        eprintln!(
+            "notify bench: {} is missing: run scripts/bench notify (it builds it), or set HERD_BIN",
+            release.display()
+        );
+        std::process::exit(2);
+    }
+    // Single-threaded still: nothing reads the environment concurrently.
+    std::env::set_var("HERD_BIN", release);
+}
+
+/// `target/` of the workspace: this executable is `target/release/deps/notify-*`.
+fn target_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
+        .filter(|t| t.join("release").is_dir())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+fn machine(fsync: (f64, f64)) -> Value {
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    json!({
+        "loadavg_at_end": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": cpu_model,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "fsync_4k_p50_ms": fsync.0,
+        "fsync_4k_p99_ms": fsync.1,
+    })
+}
+
+fn now_ms_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------
+// Output
+
+/// p50, p99 and max of a sample of milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct Dist {
+    n: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Dist {
+    fn of(mut v: Vec<f64>) -> Dist {
+        Dist {
+            n: v.len(),
+            p50: percentile(&mut v, 50.0),
+            p99: percentile(&mut v, 99.0),
+            max: v.iter().copied().fold(f64::NAN, f64::max),
+        }
+    }
+    fn to_json(self) -> Value {
+        json!({ "n": self.n, "p50": self.p50, "p99": self.p99, "max": self.max })
+    }
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[rank.min(v.len() - 1)]
+}
+
+fn progress(message: &str) {
+    eprintln!("[bench] {message}");
+}
+
+/// Milliseconds for the table: seconds from 10 s up.
+fn ms(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else if v.abs() >= 10_000.0 {
+        format!("{:.2} s", v / 1000.0)
+    } else {
+        format!("{v:.1} ms")
+    }
+}
+
+fn row(label: &str, d: Dist, goal: &str, met: Option<bool>) {
+    let verdict = match met {
+        Some(true) => "met",
+        Some(false) => "MISSED",
+        None => "",
+    };
+    println!(
+        "  {label:<34} {:>4} {:>11} {:>11} {:>11}   {goal} {verdict}",
+        d.n,
+        ms(d.p50),
+        ms(d.p99),
+        ms(d.max)
+    );
+}
+
+fn print_table(
+    opts: &Options,
+    latency: Option<&Latency>,
+    throughput: Option<&Throughput>,
+    fsync: (f64, f64),
+) {
+    println!("\nHerd notification benchmark (release herd node, local targets, webhook receiver in this process)");
+    println!(
+        "host: {} CPUs; fsync of a 4 KiB write: p50 {:.2} ms, p99 {:.2} ms",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        fsync.0,
+        fsync.1
+    );
+    if let Some(l) = latency {
+        println!(
+            "\n1. Breach to delivery: {} targets, file_fresh every {} s, one rule each, \
+             group_window {}, {} breaches over {} s",
+            l.targets,
+            l.interval_s,
+            l.group_window,
+            l.planned,
+            opts.duration.as_secs()
+        );
+        println!(
+            "  {:<34} {:>4} {:>11} {:>11} {:>11}   goal",
+            "", "n", "p50", "p99", "max"
+        );
+        let breach = Dist::of(l.breach_ms());
+        let goal = l.breach_goal_ms();
+        row(
+            "deletion -> webhook",
+            breach,
+            &format!("max <= {}", ms(goal)),
+            Some(breach.max <= goal),
+        );
+        row(
+            "  deletion -> scrape (waiting)",
+            Dist::of(l.to_scrape_ms()),
+            "",
+            None,
+        );
+        let after = Dist::of(l.after_scrape_ms());
+        row(
+            "scrape -> webhook",
+            after,
+            "p99 <= 100.0 ms",
+            Some(after.p99 <= 100.0),
+        );
+        row(
+            "  scrape -> rules (node log)",
+            Dist::of(l.stages.to_rules_ms.clone()),
+            "",
+            None,
+        );
+        row(
+            "  rules -> webhook (commit, outbox)",
+            Dist::of(l.stages.rules_to_webhook_ms.clone()),
+            "",
+            None,
+        );
+        row(
+            "restore -> resolved webhook",
+            Dist::of(l.resolve_ms.clone()),
+            "",
+            None,
+        );
+        println!(
+            "  delivered {}/{}, missed {}, resolved missing {}, unexpected {}; keys: {} \
+             requests, {} distinct, {} duplicated; node CPU {:.1} s in {:.0} s, {} store commits",
+            l.breaches.len(),
+            l.planned,
+            l.missed,
+            l.resolved_missing,
+            l.unexpected,
+            l.keys.requests,
+            l.keys.distinct,
+            l.keys.duplicates,
+            l.node_cpu_s,
+            l.window_s,
+            l.commits
+        );
+        for e in &l.errors {
+            println!("  note: {e}");
+        }
+    }
+    if let Some(t) = throughput {
+        println!(
+            "\n2. Outbox throughput: {} targets, file_fresh every {} s, one rule each, \
+             group_window {} (steady node CPU {:.0}% of a core)",
+            t.targets, t.interval_s, t.group_window, t.steady_cpu_pct
+        );
+        println!(
+            "  {:<28} {:>6} {:>6} {:>8} {:>8} {:>10} {:>10} {:>10} {:>6} {:>8}",
+            "burst",
+            "notes",
+            "reqs",
+            "span_s",
+            "per_s",
+            "lag_p50",
+            "lag_p99",
+            "lag_max",
+            "conns",
+            "commits"
+        );
+        for (label, b) in [
+            ("A firing, as scraped", &t.firing),
+            ("B resolved, backlog drain", &t.backlog),
+        ] {
+            let lag = Dist::of(b.after_scrape_ms.clone());
+            println!(
+                "  {label:<28} {:>6} {:>6} {:>8.2} {:>8.0} {:>10} {:>10} {:>10} {:>6} {:>8}",
+                b.delivered,
+                b.requests,
+                b.span_s(),
+                b.per_s(),
+                ms(lag.p50),
+                ms(lag.p99),
+                ms(lag.max),
+                b.peak_connections,
+                b.commits
+            );
+        }
+        let a = &t.firing;
+        let b = &t.backlog;
+        println!(
+            "  A: alerts created over {} (sample timestamps); per_s = (notes - 1) / (last - \
+             first arrival); node CPU {:.1} s",
+            ms(a.created_span_ms),
+            a.node_cpu_s
+        );
+        let rules = Dist::of(a.stages.to_rules_ms.clone());
+        let after = Dist::of(a.stages.rules_to_webhook_ms.clone());
+        println!(
+            "     scrape -> rules p50/p99 {}/{}, rules -> webhook p50/p99 {}/{}",
+            ms(rules.p50),
+            ms(rules.p99),
+            ms(after.p50),
+            ms(after.p99)
+        );
+        println!(
+            "  B: the receiver held {} request(s) ({} notification(s)) for {:.1} s while the \
+             outbox grew to {}; per_s = notes after the release / (last arrival - release); \
+             node CPU {:.1} s",
+            b.held_requests, b.held_notifications, b.hold_s, b.outbox_at_release, b.node_cpu_s
+        );
+        println!(
+            "  idempotency keys: {} requests, {} notifications, {} distinct of {} expected, {} \
+             duplicated, {} header mismatches: {}",
+            t.keys.requests,
+            t.keys.notifications,
+            t.keys.distinct,
+            t.keys.expected.unwrap_or(0),
+            t.keys.duplicates,
+            t.keys.header_mismatch,
+            if t.keys.exactly_once() {
+                "each exactly once"
+            } else {
+                "NOT exactly once"
+            }
+        );
+        for e in &t.errors {
+            println!("  note: {e}");
+        }
+    }
+}
