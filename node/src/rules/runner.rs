@@ -302,12 +302,12 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
         if let Some(kind) = t.notify {
             let rule = ctx.rules.get(&t.alert.rule);
             let channels = route(&ctx.spec, rule, t.alert.severity);
+            let mut entries = Vec::new();
             if let Some(s) = silences.iter().find(|s| s.covers(&t.alert, now)) {
                 suppressed = Some(format!("silenced by {} ({})", s.id, s.reason));
             } else if channels.is_empty() {
                 suppressed = Some("no channel routes this alert".into());
             } else {
-                let mut entries = Vec::new();
                 for ch in channels {
                     let delivery = ctx.notifier.delivery(&ch);
                     let window = delivery
@@ -330,14 +330,16 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
                         last_error: None,
                     });
                 }
-                match rule
-                    .and_then(|r| r.action.clone())
-                    .filter(|a| action::applies(a, kind))
-                {
-                    // The action runs first, so that its result is in the notification.
-                    Some(a) => deferred.push((a, t.alert.clone(), entries)),
-                    None => batch.outbox.extend(entries),
-                }
+            }
+            // Actions are remediation, not notification: like event handlers, they run
+            // whether or not a channel routes or a silence mutes the alert.
+            match rule
+                .and_then(|r| r.action.clone())
+                .filter(|a| action::applies(a, kind))
+            {
+                // The action runs first, so that its result is in the notification.
+                Some(a) => deferred.push((a, t.alert.clone(), entries)),
+                None => batch.outbox.extend(entries),
             }
             tracing::info!(alert = %t.alert.id, rule = %t.alert.rule, target_name = %t.alert.target, kind = kind.as_str(), suppressed = ?suppressed, "alert transition");
         }

@@ -1,0 +1,459 @@
+//! One node of the herd's Raft group: the redb store, openraft and the tonic
+//! transport put together.
+//!
+//! The caller serves [`ClusterNode::service`] on the node's gRPC address (next to
+//! the client API) and, on a brand-new herd, calls [`ClusterNode::init`] on one
+//! node. A node that restarts with its data directory only calls
+//! [`ClusterNode::start`]: its vote, log and membership are in the store, and the
+//! leader brings it up to date (never `init` or `add_learner` it again).
+//!
+//! Writes may be proposed on any node: a follower forwards them to the leader
+//! (the `Forward` rpc) and, while there is no leader, retries until
+//! [`ClusterConfig::write_timeout`]. A write is retried only when it failed before
+//! the leader took it or when the connection failed; in the rare case of a
+//! connection lost after the leader took it, the command can apply twice. Herd's
+//! commands tolerate that (the same spec, ownership map, alerts, sent keys or
+//! health again; only a version number moves on).
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herd_proto::v1::raft_server::RaftServer;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+use tonic::transport::ClientTlsConfig;
+use tonic::Code;
+
+use super::network::{Forwarded, Network, PeerStats, Peers};
+use super::service::RaftService;
+use super::store::{self, StoreError};
+use super::types::{ClusterState, Command, CommandResponse, NodeId, TypeConfig};
+
+/// Raft timing and transport settings of a node.
+///
+/// The defaults are the validated ones: heartbeat 100 ms, election timeout
+/// 500–1000 ms (a new leader about 1.7 s after the old one dies on loopback; 50 /
+/// 150–300 ms gives about 0.6 s but leaves less room for a slow fsync). In
+/// openraft 0.9 an AppendEntries RPC times out after one heartbeat interval, so
+/// the heartbeat must stay above the worst round trip including a follower's fsync.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Nodes of different clusters refuse each other's messages only by node id and
+    /// term; the name shows in openraft's logs.
+    pub cluster_name: String,
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// Bound on opening a TCP (and TLS) connection to a peer.
+    pub connect_timeout: Duration,
+    /// How long [`ClusterNode::write`] (and membership changes) may take, waiting
+    /// for a leader included.
+    pub write_timeout: Duration,
+    /// Build a snapshot (and let the log before it be purged) every this many
+    /// applied entries.
+    pub snapshot_every: u64,
+    /// TLS towards the peers (mutual when it carries an identity); plain without.
+    pub client_tls: Option<ClientTlsConfig>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            cluster_name: "herd".into(),
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(500),
+            election_max: Duration::from_millis(1000),
+            connect_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(5),
+            snapshot_every: 5000,
+            client_tls: None,
+        }
+    }
+}
+
+/// Largest snapshot chunk sent in one InstallSnapshot RPC.
+const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
+
+impl ClusterConfig {
+    /// Checks the relations openraft needs (it counts whole milliseconds).
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        let bad = |m: String| Err(ClusterError::Config(m));
+        let ms = |d: Duration| d.as_millis();
+        if ms(self.heartbeat) == 0 {
+            return bad("heartbeat must be at least 1 ms".into());
+        }
+        if self.election_min <= self.heartbeat {
+            return bad(format!(
+                "election_min ({:?}) must be longer than heartbeat ({:?})",
+                self.election_min, self.heartbeat
+            ));
+        }
+        if ms(self.election_min) >= ms(self.election_max) {
+            return bad(format!(
+                "election_min ({:?}) must be shorter than election_max ({:?})",
+                self.election_min, self.election_max
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout must be above zero".into());
+        }
+        if self.write_timeout.is_zero() {
+            return bad("write_timeout must be above zero".into());
+        }
+        if self.snapshot_every == 0 {
+            return bad("snapshot_every must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The openraft configuration these settings make.
+    pub fn raft_config(&self) -> Result<openraft::Config, ClusterError> {
+        self.validate()?;
+        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        let heartbeat = ms(self.heartbeat);
+        openraft::Config {
+            cluster_name: self.cluster_name.clone(),
+            heartbeat_interval: heartbeat,
+            election_timeout_min: ms(self.election_min),
+            election_timeout_max: ms(self.election_max),
+            // Per snapshot chunk; a chunk is at most SNAPSHOT_CHUNK_BYTES.
+            install_snapshot_timeout: heartbeat.max(2000),
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Config(e.to_string()))
+    }
+}
+
+/// What a cluster operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// This node's Raft stopped (shut down, or a storage failure stopped it).
+    #[error("raft stopped: {0}")]
+    Stopped(String),
+    /// Membership changes are made on the leader.
+    #[error("node {node} is not the leader ({})", leader_text(*.leader, .addr.as_deref()))]
+    NotLeader {
+        node: NodeId,
+        leader: Option<NodeId>,
+        addr: Option<String>,
+    },
+    /// Not done within the time allowed; a write may still be applied later.
+    #[error("{what} did not complete within {timeout:?}{}", last.as_deref().map(|l| format!(" (last: {l})")).unwrap_or_default())]
+    Timeout {
+        what: &'static str,
+        timeout: Duration,
+        last: Option<String>,
+    },
+    /// The leader answered a forwarded write with an error.
+    #[error("leader {leader} at {addr}: {message}")]
+    Forward {
+        leader: NodeId,
+        addr: String,
+        message: String,
+    },
+    /// Raft refused the request (an init naming no voter, a membership change
+    /// while another is in progress, ...).
+    #[error("{0}")]
+    Rejected(String),
+}
+
+fn leader_text(leader: Option<NodeId>, addr: Option<&str>) -> String {
+    match (leader, addr) {
+        (Some(l), Some(a)) => format!("leader is {l} at {a}"),
+        (Some(l), None) => format!("leader is {l}"),
+        _ => "no leader known".into(),
+    }
+}
+
+/// One node of the herd's Raft group. Cloning is cheap (all clones drive the same
+/// Raft).
+#[derive(Clone)]
+pub struct ClusterNode {
+    id: NodeId,
+    addr: String,
+    raft: Raft<TypeConfig>,
+    state: watch::Receiver<Arc<ClusterState>>,
+    peers: Peers,
+    config: ClusterConfig,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterNode {
+    /// Opens `dir/raft.redb` (created when missing) and starts Raft as node `id`,
+    /// reachable by its peers at `addr` ("host:port" of the gRPC server that will
+    /// serve [`service`](Self::service)).
+    pub async fn start(
+        id: NodeId,
+        addr: impl Into<String>,
+        dir: impl AsRef<Path>,
+        config: ClusterConfig,
+    ) -> Result<ClusterNode, ClusterError> {
+        let raft_config = config.raft_config()?;
+        let (log, sm) = store::open_async(dir.as_ref().to_path_buf()).await?;
+        let state = sm.subscribe();
+        let peers = Peers::new(config.connect_timeout, config.client_tls.clone());
+        // Back off from an unreachable peer starting at one heartbeat, at most
+        // election_min between attempts: a peer coming back hears from the leader
+        // well before its own election timer (lease + election timeout) runs out.
+        let network = Network::new(id, peers.clone(), config.heartbeat, config.election_min);
+        let raft = Raft::new(id, Arc::new(raft_config), network, log, sm)
+            .await
+            .map_err(|e| ClusterError::Stopped(e.to_string()))?;
+        Ok(ClusterNode {
+            id,
+            addr: addr.into(),
+            raft,
+            state,
+            peers,
+            config,
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The address peers reach this node at.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The openraft handle, for what this type does not wrap.
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// The Raft gRPC service of this node, to add to its tonic server.
+    pub fn service(&self) -> RaftServer<RaftService> {
+        RaftService::server(self.raft.clone())
+    }
+
+    /// Makes a brand-new herd of `members` (all voters; include this node).
+    /// Returns `false`, changing nothing, when this node already belongs to a
+    /// cluster (it was initialised before or has received a leader's log).
+    pub async fn init(&self, members: BTreeMap<NodeId, BasicNode>) -> Result<bool, ClusterError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
+            Err(RaftError::APIError(e)) => Err(ClusterError::Rejected(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(ClusterError::Stopped(f.to_string())),
+        }
+    }
+
+    /// Adds a node that receives the log but does not vote (on the leader). It
+    /// returns once the membership entry is committed, not when the learner has
+    /// caught up.
+    pub async fn add_learner(&self, id: NodeId, node: BasicNode) -> Result<(), ClusterError> {
+        let res = tokio::time::timeout(
+            self.config.write_timeout,
+            self.raft.add_learner(id, node, false),
+        )
+        .await;
+        self.membership_result("add_learner", res)
+    }
+
+    /// Makes `voters` the voters (on the leader). With `retain`, voters that are
+    /// left out stay as learners; without, they leave the cluster.
+    pub async fn change_membership(
+        &self,
+        voters: BTreeSet<NodeId>,
+        retain: bool,
+    ) -> Result<(), ClusterError> {
+        let res = tokio::time::timeout(
+            self.config.write_timeout,
+            self.raft.change_membership(voters, retain),
+        )
+        .await;
+        self.membership_result("change_membership", res)
+    }
+
+    fn membership_result<T>(
+        &self,
+        what: &'static str,
+        res: Result<Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>, tokio::time::error::Elapsed>,
+    ) -> Result<(), ClusterError> {
+        match res {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ClusterError::NotLeader {
+                    node: self.id,
+                    leader: f.leader_id,
+                    addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Ok(Err(RaftError::APIError(e))) => Err(ClusterError::Rejected(e.to_string())),
+            Ok(Err(RaftError::Fatal(f))) => Err(ClusterError::Stopped(f.to_string())),
+            Err(_) => Err(ClusterError::Timeout {
+                what,
+                timeout: self.config.write_timeout,
+                last: None,
+            }),
+        }
+    }
+
+    /// Proposes `cmd` and waits until it is applied (committed by a majority);
+    /// on a follower the write goes to the leader. Returns what applying it gave.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResponse, ClusterError> {
+        let timeout = self.config.write_timeout;
+        let deadline = Instant::now() + timeout;
+        let timed_out = |last: Option<String>| ClusterError::Timeout {
+            what: "write",
+            timeout,
+            last,
+        };
+        let mut metrics = self.raft.metrics();
+        // The leader to try next, when a node named it.
+        let mut hint: Option<(NodeId, String)> = None;
+        let mut last: Option<String> = None;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(timed_out(last));
+            }
+            let (leader, addr) = match hint.take() {
+                Some(h) => h,
+                None => {
+                    let res = tokio::time::timeout(remaining, self.raft.client_write(cmd.clone()))
+                        .await
+                        .map_err(|_| timed_out(last.clone()))?;
+                    match res {
+                        Ok(r) => return Ok(r.data),
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                            match (f.leader_id, f.leader_node) {
+                                (Some(l), Some(n)) if l != self.id => (l, n.addr),
+                                _ => {
+                                    // No leader yet (an election is on): wait for news.
+                                    last = Some("no leader".into());
+                                    self.wait_change(&mut metrics, deadline).await;
+                                    continue;
+                                }
+                            }
+                        }
+                        Err(RaftError::APIError(e)) => {
+                            return Err(ClusterError::Rejected(e.to_string()))
+                        }
+                        Err(RaftError::Fatal(f)) => return Err(ClusterError::Stopped(f.to_string())),
+                    }
+                }
+            };
+            match self.peers.forward(&addr, &cmd, remaining).await {
+                Ok(Forwarded::Applied(r)) => return Ok(r),
+                Ok(Forwarded::NotLeader {
+                    leader: Some(l),
+                    addr: Some(a),
+                }) if l != self.id && l != leader => {
+                    last = Some(format!("node {leader} at {addr}: not the leader"));
+                    hint = Some((l, a));
+                }
+                Ok(Forwarded::NotLeader { .. }) => {
+                    last = Some(format!("node {leader} at {addr}: not the leader"));
+                    self.wait_change(&mut metrics, deadline).await;
+                }
+                Err(s) if s.code() == Code::Unavailable => {
+                    // Not reached, or its Raft is stopped: the command was not
+                    // proposed there. Wait for the herd to settle on a leader.
+                    last = Some(format!("node {leader} at {addr}: {}", s.message()));
+                    self.wait_change(&mut metrics, deadline).await;
+                }
+                Err(s) if s.code() == Code::DeadlineExceeded || s.code() == Code::Cancelled => {
+                    return Err(timed_out(Some(format!("node {leader} at {addr}: {}", s.message()))))
+                }
+                Err(s) => {
+                    return Err(ClusterError::Forward {
+                        leader,
+                        addr,
+                        message: format!("{}: {}", s.code(), s.message()),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Waits for a change of the Raft metrics (a new leader, say), at most one
+    /// heartbeat and never past `deadline`.
+    async fn wait_change(
+        &self,
+        metrics: &mut watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
+        deadline: Instant,
+    ) {
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(self.config.heartbeat);
+        let _ = tokio::time::timeout(wait, metrics.changed()).await;
+    }
+
+    /// openraft's metrics of this node (role, term, leader, log positions, membership).
+    pub fn metrics(&self) -> watch::Receiver<RaftMetrics<NodeId, BasicNode>> {
+        self.raft.metrics()
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this node is the leader now (as far as it knows).
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Waits until this node knows a leader; returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, ClusterError> {
+        let mut m = self.raft.metrics();
+        let res = tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(l) = m.borrow_and_update().current_leader {
+                    return Ok(l);
+                }
+                if m.changed().await.is_err() {
+                    return Err(ClusterError::Stopped("raft metrics closed".into()));
+                }
+            }
+        })
+        .await;
+        res.unwrap_or(Err(ClusterError::Timeout {
+            what: "leader election",
+            timeout,
+            last: None,
+        }))
+    }
+
+    /// The applied cluster state; it changes as entries are applied.
+    pub fn state(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.state.clone()
+    }
+
+    /// RPC counters per peer address.
+    pub fn peer_stats(&self) -> Vec<PeerStats> {
+        self.peers.stats()
+    }
+
+    /// Stops Raft (its timers, replication and the state machine); everything
+    /// accepted is already durable. The caller stops the gRPC server.
+    pub async fn shutdown(&self) -> Result<(), ClusterError> {
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| ClusterError::Stopped(format!("raft task failed: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests;
