@@ -349,13 +349,23 @@ fn start_node(rt: &tokio::runtime::Runtime, fleet: &Fleet, what: &str) -> (Herd,
     (herd, pid, warmup)
 }
 
-fn stop_node(mut herd: Herd, errors: &mut Vec<String>) -> f64 {
+/// Stops the node (SIGTERM) and keeps its log as `target/bench/notify-WHAT-node.log`.
+fn stop_node(mut herd: Herd, what: &str, errors: &mut Vec<String>) -> f64 {
     let t = Instant::now();
     let status = herd.sigterm();
     if !status.success() {
         errors.push(format!("node exited with {status} after SIGTERM"));
     }
-    t.elapsed().as_secs_f64()
+    let stopped = t.elapsed().as_secs_f64();
+    let kept = target_dir().join(format!("bench/notify-{what}-node.log"));
+    if let Some(dir) = kept.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::copy(herd.log_path(), &kept) {
+        Ok(_) => progress(&format!("{what}: node log kept in {}", kept.display())),
+        Err(e) => errors.push(format!("cannot keep the node log: {e}")),
+    }
+    stopped
 }
 
 // ---------------------------------------------------------------------------
@@ -387,7 +397,7 @@ struct Latency {
     stages: Stages,
     warmup_s: f64,
     window_s: f64,
-    node_cpu_s: f64,
+    node_cpu: Cpu,
     commits: u64,
     group_window: &'static str,
     stop_s: f64,
@@ -475,7 +485,7 @@ fn bench_latency(rt: &tokio::runtime::Runtime, receiver: &Receiver, opts: &Optio
     ));
 
     let s0 = status(rt, &herd.addr()).ok();
-    let cpu0 = proc_cpu_s(pid);
+    let cpu0 = proc_cpu(pid);
     let base = receiver.len();
     let mut seen = base;
     let mut last_print = Instant::now();
@@ -570,7 +580,7 @@ fn bench_latency(rt: &tokio::runtime::Runtime, receiver: &Receiver, opts: &Optio
         std::thread::sleep(TICK);
     }
     out.window_s = start.elapsed().as_secs_f64();
-    out.node_cpu_s = proc_cpu_s(pid) - cpu0;
+    out.node_cpu = proc_cpu(pid) - cpu0;
     if let (Some(s0), Ok(s1)) = (s0, status(rt, &herd.addr())) {
         out.commits = s1.store_commits.saturating_sub(s0.store_commits);
     }
@@ -578,7 +588,7 @@ fn bench_latency(rt: &tokio::runtime::Runtime, receiver: &Receiver, opts: &Optio
     out.keys = KeyCheck::of(&arrivals, None);
     let log = NodeLog::read(&herd.log_path());
     out.stages = Stages::of(&arrivals, &log, "firing");
-    out.stop_s = stop_node(herd, &mut out.errors);
+    out.stop_s = stop_node(herd, "latency", &mut out.errors);
     let mut lat: Vec<f64> = out
         .breaches
         .iter()
@@ -647,7 +657,8 @@ impl Latency {
             "idempotency": self.keys.to_json(),
             "warmup_s": self.warmup_s,
             "window_s": self.window_s,
-            "node_cpu_s": self.node_cpu_s,
+            "node_cpu_s": self.node_cpu.own,
+            "node_children_cpu_s": self.node_cpu.children,
             "store_commits": self.commits,
             "stop_s": self.stop_s,
             "breaches": self.breaches.iter().map(|b| json!({
@@ -683,7 +694,7 @@ struct Burst {
     created_span_ms: f64,
     peak_connections: usize,
     commits: u64,
-    node_cpu_s: f64,
+    node_cpu: Cpu,
     wall_s: f64,
     stages: Stages,
     /// Burst B: requests sent while the receiver held, how long it held, and the
@@ -720,7 +731,8 @@ impl Burst {
             "alerts_created_span_ms": self.created_span_ms,
             "peak_concurrent_connections": self.peak_connections,
             "store_commits": self.commits,
-            "node_cpu_s": self.node_cpu_s,
+            "node_cpu_s": self.node_cpu.own,
+            "node_children_cpu_s": self.node_cpu.children,
             "wall_s": self.wall_s,
             "stages": self.stages.to_json(),
             "held_requests": self.held_requests,
@@ -737,7 +749,8 @@ struct Throughput {
     interval_s: u64,
     group_window: &'static str,
     warmup_s: f64,
-    steady_cpu_pct: f64,
+    /// Node CPU with nothing firing, % of one core: own, and its `sh` children.
+    steady_cpu_pct: (f64, f64),
     firing: Burst,
     backlog: Burst,
     keys: KeyCheck,
@@ -752,7 +765,8 @@ impl Throughput {
             "interval_s": self.interval_s,
             "group_window": self.group_window,
             "warmup_s": self.warmup_s,
-            "steady_node_cpu_pct_of_one_core": self.steady_cpu_pct,
+            "steady_node_cpu_pct_of_one_core": self.steady_cpu_pct.0,
+            "steady_node_children_cpu_pct_of_one_core": self.steady_cpu_pct.1,
             "burst_a_firing": self.firing.to_json(),
             "burst_b_backlog_resolved": self.backlog.to_json(),
             "idempotency": self.keys.to_json(),
@@ -782,13 +796,16 @@ fn bench_throughput(
         ..Default::default()
     };
     let addr = herd.addr();
-    let c0 = proc_cpu_s(pid);
+    let c0 = proc_cpu(pid);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(3));
-    out.steady_cpu_pct = (proc_cpu_s(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
+    let steady = proc_cpu(pid) - c0;
+    let pct = |s: f64| s / t0.elapsed().as_secs_f64() * 100.0;
+    out.steady_cpu_pct = (pct(steady.own), pct(steady.children));
     progress(&format!(
-        "throughput: steady node CPU {:.0}% of a core ({m} scrapes every {} s)",
-        out.steady_cpu_pct, opts.burst_interval_s
+        "throughput: steady node CPU {:.0}% of a core, its sh children {:.0}% ({m} scrapes \
+         every {} s)",
+        out.steady_cpu_pct.0, out.steady_cpu_pct.1, opts.burst_interval_s
     ));
     let all_base = receiver.len();
 
@@ -797,7 +814,7 @@ fn bench_throughput(
     let base = receiver.len();
     receiver.reset_peak();
     let s0 = status(rt, &addr).ok();
-    let cpu0 = proc_cpu_s(pid);
+    let cpu0 = proc_cpu(pid);
     let t = Instant::now();
     for f in &fleet.files {
         let _ = std::fs::remove_file(f);
@@ -808,8 +825,9 @@ fn bench_throughput(
         ));
     }
     out.firing = burst_of(receiver, base, "firing", m, None);
+    out.firing.peak_connections = receiver.reset_peak();
     out.firing.wall_s = t.elapsed().as_secs_f64();
-    out.firing.node_cpu_s = proc_cpu_s(pid) - cpu0;
+    out.firing.node_cpu = proc_cpu(pid) - cpu0;
     if let (Some(s0), Ok(s1)) = (s0, status(rt, &addr)) {
         out.firing.commits = s1.store_commits.saturating_sub(s0.store_commits);
     }
@@ -831,16 +849,27 @@ fn bench_throughput(
     receiver.hold(true);
     receiver.reset_peak();
     let s0 = status(rt, &addr).ok();
-    let cpu0 = proc_cpu_s(pid);
+    let cpu0 = proc_cpu(pid);
     let t = Instant::now();
     for f in &fleet.files {
         restore(f);
     }
     let mut outbox = 0;
+    let mut last_print = Instant::now();
     while t.elapsed() < BACKLOG_TIMEOUT {
-        outbox = alerts(rt, &addr).map(|a| a.outbox).unwrap_or(0);
+        match alerts(rt, &addr) {
+            Ok(a) => outbox = a.outbox,
+            Err(e) => progress(&format!("  alerts: {e}")),
+        }
         if outbox >= m as u64 {
             break;
+        }
+        if last_print.elapsed() >= Duration::from_secs(5) {
+            progress(&format!(
+                "  outbox {outbox}/{m}, {} request(s) held",
+                receiver.len() - base
+            ));
+            last_print = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -867,7 +896,7 @@ fn bench_throughput(
         .map_or(0.0, |a| (release_ms - a.at_ms) / 1000.0);
     out.backlog.outbox_at_release = outbox;
     out.backlog.wall_s = t.elapsed().as_secs_f64();
-    out.backlog.node_cpu_s = proc_cpu_s(pid) - cpu0;
+    out.backlog.node_cpu = proc_cpu(pid) - cpu0;
     if let (Some(s0), Ok(s1)) = (s0, status(rt, &addr)) {
         out.backlog.commits = s1.store_commits.saturating_sub(s0.store_commits);
     }
@@ -887,7 +916,7 @@ fn bench_throughput(
     let log = NodeLog::read(&herd.log_path());
     out.firing.stages = Stages::of(&receiver.since(all_base), &log, "firing");
     out.backlog.stages = Stages::of(&receiver.since(base), &log, "resolved");
-    out.stop_s = stop_node(herd, &mut out.errors);
+    out.stop_s = stop_node(herd, "throughput", &mut out.errors);
     out
 }
 
@@ -1442,19 +1471,43 @@ fn node_pid(herd: &Herd) -> i32 {
     panic!("no process with {needle:?}");
 }
 
-/// utime + stime of a process, seconds.
-fn proc_cpu_s(pid: i32) -> f64 {
+/// CPU seconds of a process: its own (utime + stime) and its reaped children's
+/// (cutime + cstime: the `sh` of every local scrape).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    own: f64,
+    children: f64,
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, o: Cpu) -> Cpu {
+        Cpu {
+            own: self.own - o.own,
+            children: self.children - o.children,
+        }
+    }
+}
+
+fn proc_cpu(pid: i32) -> Cpu {
+    let nan = Cpu {
+        own: f64::NAN,
+        children: f64::NAN,
+    };
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
+        return nan;
     };
     let Some((_, rest)) = stat.rsplit_once(')') else {
-        return f64::NAN;
+        return nan;
     };
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz.max(1.0)
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Cpu {
+        own: (ticks(11) + ticks(12)) / hz,
+        children: (ticks(13) + ticks(14)) / hz,
+    }
 }
 
 /// p50 and p99 of a 4 KiB write + fdatasync in the temp dir (where the node's
@@ -1687,7 +1740,8 @@ fn print_table(
         );
         println!(
             "  delivered {}/{}, missed {}, resolved missing {}, unexpected {}; keys: {} \
-             requests, {} distinct, {} duplicated; node CPU {:.1} s in {:.0} s, {} store commits",
+             requests, {} distinct, {} duplicated; node CPU {:.1} s (+ {:.1} s sh) in {:.0} s, \
+             {} store commits",
             l.breaches.len(),
             l.planned,
             l.missed,
@@ -1696,7 +1750,8 @@ fn print_table(
             l.keys.requests,
             l.keys.distinct,
             l.keys.duplicates,
-            l.node_cpu_s,
+            l.node_cpu.own,
+            l.node_cpu.children,
             l.window_s,
             l.commits
         );
@@ -1707,11 +1762,11 @@ fn print_table(
     if let Some(t) = throughput {
         println!(
             "\n2. Outbox throughput: {} targets, file_fresh every {} s, one rule each, \
-             group_window {} (steady node CPU {:.0}% of a core)",
-            t.targets, t.interval_s, t.group_window, t.steady_cpu_pct
+             group_window {} (steady: node {:.0}% of a core, its sh children {:.0}%)",
+            t.targets, t.interval_s, t.group_window, t.steady_cpu_pct.0, t.steady_cpu_pct.1
         );
         println!(
-            "  {:<28} {:>6} {:>6} {:>8} {:>8} {:>10} {:>10} {:>10} {:>6} {:>8}",
+            "  {:<26} {:>5} {:>5} {:>7} {:>7} {:>10} {:>10} {:>10} {:>5} {:>7} {:>9}",
             "burst",
             "notes",
             "reqs",
@@ -1721,7 +1776,8 @@ fn print_table(
             "lag_p99",
             "lag_max",
             "conns",
-            "commits"
+            "commits",
+            "cpu_s"
         );
         for (label, b) in [
             ("A firing, as scraped", &t.firing),
@@ -1729,7 +1785,7 @@ fn print_table(
         ] {
             let lag = Dist::of(b.after_scrape_ms.clone());
             println!(
-                "  {label:<28} {:>6} {:>6} {:>8.2} {:>8.0} {:>10} {:>10} {:>10} {:>6} {:>8}",
+                "  {label:<26} {:>5} {:>5} {:>7.2} {:>7.0} {:>10} {:>10} {:>10} {:>5} {:>7} {:>9}",
                 b.delivered,
                 b.requests,
                 b.span_s(),
@@ -1738,21 +1794,22 @@ fn print_table(
                 ms(lag.p99),
                 ms(lag.max),
                 b.peak_connections,
-                b.commits
+                b.commits,
+                format!("{:.2}+{:.2}", b.node_cpu.own, b.node_cpu.children)
             );
         }
         let a = &t.firing;
         let b = &t.backlog;
-        println!(
-            "  A: alerts created over {} (sample timestamps); per_s = (notes - 1) / (last - \
-             first arrival); node CPU {:.1} s",
-            ms(a.created_span_ms),
-            a.node_cpu_s
-        );
         let rules = Dist::of(a.stages.to_rules_ms.clone());
         let after = Dist::of(a.stages.rules_to_webhook_ms.clone());
         println!(
-            "     scrape -> rules p50/p99 {}/{}, rules -> webhook p50/p99 {}/{}",
+            "  lag = arrival - alert.active_since_ms; conns = most requests open at once at the \
+             receiver;\n  commits = store commits in the burst; cpu_s = node + its sh children"
+        );
+        println!(
+            "  A: alerts created over {} (sample timestamps); per_s = (notes - 1) / (last - first \
+             arrival);\n     scrape -> rules p50/p99 {}/{}, rules -> webhook p50/p99 {}/{}",
+            ms(a.created_span_ms),
             ms(rules.p50),
             ms(rules.p99),
             ms(after.p50),
@@ -1760,9 +1817,9 @@ fn print_table(
         );
         println!(
             "  B: the receiver held {} request(s) ({} notification(s)) for {:.1} s while the \
-             outbox grew to {}; per_s = notes after the release / (last arrival - release); \
-             node CPU {:.1} s",
-            b.held_requests, b.held_notifications, b.hold_s, b.outbox_at_release, b.node_cpu_s
+             outbox grew to {};\n     per_s = notifications after the release / (last arrival \
+             - release)",
+            b.held_requests, b.held_notifications, b.hold_s, b.outbox_at_release
         );
         println!(
             "  idempotency keys: {} requests, {} notifications, {} distinct of {} expected, {} \

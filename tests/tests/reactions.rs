@@ -715,7 +715,14 @@ fn kill9_scenario(backoff: &str) {
     herd.restart();
 
     phase!("each queued notification is delivered exactly once");
-    hook.wait_for(SECS(20), "the 3 queued notifications arrived", |r| {
+    hook.wait_for(SECS(25), "the 3 queued notifications arrived", |r| {
+        let log = herd.log();
+        if let Some(line) = log.lines().find(|l| l.contains("notification given up")) {
+            panic!(
+                "the restarted node dropped a queued notification (see \
+                 kill9_with_notifications_due_at_restart_loses_none):\n{line}"
+            );
+        }
         let got: BTreeSet<String> = key_counts(&notes(r)).into_keys().collect();
         expected.is_subset(&got)
     });
@@ -770,11 +777,12 @@ fn kill9_scenario(backoff: &str) {
     }
 }
 
-/// The queued entries wait out a backoff of 4-8 s after their refused attempt, so
-/// they become due only after the restarted node is up.
+/// The queued entries wait out a backoff of 6-12 s after their refused attempt, so
+/// they become due only well after the restarted node is up (entries due at the
+/// restart hit a Herd bug: see the next test).
 #[test]
 fn kill9_with_queued_notifications_delivers_each_exactly_once() {
-    kill9_scenario("8s");
+    kill9_scenario("12s");
 }
 
 /// Herd bug (reported, not fixed here): with entries already due when the node
@@ -1266,9 +1274,12 @@ to = [\"ops@example.test\"]
         let (n, _) = rest.split_once(':').expect("file:line:");
         assert!(n.parse::<usize>().is_ok(), "no line number: {l}");
     }
-    // The loop is reported on both of its channels.
-    assert_eq!(lines.len(), 5, "one line per error:\n{all}");
-    assert!(all.contains("5 errors in"), "{all}");
+    // Today the loop is reported on both of its channels (5 lines); once is fine too.
+    assert!((4..=5).contains(&lines.len()), "one line per error:\n{all}");
+    assert!(
+        all.contains(&format!("{} errors in", lines.len())),
+        "the summary counts the lines: {all}"
+    );
     assert!(
         !out.status.success() && stdout.trim().is_empty(),
         "errors go to stderr, nothing to stdout: {stdout}"

@@ -27,13 +27,13 @@ use herd_proto::v1::forward_reply;
 use herd_proto::v1::raft_client::RaftClient;
 use herd_proto::v1::{ForwardRequest, RaftReply, RaftRequest, SnapshotChunk};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
-    Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
-    InstallSnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, BasicNode};
 use serde::de::DeserializeOwned;
@@ -328,7 +328,11 @@ impl PeerClient {
         })
     }
 
-    fn timeout<E: StdError>(&self, action: RPCTypes, ttl: Duration) -> RPCError<NodeId, BasicNode, E> {
+    fn timeout<E: StdError>(
+        &self,
+        action: RPCTypes,
+        ttl: Duration,
+    ) -> RPCError<NodeId, BasicNode, E> {
         RPCError::Timeout(Timeout {
             action,
             id: self.id,
@@ -374,15 +378,9 @@ impl PeerClient {
     }
 }
 
-fn encode<T: Serialize, E: StdError>(
-    what: RPCTypes,
-    v: &T,
-) -> Result<Vec<u8>, RPCError<NodeId, BasicNode, E>> {
-    serde_json::to_vec(v).map_err(|e| {
-        RPCError::Network(NetworkError::new(&AnyError::error(format!(
-            "encode {what}: {e}"
-        ))))
-    })
+fn encode<T: Serialize>(what: RPCTypes, v: &T) -> Result<Vec<u8>, NetworkError> {
+    serde_json::to_vec(v)
+        .map_err(|e| NetworkError::new(&AnyError::error(format!("encode {what}: {e}"))))
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
@@ -477,9 +475,7 @@ mod tests {
             backoff_max: Duration::from_millis(500),
         };
         let ttl = Duration::from_millis(100);
-        let map = |s| {
-            c.status_error::<openraft::error::Infallible>(RPCTypes::Vote, ttl, s)
-        };
+        let map = |s| c.status_error::<openraft::error::Infallible>(RPCTypes::Vote, ttl, s);
         assert!(matches!(
             map(Status::unavailable("tcp connect error")),
             RPCError::Unreachable(_)
@@ -492,7 +488,10 @@ mod tests {
             map(Status::deadline_exceeded("late")),
             RPCError::Timeout(_)
         ));
-        assert!(matches!(map(Status::internal("oops")), RPCError::Network(_)));
+        assert!(matches!(
+            map(Status::internal("oops")),
+            RPCError::Network(_)
+        ));
     }
 
     #[tokio::test]

@@ -174,6 +174,8 @@ fn leader_text(leader: Option<NodeId>, addr: Option<&str>) -> String {
     }
 }
 
+type WriteResult<T> = Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>;
+
 /// One node of the herd's Raft group. Cloning is cheap (all clones drive the same
 /// Raft).
 #[derive(Clone)]
@@ -249,6 +251,14 @@ impl ClusterNode {
     /// Returns `false`, changing nothing, when this node already belongs to a
     /// cluster (it was initialised before or has received a leader's log).
     pub async fn init(&self, members: BTreeMap<NodeId, BasicNode>) -> Result<bool, ClusterError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|f| ClusterError::Stopped(f.to_string()))?;
+        if initialized {
+            return Ok(false);
+        }
         match self.raft.initialize(members).await {
             Ok(()) => Ok(true),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
@@ -287,7 +297,7 @@ impl ClusterNode {
     fn membership_result<T>(
         &self,
         what: &'static str,
-        res: Result<Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>, tokio::time::error::Elapsed>,
+        res: Result<WriteResult<T>, tokio::time::error::Elapsed>,
     ) -> Result<(), ClusterError> {
         match res {
             Ok(Ok(_)) => Ok(()),
@@ -341,7 +351,7 @@ impl ClusterNode {
                                 _ => {
                                     // No leader yet (an election is on): wait for news.
                                     last = Some("no leader".into());
-                                    self.wait_change(&mut metrics, deadline).await;
+                                    self.wait_leader_news(&mut metrics, None, deadline).await;
                                     continue;
                                 }
                             }
@@ -349,7 +359,9 @@ impl ClusterNode {
                         Err(RaftError::APIError(e)) => {
                             return Err(ClusterError::Rejected(e.to_string()))
                         }
-                        Err(RaftError::Fatal(f)) => return Err(ClusterError::Stopped(f.to_string())),
+                        Err(RaftError::Fatal(f)) => {
+                            return Err(ClusterError::Stopped(f.to_string()))
+                        }
                     }
                 }
             };
@@ -364,16 +376,21 @@ impl ClusterNode {
                 }
                 Ok(Forwarded::NotLeader { .. }) => {
                     last = Some(format!("node {leader} at {addr}: not the leader"));
-                    self.wait_change(&mut metrics, deadline).await;
+                    self.wait_leader_news(&mut metrics, Some(leader), deadline)
+                        .await;
                 }
                 Err(s) if s.code() == Code::Unavailable => {
                     // Not reached, or its Raft is stopped: the command was not
                     // proposed there. Wait for the herd to settle on a leader.
                     last = Some(format!("node {leader} at {addr}: {}", s.message()));
-                    self.wait_change(&mut metrics, deadline).await;
+                    self.wait_leader_news(&mut metrics, Some(leader), deadline)
+                        .await;
                 }
                 Err(s) if s.code() == Code::DeadlineExceeded || s.code() == Code::Cancelled => {
-                    return Err(timed_out(Some(format!("node {leader} at {addr}: {}", s.message()))))
+                    return Err(timed_out(Some(format!(
+                        "node {leader} at {addr}: {}",
+                        s.message()
+                    ))))
                 }
                 Err(s) => {
                     return Err(ClusterError::Forward {
@@ -386,17 +403,25 @@ impl ClusterNode {
         }
     }
 
-    /// Waits for a change of the Raft metrics (a new leader, say), at most one
-    /// heartbeat and never past `deadline`.
-    async fn wait_change(
+    /// Waits for news of a leader other than `tried` (whom this node knows as
+    /// leader), at most one heartbeat and never past `deadline`.
+    async fn wait_leader_news(
         &self,
         metrics: &mut watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
+        tried: Option<NodeId>,
         deadline: Instant,
     ) {
-        let wait = deadline
-            .saturating_duration_since(Instant::now())
-            .min(self.config.heartbeat);
-        let _ = tokio::time::timeout(wait, metrics.changed()).await;
+        let until = deadline.min(Instant::now() + self.config.heartbeat);
+        loop {
+            let leader = metrics.borrow_and_update().current_leader;
+            if leader.is_some() && leader != tried {
+                return;
+            }
+            match tokio::time::timeout_at(until.into(), metrics.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return,
+            }
+        }
     }
 
     /// openraft's metrics of this node (role, term, leader, log positions, membership).

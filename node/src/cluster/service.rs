@@ -7,8 +7,7 @@
 //! decode, `Unavailable` for a forwarded write while this node's Raft is stopped.
 use herd_proto::v1::raft_server::{Raft as RaftRpc, RaftServer};
 use herd_proto::v1::{
-    forward_reply, ForwardReply, ForwardRequest, NotLeader, RaftReply, RaftRequest,
-    SnapshotChunk,
+    forward_reply, ForwardReply, ForwardRequest, NotLeader, RaftReply, RaftRequest, SnapshotChunk,
 };
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -103,7 +102,9 @@ impl RaftRpc for RaftService {
             }
             Err(RaftError::APIError(e)) => return Err(Status::failed_precondition(e.to_string())),
             Err(RaftError::Fatal(f)) => {
-                return Err(Status::unavailable(format!("raft is not running here: {f}")))
+                return Err(Status::unavailable(format!(
+                    "raft is not running here: {f}"
+                )))
             }
         };
         Ok(Response::new(ForwardReply {
