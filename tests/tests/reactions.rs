@@ -795,7 +795,6 @@ fn kill9_with_queued_notifications_delivers_each_exactly_once() {
 /// `"notification given up","channel":"hook","key":"40b3…:1:hook","reason":"no such channel in the fleet spec"`
 /// 70 ms after the restart.
 #[test]
-#[ignore = "Herd bug: after a restart the outbox worker can give up due notifications before the channels are configured (see the doc comment)"]
 fn kill9_with_notifications_due_at_restart_loses_none() {
     kill9_scenario("200ms");
 }
@@ -1295,7 +1294,6 @@ to = [\"ops@example.test\"]
 /// same way (the table is an internally tagged enum, so serde's error has no
 /// span), e.g. `max_attempts = "x"` or an unknown key.
 #[test]
-#[ignore = "Herd bug: channel field errors lose key and line, and echo an inline password (see the doc comment)"]
 fn inline_password_error_names_the_key_and_hides_the_value() {
     let dir = tempfile::tempdir().unwrap();
     let fleet = "\

@@ -306,6 +306,95 @@ fn items<'r, 'i, T: serde::de::DeserializeOwned>(
     out
 }
 
+/// Like `items`, for `kind`-tagged tables: each is deserialized straight into its
+/// kind's struct, so that errors keep the line and key of the field at fault (serde's
+/// tagged enums buffer the table and lose both), and a value is never echoed (an
+/// inline secret must not reach a terminal or a CI log).
+fn tagged_items<'r, 'i>(
+    section: &str,
+    raws: &[&'r Spanned<DeValue<'i>>],
+    errors: &mut Vec<(usize, String, String)>,
+) -> Vec<Item<'r, 'i, ChannelSpec>> {
+    use super::channels::{
+        AsanaChannel, CommandChannel, EmailChannel, NatsChannel, SlackChannel, TelegramChannel,
+        WebhookChannel,
+    };
+    let mut out = Vec::new();
+    for (i, raw) in raws.iter().enumerate() {
+        let label = item_label(section, i, raw);
+        let kind_of = raw.get_ref().get("kind");
+        let kind = kind_of
+            .and_then(|k| k.get_ref().as_str())
+            .unwrap_or_default();
+        let table: toml::de::DeTable = match raw.get_ref().as_table() {
+            Some(t) => t
+                .iter()
+                .filter(|(k, _)| k.get_ref().as_ref() != "kind")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            None => {
+                errors.push((raw.span().start, label, "must be a table".into()));
+                continue;
+            }
+        };
+        let value = Spanned::new(raw.span(), DeValue::Table(table));
+        fn de<T: serde::de::DeserializeOwned>(
+            v: Spanned<DeValue<'_>>,
+        ) -> Result<T, toml::de::Error> {
+            T::deserialize(ValueDeserializer::from(v))
+        }
+        let parsed = match kind {
+            "email" => de::<EmailChannel>(value).map(ChannelSpec::Email),
+            "webhook" => de::<WebhookChannel>(value).map(ChannelSpec::Webhook),
+            "slack" => de::<SlackChannel>(value).map(ChannelSpec::Slack),
+            "telegram" => de::<TelegramChannel>(value).map(ChannelSpec::Telegram),
+            "command" => de::<CommandChannel>(value).map(ChannelSpec::Command),
+            "asana" => de::<AsanaChannel>(value).map(ChannelSpec::Asana),
+            "nats" => de::<NatsChannel>(value).map(ChannelSpec::Nats),
+            other => {
+                let offset = kind_of.map(|k| k.span().start).unwrap_or(raw.span().start);
+                let why = if other.is_empty() {
+                    "missing `kind`: one of email, webhook, slack, telegram, command, asana, nats"
+                        .to_string()
+                } else {
+                    format!("unknown kind {other:?}: one of email, webhook, slack, telegram, command, asana, nats")
+                };
+                errors.push((offset, format!("{label}.kind"), why));
+                continue;
+            }
+        };
+        match parsed {
+            Ok(spec) => out.push(Item { spec, raw, label }),
+            Err(e) => {
+                let offset = e.span().unwrap_or(raw.span()).start;
+                let key = match field_at(raw, offset) {
+                    Some(f) => format!("{label}.{f}"),
+                    None => label,
+                };
+                let mut message = without_values(e.message());
+                if message.contains("struct Secret") {
+                    message.push_str(
+                        "; secrets come from the environment or a file: { env = \"VAR\" } or { file = \"/path\" }",
+                    );
+                }
+                errors.push((offset, key, message));
+            }
+        }
+    }
+    out
+}
+
+/// serde's "invalid type: string \"...\"" quotes the value; say only its type.
+fn without_values(message: &str) -> String {
+    match message.split_once(" \"") {
+        Some((head, rest)) if head.starts_with("invalid type") => match rest.split_once("\", ") {
+            Some((_, tail)) => format!("{head}, {tail}"),
+            None => head.to_string(),
+        },
+        _ => message.to_string(),
+    }
+}
+
 /// Line offset of `field` of an item (or of the item).
 fn at<T>(item: &Item<'_, '_, T>, field: Option<&str>) -> usize {
     field
@@ -376,7 +465,7 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
     }
     let targets: Vec<Item<TargetSpec>> = items("target", &raw_targets, &mut errors);
     let rules: Vec<Item<RuleSpec>> = items("rule", &raw_rules, &mut errors);
-    let channels: Vec<Item<ChannelSpec>> = items("channel", &raw_channels, &mut errors);
+    let channels: Vec<Item<ChannelSpec>> = tagged_items("channel", &raw_channels, &mut errors);
 
     let specs: Vec<TargetSpec> = targets.iter().map(|t| t.spec.clone()).collect();
     for p in validate(&specs) {

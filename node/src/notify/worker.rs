@@ -40,6 +40,9 @@ pub struct Notifier {
     wake: Notify,
     /// Send times per channel in the last rate window.
     sent_at: Mutex<HashMap<String, VecDeque<i64>>>,
+    /// Set once the channels of the spec in force were built: before that, no entry
+    /// is looked at (it would find no channel and be given up).
+    configured: tokio::sync::watch::Sender<bool>,
 }
 
 /// `alert-id:transition:channel`.
@@ -55,6 +58,7 @@ impl Notifier {
             broken: RwLock::new(HashMap::new()),
             wake: Notify::new(),
             sent_at: Mutex::new(HashMap::new()),
+            configured: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -96,6 +100,7 @@ impl Notifier {
         if let Ok(mut b) = self.broken.write() {
             *b = broken;
         }
+        self.configured.send_replace(true);
         self.wake();
     }
 
@@ -113,6 +118,11 @@ impl Notifier {
     }
 
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut configured = self.configured.subscribe();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = configured.wait_for(|c| *c) => if r.is_err() { return },
+        }
         loop {
             let next = match self.round().await {
                 Ok(next) => next,
