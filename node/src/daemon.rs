@@ -17,6 +17,9 @@ use crate::notify::worker::Notifier;
 use crate::ownership::{self, FleetState};
 use crate::store::{Store, StoreOptions};
 
+/// Longest wait for gRPC clients to finish on shutdown.
+const API_STOP_DEADLINE: Duration = Duration::from_secs(3);
+
 /// How often pauses with an end are checked.
 const PAUSE_CHECK: Duration = Duration::from_secs(1);
 
@@ -61,6 +64,7 @@ pub async fn run_node(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(Running) + Send,
 ) -> anyhow::Result<()> {
+    raise_open_files_limit();
     let data_dir = cfg.node.data_dir.clone();
     let token = match &cfg.node.api_token_file {
         Some(path) => Some(crate::api::auth::read_token(path).map_err(anyhow::Error::msg)?),
@@ -194,16 +198,43 @@ pub async fn run_node(
             tracing::warn!(task = what, "did not stop in time");
         }
     }
-    match server.await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
-        Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
-        Ok(Ok(())) => {}
+    // Samples first: nothing a client does can hold them back from the disk.
+    let flushing = store.clone();
+    let _ = tokio::task::spawn_blocking(move || flushing.flush_blocking()).await;
+    // A client that holds its HTTP/2 connection open but stops answering would keep
+    // tonic's graceful shutdown waiting forever.
+    match tokio::time::timeout(API_STOP_DEADLINE, server).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+        Ok(Ok(Ok(()))) => {}
+        Err(_) => tracing::warn!("gRPC clients did not let go in time; closing anyway"),
     }
     tracing::info!("flushing the store");
     let closing = store.clone();
     tokio::task::spawn_blocking(move || closing.close()).await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Each SSH target holds a socket: raise the soft open-files limit to the hard one
+/// (often 1024 soft, far more hard), or a node with a thousand targets runs out.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::warn!(soft = lim.rlim_cur, "cannot raise the open-files limit");
+            }
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -18,9 +18,10 @@ use crate::config::{expand_home, CheckSpec, TargetSpec, TransportKind};
 use crate::model::{now_ms, Event, EventKind, Labels, Sample};
 use crate::store::RollupPoint;
 
-/// The first scrape of a new target starts within this, spread at random so that
-/// many targets added at once do not connect at once.
-const FIRST_SCRAPE_SPREAD: Duration = Duration::from_secs(1);
+/// The first scrape of a new target starts at a random point of its first interval
+/// (at most this long), which also sets its phase for life: targets applied together
+/// spread over the interval instead of all scraping in the same second.
+const FIRST_SCRAPE_SPREAD: Duration = Duration::from_secs(60);
 /// A repeated check error is recorded again only after this long.
 const REPEAT_ERROR_AFTER: Duration = Duration::from_secs(600);
 /// Consecutive command timeouts after which the session is presumed hung and reset.
