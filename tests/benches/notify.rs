@@ -409,6 +409,8 @@ struct Latency {
     window_s: f64,
     node_cpu: Cpu,
     commits: u64,
+    /// Host CPU used by other processes during the breaches, % of one core.
+    other_cpu_pct: f64,
     group_window: &'static str,
     stop_s: f64,
     errors: Vec<String>,
@@ -496,6 +498,7 @@ fn bench_latency(rt: &tokio::runtime::Runtime, receiver: &Receiver, opts: &Optio
 
     let s0 = status(rt, &herd.addr()).ok();
     let cpu0 = proc_cpu(pid);
+    let other = OtherCpu::start(pid);
     let base = receiver.len();
     let mut seen = base;
     let mut last_print = Instant::now();
@@ -591,6 +594,13 @@ fn bench_latency(rt: &tokio::runtime::Runtime, receiver: &Receiver, opts: &Optio
     }
     out.window_s = start.elapsed().as_secs_f64();
     out.node_cpu = proc_cpu(pid) - cpu0;
+    out.other_cpu_pct = other.pct(pid);
+    if out.other_cpu_pct > 10.0 {
+        out.errors.push(format!(
+            "other processes used {:.0}% of a core during the breaches: figures are disturbed",
+            out.other_cpu_pct
+        ));
+    }
     if let (Some(s0), Ok(s1)) = (s0, status(rt, &herd.addr())) {
         out.commits = s1.store_commits.saturating_sub(s0.store_commits);
     }
@@ -670,6 +680,7 @@ impl Latency {
             "node_cpu_s": self.node_cpu.own,
             "node_children_cpu_s": self.node_cpu.children,
             "store_commits": self.commits,
+            "other_host_cpu_pct_of_one_core": self.other_cpu_pct,
             "stop_s": self.stop_s,
             "breaches": self.breaches.iter().map(|b| json!({
                 "target": b.target,
@@ -717,6 +728,8 @@ struct Burst {
     outbox_at_release: u64,
     /// Connections dropped by a full listen queue on the host during the burst.
     listen_overflows: u64,
+    /// Host CPU used by other processes during the burst, % of one core.
+    other_cpu_pct: f64,
 }
 
 impl Burst {
@@ -754,6 +767,7 @@ impl Burst {
             "hold_s": self.hold_s,
             "outbox_at_release": self.outbox_at_release,
             "listen_overflows": self.listen_overflows,
+            "other_host_cpu_pct_of_one_core": self.other_cpu_pct,
             "arrivals_ms_after_first": self.arrivals_ms.iter().map(|t| t - self.first_ms).collect::<Vec<_>>(),
         })
     }
@@ -832,6 +846,7 @@ fn bench_throughput(
     let s0 = status(rt, &addr).ok();
     let cpu0 = proc_cpu(pid);
     let overflows = listen_overflows();
+    let other = OtherCpu::start(pid);
     let t = Instant::now();
     for f in &fleet.files {
         let _ = std::fs::remove_file(f);
@@ -844,6 +859,7 @@ fn bench_throughput(
     out.firing = burst_of(receiver, base, "firing", m, None);
     out.firing.peak_connections = receiver.reset_peak();
     out.firing.listen_overflows = listen_overflows().saturating_sub(overflows);
+    out.firing.other_cpu_pct = other.pct(pid);
     out.firing.wall_s = t.elapsed().as_secs_f64();
     out.firing.node_cpu = proc_cpu(pid) - cpu0;
     if let (Some(s0), Ok(s1)) = (s0, status(rt, &addr)) {
@@ -869,6 +885,7 @@ fn bench_throughput(
     let s0 = status(rt, &addr).ok();
     let cpu0 = proc_cpu(pid);
     let overflows = listen_overflows();
+    let other = OtherCpu::start(pid);
     let t = Instant::now();
     for f in &fleet.files {
         restore(f);
@@ -909,6 +926,15 @@ fn bench_throughput(
     out.backlog = burst_of(receiver, base, "resolved", m, Some(release_ms));
     out.backlog.peak_connections = receiver.reset_peak();
     out.backlog.listen_overflows = listen_overflows().saturating_sub(overflows);
+    out.backlog.other_cpu_pct = other.pct(pid);
+    for (name, b) in [("A", &out.firing), ("B", &out.backlog)] {
+        if b.other_cpu_pct > 10.0 {
+            out.errors.push(format!(
+                "burst {name}: other processes used {:.0}% of a core: figures are disturbed",
+                b.other_cpu_pct
+            ));
+        }
+    }
     out.backlog.held_requests = held.len();
     out.backlog.held_notifications = held.iter().map(|a| a.notes.len()).sum();
     out.backlog.hold_s = held
@@ -1629,6 +1655,53 @@ fn machine(fsync: (f64, f64)) -> Value {
     })
 }
 
+/// Busy CPU seconds of the whole host (/proc/stat: all but idle and iowait).
+fn host_busy_s() -> f64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return f64::NAN;
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: f64 =
+        v.iter().take(8).sum::<f64>() - v.get(3).unwrap_or(&0.0) - v.get(4).unwrap_or(&0.0);
+    // SAFETY: sysconf has no preconditions.
+    busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+/// What the host's other processes (neither the node, its children, nor this
+/// bench) used while `f` ran, % of one core.
+struct OtherCpu {
+    host: f64,
+    node: Cpu,
+    me: f64,
+    at: Instant,
+}
+
+impl OtherCpu {
+    fn start(node: i32) -> OtherCpu {
+        OtherCpu {
+            host: host_busy_s(),
+            node: proc_cpu(node),
+            // SAFETY: getpid has no preconditions.
+            me: proc_cpu(unsafe { libc::getpid() }).own,
+            at: Instant::now(),
+        }
+    }
+
+    fn pct(&self, node: i32) -> f64 {
+        let n = proc_cpu(node) - self.node;
+        // SAFETY: getpid has no preconditions.
+        let me = proc_cpu(unsafe { libc::getpid() }).own - self.me;
+        let other = host_busy_s() - self.host - n.own - n.children - me;
+        (other / self.at.elapsed().as_secs_f64() * 100.0).max(0.0)
+    }
+}
+
 /// TcpExtListenOverflows of the host (/proc/net/netstat): connections a full
 /// listen queue dropped.
 fn listen_overflows() -> u64 {
@@ -1790,7 +1863,7 @@ fn print_table(
         println!(
             "  delivered {}/{}, missed {}, resolved missing {}, unexpected {}; keys: {} \
              requests, {} distinct, {} duplicated; node CPU {:.1} s (+ {:.1} s sh) in {:.0} s, \
-             {} store commits",
+             {} store commits; other processes {:.0}% of a core",
             l.breaches.len(),
             l.planned,
             l.missed,
@@ -1802,7 +1875,8 @@ fn print_table(
             l.node_cpu.own,
             l.node_cpu.children,
             l.window_s,
-            l.commits
+            l.commits,
+            l.other_cpu_pct
         );
         for e in &l.errors {
             println!("  note: {e}");
@@ -1859,8 +1933,10 @@ fn print_table(
         );
         println!(
             "  A: alerts created over {} (sample timestamps); per_s = (notes - 1) / (last - first \
-             arrival);\n     scrape -> rules p50/p99 {}/{}, rules -> webhook p50/p99 {}/{}",
+             arrival); other processes {:.0}% of a core;\n     scrape -> rules p50/p99 {}/{}, \
+             rules -> webhook p50/p99 {}/{}",
             ms(a.created_span_ms),
+            a.other_cpu_pct,
             ms(rules.p50),
             ms(rules.p99),
             ms(after.p50),
@@ -1869,8 +1945,8 @@ fn print_table(
         println!(
             "  B: the receiver held {} request(s) ({} notification(s)) for {:.1} s while the \
              outbox grew to {};\n     per_s = notifications after the release / (last arrival \
-             - release)",
-            b.held_requests, b.held_notifications, b.hold_s, b.outbox_at_release
+             - release); other processes {:.0}% of a core",
+            b.held_requests, b.held_notifications, b.hold_s, b.outbox_at_release, b.other_cpu_pct
         );
         println!(
             "  idempotency keys: {} requests, {} notifications, {} distinct of {} expected, {} \

@@ -341,3 +341,99 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod density {
+    use super::*;
+    use crate::model::{now_ms, Labels};
+
+    /// Prints the redb file's bytes per sample for vitals-like data written the way
+    /// a node writes it (batches every flush). A report, not an assertion beyond a
+    /// loose bound: run `cargo test -p herd --release --lib density -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement; run it explicitly"]
+    fn bytes_per_sample_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreOptions {
+                retention: Duration::from_secs(365 * 24 * 3600),
+                flush_interval: Duration::from_millis(50),
+                chunk_samples: 240,
+            },
+        )
+        .unwrap();
+        const TARGETS: usize = 100;
+        const SCRAPES: i64 = 1440; // four hours at 10 s
+        let start = now_ms() - SCRAPES * 10_000;
+        let mut total = 0u64;
+        let mut rng_state = 1u64;
+        let mut next = || {
+            rng_state = rng_state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (rng_state >> 33) as f64 / (1u64 << 31) as f64
+        };
+        for scrape in 0..SCRAPES {
+            let mut batch = Vec::new();
+            for t in 0..TARGETS {
+                let ts = start + scrape * 10_000 + (next() * 5.0) as i64;
+                let target = format!("web-{t}");
+                let cpu = (next() * 10_000.0).round() / 100.0;
+                let mem = 1_000_000_000.0 + ((scrape / 30) as f64) * 4096.0;
+                let load = (next() * 400.0).round() / 100.0;
+                let rx = (next() * 1_000_000.0).round() / 100.0;
+                for (metric, value) in [
+                    ("cpu.used_pct", cpu),
+                    ("mem.available_bytes", mem),
+                    ("load.1", load),
+                    ("net.rx_bytes_per_s", rx),
+                    ("uptime_s", (scrape * 10) as f64),
+                    ("target.up", 1.0),
+                ] {
+                    batch.push(crate::model::Sample {
+                        target: target.clone(),
+                        metric: metric.into(),
+                        labels: Labels::new(),
+                        ts_ms: ts,
+                        value,
+                    });
+                    total += 1;
+                }
+            }
+            while !store.append(batch.clone()) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if scrape % 100 == 0 {
+                store.flush_blocking().unwrap();
+            }
+        }
+        store.close();
+        drop(store);
+        let bytes = std::fs::metadata(dir.path().join("herd.redb"))
+            .unwrap()
+            .len();
+        let per = bytes as f64 / total as f64;
+        let mut db = redb::Database::open(dir.path().join("herd.redb")).unwrap();
+        let chunk_bytes: u64 = {
+            use redb::{ReadableDatabase, ReadableTable};
+            let r = db.begin_read().unwrap();
+            let t = r.open_table(tables::CHUNKS).unwrap();
+            t.iter()
+                .unwrap()
+                .map(|e| e.unwrap().1.value().len() as u64)
+                .sum()
+        };
+        let _ = db.compact();
+        drop(db);
+        let compacted = std::fs::metadata(dir.path().join("herd.redb"))
+            .unwrap()
+            .len();
+        println!(
+            "density: {total} samples; file {bytes} B = {per:.2} B/sample; after compaction {compacted} B = {:.2} B/sample; chunk payload {chunk_bytes} B = {:.2} B/sample",
+            compacted as f64 / total as f64,
+            chunk_bytes as f64 / total as f64
+        );
+        assert!(per < 64.0, "{per}");
+    }
+}
