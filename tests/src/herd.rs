@@ -35,6 +35,8 @@ pub struct HerdOptions {
     pub flush_interval: String,
     /// fleet.toml text passed with `--fleet` (applied when the node has no spec yet).
     pub fleet: Option<String>,
+    /// Extra environment of the node process (e.g. SSH_AUTH_SOCK).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for HerdOptions {
@@ -50,6 +52,7 @@ impl Default for HerdOptions {
             reconnect_max: "2s".into(),
             flush_interval: "200ms".into(),
             fleet: None,
+            env: Vec::new(),
         }
     }
 }
@@ -371,6 +374,7 @@ impl Herd {
             cmd.arg("--fleet").arg(self.fleet_path());
         }
         clean_env(&mut cmd);
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         let stdout = self.dir.path().join("node.out");
         let mut child = spawn_logged(&mut cmd, &stdout, &self.log_path());
         let start = Instant::now();

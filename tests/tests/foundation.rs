@@ -592,3 +592,71 @@ fn sigterm_exits_zero_and_flushes() {
         "new points after the restart"
     );
 }
+
+/// ssh-agent authentication (no key file configured) against a known_hosts file
+/// whose entries are hashed (`ssh-keygen -H`), as OpenSSH writes them by default.
+#[test]
+fn ssh_agent_auth_and_hashed_known_hosts() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+
+    phase!("a real ssh-agent holding the client key");
+    let sock = dir.path().join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent (openssh-client) is installed");
+    wait_until(SECS(10), "the agent's socket", || sock.exists());
+    let added = std::process::Command::new("ssh-add")
+        .arg(sshd.client_key())
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "ssh-add: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+
+    phase!("known_hosts with hashed entries only");
+    let hashed = dir.path().join("known_hosts");
+    std::fs::copy(sshd.known_hosts(), &hashed).unwrap();
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(&hashed)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ssh-keygen -H: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&hashed).unwrap();
+    assert!(
+        text.starts_with("|1|") && !text.contains("127.0.0.1"),
+        "{text}"
+    );
+
+    phase!("a node without a key file logs in through the agent");
+    let herd = Herd::start(HerdOptions {
+        ssh_key: None,
+        known_hosts: Some(hashed),
+        env: vec![("SSH_AUTH_SOCK".into(), sock.display().to_string())],
+        ..HerdOptions::default().fleet(ssh_target("agent-1", &sshd.address(), "1s"))
+    });
+    wait_until(SECS(20), "target.up = 1 through the agent", || {
+        herd.points("agent-1", "target.up")
+            .iter()
+            .any(|p| p.1 == 1.0)
+    });
+    assert!(
+        herd.points("agent-1", "cpu.used_pct").len() + herd.points("agent-1", "load.1").len() > 0
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
