@@ -2,8 +2,8 @@
 //! <https://maxmind.github.io/MaxMind-DB/>) for the nginx `geoip_db` tests: a binary
 //! search tree of 24-bit records, a 16-byte separator, the data section, then the
 //! metadata map after `\xAB\xCD\xEFMaxMind.com`. IPv4 or IPv6 trees (IPv4 networks
-//! at `::a.b.c.d` in an IPv6 tree, as MaxMind does). The node's own unit tests have
-//! the same writer (`testdb` in `geoip.rs`, test-only there).
+//! at `::a.b.c.d` in an IPv6 tree, as MaxMind does). The node's own unit tests use
+//! it too (`testdb` in `geoip.rs`).
 use std::net::IpAddr;
 
 /// A value of the data section.
@@ -185,6 +185,29 @@ pub fn encode(v: &V, out: &mut Vec<u8>) {
             }
         }
     }
+}
+
+/// The database the tests use: 127.0.0.0/24 → DE, 10.0.0.0/8 → US,
+/// 192.0.2.0/24 → only a registered country (NL), 198.51.100.0/24 → a record
+/// without any country, 2001:db8::/32 → FR (IPv6 trees only).
+pub fn sample(ip_version: u16) -> Vec<u8> {
+    let mut w = MmdbWriter::new(ip_version);
+    w.insert("127.0.0.0", 24, &country("DE", "Germany"))
+        .insert("10.0.0.0", 8, &country("US", "United States"))
+        .insert(
+            "192.0.2.0",
+            24,
+            &map(&[("registered_country", map(&[("iso_code", s("nl"))]))]),
+        )
+        .insert(
+            "198.51.100.0",
+            24,
+            &map(&[("continent", map(&[("code", s("EU"))]))]),
+        );
+    if ip_version == 6 {
+        w.insert("2001:db8::", 32, &country("FR", "France"));
+    }
+    w.build("Herd-Test-Country")
 }
 
 #[cfg(test)]
