@@ -11,8 +11,10 @@ const MAX_OUTPUT: usize = 4096;
 /// POSIX sh, busybox-compatible: mtime (following symlinks) and the target's now.
 pub fn command(path: &str) -> String {
     let p = shell_quote(path);
+    // stat's own answer decides: a file deleted between a test and stat is missing,
+    // not an unreadable answer.
     format!(
-        "if [ -e {p} ]; then echo \"mtime $(stat -L -c %Y {p})\"; else echo missing; fi; echo \"now $(date +%s)\""
+        "m=$(stat -L -c %Y {p} 2>/dev/null); if [ -n \"$m\" ]; then echo \"mtime $m\"; else echo missing; fi; echo \"now $(date +%s)\""
     )
 }
 
