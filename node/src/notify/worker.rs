@@ -314,3 +314,55 @@ pub fn backoff(d: &Delivery, attempt: u32) -> Duration {
     let wait = base.saturating_mul(1u32 << exp).min(max);
     wait.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+
+    fn notifier() -> (tempfile::TempDir, Arc<Notifier>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreOptions {
+                retention: Duration::from_secs(3600),
+                flush_interval: Duration::from_millis(50),
+                chunk_samples: 240,
+            },
+        )
+        .unwrap();
+        (dir, Notifier::new(store))
+    }
+
+    #[test]
+    fn rate_limit_holds_sends_until_the_window_frees_a_slot() {
+        let (_dir, n) = notifier();
+        let d = Delivery {
+            rate_limit_per_min: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(n.rate_limited("c", &d, 1_000), None);
+        assert_eq!(n.rate_limited("c", &d, 2_000), None);
+        // The third within a minute waits until the first leaves the window.
+        assert_eq!(n.rate_limited("c", &d, 3_000), Some(61_000));
+        assert_eq!(n.rate_limited("other", &d, 3_000), None, "per channel");
+        assert_eq!(n.rate_limited("c", &d, 61_001), None);
+        let unlimited = Delivery::default();
+        for t in 0..100 {
+            assert_eq!(n.rate_limited("c", &unlimited, t), None);
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let d = Delivery {
+            backoff: Some(crate::config::HumanDuration::from_secs(1)),
+            backoff_max: Some(crate::config::HumanDuration::from_secs(5)),
+            ..Default::default()
+        };
+        for (attempt, full) in [(1, 1000), (2, 2000), (3, 4000), (4, 5000), (30, 5000)] {
+            let w = backoff(&d, attempt).as_millis() as u64;
+            assert!(w >= full / 2 && w <= full, "attempt {attempt}: {w} ms");
+        }
+    }
+}
