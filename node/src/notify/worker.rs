@@ -23,6 +23,9 @@ use crate::store::{OutboxChange, Store};
 
 /// The worker looks at the outbox at least this often, woken or not.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Sends in flight per channel in one round: a backlog drains without opening
+/// hundreds of connections to one receiver at once.
+const MAX_PARALLEL_SENDS: usize = 8;
 /// Width of the rate-limit window.
 const RATE_WINDOW_MS: i64 = 60_000;
 
@@ -171,7 +174,16 @@ impl Notifier {
         }
         let mut change = OutboxChange::default();
         let mut sends = tokio::task::JoinSet::new();
+        let mut per_channel: HashMap<String, usize> = HashMap::new();
         for ((channel, _target), group) in groups {
+            let n = per_channel.entry(channel.clone()).or_default();
+            if *n >= MAX_PARALLEL_SENDS {
+                // The rest of this channel's due groups go in the next round, which
+                // starts as soon as this one ends.
+                next = Some(now);
+                continue;
+            }
+            *n += 1;
             let built = self
                 .channels
                 .read()
