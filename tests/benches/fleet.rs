@@ -53,6 +53,7 @@ use std::time::{Duration, Instant};
 
 use herd_proto::v1::herd_client::HerdClient;
 use herd_proto::v1::{StatusReply, StatusRequest};
+use herd_tests::bench::{percentile, progress, raise_nofile_limit, target_dir, use_release_herd};
 use herd_tests::{ssh_target, Herd, HerdOptions, Sshd, SSH_USER};
 use serde_json::{json, Value};
 
@@ -105,7 +106,7 @@ fn main() {
         return;
     }
     raise_nofile_limit();
-    use_release_herd();
+    use_release_herd("fleet");
     // One worker that keeps running between calls: a gRPC connection whose client
     // stops being polled never answers the node's HTTP/2 shutdown PING, and the
     // node then waits for it forever on SIGTERM.
@@ -1297,50 +1298,6 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-/// Thousands of SSH sessions need thousands of descriptors in the node and the
-/// fake fleet (the node does not raise its own limit): raise the soft limit to
-/// the hard one; children inherit it.
-fn raise_nofile_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid pointers to an rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-/// The harness picks `herd` next to this executable's profile; make sure that
-/// is the release build, not a stale debug one.
-fn use_release_herd() {
-    if std::env::var_os("HERD_BIN").is_some() {
-        return;
-    }
-    let release = target_dir().join("release/herd");
-    if !release.is_file() {
-        eprintln!(
-            "fleet bench: {} is missing: run scripts/bench (it builds it), or set HERD_BIN",
-            release.display()
-        );
-        std::process::exit(2);
-    }
-    // Single-threaded still: nothing reads the environment concurrently.
-    std::env::set_var("HERD_BIN", release);
-}
-
-/// `target/` of the workspace: this executable is `target/release/deps/fleet-*`.
-fn target_dir() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
-        .filter(|t| t.join("release").is_dir())
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
 fn json_path() -> PathBuf {
     target_dir().join("bench/fleet.json")
 }
@@ -1407,19 +1364,6 @@ fn per(total: f64, count: u64) -> f64 {
     } else {
         total / count as f64
     }
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-    v[rank.min(v.len() - 1)]
-}
-
-fn progress(message: &str) {
-    eprintln!("[bench] {message}");
 }
 
 /// The main table's columns: header and the cell of one row.

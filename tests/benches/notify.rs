@@ -64,6 +64,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herd_proto::v1::herd_client::HerdClient;
 use herd_proto::v1::{AlertsReply, AlertsRequest, StatusReply, StatusRequest};
+use herd_tests::bench::{percentile, progress, raise_nofile_limit, target_dir, use_release_herd};
 use herd_tests::{Herd, HerdOptions};
 use rand::Rng;
 use serde_json::{json, Value};
@@ -112,7 +113,7 @@ fn main() {
         return;
     }
     raise_nofile_limit();
-    use_release_herd();
+    use_release_herd("notify");
     // One worker that keeps running between calls (see the fleet bench: a client
     // that is not polled never answers the node's HTTP/2 shutdown PING).
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1645,49 +1646,6 @@ fn fsync_probe() -> (f64, f64) {
     (percentile(&mut times, 50.0), percentile(&mut times, 99.0))
 }
 
-/// Hundreds of targets, connections and receiver threads need descriptors: raise
-/// the soft limit to the hard one; the node inherits it.
-fn raise_nofile_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid pointers to an rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-/// The harness picks `herd` next to this executable's profile; make sure that is
-/// the release build, not a stale debug one.
-fn use_release_herd() {
-    if std::env::var_os("HERD_BIN").is_some() {
-        return;
-    }
-    let release = target_dir().join("release/herd");
-    if !release.is_file() {
-        eprintln!(
-            "notify bench: {} is missing: run scripts/bench notify (it builds it), or set HERD_BIN",
-            release.display()
-        );
-        std::process::exit(2);
-    }
-    // Single-threaded still: nothing reads the environment concurrently.
-    std::env::set_var("HERD_BIN", release);
-}
-
-/// `target/` of the workspace: this executable is `target/release/deps/notify-*`.
-fn target_dir() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
-        .filter(|t| t.join("release").is_dir())
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
 fn machine(fsync: (f64, f64)) -> Value {
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -1804,19 +1762,6 @@ impl Dist {
     fn to_json(self) -> Value {
         json!({ "n": self.n, "p50": self.p50, "p99": self.p99, "max": self.max })
     }
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-    v[rank.min(v.len() - 1)]
-}
-
-fn progress(message: &str) {
-    eprintln!("[bench] {message}");
 }
 
 /// Milliseconds for the table: seconds from 10 s up.

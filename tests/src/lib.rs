@@ -15,6 +15,7 @@ mod process;
 mod sshd;
 mod wait;
 
+pub mod bench;
 pub mod certs;
 pub mod mmdb;
 pub mod nats;

@@ -1,0 +1,61 @@
+//! Helpers the benchmarks share (tests/benches/*.rs).
+use std::path::{Path, PathBuf};
+
+/// Thousands of sessions, connections and receiver threads need descriptors: raise
+/// the soft limit to the hard one; child processes inherit it.
+pub fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// The harness picks `herd` next to this executable's profile; make sure that is
+/// the release build, not a stale debug one. `bench` names the benchmark and the
+/// `scripts/bench` argument that builds it in the message.
+pub fn use_release_herd(bench: &str) {
+    if std::env::var_os("HERD_BIN").is_some() {
+        return;
+    }
+    let release = target_dir().join("release/herd");
+    if !release.is_file() {
+        eprintln!(
+            "{bench} bench: {} is missing: run scripts/bench {bench} (it builds it), or set HERD_BIN",
+            release.display()
+        );
+        std::process::exit(2);
+    }
+    // Called first thing in main: nothing reads the environment concurrently.
+    std::env::set_var("HERD_BIN", release);
+}
+
+/// `target/` of the workspace: a bench executable is `target/release/deps/NAME-*`.
+pub fn target_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
+        .filter(|t| t.join("release").is_dir())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// Nearest-rank percentile (sorts `v`); NaN when empty.
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[rank.min(v.len() - 1)]
+}
+
+/// A progress line on stderr.
+pub fn progress(message: &str) {
+    eprintln!("[bench] {message}");
+}
