@@ -11,3 +11,4 @@ pub mod notify;
 pub mod ownership;
 pub mod rules;
 pub mod store;
+pub mod tls;

@@ -1,4 +1,5 @@
 //! Subcommands. All but `node`, `demo` and `check` talk to a node over gRPC.
+pub mod certs;
 mod commands;
 mod demo;
 mod output;

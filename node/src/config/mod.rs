@@ -12,4 +12,6 @@ pub use checks::{CheckSpec, Vantage};
 pub use duration::{parse_duration, HumanDuration};
 pub use error::{ConfigError, ConfigErrors};
 pub use fleet::{parse_fleet, FleetSpec, TargetSpec, TransportKind};
-pub use node::{expand_home, HostKeyChecking, LogFormat, NodeConfig};
+pub use node::{
+    expand_home, ClusterSection, HostKeyChecking, LogFormat, MachineSpec, NodeConfig, TlsSection,
+};

@@ -20,6 +20,59 @@ pub struct NodeConfig {
     pub ssh: SshSection,
     pub store: StoreSection,
     pub log: LogSection,
+    pub cluster: ClusterSection,
+    pub tls: TlsSection,
+}
+
+/// The herd: Raft timing, liveness, lease and failover.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Raft heartbeat from the leader (also the AppendEntries RPC timeout).
+    pub heartbeat: HumanDuration,
+    /// Raft election timeout, drawn between these two.
+    pub election_min: HumanDuration,
+    pub election_max: HumanDuration,
+    /// Every node beats every member this often.
+    pub beat_interval: HumanDuration,
+    /// A node acts for its targets (scrape, rules, notify) only while it has heard
+    /// from a majority of voters within this; must be shorter than failover_after.
+    pub lease: HumanDuration,
+    /// A member silent this long is down: the leader moves its targets.
+    pub failover_after: HumanDuration,
+    /// How many nodes watch each node's machine as a target (the next ones in the ring).
+    pub watchers: usize,
+    /// How the other nodes reach this node's machine for its vitals: "local" (they
+    /// run on the same host, as in the demo), "ssh://[user@]host[:port]", or "none".
+    pub machine: String,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            heartbeat: HumanDuration::from_millis(100),
+            election_min: HumanDuration::from_millis(500),
+            election_max: HumanDuration::from_millis(1000),
+            beat_interval: HumanDuration::from_millis(200),
+            lease: HumanDuration::from_millis(1000),
+            failover_after: HumanDuration::from_millis(1500),
+            watchers: 1,
+            machine: "local".into(),
+        }
+    }
+}
+
+/// TLS for the gRPC port: mutual between nodes (Raft traffic needs a client
+/// certificate signed by `ca`), server-side for clients. All three or none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM CA certificate that signed every node's certificate (`herd certs`).
+    pub ca: Option<PathBuf>,
+    /// PEM certificate of this node (server and client).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,6 +197,51 @@ impl Default for LogSection {
         LogSection {
             format: LogFormat::Text,
             level: "info".into(),
+        }
+    }
+}
+
+/// How the other nodes reach a node's machine to watch its vitals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MachineSpec {
+    /// Not watched as a target (liveness over gRPC only).
+    None,
+    /// The watchers run on the same host (the demo, tests): the local transport.
+    Local,
+    /// Over SSH like any target.
+    Ssh { user: Option<String>, address: String },
+}
+
+impl MachineSpec {
+    pub fn parse(text: &str) -> Result<MachineSpec, String> {
+        match text.trim() {
+            "none" => Ok(MachineSpec::None),
+            "local" => Ok(MachineSpec::Local),
+            t => {
+                let rest = t.strip_prefix("ssh://").ok_or_else(|| {
+                    format!("{t:?}: expected \"local\", \"none\" or \"ssh://[user@]host[:port]\"")
+                })?;
+                let (user, address) = match rest.split_once('@') {
+                    Some((u, a)) if !u.is_empty() => (Some(u.to_string()), a),
+                    Some(_) => return Err(format!("{t:?}: empty user before '@'")),
+                    None => (None, rest),
+                };
+                crate::config::fleet::parse_address(address).map_err(|e| format!("{t:?}: {e}"))?;
+                Ok(MachineSpec::Ssh {
+                    user,
+                    address: address.to_string(),
+                })
+            }
+        }
+    }
+
+    /// The text form `parse` reads.
+    pub fn to_text(&self) -> String {
+        match self {
+            MachineSpec::None => "none".into(),
+            MachineSpec::Local => "local".into(),
+            MachineSpec::Ssh { user: Some(u), address } => format!("ssh://{u}@{address}"),
+            MachineSpec::Ssh { user: None, address } => format!("ssh://{address}"),
         }
     }
 }
@@ -286,6 +384,56 @@ impl NodeConfig {
                 format!("{} is outside 2..=65535", self.store.chunk_samples),
             ));
         }
+        let c = &self.cluster;
+        for (key, d) in [
+            ("cluster.heartbeat", c.heartbeat),
+            ("cluster.beat_interval", c.beat_interval),
+            ("cluster.lease", c.lease),
+            ("cluster.failover_after", c.failover_after),
+        ] {
+            if d.get().as_millis() == 0 {
+                p.push((key, "must be at least 1ms".into()));
+            }
+        }
+        if c.election_min <= c.heartbeat {
+            p.push((
+                "cluster.election_min",
+                format!("{} must be longer than cluster.heartbeat {}", c.election_min, c.heartbeat),
+            ));
+        }
+        if c.election_min.get().as_millis() >= c.election_max.get().as_millis() {
+            p.push((
+                "cluster.election_min",
+                format!("{} must be shorter than cluster.election_max {}", c.election_min, c.election_max),
+            ));
+        }
+        if c.beat_interval >= c.lease {
+            p.push((
+                "cluster.beat_interval",
+                format!("{} must be shorter than cluster.lease {}", c.beat_interval, c.lease),
+            ));
+        }
+        if c.lease >= c.failover_after {
+            p.push((
+                "cluster.lease",
+                format!(
+                    "{} must be shorter than cluster.failover_after {}: a node cut off must stop \
+                     before its targets move",
+                    c.lease, c.failover_after
+                ),
+            ));
+        }
+        if c.watchers == 0 {
+            p.push(("cluster.watchers", "must be 1 or more".into()));
+        }
+        if let Err(e) = crate::config::MachineSpec::parse(&c.machine) {
+            p.push(("cluster.machine", e));
+        }
+        let t = &self.tls;
+        let set = [t.ca.is_some(), t.cert.is_some(), t.key.is_some()];
+        if set.iter().any(|x| *x) && !set.iter().all(|x| *x) {
+            p.push(("tls", "set ca, cert and key together (or none of them)".into()));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             p.push((
                 "log.level",
@@ -316,11 +464,13 @@ fn precheck(text: &str, source: &str) -> Result<(), ConfigErrors> {
             "ssh" => SshSection::deserialize(de()).map(drop),
             "store" => StoreSection::deserialize(de()).map(drop),
             "log" => LogSection::deserialize(de()).map(drop),
+            "cluster" => ClusterSection::deserialize(de()).map(drop),
+            "tls" => TlsSection::deserialize(de()).map(drop),
             _ => {
                 errors.push(err(
                     Some(key.span().start),
                     name,
-                    "unknown section; expected [node], [ssh], [store] or [log]",
+                    "unknown section; expected [node], [ssh], [store], [log], [cluster] or [tls]",
                 ));
                 continue;
             }

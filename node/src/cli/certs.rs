@@ -1,0 +1,1 @@
+//! `herd certs`: a CA and node certificates for a new herd. (Being written.)
