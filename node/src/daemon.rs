@@ -1,5 +1,7 @@
-//! The one place that wires a node: store → fleet state → collectors → gRPC, and
-//! shuts them down in order (scrapers, then the API, then the store) with a deadline.
+//! The one place that wires a node: store → Raft (cluster node, liveness, the
+//! leader's controller) → what this node owns → collectors, rules, notifications
+//! → gRPC (client API and Raft on one port), and shuts them down in order
+//! (scrapers, then the store flush, then the API and Raft) with a deadline.
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -9,12 +11,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{HerdApi, NodeIdentity};
+use crate::cluster::controller::{self, ControllerConfig};
+use crate::cluster::node::{ClusterConfig, ClusterNode};
+use crate::cluster::types::{Command, NodeRecord};
 use crate::collector::stats::ScrapeStats;
 use crate::collector::transport::SshSettings;
 use crate::collector::{CollectorCtx, StateBoard, StatusBoard};
 use crate::config::{expand_home, NodeConfig};
 use crate::notify::worker::Notifier;
 use crate::ownership::{self, FleetState};
+use crate::rules::runner::AlertDelta;
 use crate::store::{Store, StoreOptions};
 
 /// Longest wait for gRPC clients to finish on shutdown.
@@ -70,6 +76,7 @@ pub async fn run_node(
         Some(path) => Some(crate::api::auth::read_token(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    let tls = crate::tls::load(&cfg.tls).map_err(anyhow::Error::msg)?;
     let store = Store::open(
         &data_dir,
         StoreOptions {
@@ -82,18 +89,28 @@ pub async fn run_node(
     let board: StatusBoard = Arc::new(RwLock::new(Default::default()));
     let stats = Arc::new(ScrapeStats::default());
     let states: StateBoard = Arc::new(RwLock::new(Default::default()));
-    let (rules, rules_rx) = crate::rules::runner::channel(&store);
+    let (replicate_tx, replicate_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (rules, rules_rx) = crate::rules::runner::channel(&store, Some(replicate_tx));
     let transports: crate::collector::Transports = Arc::new(RwLock::new(Default::default()));
     let (owned_tx, owned_rx) = ownership::channel();
-    let fleet = Arc::new(FleetState::load(cfg.node.id, store.clone(), owned_tx)?);
-    if let Some((text, source)) = initial {
-        if fleet.current().0 == 0 {
-            fleet
-                .apply(&text, &source)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot apply the initial fleet spec: {e}"))?;
-        }
-    }
+    let addr = listener.local_addr()?;
+    let c = &cfg.cluster;
+    let cluster = ClusterNode::start(
+        cfg.node.id,
+        addr.to_string(),
+        &data_dir,
+        ClusterConfig {
+            heartbeat: c.heartbeat.get(),
+            election_min: c.election_min.get(),
+            election_max: c.election_max.get(),
+            client_tls: tls.as_ref().map(|t| t.client.clone()),
+            require_peer_cert: tls.is_some(),
+            ..ClusterConfig::default()
+        },
+    )
+    .await
+    .with_context(|| format!("starting Raft in {}", data_dir.display()))?;
+    let fleet = FleetState::new(cluster.clone(), store.clone());
     let ssh = &cfg.ssh;
     let ctx = Arc::new(CollectorCtx {
         store: store.clone(),
@@ -119,6 +136,47 @@ pub async fn run_node(
 
     let cancel = CancellationToken::new();
     let notifier = Notifier::new(store.clone());
+    let beats = cluster.spawn_beats(c.beat_interval.get(), cancel.clone());
+    let publisher = tokio::spawn(fleet.clone().publish_owned(
+        owned_tx,
+        c.lease.get(),
+        c.beat_interval.get().min(Duration::from_millis(100)),
+        cancel.clone(),
+    ));
+    let controller = tokio::spawn(controller::run(
+        fleet.clone(),
+        store.clone(),
+        notifier.clone(),
+        ControllerConfig {
+            lease: c.lease.get(),
+            failover_after: c.failover_after.get(),
+            every: c.beat_interval.get(),
+            watchers: c.watchers,
+            me: NodeRecord {
+                addr: addr.to_string(),
+                machine: c.machine.clone(),
+            },
+        },
+        cancel.clone(),
+    ));
+    let replicator = tokio::spawn(replicate_alerts(
+        cluster.clone(),
+        replicate_rx,
+        owned_rx.clone(),
+        cancel.clone(),
+    ));
+    let fence = {
+        let (notifier, mut owned, cancel) = (notifier.clone(), owned_rx.clone(), cancel.clone());
+        tokio::spawn(async move {
+            loop {
+                notifier.set_fenced(owned.borrow_and_update().fenced);
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = owned.changed() => if r.is_err() { return },
+                }
+            }
+        })
+    };
     let notify_task = tokio::spawn(notifier.clone().run(cancel.clone()));
     let rules_task = tokio::spawn(crate::rules::runner::run(
         rules.clone(),
@@ -144,7 +202,6 @@ pub async fn run_node(
         })
     };
 
-    let addr = listener.local_addr()?;
     let api = HerdApi {
         node: NodeIdentity {
             id: cfg.node.id,
@@ -157,20 +214,38 @@ pub async fn run_node(
         stats,
         states,
         rules,
+        token: token.clone(),
+        failover_after: c.failover_after.get(),
+        lease: c.lease.get(),
     };
     let api_cancel = cancel.clone();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = &tls {
+        builder = builder
+            .tls_config(t.server.clone())
+            .context("TLS settings of the gRPC server")?;
+    }
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .add_service(herd_proto::v1::herd_server::HerdServer::with_interceptor(
                 api,
                 crate::api::auth::RequireToken::new(token),
             ))
+            .add_service(cluster.service())
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async move { api_cancel.cancelled().await },
             ),
     );
     tracing::info!(node = cfg.node.id, grpc = %addr, data_dir = %data_dir.display(), "node is up");
+    if let Some((text, source)) = initial {
+        if fleet.current().0 == 0 {
+            fleet
+                .apply(&text, &source)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot apply the initial fleet spec: {e}"))?;
+        }
+    }
     on_ready(Running {
         store: store.clone(),
         fleet,
@@ -190,6 +265,11 @@ pub async fn run_node(
         ("rules", rules_task),
         ("notifications", notify_task),
         ("pauses", pause_clock),
+        ("beats", beats),
+        ("ownership", publisher),
+        ("controller", controller),
+        ("alert replication", replicator),
+        ("fencing", fence),
     ] {
         if tokio::time::timeout(COLLECTOR_STOP_DEADLINE, task)
             .await
@@ -209,11 +289,79 @@ pub async fn run_node(
         Ok(Ok(Ok(()))) => {}
         Err(_) => tracing::warn!("gRPC clients did not let go in time; closing anyway"),
     }
+    if let Err(e) = cluster.shutdown().await {
+        tracing::warn!(error = %e, "raft did not stop cleanly");
+    }
     tracing::info!("flushing the store");
     let closing = store.clone();
     tokio::task::spawn_blocking(move || closing.close()).await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Commits this node's alert changes through Raft, coalesced: whatever queued
+/// while one write was under way goes in the next. Nothing is proposed while the
+/// node is fenced (its changes then stay local, and the next owner continues from
+/// what was committed before).
+async fn replicate_alerts(
+    cluster: ClusterNode,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<AlertDelta>,
+    owned: ownership::OwnedRx,
+    cancel: CancellationToken,
+) {
+    let mut upserts: std::collections::BTreeMap<String, crate::model::Alert> = Default::default();
+    let mut deleted: std::collections::BTreeSet<String> = Default::default();
+    loop {
+        if upserts.is_empty() && deleted.is_empty() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                d = rx.recv() => match d {
+                    None => return,
+                    Some(d) => merge(&mut upserts, &mut deleted, d),
+                },
+            }
+        }
+        while let Ok(d) = rx.try_recv() {
+            merge(&mut upserts, &mut deleted, d);
+        }
+        if owned.borrow().fenced {
+            upserts.clear();
+            deleted.clear();
+            continue;
+        }
+        let cmd = Command::Alerts {
+            upserts: upserts.values().cloned().collect(),
+            deleted: deleted.iter().cloned().collect(),
+        };
+        match cluster.write(cmd).await {
+            Ok(_) => {
+                upserts.clear();
+                deleted.clear();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot commit alert changes to the herd; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+}
+
+fn merge(
+    upserts: &mut std::collections::BTreeMap<String, crate::model::Alert>,
+    deleted: &mut std::collections::BTreeSet<String>,
+    d: AlertDelta,
+) {
+    for a in d.upserts {
+        deleted.remove(&a.id);
+        upserts.insert(a.id.clone(), a);
+    }
+    for id in d.deleted {
+        upserts.remove(&id);
+        deleted.insert(id);
+    }
 }
 
 /// Each SSH target holds a socket: raise the soft open-files limit to the hard one

@@ -1530,7 +1530,7 @@ fn status(rt: &tokio::runtime::Runtime, addr: &str) -> Result<StatusReply, Strin
                 .await
                 .map_err(|e| format!("connect {addr}: {e}"))?;
             client
-                .status(StatusRequest {})
+                .status(StatusRequest { local_only: true })
                 .await
                 .map(|r| r.into_inner())
                 .map_err(|e| format!("status: {e}"))

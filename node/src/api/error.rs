@@ -1,7 +1,8 @@
 //! The one mapping from module errors to gRPC statuses.
 use tonic::Status;
 
-use crate::ownership::ApplyError;
+use crate::cluster::node::ClusterError;
+use crate::ownership::{ApplyError, PauseError};
 use crate::store::StoreError;
 
 impl From<ApplyError> for Status {
@@ -9,7 +10,31 @@ impl From<ApplyError> for Status {
         match e {
             // The CLI turns InvalidArgument into exit code 2 (bad config).
             ApplyError::Invalid(errors) => Status::invalid_argument(errors.to_string()),
-            ApplyError::Store(e) => e.into(),
+            ApplyError::Cluster(e) => e.into(),
+        }
+    }
+}
+
+impl From<PauseError> for Status {
+    fn from(e: PauseError) -> Status {
+        match e {
+            PauseError::NoTarget(_) => Status::not_found(e.to_string()),
+            PauseError::Cluster(e) => e.into(),
+        }
+    }
+}
+
+impl From<ClusterError> for Status {
+    fn from(e: ClusterError) -> Status {
+        match &e {
+            ClusterError::Config(_) | ClusterError::Rejected(_) => {
+                Status::failed_precondition(e.to_string())
+            }
+            ClusterError::NotLeader { .. }
+            | ClusterError::Timeout { .. }
+            | ClusterError::Stopped(_)
+            | ClusterError::Forward { .. } => Status::unavailable(e.to_string()),
+            ClusterError::Store(_) => Status::internal(e.to_string()),
         }
     }
 }

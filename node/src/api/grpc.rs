@@ -38,16 +38,21 @@ pub struct HerdApi {
     pub stats: Arc<ScrapeStats>,
     pub states: StateBoard,
     pub rules: RulesHandle,
+    /// This node's API token, presented when it calls the other nodes' API.
+    pub token: Option<String>,
+    pub failover_after: std::time::Duration,
+    pub lease: std::time::Duration,
 }
 
 #[tonic::async_trait]
 impl pb::herd_server::Herd for HerdApi {
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
+        let local_only = req.into_inner().local_only;
         let now = now_ms();
-        let targets = match self.board.read() {
+        let mut targets: Vec<pb::TargetInfo> = match self.board.read() {
             Ok(board) => board
                 .iter()
                 .map(|(name, s)| pb::TargetInfo {
@@ -88,7 +93,13 @@ impl pb::herd_server::Herd for HerdApi {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        let (spec_version, _) = self.fleet.current();
+        let (spec_version, spec) = self.fleet.current();
+        let herd = self.fleet.state();
+        let unreachable = if local_only {
+            Vec::new()
+        } else {
+            self.herd_targets(&mut targets, &spec, &herd).await
+        };
         let took = self.stats.duration();
         let late = self.stats.lateness();
         let stats = &self.store.stats;
@@ -106,16 +117,14 @@ impl pb::herd_server::Herd for HerdApi {
                 .samples_dropped
                 .load(std::sync::atomic::Ordering::Relaxed),
             store_commits: stats.commits.load(std::sync::atomic::Ordering::Relaxed),
-            nodes: vec![pb::NodeInfo {
-                id: self.node.id,
-                address: self.node.address.clone(),
-                role: "standalone".into(),
-                alive: true,
-                uptime_s: self.node.started.elapsed().as_secs(),
-            }],
+            nodes: self.nodes(&herd),
             targets,
             alerts: Vec::new(),
             spec_version,
+            ownership_version: herd.ownership_version,
+            leader: self.fleet.cluster().leader(),
+            node_id: self.node.id,
+            unreachable,
             store_bytes: self.store.file_bytes(),
             store_samples: self
                 .store
@@ -130,6 +139,9 @@ impl pb::herd_server::Herd for HerdApi {
         req: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryReply>, Status> {
         let q = req.into_inner();
+        if !q.local_only {
+            return self.herd_query(q).await.map(Response::new);
+        }
         if q.target.is_empty() || q.metric.is_empty() {
             return Err(Status::invalid_argument("target and metric are required"));
         }
@@ -173,7 +185,9 @@ impl pb::herd_server::Herd for HerdApi {
         }
         let series = blocking(move || store.query(&target, &metric, &labels, from, to)).await?;
         let (_, spec) = self.fleet.current();
-        if series.is_empty() && !spec.targets.iter().any(|t| t.name == q.target) {
+        let known = spec.targets.iter().any(|t| t.name == q.target)
+            || self.fleet.state().owners.contains_key(&q.target);
+        if series.is_empty() && !known {
             return Err(Status::not_found(format!(
                 "no target named {:?} in the applied fleet spec, and no data for it",
                 q.target
@@ -372,13 +386,7 @@ impl pb::herd_server::Herd for HerdApi {
             since_ms: now,
             until_ms,
         };
-        self.fleet
-            .pause(&q.target, pause)
-            .await
-            .map_err(|e| match e {
-                crate::ownership::PauseError::NoTarget(_) => Status::not_found(e.to_string()),
-                crate::ownership::PauseError::Store(s) => s.into(),
-            })?;
+        self.fleet.pause(&q.target, pause).await?;
         Ok(Response::new(pb::PauseReply {
             until_ms: until_ms.unwrap_or(0),
         }))
@@ -394,9 +402,50 @@ impl pb::herd_server::Herd for HerdApi {
             Ok(false) => Err(Status::not_found(format!(
                 "target {target:?} is not paused"
             ))),
-            Err(crate::ownership::PauseError::Store(s)) => Err(s.into()),
-            Err(e) => Err(Status::not_found(e.to_string())),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    async fn cluster_init(
+        &self,
+        _req: Request<pb::ClusterInitRequest>,
+    ) -> Result<Response<pb::ClusterReply>, Status> {
+        self.do_init().await.map(Response::new)
+    }
+
+    async fn cluster_join(
+        &self,
+        req: Request<pb::ClusterJoinRequest>,
+    ) -> Result<Response<pb::ClusterReply>, Status> {
+        let seed = req.into_inner().seed;
+        if seed.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "the address of a member to join is empty",
+            ));
+        }
+        self.do_join(&seed).await.map(Response::new)
+    }
+
+    async fn cluster_add(
+        &self,
+        req: Request<pb::ClusterAddRequest>,
+    ) -> Result<Response<pb::ClusterReply>, Status> {
+        let q = req.into_inner();
+        self.do_add(q.id, q.address).await.map(Response::new)
+    }
+
+    async fn cluster_leave(
+        &self,
+        _req: Request<pb::ClusterLeaveRequest>,
+    ) -> Result<Response<pb::ClusterReply>, Status> {
+        self.do_remove(self.node.id).await.map(Response::new)
+    }
+
+    async fn cluster_remove(
+        &self,
+        req: Request<pb::ClusterRemoveRequest>,
+    ) -> Result<Response<pb::ClusterReply>, Status> {
+        self.do_remove(req.into_inner().id).await.map(Response::new)
     }
 
     async fn apply(

@@ -24,6 +24,7 @@ type Client = HerdClient<InterceptedService<Channel, SendToken>>;
 struct Target {
     node: String,
     token: Option<String>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError> {
@@ -32,9 +33,12 @@ pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError>
         (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
         _ => None,
     };
+    let tls = crate::tls::client_tls(cli.ca.as_deref(), cli.cert.as_deref(), cli.key.as_deref())
+        .map_err(CliError::Usage)?;
     let node = &Target {
         node: cli.node.clone(),
         token,
+        tls,
     };
     match cli.command {
         Command::Node { fleet, .. } => {
@@ -47,6 +51,15 @@ pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError>
             interval,
         } => super::demo::run(&data_dir, &grpc, &interval).await,
         Command::Check { file } => check(&file),
+        Command::Cluster { action } => cluster(node, action).await,
+        Command::Certs(args) => match super::certs::run(&args) {
+            Ok(summary) => {
+                print!("{summary}");
+                Ok(())
+            }
+            Err(e @ super::certs::CertsError::Usage(_)) => Err(CliError::Usage(e.to_string())),
+            Err(e) => Err(CliError::Failure(e.to_string())),
+        },
         Command::Apply { file } => apply(node, &file).await,
         Command::Status { json } => status(node, json).await,
         Command::Query {
@@ -138,15 +151,25 @@ fn check(path: &Path) -> Result<(), CliError> {
 
 async fn client(target: &Target) -> Result<Client, CliError> {
     let node = target.node.as_str();
+    let scheme = if target.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let url = if node.contains("://") {
         node.to_string()
     } else {
-        format!("http://{node}")
+        format!("{scheme}://{node}")
     };
-    let endpoint = Channel::from_shared(url)
+    let mut endpoint = Channel::from_shared(url)
         .map_err(|e| CliError::Usage(format!("--node {node:?} is not an address: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT);
+    if let Some(tls) = &target.tls {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| CliError::Usage(format!("TLS settings: {e}")))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| {
         CliError::Failure(format!(
             "cannot reach a herd node at {node}: {e} (is `herd node` or `herd demo` running? set --node or HERD_NODE)"
@@ -199,10 +222,47 @@ async fn apply(node: &Target, path: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+async fn cluster(node: &Target, action: super::ClusterAction) -> Result<(), CliError> {
+    use super::ClusterAction as A;
+    let mut c = client(node).await?;
+    let reply = match action {
+        A::Init => c.cluster_init(pb::ClusterInitRequest {}).await,
+        A::Join { seed } => c.cluster_join(pb::ClusterJoinRequest { seed }).await,
+        A::Leave => c.cluster_leave(pb::ClusterLeaveRequest {}).await,
+        A::Remove { id } => c.cluster_remove(pb::ClusterRemoveRequest { id }).await,
+    }
+    .map_err(|s| call_error(node, s))?
+    .into_inner();
+    println!("{}", reply.message);
+    let list = |ids: &[u64]| {
+        ids.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "voters: {} · learners: {} · leader: {}",
+        if reply.voters.is_empty() {
+            "-".into()
+        } else {
+            list(&reply.voters)
+        },
+        if reply.learners.is_empty() {
+            "-".into()
+        } else {
+            list(&reply.learners)
+        },
+        reply
+            .leader
+            .map_or("none yet".to_string(), |l| l.to_string())
+    );
+    Ok(())
+}
+
 async fn status(node: &Target, json: bool) -> Result<(), CliError> {
     let reply = client(node)
         .await?
-        .status(pb::StatusRequest {})
+        .status(pb::StatusRequest { local_only: false })
         .await
         .map_err(|s| call_error(node, s))?
         .into_inner();
@@ -252,6 +312,7 @@ async fn query(node: &Target, q: QueryArgs<'_>, json: bool) -> Result<(), CliErr
             to_ms: now_ms(),
             labels: matchers,
             rollup: rollup.unwrap_or_default().to_string(),
+            local_only: false,
         })
         .await
         .map_err(|s| call_error(node, s))?

@@ -28,6 +28,15 @@ pub struct Cli {
     /// can also come from env HERD_TOKEN.
     #[arg(long, global = true, env = "HERD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// CA certificate to verify the node's TLS certificate with (herd with [tls]);
+    /// the node address is then reached over https.
+    #[arg(long, global = true, env = "HERD_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (`herd certs` makes client.pem/client.key).
+    #[arg(long, global = true, env = "HERD_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    #[arg(long, global = true, env = "HERD_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Log format on stderr (overrides [log] format).
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormatArg>,
@@ -129,6 +138,13 @@ pub enum Command {
     },
     /// Resume a paused target.
     Resume { target: String },
+    /// Membership of the herd: init, join, leave, remove.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+    /// Make a CA and node certificates for mTLS between the nodes of a new herd.
+    Certs(certs::CertsArgs),
     /// Recent events: targets down and up, host key problems, check errors.
     Events {
         /// Only this target.
@@ -140,6 +156,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterAction {
+    /// Make the node (--node) a herd of one: run it on the first node of a new herd.
+    Init,
+    /// Make the node (--node) join the herd that the member at SEED belongs to.
+    /// The first five nodes vote; later ones join as learners and own targets too.
+    Join {
+        /// gRPC address of any member, e.g. 10.0.0.1:7401.
+        seed: String,
+    },
+    /// Take the node (--node) out of its herd; its targets move to the others.
+    Leave,
+    /// Take node ID out of the herd (a node that is gone for good).
+    Remove { id: u64 },
 }
 
 #[derive(Debug, Subcommand)]

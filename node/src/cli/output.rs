@@ -65,9 +65,14 @@ fn up_word(up: i32) -> &'static str {
 
 pub fn status_json(r: &pb::StatusReply) -> Value {
     json!({
+        "node_id": r.node_id,
+        "leader": r.leader,
+        "ownership_version": r.ownership_version,
+        "unreachable": r.unreachable,
         "nodes": r.nodes.iter().map(|n| json!({
             "id": n.id, "address": n.address, "role": n.role, "alive": n.alive,
-            "uptime_s": n.uptime_s,
+            "uptime_s": n.uptime_s, "voter": n.voter, "lease": n.lease,
+            "last_seen_ms": n.last_seen_ms, "targets": n.targets,
         })).collect::<Vec<_>>(),
         "targets": r.targets.iter().map(|t| json!({
             "name": t.name,
@@ -95,18 +100,53 @@ pub fn status_json(r: &pb::StatusReply) -> Value {
 
 pub fn status_table(r: &pb::StatusReply) -> String {
     let mut out = String::new();
-    for n in &r.nodes {
+    out.push_str(&format!(
+        "answered by node {} · leader {} · fleet spec v{} · ownership v{} · store {:.1} MiB, {} samples\n",
+        r.node_id,
+        r.leader.map_or("none".to_string(), |l| l.to_string()),
+        r.spec_version,
+        r.ownership_version,
+        r.store_bytes as f64 / (1024.0 * 1024.0),
+        r.store_samples
+    ));
+    let node_rows: Vec<Vec<String>> = r
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.to_string(),
+                n.address.clone(),
+                n.role.clone(),
+                if n.voter { "yes" } else { "no" }.into(),
+                if n.alive { "yes" } else { "NO" }.into(),
+                match n.lease {
+                    Some(true) => "valid".into(),
+                    Some(false) => "NONE".into(),
+                    None => String::new(),
+                },
+                if n.id == r.node_id {
+                    "-".into()
+                } else {
+                    format!("{:.1}s ago", n.last_seen_ms as f64 / 1000.0)
+                },
+                n.targets.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "NODE", "ADDRESS", "ROLE", "VOTER", "ALIVE", "LEASE", "HEARD", "TARGETS",
+        ],
+        &node_rows,
+    ));
+    if !r.unreachable.is_empty() {
+        let ids: Vec<String> = r.unreachable.iter().map(|i| i.to_string()).collect();
         out.push_str(&format!(
-            "node {} at {} ({}, up {}) · fleet spec v{} · store {:.1} MiB, {} samples\n\n",
-            n.id,
-            n.address,
-            n.role,
-            humantime::format_duration(Duration::from_secs(n.uptime_s)),
-            r.spec_version,
-            r.store_bytes as f64 / (1024.0 * 1024.0),
-            r.store_samples
+            "no answer from node(s) {}: their targets show as unknown\n",
+            ids.join(", ")
         ));
     }
+    out.push('\n');
     if r.targets.is_empty() {
         out.push_str("no targets: apply a fleet spec with `herd apply fleet.toml`\n");
         return out;
@@ -181,7 +221,7 @@ pub fn query_json(r: &pb::QueryReply) -> Value {
             "labels": s.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
             "points": s.points.iter().map(|p| json!([p.ts_ms, p.value])).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-        "gaps": r.gaps.iter().map(|g| json!({"from_ms": g.from_ms, "to_ms": g.to_ms, "reason": g.reason})).collect::<Vec<_>>(),
+        "gaps": r.gaps.iter().map(|g| json!({"from_ms": g.from_ms, "to_ms": g.to_ms, "reason": g.reason, "node": (g.node > 0).then_some(g.node)})).collect::<Vec<_>>(),
     })
 }
 

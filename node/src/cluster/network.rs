@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use herd_proto::v1::forward_reply;
 use herd_proto::v1::raft_client::RaftClient;
-use herd_proto::v1::{ForwardRequest, RaftReply, RaftRequest, SnapshotChunk};
+use herd_proto::v1::{BeatRequest, ForwardRequest, RaftReply, RaftRequest, SnapshotChunk};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
     Unreachable,
@@ -166,6 +166,35 @@ impl Peers {
             .collect();
         out.sort_by(|a, b| a.addr.cmp(&b.addr));
         out
+    }
+
+    /// The cached channel to the node at `addr` (also used for calls to its client
+    /// API: status and query fan-out, membership requests).
+    pub fn channel_to(&self, addr: &str) -> Result<Channel, Status> {
+        self.peer(addr).channel.map_err(Status::unavailable)
+    }
+
+    /// One beat to the node at `addr`; returns the id of the node that answered.
+    pub async fn beat(
+        &self,
+        addr: &str,
+        from: NodeId,
+        from_addr: &str,
+        timeout: Duration,
+    ) -> Result<NodeId, Status> {
+        let channel = self.channel_to(addr)?;
+        let mut req = tonic::Request::new(BeatRequest {
+            from,
+            from_addr: from_addr.to_string(),
+        });
+        req.set_timeout(timeout);
+        let mut client = RaftClient::new(channel);
+        match tokio::time::timeout(timeout, client.beat(req)).await {
+            Ok(res) => res.map(|r| r.into_inner().id),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer from {addr} within {timeout:?}"
+            ))),
+        }
     }
 
     /// Sends a client write to the node at `addr` (the leader, as far as this node

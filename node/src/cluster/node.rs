@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tonic::transport::ClientTlsConfig;
 use tonic::Code;
 
+use super::liveness::Liveness;
 use super::network::{Forwarded, Network, PeerStats, Peers};
 use super::service::RaftService;
 use super::store::{self, StoreError};
@@ -56,6 +57,8 @@ pub struct ClusterConfig {
     pub snapshot_every: u64,
     /// TLS towards the peers (mutual when it carries an identity); plain without.
     pub client_tls: Option<ClientTlsConfig>,
+    /// Refuse Raft calls that carry no client certificate (set with mTLS).
+    pub require_peer_cert: bool,
 }
 
 impl Default for ClusterConfig {
@@ -69,6 +72,7 @@ impl Default for ClusterConfig {
             write_timeout: Duration::from_secs(5),
             snapshot_every: 5000,
             client_tls: None,
+            require_peer_cert: false,
         }
     }
 }
@@ -185,6 +189,7 @@ pub struct ClusterNode {
     raft: Raft<TypeConfig>,
     state: watch::Receiver<Arc<ClusterState>>,
     peers: Peers,
+    liveness: Arc<Liveness>,
     config: ClusterConfig,
 }
 
@@ -224,8 +229,59 @@ impl ClusterNode {
             raft,
             state,
             peers,
+            liveness: Liveness::new(id),
             config,
         })
+    }
+
+    /// Who this node heard from and when (fed by beats; see [`Liveness`]).
+    pub fn liveness(&self) -> &Arc<Liveness> {
+        &self.liveness
+    }
+
+    /// The shared channels to the peers.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// The settings this node runs with.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// Members of the applied membership (voters and learners) with their addresses.
+    pub fn members(&self) -> Vec<(NodeId, BasicNode)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect()
+    }
+
+    /// Voters of the applied membership.
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().voter_ids().collect()
+    }
+
+    /// Beats every member each `interval` until `cancel` (see [`Liveness`]).
+    pub fn spawn_beats(
+        &self,
+        interval: Duration,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(super::liveness::beat_members(
+            self.liveness.clone(),
+            self.peers.clone(),
+            self.addr.clone(),
+            move || me.members(),
+            interval,
+            cancel,
+        ))
     }
 
     pub fn id(&self) -> NodeId {
@@ -244,7 +300,11 @@ impl ClusterNode {
 
     /// The Raft gRPC service of this node, to add to its tonic server.
     pub fn service(&self) -> RaftServer<RaftService> {
-        RaftService::server(self.raft.clone())
+        RaftService::server(
+            self.raft.clone(),
+            self.liveness.clone(),
+            self.config.require_peer_cert,
+        )
     }
 
     /// Makes a brand-new herd of `members` (all voters; include this node).

@@ -7,15 +7,18 @@
 //! decode, `Unavailable` for a forwarded write while this node's Raft is stopped.
 use herd_proto::v1::raft_server::{Raft as RaftRpc, RaftServer};
 use herd_proto::v1::{
-    forward_reply, ForwardReply, ForwardRequest, NotLeader, RaftReply, RaftRequest, SnapshotChunk,
+    forward_reply, BeatReply, BeatRequest, ForwardReply, ForwardRequest, NotLeader, RaftReply,
+    RaftRequest, SnapshotChunk,
 };
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::Raft;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+use super::liveness::Liveness;
 use super::network::MAX_MESSAGE_BYTES;
 use super::types::{Command, NodeId, TypeConfig};
 
@@ -23,18 +26,29 @@ use super::types::{Command, NodeId, TypeConfig};
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft<TypeConfig>,
+    liveness: Arc<Liveness>,
+    /// With TLS: every call must carry a client certificate signed by the herd's CA.
+    require_cert: bool,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft<TypeConfig>) -> RaftService {
-        RaftService { raft }
+    pub fn new(raft: Raft<TypeConfig>, liveness: Arc<Liveness>, require_cert: bool) -> RaftService {
+        RaftService {
+            raft,
+            liveness,
+            require_cert,
+        }
     }
 
     /// The service ready to add to a tonic server, accepting messages up to
     /// [`MAX_MESSAGE_BYTES`] (tonic's default of 4 MiB is too small for a large
     /// AppendEntries batch).
-    pub fn server(raft: Raft<TypeConfig>) -> RaftServer<RaftService> {
-        RaftServer::new(RaftService::new(raft))
+    pub fn server(
+        raft: Raft<TypeConfig>,
+        liveness: Arc<Liveness>,
+        require_cert: bool,
+    ) -> RaftServer<RaftService> {
+        RaftServer::new(RaftService::new(raft, liveness, require_cert))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
@@ -55,12 +69,31 @@ fn reply<T: Serialize>(what: &str, v: &T) -> Result<Response<RaftReply>, Status>
     }))
 }
 
+impl RaftService {
+    fn guard<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if self.require_cert {
+            crate::tls::require_peer_cert(request)?;
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
+    async fn beat(&self, request: Request<BeatRequest>) -> Result<Response<BeatReply>, Status> {
+        self.guard(&request)?;
+        let from = request.into_inner().from;
+        self.liveness.heard(from);
+        Ok(Response::new(BeatReply {
+            id: self.liveness.id(),
+        }))
+    }
+
     async fn append_entries(
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
+        self.guard(&request)?;
         let rpc: AppendEntriesRequest<TypeConfig> =
             decode("AppendEntries request", &request.into_inner().payload)?;
         let res = self.raft.append_entries(rpc).await;
@@ -68,6 +101,7 @@ impl RaftRpc for RaftService {
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.guard(&request)?;
         let rpc: VoteRequest<NodeId> = decode("Vote request", &request.into_inner().payload)?;
         let res = self.raft.vote(rpc).await;
         reply("Vote result", &res)
@@ -77,6 +111,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<SnapshotChunk>,
     ) -> Result<Response<RaftReply>, Status> {
+        self.guard(&request)?;
         let chunk = request.into_inner();
         let mut rpc: InstallSnapshotRequest<TypeConfig> =
             decode("InstallSnapshot request", &chunk.payload)?;
@@ -91,6 +126,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardReply>, Status> {
+        self.guard(&request)?;
         let cmd: Command = decode("forwarded command", &request.into_inner().command)?;
         let result = match self.raft.client_write(cmd).await {
             Ok(r) => forward_reply::Result::Response(encode("command response", &r.data)?),

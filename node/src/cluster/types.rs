@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Alert;
+use crate::ownership::Pause;
 
 openraft::declare_raft_types!(
     /// Herd's openraft configuration.
@@ -24,7 +25,10 @@ pub type NodeId = u64;
 pub enum Command {
     /// A fleet spec validated by the node that proposed it; every node parses the
     /// text again when it applies it.
-    ApplySpec { text: String, source: String },
+    ApplySpec {
+        text: String,
+        source: String,
+    },
     /// The leader's assignment of targets to nodes.
     SetOwnership {
         owners: BTreeMap<String, NodeId>,
@@ -36,13 +40,41 @@ pub enum Command {
         deleted: Vec<String>,
     },
     /// Idempotency keys of delivered notifications (no second send after a takeover).
-    Sent { keys: Vec<String> },
-    /// A node's health as the leader concluded it.
+    Sent {
+        keys: Vec<String>,
+    },
+    /// A node's health as the leader concluded it (a change of `up` counts a
+    /// transition; the notification it causes is keyed by it).
     NodeHealth {
         node: NodeId,
         up: bool,
         since_ms: i64,
         seen_by: NodeId,
+        /// Targets that moved away from (down) or back to (up) the node, for the notice.
+        moved: Vec<String>,
+    },
+    /// What a node tells the herd about itself: its address and how its machine is
+    /// watched (`MachineSpec` text).
+    NodeInfo {
+        node: NodeId,
+        addr: String,
+        machine: String,
+    },
+    /// A node left or was removed: forget its records.
+    Forget {
+        node: NodeId,
+    },
+    Pause {
+        target: String,
+        pause: Pause,
+    },
+    Resume {
+        target: String,
+    },
+    /// Ends the pauses whose end is at or before `now_ms` (the proposer's clock,
+    /// so that every node ends the same ones).
+    ExpirePauses {
+        now_ms: i64,
     },
 }
 
@@ -59,6 +91,16 @@ pub struct NodeHealth {
     pub up: bool,
     pub since_ms: i64,
     pub seen_by: NodeId,
+    /// Changes of `up` so far (the first "down" is 1).
+    pub transitions: u64,
+    pub moved: Vec<String>,
+}
+
+/// What a node said about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub addr: String,
+    pub machine: String,
 }
 
 /// Most sent keys remembered; the oldest are forgotten first.
@@ -76,6 +118,8 @@ pub struct ClusterState {
     /// Delivered idempotency keys in delivery order (bounded by MAX_SENT_KEYS).
     pub sent: std::collections::VecDeque<String>,
     pub health: BTreeMap<NodeId, NodeHealth>,
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    pub pauses: BTreeMap<String, Pause>,
 }
 
 impl ClusterState {
@@ -122,16 +166,69 @@ impl ClusterState {
                 up,
                 since_ms,
                 seen_by,
+                moved,
             } => {
+                let before = self.health.get(node);
+                // A node is up until said otherwise; only a change is a transition.
+                let was_up = before.is_none_or(|h| h.up);
+                let transitions = before.map_or(0, |h| h.transitions);
+                if was_up == *up && before.is_some() {
+                    return CommandResponse {
+                        version: transitions,
+                    };
+                }
+                let transitions = if was_up == *up {
+                    transitions
+                } else {
+                    transitions + 1
+                };
                 self.health.insert(
                     *node,
                     NodeHealth {
                         up: *up,
                         since_ms: *since_ms,
                         seen_by: *seen_by,
+                        transitions,
+                        moved: moved.clone(),
+                    },
+                );
+                CommandResponse {
+                    version: transitions,
+                }
+            }
+            Command::NodeInfo {
+                node,
+                addr,
+                machine,
+            } => {
+                self.nodes.insert(
+                    *node,
+                    NodeRecord {
+                        addr: addr.clone(),
+                        machine: machine.clone(),
                     },
                 );
                 CommandResponse::default()
+            }
+            Command::Forget { node } => {
+                self.nodes.remove(node);
+                self.health.remove(node);
+                CommandResponse::default()
+            }
+            Command::Pause { target, pause } => {
+                self.pauses.insert(target.clone(), pause.clone());
+                CommandResponse::default()
+            }
+            Command::Resume { target } => CommandResponse {
+                version: u64::from(self.pauses.remove(target).is_some()),
+            },
+            Command::ExpirePauses { now_ms } => {
+                let before = self.pauses.len();
+                self.pauses
+                    .retain(|_, p| p.until_ms.is_none_or(|u| u > *now_ms));
+                CommandResponse {
+                    version: (before - self.pauses.len()) as u64,
+                }
             }
         }
     }
@@ -159,5 +256,54 @@ mod tests {
             keys: vec!["k".into(), "k".into()],
         });
         assert_eq!(s.sent.len(), 1);
+    }
+
+    #[test]
+    fn health_counts_changes_only() {
+        let mut s = ClusterState::default();
+        let health = |up| Command::NodeHealth {
+            node: 2,
+            up,
+            since_ms: 1,
+            seen_by: 1,
+            moved: vec![],
+        };
+        assert_eq!(
+            s.apply(&health(true)).version,
+            0,
+            "up is the default: no change"
+        );
+        assert_eq!(s.apply(&health(false)).version, 1);
+        assert_eq!(
+            s.apply(&health(false)).version,
+            1,
+            "again: no new transition"
+        );
+        assert_eq!(s.apply(&health(true)).version, 2);
+        assert_eq!(s.health[&2].transitions, 2);
+    }
+
+    #[test]
+    fn pauses_end_by_the_proposers_clock() {
+        let mut s = ClusterState::default();
+        let p = |until_ms| Pause {
+            by: "me".into(),
+            reason: "r".into(),
+            since_ms: 0,
+            until_ms,
+        };
+        s.apply(&Command::Pause {
+            target: "a".into(),
+            pause: p(Some(100)),
+        });
+        s.apply(&Command::Pause {
+            target: "b".into(),
+            pause: p(None),
+        });
+        assert_eq!(s.apply(&Command::ExpirePauses { now_ms: 99 }).version, 0);
+        assert_eq!(s.apply(&Command::ExpirePauses { now_ms: 100 }).version, 1);
+        assert!(s.pauses.contains_key("b"));
+        assert_eq!(s.apply(&Command::Resume { target: "b".into() }).version, 1);
+        assert_eq!(s.apply(&Command::Resume { target: "b".into() }).version, 0);
     }
 }

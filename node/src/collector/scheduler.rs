@@ -83,11 +83,11 @@ impl Scheduler {
                 Some(r) if r.spec == *spec => report.unchanged.push(name.to_string()),
                 Some(_) => {
                     self.stop(name);
-                    self.start(spec);
+                    self.start(spec, false);
                     report.changed.push(name.to_string());
                 }
                 None => {
-                    self.start(spec);
+                    self.start(spec, owned.gained.contains(name));
                     report.added.push(name.to_string());
                 }
             }
@@ -103,11 +103,12 @@ impl Scheduler {
         report
     }
 
-    fn start(&mut self, spec: &TargetSpec) {
+    fn start(&mut self, spec: &TargetSpec, at_once: bool) {
         let cancel = CancellationToken::new();
         self.tracker.spawn(target::run_target(
             spec.clone(),
             self.ctx.clone(),
+            at_once,
             cancel.clone(),
         ));
         self.tasks.insert(

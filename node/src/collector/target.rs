@@ -57,7 +57,14 @@ fn build_transport(spec: &TargetSpec, ctx: &CollectorCtx) -> Result<Transport, S
     }
 }
 
-pub async fn run_target(spec: TargetSpec, ctx: Arc<CollectorCtx>, cancel: CancellationToken) {
+/// `at_once`: the first scrape starts now (a target taken over from a dead node)
+/// instead of at a random point of the first interval.
+pub async fn run_target(
+    spec: TargetSpec,
+    ctx: Arc<CollectorCtx>,
+    at_once: bool,
+    cancel: CancellationToken,
+) {
     let name = spec.name.clone();
     if let Ok(mut board) = ctx.board.write() {
         board.insert(
@@ -94,6 +101,7 @@ pub async fn run_target(spec: TargetSpec, ctx: Arc<CollectorCtx>, cancel: Cancel
             spec.clone(),
             check,
             up_check == Some(i),
+            at_once,
             transport.clone(),
             link.clone(),
             ctx.clone(),
@@ -119,6 +127,7 @@ async fn check_loop(
     spec: Arc<TargetSpec>,
     check: CheckSpec,
     emits_up: bool,
+    at_once: bool,
     transport: Arc<Transport>,
     link: SharedLink,
     ctx: Arc<CollectorCtx>,
@@ -149,7 +158,11 @@ async fn check_loop(
         l.insert("check".into(), check.name().to_string());
         l
     });
-    let spread = rand::rng().random_range(0.0..1.0);
+    let spread = if at_once {
+        0.0
+    } else {
+        rand::rng().random_range(0.0..1.0)
+    };
     let mut next = Instant::now() + FIRST_SCRAPE_SPREAD.min(interval).mul_f64(spread);
     let mut retry_at: Option<Instant> = None;
     let mut last_error: Option<(String, Instant)> = None;

@@ -176,6 +176,19 @@ pub fn validate(targets: &[TargetSpec]) -> Vec<Problem> {
                 Some("name"),
                 format!("target name {:?} is used twice", t.name),
             );
+        } else if t
+            .name
+            .starts_with(crate::ownership::machines::MACHINE_PREFIX)
+        {
+            bad(
+                None,
+                Some("name"),
+                format!(
+                    "target name {:?}: names starting with {:?} are the herd's own machines",
+                    t.name,
+                    crate::ownership::machines::MACHINE_PREFIX
+                ),
+            );
         }
         match (t.transport, &t.address) {
             (TransportKind::Ssh, None) => bad(

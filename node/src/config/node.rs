@@ -209,7 +209,10 @@ pub enum MachineSpec {
     /// The watchers run on the same host (the demo, tests): the local transport.
     Local,
     /// Over SSH like any target.
-    Ssh { user: Option<String>, address: String },
+    Ssh {
+        user: Option<String>,
+        address: String,
+    },
 }
 
 impl MachineSpec {
@@ -240,8 +243,14 @@ impl MachineSpec {
         match self {
             MachineSpec::None => "none".into(),
             MachineSpec::Local => "local".into(),
-            MachineSpec::Ssh { user: Some(u), address } => format!("ssh://{u}@{address}"),
-            MachineSpec::Ssh { user: None, address } => format!("ssh://{address}"),
+            MachineSpec::Ssh {
+                user: Some(u),
+                address,
+            } => format!("ssh://{u}@{address}"),
+            MachineSpec::Ssh {
+                user: None,
+                address,
+            } => format!("ssh://{address}"),
         }
     }
 }
@@ -398,19 +407,28 @@ impl NodeConfig {
         if c.election_min <= c.heartbeat {
             p.push((
                 "cluster.election_min",
-                format!("{} must be longer than cluster.heartbeat {}", c.election_min, c.heartbeat),
+                format!(
+                    "{} must be longer than cluster.heartbeat {}",
+                    c.election_min, c.heartbeat
+                ),
             ));
         }
         if c.election_min.get().as_millis() >= c.election_max.get().as_millis() {
             p.push((
                 "cluster.election_min",
-                format!("{} must be shorter than cluster.election_max {}", c.election_min, c.election_max),
+                format!(
+                    "{} must be shorter than cluster.election_max {}",
+                    c.election_min, c.election_max
+                ),
             ));
         }
         if c.beat_interval >= c.lease {
             p.push((
                 "cluster.beat_interval",
-                format!("{} must be shorter than cluster.lease {}", c.beat_interval, c.lease),
+                format!(
+                    "{} must be shorter than cluster.lease {}",
+                    c.beat_interval, c.lease
+                ),
             ));
         }
         if c.lease >= c.failover_after {
@@ -432,7 +450,10 @@ impl NodeConfig {
         let t = &self.tls;
         let set = [t.ca.is_some(), t.cert.is_some(), t.key.is_some()];
         if set.iter().any(|x| *x) && !set.iter().all(|x| *x) {
-            p.push(("tls", "set ca, cert and key together (or none of them)".into()));
+            p.push((
+                "tls",
+                "set ca, cert and key together (or none of them)".into(),
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             p.push((

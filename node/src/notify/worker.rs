@@ -46,6 +46,9 @@ pub struct Notifier {
     /// Set once the channels of the spec in force were built: before that, no entry
     /// is looked at (it would find no channel and be given up).
     configured: tokio::sync::watch::Sender<bool>,
+    /// Set while this node's lease is not valid: nothing is sent (a node cut off
+    /// from the herd must not notify for targets another node has taken over).
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 /// `alert-id:transition:channel`.
@@ -62,7 +65,22 @@ impl Notifier {
             wake: Notify::new(),
             sent_at: Mutex::new(HashMap::new()),
             configured: tokio::sync::watch::channel(false).0,
+            fenced: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Stops (true) or resumes (false) delivery; queued entries wait meanwhile.
+    pub fn set_fenced(&self, fenced: bool) {
+        let was = self
+            .fenced
+            .swap(fenced, std::sync::atomic::Ordering::SeqCst);
+        if was && !fenced {
+            self.wake();
+        }
+    }
+
+    fn is_fenced(&self) -> bool {
+        self.fenced.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Builds the channels of a (new) fleet spec. A channel that cannot be built
@@ -127,11 +145,15 @@ impl Notifier {
             r = configured.wait_for(|c| *c) => if r.is_err() { return },
         }
         loop {
-            let next = match self.round().await {
-                Ok(next) => next,
-                Err(e) => {
-                    tracing::error!(error = %e, "outbox round failed");
-                    None
+            let next = if self.is_fenced() {
+                None
+            } else {
+                match self.round().await {
+                    Ok(next) => next,
+                    Err(e) => {
+                        tracing::error!(error = %e, "outbox round failed");
+                        None
+                    }
                 }
             };
             let wait = next

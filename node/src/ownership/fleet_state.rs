@@ -1,26 +1,19 @@
-//! The fleet spec this node applied, kept in the store so a restart resumes it, and
-//! published to the collectors as "what this node owns".
-use std::collections::BTreeMap;
+//! The fleet spec, pauses and ownership as the herd agreed on them (the applied
+//! Raft state), and what this node owns of it: proposals go through Raft, the
+//! view of "what I own" is recomputed whenever the applied state or the lease
+//! changes, and published to the collectors and the rules.
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
-use super::{owned_by, OwnedTx, Pause};
+use super::{machines, Owned, OwnedTx, Pause};
+use crate::cluster::node::{ClusterError, ClusterNode};
+use crate::cluster::types::{ClusterState, Command, NodeId};
 use crate::config::{parse_fleet, ConfigErrors, FleetSpec, TargetSpec};
 use crate::model::{now_ms, Event, EventKind};
-use crate::store::{Store, StoreError};
-
-const META_FLEET: &str = "fleet_spec";
-const META_PAUSES: &str = "pauses";
-
-/// The applied spec as stored: its text (so it can be parsed again by a newer
-/// version) and its version.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredSpec {
-    version: u64,
-    source: String,
-    text: String,
-}
+use crate::store::Store;
 
 /// Names of targets an apply added, changed, removed or left alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,7 +51,7 @@ pub enum PauseError {
     #[error("no target named {0:?} in the applied fleet spec")]
     NoTarget(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Cluster(#[from] ClusterError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,147 +59,97 @@ pub enum ApplyError {
     #[error("{0}")]
     Invalid(ConfigErrors),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Cluster(#[from] ClusterError),
 }
 
+/// The applied spec parsed once per version.
+type Parsed = (u64, Arc<FleetSpec>);
+
 pub struct FleetState {
-    node_id: u64,
+    node: ClusterNode,
     store: Store,
-    owned: OwnedTx,
-    current: Mutex<(u64, Arc<FleetSpec>)>,
-    /// Paused targets (node-local until the herd replicates them), kept in the store.
-    pauses: Mutex<BTreeMap<String, Pause>>,
-    /// Serializes applies, so two at once cannot both become the same version.
+    parsed: Mutex<Parsed>,
+    /// Serializes applies, so a diff is against the version the apply replaces.
     applying: tokio::sync::Mutex<()>,
 }
 
 impl FleetState {
-    /// Loads the last applied spec from the store (none: an empty fleet) and
-    /// publishes it.
-    pub fn load(node_id: u64, store: Store, owned: OwnedTx) -> Result<FleetState, StoreError> {
-        let mut version = 0;
-        let mut spec = FleetSpec::default();
-        if let Some(bytes) = store.get_meta(META_FLEET)? {
-            match serde_json::from_slice::<StoredSpec>(&bytes) {
-                Ok(stored) => match parse_fleet(&stored.text, &stored.source) {
-                    Ok(s) => {
-                        version = stored.version;
-                        spec = s;
-                    }
-                    Err(e) => {
-                        version = stored.version;
-                        tracing::error!(errors = %e, "the stored fleet spec is no longer valid; starting with no targets until the next apply");
-                    }
-                },
-                Err(e) => {
-                    tracing::error!(error = %e, "unreadable stored fleet spec; starting with no targets")
-                }
-            }
-        }
-        let spec = Arc::new(spec);
-        let pauses: BTreeMap<String, Pause> = store
-            .get_meta(META_PAUSES)?
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        let _ = owned.send(Arc::new(owned_by(node_id, &spec, version, &pauses)));
-        Ok(FleetState {
-            node_id,
+    pub fn new(node: ClusterNode, store: Store) -> Arc<FleetState> {
+        Arc::new(FleetState {
+            node,
             store,
-            owned,
-            pauses: Mutex::new(pauses),
-            current: Mutex::new((version, spec)),
+            parsed: Mutex::new((0, Arc::new(FleetSpec::default()))),
             applying: tokio::sync::Mutex::new(()),
         })
     }
 
+    pub fn cluster(&self) -> &ClusterNode {
+        &self.node
+    }
+
+    /// The applied cluster state.
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.node.state().borrow().clone()
+    }
+
+    /// The applied spec and its version.
     pub fn current(&self) -> (u64, Arc<FleetSpec>) {
-        match self.current.lock() {
-            Ok(c) => (c.0, c.1.clone()),
-            Err(p) => {
-                let c = p.into_inner();
-                (c.0, c.1.clone())
-            }
+        let state = self.state();
+        self.spec_of(&state)
+    }
+
+    fn spec_of(&self, state: &ClusterState) -> (u64, Arc<FleetSpec>) {
+        let mut cache = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.0 != state.spec_version {
+            let spec = if state.spec_version == 0 {
+                FleetSpec::default()
+            } else {
+                match parse_fleet(&state.spec_text, &state.spec_source) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Validated before it was proposed; a newer herd version may
+                        // read it differently. Own nothing rather than guess.
+                        tracing::error!(version = state.spec_version, errors = %e, "the applied fleet spec does not parse here");
+                        FleetSpec::default()
+                    }
+                }
+            };
+            *cache = (state.spec_version, Arc::new(spec));
         }
+        (cache.0, cache.1.clone())
     }
 
-    fn pauses(&self) -> BTreeMap<String, Pause> {
-        self.pauses.lock().map(|p| p.clone()).unwrap_or_default()
-    }
-
-    /// Tells the collectors and rules what this node owns now.
-    fn publish(&self) {
-        let (version, spec) = self.current();
-        let _ = self.owned.send(Arc::new(owned_by(
-            self.node_id,
-            &spec,
-            version,
-            &self.pauses(),
-        )));
-    }
-
-    /// Pauses a target of the applied spec: not scraped, no alert, until resumed or
-    /// `until_ms`. Durable before it returns.
-    pub async fn pause(&self, target: &str, pause: Pause) -> Result<(), PauseError> {
-        let (_, spec) = self.current();
-        if !spec.targets.iter().any(|t| t.name == target) {
-            return Err(PauseError::NoTarget(target.to_string()));
+    /// Makes this node a herd of one when it is in none yet (a node used alone, as
+    /// before the herd existed, or the first node of a new herd).
+    pub async fn ensure_herd(&self) -> Result<bool, ClusterError> {
+        let mut members = BTreeMap::new();
+        members.insert(
+            self.node.id(),
+            openraft::BasicNode::new(self.node.addr().to_string()),
+        );
+        let made = self.node.init(members).await?;
+        if made {
+            tracing::info!(node = self.node.id(), "this node is now a herd of one");
         }
-        let mut all = self.pauses();
-        all.insert(target.to_string(), pause);
-        self.save_pauses(all).await
+        Ok(made)
     }
 
-    /// Resumes a paused target; false when it was not paused.
-    pub async fn resume(&self, target: &str) -> Result<bool, PauseError> {
-        let mut all = self.pauses();
-        if all.remove(target).is_none() {
-            return Ok(false);
-        }
-        self.save_pauses(all).await.map(|()| true)
-    }
-
-    /// Ends pauses whose time is up (called every second by the daemon).
-    pub async fn expire_pauses(&self, now_ms: i64) {
-        let mut all = self.pauses();
-        let before = all.len();
-        all.retain(|_, p| p.until_ms.is_none_or(|u| u > now_ms));
-        if all.len() != before {
-            tracing::info!(ended = before - all.len(), "pauses ended");
-            if let Err(e) = self.save_pauses(all).await {
-                tracing::error!(error = %e, "cannot store ended pauses");
-            }
-        }
-    }
-
-    async fn save_pauses(&self, all: BTreeMap<String, Pause>) -> Result<(), PauseError> {
-        let bytes = serde_json::to_vec(&all).unwrap_or_default();
-        self.store.put_meta(META_PAUSES, bytes).await?;
-        if let Ok(mut p) = self.pauses.lock() {
-            *p = all;
-        }
-        self.publish();
-        Ok(())
-    }
-
-    /// Validates `text`, stores it durably as the next version and publishes it.
+    /// Validates `text` and proposes it through Raft; returns once applied here.
     pub async fn apply(&self, text: &str, source: &str) -> Result<(u64, SpecDiff), ApplyError> {
         let spec = parse_fleet(text, source).map_err(ApplyError::Invalid)?;
         let _one_at_a_time = self.applying.lock().await;
-        let (old_version, old) = self.current();
-        let version = old_version + 1;
-        let stored = StoredSpec {
-            version,
-            source: source.to_string(),
-            text: text.to_string(),
-        };
-        let bytes = serde_json::to_vec(&stored).unwrap_or_default();
-        self.store.put_meta(META_FLEET, bytes).await?;
+        self.ensure_herd().await?;
+        let (_, old) = self.current();
+        let r = self
+            .node
+            .write(Command::ApplySpec {
+                text: text.to_string(),
+                source: source.to_string(),
+            })
+            .await?;
+        let version = r.version;
+        self.wait_applied(|s| s.spec_version >= version).await;
         let d = diff(&old, &spec);
-        let spec = Arc::new(spec);
-        if let Ok(mut c) = self.current.lock() {
-            *c = (version, spec.clone());
-        }
-        self.publish();
         self.store
             .event(Event {
                 ts_ms: now_ms(),
@@ -222,6 +165,170 @@ impl FleetState {
             .await;
         tracing::info!(version, added = ?d.added, changed = ?d.changed, removed = ?d.removed, "fleet spec applied");
         Ok((version, d))
+    }
+
+    /// A write returns when the leader applied it; this node may apply it a moment later.
+    async fn wait_applied(&self, done: impl Fn(&ClusterState) -> bool) {
+        let mut rx = self.node.state();
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| done(s))).await;
+    }
+
+    /// Pauses a target of the applied spec for the whole herd: not scraped, no
+    /// alert, until resumed or `until_ms`.
+    pub async fn pause(&self, target: &str, pause: Pause) -> Result<(), PauseError> {
+        let (_, spec) = self.current();
+        if !spec.targets.iter().any(|t| t.name == target) {
+            return Err(PauseError::NoTarget(target.to_string()));
+        }
+        self.node
+            .write(Command::Pause {
+                target: target.to_string(),
+                pause: pause.clone(),
+            })
+            .await?;
+        self.wait_applied(|s| s.pauses.get(target) == Some(&pause))
+            .await;
+        Ok(())
+    }
+
+    /// Resumes a paused target; false when it was not paused.
+    pub async fn resume(&self, target: &str) -> Result<bool, PauseError> {
+        if !self.state().pauses.contains_key(target) {
+            return Ok(false);
+        }
+        let r = self
+            .node
+            .write(Command::Resume {
+                target: target.to_string(),
+            })
+            .await?;
+        self.wait_applied(|s| !s.pauses.contains_key(target)).await;
+        Ok(r.version > 0)
+    }
+
+    /// Ends pauses whose time is up (the leader proposes it; called every second).
+    pub async fn expire_pauses(&self, now_ms: i64) {
+        if !self.node.is_leader() {
+            return;
+        }
+        let due = self
+            .state()
+            .pauses
+            .values()
+            .any(|p| p.until_ms.is_some_and(|u| u <= now_ms));
+        if due {
+            match self.node.write(Command::ExpirePauses { now_ms }).await {
+                Ok(r) => tracing::info!(ended = r.version, "pauses ended"),
+                Err(e) => tracing::warn!(error = %e, "cannot end pauses now; retrying"),
+            }
+        }
+    }
+
+    /// Publishes what this node owns until `cancel`: on every applied change and
+    /// every `recheck` (the lease is a matter of time, not of state).
+    pub async fn publish_owned(
+        self: Arc<Self>,
+        owned: OwnedTx,
+        lease: Duration,
+        recheck: Duration,
+        cancel: CancellationToken,
+    ) {
+        let me = self.node.id();
+        let mut state_rx = self.node.state();
+        let mut tick = tokio::time::interval(recheck);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Owners of the map before the current one: who a gained target came from.
+        let mut last_owners: BTreeMap<String, NodeId> = BTreeMap::new();
+        let mut last_version = 0u64;
+        let mut prev_owners: BTreeMap<String, NodeId> = BTreeMap::new();
+        let mut was_fenced: Option<bool> = None;
+        // The alerts handed over are read when ownership, spec or fencing change
+        // only: the owner's own alert updates must not make a new view each time.
+        let mut snapshot_of = (u64::MAX, u64::MAX, false);
+        let mut alerts = Vec::new();
+        loop {
+            let state = state_rx.borrow_and_update().clone();
+            if state.ownership_version != last_version {
+                prev_owners = std::mem::replace(&mut last_owners, state.owners.clone());
+                last_version = state.ownership_version;
+            }
+            let voters = self.node.voters();
+            let fenced = !self.node.liveness().lease_valid(&voters, lease);
+            if was_fenced != Some(fenced) {
+                if fenced && was_fenced.is_some() {
+                    tracing::warn!(node = me, "lease lost: no majority heard within the lease; stopping scrapes and notifications");
+                } else if !fenced && was_fenced == Some(true) {
+                    tracing::info!(node = me, "lease valid again");
+                }
+                was_fenced = Some(fenced);
+            }
+            let (version, spec) = self.spec_of(&state);
+            let mut view = owned_view(me, &state, version, &spec, &prev_owners, fenced);
+            let key = (state.ownership_version, version, fenced);
+            if key != snapshot_of {
+                snapshot_of = key;
+                alerts = view.alerts.clone();
+            } else {
+                view.alerts = alerts.clone();
+            }
+            let current = owned.borrow().clone();
+            if *current != view {
+                let _ = owned.send(Arc::new(view));
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = state_rx.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {}
+            }
+        }
+    }
+}
+
+/// What node `me` owns under the applied `state` (pure). `prev_owners` is the map
+/// before the current one: targets that come from another node are `gained`.
+pub fn owned_view(
+    me: NodeId,
+    state: &ClusterState,
+    spec_version: u64,
+    spec: &Arc<FleetSpec>,
+    prev_owners: &BTreeMap<String, NodeId>,
+    fenced: bool,
+) -> Owned {
+    let mut targets: Vec<TargetSpec> = Vec::new();
+    if !fenced {
+        let mine = |name: &str| state.owners.get(name) == Some(&me);
+        targets.extend(spec.targets.iter().filter(|t| mine(&t.name)).cloned());
+        // As many watchers as there could be: the map says which exist.
+        targets.extend(
+            machines::targets(&state.nodes, state.nodes.len())
+                .into_iter()
+                .filter(|t| mine(&t.name)),
+        );
+    }
+    let names: BTreeSet<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+    Owned {
+        spec_version,
+        ownership_version: state.ownership_version,
+        spec: spec.clone(),
+        paused: state
+            .pauses
+            .iter()
+            .filter(|(n, _)| names.contains(n.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        alerts: state
+            .alerts
+            .values()
+            .filter(|a| names.contains(a.target.as_str()))
+            .cloned()
+            .collect(),
+        gained: targets
+            .iter()
+            .filter(|t| prev_owners.get(&t.name).is_some_and(|o| *o != me))
+            .map(|t| t.name.clone())
+            .collect(),
+        fenced,
+        targets,
     }
 }
 

@@ -1,19 +1,20 @@
-//! "What this node owns now": a value the collectors reconcile against.
-//!
-//! Until the herd (Raft ownership) exists, a node owns every target of the fleet
-//! spec it applied. The cluster work replaces `owned_by` with the committed
-//! ownership map; the collectors do not change.
-use std::collections::BTreeMap;
+//! "What this node owns now": a value the collectors and the rules reconcile
+//! against. It is computed from the applied Raft state (spec, ownership map,
+//! pauses, replicated alerts) and this node's lease: a node whose lease is not
+//! valid owns nothing (it is fenced), whatever its map says.
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 pub mod assign;
 mod fleet_state;
+pub mod machines;
 
 pub use fleet_state::{diff, ApplyError, FleetState, PauseError, SpecDiff};
 
 use crate::config::{FleetSpec, TargetSpec};
+use crate::model::Alert;
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Owned {
@@ -24,6 +25,15 @@ pub struct Owned {
     pub spec: Arc<FleetSpec>,
     /// Owned targets that are paused: not scraped, no alerts.
     pub paused: BTreeMap<String, Pause>,
+    /// Version of the ownership map these targets come from.
+    pub ownership_version: u64,
+    /// Alerts of the owned targets as the herd last recorded them: a new owner
+    /// continues them (no second "firing", the "resolved" still goes out).
+    pub alerts: Vec<Alert>,
+    /// Targets taken over from another node: scraped at once, not at a random phase.
+    pub gained: BTreeSet<String>,
+    /// True while the lease is not valid: nothing is owned, nothing is notified.
+    pub fenced: bool,
 }
 
 /// A paused target: who paused it, why, until when.
@@ -42,25 +52,6 @@ impl Owned {
         self.targets
             .iter()
             .filter(|t| !self.paused.contains_key(&t.name))
-    }
-}
-
-/// The targets `node` owns under `spec`. Single node: all of them.
-pub fn owned_by(
-    _node: u64,
-    spec: &Arc<FleetSpec>,
-    spec_version: u64,
-    pauses: &BTreeMap<String, Pause>,
-) -> Owned {
-    Owned {
-        spec_version,
-        targets: spec.targets.clone(),
-        spec: spec.clone(),
-        paused: pauses
-            .iter()
-            .filter(|(name, _)| spec.targets.iter().any(|t| &t.name == *name))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
     }
 }
 

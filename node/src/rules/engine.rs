@@ -696,6 +696,25 @@ impl Engine {
         dropped
     }
 
+    /// Continues alerts another node kept (a takeover, or a lease regained): each
+    /// one not here already and not inactive is restored like a stored alert, so a
+    /// firing alert stays firing without a second notification and its transition
+    /// count (part of every idempotency key) goes on. Returns how many were taken.
+    pub fn adopt(&mut self, alerts: Vec<Alert>) -> usize {
+        let mut taken = 0;
+        for alert in alerts {
+            if alert.state == AlertState::Inactive || self.alerts.machines.contains_key(&alert.id) {
+                continue;
+            }
+            let before = self.alerts.machines.len();
+            self.restore(alert);
+            taken += usize::from(self.alerts.machines.len() > before);
+        }
+        self.dropped_at_restore.clear();
+        self.add_clocks(self.latest_ms);
+        taken
+    }
+
     /// A sample of an owned target.
     pub fn on_sample(&mut self, s: &Sample) -> Vec<Transition> {
         self.observe_time(s.ts_ms);

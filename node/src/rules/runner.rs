@@ -15,7 +15,7 @@ use super::engine::{Engine, Transition};
 use crate::collector::{StateBoard, Transports};
 use crate::config::rules::{effective_rules, RuleSpec};
 use crate::config::FleetSpec;
-use crate::model::{now_ms, Alert, Event, EventKind, Notification, Sample, Severity};
+use crate::model::{now_ms, Alert, Event, EventKind, Notification, NotifyKind, Sample, Severity};
 use crate::notify::worker::{idempotency_key, Notifier};
 use crate::ownership::OwnedRx;
 use crate::store::alerting::{OutboxEntry, Silence, TransitionRecord};
@@ -45,6 +45,16 @@ pub struct RulesHandle {
     silences: Arc<RwLock<Vec<Silence>>>,
     store: Store,
     pub dropped: Arc<AtomicU64>,
+    /// Alert changes go to the herd here (committed through Raft, so that a new
+    /// owner continues them).
+    replicate: Option<mpsc::UnboundedSender<AlertDelta>>,
+}
+
+/// Alerts changed (upserts) and ended (deleted) by this node's engine.
+#[derive(Debug, Default)]
+pub struct AlertDelta {
+    pub upserts: Vec<Alert>,
+    pub deleted: Vec<String>,
 }
 
 impl RulesHandle {
@@ -115,7 +125,11 @@ impl RulesHandle {
 }
 
 /// Creates the handle (silences loaded from the store) and the engine's queue.
-pub fn channel(store: &Store) -> (RulesHandle, mpsc::Receiver<Input>) {
+/// Alert changes are also sent to `replicate`, when given.
+pub fn channel(
+    store: &Store,
+    replicate: Option<mpsc::UnboundedSender<AlertDelta>>,
+) -> (RulesHandle, mpsc::Receiver<Input>) {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let silences: Vec<Silence> = store
         .get_meta(META_SILENCES)
@@ -129,6 +143,7 @@ pub fn channel(store: &Store) -> (RulesHandle, mpsc::Receiver<Input>) {
         silences: Arc::new(RwLock::new(silences)),
         store: store.clone(),
         dropped: Arc::new(AtomicU64::new(0)),
+        replicate,
     };
     (handle, rx)
 }
@@ -191,6 +206,11 @@ pub async fn run(
                 // Paused targets raise no alert: their alerts end silently.
                 let active: Vec<_> = current.active().cloned().collect();
                 let dropped = engine.reconfigure(rules.clone(), &active);
+                // Alerts of targets taken over continue where their last owner left them.
+                let adopted = engine.adopt(current.alerts.clone());
+                if adopted > 0 {
+                    tracing::info!(adopted, "continuing alerts of targets taken over");
+                }
                 ctx.rules = rules.into_iter().map(|r| (r.name.clone(), r)).collect();
                 ctx.spec = current.spec.clone();
                 ctx.notifier.configure(&current.spec.channels).await;
@@ -213,6 +233,7 @@ pub async fn run(
                         if let Err(e) = ctx.handle.store.alerting(batch).await {
                             tracing::error!(error = %e, "cannot store an ack");
                         }
+                        ctx.handle.replicate(vec![a.clone()], Vec::new());
                     }
                     let _ = reply.send(acked);
                     Vec::new()
@@ -292,6 +313,53 @@ pub fn route(spec: &FleetSpec, rule: Option<&RuleSpec>, severity: Severity) -> V
     spec.routes.default.clone()
 }
 
+/// The outbox entries of one notification: one per channel, due after the
+/// channel's grouping window, with the channel's fallbacks.
+pub fn outbox_entries(
+    notifier: &Notifier,
+    channels: Vec<String>,
+    alert: &Alert,
+    kind: NotifyKind,
+    ts_ms: i64,
+    now: i64,
+) -> Vec<OutboxEntry> {
+    channels
+        .into_iter()
+        .map(|ch| {
+            let delivery = notifier.delivery(&ch);
+            let window = delivery
+                .group_window
+                .unwrap_or(crate::config::channels::DEFAULT_GROUP_WINDOW)
+                .get()
+                .as_millis() as i64;
+            OutboxEntry {
+                notification: Notification {
+                    idempotency_key: idempotency_key(&alert.id, alert.transitions, &ch),
+                    channel: ch,
+                    kind,
+                    alert: alert.clone(),
+                    ts_ms,
+                },
+                attempts: 0,
+                not_before_ms: now + window,
+                created_ms: now,
+                fallbacks: delivery.fallback.clone(),
+                last_error: None,
+            }
+        })
+        .collect()
+}
+
+impl RulesHandle {
+    fn replicate(&self, upserts: Vec<Alert>, deleted: Vec<String>) {
+        if let Some(tx) = &self.replicate {
+            if !upserts.is_empty() || !deleted.is_empty() {
+                let _ = tx.send(AlertDelta { upserts, deleted });
+            }
+        }
+    }
+}
+
 async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
     let now = now_ms();
     let silences = ctx.handle.silences();
@@ -308,28 +376,7 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
             } else if channels.is_empty() {
                 suppressed = Some("no channel routes this alert".into());
             } else {
-                for ch in channels {
-                    let delivery = ctx.notifier.delivery(&ch);
-                    let window = delivery
-                        .group_window
-                        .unwrap_or(crate::config::channels::DEFAULT_GROUP_WINDOW)
-                        .get()
-                        .as_millis() as i64;
-                    entries.push(OutboxEntry {
-                        notification: Notification {
-                            idempotency_key: idempotency_key(&t.alert.id, t.alert.transitions, &ch),
-                            channel: ch,
-                            kind,
-                            alert: t.alert.clone(),
-                            ts_ms: t.ts_ms,
-                        },
-                        attempts: 0,
-                        not_before_ms: now + window,
-                        created_ms: now,
-                        fallbacks: delivery.fallback.clone(),
-                        last_error: None,
-                    });
-                }
+                entries = outbox_entries(&ctx.notifier, channels, &t.alert, kind, t.ts_ms, now);
             }
             // Actions are remediation, not notification: like event handlers, they run
             // whether or not a channel routes or a silence mutes the alert.
@@ -361,10 +408,12 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
         }
     }
     let wake = !batch.outbox.is_empty();
+    let (upserts, deleted) = (batch.alerts.clone(), batch.deleted.clone());
     if let Err(e) = ctx.handle.store.alerting(batch).await {
         tracing::error!(error = %e, "cannot store alert transitions");
         return;
     }
+    ctx.handle.replicate(upserts, deleted);
     if wake {
         ctx.notifier.wake();
     }

@@ -1,0 +1,574 @@
+//! The herd side of the client API: membership requests, the node list, and the
+//! fan-out of `status` and `query` to the other nodes (samples stay on the node
+//! that collected them; any node answers for the whole herd).
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use herd_proto::v1 as pb;
+use herd_proto::v1::herd_client::HerdClient;
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+use super::grpc::HerdApi;
+use crate::cluster::node::ClusterError;
+use crate::cluster::types::{ClusterState, NodeId};
+
+/// Most voters; further nodes join as learners (they still own targets).
+pub const MAX_VOTERS: usize = 5;
+/// Bound on one call to another node during a fan-out.
+const FAN_OUT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Bound on a membership change (a learner catching up included).
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl HerdApi {
+    /// A client of the node at `addr` on the shared peer channels.
+    fn peer(&self, addr: &str) -> Result<HerdClient<Channel>, Status> {
+        let ch = self.fleet.cluster().peers().channel_to(addr)?;
+        Ok(HerdClient::new(ch)
+            .max_decoding_message_size(crate::cluster::network::MAX_MESSAGE_BYTES))
+    }
+
+    /// A request to another node: this node's token, a deadline.
+    fn outbound<T>(&self, msg: T, timeout: Duration) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.set_timeout(timeout);
+        if let Some(t) = &self.token {
+            if let Ok(v) = format!("Bearer {t}").parse() {
+                r.metadata_mut().insert("authorization", v);
+            }
+        }
+        r
+    }
+
+    fn members(&self) -> Vec<(NodeId, BasicNode)> {
+        self.fleet.cluster().members()
+    }
+
+    /// The nodes of the herd as this node sees them.
+    pub(super) fn nodes(&self, herd: &ClusterState) -> Vec<pb::NodeInfo> {
+        let cluster = self.fleet.cluster();
+        let me = self.node.id;
+        let metrics = cluster.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members: Vec<(NodeId, BasicNode)> =
+            membership.nodes().map(|(i, n)| (*i, n.clone())).collect();
+        let owned = |id: NodeId| herd.owners.values().filter(|o| **o == id).count() as u64;
+        if members.is_empty() {
+            return vec![pb::NodeInfo {
+                id: me,
+                address: self.node.address.clone(),
+                role: "none".into(),
+                alive: true,
+                uptime_s: self.node.started.elapsed().as_secs(),
+                voter: false,
+                last_seen_ms: 0,
+                lease: Some(false),
+                targets: 0,
+            }];
+        }
+        members
+            .into_iter()
+            .map(|(id, n)| {
+                let voter = voters.contains(&id);
+                let role = if metrics.current_leader == Some(id) {
+                    "leader"
+                } else if !voter {
+                    "learner"
+                } else if id == me && metrics.state == ServerState::Candidate {
+                    "candidate"
+                } else {
+                    "follower"
+                };
+                let silent = cluster.liveness().silent_for(id);
+                pb::NodeInfo {
+                    id,
+                    address: n.addr,
+                    role: role.into(),
+                    alive: id == me || silent < self.failover_after,
+                    uptime_s: if id == me {
+                        self.node.started.elapsed().as_secs()
+                    } else {
+                        0
+                    },
+                    voter,
+                    last_seen_ms: silent.as_millis() as u64,
+                    lease: (id == me).then(|| cluster.liveness().lease_valid(&voters, self.lease)),
+                    targets: owned(id),
+                }
+            })
+            .collect()
+    }
+
+    /// Adds the other owners' target rows to `targets` (this node's own rows are in
+    /// already), then a row for every target nobody reported. Returns the nodes
+    /// that did not answer.
+    pub(super) async fn herd_targets(
+        &self,
+        targets: &mut Vec<pb::TargetInfo>,
+        spec: &crate::config::FleetSpec,
+        herd: &ClusterState,
+    ) -> Vec<u64> {
+        let me = self.node.id;
+        let mut calls = Vec::new();
+        for (id, node) in self.members() {
+            if id == me || !herd.owners.values().any(|o| *o == id) {
+                continue;
+            }
+            let client = self.peer(&node.addr);
+            let req = self.outbound(pb::StatusRequest { local_only: true }, FAN_OUT_TIMEOUT);
+            calls.push(async move {
+                let res = match client {
+                    Ok(mut c) => tokio::time::timeout(FAN_OUT_TIMEOUT, c.status(req))
+                        .await
+                        .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer"))),
+                    Err(e) => Err(e),
+                };
+                (id, res)
+            });
+        }
+        let mut unreachable = Vec::new();
+        for (id, res) in futures_join_all(calls).await {
+            match res {
+                Ok(r) => targets.extend(
+                    r.into_inner()
+                        .targets
+                        .into_iter()
+                        .filter(|t| herd.owners.get(&t.name) == Some(&id)),
+                ),
+                Err(_) => unreachable.push(id),
+            }
+        }
+        // Rows of this node for targets it no longer owns are stale.
+        targets.retain(|t| {
+            t.owner != me || herd.owners.get(&t.name) == Some(&me) || herd.owners.is_empty()
+        });
+        let have: BTreeSet<String> = targets.iter().map(|t| t.name.clone()).collect();
+        let mut names: Vec<&String> = spec.targets.iter().map(|t| &t.name).collect();
+        names.extend(herd.owners.keys());
+        for name in names {
+            if have.contains(name) || targets.iter().any(|t| &t.name == name) {
+                continue;
+            }
+            targets.push(pb::TargetInfo {
+                name: name.clone(),
+                owner: herd.owners.get(name).copied().unwrap_or(0),
+                up: -1,
+                last_scrape_age_s: -1.0,
+                ..Default::default()
+            });
+        }
+        targets.sort_by(|a, b| a.name.cmp(&b.name));
+        unreachable.sort_unstable();
+        unreachable
+    }
+
+    /// Samples of a target from every node, merged by time; a node that does not
+    /// answer is a gap.
+    pub(super) async fn herd_query(&self, q: pb::QueryRequest) -> Result<pb::QueryReply, Status> {
+        let me = self.node.id;
+        let local = pb::QueryRequest {
+            local_only: true,
+            ..q.clone()
+        };
+        let mut calls = Vec::new();
+        for (id, node) in self.members() {
+            if id == me {
+                continue;
+            }
+            let client = self.peer(&node.addr);
+            let req = self.outbound(local.clone(), FAN_OUT_TIMEOUT);
+            calls.push(async move {
+                let res = match client {
+                    Ok(mut c) => tokio::time::timeout(FAN_OUT_TIMEOUT, c.query(req))
+                        .await
+                        .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer"))),
+                    Err(e) => Err(e),
+                };
+                (id, res.map(|r| r.into_inner()))
+            });
+        }
+        let mine = pb::herd_server::Herd::query(self, Request::new(local)).await;
+        let others = futures_join_all(calls).await;
+        let mut replies = Vec::new();
+        let mut gaps = Vec::new();
+        let mut not_found = None;
+        match mine {
+            Ok(r) => replies.push(r.into_inner()),
+            Err(s) if s.code() == tonic::Code::NotFound => not_found = Some(s),
+            Err(s) => return Err(s),
+        }
+        for (id, res) in others {
+            match res {
+                Ok(r) => replies.push(r),
+                // The target is unknown there too: nothing to add.
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) if s.code() == tonic::Code::InvalidArgument => return Err(s),
+                Err(s) => gaps.push(pb::Gap {
+                    from_ms: q.from_ms,
+                    to_ms: q.to_ms,
+                    reason: format!("node {id} did not answer: {}", s.message()),
+                    node: id,
+                }),
+            }
+        }
+        if replies.is_empty() && gaps.is_empty() {
+            return Err(not_found.unwrap_or_else(|| Status::not_found("no data")));
+        }
+        Ok(merge_replies(q, replies, gaps))
+    }
+
+    fn leader_addr(&self) -> Result<(NodeId, String), Status> {
+        let cluster = self.fleet.cluster();
+        let leader = cluster.leader().ok_or_else(|| {
+            Status::unavailable("the herd has no leader right now; retry in a moment")
+        })?;
+        let addr = self
+            .members()
+            .into_iter()
+            .find(|(id, _)| *id == leader)
+            .map(|(_, n)| n.addr)
+            .ok_or_else(|| Status::unavailable(format!("leader {leader} has no known address")))?;
+        Ok((leader, addr))
+    }
+
+    fn cluster_reply(&self, message: String) -> pb::ClusterReply {
+        let cluster = self.fleet.cluster();
+        let voters = cluster.voters();
+        pb::ClusterReply {
+            message,
+            learners: self
+                .members()
+                .into_iter()
+                .map(|(id, _)| id)
+                .filter(|id| !voters.contains(id))
+                .collect(),
+            voters: voters.into_iter().collect(),
+            leader: cluster.leader(),
+        }
+    }
+
+    pub(super) async fn do_init(&self) -> Result<pb::ClusterReply, Status> {
+        let made = self.fleet.ensure_herd().await?;
+        let cluster = self.fleet.cluster();
+        cluster.wait_for_leader(Duration::from_secs(10)).await?;
+        let me = self.node.id;
+        Ok(self.cluster_reply(if made {
+            format!(
+                "node {me} is now a herd of one; add nodes with `herd --node NEW_NODE cluster join {}`",
+                self.node.address
+            )
+        } else {
+            format!("node {me} is already in a herd; nothing changed")
+        }))
+    }
+
+    pub(super) async fn do_join(&self, seed: &str) -> Result<pb::ClusterReply, Status> {
+        let me = self.node.id;
+        let cluster = self.fleet.cluster();
+        if self.members().iter().any(|(id, _)| *id == me) {
+            return Ok(
+                self.cluster_reply(format!("node {me} is already in a herd; nothing changed"))
+            );
+        }
+        let initialized = cluster
+            .raft()
+            .is_initialized()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        if initialized {
+            return Err(Status::failed_precondition(format!(
+                "node {me} has Raft state of another herd; to join this one, stop it, remove \
+                 raft.redb from its data_dir and start it again"
+            )));
+        }
+        let mut client = self
+            .peer(seed)
+            .map_err(|s| Status::unavailable(format!("cannot reach {seed}: {}", s.message())))?;
+        let req = self.outbound(
+            pb::ClusterAddRequest {
+                id: me,
+                address: self.node.address.clone(),
+            },
+            MEMBERSHIP_TIMEOUT,
+        );
+        let reply = client.cluster_add(req).await.map_err(|s| {
+            Status::new(
+                s.code(),
+                format!("{seed} refused or did not answer: {}", s.message()),
+            )
+        })?;
+        // The leader's log reaches this node a moment later.
+        let mut m = cluster.metrics();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            m.wait_for(|m| {
+                m.membership_config
+                    .membership()
+                    .nodes()
+                    .any(|(id, _)| *id == me)
+            }),
+        )
+        .await;
+        let r = reply.into_inner();
+        Ok(pb::ClusterReply {
+            message: r.message,
+            ..self.cluster_reply(String::new())
+        })
+    }
+
+    pub(super) async fn do_add(
+        &self,
+        id: NodeId,
+        address: String,
+    ) -> Result<pb::ClusterReply, Status> {
+        if id == 0 {
+            return Err(Status::invalid_argument("node id 0 is not valid"));
+        }
+        if address.trim().is_empty() {
+            return Err(Status::invalid_argument("the new node's address is empty"));
+        }
+        let cluster = self.fleet.cluster();
+        if !cluster.is_leader() {
+            let (leader, addr) = self.leader_addr()?;
+            let mut client = self.peer(&addr)?;
+            let req = self.outbound(pb::ClusterAddRequest { id, address }, MEMBERSHIP_TIMEOUT);
+            return client
+                .cluster_add(req)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| {
+                    Status::new(
+                        s.code(),
+                        format!("leader {leader} at {addr}: {}", s.message()),
+                    )
+                });
+        }
+        if let Some((_, n)) = self.members().into_iter().find(|(i, _)| *i == id) {
+            return if n.addr == address {
+                Ok(self.cluster_reply(format!("node {id} is already a member at {address}")))
+            } else {
+                Err(Status::already_exists(format!(
+                    "node id {id} is already a member at {}; every node needs its own [node] id",
+                    n.addr
+                )))
+            };
+        }
+        let raft = cluster.raft();
+        let added = tokio::time::timeout(
+            MEMBERSHIP_TIMEOUT,
+            raft.add_learner(id, BasicNode::new(address.clone()), true),
+        )
+        .await;
+        membership_result(added, "adding the node")?;
+        let voters = cluster.voters();
+        let message = if voters.len() < MAX_VOTERS {
+            let changed = tokio::time::timeout(
+                MEMBERSHIP_TIMEOUT,
+                raft.change_membership(ChangeMembers::AddVoterIds([id].into()), true),
+            )
+            .await;
+            membership_result(changed, "making the node a voter")?;
+            format!("node {id} at {address} joined as a voter")
+        } else {
+            format!("node {id} at {address} joined as a learner ({MAX_VOTERS} voters already); it owns targets too")
+        };
+        tracing::info!(node = id, %address, "{message}");
+        Ok(self.cluster_reply(message))
+    }
+
+    pub(super) async fn do_remove(&self, id: NodeId) -> Result<pb::ClusterReply, Status> {
+        let cluster = self.fleet.cluster();
+        if !self.members().iter().any(|(i, _)| *i == id) {
+            let ids: Vec<String> = self.members().iter().map(|(i, _)| i.to_string()).collect();
+            return Err(Status::not_found(format!(
+                "no node {id} in the herd (members: {})",
+                ids.join(", ")
+            )));
+        }
+        if !cluster.is_leader() {
+            let (leader, addr) = self.leader_addr()?;
+            let mut client = self.peer(&addr)?;
+            let req = self.outbound(pb::ClusterRemoveRequest { id }, MEMBERSHIP_TIMEOUT);
+            return client
+                .cluster_remove(req)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| {
+                    Status::new(
+                        s.code(),
+                        format!("leader {leader} at {addr}: {}", s.message()),
+                    )
+                });
+        }
+        let voters = cluster.voters();
+        if voters.len() == 1 && voters.contains(&id) {
+            return Err(Status::failed_precondition(format!(
+                "node {id} is the herd's only voter; a herd cannot remove its last voter"
+            )));
+        }
+        let raft = cluster.raft();
+        // A learner steps up first, so the herd keeps as many voters as it can.
+        if voters.contains(&id) {
+            if let Some(learner) = self
+                .members()
+                .into_iter()
+                .map(|(i, _)| i)
+                .find(|i| *i != id && !voters.contains(i))
+            {
+                let r = tokio::time::timeout(
+                    MEMBERSHIP_TIMEOUT,
+                    raft.change_membership(ChangeMembers::AddVoterIds([learner].into()), true),
+                )
+                .await;
+                membership_result(r, "promoting a learner")?;
+            }
+            let r = tokio::time::timeout(
+                MEMBERSHIP_TIMEOUT,
+                raft.change_membership(ChangeMembers::RemoveVoters([id].into()), false),
+            )
+            .await;
+            membership_result(r, "removing the voter")?;
+        }
+        if self.members().iter().any(|(i, _)| *i == id) {
+            let r = tokio::time::timeout(
+                MEMBERSHIP_TIMEOUT,
+                raft.change_membership(ChangeMembers::RemoveNodes([id].into()), false),
+            )
+            .await;
+            membership_result(r, "removing the node")?;
+        }
+        tracing::info!(node = id, "node removed from the herd");
+        Ok(self.cluster_reply(format!(
+            "node {id} removed from the herd; its targets move to the others"
+        )))
+    }
+}
+
+type MembershipResult<T> = Result<
+    Result<
+        T,
+        openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, BasicNode>>,
+    >,
+    tokio::time::error::Elapsed,
+>;
+
+fn membership_result<T>(r: MembershipResult<T>, what: &str) -> Result<(), Status> {
+    use openraft::error::{ClientWriteError, RaftError};
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(
+            Status::unavailable(format!("{what}: leadership changed meanwhile; retry")),
+        ),
+        Ok(Err(RaftError::APIError(e))) => Err(Status::failed_precondition(format!("{what}: {e}"))),
+        Ok(Err(RaftError::Fatal(f))) => Err(ClusterError::Stopped(f.to_string()).into()),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "{what} did not complete within {MEMBERSHIP_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// Runs the calls concurrently; returns their outputs in order (a call whose task
+/// failed is left out).
+async fn futures_join_all<F>(futs: Vec<F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Merges the answers of several nodes: series by labels with points in time
+/// order (one point per timestamp), rollup buckets by time.
+fn merge_replies(
+    q: pb::QueryRequest,
+    replies: Vec<pb::QueryReply>,
+    gaps: Vec<pb::Gap>,
+) -> pb::QueryReply {
+    let mut series: BTreeMap<Vec<(String, String)>, BTreeMap<i64, f64>> = BTreeMap::new();
+    let mut rollups: BTreeMap<Vec<(String, String)>, BTreeMap<i64, pb::RollupBucket>> =
+        BTreeMap::new();
+    for r in replies {
+        for s in r.series {
+            let key: Vec<(String, String)> = s
+                .labels
+                .into_iter()
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
+                .collect();
+            let pts = series.entry(key).or_default();
+            for p in s.points {
+                pts.insert(p.ts_ms, p.value);
+            }
+        }
+        for s in r.rollups {
+            let key: Vec<(String, String)> = s
+                .labels
+                .into_iter()
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
+                .collect();
+            let buckets = rollups.entry(key).or_default();
+            for b in s.buckets {
+                match buckets.get_mut(&b.bucket_ms) {
+                    None => {
+                        buckets.insert(b.bucket_ms, b);
+                    }
+                    Some(a) => combine(a, b),
+                }
+            }
+        }
+    }
+    pb::QueryReply {
+        target: q.target,
+        metric: q.metric,
+        series: series
+            .into_iter()
+            .map(|(labels, pts)| pb::Series {
+                labels: labels.into_iter().collect(),
+                points: pts
+                    .into_iter()
+                    .map(|(ts_ms, value)| pb::Point { ts_ms, value })
+                    .collect(),
+            })
+            .collect(),
+        gaps,
+        rollup: q.rollup,
+        rollups: rollups
+            .into_iter()
+            .map(|(labels, b)| pb::RollupSeries {
+                labels: labels.into_iter().collect(),
+                buckets: b.into_values().collect(),
+            })
+            .collect(),
+    }
+}
+
+/// One minute's (or hour's) bucket seen by two nodes (a takeover inside it).
+fn combine(a: &mut pb::RollupBucket, b: pb::RollupBucket) {
+    let (na, nb) = (a.count as f64, b.count as f64);
+    a.mean = match (a.mean, b.mean) {
+        (Some(x), Some(y)) if na + nb > 0.0 => Some((x * na + y * nb) / (na + nb)),
+        (x, y) => x.or(y),
+    };
+    a.min = match (a.min, b.min) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    };
+    a.max = match (a.max, b.max) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    };
+    a.count += b.count;
+    for (k, v) in b.statuses {
+        *a.statuses.entry(k).or_default() += v;
+    }
+}

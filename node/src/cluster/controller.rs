@@ -1,0 +1,379 @@
+//! The leader's duties, run on every node and acted on by the leader only (while
+//! its lease is valid):
+//! - health: a member silent for `failover_after` is down, one heard again is
+//!   back; each change is committed (`NodeHealth`) and notified once per channel;
+//! - ownership: every target of the spec gets a live owner (balanced, sticky: see
+//!   [`crate::ownership::assign`]) and every watched machine its ring successor;
+//!   the map is committed with a version whenever it would change;
+//! - housekeeping: records of nodes that left are forgotten.
+//!
+//! Every node also keeps its own record (address, how its machine is watched) in
+//! the herd's state.
+//!
+//! Peer notifications are exactly-once as far as a crash allows: the leader
+//! queues them in its durable outbox right after the health change commits and
+//! then commits their keys as queued (`Sent`). A new leader queues the notices of
+//! health changes whose keys are not recorded, so a leader that dies between the
+//! two steps loses nothing; one that dies after queueing but before recording may
+//! have its notice sent twice (once by itself after a restart, once by the new
+//! leader), with the same idempotency key.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::types::{ClusterState, Command, NodeHealth, NodeId, NodeRecord};
+use crate::model::{now_ms, Alert, AlertState, NotifyKind, Severity};
+use crate::notify::worker::Notifier;
+use crate::ownership::{assign, machines, FleetState};
+use crate::rules::runner::{outbox_entries, route};
+use crate::store::{AlertingBatch, Store};
+
+/// Rule name of peer health notifications.
+pub const NODE_DOWN_RULE: &str = "node_down";
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub lease: Duration,
+    pub failover_after: Duration,
+    /// How often the leader looks (the beat interval).
+    pub every: Duration,
+    /// Watchers of each node's machine.
+    pub watchers: usize,
+    /// This node's own record.
+    pub me: NodeRecord,
+}
+
+pub async fn run(
+    fleet: Arc<FleetState>,
+    store: Store,
+    notifier: Arc<Notifier>,
+    cfg: ControllerConfig,
+    cancel: CancellationToken,
+) {
+    let node = fleet.cluster().clone();
+    let me = node.id();
+    let mut tick = tokio::time::interval(cfg.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut state_rx = node.state();
+    // When this node first saw each member: a member it never heard from is
+    // given failover_after from then, not from this node's start.
+    let mut first_seen: HashMap<NodeId, Instant> = HashMap::new();
+    let mut next_record_try = Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+            changed = state_rx.changed() => if changed.is_err() { return },
+        }
+        let members = node.members();
+        if members.is_empty() {
+            continue;
+        }
+        let now = Instant::now();
+        let member_ids: BTreeSet<NodeId> = members.iter().map(|(id, _)| *id).collect();
+        for id in &member_ids {
+            first_seen.entry(*id).or_insert(now);
+        }
+        first_seen.retain(|id, _| member_ids.contains(id));
+        let state = state_rx.borrow_and_update().clone();
+
+        // Our own record, on any node that is a member.
+        if state.nodes.get(&me) != Some(&cfg.me)
+            && now >= next_record_try
+            && member_ids.contains(&me)
+        {
+            next_record_try = now + Duration::from_secs(2);
+            let cmd = Command::NodeInfo {
+                node: me,
+                addr: cfg.me.addr.clone(),
+                machine: cfg.me.machine.clone(),
+            };
+            let node = node.clone();
+            tokio::spawn(async move {
+                if let Err(e) = node.write(cmd).await {
+                    tracing::debug!(error = %e, "cannot record this node's info yet");
+                }
+            });
+        }
+
+        let leading = node.is_leader() && node.liveness().lease_valid(&node.voters(), cfg.lease);
+        if !leading {
+            continue;
+        }
+        let silent = |id: NodeId| {
+            let since_known = first_seen.get(&id).map_or(Duration::ZERO, |t| now - *t);
+            node.liveness().silent_for(id).min(since_known)
+        };
+        let plan = plan(
+            &state,
+            me,
+            &member_ids,
+            &silent,
+            cfg.failover_after,
+            cfg.watchers,
+            &fleet,
+        );
+        for cmd in plan.commands {
+            let health = match &cmd {
+                Command::NodeHealth { node: n, up, .. } => Some((*n, *up)),
+                _ => None,
+            };
+            match node.write(cmd).await {
+                Ok(r) => {
+                    if let Some((n, up)) = health {
+                        tracing::warn!(
+                            node = n,
+                            up,
+                            transitions = r.version,
+                            "peer health changed"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot commit the leader's decision; retrying");
+                    break;
+                }
+            }
+        }
+        // Notices of health changes not yet queued by any leader (a new leader
+        // starts with the ones its predecessor may have left).
+        let latest = node.state().borrow().clone();
+        queue_peer_notices(&latest, me, &fleet, &store, &notifier, &node).await;
+    }
+}
+
+/// What the leader would commit now (pure but for reading the spec).
+pub struct Plan {
+    pub commands: Vec<Command>,
+}
+
+fn plan(
+    state: &ClusterState,
+    me: NodeId,
+    members: &BTreeSet<NodeId>,
+    silent: &dyn Fn(NodeId) -> Duration,
+    failover_after: Duration,
+    watchers: usize,
+    fleet: &FleetState,
+) -> Plan {
+    let now = now_ms();
+    let mut commands = Vec::new();
+    // Health.
+    let mut live: BTreeSet<NodeId> = BTreeSet::new();
+    let mut changes: Vec<(NodeId, bool, i64)> = Vec::new();
+    for id in members {
+        let quiet = silent(*id);
+        let up = *id == me || quiet < failover_after;
+        if up {
+            live.insert(*id);
+        }
+        let recorded = state.health.get(id).is_none_or(|h| h.up);
+        if up != recorded {
+            changes.push((*id, up, now - quiet.as_millis() as i64));
+        }
+    }
+    // Ownership.
+    let (_, spec) = fleet.current();
+    let names: Vec<String> = spec.targets.iter().map(|t| t.name.clone()).collect();
+    let live_list: Vec<NodeId> = live.iter().copied().collect();
+    let previous: BTreeMap<String, NodeId> = state
+        .owners
+        .iter()
+        .filter(|(n, _)| !n.starts_with(machines::MACHINE_PREFIX))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let mut owners = assign::assign(&names, &live_list, &previous);
+    let machine_names: Vec<String> = machines::targets(&state.nodes, watchers)
+        .into_iter()
+        .filter(|t| machines::watched_node(&t.name).is_some_and(|n| members.contains(&n)))
+        .map(|t| t.name)
+        .collect();
+    owners.extend(machines::owners(&machine_names, members, &live));
+    let ownership_changes = owners != state.owners;
+    if ownership_changes {
+        let moved = assign::moved(&state.owners, &owners);
+        commands.push(Command::SetOwnership {
+            owners: owners.clone(),
+            reason: if changes.is_empty() {
+                format!("{} target(s) placed", moved.len())
+            } else {
+                format!("health change: {} target(s) moved", moved.len())
+            },
+        });
+    }
+    for (id, up, since_ms) in changes {
+        let moved: Vec<String> = if up {
+            owners
+                .iter()
+                .filter(|(_, o)| **o == id)
+                .map(|(t, _)| t.clone())
+                .collect()
+        } else {
+            state
+                .owners
+                .iter()
+                .filter(|(_, o)| **o == id)
+                .map(|(t, _)| match owners.get(t) {
+                    Some(o) => format!("{t} → {o}"),
+                    None => format!("{t} → (none)"),
+                })
+                .collect()
+        };
+        commands.push(Command::NodeHealth {
+            node: id,
+            up,
+            since_ms,
+            seen_by: me,
+            moved,
+        });
+    }
+    // Records of nodes that are no longer members.
+    let gone: BTreeSet<NodeId> = state
+        .nodes
+        .keys()
+        .chain(state.health.keys())
+        .filter(|id| !members.contains(id))
+        .copied()
+        .collect();
+    for node in gone {
+        commands.push(Command::Forget { node });
+    }
+    Plan { commands }
+}
+
+/// The alert a peer health change is told as.
+pub fn peer_alert(node: NodeId, h: &NodeHealth, addr: &str) -> Alert {
+    let when = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_millis(h.since_ms.max(0) as u64),
+    );
+    let moved = if h.moved.is_empty() {
+        "no targets moved".to_string()
+    } else if h.up {
+        format!("targets back on it: {}", h.moved.join(", "))
+    } else {
+        format!("targets moved: {}", h.moved.join(", "))
+    };
+    let (state, value, summary, description) = if h.up {
+        (
+            AlertState::Resolved,
+            "up",
+            format!("node {node} ({addr}) back"),
+            format!(
+                "node {node} heard again since {when}, seen by node {}; {moved}",
+                h.seen_by
+            ),
+        )
+    } else {
+        (
+            AlertState::Firing,
+            "down",
+            format!("node {node} ({addr}) down"),
+            format!(
+                "node {node} silent since {when}, seen by node {}; {moved}",
+                h.seen_by
+            ),
+        )
+    };
+    Alert {
+        id: machines::target_name(node, 1),
+        rule: NODE_DOWN_RULE.into(),
+        target: machines::target_name(node, 1),
+        labels: [
+            ("node".to_string(), node.to_string()),
+            ("seen_by".to_string(), h.seen_by.to_string()),
+        ]
+        .into(),
+        severity: Severity::Critical,
+        state,
+        since_ms: h.since_ms,
+        active_since_ms: h.since_ms,
+        value: value.into(),
+        summary,
+        description,
+        transitions: h.transitions,
+        acked_by: None,
+        flapping: false,
+    }
+}
+
+/// The key recorded in `ClusterState::sent` once a health change's notices are queued.
+fn queued_key(node: NodeId, transitions: u64) -> String {
+    format!("{}:{transitions}", machines::target_name(node, 1))
+}
+
+async fn queue_peer_notices(
+    state: &ClusterState,
+    me: NodeId,
+    fleet: &FleetState,
+    store: &Store,
+    notifier: &Notifier,
+    node: &super::node::ClusterNode,
+) {
+    let (_, spec) = fleet.current();
+    let mut keys = Vec::new();
+    let mut batch = AlertingBatch::default();
+    let now = now_ms();
+    for (id, h) in &state.health {
+        if h.transitions == 0 {
+            continue;
+        }
+        let key = queued_key(*id, h.transitions);
+        if state.sent.contains(&key) {
+            continue;
+        }
+        let addr = state.nodes.get(id).map(|r| r.addr.as_str()).unwrap_or("?");
+        let alert = peer_alert(*id, h, addr);
+        let kind = if h.up {
+            NotifyKind::Resolved
+        } else {
+            NotifyKind::Firing
+        };
+        let channels = route(&spec, None, Severity::Critical);
+        let entries = outbox_entries(notifier, channels, &alert, kind, h.since_ms, now);
+        // This node may have queued them already (it led before, then crashed
+        // before recording): never twice from the same outbox.
+        let mut fresh = Vec::new();
+        let queued: BTreeSet<String> = {
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || s.outbox())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, e)| e.notification.idempotency_key)
+                .collect()
+        };
+        for e in entries {
+            let k = e.notification.idempotency_key.clone();
+            if queued.contains(&k) || store.was_sent(&k).unwrap_or(false) {
+                continue;
+            }
+            fresh.push(e);
+        }
+        tracing::info!(
+            node = id,
+            up = h.up,
+            channels = fresh.len(),
+            by = me,
+            "queueing peer health notices"
+        );
+        batch.outbox.extend(fresh);
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        return;
+    }
+    if !batch.outbox.is_empty() {
+        if let Err(e) = store.alerting(batch).await {
+            tracing::error!(error = %e, "cannot queue peer health notices");
+            return;
+        }
+        notifier.wake();
+    }
+    if let Err(e) = node.write(Command::Sent { keys }).await {
+        tracing::warn!(error = %e, "cannot record queued peer notices (a new leader may queue them again)");
+    }
+}
