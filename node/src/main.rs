@@ -50,7 +50,10 @@ fn main() -> ExitCode {
     };
     let (format, level) = match (&node_cfg, &cli.command) {
         (Some(c), _) => (flag_format.unwrap_or(c.log.format), c.log.level.clone()),
-        (None, Command::Demo { .. }) => (flag_format.unwrap_or_default(), "warn".to_string()),
+        (None, Command::Demo { .. }) => (
+            flag_format.unwrap_or_default(),
+            "warn,openraft=error".to_string(),
+        ),
         (None, _) => (flag_format.unwrap_or_default(), "warn".to_string()),
     };
     init_logging(format, &level);

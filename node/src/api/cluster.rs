@@ -219,6 +219,117 @@ impl HerdApi {
         Ok(merge_replies(q, replies, gaps))
     }
 
+    /// Adds the alerts this node does not hold: those of targets other nodes own
+    /// (as the herd last recorded them) and the peers that are down.
+    pub(super) fn herd_alerts(&self, alerts: &mut Vec<pb::AlertInfo>) {
+        let herd = self.fleet.state();
+        let me = self.node.id;
+        let have: BTreeSet<String> = alerts.iter().map(|a| a.id.clone()).collect();
+        for a in herd.alerts.values() {
+            if have.contains(&a.id) || herd.owners.get(&a.target) == Some(&me) {
+                continue;
+            }
+            if matches!(a.state, crate::model::AlertState::Inactive) {
+                continue;
+            }
+            alerts.push(super::grpc::alert_info(a));
+        }
+        for (id, h) in &herd.health {
+            if !h.up {
+                let addr = herd.nodes.get(id).map(|r| r.addr.as_str()).unwrap_or("?");
+                alerts.push(super::grpc::alert_info(
+                    &crate::cluster::controller::peer_alert(*id, h, addr),
+                ));
+            }
+        }
+    }
+
+    /// An ack for an alert another node owns goes to that node.
+    pub(super) async fn ack_on_owner(&self, id: &str, by: &str) -> Result<pb::AckReply, Status> {
+        let herd = self.fleet.state();
+        let owner = herd
+            .alerts
+            .get(id)
+            .and_then(|a| herd.owners.get(&a.target).copied())
+            .filter(|o| *o != self.node.id)
+            .ok_or_else(|| Status::not_found(format!("no alert with id {id:?} in the herd")))?;
+        let addr = self
+            .members()
+            .into_iter()
+            .find(|(i, _)| *i == owner)
+            .map(|(_, n)| n.addr)
+            .ok_or_else(|| {
+                Status::unavailable(format!("owner node {owner} has no known address"))
+            })?;
+        let mut c = self.peer(&addr)?;
+        let req = self.outbound(
+            pb::AckRequest {
+                id: id.to_string(),
+                by: by.to_string(),
+                forwarded: true,
+            },
+            FAN_OUT_TIMEOUT,
+        );
+        c.ack(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| Status::new(s.code(), format!("node {owner} at {addr}: {}", s.message())))
+    }
+
+    /// Passes a silence this node took to every other member (best effort: a node
+    /// that is down then misses it; the CLI output says which).
+    pub(super) async fn silence_everywhere(&self, req: pb::SilenceAddRequest) {
+        let mut calls = Vec::new();
+        for (id, node) in self.members() {
+            if id == self.node.id {
+                continue;
+            }
+            let client = self.peer(&node.addr);
+            let r = self.outbound(req.clone(), FAN_OUT_TIMEOUT);
+            calls.push(async move {
+                match client {
+                    Ok(mut c) => (id, c.silence_add(r).await.map(drop)),
+                    Err(e) => (id, Err(e)),
+                }
+            });
+        }
+        for (id, res) in futures_join_all(calls).await {
+            if let Err(e) = res {
+                tracing::warn!(node = id, error = %e.message(), "a node did not take the silence");
+            }
+        }
+    }
+
+    pub(super) async fn unsilence_everywhere(&self, silence: &str) {
+        let mut calls = Vec::new();
+        for (id, node) in self.members() {
+            if id == self.node.id {
+                continue;
+            }
+            let client = self.peer(&node.addr);
+            let r = self.outbound(
+                pb::SilenceRemoveRequest {
+                    id: silence.to_string(),
+                    forwarded: true,
+                },
+                FAN_OUT_TIMEOUT,
+            );
+            calls.push(async move {
+                match client {
+                    Ok(mut c) => (id, c.silence_remove(r).await.map(drop)),
+                    Err(e) => (id, Err(e)),
+                }
+            });
+        }
+        for (id, res) in futures_join_all(calls).await {
+            if let Err(e) = res {
+                if e.code() != tonic::Code::NotFound {
+                    tracing::warn!(node = id, error = %e.message(), "a node did not end the silence");
+                }
+            }
+        }
+    }
+
     fn leader_addr(&self) -> Result<(NodeId, String), Status> {
         let cluster = self.fleet.cluster();
         let leader = cluster.leader().ok_or_else(|| {

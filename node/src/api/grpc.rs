@@ -263,6 +263,7 @@ impl pb::herd_server::Herd for HerdApi {
     ) -> Result<Response<pb::AlertsReply>, Status> {
         let q = req.into_inner();
         let mut alerts: Vec<pb::AlertInfo> = self.rules.alerts().iter().map(alert_info).collect();
+        self.herd_alerts(&mut alerts);
         alerts.sort_by(|a, b| a.state.cmp(&b.state).then(b.since_ms.cmp(&a.since_ms)));
         let store = self.store.clone();
         let limit = match q.history_limit {
@@ -309,6 +310,7 @@ impl pb::herd_server::Herd for HerdApi {
             Some(a) => Ok(Response::new(pb::AckReply {
                 alert: Some(alert_info(&a)),
             })),
+            None if !q.forwarded => self.ack_on_owner(&q.id, &by).await.map(Response::new),
             None => Err(Status::not_found(format!(
                 "no alert with id {:?} on this node",
                 q.id
@@ -321,6 +323,19 @@ impl pb::herd_server::Herd for HerdApi {
         req: Request<pb::SilenceAddRequest>,
     ) -> Result<Response<pb::SilenceInfo>, Status> {
         let q = req.into_inner();
+        if let Some(f) = q.forwarded {
+            Silence::check_selector(&f.selector).map_err(Status::invalid_argument)?;
+            let s = Silence {
+                id: f.id,
+                selector: f.selector,
+                until_ms: f.until_ms,
+                reason: f.reason,
+                created_ms: f.created_ms,
+                created_by: f.created_by,
+            };
+            self.rules.add_silence(s.clone()).await?;
+            return Ok(Response::new(silence_info(&s)));
+        }
         Silence::check_selector(&q.selector).map_err(Status::invalid_argument)?;
         if q.duration_ms == 0 {
             return Err(Status::invalid_argument(
@@ -337,6 +352,13 @@ impl pb::herd_server::Herd for HerdApi {
             created_by: q.created_by,
         };
         self.rules.add_silence(s.clone()).await?;
+        // Every node keeps the herd's silences: an alert silenced here stays
+        // silenced after its target moves.
+        self.silence_everywhere(pb::SilenceAddRequest {
+            forwarded: Some(silence_info(&s)),
+            ..Default::default()
+        })
+        .await;
         Ok(Response::new(silence_info(&s)))
     }
 
@@ -360,8 +382,13 @@ impl pb::herd_server::Herd for HerdApi {
         &self,
         req: Request<pb::SilenceRemoveRequest>,
     ) -> Result<Response<pb::SilenceRemoveReply>, Status> {
-        let id = req.into_inner().id;
-        if self.rules.remove_silence(&id).await? {
+        let q = req.into_inner();
+        let id = q.id;
+        let removed = self.rules.remove_silence(&id).await?;
+        if !q.forwarded {
+            self.unsilence_everywhere(&id).await;
+        }
+        if removed {
             Ok(Response::new(pb::SilenceRemoveReply {}))
         } else {
             Err(Status::not_found(format!("no silence with id {id:?}")))
@@ -475,7 +502,7 @@ impl pb::herd_server::Herd for HerdApi {
     }
 }
 
-fn alert_info(a: &Alert) -> pb::AlertInfo {
+pub(super) fn alert_info(a: &Alert) -> pb::AlertInfo {
     pb::AlertInfo {
         id: a.id.clone(),
         rule: a.rule.clone(),

@@ -377,6 +377,7 @@ async fn ack(node: &Target, alert: &str, by: Option<String>) -> Result<(), CliEr
         .ack(pb::AckRequest {
             id: alert.into(),
             by: whoami(by),
+            forwarded: false,
         })
         .await
         .map_err(|s| call_error(node, s))?
@@ -409,6 +410,7 @@ async fn silence(node: &Target, action: super::SilenceAction) -> Result<(), CliE
                     duration_ms: d.as_millis() as u64,
                     reason,
                     created_by: whoami(by),
+                    forwarded: None,
                 })
                 .await
                 .map_err(|s| call_error(node, s))?
@@ -433,9 +435,12 @@ async fn silence(node: &Target, action: super::SilenceAction) -> Result<(), CliE
             }
         }
         SilenceAction::Rm { id } => {
-            c.silence_remove(pb::SilenceRemoveRequest { id: id.clone() })
-                .await
-                .map_err(|s| call_error(node, s))?;
+            c.silence_remove(pb::SilenceRemoveRequest {
+                id: id.clone(),
+                forwarded: false,
+            })
+            .await
+            .map_err(|s| call_error(node, s))?;
             println!("silence {id} removed");
         }
     }

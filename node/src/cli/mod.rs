@@ -61,12 +61,13 @@ pub enum Command {
         #[arg(long)]
         fleet: Option<PathBuf>,
     },
-    /// Run a node on embedded defaults that monitors this machine.
+    /// A herd of three nodes on 127.0.0.1 (this process and two children) that
+    /// watches this machine.
     Demo {
-        /// Where the demo keeps its redb file.
+        /// Where the demo keeps its nodes' configs, logs and redb files.
         #[arg(long, default_value = "./herd-demo")]
         data_dir: PathBuf,
-        /// gRPC address of the demo node.
+        /// gRPC address of node 1; nodes 2 and 3 take the next two ports.
         #[arg(long, default_value = DEFAULT_NODE)]
         grpc: String,
         /// Scrape interval of the local target.

@@ -104,13 +104,28 @@ pub async fn beat_members(
     // A beat may take at most two intervals; a slower answer says little anyway.
     let timeout = interval * 2;
     let mut in_flight: HashMap<NodeId, tokio::task::JoinHandle<()>> = HashMap::new();
+    // Members known so far. One that joins while this node runs was just heard
+    // from (the membership change needed its answer), so it counts as heard now:
+    // adding a voter does not cost the others their lease until its first beat.
+    // The members found at start get no such credit.
+    let mut known: Option<BTreeSet<NodeId>> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
         in_flight.retain(|_, h| !h.is_finished());
-        for (id, node) in members() {
+        let now_members = members();
+        let ids: BTreeSet<NodeId> = now_members.iter().map(|(id, _)| *id).collect();
+        if let Some(k) = &known {
+            for id in ids.difference(k) {
+                liveness.heard(*id);
+            }
+        }
+        if !ids.is_empty() {
+            known = Some(ids);
+        }
+        for (id, node) in now_members {
             if id == liveness.id() || in_flight.contains_key(&id) {
                 continue;
             }
