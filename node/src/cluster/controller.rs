@@ -61,12 +61,14 @@ pub async fn run(
     // given failover_after from then, not from this node's start.
     let mut first_seen: HashMap<NodeId, Instant> = HashMap::new();
     let mut next_record_try = Instant::now();
+    let mut last_plan: Option<PlanKey> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
             changed = state_rx.changed() => if changed.is_err() { return },
         }
+        let state = state_rx.borrow_and_update().clone();
         let members = node.members();
         if members.is_empty() {
             continue;
@@ -77,7 +79,6 @@ pub async fn run(
             first_seen.entry(*id).or_insert(now);
         }
         first_seen.retain(|id, _| member_ids.contains(id));
-        let state = state_rx.borrow_and_update().clone();
 
         // Our own record, on any node that is a member.
         if state.nodes.get(&me) != Some(&cfg.me)
@@ -100,12 +101,31 @@ pub async fn run(
 
         let leading = node.is_leader() && node.liveness().lease_valid(&node.voters(), cfg.lease);
         if !leading {
+            last_plan = None;
             continue;
         }
         let silent = |id: NodeId| {
             let since_known = first_seen.get(&id).map_or(Duration::ZERO, |t| now - *t);
             node.liveness().silent_for(id).min(since_known)
         };
+        // The plan depends on these only; with thousands of targets it is worth
+        // not recomputing it after every alert update.
+        let key = PlanKey {
+            spec_version: state.spec_version,
+            ownership_version: state.ownership_version,
+            members: member_ids.clone(),
+            live: member_ids
+                .iter()
+                .copied()
+                .filter(|id| *id == me || silent(*id) < cfg.failover_after)
+                .collect(),
+            nodes: state.nodes.clone(),
+            health: state.health.iter().map(|(id, h)| (*id, h.up)).collect(),
+        };
+        if last_plan.as_ref() == Some(&key) {
+            queue_peer_notices(&state, me, &fleet, &store, &notifier, &node).await;
+            continue;
+        }
         let plan = plan(
             &state,
             me,
@@ -113,8 +133,10 @@ pub async fn run(
             &silent,
             cfg.failover_after,
             cfg.watchers,
-            &fleet,
+            &fleet.current().1,
         );
+        let plan_was_empty = plan.commands.is_empty();
+        let mut all_written = true;
         for cmd in plan.commands {
             let health = match &cmd {
                 Command::NodeHealth { node: n, up, .. } => Some((*n, *up)),
@@ -133,15 +155,30 @@ pub async fn run(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot commit the leader's decision; retrying");
+                    all_written = false;
                     break;
                 }
             }
         }
+        // An empty plan changed nothing: no need to plan again until an input
+        // changes. Otherwise the next round plans against the state it made.
+        last_plan = (all_written && plan_was_empty).then_some(key);
         // Notices of health changes not yet queued by any leader (a new leader
         // starts with the ones its predecessor may have left).
         let latest = node.state().borrow().clone();
         queue_peer_notices(&latest, me, &fleet, &store, &notifier, &node).await;
     }
+}
+
+/// The inputs of a plan, to skip planning when none changed.
+#[derive(Debug, PartialEq)]
+struct PlanKey {
+    spec_version: u64,
+    ownership_version: u64,
+    members: BTreeSet<NodeId>,
+    live: BTreeSet<NodeId>,
+    nodes: BTreeMap<NodeId, NodeRecord>,
+    health: BTreeMap<NodeId, bool>,
 }
 
 /// What the leader would commit now (pure but for reading the spec).
@@ -156,7 +193,7 @@ fn plan(
     silent: &dyn Fn(NodeId) -> Duration,
     failover_after: Duration,
     watchers: usize,
-    fleet: &FleetState,
+    spec: &crate::config::FleetSpec,
 ) -> Plan {
     let now = now_ms();
     let mut commands = Vec::new();
@@ -175,7 +212,6 @@ fn plan(
         }
     }
     // Ownership.
-    let (_, spec) = fleet.current();
     let names: Vec<String> = spec.targets.iter().map(|t| t.name.clone()).collect();
     let live_list: Vec<NodeId> = live.iter().copied().collect();
     let previous: BTreeMap<String, NodeId> = state
@@ -375,5 +411,145 @@ async fn queue_peer_notices(
     }
     if let Err(e) = node.write(Command::Sent { keys }).await {
         tracing::warn!(error = %e, "cannot record queued peer notices (a new leader may queue them again)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_fleet;
+
+    fn spec(n: usize) -> crate::config::FleetSpec {
+        let text: String = (0..n)
+            .map(|i| format!("[[target]]\nname = \"t{i}\"\ntransport = \"local\"\n"))
+            .collect();
+        parse_fleet(&text, "test").unwrap()
+    }
+
+    fn record() -> NodeRecord {
+        NodeRecord {
+            addr: "127.0.0.1:1".into(),
+            machine: "local".into(),
+        }
+    }
+
+    /// Applies a plan's commands to the state, as Raft would.
+    fn run(state: &mut ClusterState, plan: Plan) {
+        for c in &plan.commands {
+            state.apply(c);
+        }
+    }
+
+    #[test]
+    fn a_silent_node_is_down_once_and_its_targets_move() {
+        let members: BTreeSet<NodeId> = [1, 2, 3].into();
+        let spec = spec(9);
+        let mut state = ClusterState::default();
+        state.nodes = members.iter().map(|id| (*id, record())).collect();
+        let after = Duration::from_millis(1500);
+        let all_heard = |_: NodeId| Duration::from_millis(100);
+        let p = plan(&state, 1, &members, &all_heard, after, 1, &spec);
+        run(&mut state, p);
+        let per_node = |s: &ClusterState, n: NodeId| s.owners.values().filter(|o| **o == n).count();
+        assert_eq!(
+            [
+                per_node(&state, 1),
+                per_node(&state, 2),
+                per_node(&state, 3)
+            ],
+            [4, 4, 4],
+            "3 targets + 1 machine each"
+        );
+        assert!(
+            plan(&state, 1, &members, &all_heard, after, 1, &spec)
+                .commands
+                .is_empty(),
+            "stable"
+        );
+
+        let two_silent = |id: NodeId| {
+            if id == 2 {
+                Duration::from_secs(2)
+            } else {
+                Duration::from_millis(100)
+            }
+        };
+        let p = plan(&state, 1, &members, &two_silent, after, 1, &spec);
+        let down: Vec<_> = p
+            .commands
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c,
+                    Command::NodeHealth {
+                        up: false,
+                        node: 2,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(down.len(), 1);
+        let before = state.owners.clone();
+        run(&mut state, p);
+        assert_eq!(per_node(&state, 2), 0, "a dead node owns nothing");
+        assert!(state
+            .owners
+            .keys()
+            .all(|t| t.starts_with("herd-node-") || before.contains_key(t)));
+        assert_eq!(
+            state.owners["herd-node-2"], 3,
+            "its machine is still watched by the next live node"
+        );
+        assert_eq!(state.health[&2].transitions, 1);
+        assert!(!state.health[&2].moved.is_empty());
+        // Still silent: nothing new.
+        assert!(plan(&state, 1, &members, &two_silent, after, 1, &spec)
+            .commands
+            .is_empty());
+        // Back: one "up", and it gets targets again.
+        let p = plan(&state, 1, &members, &all_heard, after, 1, &spec);
+        run(&mut state, p);
+        assert!(state.health[&2].up);
+        assert_eq!(state.health[&2].transitions, 2);
+        assert!(per_node(&state, 2) >= 3);
+    }
+
+    #[test]
+    fn records_of_departed_nodes_are_forgotten() {
+        let mut state = ClusterState::default();
+        state.nodes = [(1, record()), (4, record())].into();
+        let members: BTreeSet<NodeId> = [1].into();
+        let p = plan(
+            &state,
+            1,
+            &members,
+            &|_| Duration::ZERO,
+            Duration::from_secs(1),
+            1,
+            &spec(1),
+        );
+        assert!(p.commands.contains(&Command::Forget { node: 4 }));
+    }
+
+    #[test]
+    fn peer_alert_tells_who_when_and_what_moved() {
+        let h = NodeHealth {
+            up: false,
+            since_ms: 0,
+            seen_by: 1,
+            transitions: 3,
+            moved: vec!["a → 3".into()],
+        };
+        let a = peer_alert(2, &h, "10.0.0.2:7401");
+        assert_eq!(a.target, "herd-node-2");
+        assert_eq!(a.rule, NODE_DOWN_RULE);
+        assert_eq!(a.transitions, 3);
+        assert!(
+            a.summary.contains("node 2 (10.0.0.2:7401) down"),
+            "{}",
+            a.summary
+        );
+        assert!(a.description.contains("seen by node 1") && a.description.contains("a → 3"));
     }
 }

@@ -246,6 +246,9 @@ impl FleetState {
         // only: the owner's own alert updates must not make a new view each time.
         let mut snapshot_of = (u64::MAX, u64::MAX, false);
         let mut alerts = Vec::new();
+        // The view is recomputed only when its inputs change (a fleet of thousands
+        // of targets is not copied ten times a second for nothing).
+        let mut computed_for: Option<(Arc<ClusterState>, bool)> = None;
         loop {
             let state = state_rx.borrow_and_update().clone();
             if state.ownership_version != last_version {
@@ -262,18 +265,24 @@ impl FleetState {
                 }
                 was_fenced = Some(fenced);
             }
-            let (version, spec) = self.spec_of(&state);
-            let mut view = owned_view(me, &state, version, &spec, &prev_owners, fenced);
-            let key = (state.ownership_version, version, fenced);
-            if key != snapshot_of {
-                snapshot_of = key;
-                alerts = view.alerts.clone();
-            } else {
-                view.alerts = alerts.clone();
-            }
-            let current = owned.borrow().clone();
-            if *current != view {
-                let _ = owned.send(Arc::new(view));
+            let unchanged = computed_for
+                .as_ref()
+                .is_some_and(|(st, f)| *f == fenced && same_view_inputs(st, &state));
+            if !unchanged {
+                computed_for = Some((state.clone(), fenced));
+                let (version, spec) = self.spec_of(&state);
+                let mut view = owned_view(me, &state, version, &spec, &prev_owners, fenced);
+                let key = (state.ownership_version, version, fenced);
+                if key != snapshot_of {
+                    snapshot_of = key;
+                    alerts = view.alerts.clone();
+                } else {
+                    view.alerts = alerts.clone();
+                }
+                let current = owned.borrow().clone();
+                if *current != view {
+                    let _ = owned.send(Arc::new(view));
+                }
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -282,6 +291,15 @@ impl FleetState {
             }
         }
     }
+}
+
+/// Whether two applied states give the same view of what a node owns (alerts are
+/// read only when ownership, spec or fencing change: see `publish_owned`).
+fn same_view_inputs(a: &ClusterState, b: &ClusterState) -> bool {
+    a.spec_version == b.spec_version
+        && a.ownership_version == b.ownership_version
+        && a.pauses == b.pauses
+        && a.nodes == b.nodes
 }
 
 /// What node `me` owns under the applied `state` (pure). `prev_owners` is the map
