@@ -444,8 +444,10 @@ mod tests {
     fn a_silent_node_is_down_once_and_its_targets_move() {
         let members: BTreeSet<NodeId> = [1, 2, 3].into();
         let spec = spec(9);
-        let mut state = ClusterState::default();
-        state.nodes = members.iter().map(|id| (*id, record())).collect();
+        let mut state = ClusterState {
+            nodes: members.iter().map(|id| (*id, record())).collect(),
+            ..Default::default()
+        };
         let after = Duration::from_millis(1500);
         let all_heard = |_: NodeId| Duration::from_millis(100);
         let p = plan(&state, 1, &members, &all_heard, after, 1, &spec);
@@ -517,8 +519,10 @@ mod tests {
 
     #[test]
     fn records_of_departed_nodes_are_forgotten() {
-        let mut state = ClusterState::default();
-        state.nodes = [(1, record()), (4, record())].into();
+        let state = ClusterState {
+            nodes: [(1, record()), (4, record())].into(),
+            ..Default::default()
+        };
         let members: BTreeSet<NodeId> = [1].into();
         let p = plan(
             &state,
