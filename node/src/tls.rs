@@ -315,7 +315,10 @@ mod tests {
         }
         async fn beat(&self, req: Request<BeatRequest>) -> Result<Response<BeatReply>, Status> {
             require_peer_cert(&req)?;
-            Ok(Response::new(BeatReply { id: 7 }))
+            Ok(Response::new(BeatReply {
+                id: 7,
+                ..Default::default()
+            }))
         }
     }
 
@@ -406,7 +409,7 @@ mod tests {
         };
         let req = BeatRequest {
             from: 2,
-            from_addr: String::new(),
+            ..Default::default()
         };
         match RaftClient::new(channel).beat(req).await {
             Ok(reply) => Outcome::Id(reply.into_inner().id),

@@ -37,6 +37,11 @@ pub struct HerdOptions {
     pub fleet: Option<String>,
     /// Extra environment of the node process (e.g. SSH_AUTH_SOCK).
     pub env: Vec<(String, String)>,
+    /// Appended to herd.toml as is (e.g. a `[cluster]` section).
+    pub extra_toml: String,
+    /// The API token: written to `api-token` in the node's dir, named by
+    /// `node.api_token_file`, and passed with `--token-file` by [`Herd::cli`].
+    pub api_token: Option<String>,
 }
 
 impl Default for HerdOptions {
@@ -53,6 +58,8 @@ impl Default for HerdOptions {
             flush_interval: "200ms".into(),
             fleet: None,
             env: Vec::new(),
+            extra_toml: String::new(),
+            api_token: None,
         }
     }
 }
@@ -79,6 +86,22 @@ impl HerdOptions {
 
     pub fn host_key_checking(mut self, mode: &str) -> Self {
         self.host_key_checking = mode.into();
+        self
+    }
+
+    pub fn id(mut self, id: u64) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Appends `text` to herd.toml (after the sections the harness writes).
+    pub fn extra_toml(mut self, text: impl Into<String>) -> Self {
+        self.extra_toml.push_str(&text.into());
+        self
+    }
+
+    pub fn api_token(mut self, token: impl Into<String>) -> Self {
+        self.api_token = Some(token.into());
         self
     }
 }
@@ -109,6 +132,9 @@ impl Herd {
         };
         if let Some(fleet) = herd.opts.fleet.clone() {
             std::fs::write(herd.fleet_path(), fleet).expect("writing fleet.toml");
+        }
+        if let Some(token) = &herd.opts.api_token {
+            std::fs::write(herd.token_path(), format!("{token}\n")).expect("writing api-token");
         }
         if herd.opts.known_hosts.is_none() {
             std::fs::write(herd.dir.path().join("known_hosts"), "").expect("writing known_hosts");
@@ -153,6 +179,16 @@ impl Herd {
             .unwrap_or_else(|| self.dir.path().join("known_hosts"))
     }
 
+    /// The node's id (`[node] id`).
+    pub fn id(&self) -> u64 {
+        self.opts.id
+    }
+
+    /// The API token file (written only when the options have a token).
+    pub fn token_path(&self) -> PathBuf {
+        self.dir.path().join("api-token")
+    }
+
     fn fleet_path(&self) -> PathBuf {
         self.dir.path().join("fleet.toml")
     }
@@ -190,7 +226,11 @@ impl Herd {
     /// Runs `herd --node ADDR ARGS...` (bounded) and returns its output.
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(crate::herd_bin());
-        cmd.arg("--node").arg(self.addr()).args(args);
+        cmd.arg("--node").arg(self.addr());
+        if self.opts.api_token.is_some() {
+            cmd.arg("--token-file").arg(self.token_path());
+        }
+        cmd.args(args);
         clean_env(&mut cmd);
         run_bounded(&mut cmd, CLI_TIMEOUT)
     }
@@ -318,11 +358,16 @@ impl Herd {
         if let Some(key) = &o.ssh_key {
             ssh.push_str(&format!("key = \"{}\"\n", key.display()));
         }
-        let text = format!(
+        let token = match &o.api_token {
+            Some(_) => format!("api_token_file = \"{}\"\n", self.token_path().display()),
+            None => String::new(),
+        };
+        let mut text = format!(
             "[node]\n\
              id = {id}\n\
              grpc = \"{addr}\"\n\
              data_dir = \"{data}\"\n\
+             {token}\
              \n\
              [ssh]\n\
              {ssh}\
@@ -346,6 +391,13 @@ impl Herd {
             rmax = o.reconnect_max,
             flush = o.flush_interval,
         );
+        if !o.extra_toml.is_empty() {
+            text.push('\n');
+            text.push_str(&o.extra_toml);
+            if !o.extra_toml.ends_with('\n') {
+                text.push('\n');
+            }
+        }
         std::fs::write(self.config_path(), text).expect("writing herd.toml");
     }
 

@@ -3,7 +3,9 @@
 //! a real nginx (plain and TLS), a real node_exporter, certificates made with the
 //! openssl CLI and a unix socket listener. For reactions: a real SMTP server
 //! (aiosmtpd) and a real HTTP receiver for webhooks. For the extras: a real
-//! nats-server with JetStream and a writer of small MaxMind DB files.
+//! nats-server with JetStream and a writer of small MaxMind DB files. For the
+//! herd: several nodes formed with `herd cluster`, killed and restarted
+//! ([`cluster::Cluster`]).
 //!
 //! Every fixture lives in its own temp dir on its own ports, so tests run in
 //! parallel. Every wait has a deadline. When a test fails, the fixtures print the
@@ -17,8 +19,10 @@ mod wait;
 
 pub mod bench;
 pub mod certs;
+pub mod cluster;
 pub mod mmdb;
 pub mod nats;
+pub mod netns;
 pub mod nginx;
 pub mod node_exporter;
 pub mod receiver;
@@ -35,6 +39,7 @@ pub use sshd::{Sshd, SSH_USER};
 pub use wait::{wait_for, wait_until};
 
 pub use certs::TestPki;
+pub use cluster::{node_target, Cluster, Status};
 pub use mmdb::MmdbWriter;
 pub use nats::NatsServer;
 pub use nginx::{Nginx, TlsListener};

@@ -519,6 +519,34 @@ impl HerdApi {
                 "node {id} is the herd's only voter; a herd cannot remove its last voter"
             )));
         }
+        // Its targets move first, while it is still a member and hears the new map
+        // (the leader's controller reassigns them as soon as it is draining); a
+        // node that is taken out of the membership first may never hear the map
+        // that takes its targets away.
+        cluster
+            .write(crate::cluster::types::Command::Drain { node: id })
+            .await?;
+        let mut state = cluster.state();
+        let drained = tokio::time::timeout(MEMBERSHIP_TIMEOUT, async {
+            loop {
+                if !state.borrow_and_update().owners.values().any(|o| *o == id) {
+                    return true;
+                }
+                if state.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        if !matches!(drained, Ok(true)) {
+            return Err(Status::deadline_exceeded(format!(
+                "node {id}'s targets did not move within {MEMBERSHIP_TIMEOUT:?}; it owns nothing new \
+                 meanwhile (draining); run the command again"
+            )));
+        }
+        // Give the node a moment to apply that map and stop its scrapers; should it
+        // miss it, its lease lapses once the others stop counting it as a member.
+        tokio::time::sleep(self.lease / 2).await;
         let raft = cluster.raft();
         // A learner steps up first, so the herd keeps as many voters as it can.
         if voters.contains(&id) {

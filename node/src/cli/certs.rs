@@ -8,7 +8,7 @@
 //! holds a certificate of the same CA (see [`tls::require_peer_cert`]).
 //!
 //! Everything is generated in memory and every check is made before the first file
-//! is written, so a refusal (a bad `--node`, an existing file) leaves `--out` as it was.
+//! is written, so a refusal (a bad node value, an existing file) leaves `--out` as it was.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
@@ -45,8 +45,9 @@ pub struct CertsArgs {
     /// output directory
     #[arg(long, default_value = "./herd-tls")]
     pub out: PathBuf,
-    /// one per node: ID=HOST[,HOST...] (IPs or DNS names the other nodes use to reach it), e.g. 1=10.0.0.1,herd-1.example
-    #[arg(long = "node", required = true)]
+    /// One per node: ID=HOST[,HOST...] (IPs or DNS names the other nodes use to
+    /// reach it), e.g. 1=10.0.0.1,herd-1.example
+    #[arg(required = true, value_name = "ID=HOST[,HOST...]")]
     pub nodes: Vec<String>,
     /// validity in days
     #[arg(long, default_value_t = 825)]
@@ -68,7 +69,7 @@ pub enum CertsError {
     Io(String),
 }
 
-/// One `--node ID=HOST[,HOST...]`.
+/// One `ID=HOST[,HOST...]` argument.
 #[derive(Debug, Clone, PartialEq)]
 struct NodeSpec {
     id: u64,
@@ -126,17 +127,17 @@ pub fn run(args: &CertsArgs) -> Result<String, CertsError> {
     Ok(summary(out, &nodes, args.days, until))
 }
 
-/// Parses every `--node`; ids must be unique.
+/// Parses every node argument; ids must be unique.
 fn parse_nodes(values: &[String]) -> Result<Vec<NodeSpec>, String> {
     if values.is_empty() {
-        return Err(format!("give at least one --node ({EXAMPLE})"));
+        return Err(format!("name at least one node ({EXAMPLE})"));
     }
     let mut by_id: BTreeMap<u64, (&str, NodeSpec)> = BTreeMap::new();
     for value in values {
         let spec = parse_node(value)?;
         if let Some((first, _)) = by_id.get(&spec.id) {
             return Err(format!(
-                "--node {value:?}: node {} is already given by --node {first:?}",
+                "{value:?}: node {} is already given by {first:?}",
                 spec.id
             ));
         }
@@ -146,7 +147,7 @@ fn parse_nodes(values: &[String]) -> Result<Vec<NodeSpec>, String> {
 }
 
 fn parse_node(value: &str) -> Result<NodeSpec, String> {
-    let bad = |what: String| format!("--node {value:?}: {what}; {EXAMPLE}");
+    let bad = |what: String| format!("node {value:?}: {what}; {EXAMPLE}");
     let (id, hosts) = value
         .split_once('=')
         .ok_or_else(|| bad("no '=' after the node id".into()))?;
@@ -476,7 +477,7 @@ mod tests {
             (
                 &["1=10.0.0.1", "2=10.0.0.2", "1=10.0.0.3"][..],
                 "1=10.0.0.3",
-                "already given by --node \"1=10.0.0.1\"",
+                "already given by \"1=10.0.0.1\"",
             ),
         ] {
             match run(&args(&out, nodes)) {

@@ -171,16 +171,53 @@ async fn client(target: &Target) -> Result<Client, CliError> {
             .map_err(|e| CliError::Usage(format!("TLS settings: {e}")))?;
     }
     let channel = endpoint.connect().await.map_err(|e| {
+        let cause = error_chain(&e);
+        let hint = if cause.contains("certificate") || cause.contains("Certificate") {
+            "the node's TLS certificate is not trusted: is --ca the CA of this herd (`herd certs`)?"
+        } else if target.tls.is_some() {
+            "is the node running, and does it speak TLS ([tls] in its herd.toml)?"
+        } else {
+            "is `herd node` or `herd demo` running? set --node or HERD_NODE"
+        };
         CliError::Failure(format!(
-            "cannot reach a herd node at {node}: {e} (is `herd node` or `herd demo` running? set --node or HERD_NODE)"
+            "cannot reach a herd node at {node}: {cause} ({hint})"
         ))
     })?;
     let auth = SendToken::new(target.token.as_deref()).map_err(CliError::Usage)?;
     Ok(HerdClient::with_interceptor(channel, auth))
 }
 
+/// An error and its causes, "outer: inner: innermost" (tonic's own text is often
+/// just "transport error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = c.source();
+    }
+    out
+}
+
 fn call_error(target: &Target, s: tonic::Status) -> CliError {
     let node = &target.node;
+    // A plain HTTP/2 client talking to a TLS port sees a protocol error.
+    if target.tls.is_none()
+        && matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::Internal | tonic::Code::Unknown
+        )
+        && (s.message().contains("h2 protocol error") || s.message().contains("http2 error"))
+    {
+        return CliError::Failure(format!(
+            "node {node}: {} (the node may speak TLS: pass its herd's CA with --ca, env HERD_CA)",
+            s.message()
+        ));
+    }
     match s.code() {
         tonic::Code::Unauthenticated => CliError::Usage(format!("node {node}: {}", s.message())),
         tonic::Code::InvalidArgument => CliError::Usage(s.message().to_string()),

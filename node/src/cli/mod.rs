@@ -227,3 +227,34 @@ impl CliError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks its own definitions (names used twice, ...) only here.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn certs_takes_nodes_as_arguments_next_to_the_global_node_flag() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from([
+            "herd",
+            "--node",
+            "10.0.0.1:7401",
+            "certs",
+            "--out",
+            "d",
+            "1=10.0.0.1",
+            "2=10.0.0.2",
+        ])
+        .unwrap();
+        match cli.command {
+            super::Command::Certs(a) => assert_eq!(a.nodes, ["1=10.0.0.1", "2=10.0.0.2"]),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -121,6 +121,7 @@ pub async fn run(
                 .collect(),
             nodes: state.nodes.clone(),
             health: state.health.iter().map(|(id, h)| (*id, h.up)).collect(),
+            draining: state.draining.clone(),
         };
         if last_plan.as_ref() == Some(&key) {
             queue_peer_notices(&state, me, &fleet, &store, &notifier, &node).await;
@@ -179,6 +180,7 @@ struct PlanKey {
     live: BTreeSet<NodeId>,
     nodes: BTreeMap<NodeId, NodeRecord>,
     health: BTreeMap<NodeId, bool>,
+    draining: BTreeSet<NodeId>,
 }
 
 /// What the leader would commit now (pure but for reading the spec).
@@ -203,7 +205,7 @@ fn plan(
     for id in members {
         let quiet = silent(*id);
         let up = *id == me || quiet < failover_after;
-        if up {
+        if up && !state.draining.contains(id) {
             live.insert(*id);
         }
         let recorded = state.health.get(id).is_none_or(|h| h.up);
@@ -270,6 +272,7 @@ fn plan(
         .nodes
         .keys()
         .chain(state.health.keys())
+        .chain(state.draining.iter())
         .filter(|id| !members.contains(id))
         .copied()
         .collect();

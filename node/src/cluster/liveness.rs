@@ -9,7 +9,13 @@
 //! of the voters (itself included) within `lease`. With `lease` shorter than
 //! `failover_after`, a node that is cut off stops acting for its targets before
 //! the leader gives them to others.
+//!
+//! Beats also carry the ownership version each side has applied. A node that
+//! hears of a newer map than the one it applied (it was cut off, and the herd moved
+//! on without it) holds no valid lease until it has applied that map: regaining a
+//! majority is not enough to act on a stale map.
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +30,10 @@ use super::types::NodeId;
 pub struct Liveness {
     id: NodeId,
     started: Instant,
-    heard: Mutex<HashMap<NodeId, Instant>>,
+    /// Last sign of life of each peer and the ownership version it had applied.
+    heard: Mutex<HashMap<NodeId, (Instant, u64)>>,
+    /// The ownership version this node has applied.
+    applied: AtomicU64,
 }
 
 impl Liveness {
@@ -33,20 +42,40 @@ impl Liveness {
             id,
             started: Instant::now(),
             heard: Mutex::new(HashMap::new()),
+            applied: AtomicU64::new(0),
         })
+    }
+
+    /// Records the ownership version this node has applied (sent in beats).
+    pub fn set_applied(&self, version: u64) {
+        self.applied.store(version, Ordering::Relaxed);
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
     }
 
     pub fn id(&self) -> NodeId {
         self.id
     }
 
-    /// Records a sign of life of `node` now.
-    pub fn heard(&self, node: NodeId) {
+    /// Records a sign of life of `node` now, with the ownership version it applied.
+    pub fn heard(&self, node: NodeId, version: u64) {
         if node == self.id {
             return;
         }
         let mut h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-        h.insert(node, Instant::now());
+        h.insert(node, (Instant::now(), version));
+    }
+
+    /// Credits `node` with a sign of life now, keeping the version last heard.
+    fn credit(&self, node: NodeId) {
+        if node == self.id {
+            return;
+        }
+        let mut h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        let version = h.get(&node).map_or(0, |(_, v)| *v);
+        h.insert(node, (Instant::now(), version));
     }
 
     /// How long `node` has been silent: since its last sign of life, or since this
@@ -61,12 +90,13 @@ impl Liveness {
             return Duration::ZERO;
         }
         let h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-        let since = h.get(&node).copied().unwrap_or(self.started);
+        let since = h.get(&node).map_or(self.started, |(t, _)| *t);
         now.saturating_duration_since(since)
     }
 
     /// Whether this node hears from a majority of `voters` (itself counted when it
-    /// is one) within `lease`. A node that is not in any membership yet has no lease.
+    /// is one) within `lease`, and no node heard within `lease` has applied a newer
+    /// ownership map than this one. A node in no membership yet has no lease.
     pub fn lease_valid(&self, voters: &BTreeSet<NodeId>, lease: Duration) -> bool {
         self.lease_valid_at(voters, lease, Instant::now())
     }
@@ -76,13 +106,14 @@ impl Liveness {
             return false;
         }
         let h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = |t: &Instant| now.saturating_duration_since(*t) < lease;
+        let mine = self.applied();
+        if h.values().any(|(t, v)| recent(t) && *v > mine) {
+            return false;
+        }
         let fresh = voters
             .iter()
-            .filter(|v| {
-                **v == self.id
-                    || h.get(v)
-                        .is_some_and(|t| now.saturating_duration_since(*t) < lease)
-            })
+            .filter(|v| **v == self.id || h.get(v).is_some_and(|(t, _)| recent(t)))
             .count();
         fresh * 2 > voters.len()
     }
@@ -119,7 +150,7 @@ pub async fn beat_members(
         let ids: BTreeSet<NodeId> = now_members.iter().map(|(id, _)| *id).collect();
         if let Some(k) = &known {
             for id in ids.difference(k) {
-                liveness.heard(*id);
+                liveness.credit(*id);
             }
         }
         if !ids.is_empty() {
@@ -134,11 +165,15 @@ pub async fn beat_members(
                 id,
                 tokio::spawn(async move {
                     match peers
-                        .beat(&node.addr, liveness.id(), &from_addr, timeout)
+                        .beat(&node.addr, liveness.id(), &from_addr, liveness.applied(), timeout)
                         .await
                     {
-                        Ok(answered) if answered == id => liveness.heard(id),
-                        Ok(other) => tracing::warn!(
+                        Ok((answered, true, version)) if answered == id => liveness.heard(id, version),
+                        Ok((answered, false, _)) if answered == id => tracing::debug!(
+                            peer = id,
+                            "the peer does not count this node as a member (removed, or not caught up yet)"
+                        ),
+                        Ok((other, _, _)) => tracing::warn!(
                             peer = id, addr = %node.addr, answered = other,
                             "a different node answers at this member's address"
                         ),
@@ -163,7 +198,7 @@ mod tests {
         let voters: BTreeSet<NodeId> = [1, 2, 3].into();
         let lease = Duration::from_millis(500);
         assert!(!l.lease_valid(&voters, lease), "alone among three");
-        l.heard(2);
+        l.heard(2, 0);
         assert!(l.lease_valid(&voters, lease), "two of three");
         let later = Instant::now() + Duration::from_millis(600);
         assert!(
@@ -172,9 +207,9 @@ mod tests {
         );
         // A learner counts the voters only.
         let l = Liveness::new(9);
-        l.heard(1);
+        l.heard(1, 0);
         assert!(!l.lease_valid(&voters, lease));
-        l.heard(2);
+        l.heard(2, 0);
         assert!(l.lease_valid(&voters, lease));
         assert!(!l.lease_valid(&BTreeSet::new(), lease), "no herd, no lease");
         assert!(
@@ -184,11 +219,27 @@ mod tests {
     }
 
     #[test]
+    fn a_node_behind_the_herds_map_has_no_lease_until_it_caught_up() {
+        let l = Liveness::new(3);
+        let voters: BTreeSet<NodeId> = [1, 2, 3].into();
+        let lease = Duration::from_millis(500);
+        l.set_applied(4);
+        l.heard(1, 5);
+        l.heard(2, 5);
+        assert!(
+            !l.lease_valid(&voters, lease),
+            "a majority, but on a newer map"
+        );
+        l.set_applied(5);
+        assert!(l.lease_valid(&voters, lease));
+    }
+
+    #[test]
     fn silence_counts_from_start_until_first_heard() {
         let l = Liveness::new(1);
         let t = Instant::now() + Duration::from_secs(3);
         assert!(l.silent_at(2, t) >= Duration::from_secs(3));
-        l.heard(2);
+        l.heard(2, 0);
         assert!(l.silent_at(2, Instant::now()) < Duration::from_secs(1));
         assert_eq!(l.silent_for(1), Duration::ZERO);
     }

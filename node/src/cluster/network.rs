@@ -174,23 +174,29 @@ impl Peers {
         self.peer(addr).channel.map_err(Status::unavailable)
     }
 
-    /// One beat to the node at `addr`; returns the id of the node that answered.
+    /// One beat to the node at `addr`; returns the id of the node that answered
+    /// and whether it counts the sender as a member.
     pub async fn beat(
         &self,
         addr: &str,
         from: NodeId,
         from_addr: &str,
+        ownership_version: u64,
         timeout: Duration,
-    ) -> Result<NodeId, Status> {
+    ) -> Result<(NodeId, bool, u64), Status> {
         let channel = self.channel_to(addr)?;
         let mut req = tonic::Request::new(BeatRequest {
             from,
             from_addr: from_addr.to_string(),
+            ownership_version,
         });
         req.set_timeout(timeout);
         let mut client = RaftClient::new(channel);
         match tokio::time::timeout(timeout, client.beat(req)).await {
-            Ok(res) => res.map(|r| r.into_inner().id),
+            Ok(res) => res.map(|r| {
+                let r = r.into_inner();
+                (r.id, r.member, r.ownership_version)
+            }),
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "no answer from {addr} within {timeout:?}"
             ))),

@@ -82,10 +82,23 @@ impl RaftService {
 impl RaftRpc for RaftService {
     async fn beat(&self, request: Request<BeatRequest>) -> Result<Response<BeatReply>, Status> {
         self.guard(&request)?;
-        let from = request.into_inner().from;
-        self.liveness.heard(from);
+        let beat = request.into_inner();
+        let from = beat.from;
+        let member = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(id, _)| *id == from);
+        if member {
+            self.liveness.heard(from, beat.ownership_version);
+        }
         Ok(Response::new(BeatReply {
             id: self.liveness.id(),
+            member,
+            ownership_version: self.liveness.applied(),
         }))
     }
 

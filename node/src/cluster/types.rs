@@ -60,6 +60,11 @@ pub enum Command {
         addr: String,
         machine: String,
     },
+    /// A node is leaving: it gets no targets any more (its targets move first, then
+    /// the membership changes).
+    Drain {
+        node: NodeId,
+    },
     /// A node left or was removed: forget its records.
     Forget {
         node: NodeId,
@@ -120,6 +125,8 @@ pub struct ClusterState {
     pub health: BTreeMap<NodeId, NodeHealth>,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub pauses: BTreeMap<String, Pause>,
+    /// Nodes on their way out: members still, owners of nothing.
+    pub draining: std::collections::BTreeSet<NodeId>,
 }
 
 impl ClusterState {
@@ -210,9 +217,14 @@ impl ClusterState {
                 );
                 CommandResponse::default()
             }
+            Command::Drain { node } => {
+                self.draining.insert(*node);
+                CommandResponse::default()
+            }
             Command::Forget { node } => {
                 self.nodes.remove(node);
                 self.health.remove(node);
+                self.draining.remove(node);
                 CommandResponse::default()
             }
             Command::Pause { target, pause } => {

@@ -255,6 +255,7 @@ impl FleetState {
                 prev_owners = std::mem::replace(&mut last_owners, state.owners.clone());
                 last_version = state.ownership_version;
             }
+            self.node.liveness().set_applied(state.ownership_version);
             let voters = self.node.voters();
             let fenced = !self.node.liveness().lease_valid(&voters, lease);
             if was_fenced != Some(fenced) {

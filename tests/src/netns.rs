@@ -1,0 +1,793 @@
+//! Real networks for herd tests that [`crate::Herd`] cannot build: nodes in their
+//! own network namespaces on a bridge the test makes (to cut one off from the
+//! others with blackhole routes), and nodes with `[tls]` (whose CLI needs `--ca`).
+//!
+//! - [`NetLab`]: a bridge in the root namespace with an address, and N namespaces
+//!   each with a veth into it, on a private `10.77.S.0/24` picked free per lab.
+//!   Nothing in a namespace has a default route: a node can reach the other
+//!   namespaces and the bridge address, nothing else. Cut and heal links between
+//!   namespaces with blackhole routes. Everything is deleted on drop, even when
+//!   the test panics; leftovers of a crashed run (their pid is gone) are deleted
+//!   first.
+//! - [`NetNode`]: one `herd node`, in a namespace (`ip netns exec`) or not, on an
+//!   address the test chooses, with an optional API token and TLS files. The CLI
+//!   runs in the root namespace (it reaches `10.77.S.x` over the bridge).
+//! - [`PeerReceiver`]: an HTTP receiver for webhooks on a given address that
+//!   records who sent each request (the peer address).
+//!
+//! Needs root and `ip` (iproute2) for the namespaces. There is no fallback: a test
+//! that asks for a lab fails loudly when the host cannot make one.
+use std::collections::BTreeSet;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::cluster::Status;
+use crate::process::{log_tail, run_bounded, signal, spawn_logged, wait_exit};
+
+/// Namespaces are named `herdnet-PID-LAB-I`; links `hrdPIDbLAB` (the bridge),
+/// `hrdPIDvLABI` (a veth's root end) and `hrdPIDpLABI` (its end in namespace I).
+/// Interface names must stay within 15 bytes: 3 + 7 (pid) + 1 + 1 + 1 = 13.
+const NS_PREFIX: &str = "herdnet-";
+const LINK_PREFIX: &str = "hrd";
+/// First two octets of every lab's subnet (private, RFC 1918).
+const NET: &str = "10.77";
+/// The bridge is `.1`, namespace I is `.(10 + I)`.
+const HOST_BASE: u8 = 10;
+/// Longest run of one `ip` command.
+const IP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest wait for a node to answer `herd status` after it was started.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest run of one CLI command (the CLI's own call timeout is 30 s).
+const CLI_TIMEOUT: Duration = Duration::from_secs(45);
+/// Longest wait for a node to exit after SIGKILL.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Labs made by this process so far: each gets its own names.
+static LABS: AtomicUsize = AtomicUsize::new(0);
+/// Picking a free subnet and creating the bridge is one step per process.
+static CREATE: Mutex<()> = Mutex::new(());
+
+// ---------------------------------------------------------------------------------
+// ip
+
+/// Runs `ip ARGS...` (bounded); Err with its stderr when it fails.
+fn ip(args: &[&str]) -> Result<String, String> {
+    let out = run_bounded(Command::new("ip").args(args), IP_TIMEOUT);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "`ip {}` failed with {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Runs `ip ARGS...`; panics when it fails (the lab cannot be built).
+fn ip_ok(args: &[&str]) -> String {
+    ip(args).unwrap_or_else(|e| panic!("cannot build the network namespaces: {e}"))
+}
+
+/// The pid in a name made by [`NetLab`] (`herdnet-PID-...` or `hrdPID<letter>...`).
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name
+        .strip_prefix(NS_PREFIX)
+        .or_else(|| name.strip_prefix(LINK_PREFIX))?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let after = rest[digits.len()..].chars().next()?;
+    if !matches!(after, '-' | 'b' | 'v' | 'p') {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Deletes namespaces and links left by labs whose process is gone.
+fn delete_stale() {
+    let namespaces = ip(&["netns", "list"]).unwrap_or_default();
+    for name in namespaces
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+    {
+        if owner_pid(name).is_some_and(|p| !pid_alive(p)) {
+            eprintln!("    deleting the stale namespace {name}");
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+    let links = ip(&["-o", "link", "show"]).unwrap_or_default();
+    for line in links.lines() {
+        // "12: hrd123b0: <...>" or "13: hrd123v01@if2: <...>"
+        let Some(name) = line.split(':').nth(1).map(str::trim) else {
+            continue;
+        };
+        let name = name.split('@').next().unwrap_or(name);
+        if owner_pid(name).is_some_and(|p| !pid_alive(p)) {
+            eprintln!("    deleting the stale link {name}");
+            let _ = ip(&["link", "del", name]);
+        }
+    }
+}
+
+/// A third octet whose `10.77.S.0/24` no address of the root namespace uses.
+fn free_subnet() -> u8 {
+    let addrs = ip_ok(&["-o", "-4", "addr", "show"]);
+    let routes = ip_ok(&["-4", "route", "show"]);
+    let used = |s: u8| {
+        let net = format!("{NET}.{s}.");
+        addrs.contains(&net) || routes.contains(&net)
+    };
+    let start = (std::process::id() % 200) as u8 + 20;
+    (0..=u8::MAX)
+        .map(|i| start.wrapping_add(i))
+        .find(|&s| (1..=254).contains(&s) && !used(s))
+        .expect("every 10.77.S.0/24 is in use")
+}
+
+// ---------------------------------------------------------------------------------
+// NetLab
+
+/// A bridge with an address in the root namespace and `n` namespaces on it.
+pub struct NetLab {
+    subnet: u8,
+    bridge: String,
+    /// Index i-1: namespace i and the root end of its veth.
+    namespaces: Vec<String>,
+    veths: Vec<String>,
+    /// Blackhole routes in place: (namespace, address).
+    cuts: Mutex<BTreeSet<(String, String)>>,
+}
+
+impl NetLab {
+    /// Deletes stale labs, then makes the bridge and namespaces 1..=n. Panics (with
+    /// what `ip` said) when the host cannot: the tests that need a lab must not
+    /// pass without one.
+    pub fn new(n: usize) -> NetLab {
+        assert!((1..=9).contains(&n), "a lab has 1 to 9 namespaces");
+        let _guard = CREATE.lock().unwrap_or_else(|e| e.into_inner());
+        ip(&["-V"]).unwrap_or_else(|e| panic!("iproute2's `ip` is needed: {e}"));
+        delete_stale();
+        let pid = std::process::id();
+        let k = LABS.fetch_add(1, Ordering::SeqCst) % 10;
+        let subnet = free_subnet();
+        let mut lab = NetLab {
+            subnet,
+            bridge: format!("{LINK_PREFIX}{pid}b{k}"),
+            namespaces: (1..=n)
+                .map(|i| format!("{NS_PREFIX}{pid}-{k}-{i}"))
+                .collect(),
+            veths: (1..=n)
+                .map(|i| format!("{LINK_PREFIX}{pid}v{k}{i}"))
+                .collect(),
+            cuts: Mutex::new(BTreeSet::new()),
+        };
+        // A name of ours may be left by an earlier process with the same pid.
+        lab.delete_all();
+        // From here on, Drop cleans up whatever was made when a step panics.
+        lab.build(pid, k);
+        eprintln!(
+            "    network lab: bridge {} at {}, namespaces {}",
+            lab.bridge,
+            lab.bridge_ip(),
+            (1..=n)
+                .map(|i| format!("{} at {}", lab.ns(i), lab.ip(i)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        lab
+    }
+
+    fn build(&mut self, pid: u32, k: usize) {
+        let prefix = format!("{}/24", self.bridge_ip());
+        ip_ok(&["link", "add", &self.bridge, "type", "bridge"]);
+        ip_ok(&["addr", "add", &prefix, "dev", &self.bridge]);
+        ip_ok(&["link", "set", &self.bridge, "up"]);
+        for i in 1..=self.namespaces.len() {
+            let ns = self.ns(i).to_string();
+            let veth = self.veths[i - 1].clone();
+            let peer = format!("{LINK_PREFIX}{pid}p{k}{i}");
+            let addr = format!("{}/24", self.ip(i));
+            ip_ok(&["netns", "add", &ns]);
+            ip_ok(&["link", "add", &veth, "type", "veth", "peer", "name", &peer]);
+            ip_ok(&["link", "set", &peer, "netns", &ns]);
+            ip_ok(&["link", "set", &veth, "master", &self.bridge]);
+            ip_ok(&["link", "set", &veth, "up"]);
+            ip_ok(&["-n", &ns, "addr", "add", &addr, "dev", &peer]);
+            ip_ok(&["-n", &ns, "link", "set", &peer, "up"]);
+            ip_ok(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+    }
+
+    /// Namespace `i` (1-based).
+    pub fn ns(&self, i: usize) -> &str {
+        &self.namespaces[i - 1]
+    }
+
+    /// The address of namespace `i` on the bridge: `10.77.S.(10+i)`.
+    pub fn ip(&self, i: usize) -> String {
+        format!("{NET}.{}.{}", self.subnet, HOST_BASE as usize + i)
+    }
+
+    /// The bridge's address in the root namespace: `10.77.S.1`.
+    pub fn bridge_ip(&self) -> String {
+        format!("{NET}.{}.1", self.subnet)
+    }
+
+    /// Cuts namespaces `a` and `b` apart, both ways: a blackhole route to the
+    /// other's address in each. Traffic to the bridge address and the root
+    /// namespace is untouched.
+    pub fn cut(&self, a: usize, b: usize) {
+        for (from, to) in [(a, b), (b, a)] {
+            let (ns, dst) = (self.ns(from).to_string(), self.ip(to));
+            ip_ok(&["-n", &ns, "route", "add", "blackhole", &format!("{dst}/32")]);
+            self.cuts.lock().unwrap().insert((ns, dst));
+        }
+        eprintln!("    cut {} <-> {}", self.ip(a), self.ip(b));
+    }
+
+    /// Removes every cut.
+    pub fn heal(&self) {
+        let cuts = std::mem::take(&mut *self.cuts.lock().unwrap());
+        for (ns, dst) in &cuts {
+            ip_ok(&["-n", ns, "route", "del", "blackhole", &format!("{dst}/32")]);
+        }
+        eprintln!("    healed {} cut routes", cuts.len());
+    }
+
+    /// Deletes the namespaces, the veths and the bridge, ignoring what is gone.
+    fn delete_all(&self) {
+        for ns in &self.namespaces {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        // A namespace still held by a process keeps its veth; deleting the root
+        // end deletes the pair.
+        for veth in &self.veths {
+            let _ = ip(&["link", "del", veth]);
+        }
+        let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        self.delete_all();
+        let left: Vec<String> = ip(&["netns", "list"])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| self.namespaces.iter().any(|m| m == n))
+            .map(str::to_string)
+            .collect();
+        if !left.is_empty() {
+            eprintln!("    WARNING: namespaces left behind: {left:?}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// NetNode
+
+/// How to run one node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSpec {
+    pub id: u64,
+    /// `ip:port` it listens on and the others reach it at (`node.grpc`).
+    pub addr: String,
+    /// Run inside this namespace (`ip netns exec`); None: the root namespace.
+    pub netns: Option<String>,
+    /// The API token (written to a file, `node.api_token_file`, and given to the CLI).
+    pub token: Option<String>,
+    /// `[tls]`: the CA, the node's certificate and key. The CLI gets `--ca`.
+    pub tls: Option<TlsFiles>,
+    /// Appended to herd.toml as is (a `[cluster]` section).
+    pub extra_toml: String,
+}
+
+/// The PEM files of one node (`herd certs` writes them).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// `DIR/ca.pem`, `DIR/node-ID.pem`, `DIR/node-ID.key`, as `herd certs` names them.
+    pub fn of_node(dir: &Path, id: u64) -> TlsFiles {
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("node-{id}.pem")),
+            key: dir.join(format!("node-{id}.key")),
+        }
+    }
+}
+
+/// One `herd node` process in a temp dir; killed on drop.
+pub struct NetNode {
+    dir: TempDir,
+    spec: NodeSpec,
+    child: Option<Child>,
+    files_written: AtomicUsize,
+}
+
+impl NetNode {
+    /// Writes herd.toml and starts the node; returns once `herd status` answers.
+    /// Panics with the node's log when it does not.
+    pub fn start(spec: NodeSpec) -> NetNode {
+        let id = spec.id;
+        NetNode::try_start(spec).unwrap_or_else(|e| panic!("herd node {id} did not start: {e}"))
+    }
+
+    /// Like [`NetNode::start`], but says why (with the tail of the node's log) when
+    /// it does not answer, for a caller that retries on another port.
+    pub fn try_start(spec: NodeSpec) -> Result<NetNode, String> {
+        crate::herd_bin();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("herd-net-{}-", spec.id))
+            .tempdir()
+            .expect("cannot create a temp dir");
+        let mut node = NetNode {
+            dir,
+            spec,
+            child: None,
+            files_written: AtomicUsize::new(0),
+        };
+        if let Some(token) = &node.spec.token {
+            std::fs::write(node.token_path(), format!("{token}\n")).expect("writing api-token");
+        }
+        node.write_config();
+        match node.spawn() {
+            Ok(()) => Ok(node),
+            Err(e) => Err(format!("{e}\n{}", node.log_tail(40))),
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.spec.id
+    }
+
+    /// `ip:port` of its gRPC port.
+    pub fn addr(&self) -> &str {
+        &self.spec.addr
+    }
+
+    /// The host part of [`NetNode::addr`].
+    pub fn host(&self) -> &str {
+        self.spec
+            .addr
+            .rsplit_once(':')
+            .map_or(self.spec.addr.as_str(), |(h, _)| h)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn token_path(&self) -> PathBuf {
+        self.dir.path().join("api-token")
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("herd.toml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("node.log")
+    }
+
+    /// The node's stderr (JSON log lines).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log_path(), lines)
+    }
+
+    pub fn dump_logs(&self) {
+        eprintln!(
+            "----- herd node {} at {}{} ({}), last lines -----\n{}\n-----",
+            self.spec.id,
+            self.spec.addr,
+            self.spec
+                .netns
+                .as_deref()
+                .map(|n| format!(" in {n}"))
+                .unwrap_or_default(),
+            self.log_path().display(),
+            self.log_tail(80)
+        );
+    }
+
+    /// `herd --node ADDR [--token-file F] [--ca CA] ARGS...` from the root
+    /// namespace, bounded.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let ca = self.spec.tls.as_ref().map(|t| t.ca.clone());
+        self.cli_with(ca.as_deref(), args)
+    }
+
+    /// Like [`NetNode::cli`] with `--ca ca` instead of the node's CA (None: no `--ca`).
+    pub fn cli_with(&self, ca: Option<&Path>, args: &[&str]) -> Output {
+        let mut cmd = Command::new(crate::herd_bin());
+        cmd.arg("--node").arg(&self.spec.addr);
+        if self.spec.token.is_some() {
+            cmd.arg("--token-file").arg(self.token_path());
+        }
+        if let Some(ca) = ca {
+            cmd.arg("--ca").arg(ca);
+        }
+        cmd.args(args);
+        clean_env(&mut cmd);
+        run_bounded(&mut cmd, CLI_TIMEOUT)
+    }
+
+    /// Like [`NetNode::cli`], but panics unless it exits 0; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        if !out.status.success() {
+            panic!(
+                "`herd {}` on node {} failed with {}:\nstdout: {}\nstderr: {}",
+                args.join(" "),
+                self.spec.id,
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `herd status --json`, parsed; None when the CLI fails (printed).
+    pub fn try_status(&self) -> Option<Status> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            eprintln!(
+                "    herd status on node {} failed ({}): {}",
+                self.spec.id,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        let raw: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "`herd status --json` on node {} printed no JSON ({e}): {}",
+                self.spec.id,
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        let status = Status::parse(raw.clone()).unwrap_or_else(|e| {
+            panic!(
+                "`herd status --json` on node {} does not have the documented shape: {e}\n{raw:#}",
+                self.spec.id
+            )
+        });
+        assert_eq!(
+            status.node_id, self.spec.id,
+            "node_id of node {}'s status",
+            self.spec.id
+        );
+        Some(status)
+    }
+
+    /// `herd status --json`; panics when the CLI fails.
+    pub fn status(&self) -> Status {
+        self.try_status()
+            .unwrap_or_else(|| panic!("`herd status --json` on node {} failed", self.spec.id))
+    }
+
+    /// Writes `fleet` to a new file and runs `herd apply` on it; panics unless it
+    /// exits 0. Returns stdout.
+    pub fn apply(&self, fleet: &str) -> String {
+        let n = self.files_written.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.path().join(format!("fleet-{n}.toml"));
+        std::fs::write(&path, fleet).expect("writing fleet.toml");
+        self.cli_ok(&["apply", &path.display().to_string()])
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id() as i32, libc::SIGKILL);
+            if wait_exit(&mut child, EXIT_TIMEOUT).is_none() {
+                panic!("herd node {} did not die after SIGKILL", self.spec.id);
+            }
+        }
+    }
+
+    fn write_config(&self) {
+        let s = &self.spec;
+        let mut text = format!(
+            "[node]\nid = {}\ngrpc = \"{}\"\ndata_dir = \"{}\"\n",
+            s.id,
+            s.addr,
+            self.dir.path().join("data").display()
+        );
+        if s.token.is_some() {
+            text.push_str(&format!(
+                "api_token_file = \"{}\"\n",
+                self.token_path().display()
+            ));
+        }
+        // The nodes' own machines are watched with the local transport; no SSH.
+        text.push_str(&format!(
+            "\n[ssh]\nknown_hosts = \"{}\"\n\n[store]\nflush_interval = \"200ms\"\n",
+            self.dir.path().join("known_hosts").display()
+        ));
+        if let Some(t) = &s.tls {
+            text.push_str(&format!(
+                "\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                t.ca.display(),
+                t.cert.display(),
+                t.key.display()
+            ));
+        }
+        if !s.extra_toml.is_empty() {
+            text.push('\n');
+            text.push_str(&s.extra_toml);
+            if !s.extra_toml.ends_with('\n') {
+                text.push('\n');
+            }
+        }
+        std::fs::write(self.dir.path().join("known_hosts"), "").expect("writing known_hosts");
+        std::fs::write(self.config_path(), text).expect("writing herd.toml");
+    }
+
+    /// Starts the process (in its namespace) and waits until `herd status` answers.
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut cmd = match &self.spec.netns {
+            Some(ns) => {
+                // `ip netns exec` enters the namespace and execs herd (same pid).
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(crate::herd_bin());
+                c
+            }
+            None => Command::new(crate::herd_bin()),
+        };
+        cmd.args(["--log-format", "json", "node", "--config"])
+            .arg(self.config_path());
+        clean_env(&mut cmd);
+        let stdout = self.dir.path().join("node.out");
+        let mut child = spawn_logged(&mut cmd, &stdout, &self.log_path());
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("exited with {status} while starting"));
+            }
+            if self.cli(&["status", "--json"]).status.success() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                signal(child.id() as i32, libc::SIGKILL);
+                let _ = child.wait();
+                return Err(format!("did not answer within {READY_TIMEOUT:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for NetNode {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            self.dump_logs();
+            // The whole log, config and data stay for a post-mortem.
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "    kept node {}'s dir {}",
+                self.spec.id,
+                self.dir.path().display()
+            );
+        }
+    }
+}
+
+/// Keeps the caller's HERD_* variables (they would override the fixture's settings)
+/// and proxy settings (a node must not send anything anywhere else) away from the
+/// processes under test.
+fn clean_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy().to_ascii_lowercase();
+        if k.starts_with("herd_") || k.ends_with("_proxy") {
+            cmd.env_remove(key);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// PeerReceiver
+
+/// Longest wait for a request's head and body.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request accepted.
+const MAX_REQUEST: usize = 4 << 20;
+
+/// One request: who sent it and what.
+#[derive(Debug, Clone)]
+pub struct PeerRequest {
+    pub peer: SocketAddr,
+    pub method: String,
+    pub path: String,
+    /// Names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Unix ms when the request was complete.
+    pub ts_ms: i64,
+}
+
+impl PeerRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON, or Null when it is not JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// An HTTP/1.1 receiver on `ip:port` that answers 200 to everything and keeps every
+/// request with its peer address. std only: an accept thread, a thread per
+/// connection, `Connection: close`.
+pub struct PeerReceiver {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<PeerRequest>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PeerReceiver {
+    /// Listens on `ip` at a port the kernel picks.
+    pub fn start(ip: &str) -> PeerReceiver {
+        let listener = TcpListener::bind((ip, 0))
+            .unwrap_or_else(|e| panic!("the receiver cannot listen on {ip}: {e}"));
+        let addr = listener.local_addr().expect("the receiver's address");
+        listener
+            .set_nonblocking(true)
+            .expect("set the listener nonblocking");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (requests, stop) = (requests.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, peer)) => {
+                            let requests = requests.clone();
+                            std::thread::spawn(move || serve(stream, peer, &requests));
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(10))
+                        }
+                        Err(e) => {
+                            eprintln!("    receiver accept failed: {e}");
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+            })
+        };
+        eprintln!("    webhook receiver on {addr}");
+        PeerReceiver {
+            addr,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://IP:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<PeerRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for PeerReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(mut stream: TcpStream, peer: SocketAddr, requests: &Mutex<Vec<PeerRequest>>) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let Some((method, path, headers, body)) = read_request(&mut stream) else {
+        return;
+    };
+    requests.lock().unwrap().push(PeerRequest {
+        peer,
+        method,
+        path,
+        headers,
+        body,
+        ts_ms: crate::now_ms(),
+    });
+    let answer = r#"{"ok":true}"#;
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+    let _ = stream.write_all(reply.as_bytes());
+    let _ = stream.flush();
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+type Request = (String, String, Vec<(String, String)>, Vec<u8>);
+
+/// One request with a `content-length` body (what herd's webhook sends; a chunked
+/// body would be recorded empty, and fail the test that reads it).
+fn read_request(stream: &mut TcpStream) -> Option<Request> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let mut more = |buf: &mut Vec<u8>| match stream.read(&mut chunk) {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            buf.len() <= MAX_REQUEST
+        }
+    };
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if !more(&mut buf) {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_string();
+    let path = first.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < length {
+        if !more(&mut body) {
+            return None;
+        }
+    }
+    body.truncate(length);
+    Some((method, path, headers, body))
+}
