@@ -13,7 +13,7 @@
 mod fleet;
 mod herd;
 mod ports;
-mod process;
+pub mod process;
 mod sshd;
 mod wait;
 
