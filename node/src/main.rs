@@ -24,12 +24,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Node { .. } | Command::Demo { .. }) {
         // A CLI whose output is piped into `head` should end quietly, as other
-        // tools do, instead of panicking on a broken pipe. Nodes keep ignoring it.
-        // SAFETY: setting a signal disposition to its default before any thread
-        // starts has no preconditions.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        // tools do, instead of panicking on a broken pipe. SIGPIPE itself stays
+        // ignored: a node that closes the connection (a TLS port spoken to in plain
+        // HTTP/2) must give an error message, not kill the CLI.
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let text = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if text.contains("failed printing to stdout") && text.contains("Broken pipe") {
+                std::process::exit(0);
+            }
+            default_hook(info);
+        }));
     }
     let flag_format = cli.log_format.map(|f| match f {
         LogFormatArg::Text => LogFormat::Text,

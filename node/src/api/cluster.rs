@@ -45,6 +45,42 @@ impl HerdApi {
         self.fleet.cluster().members()
     }
 
+    /// Sends `req` to every other member that `to` selects, all at once, each call
+    /// bounded by [`FAN_OUT_TIMEOUT`]; returns each node's answer.
+    async fn fan_out<Req, Resp, F, Fut>(
+        &self,
+        req: Req,
+        to: impl Fn(NodeId) -> bool,
+        call: F,
+    ) -> Vec<(NodeId, Result<Resp, Status>)>
+    where
+        Req: Clone + Send + 'static,
+        Resp: Send + 'static,
+        F: Fn(HerdClient<Channel>, Request<Req>) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>> + Send + 'static,
+    {
+        let mut calls = Vec::new();
+        for (id, node) in self.members() {
+            if id == self.node.id || !to(id) {
+                continue;
+            }
+            let client = self.peer(&node.addr);
+            let r = self.outbound(req.clone(), FAN_OUT_TIMEOUT);
+            let call = call.clone();
+            calls.push(async move {
+                let res = match client {
+                    Ok(c) => tokio::time::timeout(FAN_OUT_TIMEOUT, call(c, r))
+                        .await
+                        .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer")))
+                        .map(tonic::Response::into_inner),
+                    Err(e) => Err(e),
+                };
+                (id, res)
+            });
+        }
+        futures_join_all(calls).await
+    }
+
     /// The nodes of the herd as this node sees them.
     pub(super) fn nodes(&self, herd: &ClusterState) -> Vec<pb::NodeInfo> {
         let cluster = self.fleet.cluster();
@@ -111,29 +147,18 @@ impl HerdApi {
         herd: &ClusterState,
     ) -> Vec<u64> {
         let me = self.node.id;
-        let mut calls = Vec::new();
-        for (id, node) in self.members() {
-            if id == me || !herd.owners.values().any(|o| *o == id) {
-                continue;
-            }
-            let client = self.peer(&node.addr);
-            let req = self.outbound(pb::StatusRequest { local_only: true }, FAN_OUT_TIMEOUT);
-            calls.push(async move {
-                let res = match client {
-                    Ok(mut c) => tokio::time::timeout(FAN_OUT_TIMEOUT, c.status(req))
-                        .await
-                        .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer"))),
-                    Err(e) => Err(e),
-                };
-                (id, res)
-            });
-        }
+        let answers = self
+            .fan_out(
+                pb::StatusRequest { local_only: true },
+                |id| herd.owners.values().any(|o| *o == id),
+                |mut c, r| async move { c.status(r).await },
+            )
+            .await;
         let mut unreachable = Vec::new();
-        for (id, res) in futures_join_all(calls).await {
+        for (id, res) in answers {
             match res {
                 Ok(r) => targets.extend(
-                    r.into_inner()
-                        .targets
+                    r.targets
                         .into_iter()
                         .filter(|t| herd.owners.get(&t.name) == Some(&id)),
                 ),
@@ -167,30 +192,17 @@ impl HerdApi {
     /// Samples of a target from every node, merged by time; a node that does not
     /// answer is a gap.
     pub(super) async fn herd_query(&self, q: pb::QueryRequest) -> Result<pb::QueryReply, Status> {
-        let me = self.node.id;
         let local = pb::QueryRequest {
             local_only: true,
             ..q.clone()
         };
-        let mut calls = Vec::new();
-        for (id, node) in self.members() {
-            if id == me {
-                continue;
-            }
-            let client = self.peer(&node.addr);
-            let req = self.outbound(local.clone(), FAN_OUT_TIMEOUT);
-            calls.push(async move {
-                let res = match client {
-                    Ok(mut c) => tokio::time::timeout(FAN_OUT_TIMEOUT, c.query(req))
-                        .await
-                        .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer"))),
-                    Err(e) => Err(e),
-                };
-                (id, res.map(|r| r.into_inner()))
-            });
-        }
-        let mine = pb::herd_server::Herd::query(self, Request::new(local)).await;
-        let others = futures_join_all(calls).await;
+        let others = self.fan_out(
+            local.clone(),
+            |_| true,
+            |mut c, r| async move { c.query(r).await },
+        );
+        let mine = pb::herd_server::Herd::query(self, Request::new(local));
+        let (mine, others) = tokio::join!(mine, others);
         let mut replies = Vec::new();
         let mut gaps = Vec::new();
         let mut not_found = None;
@@ -279,21 +291,14 @@ impl HerdApi {
     /// Passes a silence this node took to every other member (best effort: a node
     /// that is down then misses it; the CLI output says which).
     pub(super) async fn silence_everywhere(&self, req: pb::SilenceAddRequest) {
-        let mut calls = Vec::new();
-        for (id, node) in self.members() {
-            if id == self.node.id {
-                continue;
-            }
-            let client = self.peer(&node.addr);
-            let r = self.outbound(req.clone(), FAN_OUT_TIMEOUT);
-            calls.push(async move {
-                match client {
-                    Ok(mut c) => (id, c.silence_add(r).await.map(drop)),
-                    Err(e) => (id, Err(e)),
-                }
-            });
-        }
-        for (id, res) in futures_join_all(calls).await {
+        let answers = self
+            .fan_out(
+                req,
+                |_| true,
+                |mut c, r| async move { c.silence_add(r).await },
+            )
+            .await;
+        for (id, res) in answers {
             if let Err(e) = res {
                 tracing::warn!(node = id, error = %e.message(), "a node did not take the silence");
             }
@@ -301,27 +306,18 @@ impl HerdApi {
     }
 
     pub(super) async fn unsilence_everywhere(&self, silence: &str) {
-        let mut calls = Vec::new();
-        for (id, node) in self.members() {
-            if id == self.node.id {
-                continue;
-            }
-            let client = self.peer(&node.addr);
-            let r = self.outbound(
-                pb::SilenceRemoveRequest {
-                    id: silence.to_string(),
-                    forwarded: true,
-                },
-                FAN_OUT_TIMEOUT,
-            );
-            calls.push(async move {
-                match client {
-                    Ok(mut c) => (id, c.silence_remove(r).await.map(drop)),
-                    Err(e) => (id, Err(e)),
-                }
-            });
-        }
-        for (id, res) in futures_join_all(calls).await {
+        let req = pb::SilenceRemoveRequest {
+            id: silence.to_string(),
+            forwarded: true,
+        };
+        let answers = self
+            .fan_out(
+                req,
+                |_| true,
+                |mut c, r| async move { c.silence_remove(r).await },
+            )
+            .await;
+        for (id, res) in answers {
             if let Err(e) = res {
                 if e.code() != tonic::Code::NotFound {
                     tracing::warn!(node = id, error = %e.message(), "a node did not end the silence");

@@ -209,9 +209,19 @@ fn call_error(target: &Target, s: tonic::Status) -> CliError {
     if target.tls.is_none()
         && matches!(
             s.code(),
-            tonic::Code::Unavailable | tonic::Code::Internal | tonic::Code::Unknown
+            tonic::Code::Unavailable
+                | tonic::Code::Internal
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
         )
-        && (s.message().contains("h2 protocol error") || s.message().contains("http2 error"))
+        && [
+            "h2 protocol error",
+            "http2 error",
+            "operation was canceled",
+            "connection reset",
+        ]
+        .iter()
+        .any(|m| s.message().contains(m))
     {
         return CliError::Failure(format!(
             "node {node}: {} (the node may speak TLS: pass its herd's CA with --ca, env HERD_CA)",
