@@ -205,7 +205,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 fn call_error(target: &Target, s: tonic::Status) -> CliError {
     let node = &target.node;
-    // A plain HTTP/2 client talking to a TLS port sees a protocol error.
+    // A plain HTTP/2 client talking to a TLS port sees the connection fail after
+    // it was made (a protocol error, a reset, a cancelled call).
     if target.tls.is_none()
         && matches!(
             s.code(),
@@ -219,6 +220,7 @@ fn call_error(target: &Target, s: tonic::Status) -> CliError {
             "http2 error",
             "operation was canceled",
             "connection reset",
+            "transport error",
         ]
         .iter()
         .any(|m| s.message().contains(m))
