@@ -108,13 +108,26 @@ pub async fn run(
             let since_known = first_seen.get(&id).map_or(Duration::ZERO, |t| now - *t);
             node.liveness().silent_for(id).min(since_known)
         };
+        let caught_up = |id: NodeId| {
+            node.liveness()
+                .version_of(id)
+                .is_some_and(|v| v >= state.ownership_version)
+        };
         // The plan depends on these only; with thousands of targets it is worth
         // not recomputing it after every alert update.
         let key = PlanKey {
             spec_version: state.spec_version,
             ownership_version: state.ownership_version,
             members: member_ids.clone(),
-            live: member_ids
+            live: eligible(
+                &state,
+                me,
+                &member_ids,
+                &silent,
+                &caught_up,
+                cfg.failover_after,
+            ),
+            up: member_ids
                 .iter()
                 .copied()
                 .filter(|id| *id == me || silent(*id) < cfg.failover_after)
@@ -131,8 +144,11 @@ pub async fn run(
             &state,
             me,
             &member_ids,
-            &silent,
-            cfg.failover_after,
+            &Seen {
+                silent: &silent,
+                caught_up: &caught_up,
+                failover_after: cfg.failover_after,
+            },
             cfg.watchers,
             &fleet.current().1,
         );
@@ -171,6 +187,38 @@ pub async fn run(
     }
 }
 
+/// The members that may own targets: up, not draining, and either owning some
+/// already or caught up with the current ownership map (a node coming back, or
+/// new, gets targets once it has applied the map: before that its lease is not
+/// valid and it would leave them unscraped).
+fn eligible(
+    state: &ClusterState,
+    me: NodeId,
+    members: &BTreeSet<NodeId>,
+    silent: &dyn Fn(NodeId) -> Duration,
+    caught_up: &dyn Fn(NodeId) -> bool,
+    failover_after: Duration,
+) -> BTreeSet<NodeId> {
+    members
+        .iter()
+        .copied()
+        .filter(|id| {
+            let up = *id == me || silent(*id) < failover_after;
+            let owns = state.owners.values().any(|o| o == id);
+            up && !state.draining.contains(id) && (*id == me || owns || caught_up(*id))
+        })
+        .collect()
+}
+
+/// What the leader knows of the other members for a plan.
+struct Seen<'a> {
+    /// How long a member has been silent.
+    silent: &'a dyn Fn(NodeId) -> Duration,
+    /// Whether a member has applied the current ownership map.
+    caught_up: &'a dyn Fn(NodeId) -> bool,
+    failover_after: Duration,
+}
+
 /// The inputs of a plan, to skip planning when none changed.
 #[derive(Debug, PartialEq)]
 struct PlanKey {
@@ -178,6 +226,7 @@ struct PlanKey {
     ownership_version: u64,
     members: BTreeSet<NodeId>,
     live: BTreeSet<NodeId>,
+    up: BTreeSet<NodeId>,
     nodes: BTreeMap<NodeId, NodeRecord>,
     health: BTreeMap<NodeId, bool>,
     draining: BTreeSet<NodeId>,
@@ -192,22 +241,19 @@ fn plan(
     state: &ClusterState,
     me: NodeId,
     members: &BTreeSet<NodeId>,
-    silent: &dyn Fn(NodeId) -> Duration,
-    failover_after: Duration,
+    seen: &Seen,
     watchers: usize,
     spec: &crate::config::FleetSpec,
 ) -> Plan {
+    let (silent, caught_up, failover_after) = (seen.silent, seen.caught_up, seen.failover_after);
     let now = now_ms();
     let mut commands = Vec::new();
     // Health.
-    let mut live: BTreeSet<NodeId> = BTreeSet::new();
+    let live = eligible(state, me, members, silent, caught_up, failover_after);
     let mut changes: Vec<(NodeId, bool, i64)> = Vec::new();
     for id in members {
         let quiet = silent(*id);
         let up = *id == me || quiet < failover_after;
-        if up && !state.draining.contains(id) {
-            live.insert(*id);
-        }
         let recorded = state.health.get(id).is_none_or(|h| h.up);
         if up != recorded {
             changes.push((*id, up, now - quiet.as_millis() as i64));
@@ -453,7 +499,18 @@ mod tests {
         };
         let after = Duration::from_millis(1500);
         let all_heard = |_: NodeId| Duration::from_millis(100);
-        let p = plan(&state, 1, &members, &all_heard, after, 1, &spec);
+        let p = plan(
+            &state,
+            1,
+            &members,
+            &Seen {
+                silent: &all_heard,
+                caught_up: &|_| true,
+                failover_after: after,
+            },
+            1,
+            &spec,
+        );
         run(&mut state, p);
         let per_node = |s: &ClusterState, n: NodeId| s.owners.values().filter(|o| **o == n).count();
         assert_eq!(
@@ -466,9 +523,20 @@ mod tests {
             "3 targets + 1 machine each"
         );
         assert!(
-            plan(&state, 1, &members, &all_heard, after, 1, &spec)
-                .commands
-                .is_empty(),
+            plan(
+                &state,
+                1,
+                &members,
+                &Seen {
+                    silent: &all_heard,
+                    caught_up: &|_| true,
+                    failover_after: after
+                },
+                1,
+                &spec
+            )
+            .commands
+            .is_empty(),
             "stable"
         );
 
@@ -479,7 +547,18 @@ mod tests {
                 Duration::from_millis(100)
             }
         };
-        let p = plan(&state, 1, &members, &two_silent, after, 1, &spec);
+        let p = plan(
+            &state,
+            1,
+            &members,
+            &Seen {
+                silent: &two_silent,
+                caught_up: &|_| true,
+                failover_after: after,
+            },
+            1,
+            &spec,
+        );
         let down: Vec<_> = p
             .commands
             .iter()
@@ -509,15 +588,94 @@ mod tests {
         assert_eq!(state.health[&2].transitions, 1);
         assert!(!state.health[&2].moved.is_empty());
         // Still silent: nothing new.
-        assert!(plan(&state, 1, &members, &two_silent, after, 1, &spec)
-            .commands
-            .is_empty());
+        assert!(plan(
+            &state,
+            1,
+            &members,
+            &Seen {
+                silent: &two_silent,
+                caught_up: &|_| true,
+                failover_after: after
+            },
+            1,
+            &spec
+        )
+        .commands
+        .is_empty());
         // Back: one "up", and it gets targets again.
-        let p = plan(&state, 1, &members, &all_heard, after, 1, &spec);
+        let p = plan(
+            &state,
+            1,
+            &members,
+            &Seen {
+                silent: &all_heard,
+                caught_up: &|_| true,
+                failover_after: after,
+            },
+            1,
+            &spec,
+        );
         run(&mut state, p);
         assert!(state.health[&2].up);
         assert_eq!(state.health[&2].transitions, 2);
         assert!(per_node(&state, 2) >= 3);
+    }
+
+    #[test]
+    fn a_node_back_gets_targets_once_it_caught_up_with_the_map() {
+        let members: BTreeSet<NodeId> = [1, 2, 3].into();
+        let spec = spec(6);
+        let after = Duration::from_millis(1500);
+        let heard = |_: NodeId| Duration::from_millis(100);
+        // Node 3 was down: the map gives it nothing.
+        let mut state = ClusterState::default();
+        let p = plan(
+            &state,
+            1,
+            &[1, 2].into(),
+            &Seen {
+                silent: &heard,
+                caught_up: &|_| true,
+                failover_after: after,
+            },
+            1,
+            &spec,
+        );
+        run(&mut state, p);
+        assert!(!state.owners.values().any(|o| *o == 3));
+        // It is heard again but has not applied the current map: nothing yet.
+        let behind = |id: NodeId| id != 3;
+        let p = plan(
+            &state,
+            1,
+            &members,
+            &Seen {
+                silent: &heard,
+                caught_up: &behind,
+                failover_after: after,
+            },
+            1,
+            &spec,
+        );
+        assert!(p
+            .commands
+            .iter()
+            .all(|c| !matches!(c, Command::SetOwnership { .. })));
+        // Caught up: it gets its share.
+        let p = plan(
+            &state,
+            1,
+            &members,
+            &Seen {
+                silent: &heard,
+                caught_up: &|_| true,
+                failover_after: after,
+            },
+            1,
+            &spec,
+        );
+        run(&mut state, p);
+        assert_eq!(state.owners.values().filter(|o| **o == 3).count(), 2);
     }
 
     #[test]
@@ -531,8 +689,11 @@ mod tests {
             &state,
             1,
             &members,
-            &|_| Duration::ZERO,
-            Duration::from_secs(1),
+            &Seen {
+                silent: &|_| Duration::ZERO,
+                caught_up: &|_| true,
+                failover_after: Duration::from_secs(1),
+            },
             1,
             &spec(1),
         );

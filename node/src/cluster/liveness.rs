@@ -78,6 +78,12 @@ impl Liveness {
         h.insert(node, (Instant::now(), version));
     }
 
+    /// The ownership version `node` had applied when last heard.
+    pub fn version_of(&self, node: NodeId) -> Option<u64> {
+        let h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        h.get(&node).map(|(_, v)| *v)
+    }
+
     /// How long `node` has been silent: since its last sign of life, or since this
     /// node started when it never heard from it (a node gives its peers a full
     /// `failover_after` after its own start). Zero for this node itself.
