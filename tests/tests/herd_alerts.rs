@@ -1,0 +1,875 @@
+//! Alerts across the herd, end to end: three real `herd node` processes formed with
+//! `herd cluster`, local targets whose file_fresh checks watch files in a temp dir
+//! of the test (a missing file is critical, so a test breaks and heals a target at
+//! will within a scrape), and a real HTTP receiver for the webhook channel (no group
+//! window, so each transition is its own request).
+//!
+//! What is tried to be broken is design invariant 4: each alert transition gives
+//! exactly one notification per channel, across a takeover (`kill -9` of the
+//! owner) and the owner's return. Also: rules select the herd's own machines
+//! (`herd-node-N`) like any target, and `ack` and `silence` work from any node.
+//!
+//! The bounds below only catch hangs; no test asserts a timing.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use herd_tests::cluster::{node_target, Cluster, Status};
+use herd_tests::{local_target, now_ms, phase, wait_for, wait_until, HerdOptions, HttpReceiver};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// Hang catcher for a failover, a rejoin, a rebalance or a notification.
+const BOUND: Duration = Duration::from_secs(20);
+
+/// Hang catcher for every target being up and scraped, and for a first sample of
+/// a `herd-node-N` target (scraped every 10 s, on a machine shared with other tests).
+const SCRAPE_BOUND: Duration = Duration::from_secs(40);
+
+/// After the first notification of a transition arrived, how long to watch for a
+/// duplicate: the channel has no group window, and a worker round is 1 s.
+const QUIET: Duration = Duration::from_secs(4);
+
+/// How long to watch the `herd-node-N` alerts for a duplicate: longer than the
+/// machine targets' interval (10 s), so every alert saw at least one more sample.
+const MACHINE_QUIET: Duration = Duration::from_secs(12);
+
+/// A fleet target is fresh when scraped within this many seconds (interval 1 s;
+/// the machine is shared by several nodes and tests).
+const FRESH_S: f64 = 5.0;
+
+/// The webhook channel's name; it ends every idempotency key.
+const HOOK: &str = "hook";
+
+/// The file_fresh check of every fleet target.
+const CHECK: &str = "backup";
+
+/// The rule that fires while a target's file is missing.
+const STALE_RULE: &str = "backup-stale";
+
+// ---------------------------------------------------------------------------------
+// Watched files and fleet.toml
+
+/// One file per fleet target, in a temp dir of the test.
+struct Files {
+    dir: TempDir,
+}
+
+impl Files {
+    fn new() -> Files {
+        Files {
+            dir: tempfile::Builder::new()
+                .prefix("herd-alerts-")
+                .tempdir()
+                .expect("cannot create a temp dir"),
+        }
+    }
+
+    fn path(&self, target: &str) -> PathBuf {
+        self.dir.path().join(format!("{target}.dump"))
+    }
+
+    /// Creates (or touches) the file of `target`: its check turns ok at the next scrape.
+    fn create(&self, target: &str) {
+        std::fs::write(self.path(target), "fresh\n").expect("writing a watched file");
+    }
+
+    /// Removes the file of `target`: its check turns critical at the next scrape.
+    fn remove(&self, target: &str) {
+        std::fs::remove_file(self.path(target)).expect("removing a watched file");
+    }
+}
+
+fn names(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// A local target at 1 s with one file_fresh check ([`CHECK`]) on its file.
+fn fresh_target(name: &str, files: &Files) -> String {
+    format!(
+        "[[target]]\nname = \"{name}\"\ntransport = \"local\"\ninterval = \"1s\"\nchecks = [\n  \
+         {{ kind = \"file_fresh\", name = \"{CHECK}\", path = \"{}\", max_age = \"1h\" }},\n]\n\n",
+        files.path(name).display()
+    )
+}
+
+/// [`STALE_RULE`]: a range rule on the check with no bounds, so it fires (at once)
+/// while the check is not ok; notified on the webhook channel.
+fn stale_rule() -> String {
+    format!(
+        "[[rule]]\nname = \"{STALE_RULE}\"\ncheck = \"{CHECK}\"\nkind = \"range\"\nfor = \"0s\"\n\
+         severity = \"critical\"\nchannels = [\"{HOOK}\"]\n\n"
+    )
+}
+
+/// The webhook channel [`HOOK`] (Herd's JSON document) to `hook`, no group window.
+fn webhook_channel(hook: &HttpReceiver) -> String {
+    format!(
+        "[[channel]]\nname = \"{HOOK}\"\nkind = \"webhook\"\nurl = \"{}\"\ngroup_window = \"0s\"\n\n",
+        hook.url("/hook")
+    )
+}
+
+/// `fleet` as fresh targets, the stale rule and the webhook channel.
+fn stale_fleet(fleet: &[String], files: &Files, hook: &HttpReceiver) -> String {
+    let mut text: String = fleet.iter().map(|t| fresh_target(t, files)).collect();
+    text.push_str(&stale_rule());
+    text.push_str(&webhook_channel(hook));
+    text
+}
+
+// ---------------------------------------------------------------------------------
+// What the receiver got
+
+/// One notification in a Herd JSON document the receiver accepted, with the time
+/// its request arrived.
+#[derive(Debug, Clone)]
+struct Note {
+    kind: String,
+    rule: String,
+    target: String,
+    alert_id: String,
+    key: String,
+    arrived_ms: i64,
+    doc: Value,
+}
+
+impl Note {
+    /// The transition count in the key `ALERT:TRANSITION:CHANNEL`.
+    fn transition(&self) -> u64 {
+        let parts: Vec<&str> = self.key.split(':').collect();
+        match parts[..] {
+            [id, t, channel] if id == self.alert_id && channel == HOOK => {
+                t.parse().unwrap_or_else(|_| {
+                    panic!("the transition in the key {:?} is not a number", self.key)
+                })
+            }
+            _ => panic!(
+                "the idempotency key {:?} is not {}:<transition>:{HOOK}",
+                self.key, self.alert_id
+            ),
+        }
+    }
+}
+
+/// Every notification the receiver accepted (2xx), in order of arrival.
+fn notes(hook: &HttpReceiver) -> Vec<Note> {
+    hook.accepted()
+        .iter()
+        .flat_map(|r| {
+            let arrived_ms = r.ts_ms;
+            r.json()["notifications"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |n| {
+                    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                    Note {
+                        kind: s(&n["kind"]),
+                        rule: s(&n["alert"]["rule"]),
+                        target: s(&n["alert"]["target"]),
+                        alert_id: s(&n["alert"]["id"]),
+                        key: s(&n["idempotency_key"]),
+                        arrived_ms,
+                        doc: n,
+                    }
+                })
+        })
+        .collect()
+}
+
+/// The notifications of `rule` on `target` of `kind` ("firing" or "resolved").
+fn notes_of(hook: &HttpReceiver, rule: &str, target: &str, kind: &str) -> Vec<Note> {
+    notes(hook)
+        .into_iter()
+        .filter(|n| n.rule == rule && n.target == target && n.kind == kind)
+        .collect()
+}
+
+/// One line per notification, for messages.
+fn note_lines(hook: &HttpReceiver) -> String {
+    let lines: Vec<String> = notes(hook)
+        .iter()
+        .map(|n| {
+            format!(
+                "  {} {} {} key={} at {}",
+                n.kind, n.rule, n.target, n.key, n.arrived_ms
+            )
+        })
+        .collect();
+    if lines.is_empty() {
+        "  (nothing)".into()
+    } else {
+        lines.join("\n")
+    }
+}
+
+/// Waits until a `kind` notification of `rule` arrived for every one of `targets`,
+/// watches [`QUIET`] for duplicates, and asserts exactly one each; returns them by
+/// target.
+fn expect_one_each(
+    hook: &HttpReceiver,
+    rule: &str,
+    targets: &[String],
+    kind: &str,
+    timeout: Duration,
+    quiet: Duration,
+) -> BTreeMap<String, Note> {
+    hook.wait_for(
+        timeout,
+        &format!("a {kind} notification of {rule} for each of {targets:?}"),
+        |_| {
+            targets
+                .iter()
+                .all(|t| !notes_of(hook, rule, t, kind).is_empty())
+        },
+    );
+    std::thread::sleep(quiet);
+    targets
+        .iter()
+        .map(|t| {
+            let got = notes_of(hook, rule, t, kind);
+            assert_eq!(
+                got.len(),
+                1,
+                "exactly one {kind} notification of {rule} for {t}; the receiver got:\n{}",
+                note_lines(hook)
+            );
+            (t.clone(), got[0].clone())
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// herd alerts, herd status
+
+/// `herd alerts --history 1h --json` on node `id`.
+fn alerts(cluster: &Cluster, id: u64) -> Value {
+    let text = cluster
+        .node(id)
+        .cli_ok(&["alerts", "--history", "1h", "--json"]);
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!("`herd alerts --json` on node {id} printed no JSON ({e}): {text}")
+    })
+}
+
+/// The alert `alert_id` in a `herd alerts --json` document.
+fn alert_by_id(doc: &Value, alert_id: &str) -> Option<Value> {
+    doc["alerts"]
+        .as_array()?
+        .iter()
+        .find(|a| a["id"] == alert_id)
+        .cloned()
+}
+
+/// Waits until node `id` lists the alert `alert_id` and `cond` holds on it;
+/// returns it.
+fn wait_alert_on(
+    cluster: &Cluster,
+    id: u64,
+    alert_id: &str,
+    what: &str,
+    cond: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = String::new();
+    wait_for(
+        BOUND,
+        &format!("node {id} lists alert {alert_id} {what}"),
+        || {
+            let a = alert_by_id(&alerts(cluster, id), alert_id);
+            if let Some(a) = a.as_ref().filter(|a| cond(a)) {
+                return Some(a.clone());
+            }
+            let line = format!("{a:?}");
+            if line != last {
+                eprintln!("    not yet on node {id}: {line}");
+                last = line;
+            }
+            None
+        },
+    )
+}
+
+fn state(a: &Value) -> &str {
+    a["state"].as_str().unwrap_or_default()
+}
+
+fn transitions(a: &Value) -> u64 {
+    a["transitions"].as_u64().unwrap_or(0)
+}
+
+/// The `checks[]` entry `check` of `target` in a status (its verdict and when).
+fn check_of(s: &Status, target: &str, check: &str) -> Option<Value> {
+    s.raw["targets"]
+        .as_array()?
+        .iter()
+        .find(|t| t["name"] == target)?["checks"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == check)
+        .cloned()
+}
+
+/// Fleet targets that `id` owns, in `s`.
+fn fleet_owned_by(s: &Status, id: u64, fleet: &[String]) -> Vec<String> {
+    s.owned_by(id)
+        .into_iter()
+        .filter(|t| fleet.contains(t))
+        .collect()
+}
+
+/// Waits until a status shows each of `targets` owned by a live node other than
+/// `dead`, and its [`CHECK`] critical as seen by a scrape after `after_ms` (so the
+/// new owner scraped it); returns that status.
+fn wait_taken_over(cluster: &Cluster, targets: &[String], dead: u64, after_ms: i64) -> Status {
+    let mut last = String::new();
+    wait_for(
+        BOUND,
+        &format!("{targets:?} are owned by survivors and scraped after the kill"),
+        || {
+            let s = cluster.status();
+            let alive = s.alive_ids();
+            let mut why = Vec::new();
+            for t in targets {
+                let owner = s.target(t).and_then(|t| t.owner);
+                let check = check_of(&s, t, CHECK);
+                let ts = check
+                    .as_ref()
+                    .and_then(|c| c["ts_ms"].as_i64())
+                    .unwrap_or(0);
+                match owner {
+                    Some(o) if o != dead && alive.contains(&o) => {}
+                    _ => why.push(format!("{t} owned by {owner:?}")),
+                }
+                if ts <= after_ms {
+                    why.push(format!("{t} check last seen at {ts}"));
+                } else if check.as_ref().is_some_and(|c| c["status"] != "critical") {
+                    why.push(format!(
+                        "{t} check is {:?}",
+                        check.map(|c| c["status"].clone())
+                    ));
+                }
+            }
+            if why.is_empty() {
+                return Some(s);
+            }
+            let line = format!("{} · {}", s.summary(), why.join("; "));
+            if line != last {
+                eprintln!("    not yet: {line}");
+                last = line;
+            }
+            None
+        },
+    )
+}
+
+/// Waits until the fleet targets are balanced over the live nodes (each owns
+/// floor(T/N) or ceil(T/N)) and `id` owns at least one; returns that status.
+fn wait_rebalanced_to(cluster: &Cluster, id: u64, fleet: &[String]) -> Status {
+    let live = cluster.live_nodes();
+    let (lo, hi) = (fleet.len() / live.len(), fleet.len().div_ceil(live.len()));
+    let mut last = String::new();
+    wait_for(
+        BOUND,
+        &format!("the fleet is balanced over {live:?} and node {id} owns fleet targets"),
+        || {
+            let s = cluster.status();
+            let counts: BTreeMap<u64, usize> = live
+                .iter()
+                .map(|&n| (n, fleet_owned_by(&s, n, fleet).len()))
+                .collect();
+            let total: usize = counts.values().sum();
+            if total == fleet.len()
+                && counts.values().all(|c| (lo..=hi).contains(c))
+                && counts[&id] > 0
+            {
+                return Some(s);
+            }
+            let line = format!("{} · fleet owned {counts:?}", s.summary());
+            if line != last {
+                eprintln!("    not yet: {line}");
+                last = line;
+            }
+            None
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------
+// 1. a firing alert survives its owner's kill -9
+
+#[test]
+fn takeover_continues_a_firing_alert() {
+    phase!("an HTTP receiver, twelve watched files, three nodes");
+    let hook = HttpReceiver::start();
+    let files = Files::new();
+    // Four per node. The assignment is a deterministic function of names and ids:
+    // with these, the node that comes back gets one of its alerts' targets back.
+    let fleet = names("bk", 12);
+    for t in &fleet {
+        files.create(t);
+    }
+    let mut cluster = Cluster::start(3, HerdOptions::default());
+
+    phase!("apply twelve local targets with a file_fresh check and the rule {STALE_RULE}");
+    cluster.apply(1, &stale_fleet(&fleet, &files, &hook));
+    cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
+    let leader = cluster.wait_leader(BOUND);
+    let s = cluster.status();
+    let victim = s
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|&id| id != leader)
+        .max_by_key(|&id| fleet_owned_by(&s, id, &fleet).len())
+        .expect("two followers");
+    let breached = fleet_owned_by(&s, victim, &fleet);
+    assert!(
+        !breached.is_empty(),
+        "follower {victim} owns fleet targets: {}",
+        s.summary()
+    );
+    std::thread::sleep(QUIET);
+    assert!(
+        notes(&hook).iter().all(|n| n.rule != STALE_RULE),
+        "nothing is stale yet:\n{}",
+        note_lines(&hook)
+    );
+
+    phase!("the files of {breached:?} (owned by follower {victim}; leader {leader}) vanish");
+    for t in &breached {
+        files.remove(t);
+    }
+    let firing = expect_one_each(&hook, STALE_RULE, &breached, "firing", BOUND, QUIET);
+    for (t, n) in &firing {
+        eprintln!("    FIRING {t}: key {}", n.key);
+        assert_eq!(n.doc["channel"], HOOK, "{}", n.doc);
+        assert_eq!(n.doc["alert"]["state"], "firing", "{}", n.doc);
+        assert_eq!(
+            n.doc["alert"]["transitions"].as_u64(),
+            Some(n.transition()),
+            "the key's transition is the alert's count: {}",
+            n.doc
+        );
+    }
+    let others: Vec<u64> = cluster
+        .live_nodes()
+        .into_iter()
+        .filter(|&id| id != victim)
+        .collect();
+    for &id in &others {
+        for n in firing.values() {
+            let a = wait_alert_on(&cluster, id, &n.alert_id, "firing (committed)", |a| {
+                state(a) == "firing"
+            });
+            assert_eq!(transitions(&a), n.transition(), "node {id}: {a}");
+        }
+    }
+    let s = cluster.status();
+    assert_eq!(
+        fleet_owned_by(&s, victim, &fleet),
+        breached,
+        "ownership is stable before the kill: {}",
+        s.summary()
+    );
+
+    phase!("kill -9 node {victim}, the owner of the firing alerts");
+    let killed_at = cluster.kill9(victim);
+    let s = wait_taken_over(&cluster, &breached, victim, killed_at);
+    let new_owners: BTreeMap<String, u64> = breached
+        .iter()
+        .map(|t| (t.clone(), s.target(t).and_then(|t| t.owner).unwrap_or(0)))
+        .collect();
+    eprintln!("    new owners: {new_owners:?}");
+    cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
+    cluster.expect_live_owners(true);
+
+    phase!("the new owners continue the alerts: still firing, no second FIRING");
+    std::thread::sleep(QUIET);
+    for (t, n) in &firing {
+        let got = notes_of(&hook, STALE_RULE, t, "firing");
+        assert_eq!(
+            got.len(),
+            1,
+            "still exactly one FIRING for {t} after the takeover by node {}; the receiver got:\n{}",
+            new_owners[t],
+            note_lines(&hook)
+        );
+        assert!(
+            notes_of(&hook, STALE_RULE, t, "resolved").is_empty(),
+            "no RESOLVED for {t} while its file is missing:\n{}",
+            note_lines(&hook)
+        );
+        for &id in &others {
+            let a = alert_by_id(&alerts(&cluster, id), &n.alert_id)
+                .unwrap_or_else(|| panic!("node {id} lists the alert of {t} ({})", n.alert_id));
+            assert_eq!(state(&a), "firing", "node {id}: {a}");
+            assert_eq!(
+                transitions(&a),
+                n.transition(),
+                "no new transition on node {id}: {a}"
+            );
+        }
+    }
+
+    phase!("the files come back: exactly one RESOLVED each, sent by the new owner");
+    for t in &breached {
+        files.create(t);
+    }
+    let resolved = expect_one_each(&hook, STALE_RULE, &breached, "resolved", BOUND, QUIET);
+    for (t, r) in &resolved {
+        let f = &firing[t];
+        eprintln!("    RESOLVED {t}: key {}", r.key);
+        assert_eq!(r.alert_id, f.alert_id, "the same alert: {}", r.doc);
+        assert!(
+            r.arrived_ms > killed_at,
+            "the RESOLVED of {t} arrived after node {victim} died (from node {})",
+            new_owners[t]
+        );
+        assert_eq!(
+            r.transition(),
+            f.transition() + 1,
+            "the transition count continues across the takeover: firing {}, resolved {}",
+            f.key,
+            r.key
+        );
+        assert_eq!(r.doc["alert"]["state"], "resolved", "{}", r.doc);
+        for &id in &others {
+            let a = wait_alert_on(&cluster, id, &r.alert_id, "resolved", |a| {
+                state(a) == "resolved"
+            });
+            assert_eq!(transitions(&a), r.transition(), "node {id}: {a}");
+        }
+    }
+
+    phase!("node {victim} comes back, rejoins and gets fleet targets again");
+    let seen = notes(&hook).len();
+    cluster.restart(victim);
+    cluster.wait_formed(BOUND);
+    let s = wait_rebalanced_to(&cluster, victim, &fleet);
+    let regained: Vec<String> = fleet_owned_by(&s, victim, &fleet)
+        .into_iter()
+        .filter(|t| breached.contains(t))
+        .collect();
+    eprintln!(
+        "    node {victim} owns {:?}; of the alerts' targets it got back {regained:?}",
+        fleet_owned_by(&s, victim, &fleet)
+    );
+    cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
+
+    phase!("no further notification for those alerts");
+    std::thread::sleep(QUIET);
+    let later: Vec<Note> = notes(&hook)
+        .into_iter()
+        .skip(seen)
+        .filter(|n| n.rule == STALE_RULE)
+        .collect();
+    assert!(
+        later.is_empty(),
+        "nothing after node {victim} came back; the receiver got:\n{}",
+        note_lines(&hook)
+    );
+    for r in resolved.values() {
+        for id in cluster.live_nodes() {
+            let a = wait_alert_on(&cluster, id, &r.alert_id, "resolved", |a| {
+                state(a) == "resolved"
+            });
+            assert_eq!(transitions(&a), r.transition(), "node {id}: {a}");
+        }
+    }
+
+    // The node that comes back had these alerts firing in its own store; where it
+    // got one of their targets back, it must go on from the herd's state.
+    let again = regained.first().unwrap_or(&breached[0]).clone();
+    let owner = cluster
+        .status()
+        .target(&again)
+        .and_then(|t| t.owner)
+        .expect("an owner");
+    phase!("{again} (now owned by node {owner}) breaks again: one FIRING, the count goes on");
+    let before = resolved[&again].transition();
+    files.remove(&again);
+    hook.wait_for(BOUND, &format!("a second FIRING for {again}"), |_| {
+        notes_of(&hook, STALE_RULE, &again, "firing").len() >= 2
+    });
+    std::thread::sleep(QUIET);
+    let fired = notes_of(&hook, STALE_RULE, &again, "firing");
+    assert_eq!(
+        fired.len(),
+        2,
+        "one FIRING per firing transition of {again}:\n{}",
+        note_lines(&hook)
+    );
+    assert_eq!(
+        fired[1].transition(),
+        before + 1,
+        "the count continues from the RESOLVED sent by another node: {}",
+        fired[1].key
+    );
+    files.create(&again);
+    hook.wait_for(BOUND, &format!("a second RESOLVED for {again}"), |_| {
+        notes_of(&hook, STALE_RULE, &again, "resolved").len() >= 2
+    });
+    std::thread::sleep(QUIET);
+    let done = notes_of(&hook, STALE_RULE, &again, "resolved");
+    assert_eq!(done.len(), 2, "{}", note_lines(&hook));
+    assert_eq!(done[1].transition(), before + 2, "{}", done[1].key);
+    let others_later: Vec<Note> = notes(&hook)
+        .into_iter()
+        .skip(seen)
+        .filter(|n| n.rule == STALE_RULE && n.target != again)
+        .collect();
+    assert!(
+        others_later.is_empty(),
+        "nothing for the other alerts:\n{}",
+        note_lines(&hook)
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// 2. rules select the herd's machines like any target
+
+/// A rule that holds on every live machine: `target.up` (1) above 0.5.
+fn machine_rule(name: &str, selector: &str) -> String {
+    format!(
+        "[[rule]]\nname = \"{name}\"\n{selector}\nmetric = \"target.up\"\nkind = \"range\"\n\
+         max = 0.5\nseverity = \"warning\"\nsummary = \"{{{{target}}}} is watched\"\n\n"
+    )
+}
+
+#[test]
+fn rules_apply_to_the_herds_machines() {
+    phase!("an HTTP receiver and three nodes");
+    let hook = HttpReceiver::start();
+    let cluster = Cluster::start(3, HerdOptions::default());
+
+    phase!("a plain local target, two rules on the machines (glob, label), routes default");
+    let fleet = vec!["app-1".to_string()];
+    let text = [
+        local_target("app-1", "1s"),
+        machine_rule("machine-by-name", "targets = [\"herd-node-*\"]"),
+        machine_rule(
+            "machine-by-label",
+            "target_labels = { role = \"herd-node\" }",
+        ),
+        webhook_channel(&hook),
+        format!("[routes]\ndefault = [\"{HOOK}\"]\n"),
+    ]
+    .concat();
+    cluster.apply(2, &text);
+    let s = cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
+    let machines: Vec<String> = (1..=3).map(node_target).collect();
+    for m in &machines {
+        assert!(s.target(m).is_some(), "status lists {m}: {}", s.summary());
+    }
+
+    for rule in ["machine-by-name", "machine-by-label"] {
+        phase!("{rule}: one FIRING per herd-node-N");
+        let got = expect_one_each(
+            &hook,
+            rule,
+            &machines,
+            "firing",
+            SCRAPE_BOUND,
+            Duration::ZERO,
+        );
+        for (m, n) in &got {
+            assert_eq!(n.doc["alert"]["severity"], "warning", "{}", n.doc);
+            assert_eq!(
+                n.doc["alert"]["summary"],
+                format!("{m} is watched"),
+                "{}",
+                n.doc
+            );
+            assert_eq!(
+                n.transition(),
+                n.doc["alert"]["transitions"].as_u64().unwrap_or(0)
+            );
+        }
+    }
+
+    phase!("a machine interval later: still one each, none for app-1, listed on every node");
+    std::thread::sleep(MACHINE_QUIET);
+    for rule in ["machine-by-name", "machine-by-label"] {
+        for m in &machines {
+            assert_eq!(
+                notes_of(&hook, rule, m, "firing").len(),
+                1,
+                "exactly one FIRING of {rule} for {m}; the receiver got:\n{}",
+                note_lines(&hook)
+            );
+        }
+        assert!(
+            notes(&hook)
+                .iter()
+                .all(|n| !(n.rule == rule && n.target == "app-1")),
+            "{rule} does not select app-1:\n{}",
+            note_lines(&hook)
+        );
+        assert!(
+            notes(&hook)
+                .iter()
+                .filter(|n| n.rule == rule)
+                .all(|n| n.kind == "firing"),
+            "{rule} only fired:\n{}",
+            note_lines(&hook)
+        );
+    }
+    for id in cluster.live_nodes() {
+        let doc = alerts(&cluster, id);
+        for rule in ["machine-by-name", "machine-by-label"] {
+            let mut firing: Vec<String> = doc["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|a| a["rule"] == rule && state(a) == "firing")
+                .map(|a| a["target"].as_str().unwrap_or_default().to_string())
+                .collect();
+            firing.sort();
+            assert_eq!(firing, machines, "node {id} lists {rule} firing on: {doc}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 3. ack and silence through any node
+
+#[test]
+fn ack_and_silence_from_any_node() {
+    phase!("an HTTP receiver, three watched files, three nodes");
+    let hook = HttpReceiver::start();
+    let files = Files::new();
+    let fleet = names("db", 3);
+    for t in &fleet {
+        files.create(t);
+    }
+    let cluster = Cluster::start(3, HerdOptions::default());
+    cluster.apply(1, &stale_fleet(&fleet, &files, &hook));
+    let s = cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
+
+    let target = fleet[0].clone();
+    let a = s
+        .target(&target)
+        .and_then(|t| t.owner)
+        .expect("the target has an owner");
+    let rest: Vec<u64> = cluster
+        .live_nodes()
+        .into_iter()
+        .filter(|&id| id != a)
+        .collect();
+    let (b, c) = (rest[0], rest[1]);
+
+    phase!("{target} (owned by node {a}) loses its file: one FIRING");
+    files.remove(&target);
+    let firing = expect_one_each(
+        &hook,
+        STALE_RULE,
+        std::slice::from_ref(&target),
+        "firing",
+        BOUND,
+        QUIET,
+    );
+    let alert_id = firing[&target].alert_id.clone();
+    wait_alert_on(&cluster, b, &alert_id, "firing", |a| state(a) == "firing");
+
+    phase!("`herd --node {b} ack {alert_id}`: passed to node {a}; node {c} shows it acked");
+    let out = cluster.node(b).cli_ok(&["ack", &alert_id, "--by", "alice"]);
+    eprintln!("    {}", out.trim());
+    assert!(
+        out.contains("acknowledged") && out.contains("alice"),
+        "{out}"
+    );
+    for id in [c, a] {
+        let acked = wait_alert_on(&cluster, id, &alert_id, "acked by alice", |a| {
+            a["acked_by"] == "alice"
+        });
+        assert_eq!(
+            state(&acked),
+            "firing",
+            "an ack does not end the alert: {acked}"
+        );
+    }
+    let unknown = cluster.node(b).cli(&["ack", "no-such-alert"]);
+    assert!(
+        !unknown.status.success(),
+        "acking an unknown id through node {b} fails"
+    );
+
+    phase!("`herd --node {b} silence add target={target}`: node {c} lists it");
+    let selector = format!("target={target}");
+    let out = cluster.node(b).cli_ok(&[
+        "silence",
+        "add",
+        &selector,
+        "--for",
+        "1h",
+        "--reason",
+        "herd test",
+        "--by",
+        "alice",
+    ]);
+    eprintln!("    {}", out.trim());
+    let silence_id = out
+        .split_whitespace()
+        .nth(1)
+        .expect("`silence ID on ...`")
+        .to_string();
+    for id in [c, a] {
+        let listed = wait_for(
+            BOUND,
+            &format!("node {id} lists silence {silence_id}"),
+            || {
+                let text = cluster.node(id).cli_ok(&["silence", "ls", "--json"]);
+                let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+                    panic!("`herd silence ls --json` on node {id} printed no JSON ({e}): {text}")
+                });
+                doc["silences"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|s| s["id"] == silence_id.as_str())
+                    .cloned()
+            },
+        );
+        assert_eq!(listed["selector"], selector.as_str(), "node {id}: {listed}");
+        assert_eq!(listed["reason"], "herd test", "node {id}: {listed}");
+        assert!(
+            listed["until_ms"]
+                .as_i64()
+                .is_some_and(|u| u > now_ms() + 3_500_000),
+            "an hour, on node {id}: {listed}"
+        );
+    }
+
+    phase!("the file comes back: the owner, node {a}, resolves the alert and notifies no one");
+    let before = notes(&hook).len();
+    files.create(&target);
+    wait_alert_on(&cluster, a, &alert_id, "resolved", |a| {
+        state(a) == "resolved"
+    });
+    std::thread::sleep(QUIET);
+    let later: Vec<Note> = notes(&hook).into_iter().skip(before).collect();
+    assert!(
+        later.is_empty(),
+        "the silence made on node {b} mutes node {a}'s RESOLVED; the receiver got:\n{}",
+        note_lines(&hook)
+    );
+    let history = alerts(&cluster, a)["history"].clone();
+    let t = history
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["alert_id"] == alert_id.as_str() && t["to"] == "resolved")
+        .cloned()
+        .unwrap_or_else(|| panic!("node {a}'s history has the resolved transition: {history}"));
+    assert!(
+        t["suppressed"]
+            .as_str()
+            .is_some_and(|s| s.contains(&silence_id)),
+        "the history names the silence: {t}"
+    );
+    wait_until(BOUND, &format!("node {c} shows the alert resolved"), || {
+        alert_by_id(&alerts(&cluster, c), &alert_id).is_some_and(|a| state(&a) == "resolved")
+    });
+}
