@@ -53,7 +53,9 @@ use std::time::{Duration, Instant};
 
 use herd_proto::v1::herd_client::HerdClient;
 use herd_proto::v1::{StatusReply, StatusRequest};
-use herd_tests::bench::{percentile, progress, raise_nofile_limit, target_dir, use_release_herd};
+use herd_tests::bench::{
+    bench_args, bench_setup, client_runtime, percentile, progress, target_dir,
+};
 use herd_tests::{ssh_target, Herd, HerdOptions, Sshd, SSH_USER};
 use serde_json::{json, Value};
 
@@ -85,36 +87,13 @@ const SSH_TIMEOUT: Duration = Duration::from_secs(30);
 const NODE_STATS_WINDOW: u64 = 20_000;
 
 fn main() {
-    // `cargo bench` passes `--bench` to harness = false targets.
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
+    let args = bench_args();
     if args.first().map(String::as_str) == Some("--fake-fleet") {
         fake::run();
         return;
     }
-    let opts = match Options::parse(&args) {
-        Ok(o) => o,
-        Err(message) => {
-            eprintln!("fleet bench: {message}\n\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
-    if opts.help {
-        println!("{USAGE}");
-        return;
-    }
-    raise_nofile_limit();
-    use_release_herd("fleet");
-    // One worker that keeps running between calls: a gRPC connection whose client
-    // stops being polled never answers the node's HTTP/2 shutdown PING, and the
-    // node then waits for it forever on SIGTERM.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let opts = bench_setup("fleet", USAGE, &args, Options::parse, |o| o.help);
+    let rt = client_runtime();
 
     let started = Instant::now();
     let mut rows = Vec::new();

@@ -64,7 +64,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herd_proto::v1::herd_client::HerdClient;
 use herd_proto::v1::{AlertsReply, AlertsRequest, StatusReply, StatusRequest};
-use herd_tests::bench::{percentile, progress, raise_nofile_limit, target_dir, use_release_herd};
+use herd_tests::bench::{
+    bench_args, bench_setup, client_runtime, percentile, progress, target_dir,
+};
 use herd_tests::{Herd, HerdOptions};
 use rand::Rng;
 use serde_json::{json, Value};
@@ -96,31 +98,9 @@ const USAGE: &str = "usage: notify [latency] [throughput] [--targets N] [--breac
   no mode: latency, then throughput";
 
 fn main() {
-    // `cargo bench` passes `--bench` to harness = false targets.
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let opts = match Options::parse(&args) {
-        Ok(o) => o,
-        Err(message) => {
-            eprintln!("notify bench: {message}\n\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
-    if opts.help {
-        println!("{USAGE}");
-        return;
-    }
-    raise_nofile_limit();
-    use_release_herd("notify");
-    // One worker that keeps running between calls (see the fleet bench: a client
-    // that is not polled never answers the node's HTTP/2 shutdown PING).
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let args = bench_args();
+    let opts = bench_setup("notify", USAGE, &args, Options::parse, |o| o.help);
+    let rt = client_runtime();
 
     let started = Instant::now();
     let receiver = Receiver::start();

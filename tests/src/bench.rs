@@ -59,3 +59,48 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
 pub fn progress(message: &str) {
     eprintln!("[bench] {message}");
 }
+
+/// The arguments of a `harness = false` bench (without the `--bench` cargo adds).
+pub fn bench_args() -> Vec<String> {
+    std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect()
+}
+
+/// Parses a bench's options: a bad one prints the usage and exits 2, `--help`
+/// (`help` true) prints it and exits 0. Then readies the process for a bench: the
+/// open-files limit raised, `HERD_BIN` set to the release binary.
+pub fn bench_setup<O>(
+    bench: &str,
+    usage: &str,
+    args: &[String],
+    parse: impl FnOnce(&[String]) -> Result<O, String>,
+    help: impl FnOnce(&O) -> bool,
+) -> O {
+    let opts = match parse(args) {
+        Ok(o) => o,
+        Err(message) => {
+            eprintln!("{bench} bench: {message}\n\n{usage}");
+            std::process::exit(2);
+        }
+    };
+    if help(&opts) {
+        println!("{usage}");
+        std::process::exit(0);
+    }
+    raise_nofile_limit();
+    use_release_herd(bench);
+    opts
+}
+
+/// The bench's client runtime: one worker that keeps running between calls. A
+/// gRPC connection whose client stops being polled never answers the node's HTTP/2
+/// shutdown PING, and the node then waits for it on SIGTERM.
+pub fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
