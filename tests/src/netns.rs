@@ -12,19 +12,17 @@
 //! - [`NetNode`]: one `herd node`, in a namespace (`ip netns exec`) or not, on an
 //!   address the test chooses, with an optional API token and TLS files. The CLI
 //!   runs in the root namespace (it reaches `10.77.S.x` over the bridge).
-//! - [`PeerReceiver`]: an HTTP receiver for webhooks on a given address that
-//!   records who sent each request (the peer address).
+//!
+//! Webhooks from nodes in namespaces go to [`crate::HttpReceiver::start_on`] the
+//! bridge address (each request records its sender).
 //!
 //! Needs root and `ip` (iproute2) for the namespaces. There is no fallback: a test
 //! that asks for a lab fails loudly when the host cannot make one.
 use std::collections::BTreeSet;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -613,181 +611,4 @@ fn clean_env(cmd: &mut Command) {
             cmd.env_remove(key);
         }
     }
-}
-
-// ---------------------------------------------------------------------------------
-// PeerReceiver
-
-/// Longest wait for a request's head and body.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest request accepted.
-const MAX_REQUEST: usize = 4 << 20;
-
-/// One request: who sent it and what.
-#[derive(Debug, Clone)]
-pub struct PeerRequest {
-    pub peer: SocketAddr,
-    pub method: String,
-    pub path: String,
-    /// Names lowercased.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    /// Unix ms when the request was complete.
-    pub ts_ms: i64,
-}
-
-impl PeerRequest {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body as JSON, or Null when it is not JSON.
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-}
-
-/// An HTTP/1.1 receiver on `ip:port` that answers 200 to everything and keeps every
-/// request with its peer address. std only: an accept thread, a thread per
-/// connection, `Connection: close`.
-pub struct PeerReceiver {
-    addr: SocketAddr,
-    requests: Arc<Mutex<Vec<PeerRequest>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl PeerReceiver {
-    /// Listens on `ip` at a port the kernel picks.
-    pub fn start(ip: &str) -> PeerReceiver {
-        let listener = TcpListener::bind((ip, 0))
-            .unwrap_or_else(|e| panic!("the receiver cannot listen on {ip}: {e}"));
-        let addr = listener.local_addr().expect("the receiver's address");
-        listener
-            .set_nonblocking(true)
-            .expect("set the listener nonblocking");
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (requests, stop) = (requests.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((stream, peer)) => {
-                            let requests = requests.clone();
-                            std::thread::spawn(move || serve(stream, peer, &requests));
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(10))
-                        }
-                        Err(e) => {
-                            eprintln!("    receiver accept failed: {e}");
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                    }
-                }
-            })
-        };
-        eprintln!("    webhook receiver on {addr}");
-        PeerReceiver {
-            addr,
-            requests,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// `http://IP:PORT{path}`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Every request so far, in arrival order.
-    pub fn requests(&self) -> Vec<PeerRequest> {
-        self.requests.lock().unwrap().clone()
-    }
-}
-
-impl Drop for PeerReceiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve(mut stream: TcpStream, peer: SocketAddr, requests: &Mutex<Vec<PeerRequest>>) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    let Some((method, path, headers, body)) = read_request(&mut stream) else {
-        return;
-    };
-    requests.lock().unwrap().push(PeerRequest {
-        peer,
-        method,
-        path,
-        headers,
-        body,
-        ts_ms: crate::now_ms(),
-    });
-    let answer = r#"{"ok":true}"#;
-    let reply = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{answer}",
-        answer.len()
-    );
-    let _ = stream.write_all(reply.as_bytes());
-    let _ = stream.flush();
-    let _ = stream.shutdown(std::net::Shutdown::Both);
-}
-
-type Request = (String, String, Vec<(String, String)>, Vec<u8>);
-
-/// One request with a `content-length` body (what herd's webhook sends; a chunked
-/// body would be recorded empty, and fail the test that reads it).
-fn read_request(stream: &mut TcpStream) -> Option<Request> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    let mut more = |buf: &mut Vec<u8>| match stream.read(&mut chunk) {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            buf.len() <= MAX_REQUEST
-        }
-    };
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if !more(&mut buf) {
-            return None;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split(' ');
-    let method = first.next()?.to_string();
-    let path = first.next()?.to_string();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < length {
-        if !more(&mut body) {
-            return None;
-        }
-    }
-    body.truncate(length);
-    Some((method, path, headers, body))
 }

@@ -36,6 +36,8 @@ pub struct Received {
     pub status: u16,
     /// Unix ms when the request was complete.
     pub ts_ms: i64,
+    /// Who sent it.
+    pub peer: std::net::SocketAddr,
 }
 
 impl Received {
@@ -76,6 +78,7 @@ struct Running {
 }
 
 pub struct HttpReceiver {
+    ip: String,
     port: u16,
     shared: Arc<Shared>,
     running: Mutex<Option<Running>>,
@@ -92,8 +95,13 @@ impl HttpReceiver {
     /// A receiver whose port is reserved but closed (connection refused) until
     /// [`HttpReceiver::up`].
     pub fn start_down() -> HttpReceiver {
+        HttpReceiver::down_at("127.0.0.1", free_port())
+    }
+
+    fn down_at(ip: &str, port: u16) -> HttpReceiver {
         HttpReceiver {
-            port: free_port(),
+            ip: ip.to_string(),
+            port,
             shared: Arc::new(Shared {
                 requests: Mutex::new(Vec::new()),
                 answer: Mutex::new((200, OK_BODY.to_string())),
@@ -102,13 +110,25 @@ impl HttpReceiver {
         }
     }
 
+    /// Listening on `ip` (e.g. a bridge address a network-namespace test made) at a
+    /// port the kernel picks; every request records its sender ([`Received::peer`]).
+    pub fn start_on(ip: &str) -> HttpReceiver {
+        let port = TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .unwrap_or_else(|e| panic!("the receiver cannot listen on {ip}: {e}"))
+            .port();
+        let r = HttpReceiver::down_at(ip, port);
+        r.up();
+        r
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// `http://127.0.0.1:PORT{path}`.
+    /// `http://IP:PORT{path}` (IP is 127.0.0.1 unless started with `start_on`).
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}:{}{path}", self.ip, self.port)
     }
 
     /// Answer `status` with `body` from now on.
@@ -129,7 +149,7 @@ impl HttpReceiver {
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         let listener = loop {
-            match TcpListener::bind(("127.0.0.1", self.port)) {
+            match TcpListener::bind((self.ip.as_str(), self.port)) {
                 Ok(l) => break l,
                 Err(e) if Instant::now() < deadline => {
                     eprintln!("    receiver cannot bind port {} yet: {e}", self.port);
@@ -226,9 +246,9 @@ impl Drop for HttpReceiver {
 fn accept_loop(listener: TcpListener, stop: Arc<AtomicBool>, shared: Arc<Shared>) {
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
                 let shared = shared.clone();
-                std::thread::spawn(move || serve(stream, &shared));
+                std::thread::spawn(move || serve(stream, peer, &shared));
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
                 std::thread::sleep(Duration::from_millis(10));
@@ -242,7 +262,7 @@ fn accept_loop(listener: TcpListener, stop: Arc<AtomicBool>, shared: Arc<Shared>
 }
 
 /// Reads one request, records it, answers and closes.
-fn serve(mut stream: TcpStream, shared: &Shared) {
+fn serve(mut stream: TcpStream, peer: std::net::SocketAddr, shared: &Shared) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
     let Some((method, path, headers, body)) = read_request(&mut stream) else {
@@ -256,6 +276,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
         body,
         status,
         ts_ms: crate::now_ms(),
+        peer,
     });
     let reply = format!(
         "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\

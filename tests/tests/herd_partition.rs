@@ -20,8 +20,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use herd_tests::cluster::{node_target, Status};
-use herd_tests::netns::{NetLab, NetNode, NodeSpec, PeerReceiver, PeerRequest};
+use herd_tests::netns::{NetLab, NetNode, NodeSpec};
 use herd_tests::{local_target_with, phase, require_root, toml_str, wait_for};
+use herd_tests::{HttpReceiver, Received};
 use serde_json::Value;
 
 /// Hang catcher for a formation, a fence, a failover, a rejoin or a notification.
@@ -55,7 +56,7 @@ const CLUSTER_TOML: &str = "[cluster]\nheartbeat = \"100ms\"\nelection_min = \"5
 /// namespaces go.
 struct Rig {
     nodes: BTreeMap<u64, NetNode>,
-    hook: PeerReceiver,
+    hook: HttpReceiver,
     files: tempfile::TempDir,
     lab: NetLab,
 }
@@ -113,7 +114,7 @@ fn rig() -> Rig {
     require_root();
     phase!("a bridge and three network namespaces; a webhook receiver on the bridge");
     let lab = NetLab::new(3);
-    let hook = PeerReceiver::start(&lab.bridge_ip());
+    let hook = HttpReceiver::start_on(&lab.bridge_ip());
     let files = tempfile::Builder::new()
         .prefix("herd-partition-files-")
         .tempdir()
@@ -264,11 +265,11 @@ fn wait_agreed(rig: &Rig, what: &str) -> BTreeMap<u64, Status> {
 // What the receiver got
 
 /// Every notification in the Herd JSON documents received, with its sender.
-fn notes(hook: &PeerReceiver) -> Vec<(IpAddr, Value)> {
+fn notes(hook: &HttpReceiver) -> Vec<(IpAddr, Value)> {
     notes_of(&hook.requests())
 }
 
-fn notes_of(reqs: &[PeerRequest]) -> Vec<(IpAddr, Value)> {
+fn notes_of(reqs: &[Received]) -> Vec<(IpAddr, Value)> {
     reqs.iter()
         .flat_map(|r| {
             let doc = r.json();
@@ -283,7 +284,7 @@ fn is(n: &Value, rule: &str, target: &str, kind: &str) -> bool {
 }
 
 /// One line per request and notification, for failure messages.
-fn describe(hook: &PeerReceiver) -> String {
+fn describe(hook: &HttpReceiver) -> String {
     let reqs = hook.requests();
     if reqs.is_empty() {
         return "  (nothing)".into();
@@ -319,7 +320,7 @@ fn describe(hook: &PeerReceiver) -> String {
 
 /// Waits until the receiver has a notification `rule`/`target`/`kind`, watches
 /// [`QUIET`] for a duplicate, and returns the one there is (with its sender).
-fn expect_one(hook: &PeerReceiver, rule: &str, target: &str, kind: &str) -> (IpAddr, Value) {
+fn expect_one(hook: &HttpReceiver, rule: &str, target: &str, kind: &str) -> (IpAddr, Value) {
     let what = format!("{kind} {rule} on {target}");
     wait_for(BOUND, &format!("the webhook got {what}"), || {
         notes(hook)
@@ -342,7 +343,7 @@ fn expect_one(hook: &PeerReceiver, rule: &str, target: &str, kind: &str) -> (IpA
 }
 
 /// Panics when any idempotency key arrived twice (in a body or in the header).
-fn assert_no_duplicates(hook: &PeerReceiver) {
+fn assert_no_duplicates(hook: &HttpReceiver) {
     let mut seen = BTreeMap::<String, usize>::new();
     for (_, n) in notes(hook) {
         let key = n["idempotency_key"]
@@ -531,8 +532,7 @@ fn partitioned_owner_is_fenced_and_the_majority_notifies_once() {
         "node {victim} logs that it lost its lease"
     );
     let during = rig.hook.requests();
-    let from_victim: Vec<&PeerRequest> =
-        during.iter().filter(|r| r.peer.ip() == victim_ip).collect();
+    let from_victim: Vec<&Received> = during.iter().filter(|r| r.peer.ip() == victim_ip).collect();
     assert!(
         from_victim.is_empty(),
         "node {victim} sent {} request(s) to the receiver while cut off:\n{}",
