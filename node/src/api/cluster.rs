@@ -137,12 +137,14 @@ impl HerdApi {
             .collect()
     }
 
-    /// Adds the other owners' target rows to `targets` (this node's own rows are in
-    /// already), then a row for every target nobody reported. Returns the nodes
-    /// that did not answer.
+    /// Asks every other node for its own status: adds the owners' target rows to
+    /// `targets` (this node's own rows are in already) and a row for every target
+    /// nobody reported, and fills in what each node says of itself (uptime, lease)
+    /// in `nodes`. Returns the nodes that did not answer.
     pub(super) async fn herd_targets(
         &self,
         targets: &mut Vec<pb::TargetInfo>,
+        nodes: &mut [pb::NodeInfo],
         spec: &crate::config::FleetSpec,
         herd: &ClusterState,
     ) -> Vec<u64> {
@@ -150,18 +152,27 @@ impl HerdApi {
         let answers = self
             .fan_out(
                 pb::StatusRequest { local_only: true },
-                |id| herd.owners.values().any(|o| *o == id),
+                |_| true,
                 |mut c, r| async move { c.status(r).await },
             )
             .await;
         let mut unreachable = Vec::new();
         for (id, res) in answers {
             match res {
-                Ok(r) => targets.extend(
-                    r.targets
-                        .into_iter()
-                        .filter(|t| herd.owners.get(&t.name) == Some(&id)),
-                ),
+                Ok(r) => {
+                    if let (Some(own), Some(row)) = (
+                        r.nodes.iter().find(|n| n.id == id),
+                        nodes.iter_mut().find(|n| n.id == id),
+                    ) {
+                        row.uptime_s = own.uptime_s;
+                        row.lease = own.lease;
+                    }
+                    targets.extend(
+                        r.targets
+                            .into_iter()
+                            .filter(|t| herd.owners.get(&t.name) == Some(&id)),
+                    )
+                }
                 Err(_) => unreachable.push(id),
             }
         }
@@ -169,11 +180,11 @@ impl HerdApi {
         targets.retain(|t| {
             t.owner != me || herd.owners.get(&t.name) == Some(&me) || herd.owners.is_empty()
         });
-        let have: BTreeSet<String> = targets.iter().map(|t| t.name.clone()).collect();
+        let mut have: BTreeSet<String> = targets.iter().map(|t| t.name.clone()).collect();
         let mut names: Vec<&String> = spec.targets.iter().map(|t| &t.name).collect();
         names.extend(herd.owners.keys());
         for name in names {
-            if have.contains(name) || targets.iter().any(|t| &t.name == name) {
+            if !have.insert(name.clone()) {
                 continue;
             }
             targets.push(pb::TargetInfo {

@@ -95,10 +95,12 @@ impl pb::herd_server::Herd for HerdApi {
         };
         let (spec_version, spec) = self.fleet.current();
         let herd = self.fleet.state();
+        let mut nodes = self.nodes(&herd);
         let unreachable = if local_only {
             Vec::new()
         } else {
-            self.herd_targets(&mut targets, &spec, &herd).await
+            self.herd_targets(&mut targets, &mut nodes, &spec, &herd)
+                .await
         };
         let took = self.stats.duration();
         let late = self.stats.lateness();
@@ -117,7 +119,7 @@ impl pb::herd_server::Herd for HerdApi {
                 .samples_dropped
                 .load(std::sync::atomic::Ordering::Relaxed),
             store_commits: stats.commits.load(std::sync::atomic::Ordering::Relaxed),
-            nodes: self.nodes(&herd),
+            nodes,
             targets,
             alerts: Vec::new(),
             spec_version,

@@ -148,7 +148,13 @@ impl FleetState {
             })
             .await?;
         let version = r.version;
-        self.wait_applied(|s| s.spec_version >= version).await;
+        // Returns once the leader has placed the new targets too (when there is a
+        // node to place them on), so that `herd status` right after shows owners.
+        let names: Vec<String> = spec.targets.iter().map(|t| t.name.clone()).collect();
+        self.wait_applied(|s| {
+            s.spec_version >= version && names.iter().all(|n| s.owners.contains_key(n))
+        })
+        .await;
         let d = diff(&old, &spec);
         self.store
             .event(Event {
