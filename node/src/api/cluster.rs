@@ -473,6 +473,38 @@ impl HerdApi {
                 )))
             };
         }
+        crate::config::fleet::parse_address(&address).map_err(|e| {
+            Status::invalid_argument(format!("the new node's address {address:?}: {e}"))
+        })?;
+        // Before it is in the membership (where a wrong address would stay until
+        // removed), the new node must answer there, as the node it says it is.
+        let liveness = cluster.liveness();
+        match cluster
+            .peers()
+            .beat(
+                &address,
+                self.node.id,
+                &self.node.address,
+                liveness.applied(),
+                Duration::from_secs(3),
+            )
+            .await
+        {
+            Ok((answered, _, _)) if answered == id => {}
+            Ok((answered, _, _)) => {
+                return Err(Status::failed_precondition(format!(
+                    "node {answered} answers at {address}, not node {id}: check the address and [node] id"
+                )))
+            }
+            Err(e) => {
+                return Err(Status::unavailable(format!(
+                    "the leader (node {}) cannot reach the new node at {address}: {} (is that address \
+                     reachable from the other nodes? it must be the new node's node.grpc as they see it)",
+                    self.node.id,
+                    e.message()
+                )))
+            }
+        }
         let raft = cluster.raft();
         let added = tokio::time::timeout(
             MEMBERSHIP_TIMEOUT,
