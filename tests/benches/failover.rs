@@ -82,7 +82,7 @@ use std::time::{Duration, Instant};
 use herd_proto::v1::herd_client::HerdClient;
 use herd_proto::v1::{QueryRequest, StatusReply, StatusRequest};
 use herd_tests::bench::{
-    bench_args, bench_setup, client_runtime, percentile, progress, target_dir,
+    bench_args, bench_setup, client_runtime, host_busy_s, percentile, progress, target_dir,
 };
 use herd_tests::cluster::Cluster;
 use herd_tests::{now_ms, HerdOptions, HttpReceiver, Received};
@@ -2078,22 +2078,4 @@ fn loadavg() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Busy CPU seconds of the whole host (/proc/stat: all but idle and iowait).
-fn host_busy_s() -> f64 {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
-        return f64::NAN;
-    };
-    let v: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal
-    let busy: f64 =
-        v.iter().take(8).sum::<f64>() - v.get(3).unwrap_or(&0.0) - v.get(4).unwrap_or(&0.0);
-    // SAFETY: sysconf has no preconditions.
-    busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
