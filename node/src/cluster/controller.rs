@@ -482,6 +482,23 @@ mod tests {
         }
     }
 
+    /// Node 1's plan, one watcher per machine.
+    fn plan_for(
+        state: &ClusterState,
+        members: &BTreeSet<NodeId>,
+        silent: &dyn Fn(NodeId) -> Duration,
+        caught_up: &dyn Fn(NodeId) -> bool,
+        failover_after: Duration,
+        spec: &crate::config::FleetSpec,
+    ) -> Plan {
+        let seen = Seen {
+            silent,
+            caught_up,
+            failover_after,
+        };
+        plan(state, 1, members, &seen, 1, spec)
+    }
+
     /// Applies a plan's commands to the state, as Raft would.
     fn run(state: &mut ClusterState, plan: Plan) {
         for c in &plan.commands {
@@ -499,18 +516,7 @@ mod tests {
         };
         let after = Duration::from_millis(1500);
         let all_heard = |_: NodeId| Duration::from_millis(100);
-        let p = plan(
-            &state,
-            1,
-            &members,
-            &Seen {
-                silent: &all_heard,
-                caught_up: &|_| true,
-                failover_after: after,
-            },
-            1,
-            &spec,
-        );
+        let p = plan_for(&state, &members, &all_heard, &|_| true, after, &spec);
         run(&mut state, p);
         let per_node = |s: &ClusterState, n: NodeId| s.owners.values().filter(|o| **o == n).count();
         assert_eq!(
@@ -547,18 +553,7 @@ mod tests {
                 Duration::from_millis(100)
             }
         };
-        let p = plan(
-            &state,
-            1,
-            &members,
-            &Seen {
-                silent: &two_silent,
-                caught_up: &|_| true,
-                failover_after: after,
-            },
-            1,
-            &spec,
-        );
+        let p = plan_for(&state, &members, &two_silent, &|_| true, after, &spec);
         let down: Vec<_> = p
             .commands
             .iter()
@@ -603,18 +598,7 @@ mod tests {
         .commands
         .is_empty());
         // Back: one "up", and it gets targets again.
-        let p = plan(
-            &state,
-            1,
-            &members,
-            &Seen {
-                silent: &all_heard,
-                caught_up: &|_| true,
-                failover_after: after,
-            },
-            1,
-            &spec,
-        );
+        let p = plan_for(&state, &members, &all_heard, &|_| true, after, &spec);
         run(&mut state, p);
         assert!(state.health[&2].up);
         assert_eq!(state.health[&2].transitions, 2);
@@ -645,35 +629,13 @@ mod tests {
         assert!(!state.owners.values().any(|o| *o == 3));
         // It is heard again but has not applied the current map: nothing yet.
         let behind = |id: NodeId| id != 3;
-        let p = plan(
-            &state,
-            1,
-            &members,
-            &Seen {
-                silent: &heard,
-                caught_up: &behind,
-                failover_after: after,
-            },
-            1,
-            &spec,
-        );
+        let p = plan_for(&state, &members, &heard, &behind, after, &spec);
         assert!(p
             .commands
             .iter()
             .all(|c| !matches!(c, Command::SetOwnership { .. })));
         // Caught up: it gets its share.
-        let p = plan(
-            &state,
-            1,
-            &members,
-            &Seen {
-                silent: &heard,
-                caught_up: &|_| true,
-                failover_after: after,
-            },
-            1,
-            &spec,
-        );
+        let p = plan_for(&state, &members, &heard, &|_| true, after, &spec);
         run(&mut state, p);
         assert_eq!(state.owners.values().filter(|o| **o == 3).count(), 2);
     }
@@ -685,16 +647,12 @@ mod tests {
             ..Default::default()
         };
         let members: BTreeSet<NodeId> = [1].into();
-        let p = plan(
+        let p = plan_for(
             &state,
-            1,
             &members,
-            &Seen {
-                silent: &|_| Duration::ZERO,
-                caught_up: &|_| true,
-                failover_after: Duration::from_secs(1),
-            },
-            1,
+            &|_| Duration::ZERO,
+            &|_| true,
+            Duration::from_secs(1),
             &spec(1),
         );
         assert!(p.commands.contains(&Command::Forget { node: 4 }));
