@@ -111,6 +111,9 @@ pub async fn run_node(
     .await
     .with_context(|| format!("starting Raft in {}", data_dir.display()))?;
     let fleet = FleetState::new(cluster.clone(), store.clone());
+    // The stored spec, ownership and alerts from the first moment: the rules task
+    // and the outbox must not start from an empty spec after a restart.
+    let _ = owned_tx.send(Arc::new(fleet.view_now(cfg.cluster.lease.get())));
     let ssh = &cfg.ssh;
     let ctx = Arc::new(CollectorCtx {
         store: store.clone(),
@@ -165,6 +168,26 @@ pub async fn run_node(
         owned_rx.clone(),
         cancel.clone(),
     ));
+    // The rules task reads the silences in force from here.
+    let silences = {
+        let (rules, cancel) = (rules.clone(), cancel.clone());
+        let mut state = cluster.state();
+        tokio::spawn(async move {
+            loop {
+                let list = state
+                    .borrow_and_update()
+                    .silences
+                    .values()
+                    .cloned()
+                    .collect();
+                rules.set_silences(list);
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = state.changed() => if r.is_err() { return },
+                }
+            }
+        })
+    };
     let fence = {
         let (notifier, mut owned, cancel) = (notifier.clone(), owned_rx.clone(), cancel.clone());
         tokio::spawn(async move {
@@ -270,6 +293,7 @@ pub async fn run_node(
         ("controller", controller),
         ("alert replication", replicator),
         ("fencing", fence),
+        ("silences", silences),
     ] {
         if tokio::time::timeout(COLLECTOR_STOP_DEADLINE, task)
             .await

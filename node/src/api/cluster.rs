@@ -299,44 +299,6 @@ impl HerdApi {
             .map_err(|s| Status::new(s.code(), format!("node {owner} at {addr}: {}", s.message())))
     }
 
-    /// Passes a silence this node took to every other member (best effort: a node
-    /// that is down then misses it; the CLI output says which).
-    pub(super) async fn silence_everywhere(&self, req: pb::SilenceAddRequest) {
-        let answers = self
-            .fan_out(
-                req,
-                |_| true,
-                |mut c, r| async move { c.silence_add(r).await },
-            )
-            .await;
-        for (id, res) in answers {
-            if let Err(e) = res {
-                tracing::warn!(node = id, error = %e.message(), "a node did not take the silence");
-            }
-        }
-    }
-
-    pub(super) async fn unsilence_everywhere(&self, silence: &str) {
-        let req = pb::SilenceRemoveRequest {
-            id: silence.to_string(),
-            forwarded: true,
-        };
-        let answers = self
-            .fan_out(
-                req,
-                |_| true,
-                |mut c, r| async move { c.silence_remove(r).await },
-            )
-            .await;
-        for (id, res) in answers {
-            if let Err(e) = res {
-                if e.code() != tonic::Code::NotFound {
-                    tracing::warn!(node = id, error = %e.message(), "a node did not end the silence");
-                }
-            }
-        }
-    }
-
     fn leader_addr(&self) -> Result<(NodeId, String), Status> {
         let cluster = self.fleet.cluster();
         let leader = cluster.leader().ok_or_else(|| {

@@ -325,19 +325,6 @@ impl pb::herd_server::Herd for HerdApi {
         req: Request<pb::SilenceAddRequest>,
     ) -> Result<Response<pb::SilenceInfo>, Status> {
         let q = req.into_inner();
-        if let Some(f) = q.forwarded {
-            Silence::check_selector(&f.selector).map_err(Status::invalid_argument)?;
-            let s = Silence {
-                id: f.id,
-                selector: f.selector,
-                until_ms: f.until_ms,
-                reason: f.reason,
-                created_ms: f.created_ms,
-                created_by: f.created_by,
-            };
-            self.rules.add_silence(s.clone()).await?;
-            return Ok(Response::new(silence_info(&s)));
-        }
         Silence::check_selector(&q.selector).map_err(Status::invalid_argument)?;
         if q.duration_ms == 0 {
             return Err(Status::invalid_argument(
@@ -353,14 +340,9 @@ impl pb::herd_server::Herd for HerdApi {
             created_ms: now,
             created_by: q.created_by,
         };
-        self.rules.add_silence(s.clone()).await?;
-        // Every node keeps the herd's silences: an alert silenced here stays
-        // silenced after its target moves.
-        self.silence_everywhere(pb::SilenceAddRequest {
-            forwarded: Some(silence_info(&s)),
-            ..Default::default()
-        })
-        .await;
+        // Committed through Raft: every node has it (an alert silenced here stays
+        // silenced after its target moves, and a node down now gets it when back).
+        self.fleet.silence(s.clone()).await?;
         Ok(Response::new(silence_info(&s)))
     }
 
@@ -371,9 +353,10 @@ impl pb::herd_server::Herd for HerdApi {
         let now = now_ms();
         Ok(Response::new(pb::SilenceListReply {
             silences: self
-                .rules
-                .silences()
-                .iter()
+                .fleet
+                .state()
+                .silences
+                .values()
                 .filter(|s| s.until_ms > now)
                 .map(silence_info)
                 .collect(),
@@ -384,13 +367,8 @@ impl pb::herd_server::Herd for HerdApi {
         &self,
         req: Request<pb::SilenceRemoveRequest>,
     ) -> Result<Response<pb::SilenceRemoveReply>, Status> {
-        let q = req.into_inner();
-        let id = q.id;
-        let removed = self.rules.remove_silence(&id).await?;
-        if !q.forwarded {
-            self.unsilence_everywhere(&id).await;
-        }
-        if removed {
+        let id = req.into_inner().id;
+        if self.fleet.unsilence(&id).await? {
             Ok(Response::new(pb::SilenceRemoveReply {}))
         } else {
             Err(Status::not_found(format!("no silence with id {id:?}")))

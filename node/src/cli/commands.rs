@@ -459,7 +459,6 @@ async fn silence(node: &Target, action: super::SilenceAction) -> Result<(), CliE
                     duration_ms: d.as_millis() as u64,
                     reason,
                     created_by: whoami(by),
-                    forwarded: None,
                 })
                 .await
                 .map_err(|s| call_error(node, s))?
@@ -484,12 +483,9 @@ async fn silence(node: &Target, action: super::SilenceAction) -> Result<(), CliE
             }
         }
         SilenceAction::Rm { id } => {
-            c.silence_remove(pb::SilenceRemoveRequest {
-                id: id.clone(),
-                forwarded: false,
-            })
-            .await
-            .map_err(|s| call_error(node, s))?;
+            c.silence_remove(pb::SilenceRemoveRequest { id: id.clone() })
+                .await
+                .map_err(|s| call_error(node, s))?;
             println!("silence {id} removed");
         }
     }

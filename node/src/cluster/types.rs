@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Alert;
 use crate::ownership::Pause;
+use crate::store::alerting::Silence;
 
 openraft::declare_raft_types!(
     /// Herd's openraft configuration.
@@ -76,6 +77,14 @@ pub enum Command {
     Resume {
         target: String,
     },
+    /// A silence for the whole herd; silences that ended before it was made are
+    /// dropped at the same time.
+    SilenceAdd {
+        silence: Silence,
+    },
+    SilenceRemove {
+        id: String,
+    },
     /// Ends the pauses whose end is at or before `now_ms` (the proposer's clock,
     /// so that every node ends the same ones).
     ExpirePauses {
@@ -127,6 +136,8 @@ pub struct ClusterState {
     pub pauses: BTreeMap<String, Pause>,
     /// Nodes on their way out: members still, owners of nothing.
     pub draining: std::collections::BTreeSet<NodeId>,
+    /// The herd's silences by id.
+    pub silences: BTreeMap<String, Silence>,
 }
 
 impl ClusterState {
@@ -217,6 +228,15 @@ impl ClusterState {
                 );
                 CommandResponse::default()
             }
+            Command::SilenceAdd { silence } => {
+                let now = silence.created_ms;
+                self.silences.retain(|_, s| s.until_ms > now);
+                self.silences.insert(silence.id.clone(), silence.clone());
+                CommandResponse::default()
+            }
+            Command::SilenceRemove { id } => CommandResponse {
+                version: u64::from(self.silences.remove(id).is_some()),
+            },
             Command::Drain { node } => {
                 self.draining.insert(*node);
                 CommandResponse::default()

@@ -212,6 +212,31 @@ impl FleetState {
         Ok(r.version > 0)
     }
 
+    /// Adds a silence for the whole herd (a node in no herd becomes a herd of one).
+    pub async fn silence(
+        &self,
+        silence: crate::store::alerting::Silence,
+    ) -> Result<(), ClusterError> {
+        self.ensure_herd().await?;
+        let id = silence.id.clone();
+        self.node.write(Command::SilenceAdd { silence }).await?;
+        self.wait_applied(|s| s.silences.contains_key(&id)).await;
+        Ok(())
+    }
+
+    /// Ends a silence now; false when there was none with that id.
+    pub async fn unsilence(&self, id: &str) -> Result<bool, ClusterError> {
+        if !self.state().silences.contains_key(id) {
+            return Ok(false);
+        }
+        let r = self
+            .node
+            .write(Command::SilenceRemove { id: id.to_string() })
+            .await?;
+        self.wait_applied(|s| !s.silences.contains_key(id)).await;
+        Ok(r.version > 0)
+    }
+
     /// Ends pauses whose time is up (the leader proposes it; called every second).
     pub async fn expire_pauses(&self, now_ms: i64) {
         if !self.node.is_leader() {
@@ -228,6 +253,17 @@ impl FleetState {
                 Err(e) => tracing::warn!(error = %e, "cannot end pauses now; retrying"),
             }
         }
+    }
+
+    /// What this node owns now, from the applied state (for the first value the
+    /// collectors and rules see: the stored spec, not an empty one).
+    pub fn view_now(&self, lease: Duration) -> Owned {
+        let state = self.state();
+        let me = self.node.id();
+        self.node.liveness().set_applied(state.ownership_version);
+        let fenced = !self.node.liveness().lease_valid(&self.node.voters(), lease);
+        let (version, spec) = self.spec_of(&state);
+        owned_view(me, &state, version, &spec, &BTreeMap::new(), fenced)
     }
 
     /// Publishes what this node owns until `cancel`: on every applied change and

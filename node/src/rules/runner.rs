@@ -19,13 +19,12 @@ use crate::model::{now_ms, Alert, Event, EventKind, Notification, NotifyKind, Sa
 use crate::notify::worker::{idempotency_key, Notifier};
 use crate::ownership::OwnedRx;
 use crate::store::alerting::{OutboxEntry, Silence, TransitionRecord};
-use crate::store::{AlertingBatch, Store, StoreError};
+use crate::store::{AlertingBatch, Store};
 
 /// Inputs queued for the engine; beyond this they are dropped and counted.
 const QUEUE_DEPTH: usize = 10_000;
 /// Timers (`for`, dead-man, hysteresis) are checked this often.
 const TICK: Duration = Duration::from_secs(1);
-const META_SILENCES: &str = "silences";
 
 pub enum Input {
     Samples(Vec<Sample>),
@@ -93,54 +92,27 @@ impl RulesHandle {
         self.silences.read().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Adds a silence durably.
-    pub async fn add_silence(&self, s: Silence) -> Result<(), StoreError> {
-        let mut list = self.silences();
-        let now = now_ms();
-        list.retain(|x| x.until_ms > now);
-        list.push(s);
-        self.save_silences(list).await
-    }
-
-    /// Removes a silence; false when there was none with that id.
-    pub async fn remove_silence(&self, id: &str) -> Result<bool, StoreError> {
-        let mut list = self.silences();
-        let before = list.len();
-        list.retain(|x| x.id != id);
-        let removed = list.len() != before;
-        if removed {
-            self.save_silences(list).await?;
-        }
-        Ok(removed)
-    }
-
-    async fn save_silences(&self, list: Vec<Silence>) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(&list).unwrap_or_default();
-        self.store.put_meta(META_SILENCES, bytes).await?;
+    /// The silences in force (the herd's, as applied on this node: they are
+    /// committed through Raft, so every node has them, down ones included once back).
+    pub fn set_silences(&self, list: Vec<Silence>) {
         if let Ok(mut s) = self.silences.write() {
             *s = list;
         }
-        Ok(())
     }
 }
 
-/// Creates the handle (silences loaded from the store) and the engine's queue.
+/// Creates the handle (silences come later, from the herd's state) and the
+/// engine's queue.
 /// Alert changes are also sent to `replicate`, when given.
 pub fn channel(
     store: &Store,
     replicate: Option<mpsc::UnboundedSender<AlertDelta>>,
 ) -> (RulesHandle, mpsc::Receiver<Input>) {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-    let silences: Vec<Silence> = store
-        .get_meta(META_SILENCES)
-        .ok()
-        .flatten()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
     let handle = RulesHandle {
         tx,
         alerts: Arc::new(RwLock::new(Vec::new())),
-        silences: Arc::new(RwLock::new(silences)),
+        silences: Arc::new(RwLock::new(Vec::new())),
         store: store.clone(),
         dropped: Arc::new(AtomicU64::new(0)),
         replicate,
@@ -180,7 +152,12 @@ pub async fn run(
     let rules = effective_rules(&current.spec.rules);
     let active: Vec<_> = current.active().cloned().collect();
     let mut engine = Engine::new(rules.clone(), &active, restored);
-    notifier.configure(&current.spec.channels).await;
+    // Before any spec is applied there is nothing to deliver: the outbox waits for
+    // the channels of a real spec (an entry queued before a restart must not meet
+    // an empty channel list and be given up).
+    if current.spec_version > 0 {
+        notifier.configure(&current.spec.channels).await;
+    }
     let mut ctx = Ctx {
         handle,
         transports,
@@ -213,7 +190,9 @@ pub async fn run(
                 }
                 ctx.rules = rules.into_iter().map(|r| (r.name.clone(), r)).collect();
                 ctx.spec = current.spec.clone();
-                ctx.notifier.configure(&current.spec.channels).await;
+                if current.spec_version > 0 {
+                    ctx.notifier.configure(&current.spec.channels).await;
+                }
                 if !dropped.is_empty() {
                     let batch = AlertingBatch { deleted: dropped, ..Default::default() };
                     if let Err(e) = ctx.handle.store.alerting(batch).await {
