@@ -249,8 +249,11 @@ impl HerdApi {
         let me = self.node.id;
         let have: BTreeSet<String> = alerts.iter().map(|a| a.id.clone()).collect();
         for a in herd.alerts.values() {
-            if have.contains(&a.id) || herd.owners.get(&a.target) == Some(&me) {
-                continue;
+            // Alerts of targets this node owns are in `alerts` already (its engine's),
+            // and those of targets that left the fleet are nobody's.
+            match herd.owners.get(&a.target) {
+                Some(owner) if *owner != me && !have.contains(&a.id) => {}
+                _ => continue,
             }
             if matches!(a.state, crate::model::AlertState::Inactive) {
                 continue;

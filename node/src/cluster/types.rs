@@ -155,6 +155,8 @@ impl ClusterState {
             Command::SetOwnership { owners, .. } => {
                 self.ownership_version += 1;
                 self.owners = owners.clone();
+                // Alerts of targets that left the fleet have nobody to continue them.
+                self.alerts.retain(|_, a| owners.contains_key(&a.target));
                 CommandResponse {
                     version: self.ownership_version,
                 }
@@ -288,6 +290,36 @@ mod tests {
             keys: vec!["k".into(), "k".into()],
         });
         assert_eq!(s.sent.len(), 1);
+    }
+
+    #[test]
+    fn alerts_of_targets_that_left_the_map_are_dropped() {
+        let mut s = ClusterState::default();
+        let alert = |id: &str, target: &str| Alert {
+            id: id.into(),
+            rule: "r".into(),
+            target: target.into(),
+            labels: Default::default(),
+            severity: crate::model::Severity::Warning,
+            state: crate::model::AlertState::Firing,
+            since_ms: 0,
+            active_since_ms: 0,
+            value: String::new(),
+            summary: String::new(),
+            description: String::new(),
+            transitions: 1,
+            acked_by: None,
+            flapping: false,
+        };
+        s.apply(&Command::Alerts {
+            upserts: vec![alert("1", "a"), alert("2", "b")],
+            deleted: vec![],
+        });
+        s.apply(&Command::SetOwnership {
+            owners: [("a".to_string(), 1)].into(),
+            reason: "b removed".into(),
+        });
+        assert_eq!(s.alerts.keys().collect::<Vec<_>>(), ["1"]);
     }
 
     #[test]
