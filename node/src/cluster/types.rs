@@ -371,3 +371,42 @@ mod tests {
         assert_eq!(s.apply(&Command::Resume { target: "b".into() }).version, 0);
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// What one applied batch costs on a big fleet: the state machine clones the
+    /// state and stores it whole (`cargo test -p herd --release --lib
+    /// applied_state_cost -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn applied_state_cost() {
+        for targets in [300usize, 10_000] {
+            let text: String = (0..targets)
+                .map(|i| format!("[[target]]\nname = \"web-{i}\"\naddress = \"10.0.{}.{}:22\"\ninterval = \"10s\"\nchecks = [{{ kind = \"vitals\" }}]\n\n", i / 250, i % 250))
+                .collect();
+            let mut s = ClusterState::default();
+            s.apply(&Command::ApplySpec {
+                text,
+                source: "fleet.toml".into(),
+            });
+            s.apply(&Command::SetOwnership {
+                owners: (0..targets)
+                    .map(|i| (format!("web-{i}"), (i % 3) as u64 + 1))
+                    .collect(),
+                reason: String::new(),
+            });
+            let rounds = 50;
+            let t = Instant::now();
+            let mut bytes = 0;
+            for _ in 0..rounds {
+                let c = s.clone();
+                bytes = serde_json::to_vec(&c).unwrap().len();
+            }
+            let per = t.elapsed() / rounds;
+            println!("{targets} targets: state {bytes} B as JSON; clone + serialize {per:?} per applied batch");
+        }
+    }
+}
