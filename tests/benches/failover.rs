@@ -80,9 +80,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use herd_proto::v1::herd_client::HerdClient;
-use herd_proto::v1::{QueryRequest, StatusReply, StatusRequest};
+use herd_proto::v1::{QueryRequest, StatusReply};
 use herd_tests::bench::{
-    bench_args, bench_setup, client_runtime, host_busy_s, percentile, progress, target_dir,
+    bench_args, bench_setup, client_runtime, host_busy_s, node_status, percentile, progress,
+    target_dir,
 };
 use herd_tests::cluster::Cluster;
 use herd_tests::{now_ms, HerdOptions, HttpReceiver, Received};
@@ -449,17 +450,7 @@ async fn client(addr: &str) -> Result<HerdClient<Channel>, String> {
 }
 
 async fn status(addr: &str, local_only: bool, timeout: Duration) -> Result<StatusReply, String> {
-    let call = async {
-        client(addr)
-            .await?
-            .status(StatusRequest { local_only })
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|e| format!("status on {addr}: {}", e.message()))
-    };
-    tokio::time::timeout(timeout, call)
-        .await
-        .map_err(|_| format!("status on {addr}: no answer within {timeout:?}"))?
+    node_status(addr, local_only, timeout).await
 }
 
 /// Timestamps of `target.up` of `target` in [from, to] in this node's own store.

@@ -51,10 +51,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use herd_proto::v1::herd_client::HerdClient;
-use herd_proto::v1::{StatusReply, StatusRequest};
+use herd_proto::v1::StatusReply;
 use herd_tests::bench::{
-    bench_args, bench_setup, client_runtime, percentile, progress, target_dir,
+    bench_args, bench_setup, client_runtime, node_status, percentile, progress, target_dir,
 };
 use herd_tests::{ssh_target, Herd, HerdOptions, Sshd, SSH_USER};
 use serde_json::{json, Value};
@@ -1316,22 +1315,7 @@ fn machine() -> Value {
 // gRPC
 
 fn status(rt: &tokio::runtime::Runtime, addr: &str) -> Result<StatusReply, String> {
-    let url = format!("http://{addr}");
-    rt.block_on(async {
-        let call = async {
-            let mut client = HerdClient::connect(url)
-                .await
-                .map_err(|e| format!("connect {addr}: {e}"))?;
-            client
-                .status(StatusRequest { local_only: true })
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|e| format!("status: {e}"))
-        };
-        tokio::time::timeout(RPC_TIMEOUT, call)
-            .await
-            .map_err(|_| format!("status did not answer within {RPC_TIMEOUT:?}"))?
-    })
+    rt.block_on(node_status(addr, true, RPC_TIMEOUT))
 }
 
 // ---------------------------------------------------------------------------

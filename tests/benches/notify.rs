@@ -63,9 +63,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herd_proto::v1::herd_client::HerdClient;
-use herd_proto::v1::{AlertsReply, AlertsRequest, StatusReply, StatusRequest};
+use herd_proto::v1::{AlertsReply, AlertsRequest, StatusReply};
 use herd_tests::bench::{
-    bench_args, bench_setup, client_runtime, host_busy_s, percentile, progress, target_dir,
+    bench_args, bench_setup, client_runtime, host_busy_s, node_status, percentile, progress,
+    target_dir,
 };
 use herd_tests::{Herd, HerdOptions};
 use rand::Rng;
@@ -1503,22 +1504,7 @@ fn parse_notes(body: &[u8]) -> Result<Vec<Note>, String> {
 // The node and the host
 
 fn status(rt: &tokio::runtime::Runtime, addr: &str) -> Result<StatusReply, String> {
-    let url = format!("http://{addr}");
-    rt.block_on(async {
-        let call = async {
-            let mut client = HerdClient::connect(url)
-                .await
-                .map_err(|e| format!("connect {addr}: {e}"))?;
-            client
-                .status(StatusRequest { local_only: true })
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|e| format!("status: {e}"))
-        };
-        tokio::time::timeout(RPC_TIMEOUT, call)
-            .await
-            .map_err(|_| format!("status did not answer within {RPC_TIMEOUT:?}"))?
-    })
+    rt.block_on(node_status(addr, true, RPC_TIMEOUT))
 }
 
 fn alerts(rt: &tokio::runtime::Runtime, addr: &str) -> Result<AlertsReply, String> {

@@ -122,3 +122,24 @@ pub fn host_busy_s() -> f64 {
     // SAFETY: sysconf has no preconditions.
     busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
+
+/// A node's status over gRPC (`local_only`: only what the node itself knows),
+/// bounded by `timeout`.
+pub async fn node_status(
+    addr: &str,
+    local_only: bool,
+    timeout: std::time::Duration,
+) -> Result<herd_proto::v1::StatusReply, String> {
+    let call = async {
+        herd_proto::v1::herd_client::HerdClient::connect(format!("http://{addr}"))
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?
+            .status(herd_proto::v1::StatusRequest { local_only })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|e| format!("status on {addr}: {}", e.message()))
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| format!("status on {addr}: no answer within {timeout:?}"))?
+}
