@@ -407,4 +407,56 @@ mod tests {
         assert_eq!(d.added, ["d"]);
         assert_eq!(d.removed, ["c"]);
     }
+
+    #[test]
+    fn a_node_owns_its_share_and_nothing_when_fenced() {
+        let text =
+            "[[target]]\nname='a'\ntransport='local'\n[[target]]\nname='b'\ntransport='local'\n";
+        let spec = Arc::new(parse_fleet(text, "f").unwrap());
+        let mut state = ClusterState::default();
+        state.apply(&Command::SetOwnership {
+            owners: [
+                ("a".to_string(), 1),
+                ("b".to_string(), 2),
+                ("herd-node-2".to_string(), 1),
+            ]
+            .into(),
+            reason: String::new(),
+        });
+        state.apply(&Command::NodeInfo {
+            node: 2,
+            addr: "127.0.0.1:2".into(),
+            machine: "local".into(),
+        });
+        state.apply(&Command::Pause {
+            target: "a".into(),
+            pause: Pause {
+                by: "me".into(),
+                reason: "r".into(),
+                since_ms: 0,
+                until_ms: None,
+            },
+        });
+        let before: BTreeMap<String, NodeId> = [("a".to_string(), 3)].into();
+        let v = owned_view(1, &state, 1, &spec, &before, false);
+        let names: Vec<&str> = v.targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a", "herd-node-2"],
+            "its spec targets and the machine it watches"
+        );
+        assert!(v.paused.contains_key("a"));
+        assert_eq!(
+            v.active().count(),
+            1,
+            "a paused target is owned, not scraped"
+        );
+        assert_eq!(
+            v.gained.iter().collect::<Vec<_>>(),
+            ["a"],
+            "taken over from node 3"
+        );
+        let fenced = owned_view(1, &state, 1, &spec, &before, true);
+        assert!(fenced.targets.is_empty() && fenced.fenced);
+    }
 }
