@@ -24,9 +24,9 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::types::{ClusterState, NodeId};
+use super::types::{ClusterState, NodeHealth, NodeId, NodeRecord, Part};
 
 mod log;
 mod sm;
@@ -52,7 +52,13 @@ const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
 const KEY_LAST_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "membership";
+/// The whole state in one value (written by earlier versions; still read).
 const KEY_STATE: &str = "state";
+/// The state in parts (see [`Part`]).
+const KEY_STATE_SPEC: &str = "state.spec";
+const KEY_STATE_OWNERS: &str = "state.owners";
+const KEY_STATE_ALERTS: &str = "state.alerts";
+const KEY_STATE_REST: &str = "state.rest";
 const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
 
@@ -137,14 +143,20 @@ fn init(db: &Database) -> Result<sm::Applied, Fault> {
     {
         w.open_table(LOGS)?;
         w.open_table(LOG_META)?;
-        w.open_table(SM)?;
+        let mut t = w.open_table(SM)?;
+        // A state stored whole by an earlier version is stored in parts from now on.
+        let whole = get_json::<ClusterState, _>(&t, KEY_STATE, "cluster state")?;
+        if let Some(state) = whole {
+            put_state(&mut t, &state, &Part::ALL.into_iter().collect())?;
+            t.remove(KEY_STATE)?;
+        }
     }
     w.commit()?;
     let r = db.begin_read()?;
     let t = r.open_table(SM)?;
     let last_applied = get_json(&t, KEY_LAST_APPLIED, "last applied log id")?.flatten();
     let membership = get_json(&t, KEY_MEMBERSHIP, "membership")?.unwrap_or_default();
-    let state: ClusterState = get_json(&t, KEY_STATE, "cluster state")?.unwrap_or_default();
+    let state = get_state(&t)?;
     Ok(sm::Applied {
         last_applied,
         membership,
@@ -220,6 +232,110 @@ fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8
 
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Fault> {
     serde_json::from_slice(bytes).map_err(|source| Fault::Codec { what, source })
+}
+
+/// The state's fields that are not stored in a part of their own.
+#[derive(Serialize)]
+struct RestRef<'a> {
+    sent: &'a std::collections::VecDeque<String>,
+    health: &'a std::collections::BTreeMap<NodeId, NodeHealth>,
+    nodes: &'a std::collections::BTreeMap<NodeId, NodeRecord>,
+    pauses: &'a std::collections::BTreeMap<String, crate::ownership::Pause>,
+    draining: &'a std::collections::BTreeSet<NodeId>,
+    silences: &'a std::collections::BTreeMap<String, crate::store::alerting::Silence>,
+}
+
+#[derive(Deserialize)]
+struct Rest {
+    sent: std::collections::VecDeque<String>,
+    health: std::collections::BTreeMap<NodeId, NodeHealth>,
+    nodes: std::collections::BTreeMap<NodeId, NodeRecord>,
+    pauses: std::collections::BTreeMap<String, crate::ownership::Pause>,
+    draining: std::collections::BTreeSet<NodeId>,
+    silences: std::collections::BTreeMap<String, crate::store::alerting::Silence>,
+}
+
+/// Stores `parts` of `state`.
+fn put_state(
+    table: &mut redb::Table<&'static str, &'static [u8]>,
+    state: &ClusterState,
+    parts: &std::collections::BTreeSet<Part>,
+) -> Result<(), Fault> {
+    // Every field named: a field added to the state must be given a part here.
+    let ClusterState {
+        spec_version,
+        spec_text,
+        spec_source,
+        ownership_version,
+        owners,
+        alerts,
+        sent,
+        health,
+        nodes,
+        pauses,
+        draining,
+        silences,
+    } = state;
+    for part in parts {
+        match part {
+            Part::Spec => put_json(
+                table,
+                KEY_STATE_SPEC,
+                "fleet spec",
+                &(spec_version, spec_text, spec_source),
+            )?,
+            Part::Owners => put_json(
+                table,
+                KEY_STATE_OWNERS,
+                "ownership map",
+                &(ownership_version, owners),
+            )?,
+            Part::Alerts => put_json(table, KEY_STATE_ALERTS, "alerts", alerts)?,
+            Part::Rest => put_json(
+                table,
+                KEY_STATE_REST,
+                "cluster state",
+                &RestRef {
+                    sent,
+                    health,
+                    nodes,
+                    pauses,
+                    draining,
+                    silences,
+                },
+            )?,
+        }
+    }
+    Ok(())
+}
+
+/// Reads the state: from its parts, or whole as an earlier version stored it.
+fn get_state<R>(table: &R) -> Result<ClusterState, Fault>
+where
+    R: ReadableTable<&'static str, &'static [u8]>,
+{
+    if let Some(whole) = get_json::<ClusterState, _>(table, KEY_STATE, "cluster state")? {
+        return Ok(whole);
+    }
+    let mut s = ClusterState::default();
+    if let Some((v, text, source)) = get_json(table, KEY_STATE_SPEC, "fleet spec")? {
+        (s.spec_version, s.spec_text, s.spec_source) = (v, text, source);
+    }
+    if let Some((v, owners)) = get_json(table, KEY_STATE_OWNERS, "ownership map")? {
+        (s.ownership_version, s.owners) = (v, owners);
+    }
+    if let Some(alerts) = get_json(table, KEY_STATE_ALERTS, "alerts")? {
+        s.alerts = alerts;
+    }
+    if let Some(r) = get_json::<Rest, _>(table, KEY_STATE_REST, "cluster state")? {
+        s.sent = r.sent;
+        s.health = r.health;
+        s.nodes = r.nodes;
+        s.pauses = r.pauses;
+        s.draining = r.draining;
+        s.silences = r.silences;
+    }
+    Ok(s)
 }
 
 /// Reads and decodes `key` of a `&str → JSON` table; `None` when absent.

@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{
-    blocking, decode, encode, get_json, put_json, sto, write_txn, Fault, KEY_LAST_APPLIED,
-    KEY_MEMBERSHIP, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, KEY_STATE, SM,
+    blocking, decode, encode, get_json, put_json, put_state, sto, write_txn, Fault,
+    KEY_LAST_APPLIED, KEY_MEMBERSHIP, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, SM,
 };
-use crate::cluster::types::{ClusterState, CommandResponse, NodeId, TypeConfig};
+use crate::cluster::types::{ClusterState, CommandResponse, NodeId, Part, TypeConfig};
+use std::collections::BTreeSet;
 
 type Entry = openraft::Entry<TypeConfig>;
 type Membership = StoredMembership<NodeId, BasicNode>;
@@ -115,13 +116,14 @@ impl StateMachineStore {
 }
 
 /// Applies `entries` to a copy of `applied`. Returns the new position, the
-/// responses and whether the cluster state changed (blank and membership
-/// entries leave it as is, and then it is neither copied nor rewritten).
+/// responses and the parts of the cluster state the commands changed (blank and
+/// membership entries leave it as is, and then it is neither copied nor rewritten).
 fn apply_entries(
     mut applied: Applied,
     entries: Vec<Entry>,
-) -> (Applied, Vec<CommandResponse>, bool) {
+) -> (Applied, Vec<CommandResponse>, BTreeSet<Part>) {
     let mut state: Option<ClusterState> = None;
+    let mut parts = BTreeSet::new();
     let mut responses = Vec::with_capacity(entries.len());
     for e in entries {
         applied.last_applied = Some(e.log_id);
@@ -129,6 +131,7 @@ fn apply_entries(
             EntryPayload::Blank => responses.push(CommandResponse::default()),
             EntryPayload::Normal(cmd) => {
                 let s = state.get_or_insert_with(|| (*applied.state).clone());
+                parts.extend(cmd.parts().iter().copied());
                 responses.push(s.apply(&cmd));
             }
             EntryPayload::Membership(m) => {
@@ -137,11 +140,10 @@ fn apply_entries(
             }
         }
     }
-    let changed = state.is_some();
     if let Some(s) = state {
         applied.state = Arc::new(s);
     }
-    (applied, responses, changed)
+    (applied, responses, parts)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -167,7 +169,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let db = self.db.clone();
         let current = self.applied.clone();
         let (applied, responses, changed) = blocking(move || {
-            let (applied, responses, changed) = apply_entries(current, entries);
+            let (applied, responses, parts) = apply_entries(current, entries);
             let w = write_txn(&db)?;
             {
                 let mut t = w.open_table(SM)?;
@@ -178,12 +180,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     &applied.last_applied,
                 )?;
                 put_json(&mut t, KEY_MEMBERSHIP, "membership", &applied.membership)?;
-                if changed {
-                    put_json(&mut t, KEY_STATE, "cluster state", &*applied.state)?;
-                }
+                put_state(&mut t, &applied.state, &parts)?;
             }
             w.commit()?;
-            Ok((applied, responses, changed))
+            Ok((applied, responses, !parts.is_empty()))
         })
         .await
         .map_err(sto(ErrorSubject::Apply(last), ErrorVerb::Write))?;
@@ -246,7 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     &applied.last_applied,
                 )?;
                 put_json(&mut t, KEY_MEMBERSHIP, "membership", &applied.membership)?;
-                put_json(&mut t, KEY_STATE, "cluster state", &*applied.state)?;
+                put_state(&mut t, &applied.state, &Part::ALL.into_iter().collect())?;
                 put_json(&mut t, KEY_SNAPSHOT_META, "snapshot meta", &meta_owned)?;
                 t.insert(KEY_SNAPSHOT_DATA, data.as_slice())?;
             }

@@ -318,3 +318,123 @@ fn a_second_open_of_the_same_file_fails_cleanly() {
     let err = open(dir.path()).err().expect("already open");
     assert!(err.to_string().contains("raft.redb"), "{err}");
 }
+
+/// The state is stored in parts, each batch rewriting only what it changed: after
+/// batches of every kind of command, a reopened store has the whole state.
+#[tokio::test]
+async fn every_part_of_the_state_survives_reopen() {
+    use crate::cluster::types::Part;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alert = crate::model::Alert {
+        id: "a1".into(),
+        rule: "r".into(),
+        target: "web-1".into(),
+        labels: Default::default(),
+        severity: crate::model::Severity::Critical,
+        state: crate::model::AlertState::Firing,
+        since_ms: 5,
+        active_since_ms: 5,
+        value: "1".into(),
+        summary: "s".into(),
+        description: String::new(),
+        transitions: 1,
+        acked_by: None,
+        flapping: false,
+    };
+    let silence = crate::store::alerting::Silence {
+        id: "s1".into(),
+        selector: "target=web-*".into(),
+        until_ms: i64::MAX,
+        reason: "r".into(),
+        created_ms: 1,
+        created_by: "me".into(),
+    };
+    let pause = crate::ownership::Pause {
+        by: "me".into(),
+        reason: "r".into(),
+        since_ms: 1,
+        until_ms: None,
+    };
+    let commands = vec![
+        spec("[[target]]"),
+        owners(&[("web-1", 2)]),
+        Command::Alerts {
+            upserts: vec![alert],
+            deleted: vec![],
+        },
+        Command::Sent {
+            keys: vec!["k".into()],
+        },
+        Command::NodeHealth {
+            node: 3,
+            up: false,
+            since_ms: 7,
+            seen_by: 1,
+            moved: vec!["x → 1".into()],
+        },
+        Command::NodeInfo {
+            node: 2,
+            addr: "127.0.0.1:2".into(),
+            machine: "local".into(),
+        },
+        Command::Drain { node: 3 },
+        Command::Pause {
+            target: "web-1".into(),
+            pause,
+        },
+        Command::SilenceAdd { silence },
+    ];
+    // Every part is covered by some command above.
+    let covered: BTreeSet<Part> = commands.iter().flat_map(|c| c.parts().to_vec()).collect();
+    assert_eq!(covered, Part::ALL.into_iter().collect());
+    let expected;
+    {
+        let (_log, mut sm) = open(dir.path()).expect("open");
+        for (i, c) in commands.into_iter().enumerate() {
+            sm.apply(vec![entry(1, i as u64 + 1, c)])
+                .await
+                .expect("apply");
+        }
+        expected = sm.state();
+    }
+    let (_log, sm) = open(dir.path()).expect("reopen");
+    assert_eq!(*sm.state(), *expected);
+    assert!(!sm.state().silences.is_empty() && !sm.state().alerts.is_empty());
+}
+
+/// A state stored whole (by an earlier version) is read and then kept in parts.
+#[tokio::test]
+async fn a_state_stored_whole_is_read_and_kept_in_parts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut old = ClusterState::default();
+    old.apply(&spec("[[target]]"));
+    old.apply(&owners(&[("web-1", 2)]));
+    {
+        let (_log, _sm) = open(dir.path()).expect("create");
+    }
+    {
+        let db = redb::Database::open(dir.path().join(FILE_NAME)).expect("db");
+        let w = db.begin_write().expect("write");
+        {
+            let mut t = w.open_table(SM).expect("table");
+            put_json(&mut t, KEY_STATE, "cluster state", &old).expect("put");
+        }
+        w.commit().expect("commit");
+    }
+    {
+        let (_log, sm) = open(dir.path()).expect("reopen");
+        assert_eq!(*sm.state(), old);
+    }
+    {
+        let (_log, sm) = open(dir.path()).expect("reopen again");
+        assert_eq!(*sm.state(), old, "kept in parts");
+    }
+    let db = redb::Database::open(dir.path().join(FILE_NAME)).expect("db");
+    let r = db.begin_read().expect("read");
+    let t = r.open_table(SM).expect("table");
+    assert!(
+        t.get(KEY_STATE).expect("get").is_none(),
+        "the whole value is gone"
+    );
+    assert!(t.get(KEY_STATE_SPEC).expect("get").is_some());
+}
