@@ -20,6 +20,7 @@ mod wait;
 pub mod bench;
 pub mod certs;
 pub mod cluster;
+pub mod files;
 pub mod mmdb;
 pub mod nats;
 pub mod netns;

@@ -11,13 +11,12 @@
 //!
 //! The bounds below only catch hangs; no test asserts a timing.
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use herd_tests::cluster::{node_target, Cluster, Status};
+use herd_tests::files::WatchedFiles as Files;
 use herd_tests::{local_target, now_ms, phase, wait_for, wait_until, HerdOptions, HttpReceiver};
 use serde_json::Value;
-use tempfile::TempDir;
 
 /// Hang catcher for a failover, a rejoin, a rebalance or a notification.
 const BOUND: Duration = Duration::from_secs(20);
@@ -49,36 +48,6 @@ const STALE_RULE: &str = "backup-stale";
 
 // ---------------------------------------------------------------------------------
 // Watched files and fleet.toml
-
-/// One file per fleet target, in a temp dir of the test.
-struct Files {
-    dir: TempDir,
-}
-
-impl Files {
-    fn new() -> Files {
-        Files {
-            dir: tempfile::Builder::new()
-                .prefix("herd-alerts-")
-                .tempdir()
-                .expect("cannot create a temp dir"),
-        }
-    }
-
-    fn path(&self, target: &str) -> PathBuf {
-        self.dir.path().join(format!("{target}.dump"))
-    }
-
-    /// Creates (or touches) the file of `target`: its check turns ok at the next scrape.
-    fn create(&self, target: &str) {
-        std::fs::write(self.path(target), "fresh\n").expect("writing a watched file");
-    }
-
-    /// Removes the file of `target`: its check turns critical at the next scrape.
-    fn remove(&self, target: &str) {
-        std::fs::remove_file(self.path(target)).expect("removing a watched file");
-    }
-}
 
 fn names(prefix: &str, n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("{prefix}-{i}")).collect()
@@ -403,7 +372,7 @@ fn wait_rebalanced_to(cluster: &Cluster, id: u64, fleet: &[String]) -> Status {
 fn takeover_continues_a_firing_alert() {
     phase!("an HTTP receiver, twelve watched files, three nodes");
     let hook = HttpReceiver::start();
-    let files = Files::new();
+    let files = Files::new("herd-alerts-");
     // Four per node. The assignment is a deterministic function of names and ids:
     // with these, the node that comes back gets one of its alerts' targets back.
     let fleet = names("bk", 12);
@@ -739,7 +708,7 @@ fn rules_apply_to_the_herds_machines() {
 fn ack_and_silence_from_any_node() {
     phase!("an HTTP receiver, three watched files, three nodes");
     let hook = HttpReceiver::start();
-    let files = Files::new();
+    let files = Files::new("herd-alerts-");
     let fleet = names("db", 3);
     for t in &fleet {
         files.create(t);

@@ -7,15 +7,14 @@
 //! checks on files in a temp dir of the test: a missing file is critical, a new one
 //! is ok, so each test flips conditions at will within a scrape (1 s).
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
+use herd_tests::files::WatchedFiles as Files;
 use herd_tests::{
     free_port, herd_cli, now_ms, phase, wait_for, Herd, HerdOptions, HttpReceiver, Mail, Received,
     SmtpServer, Sshd,
 };
 use serde_json::Value;
-use tempfile::TempDir;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -25,43 +24,6 @@ const QUIET: Duration = Duration::from_millis(3500);
 
 // ---------------------------------------------------------------------------------
 // fleet.toml snippets
-
-/// Files that the file_fresh checks watch, in a temp dir of the test.
-struct Files {
-    dir: TempDir,
-}
-
-impl Files {
-    fn new() -> Files {
-        Files {
-            dir: tempfile::Builder::new()
-                .prefix("herd-reactions-")
-                .tempdir()
-                .expect("cannot create a temp dir"),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Creates (or touches) the file: its check turns ok at the next scrape.
-    fn create(&self, name: &str) {
-        std::fs::write(self.path(name), "fresh\n").expect("writing a watched file");
-    }
-
-    /// Removes the file: its check turns critical at the next scrape.
-    fn remove(&self, name: &str) {
-        std::fs::remove_file(self.path(name)).expect("removing a watched file");
-    }
-
-    /// Writes a secret file; returns its path as fleet.toml wants it.
-    fn secret(&self, name: &str, value: &str) -> String {
-        let p = self.path(name);
-        std::fs::write(&p, format!("{value}\n")).expect("writing a secret file");
-        p.display().to_string()
-    }
-}
 
 /// A local target scraped every second with one file_fresh check per
 /// (check name, file name) pair; the files live in `files`.
@@ -212,7 +174,7 @@ fn mails_with(mails: &[Mail], tag: &str) -> Vec<Mail> {
 fn email_arrives_with_recipients_subject_and_body() {
     phase!("a real SMTP server (aiosmtpd) and a node whose target misses its backup");
     let smtp = SmtpServer::start();
-    let files = Files::new();
+    let files = Files::new("herd-reactions-");
     let fleet = [
         fresh_target("db-1", &files, &[("backup", "db.dump")]),
         check_rule("backup-stale", "backup", &["mail"], ""),
@@ -322,7 +284,7 @@ fn webhook_slack_telegram_and_alertmanager_shapes() {
     let am = HttpReceiver::start();
     let slack = HttpReceiver::start();
     let tg = HttpReceiver::start();
-    let files = Files::new();
+    let files = Files::new("herd-reactions-");
     // The harness passes no environment of its own to the node (HerdOptions has no
     // env), so the Slack URL and the bot token come from `{ file = ... }` secrets. An
     // `{ env = ... }` secret is still exercised: the node inherits the test's
@@ -547,7 +509,7 @@ fn receiver_down_retries_then_fallback_delivers() {
     strict.answer(400, "bad payload");
     let backup = HttpReceiver::start();
     let closed = free_port();
-    let files = Files::new();
+    let files = Files::new("herd-reactions-");
     let delivery = "max_attempts = 3\nbackoff = \"200ms\"\nfallback = [\"backup\"]\n";
     let fleet = [
         fresh_target(
@@ -649,7 +611,7 @@ fn kill9_scenario(backoff: &str) {
     phase!("the receiver answers 500; three alerts fire and queue (backoff {backoff})");
     let hook = HttpReceiver::start();
     hook.answer(500, "down for maintenance");
-    let files = Files::new();
+    let files = Files::new("herd-reactions-");
     let fleet = [
         fresh_target(
             "batch-1",
@@ -806,7 +768,7 @@ fn kill9_with_notifications_due_at_restart_loses_none() {
 fn for_hysteresis_and_flapping_on_real_samples() {
     phase!("rule `held`: for = 3s, keep_firing_for = 3s; rule `flappy`: flapping 3 in 30s");
     let hook = HttpReceiver::start();
-    let files = Files::new();
+    let files = Files::new("herd-reactions-");
     files.create("flap.flag");
     let fleet = [
         fresh_target(
@@ -955,7 +917,7 @@ fn for_hysteresis_and_flapping_on_real_samples() {
 fn silences_and_ack() {
     phase!("a node whose backup exists; the rule `guarded` is silenced before the condition");
     let hook = HttpReceiver::start();
-    let files = Files::new();
+    let files = Files::new("herd-reactions-");
     files.create("db.dump");
     let fleet = [
         fresh_target("db-1", &files, &[("backup", "db.dump")]),
