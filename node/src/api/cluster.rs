@@ -122,7 +122,14 @@ impl HerdApi {
                     id,
                     address: n.addr,
                     role: role.into(),
-                    alive: id == me || silent < self.failover_after,
+                    // From this node's own beats once it has heard the member; a member
+                    // it has not heard from yet (it joined a moment ago) is as the
+                    // leader recorded it.
+                    alive: id == me
+                        || match cluster.liveness().version_of(id) {
+                            Some(_) => silent < self.failover_after,
+                            None => herd.health.get(&id).is_none_or(|h| h.up),
+                        },
                     uptime_s: if id == me {
                         self.node.started.elapsed().as_secs()
                     } else {
