@@ -357,12 +357,19 @@ fn mtls_herd_forms_applies_refuses_a_foreign_node_and_fails_over() {
         "the targets are spread over the herd (their scrapes come back over TLS): {}",
         s.summary()
     );
+    // Status shows a scrape as it happens; its samples reach the owner's store with
+    // the next batch commit (at most the flush interval later), so the query waits.
     for name in &names {
-        let points = herd.up_points(2, name);
-        assert!(
-            points.iter().any(|&(_, v)| v == 1.0),
-            "node 2 returns target.up = 1 points of {name} (owner {:?}) over TLS: {points:?}",
-            s.target(name).and_then(|t| t.owner)
+        let owner = s.target(name).and_then(|t| t.owner);
+        wait_for(
+            BOUND,
+            &format!("node 2 returns target.up = 1 points of {name} (owner {owner:?}) over TLS"),
+            || {
+                herd.up_points(2, name)
+                    .iter()
+                    .any(|&(_, v)| v == 1.0)
+                    .then_some(())
+            },
         );
     }
 
