@@ -90,7 +90,7 @@ pub async fn run_node(
     let stats = Arc::new(ScrapeStats::default());
     let states: StateBoard = Arc::new(RwLock::new(Default::default()));
     let (replicate_tx, replicate_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (rules, rules_rx) = crate::rules::runner::channel(&store, Some(replicate_tx));
+    let (rules, rules_rx) = crate::rules::runner::channel(&store, Some(replicate_tx.clone()));
     let transports: crate::collector::Transports = Arc::new(RwLock::new(Default::default()));
     let (owned_tx, owned_rx) = ownership::channel();
     let addr = listener.local_addr()?;
@@ -162,10 +162,12 @@ pub async fn run_node(
         },
         cancel.clone(),
     ));
+    notifier.join_herd(herd_hooks(&cluster, owned_rx.clone(), replicate_tx));
     let replicator = tokio::spawn(replicate_alerts(
         cluster.clone(),
         replicate_rx,
         owned_rx.clone(),
+        notifier.clone(),
         cancel.clone(),
     ));
     // The rules task reads the silences in force from here.
@@ -323,44 +325,119 @@ pub async fn run_node(
     Ok(())
 }
 
+/// The outbox's part in the herd: a replicated notification is delivered only by
+/// the owner of its target, once the herd recorded it, and never after the herd
+/// recorded it delivered; what the outbox finished is committed like alert changes.
+fn herd_hooks(
+    cluster: &ClusterNode,
+    owned: ownership::OwnedRx,
+    replicate: tokio::sync::mpsc::UnboundedSender<AlertDelta>,
+) -> crate::notify::worker::HerdHooks {
+    let (state, me) = (cluster.state(), cluster.id());
+    crate::notify::worker::HerdHooks {
+        gate: Box::new(move |entry, now| {
+            if owned.borrow().fenced {
+                return crate::notify::worker::Gate::Wait;
+            }
+            state.borrow().gate_notice(entry, me, now)
+        }),
+        report: Box::new(move |delivered, queued| {
+            let _ = replicate.send(AlertDelta {
+                queued,
+                delivered,
+                ..Default::default()
+            });
+        }),
+    }
+}
+
+/// This node's alert changes waiting to be committed, coalesced by id and key.
+#[derive(Default)]
+struct Pending {
+    upserts: std::collections::BTreeMap<String, crate::model::Alert>,
+    deleted: std::collections::BTreeSet<String>,
+    queued: std::collections::BTreeMap<String, crate::store::alerting::OutboxEntry>,
+    delivered: std::collections::BTreeSet<String>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.upserts.is_empty()
+            && self.deleted.is_empty()
+            && self.queued.is_empty()
+            && self.delivered.is_empty()
+    }
+
+    fn merge(&mut self, d: AlertDelta) {
+        for a in d.upserts {
+            self.deleted.remove(&a.id);
+            self.upserts.insert(a.id.clone(), a);
+        }
+        for id in d.deleted {
+            self.upserts.remove(&id);
+            self.deleted.insert(id);
+        }
+        for e in d.queued {
+            self.queued
+                .insert(e.notification.idempotency_key.clone(), e);
+        }
+        self.delivered.extend(d.delivered);
+    }
+
+    fn command(&self) -> Command {
+        Command::Alerts {
+            upserts: self.upserts.values().cloned().collect(),
+            deleted: self.deleted.iter().cloned().collect(),
+            queued: self.queued.values().cloned().collect(),
+            delivered: self.delivered.iter().cloned().collect(),
+        }
+    }
+}
+
 /// Commits this node's alert changes through Raft, coalesced: whatever queued
 /// while one write was under way goes in the next. Nothing is proposed while the
 /// node is fenced (its changes then stay local, and the next owner continues from
-/// what was committed before).
+/// what was committed before). After each commit the outbox looks again: entries
+/// wait for the herd to record them.
 async fn replicate_alerts(
     cluster: ClusterNode,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<AlertDelta>,
     owned: ownership::OwnedRx,
+    notifier: Arc<Notifier>,
     cancel: CancellationToken,
 ) {
-    let mut upserts: std::collections::BTreeMap<String, crate::model::Alert> = Default::default();
-    let mut deleted: std::collections::BTreeSet<String> = Default::default();
+    let mut pending = Pending::default();
     loop {
-        if upserts.is_empty() && deleted.is_empty() {
+        if pending.is_empty() {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 d = rx.recv() => match d {
                     None => return,
-                    Some(d) => merge(&mut upserts, &mut deleted, d),
+                    Some(d) => pending.merge(d),
                 },
             }
         }
         while let Ok(d) = rx.try_recv() {
-            merge(&mut upserts, &mut deleted, d);
+            pending.merge(d);
         }
         if owned.borrow().fenced {
-            upserts.clear();
-            deleted.clear();
+            // What was delivered stays true; the rest is the next owner's to redo.
+            pending = Pending {
+                delivered: std::mem::take(&mut pending.delivered),
+                ..Default::default()
+            };
+            if !pending.is_empty() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
             continue;
         }
-        let cmd = Command::Alerts {
-            upserts: upserts.values().cloned().collect(),
-            deleted: deleted.iter().cloned().collect(),
-        };
-        match cluster.write(cmd).await {
+        match cluster.write(pending.command()).await {
             Ok(_) => {
-                upserts.clear();
-                deleted.clear();
+                pending = Pending::default();
+                notifier.wake();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot commit alert changes to the herd; retrying");
@@ -370,21 +447,6 @@ async fn replicate_alerts(
                 }
             }
         }
-    }
-}
-
-fn merge(
-    upserts: &mut std::collections::BTreeMap<String, crate::model::Alert>,
-    deleted: &mut std::collections::BTreeSet<String>,
-    d: AlertDelta,
-) {
-    for a in d.upserts {
-        deleted.remove(&a.id);
-        upserts.insert(a.id.clone(), a);
-    }
-    for id in d.deleted {
-        upserts.remove(&id);
-        deleted.insert(id);
     }
 }
 

@@ -71,19 +71,29 @@ fn stale_rule() -> String {
     )
 }
 
-/// The webhook channel [`HOOK`] (Herd's JSON document) to `hook`, no group window.
-fn webhook_channel(hook: &HttpReceiver) -> String {
+/// The webhook channel [`HOOK`] (Herd's JSON document) to `hook`, with a group
+/// window of `window` (a notification waits that long in its owner's outbox).
+fn webhook_channel(hook: &HttpReceiver, window: &str) -> String {
     format!(
-        "[[channel]]\nname = \"{HOOK}\"\nkind = \"webhook\"\nurl = \"{}\"\ngroup_window = \"0s\"\n\n",
+        "[[channel]]\nname = \"{HOOK}\"\nkind = \"webhook\"\nurl = \"{}\"\ngroup_window = \"{window}\"\n\n",
         hook.url("/hook")
     )
 }
 
-/// `fleet` as fresh targets, the stale rule and the webhook channel.
+/// `fleet` as fresh targets, the stale rule and the webhook channel (no group window).
 fn stale_fleet(fleet: &[String], files: &Files, hook: &HttpReceiver) -> String {
+    stale_fleet_window(fleet, files, hook, "0s")
+}
+
+fn stale_fleet_window(
+    fleet: &[String],
+    files: &Files,
+    hook: &HttpReceiver,
+    window: &str,
+) -> String {
     let mut text: String = fleet.iter().map(|t| fresh_target(t, files)).collect();
     text.push_str(&stale_rule());
-    text.push_str(&webhook_channel(hook));
+    text.push_str(&webhook_channel(hook, window));
     text
 }
 
@@ -596,6 +606,137 @@ fn takeover_continues_a_firing_alert() {
     );
 }
 
+/// Group window of the channel in the handover test: long enough that the owner is
+/// killed while its notifications still wait in its outbox (the alerts are seen
+/// committed on another node within a few scrapes of 1 s).
+const HANDOVER_WINDOW_S: u64 = 10;
+
+/// Waits until node `id` lists a firing alert of `rule` on each of `targets`;
+/// returns their ids by target.
+fn wait_firing_on(
+    cluster: &Cluster,
+    id: u64,
+    rule: &str,
+    targets: &[String],
+) -> BTreeMap<String, String> {
+    wait_for(
+        BOUND,
+        &format!("node {id} lists {rule} firing on each of {targets:?}"),
+        || {
+            let doc = alerts(cluster, id);
+            let firing: BTreeMap<String, String> = doc["alerts"]
+                .as_array()?
+                .iter()
+                .filter(|a| a["rule"] == rule && state(a) == "firing")
+                .map(|a| {
+                    let s = |k: &str| a[k].as_str().unwrap_or_default().to_string();
+                    (s("target"), s("id"))
+                })
+                .filter(|(t, _)| targets.contains(t))
+                .collect();
+            (firing.len() == targets.len()).then_some(firing)
+        },
+    )
+}
+
+#[test]
+fn an_owner_killed_before_delivering_leaves_its_notifications_to_the_new_owner() {
+    phase!("an HTTP receiver, nine watched files, three nodes; the channel groups for {HANDOVER_WINDOW_S} s");
+    let hook = HttpReceiver::start();
+    let files = Files::new("herd-handover-");
+    let fleet = names("ho", 9);
+    for t in &fleet {
+        files.create(t);
+    }
+    let mut cluster = Cluster::start(3, HerdOptions::default());
+    let window = format!("{HANDOVER_WINDOW_S}s");
+    cluster.apply(1, &stale_fleet_window(&fleet, &files, &hook, &window));
+    cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
+    let leader = cluster.wait_leader(BOUND);
+    let s = cluster.status();
+    let victim = s
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|&id| id != leader)
+        .max_by_key(|&id| fleet_owned_by(&s, id, &fleet).len())
+        .expect("two followers");
+    let breached = fleet_owned_by(&s, victim, &fleet);
+    assert!(
+        !breached.is_empty(),
+        "follower {victim} owns fleet targets: {}",
+        s.summary()
+    );
+
+    phase!("the files of {breached:?} (owned by node {victim}) vanish; the alerts fire");
+    let broken_at = now_ms();
+    for t in &breached {
+        files.remove(t);
+    }
+    let ids = wait_firing_on(&cluster, leader, STALE_RULE, &breached);
+    eprintln!("    committed firing on node {leader}: {ids:?}");
+
+    phase!("kill -9 node {victim} while its FIRING notifications wait out the group window");
+    let killed_at = cluster.kill9(victim);
+    assert!(
+        notes(&hook).iter().all(|n| n.rule != STALE_RULE),
+        "the owner was killed before its group window ended ({} ms after the break, window {HANDOVER_WINDOW_S} s), so nothing may have arrived yet:\n{}",
+        killed_at - broken_at,
+        note_lines(&hook)
+    );
+    let s = wait_taken_over(&cluster, &breached, victim, killed_at);
+    eprintln!("    taken over: {}", s.summary());
+
+    phase!("the new owners deliver what node {victim} had queued: exactly one FIRING each");
+    let bound = BOUND + Duration::from_secs(HANDOVER_WINDOW_S);
+    let firing = expect_one_each(&hook, STALE_RULE, &breached, "firing", bound, QUIET);
+    for (t, n) in &firing {
+        eprintln!(
+            "    FIRING {t}: key {} at +{} ms after the kill",
+            n.key,
+            n.arrived_ms - killed_at
+        );
+        assert!(
+            n.arrived_ms > killed_at,
+            "{t}: sent by a survivor: {}",
+            n.doc
+        );
+        assert_eq!(
+            n.alert_id, ids[t],
+            "the alert node {victim} fired: {}",
+            n.doc
+        );
+        let a = alert_by_id(&alerts(&cluster, leader), &n.alert_id).expect("listed");
+        assert_eq!(
+            n.transition(),
+            transitions(&a),
+            "the key of the transition the herd recorded: {a}"
+        );
+    }
+
+    phase!("node {victim} comes back with those notifications still in its outbox: none goes out again");
+    let seen = notes(&hook).len();
+    cluster.restart(victim);
+    cluster.wait_formed(BOUND);
+    wait_rebalanced_to(&cluster, victim, &fleet);
+    cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
+    std::thread::sleep(QUIET);
+    let later: Vec<Note> = notes(&hook)
+        .into_iter()
+        .skip(seen)
+        .filter(|n| n.rule == STALE_RULE)
+        .collect();
+    assert!(
+        later.is_empty(),
+        "nothing after node {victim} came back; the receiver got:\n{}",
+        note_lines(&hook)
+    );
+    // Its stale entries are dropped, not kept waiting forever.
+    wait_for(BOUND, &format!("node {victim}'s outbox is empty"), || {
+        (alerts(&cluster, victim)["outbox"].as_u64() == Some(0)).then_some(())
+    });
+}
+
 // ---------------------------------------------------------------------------------
 // 2. rules select the herd's machines like any target
 
@@ -622,7 +763,7 @@ fn rules_apply_to_the_herds_machines() {
             "machine-by-label",
             "target_labels = { role = \"herd-node\" }",
         ),
-        webhook_channel(&hook),
+        webhook_channel(&hook, "0s"),
         format!("[routes]\ndefault = [\"{HOOK}\"]\n"),
     ]
     .concat();

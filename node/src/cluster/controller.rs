@@ -419,25 +419,13 @@ async fn queue_peer_notices(
         let entries = outbox_entries(notifier, channels, &alert, kind, h.since_ms, now);
         // This node may have queued them already (it led before, then crashed
         // before recording): never twice from the same outbox.
-        let mut fresh = Vec::new();
-        let queued: BTreeSet<String> = {
-            let s = store.clone();
-            tokio::task::spawn_blocking(move || s.outbox())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(_, e)| e.notification.idempotency_key)
-                .collect()
-        };
-        for e in entries {
-            let k = e.notification.idempotency_key.clone();
-            if queued.contains(&k) || store.was_sent(&k).unwrap_or(false) {
-                continue;
+        let fresh = match store.not_yet_queued(entries).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox to queue peer health notices");
+                return;
             }
-            fresh.push(e);
-        }
+        };
         tracing::info!(
             node = id,
             up = h.up,

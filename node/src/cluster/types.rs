@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Alert;
+use crate::notify::worker::Gate;
 use crate::ownership::Pause;
-use crate::store::alerting::Silence;
+use crate::store::alerting::{OutboxEntry, Silence};
 
 openraft::declare_raft_types!(
     /// Herd's openraft configuration.
@@ -35,10 +36,16 @@ pub enum Command {
         owners: BTreeMap<String, NodeId>,
         reason: String,
     },
-    /// Alert changes of owned targets, so a new owner continues them.
+    /// Alert changes of owned targets, so a new owner continues them, with the
+    /// notifications the owner queued for them and those it finished (delivered or
+    /// given up): a new owner delivers what the last one had not.
     Alerts {
         upserts: Vec<Alert>,
         deleted: Vec<String>,
+        #[serde(default)]
+        queued: Vec<OutboxEntry>,
+        #[serde(default)]
+        delivered: Vec<String>,
     },
     /// Idempotency keys of delivered notifications (no second send after a takeover).
     Sent {
@@ -147,6 +154,14 @@ pub struct NodeRecord {
 /// Most sent keys remembered; the oldest are forgotten first.
 pub const MAX_SENT_KEYS: usize = 100_000;
 
+/// Most undelivered alert notifications kept for a takeover; beyond it the oldest
+/// are forgotten (their owner still delivers them; only a takeover loses them).
+pub const MAX_NOTICES: usize = 10_000;
+
+/// Most delivered alert notification keys remembered (a node that comes back with
+/// one of them still in its outbox drops it).
+pub const MAX_DELIVERED_KEYS: usize = 10_000;
+
 /// The replicated state: the state machine's data.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -156,7 +171,16 @@ pub struct ClusterState {
     pub ownership_version: u64,
     pub owners: BTreeMap<String, NodeId>,
     pub alerts: BTreeMap<String, Alert>,
-    /// Delivered idempotency keys in delivery order (bounded by MAX_SENT_KEYS).
+    /// Alert notifications queued by the owner of their target and not delivered
+    /// yet, by idempotency key: a new owner delivers them (bounded by MAX_NOTICES).
+    #[serde(default)]
+    pub notices: BTreeMap<String, OutboxEntry>,
+    /// Keys of alert notifications delivered (or given up), oldest first (bounded
+    /// by MAX_DELIVERED_KEYS): never sent again by any node.
+    #[serde(default)]
+    pub delivered: std::collections::VecDeque<String>,
+    /// Keys of the peer health notices queued so far, in order (bounded by
+    /// MAX_SENT_KEYS): a new leader does not queue them again.
     pub sent: std::collections::VecDeque<String>,
     pub health: BTreeMap<NodeId, NodeHealth>,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
@@ -167,7 +191,30 @@ pub struct ClusterState {
     pub silences: BTreeMap<String, Silence>,
 }
 
+/// How long a node waits for the herd to record an alert notification it queued
+/// before it delivers it anyway (its commit through Raft normally takes ms; a node
+/// that cannot commit for longer is fenced soon after).
+pub const NOTICE_COMMIT_GRACE_MS: i64 = 1_000;
+
 impl ClusterState {
+    /// Whether node `me` delivers the replicated outbox entry `e` now (pure): never
+    /// one delivered already, only for a target it owns, and not before the herd
+    /// recorded it (within [`NOTICE_COMMIT_GRACE_MS`]), so that an owner that dies
+    /// right after sending leaves a state from which nobody sends it again.
+    pub fn gate_notice(&self, e: &OutboxEntry, me: NodeId, now_ms: i64) -> Gate {
+        let key = &e.notification.idempotency_key;
+        if self.delivered.contains(key) {
+            return Gate::Drop;
+        }
+        if self.owners.get(&e.notification.alert.target) != Some(&me) {
+            return Gate::Drop;
+        }
+        if !self.notices.contains_key(key) && now_ms - e.created_ms < NOTICE_COMMIT_GRACE_MS {
+            return Gate::Wait;
+        }
+        Gate::Send
+    }
+
     /// Applies one command (pure, deterministic: every node gets the same result).
     pub fn apply(&mut self, cmd: &Command) -> CommandResponse {
         match cmd {
@@ -184,16 +231,50 @@ impl ClusterState {
                 self.owners = owners.clone();
                 // Alerts of targets that left the fleet have nobody to continue them.
                 self.alerts.retain(|_, a| owners.contains_key(&a.target));
+                self.notices
+                    .retain(|_, e| owners.contains_key(&e.notification.alert.target));
                 CommandResponse {
                     version: self.ownership_version,
                 }
             }
-            Command::Alerts { upserts, deleted } => {
+            Command::Alerts {
+                upserts,
+                deleted,
+                queued,
+                delivered,
+            } => {
                 for a in upserts {
                     self.alerts.insert(a.id.clone(), a.clone());
                 }
                 for id in deleted {
                     self.alerts.remove(id);
+                }
+                for e in queued {
+                    let key = &e.notification.idempotency_key;
+                    if !self.delivered.contains(key) {
+                        self.notices.insert(key.clone(), e.clone());
+                    }
+                }
+                for key in delivered {
+                    self.notices.remove(key);
+                    if !self.delivered.contains(key) {
+                        self.delivered.push_back(key.clone());
+                    }
+                }
+                while self.delivered.len() > MAX_DELIVERED_KEYS {
+                    self.delivered.pop_front();
+                }
+                if self.notices.len() > MAX_NOTICES {
+                    let mut by_age: Vec<(i64, String)> = self
+                        .notices
+                        .iter()
+                        .map(|(k, e)| (e.created_ms, k.clone()))
+                        .collect();
+                    by_age.sort();
+                    let excess = self.notices.len() - MAX_NOTICES;
+                    for (_, k) in by_age.into_iter().take(excess) {
+                        self.notices.remove(&k);
+                    }
                 }
                 CommandResponse::default()
             }
@@ -296,7 +377,7 @@ impl ClusterState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -341,12 +422,139 @@ mod tests {
         s.apply(&Command::Alerts {
             upserts: vec![alert("1", "a"), alert("2", "b")],
             deleted: vec![],
+            queued: vec![notice("1:1:c", "a", 0), notice("2:1:c", "b", 0)],
+            delivered: vec![],
         });
         s.apply(&Command::SetOwnership {
             owners: [("a".to_string(), 1)].into(),
             reason: "b removed".into(),
         });
         assert_eq!(s.alerts.keys().collect::<Vec<_>>(), ["1"]);
+        assert_eq!(s.notices.keys().collect::<Vec<_>>(), ["1:1:c"]);
+    }
+
+    /// An outbox entry keyed `key` for an alert of `target`, created at `created_ms`.
+    pub(crate) fn notice(key: &str, target: &str, created_ms: i64) -> OutboxEntry {
+        OutboxEntry {
+            notification: crate::model::Notification {
+                idempotency_key: key.into(),
+                channel: "c".into(),
+                kind: crate::model::NotifyKind::Firing,
+                alert: Alert {
+                    id: key.split(':').next().unwrap_or_default().into(),
+                    rule: "r".into(),
+                    target: target.into(),
+                    labels: Default::default(),
+                    severity: crate::model::Severity::Warning,
+                    state: crate::model::AlertState::Firing,
+                    since_ms: created_ms,
+                    active_since_ms: created_ms,
+                    value: String::new(),
+                    summary: String::new(),
+                    description: String::new(),
+                    transitions: 1,
+                    acked_by: None,
+                    flapping: false,
+                },
+                ts_ms: created_ms,
+            },
+            attempts: 0,
+            not_before_ms: created_ms,
+            created_ms,
+            fallbacks: vec![],
+            last_error: None,
+            replicated: true,
+        }
+    }
+
+    fn queued(entries: Vec<OutboxEntry>, delivered: &[&str]) -> Command {
+        Command::Alerts {
+            upserts: vec![],
+            deleted: vec![],
+            queued: entries,
+            delivered: delivered.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn notices_wait_until_delivered_and_are_never_queued_again() {
+        let mut s = ClusterState::default();
+        s.apply(&queued(
+            vec![notice("x:1:c", "a", 5), notice("y:1:c", "a", 6)],
+            &[],
+        ));
+        assert_eq!(s.notices.len(), 2);
+        s.apply(&queued(vec![], &["x:1:c"]));
+        assert_eq!(s.notices.keys().collect::<Vec<_>>(), ["y:1:c"]);
+        assert_eq!(s.delivered, ["x:1:c"]);
+        // A late copy of a delivered notice (a coalesced batch, a replay) is not kept.
+        s.apply(&queued(vec![notice("x:1:c", "a", 5)], &[]));
+        assert!(!s.notices.contains_key("x:1:c"));
+        // Queued and finished in the same batch: nothing left to hand over.
+        s.apply(&queued(vec![notice("z:1:c", "a", 7)], &["z:1:c", "x:1:c"]));
+        assert!(!s.notices.contains_key("z:1:c"));
+        assert_eq!(s.delivered, ["x:1:c", "z:1:c"], "each key once");
+    }
+
+    #[test]
+    fn only_the_owner_sends_what_the_herd_recorded_and_never_twice() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::SetOwnership {
+            owners: [("a".to_string(), 1), ("b".to_string(), 2)].into(),
+            reason: String::new(),
+        });
+        let mine = notice("x:1:c", "a", 10_000);
+        let grace = NOTICE_COMMIT_GRACE_MS;
+        assert_eq!(
+            s.gate_notice(&mine, 1, 10_000),
+            Gate::Wait,
+            "not recorded yet"
+        );
+        assert_eq!(
+            s.gate_notice(&mine, 1, 10_000 + grace),
+            Gate::Send,
+            "the herd cannot record it: its owner sends it anyway"
+        );
+        s.apply(&queued(vec![mine.clone()], &[]));
+        assert_eq!(s.gate_notice(&mine, 1, 10_000), Gate::Send, "recorded");
+        assert_eq!(
+            s.gate_notice(&mine, 2, 10_000),
+            Gate::Drop,
+            "node 2 does not own a"
+        );
+        let theirs = notice("y:1:c", "b", 10_000);
+        s.apply(&queued(vec![theirs.clone()], &[]));
+        assert_eq!(s.gate_notice(&theirs, 1, 20_000), Gate::Drop);
+        assert_eq!(s.gate_notice(&theirs, 2, 20_000), Gate::Send);
+        s.apply(&queued(vec![], &["x:1:c"]));
+        assert_eq!(
+            s.gate_notice(&mine, 1, 20_000),
+            Gate::Drop,
+            "delivered (by this node before a restart, or by another): never again"
+        );
+    }
+
+    #[test]
+    fn notices_and_delivered_keys_are_bounded_oldest_first() {
+        let mut s = ClusterState::default();
+        let entries = (0..MAX_NOTICES as i64 + 3)
+            .map(|i| notice(&format!("n{i}:1:c"), "a", 1_000 + i))
+            .collect();
+        s.apply(&queued(entries, &[]));
+        assert_eq!(s.notices.len(), MAX_NOTICES);
+        for i in 0..3 {
+            assert!(
+                !s.notices.contains_key(&format!("n{i}:1:c")),
+                "n{i} is the oldest"
+            );
+        }
+        let keys: Vec<String> = (0..MAX_DELIVERED_KEYS + 2)
+            .map(|i| format!("d{i}"))
+            .collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        s.apply(&queued(vec![], &refs));
+        assert_eq!(s.delivered.len(), MAX_DELIVERED_KEYS);
+        assert_eq!(s.delivered.front().map(String::as_str), Some("d2"));
     }
 
     #[test]

@@ -28,6 +28,32 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const MAX_PARALLEL_SENDS: usize = 8;
 /// Width of the rate-limit window.
 const RATE_WINDOW_MS: i64 = 60_000;
+/// How soon an entry the herd has not recorded yet is looked at again.
+const GATE_RETRY_MS: i64 = 25;
+
+/// What the herd says of a replicated entry that is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// This node delivers it now.
+    Send,
+    /// Not yet (its commit through Raft is under way, or the lease is not valid).
+    Wait,
+    /// Not this node's to send any more: delivered by another node, or its target
+    /// is owned by another node (which delivers it). Removed from this outbox.
+    Drop,
+}
+
+/// Decides on a due replicated entry, given the time now (unix ms).
+pub type GateFn = Box<dyn Fn(&OutboxEntry, i64) -> Gate + Send + Sync>;
+/// Told, once durable here, the keys of replicated entries finished (delivered, or
+/// given up with no fallback left) and the fallback entries queued in their place.
+pub type ReportFn = Box<dyn Fn(Vec<String>, Vec<OutboxEntry>) + Send + Sync>;
+
+/// How a node of a herd handles replicated entries (those with `replicated`).
+pub struct HerdHooks {
+    pub gate: GateFn,
+    pub report: ReportFn,
+}
 
 /// A built channel and its delivery settings.
 struct Built {
@@ -49,6 +75,8 @@ pub struct Notifier {
     /// Set while this node's lease is not valid: nothing is sent (a node cut off
     /// from the herd must not notify for targets another node has taken over).
     fenced: std::sync::atomic::AtomicBool,
+    /// Set when the node is part of a herd.
+    herd: std::sync::OnceLock<HerdHooks>,
 }
 
 /// `alert-id:transition:channel`.
@@ -66,7 +94,14 @@ impl Notifier {
             sent_at: Mutex::new(HashMap::new()),
             configured: tokio::sync::watch::channel(false).0,
             fenced: std::sync::atomic::AtomicBool::new(false),
+            herd: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes replicated entries go through the herd's gate and reports what was
+    /// finished (once; later calls are ignored).
+    pub fn join_herd(&self, hooks: HerdHooks) {
+        let _ = self.herd.set(hooks);
     }
 
     /// Stops (true) or resumes (false) delivery; queued entries wait meanwhile.
@@ -182,11 +217,28 @@ impl Notifier {
         }
         let now = now_ms();
         let mut next: Option<i64> = None;
+        let mut change = OutboxChange::default();
         let mut groups: BTreeMap<(String, String), Vec<(u64, OutboxEntry)>> = BTreeMap::new();
+        let herd = self.herd.get();
         for (seq, e) in entries {
             if e.not_before_ms > now {
                 next = Some(next.map_or(e.not_before_ms, |n| n.min(e.not_before_ms)));
                 continue;
+            }
+            if let Some(h) = herd.filter(|_| e.replicated) {
+                match (h.gate)(&e, now) {
+                    Gate::Send => {}
+                    Gate::Wait => {
+                        let at = now + GATE_RETRY_MS;
+                        next = Some(next.map_or(at, |n| n.min(at)));
+                        continue;
+                    }
+                    Gate::Drop => {
+                        tracing::info!(key = %e.notification.idempotency_key, target_name = %e.notification.alert.target, "notification left to the target's owner (delivered, or the target moved)");
+                        change.remove.push(seq);
+                        continue;
+                    }
+                }
             }
             let key = (
                 e.notification.channel.clone(),
@@ -194,7 +246,8 @@ impl Notifier {
             );
             groups.entry(key).or_default().push((seq, e));
         }
-        let mut change = OutboxChange::default();
+        // Replicated entries finished in this round, for the herd.
+        let mut finished: Vec<String> = Vec::new();
         let mut sends = tokio::task::JoinSet::new();
         let mut per_channel: HashMap<String, usize> = HashMap::new();
         for ((channel, _target), group) in groups {
@@ -219,6 +272,9 @@ impl Notifier {
                     .and_then(|b| b.get(&channel).cloned())
                     .unwrap_or_else(|| "no such channel in the fleet spec".into());
                 for (seq, e) in group {
+                    if e.replicated {
+                        finished.push(e.notification.idempotency_key.clone());
+                    }
                     self.give_up(seq, e, &why, &mut change).await;
                 }
                 continue;
@@ -248,6 +304,9 @@ impl Notifier {
                 Ok(()) => {
                     for (seq, e) in group {
                         tracing::info!(channel = %e.notification.channel, key = %e.notification.idempotency_key, "notification delivered");
+                        if e.replicated {
+                            finished.push(e.notification.idempotency_key.clone());
+                        }
                         change.done.push((seq, e.notification.idempotency_key));
                     }
                 }
@@ -262,6 +321,9 @@ impl Notifier {
                                 "{} after {} attempts: {err}",
                                 e.notification.channel, e.attempts
                             );
+                            if e.replicated {
+                                finished.push(e.notification.idempotency_key.clone());
+                            }
                             self.give_up(seq, e, &why, &mut change).await;
                         } else {
                             let wait = backoff(&built.delivery, e.attempts);
@@ -275,12 +337,23 @@ impl Notifier {
             }
         }
         let has_new = !change.add.is_empty();
+        let requeued: Vec<OutboxEntry> = change
+            .add
+            .iter()
+            .filter(|e| e.replicated)
+            .cloned()
+            .collect();
         if !(change.done.is_empty()
             && change.update.is_empty()
             && change.remove.is_empty()
             && change.add.is_empty())
         {
             self.store.outbox_change(change).await?;
+        }
+        if let Some(h) = herd {
+            if !finished.is_empty() || !requeued.is_empty() {
+                (h.report)(finished, requeued);
+            }
         }
         if has_new {
             next = Some(now_ms());
@@ -321,6 +394,7 @@ impl Notifier {
             created_ms: now_ms(),
             fallbacks,
             last_error: Some(why.to_string()),
+            replicated: e.replicated,
         });
     }
 

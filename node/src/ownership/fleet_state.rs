@@ -288,6 +288,7 @@ impl FleetState {
         // only: the owner's own alert updates must not make a new view each time.
         let mut snapshot_of = (u64::MAX, u64::MAX, false);
         let mut alerts = Vec::new();
+        let mut notices = Vec::new();
         // The view is recomputed only when its inputs change (a fleet of thousands
         // of targets is not copied ten times a second for nothing).
         let mut computed_for: Option<(Arc<ClusterState>, bool)> = None;
@@ -319,8 +320,10 @@ impl FleetState {
                 if key != snapshot_of {
                     snapshot_of = key;
                     alerts = view.alerts.clone();
+                    notices = view.notices.clone();
                 } else {
                     view.alerts = alerts.clone();
+                    view.notices = notices.clone();
                 }
                 let current = owned.borrow().clone();
                 if *current != view {
@@ -383,6 +386,12 @@ pub fn owned_view(
             .filter(|a| names.contains(a.target.as_str()))
             .cloned()
             .collect(),
+        notices: state
+            .notices
+            .values()
+            .filter(|e| names.contains(e.notification.alert.target.as_str()))
+            .cloned()
+            .collect(),
         gained: targets
             .iter()
             .filter(|t| prev_owners.get(&t.name).is_some_and(|o| *o != me))
@@ -437,8 +446,25 @@ mod tests {
                 until_ms: None,
             },
         });
+        let notice = crate::cluster::types::tests::notice;
+        state.apply(&Command::Alerts {
+            upserts: vec![],
+            deleted: vec![],
+            queued: vec![notice("x:1:c", "a", 1), notice("y:1:c", "b", 1)],
+            delivered: vec![],
+        });
         let before: BTreeMap<String, NodeId> = [("a".to_string(), 3)].into();
         let v = owned_view(1, &state, 1, &spec, &before, false);
+        let keys: Vec<&str> = v
+            .notices
+            .iter()
+            .map(|e| e.notification.idempotency_key.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            ["x:1:c"],
+            "the undelivered notices of its own targets"
+        );
         let names: Vec<&str> = v.targets.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
             names,

@@ -30,6 +30,9 @@ pub struct Owned {
     /// Alerts of the owned targets as the herd last recorded them: a new owner
     /// continues them (no second "firing", the "resolved" still goes out).
     pub alerts: Vec<Alert>,
+    /// Notifications of the owned targets that their last owner queued and had not
+    /// delivered when the herd last recorded them: a new owner delivers them.
+    pub notices: Vec<crate::store::alerting::OutboxEntry>,
     /// Targets taken over from another node: scraped at once, not at a random phase.
     pub gained: BTreeSet<String>,
     /// True while the lease is not valid: nothing is owned, nothing is notified.

@@ -49,11 +49,23 @@ pub struct RulesHandle {
     replicate: Option<mpsc::UnboundedSender<AlertDelta>>,
 }
 
-/// Alerts changed (upserts) and ended (deleted) by this node's engine.
+/// Alerts changed (upserts) and ended (deleted) by this node's engine, the
+/// notifications it queued for them and the keys of those its outbox finished.
 #[derive(Debug, Default)]
 pub struct AlertDelta {
     pub upserts: Vec<Alert>,
     pub deleted: Vec<String>,
+    pub queued: Vec<OutboxEntry>,
+    pub delivered: Vec<String>,
+}
+
+impl AlertDelta {
+    fn is_empty(&self) -> bool {
+        self.upserts.is_empty()
+            && self.deleted.is_empty()
+            && self.queued.is_empty()
+            && self.delivered.is_empty()
+    }
 }
 
 impl RulesHandle {
@@ -168,6 +180,7 @@ pub async fn run(
         states,
         seen_state: HashMap::new(),
     };
+    take_over_notices(&ctx, &current.notices).await;
     publish(&ctx, &engine);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -193,6 +206,7 @@ pub async fn run(
                 if current.spec_version > 0 {
                     ctx.notifier.configure(&current.spec.channels).await;
                 }
+                take_over_notices(&ctx, &current.notices).await;
                 if !dropped.is_empty() {
                     let batch = AlertingBatch { deleted: dropped, ..Default::default() };
                     if let Err(e) = ctx.handle.store.alerting(batch).await {
@@ -212,7 +226,7 @@ pub async fn run(
                         if let Err(e) = ctx.handle.store.alerting(batch).await {
                             tracing::error!(error = %e, "cannot store an ack");
                         }
-                        ctx.handle.replicate(vec![a.clone()], Vec::new());
+                        ctx.handle.replicate(AlertDelta { upserts: vec![a.clone()], ..Default::default() });
                     }
                     let _ = reply.send(acked);
                     Vec::new()
@@ -229,6 +243,38 @@ pub async fn run(
             record(&ctx, transitions).await;
         }
         publish(&ctx, &engine);
+    }
+}
+
+/// Queues the notifications of owned targets that the herd recorded as queued and
+/// not delivered (by the last owner, which died or lost the target) and that this
+/// outbox has neither queued nor delivered. The herd's gate keeps them from going
+/// out twice.
+async fn take_over_notices(ctx: &Ctx, notices: &[OutboxEntry]) {
+    if notices.is_empty() || !ctx.handle.in_herd() {
+        return;
+    }
+    let fresh = match ctx.handle.store.not_yet_queued(notices.to_vec()).await {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the outbox to take over notifications");
+            return;
+        }
+    };
+    if fresh.is_empty() {
+        return;
+    }
+    tracing::info!(
+        count = fresh.len(),
+        "delivering the notifications the last owner of these targets had not"
+    );
+    let batch = AlertingBatch {
+        outbox: fresh,
+        ..Default::default()
+    };
+    match ctx.handle.store.alerting(batch).await {
+        Ok(()) => ctx.notifier.wake(),
+        Err(e) => tracing::error!(error = %e, "cannot queue notifications taken over"),
     }
 }
 
@@ -324,18 +370,25 @@ pub fn outbox_entries(
                 created_ms: now,
                 fallbacks: delivery.fallback.clone(),
                 last_error: None,
+                replicated: false,
             }
         })
         .collect()
 }
 
 impl RulesHandle {
-    fn replicate(&self, upserts: Vec<Alert>, deleted: Vec<String>) {
+    fn replicate(&self, delta: AlertDelta) {
         if let Some(tx) = &self.replicate {
-            if !upserts.is_empty() || !deleted.is_empty() {
-                let _ = tx.send(AlertDelta { upserts, deleted });
+            if !delta.is_empty() {
+                let _ = tx.send(delta);
             }
         }
+    }
+
+    /// Whether alert changes go to a herd (their notifications are then delivered
+    /// by the target's owner only, and handed over with the target).
+    fn in_herd(&self) -> bool {
+        self.replicate.is_some()
     }
 }
 
@@ -386,13 +439,30 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
             batch.alerts.push(t.alert);
         }
     }
+    let herd = ctx.handle.in_herd();
+    for e in batch.outbox.iter_mut().chain(
+        deferred
+            .iter_mut()
+            .flat_map(|(_, _, entries)| entries.iter_mut()),
+    ) {
+        e.replicated = herd;
+    }
     let wake = !batch.outbox.is_empty();
-    let (upserts, deleted) = (batch.alerts.clone(), batch.deleted.clone());
+    let delta = AlertDelta {
+        upserts: batch.alerts.clone(),
+        deleted: batch.deleted.clone(),
+        queued: if herd {
+            batch.outbox.clone()
+        } else {
+            Vec::new()
+        },
+        delivered: Vec::new(),
+    };
     if let Err(e) = ctx.handle.store.alerting(batch).await {
         tracing::error!(error = %e, "cannot store alert transitions");
         return;
     }
-    ctx.handle.replicate(upserts, deleted);
+    ctx.handle.replicate(delta);
     if wake {
         ctx.notifier.wake();
     }
@@ -425,12 +495,23 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
                     d.push_str(line);
                 }
             }
+            let queued = if rules.in_herd() {
+                entries.clone()
+            } else {
+                Vec::new()
+            };
             let batch = AlertingBatch {
                 outbox: entries,
                 ..Default::default()
             };
             match store.alerting(batch).await {
-                Ok(()) => notifier.wake(),
+                Ok(()) => {
+                    rules.replicate(AlertDelta {
+                        queued,
+                        ..Default::default()
+                    });
+                    notifier.wake();
+                }
                 Err(e) => tracing::error!(error = %e, "cannot queue notifications after an action"),
             }
         });

@@ -31,6 +31,11 @@ pub struct OutboxEntry {
     /// Channels still to try, in order, when this one gives up.
     pub fallbacks: Vec<String>,
     pub last_error: Option<String>,
+    /// Known to the herd (committed through Raft with its alert): delivered only by
+    /// the owner of its target, handed over with the target, never sent twice.
+    /// False for a standalone store and for peer health notices (the leader's).
+    #[serde(default)]
+    pub replicated: bool,
 }
 
 /// A silence: matching alerts still change state but notify nobody.

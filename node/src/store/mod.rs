@@ -272,6 +272,32 @@ impl Store {
         query::was_sent(&self.db, key).map_err(|e| self.db_err(e))
     }
 
+    /// The entries whose idempotency key this outbox neither holds nor delivered:
+    /// what may be queued here without a second send from the same node.
+    pub async fn not_yet_queued(
+        &self,
+        entries: Vec<alerting::OutboxEntry>,
+    ) -> Result<Vec<alerting::OutboxEntry>, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let queued: std::collections::BTreeSet<String> = store
+                .outbox()?
+                .into_iter()
+                .map(|(_, e)| e.notification.idempotency_key)
+                .collect();
+            let mut fresh = Vec::new();
+            for e in entries {
+                let key = &e.notification.idempotency_key;
+                if !queued.contains(key) && !store.was_sent(key)? {
+                    fresh.push(e);
+                }
+            }
+            Ok(fresh)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
     /// Transitions newest first since `since_ms`, at most `limit`.
     pub fn transitions(
         &self,

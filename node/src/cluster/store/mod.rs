@@ -58,6 +58,8 @@ const KEY_STATE: &str = "state";
 const KEY_STATE_SPEC: &str = "state.spec";
 const KEY_STATE_OWNERS: &str = "state.owners";
 const KEY_STATE_ALERTS: &str = "state.alerts";
+/// Undelivered and delivered alert notifications (stored with the alerts).
+const KEY_STATE_NOTICES: &str = "state.notices";
 const KEY_STATE_REST: &str = "state.rest";
 const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
@@ -269,6 +271,8 @@ fn put_state(
         ownership_version,
         owners,
         alerts,
+        notices,
+        delivered,
         sent,
         health,
         nodes,
@@ -290,7 +294,15 @@ fn put_state(
                 "ownership map",
                 &(ownership_version, owners),
             )?,
-            Part::Alerts => put_json(table, KEY_STATE_ALERTS, "alerts", alerts)?,
+            Part::Alerts => {
+                put_json(table, KEY_STATE_ALERTS, "alerts", alerts)?;
+                put_json(
+                    table,
+                    KEY_STATE_NOTICES,
+                    "alert notifications",
+                    &(notices, delivered),
+                )?;
+            }
             Part::Rest => put_json(
                 table,
                 KEY_STATE_REST,
@@ -326,6 +338,9 @@ where
     }
     if let Some(alerts) = get_json(table, KEY_STATE_ALERTS, "alerts")? {
         s.alerts = alerts;
+    }
+    if let Some((notices, delivered)) = get_json(table, KEY_STATE_NOTICES, "alert notifications")? {
+        (s.notices, s.delivered) = (notices, delivered);
     }
     if let Some(r) = get_json::<Rest, _>(table, KEY_STATE_REST, "cluster state")? {
         s.sent = r.sent;

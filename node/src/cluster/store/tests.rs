@@ -361,6 +361,8 @@ async fn every_part_of_the_state_survives_reopen() {
         Command::Alerts {
             upserts: vec![alert],
             deleted: vec![],
+            queued: vec![crate::cluster::types::tests::notice("a:1:c", "web-1", 3)],
+            delivered: vec!["b:1:c".into()],
         },
         Command::Sent {
             keys: vec!["k".into()],
@@ -400,6 +402,7 @@ async fn every_part_of_the_state_survives_reopen() {
     let (_log, sm) = open(dir.path()).expect("reopen");
     assert_eq!(*sm.state(), *expected);
     assert!(!sm.state().silences.is_empty() && !sm.state().alerts.is_empty());
+    assert!(!sm.state().notices.is_empty() && !sm.state().delivered.is_empty());
 }
 
 /// A state stored whole (by an earlier version) is read and then kept in parts.
