@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::keylog::KeyLog;
 use crate::model::Alert;
 use crate::notify::worker::Gate;
 use crate::ownership::Pause;
@@ -178,10 +179,10 @@ pub struct ClusterState {
     /// Keys of alert notifications delivered (or given up), oldest first (bounded
     /// by MAX_DELIVERED_KEYS): never sent again by any node.
     #[serde(default)]
-    pub delivered: std::collections::VecDeque<String>,
+    pub delivered: KeyLog,
     /// Keys of the peer health notices queued so far, in order (bounded by
     /// MAX_SENT_KEYS): a new leader does not queue them again.
-    pub sent: std::collections::VecDeque<String>,
+    pub sent: KeyLog,
     pub health: BTreeMap<NodeId, NodeHealth>,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub pauses: BTreeMap<String, Pause>,
@@ -257,12 +258,7 @@ impl ClusterState {
                 }
                 for key in delivered {
                     self.notices.remove(key);
-                    if !self.delivered.contains(key) {
-                        self.delivered.push_back(key.clone());
-                    }
-                }
-                while self.delivered.len() > MAX_DELIVERED_KEYS {
-                    self.delivered.pop_front();
+                    self.delivered.insert(key, MAX_DELIVERED_KEYS);
                 }
                 if self.notices.len() > MAX_NOTICES {
                     let mut by_age: Vec<(i64, String)> = self
@@ -280,12 +276,7 @@ impl ClusterState {
             }
             Command::Sent { keys } => {
                 for k in keys {
-                    if !self.sent.contains(k) {
-                        self.sent.push_back(k.clone());
-                    }
-                }
-                while self.sent.len() > MAX_SENT_KEYS {
-                    self.sent.pop_front();
+                    self.sent.insert(k, MAX_SENT_KEYS);
                 }
                 CommandResponse::default()
             }
@@ -486,14 +477,18 @@ pub(crate) mod tests {
         assert_eq!(s.notices.len(), 2);
         s.apply(&queued(vec![], &["x:1:c"]));
         assert_eq!(s.notices.keys().collect::<Vec<_>>(), ["y:1:c"]);
-        assert_eq!(s.delivered, ["x:1:c"]);
+        assert_eq!(s.delivered.iter().collect::<Vec<_>>(), ["x:1:c"]);
         // A late copy of a delivered notice (a coalesced batch, a replay) is not kept.
         s.apply(&queued(vec![notice("x:1:c", "a", 5)], &[]));
         assert!(!s.notices.contains_key("x:1:c"));
         // Queued and finished in the same batch: nothing left to hand over.
         s.apply(&queued(vec![notice("z:1:c", "a", 7)], &["z:1:c", "x:1:c"]));
         assert!(!s.notices.contains_key("z:1:c"));
-        assert_eq!(s.delivered, ["x:1:c", "z:1:c"], "each key once");
+        assert_eq!(
+            s.delivered.iter().collect::<Vec<_>>(),
+            ["x:1:c", "z:1:c"],
+            "each key once"
+        );
     }
 
     #[test]
@@ -554,7 +549,7 @@ pub(crate) mod tests {
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         s.apply(&queued(vec![], &refs));
         assert_eq!(s.delivered.len(), MAX_DELIVERED_KEYS);
-        assert_eq!(s.delivered.front().map(String::as_str), Some("d2"));
+        assert_eq!(s.delivered.iter().next(), Some("d2"));
     }
 
     #[test]

@@ -239,7 +239,7 @@ fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Fa
 /// The state's fields that are not stored in a part of their own.
 #[derive(Serialize)]
 struct RestRef<'a> {
-    sent: &'a std::collections::VecDeque<String>,
+    sent: &'a crate::cluster::keylog::KeyLog,
     health: &'a std::collections::BTreeMap<NodeId, NodeHealth>,
     nodes: &'a std::collections::BTreeMap<NodeId, NodeRecord>,
     pauses: &'a std::collections::BTreeMap<String, crate::ownership::Pause>,
@@ -249,7 +249,7 @@ struct RestRef<'a> {
 
 #[derive(Deserialize)]
 struct Rest {
-    sent: std::collections::VecDeque<String>,
+    sent: crate::cluster::keylog::KeyLog,
     health: std::collections::BTreeMap<NodeId, NodeHealth>,
     nodes: std::collections::BTreeMap<NodeId, NodeRecord>,
     pauses: std::collections::BTreeMap<String, crate::ownership::Pause>,
