@@ -11,6 +11,7 @@
 //!          --breaches N  breaches of the latency part (default 60)
 //!          --duration S  how long the breaches are spread over (default 180)
 //!          --interval S  scrape interval of the latency part (default 10)
+//!          --nodes N     run the latency part on a herd of N nodes (default 1; 2-5)
 //!          --burst M     targets going critical together in the throughput part (default 500)
 //!          --burst-interval S  their scrape interval (default 2)
 //! ```
@@ -24,6 +25,14 @@
 //! server in this process (blocking accept, a thread per connection) that records
 //! when each request was complete (wall clock, µs), its `Idempotency-Key` header and
 //! every notification of its body.
+//!
+//! **A herd** (`--nodes N`, latency part only): N release nodes formed with
+//! `cluster init` / `cluster join` (the harness's [`Cluster`]), the fleet applied
+//! through node 1, so the leader spreads the targets over all nodes. An owner then
+//! sends a notification only once the herd has recorded it through Raft (a follower
+//! forwards that write to the leader and waits for its own copy), which is what
+//! this mode measures: scrape → webhook is split by whether the target's owner is the
+//! leader or a follower. CPU, commits and the log stages are summed over the nodes.
 //!
 //! **Latency.** Each breach deletes one target's file at a random moment (so at a
 //! random phase of the scrape interval), waits for the firing webhook, restores the
@@ -68,7 +77,7 @@ use herd_tests::bench::{
     bench_args, bench_setup, client_runtime, host_busy_s, node_status, percentile, progress,
     target_dir,
 };
-use herd_tests::{Herd, HerdOptions};
+use herd_tests::{Cluster, Herd, HerdOptions};
 use rand::Rng;
 use serde_json::{json, Value};
 
@@ -95,7 +104,7 @@ const LISTEN_BACKLOG: i32 = 4096;
 const FSYNC_PROBES: usize = 100;
 
 const USAGE: &str = "usage: notify [latency] [throughput] [--targets N] [--breaches N] \
-[--duration S] [--interval S] [--burst M] [--burst-interval S]
+[--duration S] [--interval S] [--nodes N] [--burst M] [--burst-interval S]
   no mode: latency, then throughput";
 
 fn main() {
@@ -125,6 +134,7 @@ fn main() {
             "breaches": opts.breaches,
             "duration_s": opts.duration.as_secs_f64(),
             "interval_s": opts.interval_s,
+            "nodes": opts.nodes,
             "burst": opts.burst,
             "burst_interval_s": opts.burst_interval_s,
             "group_window": "0s",
@@ -155,6 +165,8 @@ struct Options {
     breaches: usize,
     duration: Duration,
     interval_s: u64,
+    /// Nodes of the latency part (1: one node; more: a herd).
+    nodes: u64,
     burst: usize,
     burst_interval_s: u64,
     help: bool,
@@ -169,6 +181,7 @@ impl Options {
             breaches: 60,
             duration: Duration::from_secs(180),
             interval_s: 10,
+            nodes: 1,
             burst: 500,
             burst_interval_s: 2,
             help: false,
@@ -192,6 +205,7 @@ impl Options {
                 "--breaches" => o.breaches = value("--breaches", 10_000)? as usize,
                 "--duration" => o.duration = Duration::from_secs(value("--duration", 3600)?),
                 "--interval" => o.interval_s = value("--interval", 600)?,
+                "--nodes" => o.nodes = value("--nodes", 5)?,
                 "--burst" => o.burst = value("--burst", 5000)? as usize,
                 "--burst-interval" => o.burst_interval_s = value("--burst-interval", 60)?,
                 "-h" | "--help" => o.help = true,
@@ -307,22 +321,39 @@ fn start_node(rt: &tokio::runtime::Runtime, fleet: &Fleet, what: &str) -> (Herd,
         ..Default::default()
     });
     let pid = node_pid(&herd);
+    let warmup = wait_all_ok(rt, std::slice::from_ref(&herd), fleet, what);
+    progress(&format!(
+        "{what}: every target ok after {warmup:.1} s (node pid {pid})"
+    ));
+    (herd, pid, warmup)
+}
+
+/// Waits until every target of `fleet` has an ok verdict on the node that owns it
+/// (each node's own status); returns the seconds waited.
+fn wait_all_ok(rt: &tokio::runtime::Runtime, herds: &[Herd], fleet: &Fleet, what: &str) -> f64 {
     let t0 = Instant::now();
     let mut last_print = Instant::now();
     loop {
-        let ok = status(rt, &herd.addr())
-            .map(|s| {
-                s.targets
-                    .iter()
-                    .filter(|t| t.checks.iter().any(|c| c.status == "ok"))
-                    .count()
+        let ok: usize = herds
+            .iter()
+            .map(|h| {
+                status(rt, &h.addr())
+                    .map(|s| {
+                        s.targets
+                            .iter()
+                            .filter(|t| t.checks.iter().any(|c| c.status == "ok"))
+                            .count()
+                    })
+                    .unwrap_or(0)
             })
-            .unwrap_or(0);
+            .sum();
         if ok == fleet.names.len() {
-            break;
+            return t0.elapsed().as_secs_f64();
         }
         if t0.elapsed() > WARMUP_TIMEOUT {
-            herd.dump_logs();
+            for h in herds {
+                h.dump_logs();
+            }
             panic!(
                 "{what}: only {ok}/{} targets ok after {WARMUP_TIMEOUT:?}",
                 fleet.names.len()
@@ -337,11 +368,105 @@ fn start_node(rt: &tokio::runtime::Runtime, fleet: &Fleet, what: &str) -> (Herd,
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let warmup = t0.elapsed().as_secs_f64();
-    progress(&format!(
-        "{what}: every target ok after {warmup:.1} s (node pid {pid})"
-    ));
-    (herd, pid, warmup)
+}
+
+/// The nodes of the latency part: one node, or a herd (node 1 first).
+struct Nodes {
+    herds: Vec<Herd>,
+    pids: Vec<i32>,
+    /// Target → whether its owner was the leader once every target was ok (a
+    /// herd only: the map does not change while nothing joins or dies).
+    on_leader: HashMap<String, bool>,
+    warmup_s: f64,
+}
+
+impl Nodes {
+    fn start(rt: &tokio::runtime::Runtime, fleet: &Fleet, what: &str, n: u64) -> Nodes {
+        if n == 1 {
+            let (herd, pid, warmup_s) = start_node(rt, fleet, what);
+            return Nodes {
+                herds: vec![herd],
+                pids: vec![pid],
+                on_leader: HashMap::new(),
+                warmup_s,
+            };
+        }
+        progress(&format!(
+            "{what}: starting a herd of {n} nodes (release) with {} targets",
+            fleet.names.len()
+        ));
+        let mut cluster = Cluster::start(
+            n,
+            HerdOptions {
+                flush_interval: "1s".into(),
+                ..Default::default()
+            },
+        );
+        cluster.apply(1, &fleet.text);
+        let herds: Vec<Herd> = (1..=n).map(|id| cluster.forget(id)).collect();
+        let pids: Vec<i32> = herds.iter().map(node_pid).collect();
+        let warmup_s = wait_all_ok(rt, &herds, fleet, what);
+        let mut on_leader = HashMap::new();
+        for h in &herds {
+            let s = status(rt, &h.addr()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let leads = s.leader == Some(s.node_id);
+            for t in &s.targets {
+                on_leader.insert(t.name.clone(), leads);
+            }
+        }
+        let led = on_leader.values().filter(|l| **l).count();
+        progress(&format!(
+            "{what}: every target ok after {warmup_s:.1} s; {led} owned by the leader, {} by \
+             followers (pids {pids:?})",
+            on_leader.len() - led
+        ));
+        Nodes {
+            herds,
+            pids,
+            on_leader,
+            warmup_s,
+        }
+    }
+
+    fn cpu(&self) -> Cpu {
+        cpu_of(&self.pids)
+    }
+
+    /// Store commits of every node.
+    fn commits(&self, rt: &tokio::runtime::Runtime) -> Option<u64> {
+        self.herds
+            .iter()
+            .map(|h| status(rt, &h.addr()).ok().map(|s| s.store_commits))
+            .sum()
+    }
+
+    fn log(&self) -> NodeLog {
+        let mut log = NodeLog::default();
+        for h in &self.herds {
+            let l = NodeLog::read(&h.log_path());
+            for (k, v) in l.transitions {
+                log.transitions.entry(k).or_default().extend(v);
+            }
+            log.delivered.extend(l.delivered);
+        }
+        log
+    }
+
+    /// Stops every node; the seconds the slowest took.
+    fn stop(self, what: &str, errors: &mut Vec<String>) -> f64 {
+        let one = self.herds.len() == 1;
+        self.herds
+            .into_iter()
+            .map(|h| {
+                let name = if one {
+                    what.to_string()
+                } else {
+                    format!("{what}-{}", h.id())
+                };
+                stop_node(h, &name, errors)
+            })
+            .fold(0.0, f64::max)
+    }
 }
 
 /// Stops the node (SIGTERM) and keeps its log as `target/bench/notify-WHAT-node.log`.
@@ -369,6 +494,8 @@ fn stop_node(mut herd: Herd, what: &str, errors: &mut Vec<String>) -> f64 {
 #[derive(Debug)]
 struct Breach {
     target: String,
+    /// In a herd: whether the target's owner was the leader.
+    on_leader: Option<bool>,
     deleted_ms: f64,
     active_since_ms: i64,
     arrival_ms: f64,
@@ -378,6 +505,7 @@ struct Breach {
 struct Latency {
     targets: usize,
     interval_s: u64,
+    nodes: u64,
     planned: usize,
     breaches: Vec<Breach>,
     /// Breaches whose firing webhook did not come within 2 intervals + 10 s.
@@ -428,12 +556,13 @@ fn bench_latency(rt: &tokio::runtime::Runtime, receiver: &Receiver, opts: &Optio
         dir.path(),
         &receiver.url(),
     );
-    let (herd, pid, warmup_s) = start_node(rt, &fleet, "latency");
+    let nodes = Nodes::start(rt, &fleet, "latency", opts.nodes);
     let mut out = Latency {
         targets: opts.targets,
         interval_s: opts.interval_s,
+        nodes: opts.nodes,
         planned: opts.breaches,
-        warmup_s,
+        warmup_s: nodes.warmup_s,
         group_window: fleet.group_window,
         ..Default::default()
     };
@@ -481,9 +610,9 @@ fn bench_latency(rt: &tokio::runtime::Runtime, receiver: &Receiver, opts: &Optio
         opts.interval_s
     ));
 
-    let s0 = status(rt, &herd.addr()).ok();
-    let cpu0 = proc_cpu(pid);
-    let other = OtherCpu::start(pid);
+    let commits0 = nodes.commits(rt);
+    let cpu0 = nodes.cpu();
+    let other = OtherCpu::start(&nodes.pids);
     let base = receiver.len();
     let mut seen = base;
     let mut last_print = Instant::now();
@@ -500,6 +629,7 @@ fn bench_latency(rt: &tokio::runtime::Runtime, receiver: &Receiver, opts: &Optio
                     ("firing", Phase::Deleted { at_ms, .. }) => {
                         out.breaches.push(Breach {
                             target: w.name.clone(),
+                            on_leader: nodes.on_leader.get(&w.name).copied(),
                             deleted_ms: *at_ms,
                             active_since_ms: n.active_since_ms,
                             arrival_ms: a.at_ms,
@@ -578,22 +708,21 @@ fn bench_latency(rt: &tokio::runtime::Runtime, receiver: &Receiver, opts: &Optio
         std::thread::sleep(TICK);
     }
     out.window_s = start.elapsed().as_secs_f64();
-    out.node_cpu = proc_cpu(pid) - cpu0;
-    out.other_cpu_pct = other.pct(pid);
+    out.node_cpu = nodes.cpu() - cpu0;
+    out.other_cpu_pct = other.pct(&nodes.pids);
     if out.other_cpu_pct > 10.0 {
         out.errors.push(format!(
             "other processes used {:.0}% of a core during the breaches: figures are disturbed",
             out.other_cpu_pct
         ));
     }
-    if let (Some(s0), Ok(s1)) = (s0, status(rt, &herd.addr())) {
-        out.commits = s1.store_commits.saturating_sub(s0.store_commits);
+    if let (Some(c0), Some(c1)) = (commits0, nodes.commits(rt)) {
+        out.commits = c1.saturating_sub(c0);
     }
     let arrivals = receiver.since(base);
     out.keys = KeyCheck::of(&arrivals, None);
-    let log = NodeLog::read(&herd.log_path());
-    out.stages = Stages::of(&arrivals, &log, "firing");
-    out.stop_s = stop_node(herd, "latency", &mut out.errors);
+    out.stages = Stages::of(&arrivals, &nodes.log(), "firing");
+    out.stop_s = nodes.stop("latency", &mut out.errors);
     let mut lat: Vec<f64> = out
         .breaches
         .iter()
@@ -623,8 +752,17 @@ impl Latency {
             .collect()
     }
     fn after_scrape_ms(&self) -> Vec<f64> {
+        self.after_scrape_where(|_| true)
+    }
+    /// Scrape → webhook of the breaches whose owner was (`true`) or was not the
+    /// leader (in a herd).
+    fn after_scrape_on(&self, leader: bool) -> Vec<f64> {
+        self.after_scrape_where(|b| b.on_leader == Some(leader))
+    }
+    fn after_scrape_where(&self, keep: impl Fn(&Breach) -> bool) -> Vec<f64> {
         self.breaches
             .iter()
+            .filter(|b| keep(b))
             .map(|b| b.arrival_ms - b.active_since_ms as f64)
             .collect()
     }
@@ -656,6 +794,9 @@ impl Latency {
             "scrape_to_webhook_ms": after.to_json(),
             "scrape_to_webhook_goal_ms": 100.0,
             "scrape_to_webhook_goal_met": after.p99 <= 100.0,
+            "nodes": self.nodes,
+            "scrape_to_webhook_owner_leader_ms": Dist::of(self.after_scrape_on(true)).to_json(),
+            "scrape_to_webhook_owner_follower_ms": Dist::of(self.after_scrape_on(false)).to_json(),
             "deletion_to_scrape_ms": Dist::of(self.to_scrape_ms()).to_json(),
             "restore_to_resolved_webhook_ms": Dist::of(self.resolve_ms.clone()).to_json(),
             "stages": self.stages.to_json(),
@@ -669,6 +810,7 @@ impl Latency {
             "stop_s": self.stop_s,
             "breaches": self.breaches.iter().map(|b| json!({
                 "target": b.target,
+                "owner_is_leader": b.on_leader,
                 "deleted_ms": b.deleted_ms,
                 "active_since_ms": b.active_since_ms,
                 "arrival_ms": b.arrival_ms,
@@ -839,7 +981,7 @@ fn bench_throughput(
     let s0 = status(rt, &addr).ok();
     let cpu0 = proc_cpu(pid);
     let overflows = listen_overflows();
-    let other = OtherCpu::start(pid);
+    let other = OtherCpu::start(&[pid]);
     let t = Instant::now();
     for f in &fleet.files {
         let _ = std::fs::remove_file(f);
@@ -853,7 +995,7 @@ fn bench_throughput(
     out.firing.peak_connections = receiver.reset_peak();
     out.firing.listen_overflows = listen_overflows().saturating_sub(overflows);
     out.firing.scrape_window_ms = window;
-    out.firing.other_cpu_pct = other.pct(pid);
+    out.firing.other_cpu_pct = other.pct(&[pid]);
     out.firing.wall_s = t.elapsed().as_secs_f64();
     out.firing.node_cpu = proc_cpu(pid) - cpu0;
     if let (Some(s0), Ok(s1)) = (s0, status(rt, &addr)) {
@@ -881,7 +1023,7 @@ fn bench_throughput(
     let s0 = status(rt, &addr).ok();
     let cpu0 = proc_cpu(pid);
     let overflows = listen_overflows();
-    let other = OtherCpu::start(pid);
+    let other = OtherCpu::start(&[pid]);
     let t = Instant::now();
     for f in &fleet.files {
         restore(f);
@@ -923,7 +1065,7 @@ fn bench_throughput(
     out.backlog.peak_connections = receiver.reset_peak();
     out.backlog.listen_overflows = listen_overflows().saturating_sub(overflows);
     out.backlog.scrape_window_ms = window_b;
-    out.backlog.other_cpu_pct = other.pct(pid);
+    out.backlog.other_cpu_pct = other.pct(&[pid]);
     for (name, b) in [("A", &out.firing), ("B", &out.backlog)] {
         if b.other_cpu_pct > 10.0 {
             out.errors.push(format!(
@@ -1556,6 +1698,23 @@ struct Cpu {
     children: f64,
 }
 
+impl std::ops::Add for Cpu {
+    type Output = Cpu;
+    fn add(self, o: Cpu) -> Cpu {
+        Cpu {
+            own: self.own + o.own,
+            children: self.children + o.children,
+        }
+    }
+}
+
+/// CPU of several processes together.
+fn cpu_of(pids: &[i32]) -> Cpu {
+    pids.iter()
+        .map(|p| proc_cpu(*p))
+        .fold(Cpu::default(), |a, b| a + b)
+}
+
 impl std::ops::Sub for Cpu {
     type Output = Cpu;
     fn sub(self, o: Cpu) -> Cpu {
@@ -1642,18 +1801,18 @@ struct OtherCpu {
 }
 
 impl OtherCpu {
-    fn start(node: i32) -> OtherCpu {
+    fn start(nodes: &[i32]) -> OtherCpu {
         OtherCpu {
             host: host_busy_s(),
-            node: proc_cpu(node),
+            node: cpu_of(nodes),
             // SAFETY: getpid has no preconditions.
             me: proc_cpu(unsafe { libc::getpid() }).own,
             at: Instant::now(),
         }
     }
 
-    fn pct(&self, node: i32) -> f64 {
-        let n = proc_cpu(node) - self.node;
+    fn pct(&self, nodes: &[i32]) -> f64 {
+        let n = cpu_of(nodes) - self.node;
         // SAFETY: getpid has no preconditions.
         let me = proc_cpu(unsafe { libc::getpid() }).own - self.me;
         let other = host_busy_s() - self.host - n.own - n.children - me;
@@ -1755,8 +1914,9 @@ fn print_table(
     );
     if let Some(l) = latency {
         println!(
-            "\n1. Breach to delivery: {} targets, file_fresh every {} s, one rule each, \
-             group_window {}, {} breaches over {} s",
+            "\n1. Breach to delivery: {} node(s), {} targets, file_fresh every {} s, one rule \
+             each, group_window {}, {} breaches over {} s",
+            l.nodes,
             l.targets,
             l.interval_s,
             l.group_window,
@@ -1788,6 +1948,20 @@ fn print_table(
             "p99 <= 100.0 ms",
             Some(after.p99 <= 100.0),
         );
+        if l.nodes > 1 {
+            row(
+                "  of targets the leader owns",
+                Dist::of(l.after_scrape_on(true)),
+                "",
+                None,
+            );
+            row(
+                "  of targets a follower owns",
+                Dist::of(l.after_scrape_on(false)),
+                "",
+                None,
+            );
+        }
         row(
             "  scrape -> rules (node log)",
             Dist::of(l.stages.to_rules_ms.clone()),
