@@ -166,6 +166,27 @@ impl Status {
             .collect()
     }
 
+    /// The targets of `fleet` that `id` owns.
+    pub fn owned_among(&self, id: u64, fleet: &[String]) -> Vec<String> {
+        self.owned_by(id)
+            .into_iter()
+            .filter(|t| fleet.contains(t))
+            .collect()
+    }
+
+    /// The node other than `leader` that owns the most targets of `fleet`, and
+    /// those targets (panics with fewer than two nodes).
+    pub fn busiest_follower(&self, leader: u64, fleet: &[String]) -> (u64, Vec<String>) {
+        let id = self
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|&id| id != leader)
+            .max_by_key(|&id| self.owned_among(id, fleet).len())
+            .expect("a node besides the leader");
+        (id, self.owned_among(id, fleet))
+    }
+
     /// Owner → how many targets, counted from `targets[]`.
     pub fn counts(&self) -> BTreeMap<u64, usize> {
         let mut m = BTreeMap::new();

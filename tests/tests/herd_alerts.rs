@@ -290,14 +290,6 @@ fn check_of(s: &Status, target: &str, check: &str) -> Option<Value> {
         .cloned()
 }
 
-/// Fleet targets that `id` owns, in `s`.
-fn fleet_owned_by(s: &Status, id: u64, fleet: &[String]) -> Vec<String> {
-    s.owned_by(id)
-        .into_iter()
-        .filter(|t| fleet.contains(t))
-        .collect()
-}
-
 /// Waits until a status shows each of `targets` owned by a live node other than
 /// `dead`, and its [`CHECK`] critical as seen by a scrape after `after_ms` (so the
 /// new owner scraped it); returns that status.
@@ -356,7 +348,7 @@ fn wait_rebalanced_to(cluster: &Cluster, id: u64, fleet: &[String]) -> Status {
             let s = cluster.status();
             let counts: BTreeMap<u64, usize> = live
                 .iter()
-                .map(|&n| (n, fleet_owned_by(&s, n, fleet).len()))
+                .map(|&n| (n, s.owned_among(n, fleet).len()))
                 .collect();
             let total: usize = counts.values().sum();
             if total == fleet.len()
@@ -396,14 +388,7 @@ fn takeover_continues_a_firing_alert() {
     cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
     let leader = cluster.wait_leader(BOUND);
     let s = cluster.status();
-    let victim = s
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .filter(|&id| id != leader)
-        .max_by_key(|&id| fleet_owned_by(&s, id, &fleet).len())
-        .expect("two followers");
-    let breached = fleet_owned_by(&s, victim, &fleet);
+    let (victim, breached) = s.busiest_follower(leader, &fleet);
     assert!(
         !breached.is_empty(),
         "follower {victim} owns fleet targets: {}",
@@ -447,7 +432,7 @@ fn takeover_continues_a_firing_alert() {
     }
     let s = cluster.status();
     assert_eq!(
-        fleet_owned_by(&s, victim, &fleet),
+        s.owned_among(victim, &fleet),
         breached,
         "ownership is stable before the kill: {}",
         s.summary()
@@ -527,13 +512,14 @@ fn takeover_continues_a_firing_alert() {
     cluster.restart(victim);
     cluster.wait_formed(BOUND);
     let s = wait_rebalanced_to(&cluster, victim, &fleet);
-    let regained: Vec<String> = fleet_owned_by(&s, victim, &fleet)
+    let regained: Vec<String> = s
+        .owned_among(victim, &fleet)
         .into_iter()
         .filter(|t| breached.contains(t))
         .collect();
     eprintln!(
         "    node {victim} owns {:?}; of the alerts' targets it got back {regained:?}",
-        fleet_owned_by(&s, victim, &fleet)
+        s.owned_among(victim, &fleet)
     );
     cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
 
@@ -654,14 +640,7 @@ fn an_owner_killed_before_delivering_leaves_its_notifications_to_the_new_owner()
     cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
     let leader = cluster.wait_leader(BOUND);
     let s = cluster.status();
-    let victim = s
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .filter(|&id| id != leader)
-        .max_by_key(|&id| fleet_owned_by(&s, id, &fleet).len())
-        .expect("two followers");
-    let breached = fleet_owned_by(&s, victim, &fleet);
+    let (victim, breached) = s.busiest_follower(leader, &fleet);
     assert!(
         !breached.is_empty(),
         "follower {victim} owns fleet targets: {}",

@@ -396,14 +396,6 @@ fn fleet_counts(s: &Status, fleet: &[String]) -> BTreeMap<u64, usize> {
     m
 }
 
-/// Fleet targets that `id` owns, in `s`.
-fn fleet_owned_by(s: &Status, id: u64, fleet: &[String]) -> Vec<String> {
-    s.owned_by(id)
-        .into_iter()
-        .filter(|t| fleet.contains(t))
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------
 // Setup shared by the three-node tests
 
@@ -481,15 +473,8 @@ fn three_nodes_kill_owner() {
     let mut rig = three_nodes_with_fleet();
     let leader = rig.cluster.wait_leader(BOUND);
     let s = rig.cluster.status();
-    let victim = s
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .filter(|&id| id != leader)
-        .max_by_key(|&id| fleet_owned_by(&s, id, &rig.fleet).len())
-        .expect("two followers");
+    let (victim, fleet_orphans) = s.busiest_follower(leader, &rig.fleet);
     let orphans = s.owned_by(victim);
-    let fleet_orphans = fleet_owned_by(&s, victim, &rig.fleet);
     assert!(
         !fleet_orphans.is_empty(),
         "follower {victim} owns fleet targets: {}",
@@ -563,7 +548,7 @@ fn three_nodes_kill_leader() {
     let leader = rig.cluster.wait_leader(BOUND);
     let s = rig.cluster.status();
     let orphans = s.owned_by(leader);
-    let fleet_orphans = fleet_owned_by(&s, leader, &rig.fleet);
+    let fleet_orphans = s.owned_among(leader, &rig.fleet);
     eprintln!("    leader {leader} owns {orphans:?}");
 
     phase!("kill -9 the leader, node {leader}");
@@ -656,13 +641,13 @@ fn five_nodes() {
         .nodes
         .iter()
         .map(|n| n.id)
-        .filter(|&id| id != leader && !fleet_owned_by(&s, id, &fleet).is_empty())
+        .filter(|&id| id != leader && !s.owned_among(id, &fleet).is_empty())
         .take(2)
         .collect();
     assert_eq!(victims.len(), 2, "{}", s.summary());
     let orphans: Vec<String> = victims
         .iter()
-        .flat_map(|&v| fleet_owned_by(&s, v, &fleet))
+        .flat_map(|&v| s.owned_among(v, &fleet))
         .collect();
     let killed_at = now_ms();
     for &v in &victims {
@@ -706,7 +691,7 @@ fn five_nodes() {
     eprintln!("    {}", s.summary());
     let s = cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S + 2.0, SCRAPE_BOUND);
     assert!(
-        !fleet_owned_by(&s, 6, &fleet).is_empty(),
+        !s.owned_among(6, &fleet).is_empty(),
         "node 6 owns targets: {}",
         s.summary()
     );
@@ -796,14 +781,7 @@ fn cluster_cli_errors() {
     cluster.apply(2, &text);
     let s = cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
     let leader = cluster.wait_leader(BOUND);
-    let leaver = s
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .filter(|&id| id != leader)
-        .max_by_key(|&id| fleet_owned_by(&s, id, &fleet).len())
-        .expect("two followers");
-    let moved = fleet_owned_by(&s, leaver, &fleet);
+    let (leaver, moved) = s.busiest_follower(leader, &fleet);
     assert!(!moved.is_empty(), "{}", s.summary());
 
     phase!("node {leaver} leaves (owning {moved:?})");
