@@ -326,20 +326,21 @@ pub async fn run_node(
 }
 
 /// The outbox's part in the herd: a replicated notification is delivered only by
-/// the owner of its target, once the herd recorded it, and never after the herd
-/// recorded it delivered; what the outbox finished is committed like alert changes.
+/// its sender (the owner of its target, or the leader for a peer health notice),
+/// once the herd recorded it, and never after the herd recorded it delivered; what
+/// the outbox finished is committed like alert changes.
 fn herd_hooks(
     cluster: &ClusterNode,
     owned: ownership::OwnedRx,
     replicate: tokio::sync::mpsc::UnboundedSender<AlertDelta>,
 ) -> crate::notify::worker::HerdHooks {
-    let (state, me) = (cluster.state(), cluster.id());
+    let (state, me, node) = (cluster.state(), cluster.id(), cluster.clone());
     crate::notify::worker::HerdHooks {
         gate: Box::new(move |entry, now| {
             if owned.borrow().fenced {
                 return crate::notify::worker::Gate::Wait;
             }
-            state.borrow().gate_notice(entry, me, now)
+            state.borrow().gate_notice(entry, me, node.is_leader(), now)
         }),
         report: Box::new(move |delivered, queued| {
             let _ = replicate.send(AlertDelta {

@@ -50,7 +50,8 @@
 //! - *Double owners*, from a poller thread that asks every node for its own status
 //!   (`Status` with `local_only`: the targets it scrapes itself) every 200 ms,
 //!   throughout (during restarts too): (a) at the same moment, two nodes each show
-//!   a row of the target scraped less than 1 s ago; (b) interleaved scrapes: a node
+//!   a row of the target scraped less than 1 s ago (in answers at most 100 ms
+//!   apart: a node answering late shows what it held later); (b) interleaved scrapes: a node
 //!   scraped a target, another node scraped it, then the first one again within
 //!   1.5 intervals (both held it at once, if only for one scrape; counted at the
 //!   intruding scrape). Both must be 0. And from the stores: the samples the
@@ -126,6 +127,10 @@ const VIEW_MAX_AGE_MS: i64 = 1500;
 const FRESH_S: f64 = 2.0;
 /// Double owner at one moment: both rows scraped less than this ago (one interval).
 const DOUBLE_FRESH_S: f64 = 1.0;
+/// ... in answers of the two nodes at most this far apart: a node that answers a
+/// second later (busy, starting) shows what it held then, not at the same moment
+/// (a handover in between is not a double owner; interleaved scrapes catch real ones).
+const SAME_MOMENT_SKEW_MS: i64 = 100;
 /// Two sightings of one node's row this close are one scrape (the poller sees each
 /// scrape in about five rounds, with the round trip as jitter).
 const SAME_SCRAPE_MS: i64 = 300;
@@ -554,7 +559,10 @@ fn full_map(rt: &tokio::runtime::Runtime, addr: &str) -> Result<BTreeMap<String,
 /// One node's own status in the latest poll round it answered.
 #[derive(Debug, Clone)]
 struct View {
+    /// The poll round's time.
     at_ms: i64,
+    /// When this node's answer came.
+    answered_ms: i64,
     leader: Option<u64>,
     ownership_version: u64,
     /// Member → (alive, targets it owns in this node's applied map).
@@ -565,9 +573,10 @@ struct View {
 }
 
 impl View {
-    fn of(node: u64, s: &StatusReply, at_ms: i64) -> View {
+    fn of(node: u64, s: &StatusReply, at_ms: i64, answered_ms: i64) -> View {
         View {
             at_ms,
+            answered_ms,
             leader: s.leader.filter(|l| *l > 0),
             ownership_version: s.ownership_version,
             members: s
@@ -630,11 +639,12 @@ struct Observed {
 }
 
 impl Observed {
-    fn record(&mut self, node: u64, s: &StatusReply, at_ms: i64) {
-        let view = View::of(node, s, at_ms);
+    /// Records node `node`'s answer `s`, given at `answered_ms`, in the round of `at_ms`.
+    fn record(&mut self, node: u64, s: &StatusReply, answered_ms: i64, at_ms: i64) {
+        let view = View::of(node, s, at_ms, answered_ms);
         for (name, age) in &view.rows {
             let Some(age) = age else { continue };
-            let ts = at_ms - (age * 1000.0).round() as i64;
+            let ts = answered_ms - (age * 1000.0).round() as i64;
             let key = (name.clone(), node);
             if self
                 .last_scrape
@@ -652,26 +662,38 @@ impl Observed {
         self.views.insert(node, view);
     }
 
-    /// Targets two nodes of this round both show scraped less than 1 s ago.
+    /// Targets two nodes of this round, answering within [`SAME_MOMENT_SKEW_MS`]
+    /// of each other, both show scraped less than 1 s ago.
     fn check_same_moment(&mut self, at_ms: i64) {
-        let mut fresh: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        let mut fresh: BTreeMap<&str, Vec<(u64, i64)>> = BTreeMap::new();
         for (id, v) in &self.views {
             if v.at_ms != at_ms {
                 continue;
             }
             for (name, age) in &v.rows {
                 if age.is_some_and(|a| a < DOUBLE_FRESH_S) {
-                    fresh.entry(name).or_default().push(*id);
+                    fresh.entry(name).or_default().push((*id, v.answered_ms));
                 }
             }
         }
         let doubles: Vec<Double> = fresh
             .into_iter()
-            .filter(|(_, nodes)| nodes.len() > 1)
-            .map(|(t, nodes)| Double {
-                at_ms,
-                target: t.to_string(),
-                nodes,
+            .filter_map(|(t, holders)| {
+                let mut nodes: Vec<u64> = holders
+                    .iter()
+                    .filter(|(id, at)| {
+                        holders.iter().any(|(other, other_at)| {
+                            other != id && (at - other_at).abs() <= SAME_MOMENT_SKEW_MS
+                        })
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                nodes.sort_unstable();
+                (nodes.len() > 1).then(|| Double {
+                    at_ms,
+                    target: t.to_string(),
+                    nodes,
+                })
             })
             .collect();
         self.same_moment.extend(doubles);
@@ -935,7 +957,10 @@ async fn poll_loop(
             let mut set = tokio::task::JoinSet::new();
             for (id, addr) in &addrs {
                 let (id, addr) = (*id, addr.clone());
-                set.spawn(async move { (id, status(&addr, true, LOCAL_TIMEOUT).await) });
+                set.spawn(async move {
+                    let r = status(&addr, true, LOCAL_TIMEOUT).await;
+                    (id, r, now_ms())
+                });
             }
             let mut out = Vec::new();
             while let Some(Ok(r)) = set.join_next().await {
@@ -958,9 +983,9 @@ async fn poll_loop(
         {
             let mut o = shared.lock().unwrap_or_else(|p| p.into_inner());
             o.rounds += 1;
-            for (id, r) in locals {
+            for (id, r, answered_ms) in locals {
                 match r {
-                    Ok(s) => o.record(id, &s, at_ms),
+                    Ok(s) => o.record(id, &s, answered_ms, at_ms),
                     Err(_) => {
                         // Killed, or starting: not a live view any more.
                         o.views.remove(&id);

@@ -59,8 +59,14 @@ fn email_channel(smtp: &SmtpServer) -> String {
 
 /// A webhook channel `hook` (Herd's JSON document) to `hook`, without a group window.
 fn webhook_channel(hook: &HttpReceiver) -> String {
+    grouped_webhook_channel(hook, "0s")
+}
+
+/// The webhook channel `hook` with a group window of `window` (a notification waits
+/// that long in the sender's outbox).
+fn grouped_webhook_channel(hook: &HttpReceiver, window: &str) -> String {
     format!(
-        "[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\ngroup_window = \"0s\"\n\n",
+        "[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\ngroup_window = \"{window}\"\n\n",
         hook.url("/hook")
     )
 }
@@ -702,6 +708,104 @@ fn five_nodes() {
         "the learner knows the leader: {}",
         s6.summary()
     );
+}
+
+// ---------------------------------------------------------------------------------
+// 3b. the leader dies while its "node down" still waits in its outbox
+
+/// Group window of the webhook in the peer-notice handover test: long enough that
+/// the leader is killed while its "node down" still waits in its outbox.
+const PEER_WINDOW_S: u64 = 10;
+
+/// The size of node `id`'s outbox (`herd alerts --json`), None when it does not answer.
+fn outbox_of(cluster: &Cluster, id: u64) -> Option<u64> {
+    let out = cluster.node(id).cli(&["alerts", "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice::<Value>(&out.stdout).ok()?["outbox"].as_u64()
+}
+
+#[test]
+fn a_leader_killed_before_delivering_node_down_leaves_it_to_the_next_leader() {
+    phase!("an HTTP receiver that groups for {PEER_WINDOW_S} s; five nodes; a few local targets");
+    let hook = HttpReceiver::start();
+    let mut cluster = Cluster::start(5, HerdOptions::default());
+    let fleet = names("pn", 5);
+    let text = [
+        fleet
+            .iter()
+            .map(|n| local_target(n, "1s"))
+            .collect::<String>(),
+        grouped_webhook_channel(&hook, &format!("{PEER_WINDOW_S}s")),
+        critical_route(&["hook"]),
+    ]
+    .concat();
+    cluster.apply(1, &text);
+    cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
+    let leader = cluster.wait_leader(BOUND);
+    let down = *cluster
+        .live_nodes()
+        .iter()
+        .find(|&&id| id != leader)
+        .expect("a follower");
+
+    phase!(
+        "kill -9 node {down}; the leader {leader} queues its node_down (held {PEER_WINDOW_S} s)"
+    );
+    cluster.kill9(down);
+    wait_for(
+        BOUND,
+        &format!("leader {leader}'s outbox holds the node_down of node {down}"),
+        || (outbox_of(&cluster, leader)? >= 1).then_some(()),
+    );
+    // The leader records what it queued right after queueing it (one Raft commit).
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        notes(&hook.requests()).is_empty(),
+        "nothing may have arrived inside the group window:\n{}",
+        note_lines(&hook).join("\n")
+    );
+
+    phase!("kill -9 the leader {leader} before it sent it");
+    let leader_killed_at = cluster.kill9(leader);
+    let next = cluster.wait_leader(BOUND);
+    assert_ne!(next, leader);
+
+    phase!("the next leader {next} delivers node {down}'s node_down once, and the old leader's");
+    expect_one_peer_notification(&hook, None, down, "firing");
+    let arrived: Vec<i64> = hook
+        .requests()
+        .iter()
+        .filter(|r| {
+            notes(std::slice::from_ref(*r))
+                .iter()
+                .any(|n| n["alert"]["target"] == node_target(down).as_str())
+        })
+        .map(|r| r.ts_ms)
+        .collect();
+    assert!(
+        arrived.iter().all(|t| *t > leader_killed_at),
+        "sent by a survivor, after the leader's kill at {leader_killed_at}: {arrived:?}"
+    );
+    expect_one_peer_notification(&hook, None, leader, "firing");
+
+    phase!("the old leader comes back with the notice still in its outbox: it sends nothing");
+    cluster.restart(leader);
+    cluster.wait_formed(BOUND);
+    wait_for(
+        BOUND,
+        &format!("node {leader}'s outbox is empty (its stale notice dropped)"),
+        || (outbox_of(&cluster, leader)? == 0).then_some(()),
+    );
+    expect_one_peer_notification(&hook, None, leader, "resolved");
+    expect_one_peer_notification(&hook, None, down, "firing");
+
+    phase!("node {down} comes back: one node_down RESOLVED");
+    cluster.restart(down);
+    cluster.wait_formed(BOUND);
+    expect_one_peer_notification(&hook, None, down, "resolved");
+    expect_one_peer_notification(&hook, None, down, "firing");
 }
 
 // ---------------------------------------------------------------------------------

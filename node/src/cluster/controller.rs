@@ -28,6 +28,7 @@ use crate::model::{now_ms, Alert, AlertState, NotifyKind, Severity};
 use crate::notify::worker::Notifier;
 use crate::ownership::{assign, machines, FleetState};
 use crate::rules::runner::{outbox_entries, route};
+use crate::store::alerting::{OutboxEntry, Sender};
 use crate::store::{AlertingBatch, Store};
 
 /// Rule name of peer health notifications.
@@ -388,6 +389,11 @@ fn queued_key(node: NodeId, transitions: u64) -> String {
     format!("{}:{transitions}", machines::target_name(node, 1))
 }
 
+/// Run by the leader: queues the notices of health changes no leader has queued
+/// yet, records them with the herd (then `sent`), and takes over the recorded
+/// notices an earlier leader did not deliver. Only the leader sends them (their
+/// sender is `Leader`), so a leader that dies with a notice queued leaves it to the
+/// next one, and sends nothing once it comes back.
 async fn queue_peer_notices(
     state: &ClusterState,
     me: NodeId,
@@ -398,7 +404,7 @@ async fn queue_peer_notices(
 ) {
     let (_, spec) = fleet.current();
     let mut keys = Vec::new();
-    let mut batch = AlertingBatch::default();
+    let mut fresh = Vec::new();
     let now = now_ms();
     for (id, h) in &state.health {
         if h.transitions == 0 {
@@ -416,38 +422,74 @@ async fn queue_peer_notices(
             NotifyKind::Firing
         };
         let channels = route(&spec, None, Severity::Critical);
-        let entries = outbox_entries(notifier, channels, &alert, kind, h.since_ms, now);
-        // This node may have queued them already (it led before, then crashed
-        // before recording): never twice from the same outbox.
-        let fresh = match store.not_yet_queued(entries).await {
-            Ok(fresh) => fresh,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the outbox to queue peer health notices");
-                return;
-            }
-        };
+        let mut entries = outbox_entries(notifier, channels, &alert, kind, h.since_ms, now);
+        for e in &mut entries {
+            e.sender = Sender::Leader;
+        }
         tracing::info!(
             node = id,
             up = h.up,
-            channels = fresh.len(),
+            channels = entries.len(),
             by = me,
             "queueing peer health notices"
         );
-        batch.outbox.extend(fresh);
+        fresh.extend(entries);
         keys.push(key);
     }
-    if keys.is_empty() {
+    // What an earlier leader recorded and nobody delivered yet.
+    let inherited: Vec<OutboxEntry> = state
+        .notices
+        .values()
+        .filter(|e| e.sender == Sender::Leader)
+        .cloned()
+        .collect();
+    if keys.is_empty() && inherited.is_empty() {
         return;
     }
-    if !batch.outbox.is_empty() {
+    // Never twice in this outbox (this node may have queued them as leader before).
+    let mut candidates = fresh.clone();
+    candidates.extend(inherited);
+    let to_queue = match store.not_yet_queued(candidates).await {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the outbox to queue peer health notices");
+            return;
+        }
+    };
+    if !to_queue.is_empty() {
+        tracing::info!(
+            count = to_queue.len(),
+            "queueing peer health notices this leader sends"
+        );
+        let batch = AlertingBatch {
+            outbox: to_queue,
+            ..Default::default()
+        };
         if let Err(e) = store.alerting(batch).await {
             tracing::error!(error = %e, "cannot queue peer health notices");
             return;
         }
-        notifier.wake();
     }
+    if keys.is_empty() {
+        notifier.wake();
+        return;
+    }
+    // Recorded first, then marked queued: a leader that dies in between leaves
+    // recorded notices (taken over above) and the change to queue again (the
+    // same keys: one notice each).
+    let record = Command::Alerts {
+        upserts: Vec::new(),
+        deleted: Vec::new(),
+        queued: fresh,
+        delivered: Vec::new(),
+    };
+    if let Err(e) = node.write(record).await {
+        tracing::warn!(error = %e, "cannot record queued peer notices; retrying");
+        return;
+    }
+    notifier.wake();
     if let Err(e) = node.write(Command::Sent { keys }).await {
-        tracing::warn!(error = %e, "cannot record queued peer notices (a new leader may queue them again)");
+        tracing::warn!(error = %e, "cannot mark peer notices queued (the next round records them again)");
     }
 }
 

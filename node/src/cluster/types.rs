@@ -9,7 +9,7 @@ use super::keylog::KeyLog;
 use crate::model::Alert;
 use crate::notify::worker::Gate;
 use crate::ownership::Pause;
-use crate::store::alerting::{OutboxEntry, Silence};
+use crate::store::alerting::{OutboxEntry, Sender, Silence};
 
 openraft::declare_raft_types!(
     /// Herd's openraft configuration.
@@ -198,16 +198,22 @@ pub struct ClusterState {
 pub const NOTICE_COMMIT_GRACE_MS: i64 = 1_000;
 
 impl ClusterState {
-    /// Whether node `me` delivers the replicated outbox entry `e` now (pure): never
-    /// one delivered already, only for a target it owns, and not before the herd
-    /// recorded it (within [`NOTICE_COMMIT_GRACE_MS`]), so that an owner that dies
-    /// right after sending leaves a state from which nobody sends it again.
-    pub fn gate_notice(&self, e: &OutboxEntry, me: NodeId, now_ms: i64) -> Gate {
+    /// Whether node `me` (`leading`: the leader) delivers the replicated outbox
+    /// entry `e` now (pure): never one delivered already, only as its sender (the
+    /// owner of its target, or the leader for a peer health notice), and not before
+    /// the herd recorded it (within [`NOTICE_COMMIT_GRACE_MS`]), so that a sender
+    /// that dies right after sending leaves a state from which nobody sends it again.
+    pub fn gate_notice(&self, e: &OutboxEntry, me: NodeId, leading: bool, now_ms: i64) -> Gate {
         let key = &e.notification.idempotency_key;
         if self.delivered.contains(key) {
             return Gate::Drop;
         }
-        if self.owners.get(&e.notification.alert.target) != Some(&me) {
+        let sender = match e.sender {
+            Sender::Local => true,
+            Sender::Owner => self.owners.get(&e.notification.alert.target) == Some(&me),
+            Sender::Leader => leading,
+        };
+        if !sender {
             return Gate::Drop;
         }
         if !self.notices.contains_key(key) && now_ms - e.created_ms < NOTICE_COMMIT_GRACE_MS {
@@ -232,8 +238,9 @@ impl ClusterState {
                 self.owners = owners.clone();
                 // Alerts of targets that left the fleet have nobody to continue them.
                 self.alerts.retain(|_, a| owners.contains_key(&a.target));
-                self.notices
-                    .retain(|_, e| owners.contains_key(&e.notification.alert.target));
+                self.notices.retain(|_, e| {
+                    e.sender == Sender::Leader || owners.contains_key(&e.notification.alert.target)
+                });
                 CommandResponse {
                     version: self.ownership_version,
                 }
@@ -454,7 +461,7 @@ pub(crate) mod tests {
             created_ms,
             fallbacks: vec![],
             last_error: None,
-            replicated: true,
+            sender: Sender::Owner,
         }
     }
 
@@ -501,31 +508,71 @@ pub(crate) mod tests {
         let mine = notice("x:1:c", "a", 10_000);
         let grace = NOTICE_COMMIT_GRACE_MS;
         assert_eq!(
-            s.gate_notice(&mine, 1, 10_000),
+            s.gate_notice(&mine, 1, false, 10_000),
             Gate::Wait,
             "not recorded yet"
         );
         assert_eq!(
-            s.gate_notice(&mine, 1, 10_000 + grace),
+            s.gate_notice(&mine, 1, false, 10_000 + grace),
             Gate::Send,
             "the herd cannot record it: its owner sends it anyway"
         );
         s.apply(&queued(vec![mine.clone()], &[]));
-        assert_eq!(s.gate_notice(&mine, 1, 10_000), Gate::Send, "recorded");
         assert_eq!(
-            s.gate_notice(&mine, 2, 10_000),
+            s.gate_notice(&mine, 1, false, 10_000),
+            Gate::Send,
+            "recorded"
+        );
+        assert_eq!(
+            s.gate_notice(&mine, 2, false, 10_000),
             Gate::Drop,
             "node 2 does not own a"
         );
         let theirs = notice("y:1:c", "b", 10_000);
         s.apply(&queued(vec![theirs.clone()], &[]));
-        assert_eq!(s.gate_notice(&theirs, 1, 20_000), Gate::Drop);
-        assert_eq!(s.gate_notice(&theirs, 2, 20_000), Gate::Send);
+        assert_eq!(s.gate_notice(&theirs, 1, false, 20_000), Gate::Drop);
+        assert_eq!(s.gate_notice(&theirs, 2, false, 20_000), Gate::Send);
         s.apply(&queued(vec![], &["x:1:c"]));
         assert_eq!(
-            s.gate_notice(&mine, 1, 20_000),
+            s.gate_notice(&mine, 1, false, 20_000),
             Gate::Drop,
             "delivered (by this node before a restart, or by another): never again"
+        );
+    }
+
+    #[test]
+    fn peer_notices_are_the_leaders_whoever_owns_the_machine() {
+        let mut s = ClusterState::default();
+        let mut peer = notice("herd-node-3:1:c", "herd-node-3", 10_000);
+        peer.sender = Sender::Leader;
+        s.apply(&queued(vec![peer.clone()], &[]));
+        s.apply(&Command::SetOwnership {
+            owners: [("herd-node-3".to_string(), 1)].into(),
+            reason: String::new(),
+        });
+        assert_eq!(
+            s.gate_notice(&peer, 1, false, 10_000),
+            Gate::Drop,
+            "owner, not leader"
+        );
+        assert_eq!(
+            s.gate_notice(&peer, 2, true, 10_000),
+            Gate::Send,
+            "the leader"
+        );
+        s.apply(&Command::SetOwnership {
+            owners: BTreeMap::new(),
+            reason: "no machine targets".into(),
+        });
+        assert!(
+            s.notices.contains_key("herd-node-3:1:c"),
+            "a peer notice does not depend on the map"
+        );
+        s.apply(&queued(vec![], &["herd-node-3:1:c"]));
+        assert_eq!(
+            s.gate_notice(&peer, 2, true, 20_000),
+            Gate::Drop,
+            "delivered"
         );
     }
 

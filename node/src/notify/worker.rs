@@ -49,7 +49,7 @@ pub type GateFn = Box<dyn Fn(&OutboxEntry, i64) -> Gate + Send + Sync>;
 /// given up with no fallback left) and the fallback entries queued in their place.
 pub type ReportFn = Box<dyn Fn(Vec<String>, Vec<OutboxEntry>) + Send + Sync>;
 
-/// How a node of a herd handles replicated entries (those with `replicated`).
+/// How a node of a herd handles replicated entries (sender `Owner` or `Leader`).
 pub struct HerdHooks {
     pub gate: GateFn,
     pub report: ReportFn,
@@ -225,7 +225,7 @@ impl Notifier {
                 next = Some(next.map_or(e.not_before_ms, |n| n.min(e.not_before_ms)));
                 continue;
             }
-            if let Some(h) = herd.filter(|_| e.replicated) {
+            if let Some(h) = herd.filter(|_| e.sender.replicated()) {
                 match (h.gate)(&e, now) {
                     Gate::Send => {}
                     Gate::Wait => {
@@ -272,7 +272,7 @@ impl Notifier {
                     .and_then(|b| b.get(&channel).cloned())
                     .unwrap_or_else(|| "no such channel in the fleet spec".into());
                 for (seq, e) in group {
-                    if e.replicated {
+                    if e.sender.replicated() {
                         finished.push(e.notification.idempotency_key.clone());
                     }
                     self.give_up(seq, e, &why, &mut change).await;
@@ -304,7 +304,7 @@ impl Notifier {
                 Ok(()) => {
                     for (seq, e) in group {
                         tracing::info!(channel = %e.notification.channel, key = %e.notification.idempotency_key, "notification delivered");
-                        if e.replicated {
+                        if e.sender.replicated() {
                             finished.push(e.notification.idempotency_key.clone());
                         }
                         change.done.push((seq, e.notification.idempotency_key));
@@ -321,7 +321,7 @@ impl Notifier {
                                 "{} after {} attempts: {err}",
                                 e.notification.channel, e.attempts
                             );
-                            if e.replicated {
+                            if e.sender.replicated() {
                                 finished.push(e.notification.idempotency_key.clone());
                             }
                             self.give_up(seq, e, &why, &mut change).await;
@@ -340,7 +340,7 @@ impl Notifier {
         let requeued: Vec<OutboxEntry> = change
             .add
             .iter()
-            .filter(|e| e.replicated)
+            .filter(|e| e.sender.replicated())
             .cloned()
             .collect();
         if !(change.done.is_empty()
@@ -394,7 +394,7 @@ impl Notifier {
             created_ms: now_ms(),
             fallbacks,
             last_error: Some(why.to_string()),
-            replicated: e.replicated,
+            sender: e.sender,
         });
     }
 

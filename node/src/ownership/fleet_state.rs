@@ -389,7 +389,10 @@ pub fn owned_view(
         notices: state
             .notices
             .values()
-            .filter(|e| names.contains(e.notification.alert.target.as_str()))
+            .filter(|e| {
+                e.sender == crate::store::alerting::Sender::Owner
+                    && names.contains(e.notification.alert.target.as_str())
+            })
             .cloned()
             .collect(),
         gained: targets

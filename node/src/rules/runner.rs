@@ -18,7 +18,7 @@ use crate::config::FleetSpec;
 use crate::model::{now_ms, Alert, Event, EventKind, Notification, NotifyKind, Sample, Severity};
 use crate::notify::worker::{idempotency_key, Notifier};
 use crate::ownership::OwnedRx;
-use crate::store::alerting::{OutboxEntry, Silence, TransitionRecord};
+use crate::store::alerting::{OutboxEntry, Sender, Silence, TransitionRecord};
 use crate::store::{AlertingBatch, Store};
 
 /// Inputs queued for the engine; beyond this they are dropped and counted.
@@ -370,7 +370,7 @@ pub fn outbox_entries(
                 created_ms: now,
                 fallbacks: delivery.fallback.clone(),
                 last_error: None,
-                replicated: false,
+                sender: Default::default(),
             }
         })
         .collect()
@@ -445,7 +445,9 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
             .iter_mut()
             .flat_map(|(_, _, entries)| entries.iter_mut()),
     ) {
-        e.replicated = herd;
+        if herd {
+            e.sender = Sender::Owner;
+        }
     }
     let wake = !batch.outbox.is_empty();
     let delta = AlertDelta {

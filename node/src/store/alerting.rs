@@ -31,11 +31,31 @@ pub struct OutboxEntry {
     /// Channels still to try, in order, when this one gives up.
     pub fallbacks: Vec<String>,
     pub last_error: Option<String>,
-    /// Known to the herd (committed through Raft with its alert): delivered only by
-    /// the owner of its target, handed over with the target, never sent twice.
-    /// False for a standalone store and for peer health notices (the leader's).
+    /// Who in a herd delivers it.
     #[serde(default)]
-    pub replicated: bool,
+    pub sender: Sender,
+}
+
+/// Who delivers an outbox entry. `Owner` and `Leader` entries are known to the
+/// herd (committed through Raft): sent only once the herd recorded them, handed
+/// over when the sender changes, never sent again once recorded delivered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sender {
+    /// This node, whatever the herd says (a node outside a herd).
+    #[default]
+    Local,
+    /// The owner of the alert's target (alert notifications).
+    Owner,
+    /// The leader (peer health notices: "node N down", "node N back").
+    Leader,
+}
+
+impl Sender {
+    /// Whether the herd decides who sends it.
+    pub fn replicated(self) -> bool {
+        self != Sender::Local
+    }
 }
 
 /// A silence: matching alerts still change state but notify nobody.
