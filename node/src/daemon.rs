@@ -148,7 +148,6 @@ pub async fn run_node(
     ));
     let controller = tokio::spawn(controller::run(
         fleet.clone(),
-        store.clone(),
         notifier.clone(),
         ControllerConfig {
             lease: c.lease.get(),
@@ -170,9 +169,10 @@ pub async fn run_node(
         notifier.clone(),
         cancel.clone(),
     ));
-    // The rules task reads the silences in force from here.
+    // The rules task reads the silences in force from here; the outbox looks again
+    // at notifications that waited for the herd to record them.
     let silences = {
-        let (rules, cancel) = (rules.clone(), cancel.clone());
+        let (rules, notifier, cancel) = (rules.clone(), notifier.clone(), cancel.clone());
         let mut state = cluster.state();
         tokio::spawn(async move {
             loop {
@@ -183,6 +183,7 @@ pub async fn run_node(
                     .cloned()
                     .collect();
                 rules.set_silences(list);
+                notifier.herd_changed();
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     r = state.changed() => if r.is_err() { return },

@@ -29,7 +29,6 @@ use crate::notify::worker::Notifier;
 use crate::ownership::{assign, machines, FleetState};
 use crate::rules::runner::{outbox_entries, route};
 use crate::store::alerting::{OutboxEntry, Sender};
-use crate::store::{AlertingBatch, Store};
 
 /// Rule name of peer health notifications.
 pub const NODE_DOWN_RULE: &str = "node_down";
@@ -48,7 +47,6 @@ pub struct ControllerConfig {
 
 pub async fn run(
     fleet: Arc<FleetState>,
-    store: Store,
     notifier: Arc<Notifier>,
     cfg: ControllerConfig,
     cancel: CancellationToken,
@@ -63,6 +61,7 @@ pub async fn run(
     let mut first_seen: HashMap<NodeId, Instant> = HashMap::new();
     let mut next_record_try = Instant::now();
     let mut last_plan: Option<PlanKey> = None;
+    let mut queued_here: BTreeSet<String> = BTreeSet::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -103,6 +102,7 @@ pub async fn run(
         let leading = node.is_leader() && node.liveness().lease_valid(&node.voters(), cfg.lease);
         if !leading {
             last_plan = None;
+            queued_here.clear();
             continue;
         }
         let silent = |id: NodeId| {
@@ -138,7 +138,7 @@ pub async fn run(
             draining: state.draining.clone(),
         };
         if last_plan.as_ref() == Some(&key) {
-            queue_peer_notices(&state, me, &fleet, &store, &notifier, &node).await;
+            queue_peer_notices(&state, me, &fleet, &notifier, &node, &mut queued_here).await;
             continue;
         }
         let plan = plan(
@@ -184,7 +184,7 @@ pub async fn run(
         // Notices of health changes not yet queued by any leader (a new leader
         // starts with the ones its predecessor may have left).
         let latest = node.state().borrow().clone();
-        queue_peer_notices(&latest, me, &fleet, &store, &notifier, &node).await;
+        queue_peer_notices(&latest, me, &fleet, &notifier, &node, &mut queued_here).await;
     }
 }
 
@@ -394,13 +394,15 @@ fn queued_key(node: NodeId, transitions: u64) -> String {
 /// notices an earlier leader did not deliver. Only the leader sends them (their
 /// sender is `Leader`), so a leader that dies with a notice queued leaves it to the
 /// next one, and sends nothing once it comes back.
+///
+/// `queued_here`: keys this node queued while leading (cleared when it stops).
 async fn queue_peer_notices(
     state: &ClusterState,
     me: NodeId,
     fleet: &FleetState,
-    store: &Store,
     notifier: &Notifier,
     node: &super::node::ClusterNode,
+    queued_here: &mut BTreeSet<String>,
 ) {
     let (_, spec) = fleet.current();
     let mut keys = Vec::new();
@@ -436,11 +438,14 @@ async fn queue_peer_notices(
         fresh.extend(entries);
         keys.push(key);
     }
-    // What an earlier leader recorded and nobody delivered yet.
+    // What an earlier leader recorded and nobody delivered yet, unless this
+    // leader queued it already (no outbox read each round while one waits).
+    queued_here.retain(|k| state.notices.contains_key(k));
     let inherited: Vec<OutboxEntry> = state
         .notices
         .values()
         .filter(|e| e.sender == Sender::Leader)
+        .filter(|e| !queued_here.contains(&e.notification.idempotency_key))
         .cloned()
         .collect();
     if keys.is_empty() && inherited.is_empty() {
@@ -449,29 +454,20 @@ async fn queue_peer_notices(
     // Never twice in this outbox (this node may have queued them as leader before).
     let mut candidates = fresh.clone();
     candidates.extend(inherited);
-    let to_queue = match store.not_yet_queued(candidates).await {
-        Ok(entries) => entries,
+    let candidate_keys: Vec<String> = candidates
+        .iter()
+        .map(|e| e.notification.idempotency_key.clone())
+        .collect();
+    match notifier.queue_new(candidates).await {
+        Ok(0) => {}
+        Ok(count) => tracing::info!(count, "queued peer health notices this leader sends"),
         Err(e) => {
-            tracing::error!(error = %e, "cannot read the outbox to queue peer health notices");
-            return;
-        }
-    };
-    if !to_queue.is_empty() {
-        tracing::info!(
-            count = to_queue.len(),
-            "queueing peer health notices this leader sends"
-        );
-        let batch = AlertingBatch {
-            outbox: to_queue,
-            ..Default::default()
-        };
-        if let Err(e) = store.alerting(batch).await {
             tracing::error!(error = %e, "cannot queue peer health notices");
             return;
         }
     }
+    queued_here.extend(candidate_keys);
     if keys.is_empty() {
-        notifier.wake();
         return;
     }
     // Recorded first, then marked queued: a leader that dies in between leaves

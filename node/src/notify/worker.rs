@@ -28,8 +28,10 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const MAX_PARALLEL_SENDS: usize = 8;
 /// Width of the rate-limit window.
 const RATE_WINDOW_MS: i64 = 60_000;
-/// How soon an entry the herd has not recorded yet is looked at again.
-const GATE_RETRY_MS: i64 = 25;
+/// How soon an entry the herd has not recorded yet is looked at again at the
+/// latest: a change of the herd's applied state wakes the outbox sooner
+/// ([`Notifier::herd_changed`]).
+const GATE_RETRY_MS: i64 = 200;
 
 /// What the herd says of a replicated entry that is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +79,9 @@ pub struct Notifier {
     fenced: std::sync::atomic::AtomicBool,
     /// Set when the node is part of a herd.
     herd: std::sync::OnceLock<HerdHooks>,
+    /// Set while a round runs and, after it, while an entry waits for the herd to
+    /// record it: a change of the herd's state then wakes the outbox.
+    waiting_on_herd: std::sync::atomic::AtomicBool,
 }
 
 /// `alert-id:transition:channel`.
@@ -95,7 +100,40 @@ impl Notifier {
             configured: tokio::sync::watch::channel(false).0,
             fenced: std::sync::atomic::AtomicBool::new(false),
             herd: std::sync::OnceLock::new(),
+            waiting_on_herd: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Told when the herd's applied state changed: an entry that waited for the
+    /// herd to record it may go now.
+    pub fn herd_changed(&self) {
+        if self
+            .waiting_on_herd
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            self.wake();
+        }
+    }
+
+    /// Queues the entries this outbox neither holds nor delivered (a notification
+    /// taken over, or queued again by a node that may have queued it before) and
+    /// wakes the worker; returns how many were queued.
+    pub async fn queue_new(
+        &self,
+        entries: Vec<OutboxEntry>,
+    ) -> Result<usize, crate::store::StoreError> {
+        let fresh = self.store.not_yet_queued(entries).await?;
+        let n = fresh.len();
+        if n > 0 {
+            self.store
+                .alerting(crate::store::AlertingBatch {
+                    outbox: fresh,
+                    ..Default::default()
+                })
+                .await?;
+            self.wake();
+        }
+        Ok(n)
     }
 
     /// Makes replicated entries go through the herd's gate and reports what was
@@ -208,13 +246,19 @@ impl Notifier {
 
     /// One pass over the outbox. Returns when the next entry becomes due.
     async fn round(&self) -> Result<Option<i64>, crate::store::StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Before the gate reads the herd's state: a change from now on wakes a
+        // next round.
+        self.waiting_on_herd.store(true, SeqCst);
         let store = self.store.clone();
         let entries = tokio::task::spawn_blocking(move || store.outbox())
             .await
             .map_err(|_| crate::store::StoreError::Closed)??;
         if entries.is_empty() {
+            self.waiting_on_herd.store(false, SeqCst);
             return Ok(None);
         }
+        let mut waited = false;
         let now = now_ms();
         let mut next: Option<i64> = None;
         let mut change = OutboxChange::default();
@@ -229,6 +273,7 @@ impl Notifier {
                 match (h.gate)(&e, now) {
                     Gate::Send => {}
                     Gate::Wait => {
+                        waited = true;
                         let at = now + GATE_RETRY_MS;
                         next = Some(next.map_or(at, |n| n.min(at)));
                         continue;
@@ -246,6 +291,7 @@ impl Notifier {
             );
             groups.entry(key).or_default().push((seq, e));
         }
+        self.waiting_on_herd.store(waited, SeqCst);
         // Replicated entries finished in this round, for the herd.
         let mut finished: Vec<String> = Vec::new();
         let mut sends = tokio::task::JoinSet::new();
@@ -459,6 +505,64 @@ mod tests {
         for t in 0..100 {
             assert_eq!(n.rate_limited("c", &unlimited, t), None);
         }
+    }
+
+    #[tokio::test]
+    async fn queue_new_never_queues_a_key_twice() {
+        let (_dir, n) = notifier();
+        let notice = crate::cluster::types::tests::notice;
+        let now = now_ms();
+        let first = vec![notice("a:1:c", "t", now), notice("b:1:c", "t", now)];
+        assert_eq!(n.queue_new(first).await.unwrap(), 2);
+        let again = vec![notice("b:1:c", "t", now), notice("c:1:c", "t", now)];
+        assert_eq!(n.queue_new(again).await.unwrap(), 1, "only c is new");
+        let keys: Vec<String> = n
+            .store
+            .outbox()
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.notification.idempotency_key)
+            .collect();
+        assert_eq!(keys, ["a:1:c", "b:1:c", "c:1:c"]);
+    }
+
+    /// An entry the herd has not recorded waits, and the herd's next change wakes
+    /// the outbox at once (not at the retry timer).
+    #[tokio::test]
+    async fn an_entry_waiting_for_the_herd_is_woken_by_its_next_change() {
+        let (_dir, n) = notifier();
+        n.join_herd(HerdHooks {
+            gate: Box::new(|_, _| Gate::Wait),
+            report: Box::new(|_, _| {}),
+        });
+        let woken = |n: &Arc<Notifier>| {
+            let n = n.clone();
+            async move {
+                tokio::time::timeout(Duration::from_millis(50), n.wake.notified())
+                    .await
+                    .is_ok()
+            }
+        };
+        n.herd_changed();
+        assert!(
+            !woken(&n).await,
+            "nothing waits: a herd change is no reason to look"
+        );
+        let entry = crate::cluster::types::tests::notice("a:1:c", "t", now_ms());
+        n.store
+            .alerting(crate::store::AlertingBatch {
+                outbox: vec![entry],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let next = n.round().await.unwrap().expect("a retry is planned");
+        assert!(
+            next <= now_ms() + GATE_RETRY_MS,
+            "retried by the timer at the latest"
+        );
+        n.herd_changed();
+        assert!(woken(&n).await, "the herd's change wakes the outbox");
     }
 
     #[test]

@@ -254,26 +254,12 @@ async fn take_over_notices(ctx: &Ctx, notices: &[OutboxEntry]) {
     if notices.is_empty() || !ctx.handle.in_herd() {
         return;
     }
-    let fresh = match ctx.handle.store.not_yet_queued(notices.to_vec()).await {
-        Ok(fresh) => fresh,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the outbox to take over notifications");
-            return;
-        }
-    };
-    if fresh.is_empty() {
-        return;
-    }
-    tracing::info!(
-        count = fresh.len(),
-        "delivering the notifications the last owner of these targets had not"
-    );
-    let batch = AlertingBatch {
-        outbox: fresh,
-        ..Default::default()
-    };
-    match ctx.handle.store.alerting(batch).await {
-        Ok(()) => ctx.notifier.wake(),
+    match ctx.notifier.queue_new(notices.to_vec()).await {
+        Ok(0) => {}
+        Ok(count) => tracing::info!(
+            count,
+            "delivering the notifications the last owner of these targets had not"
+        ),
         Err(e) => tracing::error!(error = %e, "cannot queue notifications taken over"),
     }
 }
