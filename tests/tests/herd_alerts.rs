@@ -367,24 +367,29 @@ fn wait_rebalanced_to(cluster: &Cluster, id: u64, fleet: &[String]) -> Status {
     )
 }
 
-// ---------------------------------------------------------------------------------
-// 1. a firing alert survives its owner's kill -9
+/// Three nodes watching `n` files as local targets `PREFIX-i` with the rule
+/// [`STALE_RULE`] and the webhook channel grouping for `window`, all owned and
+/// scraped; `victim` is the follower that owns most of them (`breached`).
+struct StaleHerd {
+    hook: HttpReceiver,
+    files: Files,
+    fleet: Vec<String>,
+    cluster: Cluster,
+    leader: u64,
+    victim: u64,
+    breached: Vec<String>,
+}
 
-#[test]
-fn takeover_continues_a_firing_alert() {
-    phase!("an HTTP receiver, twelve watched files, three nodes");
+fn stale_herd(prefix: &str, n: usize, window: &str) -> StaleHerd {
     let hook = HttpReceiver::start();
-    let files = Files::new("herd-alerts-");
-    // Four per node. The assignment is a deterministic function of names and ids:
-    // with these, the node that comes back gets one of its alerts' targets back.
-    let fleet = names("bk", 12);
+    let files = Files::new(&format!("herd-{prefix}-"));
+    let fleet = names(prefix, n);
     for t in &fleet {
         files.create(t);
     }
-    let mut cluster = Cluster::start(3, HerdOptions::default());
-
-    phase!("apply twelve local targets with a file_fresh check and the rule {STALE_RULE}");
-    cluster.apply(1, &stale_fleet(&fleet, &files, &hook));
+    let cluster = Cluster::start(3, HerdOptions::default());
+    phase!("apply {n} local targets with a file_fresh check and the rule {STALE_RULE}");
+    cluster.apply(1, &stale_fleet_window(&fleet, &files, &hook, window));
     cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
     let leader = cluster.wait_leader(BOUND);
     let s = cluster.status();
@@ -394,6 +399,34 @@ fn takeover_continues_a_firing_alert() {
         "follower {victim} owns fleet targets: {}",
         s.summary()
     );
+    StaleHerd {
+        hook,
+        files,
+        fleet,
+        cluster,
+        leader,
+        victim,
+        breached,
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 1. a firing alert survives its owner's kill -9
+
+#[test]
+fn takeover_continues_a_firing_alert() {
+    phase!("an HTTP receiver, twelve watched files, three nodes");
+    // Four per node. The assignment is a deterministic function of names and ids:
+    // with these, the node that comes back gets one of its alerts' targets back.
+    let StaleHerd {
+        hook,
+        files,
+        fleet,
+        mut cluster,
+        leader,
+        victim,
+        breached,
+    } = stale_herd("bk", 12, "0s");
     std::thread::sleep(QUIET);
     assert!(
         notes(&hook).iter().all(|n| n.rule != STALE_RULE),
@@ -628,24 +661,15 @@ fn wait_firing_on(
 #[test]
 fn an_owner_killed_before_delivering_leaves_its_notifications_to_the_new_owner() {
     phase!("an HTTP receiver, nine watched files, three nodes; the channel groups for {HANDOVER_WINDOW_S} s");
-    let hook = HttpReceiver::start();
-    let files = Files::new("herd-handover-");
-    let fleet = names("ho", 9);
-    for t in &fleet {
-        files.create(t);
-    }
-    let mut cluster = Cluster::start(3, HerdOptions::default());
-    let window = format!("{HANDOVER_WINDOW_S}s");
-    cluster.apply(1, &stale_fleet_window(&fleet, &files, &hook, &window));
-    cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
-    let leader = cluster.wait_leader(BOUND);
-    let s = cluster.status();
-    let (victim, breached) = s.busiest_follower(leader, &fleet);
-    assert!(
-        !breached.is_empty(),
-        "follower {victim} owns fleet targets: {}",
-        s.summary()
-    );
+    let StaleHerd {
+        hook,
+        files,
+        fleet,
+        mut cluster,
+        leader,
+        victim,
+        breached,
+    } = stale_herd("ho", 9, &format!("{HANDOVER_WINDOW_S}s"));
 
     phase!("the files of {breached:?} (owned by node {victim}) vanish; the alerts fire");
     let broken_at = now_ms();
