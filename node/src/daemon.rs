@@ -26,6 +26,11 @@ use crate::store::{Store, StoreOptions};
 /// Longest wait for gRPC clients to finish on shutdown.
 const API_STOP_DEADLINE: Duration = Duration::from_secs(3);
 
+/// How often a node waiting for its herd says so, and how long a follower leaves
+/// the initial fleet spec to the leader.
+const INITIAL_FLEET_PROGRESS: Duration = Duration::from_secs(5);
+const INITIAL_FLEET_FOLLOWER_DELAY: Duration = Duration::from_secs(2);
+
 /// How often pauses with an end are checked.
 const PAUSE_CHECK: Duration = Duration::from_secs(1);
 
@@ -105,6 +110,8 @@ pub async fn run_node(
             election_max: c.election_max.get(),
             client_tls: tls.as_ref().map(|t| t.client.clone()),
             require_peer_cert: tls.is_some(),
+            secret_file: c.secret_file.clone(),
+            declarative: !c.peers.is_empty(),
             ..ClusterConfig::default()
         },
     )
@@ -138,6 +145,16 @@ pub async fn run_node(
     });
 
     let cancel = CancellationToken::new();
+    let bootstrap = (!c.peers.is_empty()).then(|| {
+        tokio::spawn(crate::cluster::bootstrap::run(
+            cluster.clone(),
+            crate::cluster::bootstrap::Bootstrap {
+                peers: c.peers.clone(),
+                expect: cfg.bootstrap_expect(),
+            },
+            cancel.clone(),
+        ))
+    });
     let notifier = Notifier::new(store.clone());
     let beats = cluster.spawn_beats(c.beat_interval.get(), cancel.clone());
     let publisher = tokio::spawn(fleet.clone().publish_owned(
@@ -264,14 +281,25 @@ pub async fn run_node(
             ),
     );
     tracing::info!(node = cfg.node.id, grpc = %addr, data_dir = %data_dir.display(), "node is up");
-    if let Some((text, source)) = initial {
-        if fleet.current().0 == 0 {
-            fleet
-                .apply(&text, &source)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot apply the initial fleet spec: {e}"))?;
+    let initial_apply = match initial {
+        Some((text, source)) if cfg.cluster.peers.is_empty() => {
+            if fleet.current().0 == 0 {
+                fleet
+                    .apply(&text, &source)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot apply the initial fleet spec: {e}"))?;
+            }
+            None
         }
-    }
+        // With peers, the herd forms a moment later: apply once it has.
+        Some((text, source)) => Some(tokio::spawn(apply_when_in_herd(
+            fleet.clone(),
+            text,
+            source,
+            cancel.clone(),
+        ))),
+        None => None,
+    };
     on_ready(Running {
         store: store.clone(),
         fleet,
@@ -286,6 +314,18 @@ pub async fn run_node(
         .is_err()
     {
         tracing::warn!("collectors did not stop in time");
+    }
+    for (what, task) in bootstrap
+        .map(|t| ("herd bootstrap", t))
+        .into_iter()
+        .chain(initial_apply.map(|t| ("initial fleet", t)))
+    {
+        if tokio::time::timeout(COLLECTOR_STOP_DEADLINE, task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(task = what, "did not stop in time");
+        }
     }
     for (what, task) in [
         ("rules", rules_task),
@@ -324,6 +364,65 @@ pub async fn run_node(
     tokio::task::spawn_blocking(move || closing.close()).await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// `--fleet` on a node configured with peers: waits for the herd to form (with a
+/// progress line), then applies the spec when the herd has none yet. The leader
+/// applies at once; the others give it a moment first, so that nodes started
+/// together with the same `--fleet` apply it once.
+async fn apply_when_in_herd(
+    fleet: Arc<FleetState>,
+    text: String,
+    source: String,
+    cancel: CancellationToken,
+) {
+    let cluster = fleet.cluster().clone();
+    let started = Instant::now();
+    let mut said = Instant::now();
+    loop {
+        if cluster.in_herd() && cluster.leader().is_some() {
+            break;
+        }
+        if said.elapsed() >= INITIAL_FLEET_PROGRESS {
+            said = Instant::now();
+            tracing::info!(
+                source = %source,
+                waited_s = started.elapsed().as_secs(),
+                waiting_for = %cluster.bootstrap_status(),
+                "the fleet spec waits for the herd to form"
+            );
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    if !cluster.is_leader() {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(INITIAL_FLEET_FOLLOWER_DELAY) => {}
+        }
+    }
+    loop {
+        if fleet.current().0 != 0 {
+            return;
+        }
+        match fleet.apply(&text, &source).await {
+            Ok((version, _)) => {
+                tracing::info!(source = %source, version, "applied the initial fleet spec");
+                return;
+            }
+            // A spec that does not validate was refused at start already; anything
+            // else (no leader for a moment) is worth another try.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot apply the initial fleet spec yet; retrying")
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// The outbox's part in the herd: a replicated notification is delivered only by

@@ -90,19 +90,40 @@ pub fn load(tls: &TlsSection) -> Result<Option<NodeTls>, String> {
 /// It recognises a TLS connection by tonic's `TlsConnectInfo<TcpConnectInfo>`, which
 /// tonic attaches when it serves TLS over TCP streams (`serve`, `serve_with_incoming`
 /// of a `TcpListenerStream`). Works in a service method and in an interceptor.
-pub fn require_peer_cert<T>(req: &tonic::Request<T>) -> Result<(), tonic::Status> {
+pub fn require_peer_cert<T>(req: &tonic::Request<T>) -> Result<Option<PeerCert>, tonic::Status> {
     let Some(conn) = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>() else {
-        return Ok(());
+        return Ok(None);
     };
-    let node_cert = conn
+    let cert = conn
         .peer_certs()
-        .and_then(|chain| chain.first().map(is_node_cert))
-        .unwrap_or(false);
-    if node_cert {
-        Ok(())
-    } else {
-        Err(tonic::Status::unauthenticated(NEED_NODE_CERT))
+        .and_then(|chain| chain.first().cloned())
+        .filter(is_node_cert);
+    match cert {
+        Some(der) => Ok(Some(PeerCert(der))),
+        None => Err(tonic::Status::unauthenticated(NEED_NODE_CERT)),
     }
+}
+
+/// The node certificate a Raft caller presented (verified against the CA).
+#[derive(Debug, Clone)]
+pub struct PeerCert(CertificateDer<'static>);
+
+impl PeerCert {
+    /// Whether the certificate is node `id`'s: it carries the name `herd-node-ID`
+    /// that `herd certs` gives each node, so a node cannot speak as another.
+    pub fn names_node(&self, id: u64) -> bool {
+        let Ok(name) = ServerName::try_from(node_cn(id)) else {
+            return false;
+        };
+        ParsedCertificate::try_from(&self.0)
+            .and_then(|cert| rustls::client::verify_server_name(&cert, &name))
+            .is_ok()
+    }
+}
+
+/// A node's common name in its certificate, also one of its DNS names.
+pub fn node_cn(id: u64) -> String {
+    format!("herd-node-{id}")
 }
 
 /// TLS for the CLI: `--ca` alone trusts the herd's CA; `--cert` and `--key` add a
@@ -273,7 +294,8 @@ mod tests {
     use herd_proto::v1::raft_client::RaftClient;
     use herd_proto::v1::raft_server::{Raft, RaftServer};
     use herd_proto::v1::{
-        BeatReply, BeatRequest, ForwardReply, ForwardRequest, RaftReply, RaftRequest, SnapshotChunk,
+        BeatReply, BeatRequest, ForwardReply, ForwardRequest, HelloReply, HelloRequest, JoinReply,
+        JoinRequest, RaftReply, RaftRequest, SnapshotChunk,
     };
     use tokio::net::TcpListener;
     use tokio_stream::wrappers::TcpListenerStream;
@@ -313,8 +335,19 @@ mod tests {
         ) -> Result<Response<ForwardReply>, Status> {
             Err(Status::unimplemented("test"))
         }
+        async fn hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+        async fn join(&self, _: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+            Err(Status::unimplemented("test"))
+        }
         async fn beat(&self, req: Request<BeatRequest>) -> Result<Response<BeatReply>, Status> {
-            require_peer_cert(&req)?;
+            let cert = require_peer_cert(&req)?;
+            if let Some(c) = cert {
+                if !c.names_node(req.get_ref().from) {
+                    return Err(Status::permission_denied("not this node's certificate"));
+                }
+            }
             Ok(Response::new(BeatReply {
                 id: 7,
                 ..Default::default()
@@ -385,11 +418,17 @@ mod tests {
     enum Outcome {
         Id(u64),
         Unauthenticated,
+        /// The certificate is not the node the call names.
+        NotThisNode,
         /// The connection failed (handshake refused by either side).
         Refused,
     }
 
     async fn beat(url: String, tls: Option<ClientTlsConfig>) -> Outcome {
+        beat_as(url, tls, 1).await
+    }
+
+    async fn beat_as(url: String, tls: Option<ClientTlsConfig>, from: u64) -> Outcome {
         let mut endpoint = Endpoint::from_shared(url)
             .unwrap()
             .connect_timeout(STEP)
@@ -408,7 +447,7 @@ mod tests {
             }
         };
         let req = BeatRequest {
-            from: 2,
+            from,
             ..Default::default()
         };
         match RaftClient::new(channel).beat(req).await {
@@ -417,6 +456,7 @@ mod tests {
                 assert_eq!(s.message(), NEED_NODE_CERT);
                 Outcome::Unauthenticated
             }
+            Err(s) if s.code() == Code::PermissionDenied => Outcome::NotThisNode,
             Err(s) => {
                 assert_ne!(s.code(), Code::Unimplemented, "{s:?}");
                 eprintln!("call refused: {s:?}");
@@ -437,6 +477,11 @@ mod tests {
         assert_eq!(
             beat(url.clone(), Some(tls.client.clone())).await,
             Outcome::Id(7)
+        );
+        // ... which names node 1: it cannot beat as node 2.
+        assert_eq!(
+            beat_as(url.clone(), Some(tls.client.clone()), 2).await,
+            Outcome::NotThisNode
         );
         // Trusting the CA without a certificate: connects, but Raft refuses.
         assert_eq!(

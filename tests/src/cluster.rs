@@ -311,6 +311,25 @@ impl Cluster {
         }
     }
 
+    /// A cluster of nodes the caller started (a declarative herd forms by itself);
+    /// `base` is what [`Cluster::start_node`] starts further nodes with.
+    pub fn from_started(started: Vec<Herd>, base: HerdOptions) -> Cluster {
+        Cluster {
+            nodes: started.into_iter().map(|h| (h.id(), h)).collect(),
+            base,
+            down: BTreeSet::new(),
+            must_own: RefCell::new(Vec::new()),
+            owners_alive: Cell::new(false),
+        }
+    }
+
+    /// Adds a node the caller started.
+    pub fn add_started(&mut self, herd: Herd) {
+        let id = herd.id();
+        assert!(!self.nodes.contains_key(&id), "node {id} exists already");
+        self.nodes.insert(id, herd);
+    }
+
     /// Starts node `id` (apart: no herd yet) and adds it to the cluster.
     pub fn start_node(&mut self, id: u64) -> &Herd {
         assert!(!self.nodes.contains_key(&id), "node {id} exists already");

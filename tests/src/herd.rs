@@ -42,6 +42,12 @@ pub struct HerdOptions {
     /// The API token: written to `api-token` in the node's dir, named by
     /// `node.api_token_file`, and passed with `--token-file` by [`Herd::cli`].
     pub api_token: Option<String>,
+    /// Listen on this port (a declarative herd names its members' ports in
+    /// advance); None: a free one.
+    pub port: Option<u16>,
+    /// Whether start waits for the `--fleet` spec to be applied (a node with peers
+    /// applies it only once the herd formed).
+    pub wait_for_fleet: bool,
 }
 
 impl Default for HerdOptions {
@@ -60,6 +66,8 @@ impl Default for HerdOptions {
             env: Vec::new(),
             extra_toml: String::new(),
             api_token: None,
+            port: None,
+            wait_for_fleet: true,
         }
     }
 }
@@ -104,6 +112,17 @@ impl HerdOptions {
         self.api_token = Some(token.into());
         self
     }
+
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// Start returns once the node answers, without waiting for its `--fleet`.
+    pub fn no_fleet_wait(mut self) -> Self {
+        self.wait_for_fleet = false;
+        self
+    }
 }
 
 pub struct Herd {
@@ -141,7 +160,7 @@ impl Herd {
         }
         // Another process may take the free port before the node binds it: retry once.
         for attempt in 0..2 {
-            herd.port = free_port();
+            herd.port = herd.opts.port.unwrap_or_else(free_port);
             herd.write_config();
             match herd.spawn() {
                 Ok(()) => return herd,
@@ -408,7 +427,7 @@ impl Herd {
         if !out.status.success() {
             return false;
         }
-        if self.opts.fleet.is_none() {
+        if self.opts.fleet.is_none() || !self.opts.wait_for_fleet {
             return true;
         }
         serde_json::from_slice::<Value>(&out.stdout)

@@ -313,6 +313,9 @@ impl TlsFiles {
     }
 }
 
+/// The herd secret of the nodes of a lab without TLS.
+pub const LAB_SECRET: &str = "netns-lab-herd-secret-0123456789abcdef";
+
 /// One `herd node` process in a temp dir; killed on drop.
 pub struct NetNode {
     dir: TempDir,
@@ -564,6 +567,14 @@ impl NetNode {
         cmd.args(["--log-format", "json", "node", "--config"])
             .arg(self.config_path());
         clean_env(&mut cmd);
+        if self.spec.tls.is_none() {
+            // Beyond loopback without TLS a node needs the herd secret; the lab's
+            // nodes share one (set through the environment, beside extra_toml's
+            // [cluster] section).
+            let secret = self.dir.path().join("herd-secret");
+            std::fs::write(&secret, LAB_SECRET).expect("writing the herd secret");
+            cmd.env("HERD_CLUSTER__SECRET_FILE", &secret);
+        }
         let stdout = self.dir.path().join("node.out");
         let mut child = spawn_logged(&mut cmd, &stdout, &self.log_path());
         let start = Instant::now();

@@ -5,6 +5,8 @@ use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+use crate::cluster::credential::constant_time_eq;
+
 /// Reads a token file: the whole file, trimmed; it must not be empty.
 pub fn read_token(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
@@ -80,14 +82,6 @@ impl Interceptor for SendToken {
         }
         Ok(req)
     }
-}
-
-/// Compares without an early exit, so timing does not reveal the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

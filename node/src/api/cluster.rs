@@ -7,19 +7,18 @@ use std::time::Duration;
 use herd_proto::v1 as pb;
 use herd_proto::v1::herd_client::HerdClient;
 use openraft::{BasicNode, ChangeMembers, ServerState};
+
+use crate::cluster::membership::{membership_result, MEMBERSHIP_TIMEOUT};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use super::grpc::HerdApi;
-use crate::cluster::node::ClusterError;
 use crate::cluster::types::{ClusterState, NodeId};
 
-/// Most voters; further nodes join as learners (they still own targets).
-pub const MAX_VOTERS: usize = 5;
 /// Bound on one call to another node during a fan-out.
 const FAN_OUT_TIMEOUT: Duration = Duration::from_millis(1500);
-/// Bound on a membership change (a learner catching up included).
-const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long `cluster join` waits to see this node in the herd's membership.
+const JOIN_CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl HerdApi {
     /// A client of the node at `addr` on the shared peer channels.
@@ -340,42 +339,127 @@ impl HerdApi {
     }
 
     pub(super) async fn do_init(&self) -> Result<pb::ClusterReply, Status> {
-        let made = self.fleet.ensure_herd().await?;
+        let made = self.fleet.init_herd().await?;
         let cluster = self.fleet.cluster();
         cluster.wait_for_leader(Duration::from_secs(10)).await?;
         let me = self.node.id;
+        let herd = self.herd_id_text();
         Ok(self.cluster_reply(if made {
             format!(
-                "node {me} is now a herd of one; add nodes with `herd --node NEW_NODE cluster join {}`",
+                "node {me} is now a herd of one (herd {herd}); add nodes with `herd --node NEW_NODE cluster join {}`",
                 self.node.address
             )
         } else {
-            format!("node {me} is already in a herd; nothing changed")
+            format!("node {me} is already in herd {herd}; nothing changed")
         }))
     }
 
+    /// The herd id this node knows, for messages.
+    fn herd_id_text(&self) -> String {
+        self.fleet
+            .cluster()
+            .credential()
+            .herd_id()
+            .unwrap_or_else(|| "(id not recorded yet)".into())
+    }
+
+    /// What a joining node needs from this herd (see `ClusterCredential`).
+    pub(super) fn credential_reply(&self) -> pb::ClusterCredentialReply {
+        let cluster = self.fleet.cluster();
+        let in_herd = cluster.in_herd();
+        pb::ClusterCredentialReply {
+            herd_id: cluster.credential().herd_id().unwrap_or_default(),
+            secret: if in_herd {
+                cluster
+                    .credential()
+                    .shareable()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            },
+            leader: cluster.leader(),
+            members: self.members().into_iter().map(|(id, _)| id).collect(),
+            spec_version: self.fleet.state().spec_version,
+        }
+    }
+
+    /// One line naming a herd for people: id, leader, members, spec version.
+    fn herd_line(c: &pb::ClusterCredentialReply) -> String {
+        let members: Vec<String> = c.members.iter().map(u64::to_string).collect();
+        format!(
+            "herd {} (leader {}, members {}, spec v{})",
+            if c.herd_id.is_empty() {
+                "(id not recorded yet)"
+            } else {
+                &c.herd_id
+            },
+            c.leader.map_or("none".into(), |l| l.to_string()),
+            if members.is_empty() {
+                "none".into()
+            } else {
+                members.join(", ")
+            },
+            c.spec_version
+        )
+    }
+
+    /// Joins this node to the herd of the member at `seed`. Succeeds only when this
+    /// node ends up a member of that herd; a node already in another herd is
+    /// refused, naming both.
     pub(super) async fn do_join(&self, seed: &str) -> Result<pb::ClusterReply, Status> {
         let me = self.node.id;
         let cluster = self.fleet.cluster();
-        if self.members().iter().any(|(id, _)| *id == me) {
-            return Ok(
-                self.cluster_reply(format!("node {me} is already in a herd; nothing changed"))
-            );
+        let mut client = self
+            .peer(seed)
+            .map_err(|s| Status::unavailable(format!("cannot reach {seed}: {}", s.message())))?;
+        let theirs = client
+            .cluster_credential(self.outbound(pb::ClusterCredentialRequest {}, FAN_OUT_TIMEOUT))
+            .await
+            .map_err(|s| {
+                Status::new(
+                    s.code(),
+                    format!("{seed} refused or did not answer: {}", s.message()),
+                )
+            })?
+            .into_inner();
+        if theirs.members.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "the node at {seed} is in no herd yet: run `herd --node {seed} cluster init`                  first, or join another member"
+            )));
         }
         let initialized = cluster
             .raft()
             .is_initialized()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        if initialized {
+        if initialized || cluster.in_herd() {
+            let mine = self.credential_reply();
+            let same = !mine.herd_id.is_empty() && mine.herd_id == theirs.herd_id;
+            if same && cluster.in_herd() {
+                return Ok(self.cluster_reply(format!(
+                    "node {me} is already a member of {}; nothing changed",
+                    Self::herd_line(&theirs)
+                )));
+            }
             return Err(Status::failed_precondition(format!(
-                "node {me} has Raft state of another herd; to join this one, stop it, remove \
-                 raft.redb from its data_dir and start it again"
+                "node {me} is already in {}, not in the {} that {seed} belongs to. To move it:                  take it out of its herd (`herd --node {} cluster leave`), stop it, remove                  raft.redb and herd-secret from its data_dir, start it and join again",
+                Self::herd_line(&mine),
+                Self::herd_line(&theirs),
+                self.node.address
             )));
         }
-        let mut client = self
-            .peer(seed)
-            .map_err(|s| Status::unavailable(format!("cannot reach {seed}: {}", s.message())))?;
+        // The herd's credential first: the leader checks that this node answers
+        // before it adds it.
+        let secret = theirs.secret.clone();
+        let credential = cluster.credential().clone();
+        tokio::task::spawn_blocking(move || credential.adopt(&secret))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::failed_precondition(format!("joining {seed}: {e}")))?;
+        if !theirs.herd_id.is_empty() {
+            cluster.credential().set_herd_id(&theirs.herd_id);
+        }
         let req = self.outbound(
             pb::ClusterAddRequest {
                 id: me,
@@ -391,8 +475,8 @@ impl HerdApi {
         })?;
         // The leader's log reaches this node a moment later.
         let mut m = cluster.metrics();
-        let _ = tokio::time::timeout(
-            Duration::from_secs(10),
+        let member = tokio::time::timeout(
+            JOIN_CONFIRM_TIMEOUT,
             m.wait_for(|m| {
                 m.membership_config
                     .membership()
@@ -401,9 +485,15 @@ impl HerdApi {
             }),
         )
         .await;
+        if !matches!(member, Ok(Ok(_))) {
+            return Err(Status::deadline_exceeded(format!(
+                "the herd added node {me}, but the herd's log did not reach it within                  {JOIN_CONFIRM_TIMEOUT:?}: check that the other nodes reach {} (its node.grpc)",
+                self.node.address
+            )));
+        }
         let r = reply.into_inner();
         Ok(pb::ClusterReply {
-            message: r.message,
+            message: format!("{} (herd {})", r.message, theirs.herd_id),
             ..self.cluster_reply(String::new())
         })
     }
@@ -413,12 +503,6 @@ impl HerdApi {
         id: NodeId,
         address: String,
     ) -> Result<pb::ClusterReply, Status> {
-        if id == 0 {
-            return Err(Status::invalid_argument("node id 0 is not valid"));
-        }
-        if address.trim().is_empty() {
-            return Err(Status::invalid_argument("the new node's address is empty"));
-        }
         let cluster = self.fleet.cluster();
         if !cluster.is_leader() {
             let (leader, addr) = self.leader_addr()?;
@@ -435,68 +519,7 @@ impl HerdApi {
                     )
                 });
         }
-        if let Some((_, n)) = self.members().into_iter().find(|(i, _)| *i == id) {
-            return if n.addr == address {
-                Ok(self.cluster_reply(format!("node {id} is already a member at {address}")))
-            } else {
-                Err(Status::already_exists(format!(
-                    "node id {id} is already a member at {}; every node needs its own [node] id",
-                    n.addr
-                )))
-            };
-        }
-        crate::config::fleet::parse_address(&address).map_err(|e| {
-            Status::invalid_argument(format!("the new node's address {address:?}: {e}"))
-        })?;
-        // Before it is in the membership (where a wrong address would stay until
-        // removed), the new node must answer there, as the node it says it is.
-        let liveness = cluster.liveness();
-        match cluster
-            .peers()
-            .beat(
-                &address,
-                self.node.id,
-                &self.node.address,
-                liveness.applied(),
-                Duration::from_secs(3),
-            )
-            .await
-        {
-            Ok((answered, _, _)) if answered == id => {}
-            Ok((answered, _, _)) => {
-                return Err(Status::failed_precondition(format!(
-                    "node {answered} answers at {address}, not node {id}: check the address and [node] id"
-                )))
-            }
-            Err(e) => {
-                return Err(Status::unavailable(format!(
-                    "the leader (node {}) cannot reach the new node at {address}: {} (is that address \
-                     reachable from the other nodes? it must be the new node's node.grpc as they see it)",
-                    self.node.id,
-                    e.message()
-                )))
-            }
-        }
-        let raft = cluster.raft();
-        let added = tokio::time::timeout(
-            MEMBERSHIP_TIMEOUT,
-            raft.add_learner(id, BasicNode::new(address.clone()), true),
-        )
-        .await;
-        membership_result(added, "adding the node")?;
-        let voters = cluster.voters();
-        let message = if voters.len() < MAX_VOTERS {
-            let changed = tokio::time::timeout(
-                MEMBERSHIP_TIMEOUT,
-                raft.change_membership(ChangeMembers::AddVoterIds([id].into()), true),
-            )
-            .await;
-            membership_result(changed, "making the node a voter")?;
-            format!("node {id} at {address} joined as a voter")
-        } else {
-            format!("node {id} at {address} joined as a learner ({MAX_VOTERS} voters already); it owns targets too")
-        };
-        tracing::info!(node = id, %address, "{message}");
+        let message = cluster.add_member(id, address).await?;
         Ok(self.cluster_reply(message))
     }
 
@@ -593,29 +616,6 @@ impl HerdApi {
         Ok(self.cluster_reply(format!(
             "node {id} removed from the herd; its targets move to the others"
         )))
-    }
-}
-
-type MembershipResult<T> = Result<
-    Result<
-        T,
-        openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, BasicNode>>,
-    >,
-    tokio::time::error::Elapsed,
->;
-
-fn membership_result<T>(r: MembershipResult<T>, what: &str) -> Result<(), Status> {
-    use openraft::error::{ClientWriteError, RaftError};
-    match r {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(
-            Status::unavailable(format!("{what}: leadership changed meanwhile; retry")),
-        ),
-        Ok(Err(RaftError::APIError(e))) => Err(Status::failed_precondition(format!("{what}: {e}"))),
-        Ok(Err(RaftError::Fatal(f))) => Err(ClusterError::Stopped(f.to_string()).into()),
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "{what} did not complete within {MEMBERSHIP_TIMEOUT:?}"
-        ))),
     }
 }
 

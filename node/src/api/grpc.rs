@@ -127,6 +127,14 @@ impl pb::herd_server::Herd for HerdApi {
             leader: self.fleet.cluster().leader(),
             node_id: self.node.id,
             unreachable,
+            herd_id: self
+                .fleet
+                .cluster()
+                .credential()
+                .herd_id()
+                .unwrap_or_default(),
+            refusals: self.fleet.cluster().credential().refusals(),
+            bootstrap: self.fleet.cluster().bootstrap_status(),
             store_bytes: self.store.file_bytes(),
             store_samples: self
                 .store
@@ -431,6 +439,13 @@ impl pb::herd_server::Herd for HerdApi {
             ));
         }
         self.do_join(&seed).await.map(Response::new)
+    }
+
+    async fn cluster_credential(
+        &self,
+        _req: Request<pb::ClusterCredentialRequest>,
+    ) -> Result<Response<pb::ClusterCredentialReply>, Status> {
+        Ok(Response::new(self.credential_reply()))
     }
 
     async fn cluster_add(

@@ -38,6 +38,8 @@ const CERT_MODE: u32 = 0o644;
 /// Common names of the CA and of the CLI's certificate.
 const CA_NAME: &str = "herd CA";
 const CLIENT_NAME: &str = "herd-client";
+/// The herd secret's file in `--out`.
+const SECRET_FILE: &str = "herd-secret";
 const EXAMPLE: &str = "expected ID=HOST[,HOST...], e.g. 1=10.0.0.1,herd-1.example";
 
 #[derive(Debug, clap::Args)]
@@ -271,7 +273,7 @@ fn generate(
         });
     };
     for node in nodes {
-        let cn = node_cn(node.id);
+        let cn = tls::node_cn(node.id);
         let issued = leaf(
             &ca,
             &cn,
@@ -294,19 +296,20 @@ fn generate(
         until,
     )?;
     push("client".into(), client);
+    // For cluster.secret_file: a herd without TLS, or one that wants both.
+    files.push(OutFile {
+        name: SECRET_FILE.into(),
+        contents: format!("{}\n", crate::cluster::credential::new_secret()),
+        mode: KEY_MODE,
+    });
     Ok(files)
-}
-
-/// A node's common name, also one of its DNS names.
-fn node_cn(id: u64) -> String {
-    format!("herd-node-{id}")
 }
 
 /// The names a node's certificate holds: the hosts given, its common name and the
 /// mark of a node certificate.
 fn node_names(node: &NodeSpec) -> Vec<String> {
     let mut names = node.hosts.clone();
-    for extra in [node_cn(node.id), tls::NODE_NAME.to_string()] {
+    for extra in [tls::node_cn(node.id), tls::NODE_NAME.to_string()] {
         if !names.contains(&extra) {
             names.push(extra);
         }
@@ -407,6 +410,10 @@ fn summary(out: &Path, nodes: &[NodeSpec], days: u32, until: SystemTime) -> Stri
     let _ = writeln!(
         s,
         "  client.pem/.key      a client certificate for the CLI (optional: the API token suffices)"
+    );
+    let _ = writeln!(
+        s,
+        "  herd-secret          a herd secret, for [cluster] secret_file (needed only without [tls])"
     );
     let _ = writeln!(
         s,
@@ -525,10 +532,14 @@ mod tests {
             "node-1.key",
             "node-2.key",
             "client.key",
+            SECRET_FILE,
         ] {
             let path = out.join(name);
             let text = fs::read_to_string(&path).unwrap();
-            if name.ends_with(".key") {
+            if name == SECRET_FILE {
+                assert_eq!(text.trim().len(), 64, "{text:?}");
+                assert_eq!(mode(&path), KEY_MODE);
+            } else if name.ends_with(".key") {
                 assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "{name}");
                 assert_eq!(mode(&path), KEY_MODE, "{name}");
             } else {
@@ -538,7 +549,7 @@ mod tests {
         assert_eq!(mode(&out), DIR_MODE);
         assert_eq!(
             fs::read_dir(&out).unwrap().count(),
-            8,
+            9,
             "no temporary file left"
         );
         let abs = std::path::absolute(&out).unwrap();

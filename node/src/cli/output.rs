@@ -66,6 +66,9 @@ fn up_word(up: i32) -> &'static str {
 pub fn status_json(r: &pb::StatusReply) -> Value {
     json!({
         "node_id": r.node_id,
+        "herd_id": r.herd_id,
+        "bootstrap": r.bootstrap,
+        "refusals": r.refusals,
         "leader": r.leader,
         "ownership_version": r.ownership_version,
         "unreachable": r.unreachable,
@@ -101,7 +104,8 @@ pub fn status_json(r: &pb::StatusReply) -> Value {
 pub fn status_table(r: &pb::StatusReply) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "answered by node {} · leader {} · fleet spec v{} · ownership v{} · store {:.1} MiB, {} samples\n",
+        "herd {} · answered by node {} · leader {} · fleet spec v{} · ownership v{} · store {:.1} MiB, {} samples\n",
+        if r.herd_id.is_empty() { "(none yet)" } else { &r.herd_id },
         r.node_id,
         r.leader.map_or("none".to_string(), |l| l.to_string()),
         r.spec_version,
@@ -139,6 +143,12 @@ pub fn status_table(r: &pb::StatusReply) -> String {
         ],
         &node_rows,
     ));
+    if !r.bootstrap.is_empty() {
+        out.push_str(&format!("not in a herd yet: {}\n", r.bootstrap));
+    }
+    for refusal in &r.refusals {
+        out.push_str(&format!("refused: {refusal}\n"));
+    }
     if !r.unreachable.is_empty() {
         let ids: Vec<String> = r.unreachable.iter().map(|i| i.to_string()).collect();
         out.push_str(&format!(

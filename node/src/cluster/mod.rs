@@ -1,8 +1,11 @@
 //! The herd: Raft (openraft) types, the redb log and state machine, the tonic
 //! network, liveness and leases, and the controller that assigns targets.
+pub mod bootstrap;
 pub mod controller;
+pub mod credential;
 pub mod keylog;
 pub mod liveness;
+pub mod membership;
 pub mod network;
 pub mod node;
 pub mod service;

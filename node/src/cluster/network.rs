@@ -25,7 +25,10 @@ use std::time::Duration;
 
 use herd_proto::v1::forward_reply;
 use herd_proto::v1::raft_client::RaftClient;
-use herd_proto::v1::{BeatRequest, ForwardRequest, RaftReply, RaftRequest, SnapshotChunk};
+use herd_proto::v1::{
+    BeatRequest, ForwardRequest, HelloReply, HelloRequest, JoinRequest, RaftReply, RaftRequest,
+    SnapshotChunk,
+};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
     Unreachable,
@@ -41,6 +44,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
+use super::credential::Credential;
 use super::types::{Command, CommandResponse, NodeId, TypeConfig};
 
 /// Largest gRPC message of the Raft service, either way. An AppendEntries batch
@@ -56,6 +60,8 @@ pub struct Peers {
 
 struct PeersInner {
     connect_timeout: Duration,
+    /// Put on every call (see `credential.rs`).
+    credential: Arc<Credential>,
     tls: Option<ClientTlsConfig>,
     peers: Mutex<HashMap<String, Peer>>,
 }
@@ -95,10 +101,15 @@ pub enum Forwarded {
 
 impl Peers {
     /// `tls`: connect with TLS (mutual when it holds an identity); plain HTTP/2 without.
-    pub fn new(connect_timeout: Duration, tls: Option<ClientTlsConfig>) -> Peers {
+    pub fn new(
+        connect_timeout: Duration,
+        tls: Option<ClientTlsConfig>,
+        credential: Arc<Credential>,
+    ) -> Peers {
         Peers {
             inner: Arc::new(PeersInner {
                 connect_timeout,
+                credential,
                 tls,
                 peers: Mutex::new(HashMap::new()),
             }),
@@ -191,8 +202,9 @@ impl Peers {
             ownership_version,
         });
         req.set_timeout(timeout);
+        self.inner.credential.stamp(&mut req);
         let mut client = RaftClient::new(channel);
-        match tokio::time::timeout(timeout, client.beat(req)).await {
+        let res = match tokio::time::timeout(timeout, client.beat(req)).await {
             Ok(res) => res.map(|r| {
                 let r = r.into_inner();
                 (r.id, r.member, r.ownership_version)
@@ -200,7 +212,72 @@ impl Peers {
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "no answer from {addr} within {timeout:?}"
             ))),
+        };
+        self.note_refusal(addr, res.as_ref().err());
+        res
+    }
+
+    /// A refusal for the credential or the herd is worth telling people about.
+    fn note_refusal(&self, addr: &str, err: Option<&Status>) {
+        if let Some(s) = err {
+            if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) {
+                self.inner.credential.refused_by(addr, s);
+            }
         }
+    }
+
+    /// Asks the node at `addr` who it is and whether it is in a herd; with
+    /// `promise_to`, asks it to take part in the herd that node forms.
+    pub async fn hello(
+        &self,
+        addr: &str,
+        from: NodeId,
+        promise_to: NodeId,
+        timeout: Duration,
+    ) -> Result<HelloReply, Status> {
+        let channel = self.channel_to(addr)?;
+        let mut req = tonic::Request::new(HelloRequest {
+            from,
+            to_addr: addr.to_string(),
+            promise_to,
+        });
+        req.set_timeout(timeout);
+        self.inner.credential.stamp(&mut req);
+        let mut client = RaftClient::new(channel);
+        let res = match tokio::time::timeout(timeout, client.hello(req)).await {
+            Ok(res) => res.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer from {addr} within {timeout:?}"
+            ))),
+        };
+        self.note_refusal(addr, res.as_ref().err());
+        res
+    }
+
+    /// Asks the member at `addr` to add node `id`, reachable at `my_addr`.
+    pub async fn join(
+        &self,
+        addr: &str,
+        id: NodeId,
+        my_addr: &str,
+        timeout: Duration,
+    ) -> Result<String, Status> {
+        let channel = self.channel_to(addr)?;
+        let mut req = tonic::Request::new(JoinRequest {
+            id,
+            addr: my_addr.to_string(),
+        });
+        req.set_timeout(timeout);
+        self.inner.credential.stamp(&mut req);
+        let mut client = RaftClient::new(channel);
+        let res = match tokio::time::timeout(timeout, client.join(req)).await {
+            Ok(res) => res.map(|r| r.into_inner().message),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer from {addr} within {timeout:?}"
+            ))),
+        };
+        self.note_refusal(addr, res.as_ref().err());
+        res
     }
 
     /// Sends a client write to the node at `addr` (the leader, as far as this node
@@ -218,6 +295,7 @@ impl Peers {
             .map_err(|e| Status::invalid_argument(format!("encode command: {e}")))?;
         let mut req = tonic::Request::new(ForwardRequest { command });
         req.set_timeout(timeout);
+        self.inner.credential.stamp(&mut req);
         peer.counters.attempts.fetch_add(1, Ordering::Relaxed);
         let mut client = RaftClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let res = match tokio::time::timeout(timeout, client.forward(req)).await {
@@ -226,6 +304,7 @@ impl Peers {
                 "no answer from {addr} within {timeout:?}"
             ))),
         };
+        self.note_refusal(addr, res.as_ref().err());
         let reply = res
             .inspect_err(|_| {
                 peer.counters.failures.fetch_add(1, Ordering::Relaxed);
@@ -275,6 +354,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             node: node.clone(),
             peer: self.peers.peer(&node.addr),
+            peers: self.peers.clone(),
             backoff_start: self.backoff_start,
             backoff_max: self.backoff_max,
         }
@@ -287,6 +367,8 @@ pub struct PeerClient {
     target: NodeId,
     node: BasicNode,
     peer: Peer,
+    /// For the credential and refusals.
+    peers: Peers,
     backoff_start: Duration,
     backoff_max: Duration,
 }
@@ -339,9 +421,13 @@ impl PeerClient {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let mut req = tonic::Request::new(msg);
         req.set_timeout(ttl);
+        self.peers.inner.credential.stamp(&mut req);
         let reply = match tokio::time::timeout(ttl, send(client, req)).await {
             Ok(Ok(reply)) => reply.into_inner(),
-            Ok(Err(status)) => return Err(self.status_error(action, ttl, status)),
+            Ok(Err(status)) => {
+                self.peers.note_refusal(&self.node.addr, Some(&status));
+                return Err(self.status_error(action, ttl, status));
+            }
             Err(_) => return Err(self.timeout(action, ttl)),
         };
         let remote: Result<T, RaftError<NodeId, E>> = serde_json::from_slice(&reply.payload)
@@ -485,12 +571,17 @@ mod tests {
 
     #[tokio::test]
     async fn backoff_doubles_up_to_the_cap() {
-        let peers = Peers::new(Duration::from_secs(1), None);
+        let peers = Peers::new(
+            Duration::from_secs(1),
+            None,
+            Credential::in_memory(1, false, None),
+        );
         let c = PeerClient {
             id: 1,
             target: 2,
             node: BasicNode::new("127.0.0.1:1"),
             peer: peers.peer("127.0.0.1:1"),
+            peers: peers.clone(),
             backoff_start: Duration::from_millis(100),
             backoff_max: Duration::from_millis(500),
         };
@@ -500,12 +591,17 @@ mod tests {
 
     #[tokio::test]
     async fn statuses_map_to_backoff_or_retry() {
-        let peers = Peers::new(Duration::from_secs(1), None);
+        let peers = Peers::new(
+            Duration::from_secs(1),
+            None,
+            Credential::in_memory(1, false, None),
+        );
         let c = PeerClient {
             id: 1,
             target: 2,
             node: BasicNode::new("127.0.0.1:1"),
             peer: peers.peer("127.0.0.1:1"),
+            peers: peers.clone(),
             backoff_start: Duration::from_millis(100),
             backoff_max: Duration::from_millis(500),
         };
@@ -531,7 +627,11 @@ mod tests {
 
     #[tokio::test]
     async fn one_channel_per_address() {
-        let peers = Peers::new(Duration::from_secs(1), None);
+        let peers = Peers::new(
+            Duration::from_secs(1),
+            None,
+            Credential::in_memory(1, false, None),
+        );
         let a = peers.peer("127.0.0.1:7401");
         let b = peers.peer("127.0.0.1:7401");
         assert!(Arc::ptr_eq(&a.counters, &b.counters));

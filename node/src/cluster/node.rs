@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tonic::transport::ClientTlsConfig;
 use tonic::Code;
 
+use super::credential::Credential;
 use super::liveness::Liveness;
 use super::network::{Forwarded, Network, PeerStats, Peers};
 use super::service::RaftService;
@@ -59,6 +60,11 @@ pub struct ClusterConfig {
     pub client_tls: Option<ClientTlsConfig>,
     /// Refuse Raft calls that carry no client certificate (set with mTLS).
     pub require_peer_cert: bool,
+    /// `cluster.secret_file`: the herd secret every member holds (see `credential.rs`).
+    pub secret_file: Option<std::path::PathBuf>,
+    /// `cluster.peers` is set: the herd forms from configuration (`bootstrap.rs`),
+    /// and nothing but `cluster init` makes this node a herd of one.
+    pub declarative: bool,
 }
 
 impl Default for ClusterConfig {
@@ -73,6 +79,8 @@ impl Default for ClusterConfig {
             snapshot_every: 5000,
             client_tls: None,
             require_peer_cert: false,
+            secret_file: None,
+            declarative: false,
         }
     }
 }
@@ -191,6 +199,12 @@ pub struct ClusterNode {
     peers: Peers,
     liveness: Arc<Liveness>,
     config: ClusterConfig,
+    credential: Arc<Credential>,
+    /// Declarative membership: the node this one promised to form a herd with (or
+    /// itself while it forms one), and when; see `bootstrap.rs`.
+    pub(super) promise: Arc<std::sync::Mutex<Option<(NodeId, Instant)>>>,
+    /// What declarative membership waits for, for `herd status` (empty: nothing).
+    bootstrap: Arc<std::sync::Mutex<String>>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -213,9 +227,20 @@ impl ClusterNode {
         config: ClusterConfig,
     ) -> Result<ClusterNode, ClusterError> {
         let raft_config = config.raft_config()?;
+        let credential = Credential::load(
+            id,
+            config.require_peer_cert,
+            config.secret_file.as_deref(),
+            dir.as_ref(),
+        )
+        .map_err(ClusterError::Config)?;
         let (log, sm) = store::open_async(dir.as_ref().to_path_buf()).await?;
         let state = sm.subscribe();
-        let peers = Peers::new(config.connect_timeout, config.client_tls.clone());
+        let peers = Peers::new(
+            config.connect_timeout,
+            config.client_tls.clone(),
+            credential.clone(),
+        );
         // Back off from an unreachable peer starting at one heartbeat, at most
         // election_min between attempts: a peer coming back hears from the leader
         // well before its own election timer (lease + election timeout) runs out.
@@ -223,7 +248,7 @@ impl ClusterNode {
         let raft = Raft::new(id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| ClusterError::Stopped(e.to_string()))?;
-        Ok(ClusterNode {
+        let node = ClusterNode {
             id,
             addr: addr.into(),
             raft,
@@ -231,7 +256,80 @@ impl ClusterNode {
             peers,
             liveness: Liveness::new(id),
             config,
-        })
+            credential,
+            promise: Arc::default(),
+            bootstrap: Arc::default(),
+        };
+        node.follow_herd_id();
+        Ok(node)
+    }
+
+    /// What declarative membership waits for; empty once this node is a member.
+    pub fn bootstrap_status(&self) -> String {
+        if self.in_herd() {
+            return String::new();
+        }
+        self.bootstrap
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_bootstrap_status(&self, text: String) {
+        *self.bootstrap.lock().unwrap_or_else(|p| p.into_inner()) = text;
+    }
+
+    /// The credential this node presents and checks (see `credential.rs`).
+    pub fn credential(&self) -> &Arc<Credential> {
+        &self.credential
+    }
+
+    /// Keeps the credential's herd id in step with the applied state; a herd made
+    /// before herd ids gets one from whichever node proposes it first.
+    fn follow_herd_id(&self) {
+        let (mut state, credential, node) =
+            (self.state.clone(), self.credential.clone(), self.clone());
+        tokio::spawn(async move {
+            let mut proposed = false;
+            loop {
+                let (id, in_herd) = {
+                    let s = state.borrow_and_update();
+                    (s.herd_id.clone(), !node.members().is_empty())
+                };
+                match id {
+                    Some(id) => credential.set_herd_id(&id),
+                    None if in_herd && !proposed => {
+                        proposed = true;
+                        node.spawn_herd_id_writer();
+                    }
+                    None => {}
+                }
+                if state.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Proposes the herd id this node knows (or a new one) until the herd has one.
+    fn spawn_herd_id_writer(&self) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let id = node
+                .credential
+                .herd_id()
+                .unwrap_or_else(super::credential::new_herd_id);
+            loop {
+                if node.state.borrow().herd_id.is_some() {
+                    return;
+                }
+                match node.write(Command::HerdId { id: id.clone() }).await {
+                    Ok(_) => return,
+                    Err(ClusterError::Stopped(_)) => return,
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+        });
     }
 
     /// Who this node heard from and when (fed by beats; see [`Liveness`]).
@@ -300,11 +398,7 @@ impl ClusterNode {
 
     /// The Raft gRPC service of this node, to add to its tonic server.
     pub fn service(&self) -> RaftServer<RaftService> {
-        RaftService::server(
-            self.raft.clone(),
-            self.liveness.clone(),
-            self.config.require_peer_cert,
-        )
+        RaftService::server(self.clone(), self.config.require_peer_cert)
     }
 
     /// Makes a brand-new herd of `members` (all voters; include this node).
@@ -319,8 +413,22 @@ impl ClusterNode {
         if initialized {
             return Ok(false);
         }
+        // The herd's credential first: its secret (without TLS or a configured one),
+        // and its id, recorded through Raft as soon as there is a leader.
+        let credential = self.credential.clone();
+        tokio::task::spawn_blocking(move || credential.ensure_secret())
+            .await
+            .map_err(|e| ClusterError::Stopped(e.to_string()))?
+            .map_err(|e| ClusterError::Config(format!("cannot keep the herd secret: {e}")))?;
         match self.raft.initialize(members).await {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                if self.credential.herd_id().is_none() {
+                    let id = super::credential::new_herd_id();
+                    tracing::info!(herd = %id, "initialised a new herd");
+                    self.credential.set_herd_id(&id);
+                }
+                Ok(true)
+            }
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
             Err(RaftError::APIError(e)) => Err(ClusterError::Rejected(e.to_string())),
             Err(RaftError::Fatal(f)) => Err(ClusterError::Stopped(f.to_string())),

@@ -98,6 +98,11 @@ pub enum Command {
     ExpirePauses {
         now_ms: i64,
     },
+    /// The herd's id, made when it was initialised (or by the first leader of a
+    /// herd from before ids): the first one applied stays.
+    HerdId {
+        id: String,
+    },
 }
 
 /// The parts the state is stored in: an applied batch rewrites only the parts its
@@ -190,6 +195,10 @@ pub struct ClusterState {
     pub draining: std::collections::BTreeSet<NodeId>,
     /// The herd's silences by id.
     pub silences: BTreeMap<String, Silence>,
+    /// The herd's id (random, made once); calls between nodes of different herds
+    /// are refused.
+    #[serde(default)]
+    pub herd_id: Option<String>,
 }
 
 /// How long a node waits for the herd to record an alert notification it queued
@@ -362,6 +371,12 @@ impl ClusterState {
             Command::Resume { target } => CommandResponse {
                 version: u64::from(self.pauses.remove(target).is_some()),
             },
+            Command::HerdId { id } => {
+                if self.herd_id.is_none() && !id.is_empty() {
+                    self.herd_id = Some(id.clone());
+                }
+                CommandResponse::default()
+            }
             Command::ExpirePauses { now_ms } => {
                 let before = self.pauses.len();
                 self.pauses

@@ -45,6 +45,18 @@ pub struct ClusterSection {
     /// How the other nodes reach this node's machine for its vitals: "local" (they
     /// run on the same host, as in the demo), "ssh://[user@]host[:port]", or "none".
     pub machine: String,
+    /// File holding the herd secret, the same on every node: every call between the
+    /// nodes carries it (with `[tls]` the node certificates do; both when both are
+    /// set). Absent: `cluster init` makes one and `cluster join` hands it over (kept
+    /// in data_dir/herd-secret). Required with `peers` or beyond loopback without TLS.
+    pub secret_file: Option<PathBuf>,
+    /// Declarative membership: the gRPC addresses of the herd's nodes as the others
+    /// reach them (this node's may be listed too). The node forms or joins the herd
+    /// by itself and never makes itself a herd of one. Empty: `cluster init`/`join`.
+    pub peers: Vec<String>,
+    /// How many nodes (this one included) must see each other before the herd
+    /// forms; more than half of the nodes listed. 0: all of them.
+    pub bootstrap_expect: usize,
 }
 
 impl Default for ClusterSection {
@@ -58,6 +70,9 @@ impl Default for ClusterSection {
             failover_after: HumanDuration::from_millis(1500),
             watchers: 1,
             machine: "local".into(),
+            secret_file: None,
+            peers: Vec::new(),
+            bootstrap_expect: 0,
         }
     }
 }
@@ -334,14 +349,27 @@ impl NodeConfig {
                 "node.grpc",
                 format!("{:?} is not an IP:port address", self.node.grpc),
             )),
-            Ok(a) if !a.ip().is_loopback() && self.node.api_token_file.is_none() => p.push((
-                "node.api_token_file",
-                format!(
-                    "node.grpc {a} listens beyond loopback: set api_token_file so that only \
-                     holders of the token can use the API"
-                ),
-            )),
-            Ok(_) => {}
+            Ok(a) => {
+                if !a.ip().is_loopback() && self.node.api_token_file.is_none() {
+                    p.push((
+                        "node.api_token_file",
+                        format!(
+                            "node.grpc {a} listens beyond loopback: set api_token_file so that \
+                             only holders of the token can use the API"
+                        ),
+                    ))
+                }
+                if !a.ip().is_loopback() && !self.tls.is_set() && self.cluster.secret_file.is_none()
+                {
+                    p.push((
+                        "cluster.secret_file",
+                        format!(
+                            "node.grpc {a} listens beyond loopback: set [tls] or \
+                             cluster.secret_file so that only members of the herd reach Raft"
+                        ),
+                    ))
+                }
+            }
         }
         if self.node.http.parse::<SocketAddr>().is_err() {
             p.push((
@@ -447,6 +475,53 @@ impl NodeConfig {
         if let Err(e) = crate::config::MachineSpec::parse(&c.machine) {
             p.push(("cluster.machine", e));
         }
+        for peer in &c.peers {
+            let has_port = peer
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| port.parse::<u16>().is_ok_and(|n| n > 0));
+            let problem = if has_port {
+                crate::config::fleet::parse_address(peer).err()
+            } else {
+                Some("not HOST:PORT (a node's node.grpc as the others reach it)".to_string())
+            };
+            if let Some(e) = problem {
+                p.push(("cluster.peers", format!("{peer:?}: {e}")));
+            }
+        }
+        if !c.peers.is_empty() {
+            if !self.tls.is_set() && c.secret_file.is_none() {
+                p.push((
+                    "cluster.secret_file",
+                    "cluster.peers needs a credential the nodes share before the herd \
+                     exists: set cluster.secret_file (the same file on every node) or [tls]"
+                        .into(),
+                ));
+            }
+            let n = self.herd_size();
+            if c.bootstrap_expect > n {
+                p.push((
+                    "cluster.bootstrap_expect",
+                    format!(
+                        "{} is more than the {n} nodes cluster.peers names (this one included)",
+                        c.bootstrap_expect
+                    ),
+                ));
+            } else if c.bootstrap_expect != 0 && c.bootstrap_expect * 2 <= n {
+                p.push((
+                    "cluster.bootstrap_expect",
+                    format!(
+                        "{} is not more than half of the {n} nodes cluster.peers names: two \
+                         herds could form",
+                        c.bootstrap_expect
+                    ),
+                ));
+            }
+        } else if c.bootstrap_expect != 0 {
+            p.push((
+                "cluster.bootstrap_expect",
+                "is only meaningful with cluster.peers".into(),
+            ));
+        }
         let t = &self.tls;
         let set = [t.ca.is_some(), t.cert.is_some(), t.key.is_some()];
         if set.iter().any(|x| *x) && !set.iter().all(|x| *x) {
@@ -462,6 +537,31 @@ impl NodeConfig {
             ));
         }
         p
+    }
+}
+
+impl NodeConfig {
+    /// The nodes of a declarative herd: the peers listed, this node's node.grpc
+    /// counted once.
+    pub fn herd_size(&self) -> usize {
+        let mut all: std::collections::BTreeSet<&str> =
+            self.cluster.peers.iter().map(|p| p.trim()).collect();
+        all.insert(self.node.grpc.as_str());
+        all.len()
+    }
+
+    /// How many nodes a declarative herd waits for (`bootstrap_expect`, 0: all).
+    pub fn bootstrap_expect(&self) -> usize {
+        match self.cluster.bootstrap_expect {
+            0 => self.herd_size(),
+            n => n,
+        }
+    }
+}
+
+impl TlsSection {
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
     }
 }
 
@@ -546,13 +646,54 @@ mod tests {
     }
 
     #[test]
-    fn api_beyond_loopback_needs_a_token() {
+    fn api_beyond_loopback_needs_a_token_and_a_herd_credential() {
         let mut c = NodeConfig::default();
         c.node.grpc = "0.0.0.0:7401".into();
         let keys: Vec<_> = c.validate().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["node.api_token_file"]);
+        assert_eq!(keys, ["node.api_token_file", "cluster.secret_file"]);
         c.node.api_token_file = Some("/etc/herd/token".into());
+        c.cluster.secret_file = Some("/etc/herd/herd-secret".into());
         assert!(c.validate().is_empty());
+        c.cluster.secret_file = None;
+        c.tls.ca = Some("ca.pem".into());
+        c.tls.cert = Some("node.pem".into());
+        c.tls.key = Some("node.key".into());
+        assert!(c.validate().is_empty());
+    }
+
+    #[test]
+    fn declarative_membership_is_checked() {
+        let mut c = NodeConfig::default();
+        c.cluster.peers = vec![
+            "127.0.0.1:7401".into(),
+            "127.0.0.1:7402".into(),
+            "nowhere".into(),
+        ];
+        c.cluster.bootstrap_expect = 1;
+        let p = c.validate();
+        let keys: Vec<_> = p.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            keys,
+            [
+                "cluster.peers",
+                "cluster.secret_file",
+                "cluster.bootstrap_expect"
+            ],
+            "{p:?}"
+        );
+        assert!(p[2].1.contains("half"), "{p:?}");
+        c.cluster.peers.pop();
+        c.cluster.secret_file = Some("s".into());
+        c.cluster.bootstrap_expect = 0;
+        assert!(c.validate().is_empty());
+        // node.grpc is among the peers: two nodes, both awaited.
+        assert_eq!(c.bootstrap_expect(), 2);
+        c.cluster.peers.push("127.0.0.1:7403".into());
+        c.cluster.bootstrap_expect = 2;
+        assert!(c.validate().is_empty());
+        assert_eq!(c.herd_size(), 3);
+        c.cluster.bootstrap_expect = 4;
+        assert!(c.validate()[0].1.contains("more than the 3"));
     }
 }
 

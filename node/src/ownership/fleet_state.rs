@@ -120,8 +120,28 @@ impl FleetState {
     }
 
     /// Makes this node a herd of one when it is in none yet (a node used alone, as
-    /// before the herd existed, or the first node of a new herd).
+    /// before the herd existed), for a write that needs a herd (`apply`, a silence).
+    /// A node configured with peers never does: it forms or joins the herd with
+    /// them, and the write fails until it has.
     pub async fn ensure_herd(&self) -> Result<bool, ClusterError> {
+        if self.node.config().declarative && !self.node.in_herd() {
+            let waiting = self.node.bootstrap_status();
+            return Err(ClusterError::Rejected(format!(
+                "node {} has cluster.peers and is not in the herd yet ({}); it forms or joins \
+                 the herd with its peers by itself: try again once `herd status` shows it a member",
+                self.node.id(),
+                if waiting.is_empty() {
+                    "starting".into()
+                } else {
+                    waiting
+                }
+            )));
+        }
+        self.init_herd().await
+    }
+
+    /// `cluster init`: makes this node a herd of one when it is in none yet.
+    pub async fn init_herd(&self) -> Result<bool, ClusterError> {
         let mut members = BTreeMap::new();
         members.insert(
             self.node.id(),

@@ -39,9 +39,19 @@ async fn bind(addr: &str) -> TcpListener {
     }
 }
 
+/// The herd secret every node of these tests holds (cluster.secret_file).
+const TEST_SECRET: &str = "in-process-herd-secret-0123456789";
+
 async fn spawn(id: NodeId, listener: TcpListener, dir: &Path) -> Running {
     let addr = listener.local_addr().unwrap().to_string();
-    let node = ClusterNode::start(id, addr.clone(), dir, ClusterConfig::default())
+    std::fs::create_dir_all(dir).unwrap();
+    let secret_file = dir.join("test-secret");
+    std::fs::write(&secret_file, TEST_SECRET).unwrap();
+    let config = ClusterConfig {
+        secret_file: Some(secret_file),
+        ..ClusterConfig::default()
+    };
+    let node = ClusterNode::start(id, addr.clone(), dir, config)
         .await
         .unwrap();
     let cancel = CancellationToken::new();
@@ -157,7 +167,7 @@ async fn three_nodes_elect_forward_fail_over_and_catch_up() {
 
     // A write on a follower is forwarded to the leader and replicated everywhere.
     let follower = live.iter().find(|r| r.node.id() != leader).unwrap();
-    let text = "[[target]]\nname = \"web-1\"\n";
+    let text = "[[target]]\nname = \"web-1\"\ntransport = \"local\"\n";
     let r = follower.node.write(spec(text)).await.unwrap();
     assert_eq!(r.version, 1);
     for r in &live {
@@ -210,7 +220,7 @@ async fn three_nodes_elect_forward_fail_over_and_catch_up() {
     // A write proposed at once, while the survivors still name the stopped leader:
     // it is retried until a new leader takes it (within the write timeout).
     let survivor = nodes.iter().flatten().next().unwrap().node.clone();
-    let text2 = "[[target]]\nname = \"web-2\"\n";
+    let text2 = "[[target]]\nname = \"web-2\"\ntransport = \"local\"\n";
     let during = tokio::spawn(async move {
         let w = Instant::now();
         let r = survivor.write(spec(text2)).await;
@@ -238,7 +248,7 @@ async fn three_nodes_elect_forward_fail_over_and_catch_up() {
 
     // A further write succeeds on the survivors, proposed on the follower.
     let follower = live.iter().find(|r| r.node.id() != new_leader).unwrap();
-    let text3 = "[[target]]\nname = \"web-3\"\n";
+    let text3 = "[[target]]\nname = \"web-3\"\ntransport = \"local\"\n";
     let w = Instant::now();
     let r = follower.node.write(spec(text3)).await.unwrap();
     println!("write after failover took {:?}", w.elapsed());
@@ -289,7 +299,9 @@ async fn three_nodes_elect_forward_fail_over_and_catch_up() {
         .as_ref()
         .unwrap()
         .node
-        .write(spec("v4"))
+        .write(spec(
+            "[[target]]\nname = \"web-4\"\ntransport = \"local\"\n",
+        ))
         .await
         .unwrap();
     assert_eq!(r.version, 4);
@@ -332,7 +344,11 @@ async fn dead_peer_is_backed_off_not_flooded() {
     let before: Vec<(u64, u64)> = [&a, &b].map(to_dead).to_vec();
     let window = Duration::from_secs(2);
     // The herd keeps working meanwhile.
-    let r = a.node.write(spec("x")).await.unwrap();
+    let r = a
+        .node
+        .write(spec("[[target]]\nname = \"x\"\ntransport = \"local\"\n"))
+        .await
+        .unwrap();
     assert_eq!(r.version, 1);
     tokio::time::sleep(window).await;
     let after: Vec<(u64, u64)> = [&a, &b].map(to_dead).to_vec();

@@ -245,6 +245,7 @@ struct RestRef<'a> {
     pauses: &'a std::collections::BTreeMap<String, crate::ownership::Pause>,
     draining: &'a std::collections::BTreeSet<NodeId>,
     silences: &'a std::collections::BTreeMap<String, crate::store::alerting::Silence>,
+    herd_id: &'a Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -255,6 +256,8 @@ struct Rest {
     pauses: std::collections::BTreeMap<String, crate::ownership::Pause>,
     draining: std::collections::BTreeSet<NodeId>,
     silences: std::collections::BTreeMap<String, crate::store::alerting::Silence>,
+    #[serde(default)]
+    herd_id: Option<String>,
 }
 
 /// Stores `parts` of `state`.
@@ -279,6 +282,7 @@ fn put_state(
         pauses,
         draining,
         silences,
+        herd_id,
     } = state;
     for part in parts {
         match part {
@@ -314,6 +318,7 @@ fn put_state(
                     pauses,
                     draining,
                     silences,
+                    herd_id,
                 },
             )?,
         }
@@ -349,6 +354,7 @@ where
         s.pauses = r.pauses;
         s.draining = r.draining;
         s.silences = r.silences;
+        s.herd_id = r.herd_id;
     }
     Ok(s)
 }
