@@ -362,6 +362,13 @@ impl Herd {
         }
     }
 
+    /// Replaces what is appended to herd.toml (its `[cluster]` section, say) and
+    /// rewrites the file; the node reads it at its next (re)start.
+    pub fn reconfigure(&mut self, extra_toml: impl Into<String>) {
+        self.opts.extra_toml = extra_toml.into();
+        self.write_config();
+    }
+
     /// Starts the node again: same config, port and data dir. A running node is
     /// killed first (SIGKILL).
     pub fn restart(&mut self) {

@@ -33,15 +33,19 @@ fn fleet_names() -> Vec<String> {
 /// The one template every node is started from: the herd's members (all of
 /// `ports`), how many to wait for, the shared secret file.
 fn template(secret: &Path, ports: &[u16], expect: usize) -> HerdOptions {
-    let peers: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     HerdOptions::default()
         .fleet(fleet())
         .no_fleet_wait()
-        .extra_toml(format!(
-            "[cluster]\nsecret_file = \"{}\"\npeers = [{}]\nbootstrap_expect = {expect}\n",
-            secret.display(),
-            peers.join(", ")
-        ))
+        .extra_toml(cluster_toml(secret, ports, expect))
+}
+
+fn cluster_toml(secret: &Path, ports: &[u16], expect: usize) -> String {
+    let peers: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    format!(
+        "[cluster]\nsecret_file = \"{}\"\npeers = [{}]\nbootstrap_expect = {expect}\n",
+        secret.display(),
+        peers.join(", ")
+    )
 }
 
 fn secret_file(dir: &Path) -> std::path::PathBuf {
@@ -212,4 +216,69 @@ fn a_node_with_peers_never_makes_itself_a_herd_of_one() {
         "the node logs its progress:\n{}",
         node.log_tail(20)
     );
+}
+
+#[test]
+fn a_node_pointed_at_another_herd_says_so_naming_both_herds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = secret_file(tmp.path());
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+
+    phase!("herd A: nodes 1 and 2 from their template");
+    let base = template(&secret, &ports[..2], 0);
+    let started = (1..=2).map(|id| start(&base, id, ports[id as usize - 1]));
+    let a = Cluster::from_started(started.collect(), base);
+    let herd_a = wait_one_herd(&a, &[1, 2].into());
+
+    phase!("herd B: node 3 alone, same secret file, made by hand");
+    let mut b = Herd::start(
+        HerdOptions::default()
+            .id(3)
+            .port(ports[2])
+            .extra_toml(format!(
+                "[cluster]\nsecret_file = \"{}\"\n",
+                secret.display()
+            )),
+    );
+    b.cli_ok(&["cluster", "init"]);
+    let herd_b = wait_for(BOUND, "herd B's id", || {
+        let id = b.status_json()["herd_id"].as_str()?.to_string();
+        (!id.is_empty()).then_some(id)
+    });
+    assert_ne!(herd_a, herd_b);
+    eprintln!("    herd A {herd_a}, herd B {herd_b}");
+
+    phase!("node 3 restarted with herd A's peers in its config");
+    b.reconfigure(cluster_toml(&secret, &ports, 0));
+    b.restart();
+    let named = |text: &str| text.contains(&herd_a) && text.contains(&herd_b);
+    let said = wait_for(BOUND, "node 3 says it is pointed at another herd", || {
+        let v = b.status_json();
+        let refusals = v["refusals"].as_array()?.clone();
+        refusals
+            .iter()
+            .filter_map(|r| r.as_str())
+            .find(|r| named(r))
+            .map(str::to_string)
+    });
+    eprintln!("    node 3 says: {said}");
+    assert!(
+        b.log().lines().any(named),
+        "node 3's log names both herds:\n{}",
+        b.log_tail(20)
+    );
+    let heard = wait_for(BOUND, "node 1 reports the call from another herd", || {
+        let v = a.node(1).status_json();
+        let refusals = v["refusals"].as_array()?.clone();
+        refusals
+            .iter()
+            .filter_map(|r| r.as_str())
+            .find(|r| r.contains("another herd") && named(r))
+            .map(str::to_string)
+    });
+    eprintln!("    node 1 says: {heard}");
+
+    phase!("neither herd changed");
+    assert_eq!(a.status().node_ids(), [1, 2].into());
+    assert_eq!(b.status_json()["herd_id"], herd_b.as_str());
 }

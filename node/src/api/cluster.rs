@@ -342,6 +342,8 @@ impl HerdApi {
         let made = self.fleet.init_herd().await?;
         let cluster = self.fleet.cluster();
         cluster.wait_for_leader(Duration::from_secs(10)).await?;
+        // Recorded before the answer: an id that a restart could lose is not told.
+        cluster.wait_herd_id(Duration::from_secs(10)).await;
         let me = self.node.id;
         let herd = self.herd_id_text();
         Ok(self.cluster_reply(if made {
@@ -468,6 +470,10 @@ impl HerdApi {
             MEMBERSHIP_TIMEOUT,
         );
         let reply = client.cluster_add(req).await.map_err(|s| {
+            // Not in that herd after all: its id must not turn away another herd.
+            if !cluster.in_herd() {
+                cluster.credential().clear_herd_id();
+            }
             Status::new(
                 s.code(),
                 format!("{seed} refused or did not answer: {}", s.message()),

@@ -31,6 +31,8 @@ use super::types::NodeId;
 const ROUND: Duration = Duration::from_millis(500);
 /// Bound on one Hello or Join.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a member checks that its peers are of its herd.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Progress is logged at most this often while nothing changes.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -49,21 +51,28 @@ pub struct Bootstrap {
 struct Seen {
     /// Nodes in no herd: id → the address they answered at.
     fresh: BTreeMap<NodeId, String>,
-    /// A member of a herd: (its id, its address, the herd id).
-    member: Option<(NodeId, String, String)>,
+    /// Members of a herd: (the id and address to ask, the herd id).
+    members: Vec<(NodeId, String, String)>,
     /// The address this node answered at itself, when it is in the list.
     me: Option<String>,
     /// Peers that did not answer, with why.
     silent: Vec<String>,
 }
 
-/// Runs until this node is a member of a herd, or `cancel`.
+/// Runs until `cancel`: forms or joins the herd; once a member, checks every
+/// [`CHECK_EVERY`] that the peers listed are of the same herd (a node pointed at
+/// another herd's nodes says so, naming both herd ids, in its log and status).
 pub async fn run(node: ClusterNode, cfg: Bootstrap, cancel: CancellationToken) {
     let mut last = (String::new(), std::time::Instant::now());
     loop {
         if node.in_herd() {
             node.set_bootstrap_status(String::new());
-            return;
+            check_peers(&node, &cfg.peers).await;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(CHECK_EVERY) => {}
+            }
+            continue;
         }
         let status = round(&node, &cfg).await;
         let now = std::time::Instant::now();
@@ -83,7 +92,7 @@ pub async fn run(node: ClusterNode, cfg: Bootstrap, cancel: CancellationToken) {
 async fn round(node: &ClusterNode, cfg: &Bootstrap) -> String {
     let seen = look(node, &cfg.peers).await;
     let my_addr = seen.me.clone().unwrap_or_else(|| node.addr().to_string());
-    if let Some((id, addr, herd)) = &seen.member {
+    if let Some((id, addr, herd)) = seen.members.first() {
         return match node
             .peers()
             .join(addr, node.id(), &my_addr, CALL_TIMEOUT * 10)
@@ -123,6 +132,22 @@ async fn round(node: &ClusterNode, cfg: &Bootstrap) -> String {
     form(node, cfg, nodes).await
 }
 
+/// A member asks its peers who they are: a peer of another herd refuses the
+/// call (the herd ids differ), which the credential records and logs on both
+/// ends; a peer that answers as a member of another herd is reported here.
+async fn check_peers(node: &ClusterNode, peers: &[String]) {
+    let seen = look(node, peers).await;
+    let mine = node.credential().herd_id().unwrap_or_default();
+    for (id, addr, theirs) in &seen.members {
+        if !mine.is_empty() && !theirs.is_empty() && theirs != &mine {
+            node.credential().report(format!(
+                "cluster.peers names node {id} at {addr} of herd {theirs}; this node is in \
+                 herd {mine}"
+            ));
+        }
+    }
+}
+
 /// Asks every peer who it is.
 async fn look(node: &ClusterNode, peers: &[String]) -> Seen {
     let calls = peers.iter().map(|addr| {
@@ -144,7 +169,7 @@ async fn look(node: &ClusterNode, peers: &[String]) -> Seen {
                     Some(l) if !h.leader_addr.is_empty() => (l, h.leader_addr.clone()),
                     _ => (h.id, addr),
                 };
-                seen.member.get_or_insert((id, at, h.herd_id));
+                seen.members.push((id, at, h.herd_id));
             }
             Ok(h) => {
                 seen.fresh.insert(h.id, addr);

@@ -255,6 +255,11 @@ impl Credential {
         }
     }
 
+    /// Forgets a herd id set for an init that did not happen.
+    pub fn clear_herd_id(&self) {
+        *self.herd_id.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Puts the credential on an outgoing call.
     pub fn stamp<T>(&self, req: &mut Request<T>) {
         let md = req.metadata_mut();
@@ -348,6 +353,11 @@ impl Credential {
     fn refuse(&self, status: Status, text: String) -> Status {
         self.note(text);
         status
+    }
+
+    /// Records and logs a problem of the herd's membership (shown with refusals).
+    pub fn report(&self, text: String) {
+        self.note(text);
     }
 
     fn note(&self, text: String) {

@@ -311,6 +311,17 @@ impl ClusterNode {
         });
     }
 
+    /// Waits until the herd id is recorded in the applied state (a herd just
+    /// initialised records it with its first write); returns it.
+    pub async fn wait_herd_id(&self, timeout: Duration) -> Option<String> {
+        let mut state = self.state.clone();
+        let res = tokio::time::timeout(timeout, state.wait_for(|s| s.herd_id.is_some())).await;
+        match res {
+            Ok(Ok(s)) => s.herd_id.clone(),
+            _ => None,
+        }
+    }
+
     /// Proposes the herd id this node knows (or a new one) until the herd has one.
     fn spawn_herd_id_writer(&self) {
         let node = self.clone();
@@ -420,13 +431,22 @@ impl ClusterNode {
             .await
             .map_err(|e| ClusterError::Stopped(e.to_string()))?
             .map_err(|e| ClusterError::Config(format!("cannot keep the herd secret: {e}")))?;
-        match self.raft.initialize(members).await {
+        // The id first, so that whatever proposes it once Raft runs proposes this one.
+        let made_id = self.credential.herd_id().is_none().then(|| {
+            let id = super::credential::new_herd_id();
+            self.credential.set_herd_id(&id);
+            id
+        });
+        let res = self.raft.initialize(members).await;
+        if res.is_err() && made_id.is_some() {
+            self.credential.clear_herd_id();
+        }
+        match res {
             Ok(()) => {
-                if self.credential.herd_id().is_none() {
-                    let id = super::credential::new_herd_id();
+                if let Some(id) = made_id {
                     tracing::info!(herd = %id, "initialised a new herd");
-                    self.credential.set_herd_id(&id);
                 }
+                self.spawn_herd_id_writer();
                 Ok(true)
             }
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
