@@ -703,7 +703,14 @@ impl Engine {
     pub fn adopt(&mut self, alerts: Vec<Alert>) -> usize {
         let mut taken = 0;
         for alert in alerts {
-            if alert.state == AlertState::Inactive || self.alerts.machines.contains_key(&alert.id) {
+            if self.alerts.machines.contains_key(&alert.id) {
+                continue;
+            }
+            if alert.state == AlertState::Inactive {
+                // Nothing to continue, but its count goes on: a new episode must not
+                // reuse an idempotency key the herd recorded as delivered.
+                let count = self.alerts.tombstones.entry(alert.id).or_insert(0);
+                *count = (*count).max(alert.transitions);
                 continue;
             }
             let before = self.alerts.machines.len();

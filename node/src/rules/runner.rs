@@ -418,12 +418,11 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
             ts_ms: t.ts_ms,
             suppressed,
         });
-        if t.to == crate::model::AlertState::Inactive {
-            // Pending that cleared before `for`: nothing to keep.
-            batch.deleted.push(t.alert.id);
-        } else {
-            batch.alerts.push(t.alert);
-        }
+        // A pending alert that cleared before `for` (now inactive) is kept too: its
+        // transition count is part of every idempotency key, and a new owner or a
+        // restart must continue it, or a later FIRING would reuse a key the herd
+        // recorded as delivered and be dropped.
+        batch.alerts.push(t.alert);
     }
     let herd = ctx.handle.in_herd();
     for e in batch.outbox.iter_mut().chain(

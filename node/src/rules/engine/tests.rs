@@ -151,6 +151,37 @@ fn range_clearing_while_pending_goes_inactive_silently() {
     );
 }
 
+/// A takeover (or restart) after a firing episode and a pending period that
+/// cleared: the new owner continues the count from the herd's record, so the next
+/// FIRING gets a key never used before (it would otherwise be dropped as delivered).
+#[test]
+fn transition_counts_survive_an_inactive_alert_across_a_takeover() {
+    let mut old = one(vec![cpu_rule("for = \"10s\"")]);
+    let mut record = std::collections::BTreeMap::new();
+    let mut keep = |ts: Vec<Transition>| {
+        for t in ts {
+            record.insert(t.alert.id.clone(), t.alert.clone());
+        }
+    };
+    keep(old.on_sample(&sample("web-1", "cpu.used_pct", T0, 95.0)));
+    keep(old.tick(T0 + 10 * SEC));
+    keep(old.on_sample(&sample("web-1", "cpu.used_pct", T0 + 20 * SEC, 50.0)));
+    keep(old.on_sample(&sample("web-1", "cpu.used_pct", T0 + 30 * SEC, 95.0)));
+    keep(old.on_sample(&sample("web-1", "cpu.used_pct", T0 + 35 * SEC, 50.0)));
+    let last = record.values().next().unwrap().clone();
+    assert_eq!(last.state, Inactive);
+    assert_eq!(last.transitions, 5);
+    let used: Vec<u64> = vec![2, 3];
+
+    let mut new = one(vec![cpu_rule("for = \"10s\"")]);
+    assert_eq!(new.adopt(record.values().cloned().collect()), 0);
+    new.on_sample(&sample("web-1", "cpu.used_pct", T0 + 40 * SEC, 95.0));
+    let fired = new.tick(T0 + 50 * SEC);
+    assert_eq!(steps(&fired), vec![(Pending, Firing, N_FIRING)]);
+    assert_eq!(fired[0].alert.transitions, 7);
+    assert!(!used.contains(&fired[0].alert.transitions));
+}
+
 #[test]
 fn range_min_and_max_are_strict() {
     let r = rule("name = \"temp\"\nmetric = \"temp_c\"\nkind = \"range\"\nmin = 10\nmax = 80");
