@@ -195,6 +195,45 @@ fn changed_host_key_is_refused_with_event() {
 }
 
 #[test]
+fn accept_new_does_not_learn_a_second_key_type_for_a_known_host() {
+    phase!("known_hosts lists an ECDSA key for [127.0.0.1]:PORT; sshd presents ed25519");
+    let sshd = Sshd::start();
+    let ecdsa = sshd.dir().join("other_ecdsa_key");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ecdsa", "-N", "", "-C", "other", "-f"])
+        .arg(&ecdsa)
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success());
+    let public = std::fs::read_to_string(ecdsa.with_extension("pub")).unwrap();
+    let key: Vec<&str> = public.split_whitespace().take(2).collect();
+    assert_eq!(key[0], "ecdsa-sha2-nistp256");
+    let line = format!("[127.0.0.1]:{} {}\n", sshd.port(), key.join(" "));
+    let known_hosts = sshd.dir().join("known_hosts.ecdsa");
+    std::fs::write(&known_hosts, &line).unwrap();
+
+    phase!("an accept-new node refuses the ed25519 key instead of learning it");
+    let herd = Herd::start(
+        HerdOptions::with_sshd(&sshd)
+            .known_hosts(&known_hosts)
+            .host_key_checking("accept-new")
+            .fleet(ssh_target("sshd-1", &sshd.address(), "1s")),
+    );
+    let message = wait_event(&herd, "sshd-1", "host_key_changed", 0, SECS(20));
+    assert!(message.contains("known_hosts line 1"), "{message}");
+    assert!(herd.events_of("sshd-1", "host_key_learned").is_empty());
+    assert_eq!(
+        std::fs::read_to_string(&known_hosts).unwrap(),
+        line,
+        "known_hosts is left alone"
+    );
+    assert!(
+        !sshd.log().contains("Accepted publickey"),
+        "sshd accepted a login from a node that took an unrecorded key"
+    );
+}
+
+#[test]
 fn unknown_host_key_strict_refused_accept_new_learns() {
     let sshd = Sshd::start();
     let fleet = ssh_target("sshd-1", &sshd.address(), "1s");

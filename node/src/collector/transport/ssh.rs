@@ -76,6 +76,21 @@ impl Client {
         match russh::keys::check_known_hosts_path(&self.host, self.port, key, &self.known_hosts) {
             Ok(true) => Verdict::Known,
             Ok(false) if self.checking == HostKeyChecking::AcceptNew => {
+                // A host known by another key (of another type) presenting a key
+                // not recorded is what an impostor without the recorded key looks
+                // like: accept-new learns keys of unknown hosts only.
+                let recorded = russh::keys::known_hosts::known_host_keys_path(
+                    &self.host,
+                    self.port,
+                    &self.known_hosts,
+                )
+                .unwrap_or_default();
+                if let Some((line, _)) = recorded.first() {
+                    return Verdict::Changed {
+                        fingerprint,
+                        line: *line,
+                    };
+                }
                 match russh::keys::known_hosts::learn_known_hosts_path(
                     &self.host,
                     self.port,
