@@ -135,6 +135,7 @@ impl pb::herd_server::Herd for HerdApi {
                 .unwrap_or_default(),
             refusals: self.fleet.cluster().credential().refusals(),
             bootstrap: self.fleet.cluster().bootstrap_status(),
+            rules_inputs_dropped: self.rules.inputs_dropped(),
             store_bytes: self.store.file_bytes(),
             store_samples: self
                 .store

@@ -69,6 +69,7 @@ pub fn status_json(r: &pb::StatusReply) -> Value {
         "herd_id": r.herd_id,
         "bootstrap": r.bootstrap,
         "refusals": r.refusals,
+        "rules_inputs_dropped": r.rules_inputs_dropped,
         "leader": r.leader,
         "ownership_version": r.ownership_version,
         "unreachable": r.unreachable,
@@ -143,6 +144,12 @@ pub fn status_table(r: &pb::StatusReply) -> String {
         ],
         &node_rows,
     ));
+    if r.rules_inputs_dropped > 0 {
+        out.push_str(&format!(
+            "rules fell behind: {} samples/events not evaluated since start (queue full)\n",
+            r.rules_inputs_dropped
+        ));
+    }
     if !r.bootstrap.is_empty() {
         out.push_str(&format!("not in a herd yet: {}\n", r.bootstrap));
     }

@@ -23,6 +23,8 @@ use crate::store::{AlertingBatch, Store};
 
 /// Inputs queued for the engine; beyond this they are dropped and counted.
 const QUEUE_DEPTH: usize = 10_000;
+/// A loss of inputs is logged at most this often.
+const LOSS_LOG_EVERY_MS: i64 = 10_000;
 /// Timers (`for`, dead-man, hysteresis) are checked this often.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -44,6 +46,8 @@ pub struct RulesHandle {
     silences: Arc<RwLock<Vec<Silence>>>,
     store: Store,
     pub dropped: Arc<AtomicU64>,
+    /// When a loss was last logged (Unix ms).
+    loss_logged_ms: Arc<std::sync::atomic::AtomicI64>,
     /// Alert changes go to the herd here (committed through Raft, so that a new
     /// owner continues them).
     replicate: Option<mpsc::UnboundedSender<AlertDelta>>,
@@ -71,15 +75,39 @@ impl AlertDelta {
 impl RulesHandle {
     pub fn samples(&self, samples: &[Sample]) {
         if self.tx.try_send(Input::Samples(samples.to_vec())).is_err() {
-            self.dropped
-                .fetch_add(samples.len() as u64, Ordering::Relaxed);
+            self.lost(samples.len() as u64, "samples");
         }
     }
 
     pub fn event(&self, e: &Event) {
         if self.tx.try_send(Input::Event(e.clone())).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.lost(1, "an event");
         }
+    }
+
+    /// A full queue loses inputs: counted (`herd status` shows the count) and
+    /// logged at most every [`LOSS_LOG_EVERY_MS`], never silent.
+    fn lost(&self, n: u64, what: &str) {
+        let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
+        let now = crate::model::now_ms();
+        let last = self.loss_logged_ms.load(Ordering::Relaxed);
+        if now - last >= LOSS_LOG_EVERY_MS
+            && self
+                .loss_logged_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                lost_total = total,
+                queue = QUEUE_DEPTH,
+                "the rules queue is full: {what} not evaluated (rules fall behind; see rules_inputs_dropped in herd status)"
+            );
+        }
+    }
+
+    /// Inputs the rules never saw because their queue was full, since start.
+    pub fn inputs_dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     pub async fn ack(&self, id: &str, by: &str) -> Option<Alert> {
@@ -127,6 +155,7 @@ pub fn channel(
         silences: Arc::new(RwLock::new(Vec::new())),
         store: store.clone(),
         dropped: Arc::new(AtomicU64::new(0)),
+        loss_logged_ms: Arc::default(),
         replicate,
     };
     (handle, rx)
@@ -502,5 +531,36 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
                 Err(e) => tracing::error!(error = %e, "cannot queue notifications after an action"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_counts_what_it_loses() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::store::StoreOptions {
+            retention: Duration::from_secs(3600),
+            flush_interval: Duration::from_millis(100),
+            chunk_samples: 240,
+        };
+        let store = Store::open(dir.path(), options).unwrap();
+        let (handle, _rx) = channel(&store, None);
+        let e = Event {
+            ts_ms: 1,
+            target: "t".into(),
+            kind: crate::model::EventKind::LogMatch,
+            message: "m".into(),
+        };
+        for _ in 0..QUEUE_DEPTH {
+            handle.event(&e);
+        }
+        assert_eq!(handle.inputs_dropped(), 0);
+        handle.event(&e);
+        handle.samples(&[]);
+        assert_eq!(handle.inputs_dropped(), 1);
+        store.close();
     }
 }
