@@ -14,12 +14,13 @@ use crate::api::{HerdApi, NodeIdentity};
 use crate::cluster::controller::{self, ControllerConfig};
 use crate::cluster::node::{ClusterConfig, ClusterNode};
 use crate::cluster::types::{Command, NodeRecord};
+use crate::cluster::FleetState;
 use crate::collector::stats::ScrapeStats;
 use crate::collector::transport::SshSettings;
 use crate::collector::{CollectorCtx, StateBoard, StatusBoard};
 use crate::config::{expand_home, NodeConfig};
 use crate::notify::worker::Notifier;
-use crate::ownership::{self, FleetState};
+use crate::ownership;
 use crate::rules::runner::AlertDelta;
 use crate::store::{Store, StoreOptions};
 
@@ -140,7 +141,7 @@ pub async fn run_node(
         board: board.clone(),
         stats: stats.clone(),
         states: states.clone(),
-        rules: Some(rules.clone()),
+        rules: Some(Arc::new(rules.clone())),
         transports: transports.clone(),
     });
 

@@ -1,11 +1,13 @@
-//! Herd: an agentless fleet monitor. Modules are listed in the order a sample
-//! travels: config → ownership → collector → store → api → cli.
+//! Herd: an agentless fleet monitor. The modules stand on floors (`floors.rs`):
+//! model → config → store, tls → ownership → collector → notify → rules →
+//! cluster → api → daemon → cli; a module uses only those below it.
 pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod collector;
 pub mod config;
 pub mod daemon;
+pub mod floors;
 pub mod model;
 pub mod notify;
 pub mod ownership;

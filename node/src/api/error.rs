@@ -2,7 +2,7 @@
 use tonic::Status;
 
 use crate::cluster::node::ClusterError;
-use crate::ownership::{ApplyError, PauseError};
+use crate::cluster::{ApplyError, PauseError};
 use crate::store::StoreError;
 
 impl From<ApplyError> for Status {

@@ -6,11 +6,11 @@ use herd_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::error::blocking;
+use crate::cluster::FleetState;
 use crate::collector::stats::ScrapeStats;
 use crate::collector::{StateBoard, StatusBoard};
 use crate::model::Alert;
 use crate::model::{now_ms, Labels};
-use crate::ownership::FleetState;
 use crate::rules::runner::RulesHandle;
 use crate::store::alerting::Silence;
 use crate::store::rollup::Granularity;

@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::types::{ClusterState, Command, NodeHealth, NodeId, NodeRecord};
+use super::FleetState;
 use crate::model::{now_ms, Alert, AlertState, NotifyKind, Severity};
 use crate::notify::worker::Notifier;
-use crate::ownership::{assign, machines, FleetState};
+use crate::ownership::{assign, machines};
 use crate::rules::runner::{outbox_entries, route};
 use crate::store::alerting::{OutboxEntry, Sender};
 

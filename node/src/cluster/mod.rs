@@ -3,6 +3,7 @@
 pub mod bootstrap;
 pub mod controller;
 pub mod credential;
+mod fleet_state;
 pub mod keylog;
 pub mod liveness;
 pub mod membership;
@@ -11,3 +12,5 @@ pub mod node;
 pub mod service;
 pub mod store;
 pub mod types;
+
+pub use fleet_state::{diff, ApplyError, FleetState, PauseError, SpecDiff};

@@ -21,7 +21,7 @@ openraft::declare_raft_types!(
         SnapshotData = std::io::Cursor<Vec<u8>>,
 );
 
-pub type NodeId = u64;
+pub use crate::model::{NodeId, NodeRecord};
 
 /// What the herd agrees on, one log entry at a time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,13 +148,6 @@ pub struct NodeHealth {
     /// Changes of `up` so far (the first "down" is 1).
     pub transitions: u64,
     pub moved: Vec<String>,
-}
-
-/// What a node said about itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub addr: String,
-    pub machine: String,
 }
 
 /// Most sent keys remembered; the oldest are forgotten first.

@@ -70,6 +70,6 @@ pub struct CollectorCtx {
     pub stats: Arc<stats::ScrapeStats>,
     pub states: StateBoard,
     /// Where samples and events go for rule evaluation (None: no rules, in tests).
-    pub rules: Option<crate::rules::runner::RulesHandle>,
+    pub rules: Option<Arc<dyn crate::model::InputSink>>,
     pub transports: Transports,
 }

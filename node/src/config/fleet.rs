@@ -176,17 +176,14 @@ pub fn validate(targets: &[TargetSpec]) -> Vec<Problem> {
                 Some("name"),
                 format!("target name {:?} is used twice", t.name),
             );
-        } else if t
-            .name
-            .starts_with(crate::ownership::machines::MACHINE_PREFIX)
-        {
+        } else if t.name.starts_with(crate::model::MACHINE_PREFIX) {
             bad(
                 None,
                 Some("name"),
                 format!(
                     "target name {:?}: names starting with {:?} are the herd's own machines",
                     t.name,
-                    crate::ownership::machines::MACHINE_PREFIX
+                    crate::model::MACHINE_PREFIX
                 ),
             );
         }

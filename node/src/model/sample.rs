@@ -102,3 +102,10 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Where the collectors hand what they collected for evaluation (the rules task);
+/// the node's wiring connects the two, so neither imports the other.
+pub trait InputSink: Send + Sync {
+    fn samples(&self, samples: &[Sample]);
+    fn event(&self, e: &Event);
+}

@@ -5,12 +5,11 @@
 //! records; the leader chooses the watchers.
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cluster::types::{NodeId, NodeRecord};
 use crate::config::checks::VitalsCheck;
 use crate::config::{CheckSpec, MachineSpec, TargetSpec, TransportKind};
+use crate::model::{NodeId, NodeRecord};
 
-/// Target names of the herd's machines start with this (reserved in fleet specs).
-pub const MACHINE_PREFIX: &str = "herd-node-";
+pub use crate::model::MACHINE_PREFIX;
 
 /// `herd-node-N` for the first watcher, `herd-node-N.wK` for the K-th.
 pub fn target_name(node: NodeId, watcher: usize) -> String {

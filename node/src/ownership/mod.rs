@@ -8,10 +8,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 pub mod assign;
-mod fleet_state;
 pub mod machines;
-
-pub use fleet_state::{diff, ApplyError, FleetState, PauseError, SpecDiff};
 
 use crate::config::{FleetSpec, TargetSpec};
 use crate::model::Alert;

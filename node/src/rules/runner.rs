@@ -72,6 +72,15 @@ impl AlertDelta {
     }
 }
 
+impl crate::model::InputSink for RulesHandle {
+    fn samples(&self, samples: &[Sample]) {
+        RulesHandle::samples(self, samples)
+    }
+    fn event(&self, e: &Event) {
+        RulesHandle::event(self, e)
+    }
+}
+
 impl RulesHandle {
     pub fn samples(&self, samples: &[Sample]) {
         if self.tx.try_send(Input::Samples(samples.to_vec())).is_err() {

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{machines, Owned, OwnedTx, Pause};
 use crate::cluster::node::{ClusterError, ClusterNode};
 use crate::cluster::types::{ClusterState, Command, NodeId};
 use crate::config::{parse_fleet, ConfigErrors, FleetSpec, TargetSpec};
 use crate::model::{now_ms, Event, EventKind};
+use crate::ownership::{machines, Owned, OwnedTx, Pause};
 use crate::store::Store;
 
 /// Names of targets an apply added, changed, removed or left alone.
