@@ -16,13 +16,13 @@ use crate::cluster::node::{ClusterConfig, ClusterNode};
 use crate::cluster::types::{Command, NodeRecord};
 use crate::cluster::FleetState;
 use crate::collector::stats::ScrapeStats;
-use crate::collector::transport::SshSettings;
 use crate::collector::{CollectorCtx, StateBoard, StatusBoard};
 use crate::config::{expand_home, NodeConfig};
 use crate::notify::worker::Notifier;
 use crate::ownership;
 use crate::rules::runner::AlertDelta;
 use crate::store::{Store, StoreOptions};
+use crate::transport::SshSettings;
 
 /// Longest wait for gRPC clients to finish on shutdown.
 const API_STOP_DEADLINE: Duration = Duration::from_secs(3);
@@ -97,7 +97,7 @@ pub async fn run_node(
     let states: StateBoard = Arc::new(RwLock::new(Default::default()));
     let (replicate_tx, replicate_rx) = tokio::sync::mpsc::unbounded_channel();
     let (rules, rules_rx) = crate::rules::runner::channel(&store, Some(replicate_tx.clone()));
-    let transports: crate::collector::Transports = Arc::new(RwLock::new(Default::default()));
+    let transports: crate::transport::Transports = Arc::new(RwLock::new(Default::default()));
     let (owned_tx, owned_rx) = ownership::channel();
     let addr = listener.local_addr()?;
     let c = &cfg.cluster;

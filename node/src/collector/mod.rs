@@ -1,11 +1,9 @@
 //! The collector: a task per owned target, reconciled against "what this node owns".
 pub mod checks;
-pub mod http;
 pub mod link;
 mod scheduler;
 pub mod stats;
 mod target;
-pub mod transport;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,7 +13,7 @@ use std::time::Duration;
 pub use scheduler::{run, Reconciled, Scheduler};
 
 use crate::store::Store;
-use transport::SshSettings;
+use crate::transport::SshSettings;
 
 /// Live state of one target, shown by `herd status`.
 #[derive(Debug, Clone, Default)]
@@ -44,17 +42,14 @@ pub struct CheckState {
     pub ts_ms: i64,
 }
 
-/// json_state trees: target → check name → (the runner instance that owns the
-/// entry, tree). The instance lets an old runner that stops after its replacement
-/// started (an apply changed the target) leave the new runner's entry alone.
-pub type StateBoard = Arc<RwLock<BTreeMap<String, BTreeMap<String, (u64, serde_json::Value)>>>>;
+pub use crate::model::StateBoard;
 
 /// Status of every running target, by name.
 pub type StatusBoard = Arc<RwLock<BTreeMap<String, TargetStatus>>>;
 
 /// The transport of each running target, so that remediation actions run over the
 /// target's own SSH session.
-pub type Transports = Arc<RwLock<BTreeMap<String, Arc<transport::Transport>>>>;
+pub use crate::transport::Transports;
 
 /// What every target task needs; built once by the daemon.
 pub struct CollectorCtx {

@@ -9,14 +9,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::checks::{CheckError, Env, Outcome, Runner, RunnerCtx, Status};
 use super::link::{Link, Transition};
-use super::transport::{
-    LocalTransport, SshAuth, SshTarget, SshTransport, Transport, TransportError,
-};
 use super::{CheckState, CollectorCtx, TargetStatus};
 use crate::config::fleet::parse_address;
 use crate::config::{expand_home, CheckSpec, TargetSpec, TransportKind};
 use crate::model::{now_ms, Event, EventKind, Labels, Sample};
 use crate::store::RollupPoint;
+use crate::transport::{
+    LocalTransport, SshAuth, SshTarget, SshTransport, Transport, TransportError,
+};
 
 /// The first scrape of a new target starts at a random point of its first interval
 /// (at most this long), which also sets its phase for life: targets applied together

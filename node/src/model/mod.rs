@@ -8,3 +8,15 @@ pub use alert::{Alert, AlertState, Notification, NotifyKind, Severity};
 pub use node::{NodeId, NodeRecord, MACHINE_PREFIX};
 pub use pattern::{fnv1a64, glob_match, FNV_OFFSET, FNV_PRIME};
 pub use sample::{now_ms, Event, EventKind, InputSink, Labels, Measurement, Sample};
+
+/// json_state trees: target → check name → (the runner instance that owns the
+/// entry, tree). The instance lets an old runner that stops after its replacement
+/// started (an apply changed the target) leave the new runner's entry alone.
+pub type StateBoard = std::sync::Arc<
+    std::sync::RwLock<
+        std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, (u64, serde_json::Value)>,
+        >,
+    >,
+>;

@@ -7,11 +7,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::collector::transport::{ExecOutput, LocalTransport};
-use crate::collector::Transports;
 use crate::config::rules::{Action, ActionOn, ActionWhere};
 use crate::model::{now_ms, Alert, NotifyKind};
 use crate::store::{OutboxChange, Store};
+use crate::transport::Transports;
+use crate::transport::{ExecOutput, LocalTransport};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_PER_HOUR: u32 = 3;

@@ -12,14 +12,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::action::{self, Actions};
 use super::engine::{Engine, Transition};
-use crate::collector::{StateBoard, Transports};
 use crate::config::rules::{effective_rules, RuleSpec};
 use crate::config::FleetSpec;
+use crate::model::StateBoard;
 use crate::model::{now_ms, Alert, Event, EventKind, Notification, NotifyKind, Sample, Severity};
 use crate::notify::worker::{idempotency_key, Notifier};
 use crate::ownership::OwnedRx;
 use crate::store::alerting::{OutboxEntry, Sender, Silence, TransitionRecord};
 use crate::store::{AlertingBatch, Store};
+use crate::transport::Transports;
 
 /// Inputs queued for the engine; beyond this they are dropped and counted.
 const QUEUE_DEPTH: usize = 10_000;

@@ -5,8 +5,8 @@
 use regex::Regex;
 
 use super::{CheckError, Env, Outcome, Status};
-use crate::collector::http::{self, HttpError, Request, Tls, Via};
-use crate::collector::transport::TunnelError;
+use crate::transport::http::{self, HttpError, Request, Tls, Via};
+use crate::transport::TunnelError;
 use serde_json::Value;
 
 use crate::collector::StateBoard;

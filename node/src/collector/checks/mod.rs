@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::config::{CheckSpec, TargetSpec};
 use crate::model::{EventKind, Measurement};
 
-use super::transport::{ExecOutput, Transport, TransportError};
+use crate::transport::{ExecOutput, Transport, TransportError};
 
 /// What a check needs to run once.
 pub struct Env<'a> {

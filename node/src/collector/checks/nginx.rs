@@ -13,11 +13,11 @@ use super::parse::logtail::DEFAULT_MAX_BYTES;
 use super::parse::nginx::{parse_stub_status, AccessStats, LogFormat, StubState};
 use super::tail::Tail;
 use super::{CheckError, Env, Outcome, Status};
-use crate::collector::http::{self, HttpError, Request, Tls, Via};
-use crate::collector::transport::TunnelError;
 use crate::config::checks::NginxCheck;
 use crate::config::Vantage;
 use crate::store::Store;
+use crate::transport::http::{self, HttpError, Request, Tls, Via};
+use crate::transport::TunnelError;
 
 pub struct NginxState {
     stub: Option<(Request, Tls)>,
@@ -192,10 +192,10 @@ mod tests {
 
     use super::super::parse::geoip::testdb;
     use super::*;
-    use crate::collector::transport::{LocalTransport, Transport};
     use crate::config::TargetSpec;
     use crate::model::Measurement;
     use crate::store::StoreOptions;
+    use crate::transport::{LocalTransport, Transport};
 
     /// A hand-written access log in the `combined` format. The addresses are only
     /// text here: nothing is sent to them.

@@ -5,10 +5,10 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 
 use super::{CheckError, Env, Outcome, Status};
-use crate::collector::transport::{connect_direct, Endpoint, TunnelError};
 use crate::config::checks::PortCheck;
 use crate::config::Vantage;
 use crate::model::Measurement;
+use crate::transport::{connect_direct, Endpoint, TunnelError};
 
 pub async fn run(c: &PortCheck, env: &Env<'_>) -> Result<Outcome, CheckError> {
     let host = match (&c.host, c.from) {

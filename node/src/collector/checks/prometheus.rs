@@ -3,11 +3,11 @@
 //! session; keep only allow-listed families, as `prom.<name>{labels}`.
 use super::parse::exposition::{self, Allow};
 use super::{CheckError, Env, Outcome, Status};
-use crate::collector::http::{self, HttpError, Request, Tls, Via};
-use crate::collector::transport::TunnelError;
 use crate::config::checks::PrometheusCheck;
 use crate::config::Vantage;
 use crate::model::Measurement;
+use crate::transport::http::{self, HttpError, Request, Tls, Via};
+use crate::transport::TunnelError;
 
 /// Samples read per scrape unless `max_samples` says otherwise.
 pub const DEFAULT_MAX_SAMPLES: usize = 10_000;

@@ -3,9 +3,9 @@
 use tokio::io::AsyncWriteExt;
 
 use super::{CheckError, Env, Outcome, Status};
-use crate::collector::transport::{Endpoint, TunnelError};
 use crate::config::checks::SocketCheck;
 use crate::model::Measurement;
+use crate::transport::{Endpoint, TunnelError};
 
 pub async fn run(c: &SocketCheck, env: &Env<'_>) -> Result<Outcome, CheckError> {
     let to = Endpoint::Unix(c.path.clone());

@@ -18,9 +18,9 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use super::{check_status, payload, read_secret, HttpTarget, SendError};
-use crate::collector::http::parse_url;
 use crate::config::channels::AsanaChannel;
 use crate::model::Notification;
+use crate::transport::http::parse_url;
 
 const DEFAULT_BASE_URL: &str = "https://app.asana.com/api/1.0";
 /// Task names are one line; longer ones are cut.

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::collector::http::{self, HttpError, Request, Response, Tls, Via};
 use crate::config::channels::ChannelSpec;
 use crate::model::Notification;
+use crate::transport::http::{self, HttpError, Request, Response, Tls, Via};
 
 mod asana;
 mod command;

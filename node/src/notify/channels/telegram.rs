@@ -5,9 +5,9 @@ use std::fmt;
 use tokio::time::Instant;
 
 use super::{body_snippet, check_status, payload, read_secret, redact, HttpTarget, SendError};
-use crate::collector::http::parse_url;
 use crate::config::channels::TelegramChannel;
 use crate::model::Notification;
+use crate::transport::http::parse_url;
 
 const DEFAULT_BASE_URL: &str = "https://api.telegram.org";
 /// Telegram refuses longer messages.

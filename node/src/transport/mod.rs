@@ -1,5 +1,6 @@
 //! How a command reaches a target: `ssh` (one persistent russh session per target,
 //! an exec channel per command) or `local` (a `sh -c` on the node's own host).
+pub mod http;
 mod local;
 mod ssh;
 
@@ -193,3 +194,9 @@ pub async fn connect_direct(to: &Endpoint) -> Result<Stream, TunnelError> {
             .map_err(|e| TunnelError::Refused(format!("{to}: {e}"))),
     }
 }
+
+/// The transport of each running target, so that remediation actions run over the
+/// target's own SSH session.
+pub type Transports = std::sync::Arc<
+    std::sync::RwLock<std::collections::BTreeMap<String, std::sync::Arc<Transport>>>,
+>;

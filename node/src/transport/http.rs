@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use super::transport::{connect_direct, Endpoint, Transport, TunnelError};
+use super::{connect_direct, Endpoint, Transport, TunnelError};
 
 /// Bodies longer than this are cut (the check sees the start).
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -166,7 +166,7 @@ async fn fetch_inner(req: &Request, via: Via<'_>, tls: &Tls) -> Result<Response,
         // the transport's cost, not the endpoint's response time.
         started = Instant::now();
     }
-    let stream: super::transport::Stream = if is_tls {
+    let stream: super::Stream = if is_tls {
         let name = ServerName::try_from(host.clone())
             .map_err(|e| HttpError::Tls(format!("{host}: {e}")))?;
         let connector = tokio_rustls::TlsConnector::from(tls.0.clone());
