@@ -1,6 +1,6 @@
 //! Herd: an agentless fleet monitor. The modules stand on floors (`floors.rs`):
-//! model → config → store, tls, transport → ownership → collector, notify →
-//! rules → cluster → api → daemon → cli; a module uses only those below it.
+//! model → config → store, tls, transport → ownership → collector, notify, rules
+//! → cluster → api → daemon → cli; a module uses only those below it.
 pub mod api;
 pub mod cli;
 pub mod cluster;

@@ -425,7 +425,7 @@ async fn queue_peer_notices(
             NotifyKind::Firing
         };
         let channels = route(&spec, None, Severity::Critical);
-        let mut entries = outbox_entries(notifier, channels, &alert, kind, h.since_ms, now);
+        let mut entries = outbox_entries(&spec, channels, &alert, kind, h.since_ms, now);
         for e in &mut entries {
             e.sender = Sender::Leader;
         }

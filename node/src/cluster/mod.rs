@@ -9,6 +9,7 @@ pub mod liveness;
 pub mod membership;
 pub mod network;
 pub mod node;
+pub mod replication;
 pub mod service;
 pub mod store;
 pub mod types;

@@ -84,10 +84,7 @@ pub struct Notifier {
     waiting_on_herd: std::sync::atomic::AtomicBool,
 }
 
-/// `alert-id:transition:channel`.
-pub fn idempotency_key(alert_id: &str, transition: u64, channel: &str) -> String {
-    format!("{alert_id}:{transition}:{channel}")
-}
+pub use crate::store::alerting::idempotency_key;
 
 impl Notifier {
     pub fn new(store: Store) -> Arc<Notifier> {
@@ -467,6 +464,26 @@ pub fn backoff(d: &Delivery, attempt: u32) -> Duration {
     let exp = attempt.saturating_sub(1).min(30);
     let wait = base.saturating_mul(1u32 << exp).min(max);
     wait.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+impl crate::store::alerting::Outbox for Notifier {
+    fn configure<'a>(
+        &'a self,
+        channels: &'a [ChannelSpec],
+    ) -> crate::store::alerting::BoxFuture<'a, ()> {
+        Box::pin(Notifier::configure(self, channels))
+    }
+
+    fn queue_new(
+        &self,
+        entries: Vec<OutboxEntry>,
+    ) -> crate::store::alerting::BoxFuture<'_, Result<usize, crate::store::StoreError>> {
+        Box::pin(Notifier::queue_new(self, entries))
+    }
+
+    fn wake(&self) {
+        Notifier::wake(self)
+    }
 }
 
 #[cfg(test)]

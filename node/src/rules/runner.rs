@@ -16,8 +16,8 @@ use crate::config::rules::{effective_rules, RuleSpec};
 use crate::config::FleetSpec;
 use crate::model::StateBoard;
 use crate::model::{now_ms, Alert, Event, EventKind, Notification, NotifyKind, Sample, Severity};
-use crate::notify::worker::{idempotency_key, Notifier};
 use crate::ownership::OwnedRx;
+use crate::store::alerting::{idempotency_key, Outbox};
 use crate::store::alerting::{OutboxEntry, Sender, Silence, TransitionRecord};
 use crate::store::{AlertingBatch, Store};
 use crate::transport::Transports;
@@ -177,7 +177,7 @@ struct Ctx {
     handle: RulesHandle,
     transports: Transports,
     actions: Arc<Actions>,
-    notifier: Arc<Notifier>,
+    notifier: Arc<dyn Outbox>,
     spec: Arc<FleetSpec>,
     rules: HashMap<String, RuleSpec>,
     states: StateBoard,
@@ -188,7 +188,7 @@ pub async fn run(
     handle: RulesHandle,
     mut rx: mpsc::Receiver<Input>,
     mut owned: OwnedRx,
-    notifier: Arc<Notifier>,
+    notifier: Arc<dyn Outbox>,
     states: StateBoard,
     transports: Transports,
     cancel: CancellationToken,
@@ -366,7 +366,7 @@ pub fn route(spec: &FleetSpec, rule: Option<&RuleSpec>, severity: Severity) -> V
 /// The outbox entries of one notification: one per channel, due after the
 /// channel's grouping window, with the channel's fallbacks.
 pub fn outbox_entries(
-    notifier: &Notifier,
+    spec: &FleetSpec,
     channels: Vec<String>,
     alert: &Alert,
     kind: NotifyKind,
@@ -376,7 +376,12 @@ pub fn outbox_entries(
     channels
         .into_iter()
         .map(|ch| {
-            let delivery = notifier.delivery(&ch);
+            let delivery = spec
+                .channels
+                .iter()
+                .find(|c| c.name() == ch)
+                .map(|c| c.delivery())
+                .unwrap_or_default();
             let window = delivery
                 .group_window
                 .unwrap_or(crate::config::channels::DEFAULT_GROUP_WINDOW)
@@ -433,7 +438,7 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
             } else if channels.is_empty() {
                 suppressed = Some("no channel routes this alert".into());
             } else {
-                entries = outbox_entries(&ctx.notifier, channels, &t.alert, kind, t.ts_ms, now);
+                entries = outbox_entries(&ctx.spec, channels, &t.alert, kind, t.ts_ms, now);
             }
             // Actions are remediation, not notification: like event handlers, they run
             // whether or not a channel routes or a silence mutes the alert.

@@ -36,6 +36,33 @@ pub struct OutboxEntry {
     pub sender: Sender,
 }
 
+/// A boxed future, for the [`Outbox`] trait.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The notification outbox as the rules (and the leader's peer notices) use it:
+/// the node's wiring hands them the notifier, so that the rules never import it.
+pub trait Outbox: Send + Sync {
+    /// Builds the channels of the spec in force; called before anything is queued
+    /// for them (an entry must not meet an unknown channel and be given up).
+    fn configure<'a>(
+        &'a self,
+        channels: &'a [crate::config::channels::ChannelSpec],
+    ) -> BoxFuture<'a, ()>;
+    /// Queues the entries this outbox has neither queued nor delivered yet and wakes
+    /// the delivery; returns how many were new.
+    fn queue_new(
+        &self,
+        entries: Vec<OutboxEntry>,
+    ) -> BoxFuture<'_, Result<usize, super::StoreError>>;
+    /// Something was queued: look at the outbox now.
+    fn wake(&self);
+}
+
+/// `alert-id:transition:channel`, the idempotency key of a notification.
+pub fn idempotency_key(alert_id: &str, transition: u64, channel: &str) -> String {
+    format!("{alert_id}:{transition}:{channel}")
+}
+
 /// Who delivers an outbox entry. `Owner` and `Leader` entries are known to the
 /// herd (committed through Raft): sent only once the herd recorded them, handed
 /// over when the sender changes, never sent again once recorded delivered.

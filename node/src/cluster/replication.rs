@@ -1,0 +1,140 @@
+//! Alert state across the herd: each owner commits its alert changes, the
+//! notifications it queued and those its outbox finished through Raft (coalesced),
+//! so that a new owner continues them; and the outbox's part in the herd (who
+//! delivers a replicated entry, and when).
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::node::ClusterNode;
+use super::types::Command;
+use crate::notify::worker::Notifier;
+use crate::ownership;
+use crate::rules::runner::AlertDelta;
+
+/// The outbox's part in the herd: a replicated notification is delivered only by
+/// its sender (the owner of its target, or the leader for a peer health notice),
+/// once the herd recorded it, and never after the herd recorded it delivered; what
+/// the outbox finished is committed like alert changes.
+pub fn herd_hooks(
+    cluster: &ClusterNode,
+    owned: ownership::OwnedRx,
+    replicate: tokio::sync::mpsc::UnboundedSender<AlertDelta>,
+) -> crate::notify::worker::HerdHooks {
+    let (state, me, node) = (cluster.state(), cluster.id(), cluster.clone());
+    crate::notify::worker::HerdHooks {
+        gate: Box::new(move |entry, now| {
+            if owned.borrow().fenced {
+                return crate::notify::worker::Gate::Wait;
+            }
+            state.borrow().gate_notice(entry, me, node.is_leader(), now)
+        }),
+        report: Box::new(move |delivered, queued| {
+            let _ = replicate.send(AlertDelta {
+                queued,
+                delivered,
+                ..Default::default()
+            });
+        }),
+    }
+}
+
+/// This node's alert changes waiting to be committed, coalesced by id and key.
+#[derive(Default)]
+struct Pending {
+    upserts: std::collections::BTreeMap<String, crate::model::Alert>,
+    deleted: std::collections::BTreeSet<String>,
+    queued: std::collections::BTreeMap<String, crate::store::alerting::OutboxEntry>,
+    delivered: std::collections::BTreeSet<String>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.upserts.is_empty()
+            && self.deleted.is_empty()
+            && self.queued.is_empty()
+            && self.delivered.is_empty()
+    }
+
+    fn merge(&mut self, d: AlertDelta) {
+        for a in d.upserts {
+            self.deleted.remove(&a.id);
+            self.upserts.insert(a.id.clone(), a);
+        }
+        for id in d.deleted {
+            self.upserts.remove(&id);
+            self.deleted.insert(id);
+        }
+        for e in d.queued {
+            self.queued
+                .insert(e.notification.idempotency_key.clone(), e);
+        }
+        self.delivered.extend(d.delivered);
+    }
+
+    fn command(&self) -> Command {
+        Command::Alerts {
+            upserts: self.upserts.values().cloned().collect(),
+            deleted: self.deleted.iter().cloned().collect(),
+            queued: self.queued.values().cloned().collect(),
+            delivered: self.delivered.iter().cloned().collect(),
+        }
+    }
+}
+
+/// Commits this node's alert changes through Raft, coalesced: whatever queued
+/// while one write was under way goes in the next. Nothing is proposed while the
+/// node is fenced (its changes then stay local, and the next owner continues from
+/// what was committed before). After each commit the outbox looks again: entries
+/// wait for the herd to record them.
+pub async fn replicate_alerts(
+    cluster: ClusterNode,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<AlertDelta>,
+    owned: ownership::OwnedRx,
+    notifier: Arc<Notifier>,
+    cancel: CancellationToken,
+) {
+    let mut pending = Pending::default();
+    loop {
+        if pending.is_empty() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                d = rx.recv() => match d {
+                    None => return,
+                    Some(d) => pending.merge(d),
+                },
+            }
+        }
+        while let Ok(d) = rx.try_recv() {
+            pending.merge(d);
+        }
+        if owned.borrow().fenced {
+            // What was delivered stays true; the rest is the next owner's to redo.
+            pending = Pending {
+                delivered: std::mem::take(&mut pending.delivered),
+                ..Default::default()
+            };
+            if !pending.is_empty() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            continue;
+        }
+        match cluster.write(pending.command()).await {
+            Ok(_) => {
+                pending = Pending::default();
+                notifier.wake();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot commit alert changes to the herd; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+}
