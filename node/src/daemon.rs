@@ -34,8 +34,12 @@ const INITIAL_FLEET_FOLLOWER_DELAY: Duration = Duration::from_secs(2);
 /// How often pauses with an end are checked.
 const PAUSE_CHECK: Duration = Duration::from_secs(1);
 
-/// Longest wait for the collectors to stop on shutdown.
+/// Longest wait for the collectors to stop on shutdown (a command in flight is
+/// closed at its own timeout).
 const COLLECTOR_STOP_DEADLINE: Duration = Duration::from_secs(8);
+
+/// Longest wait, all together, for the other tasks to stop once cancelled.
+const TASKS_STOP_DEADLINE: Duration = Duration::from_secs(3);
 
 /// A running node's handles, for the demo and tests in-process.
 pub struct Running {
@@ -319,19 +323,9 @@ pub async fn run_node(
     {
         tracing::warn!("collectors did not stop in time");
     }
-    for (what, task) in bootstrap
-        .map(|t| ("herd bootstrap", t))
-        .into_iter()
-        .chain(initial_apply.map(|t| ("initial fleet", t)))
-    {
-        if tokio::time::timeout(COLLECTOR_STOP_DEADLINE, task)
-            .await
-            .is_err()
-        {
-            tracing::warn!(task = what, "did not stop in time");
-        }
-    }
-    for (what, task) in [
+    // The other tasks end at the cancel; together they get one deadline, and the
+    // ones that did not stop are named and aborted.
+    let mut tasks: Vec<(&str, tokio::task::JoinHandle<()>)> = vec![
         ("rules", rules_task),
         ("notifications", notify_task),
         ("pauses", pause_clock),
@@ -341,17 +335,29 @@ pub async fn run_node(
         ("alert replication", replicator),
         ("fencing", fence),
         ("silences", silences),
-    ] {
-        if tokio::time::timeout(COLLECTOR_STOP_DEADLINE, task)
-            .await
-            .is_err()
-        {
-            tracing::warn!(task = what, "did not stop in time");
+    ];
+    tasks.extend(bootstrap.map(|t| ("herd bootstrap", t)));
+    tasks.extend(initial_apply.map(|t| ("initial fleet", t)));
+    let deadline = tokio::time::Instant::now() + TASKS_STOP_DEADLINE;
+    let mut stuck = Vec::new();
+    for (what, mut task) in tasks {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+            stuck.push(what);
         }
+    }
+    if !stuck.is_empty() {
+        tracing::warn!(tasks = ?stuck, "did not stop within {TASKS_STOP_DEADLINE:?}; aborted");
     }
     // Samples first: nothing a client does can hold them back from the disk.
     let flushing = store.clone();
-    let _ = tokio::task::spawn_blocking(move || flushing.flush_blocking()).await;
+    match tokio::task::spawn_blocking(move || flushing.flush_blocking()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "the store could not flush at shutdown; retrying once more as it closes")
+        }
+        Err(e) => tracing::error!(error = %e, "the store flush task failed"),
+    }
     // A client that holds its HTTP/2 connection open but stops answering would keep
     // tonic's graceful shutdown waiting forever.
     match tokio::time::timeout(API_STOP_DEADLINE, server).await {
@@ -365,8 +371,14 @@ pub async fn run_node(
     }
     tracing::info!("flushing the store");
     let closing = store.clone();
-    tokio::task::spawn_blocking(move || closing.close()).await?;
-    tracing::info!("stopped cleanly");
+    match tokio::task::spawn_blocking(move || closing.close()).await? {
+        Ok(()) if stuck.is_empty() => tracing::info!("stopped cleanly"),
+        Ok(()) => tracing::warn!(tasks = ?stuck, "stopped; these tasks had to be aborted"),
+        Err(e) => {
+            tracing::error!(error = %e, "stopped, but the store's last commit failed: samples and events since the previous commit are lost");
+            return Err(anyhow::anyhow!("the store's last commit failed: {e}"));
+        }
+    }
     Ok(())
 }
 

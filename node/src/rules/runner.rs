@@ -576,6 +576,6 @@ mod tests {
         handle.event(&e);
         handle.samples(&[]);
         assert_eq!(handle.inputs_dropped(), 1);
-        store.close();
+        store.close().unwrap();
     }
 }

@@ -41,6 +41,9 @@ pub enum StoreError {
     Closed,
     #[error("store: corrupt record: {0}")]
     Corrupt(String),
+    /// A commit failed; what it held is still in memory (lost if the node stops).
+    #[error("store: commit failed: {0}")]
+    Commit(String),
 }
 
 /// Counters shown in `herd status`.
@@ -76,10 +79,10 @@ pub(crate) enum WriteOp {
     Alerting(AlertingBatch, std::sync::mpsc::Sender<Result<(), String>>),
     /// Outbox changes after delivery attempts; the reply comes after the commit.
     Outbox(OutboxChange, std::sync::mpsc::Sender<Result<(), String>>),
-    /// Commit now; the reply comes after the commit.
-    Flush(std::sync::mpsc::Sender<()>),
+    /// Commit now; the reply comes after the commit (an error when it failed).
+    Flush(std::sync::mpsc::Sender<Result<(), String>>),
     /// Commit and stop; later operations fail with `Closed`.
-    Shutdown(std::sync::mpsc::Sender<()>),
+    Shutdown(std::sync::mpsc::Sender<Result<(), String>>),
 }
 
 /// Alert changes written together.
@@ -313,7 +316,10 @@ impl Store {
         self.tx
             .send(WriteOp::Flush(reply_tx))
             .map_err(|_| StoreError::Closed)?;
-        reply_rx.recv().map_err(|_| StoreError::Closed)
+        reply_rx
+            .recv()
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Commit)
     }
 
     pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -349,15 +355,26 @@ impl Store {
     }
 
     /// Commits everything queued and stops the writer. Idempotent.
-    pub fn close(&self) {
+    /// Commits what is pending and stops the writer; says whether the last commit
+    /// made everything durable.
+    pub fn close(&self) -> Result<(), StoreError> {
         let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        let mut result = Ok(());
         if let Some(handle) = handle {
             let (reply_tx, reply_rx) = std::sync::mpsc::channel();
             if self.tx.send(WriteOp::Shutdown(reply_tx)).is_ok() {
-                let _ = reply_rx.recv();
+                result = match reply_rx.recv() {
+                    Ok(r) => r.map_err(StoreError::Commit),
+                    Err(_) => Err(StoreError::Closed),
+                };
             }
-            let _ = handle.join();
+            if handle.join().is_err() {
+                result = Err(StoreError::Commit(
+                    "the store writer thread panicked".into(),
+                ));
+            }
         }
+        result
     }
 
     fn db_err(&self, e: redb::Error) -> StoreError {
@@ -434,7 +451,7 @@ mod density {
                 store.flush_blocking().unwrap();
             }
         }
-        store.close();
+        store.close().unwrap();
         drop(store);
         let bytes = std::fs::metadata(dir.path().join("herd.redb"))
             .unwrap()

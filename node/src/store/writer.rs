@@ -71,7 +71,9 @@ pub struct Writer {
     next_transition_seq: u64,
     /// Metadata nobody waits for (tail offsets); written with the next commit.
     quiet_meta: Vec<(String, Vec<u8>)>,
-    waiting: Vec<Sender<()>>,
+    /// Flushes (and the shutdown) waiting for the next commit: told whether it
+    /// made everything durable.
+    waiting: Vec<Sender<Result<(), String>>>,
     pending_samples: usize,
     samples_written: u64,
 }
@@ -228,6 +230,7 @@ impl Writer {
             && self.alerting.is_empty()
             && self.outbox_changes.is_empty()
             && self.new_series.is_empty();
+        let mut failed = None;
         if !nothing {
             match self.write_txn() {
                 Ok(()) => {
@@ -258,6 +261,7 @@ impl Writer {
                 Err(e) => {
                     // Kept in memory: the next commit tries again.
                     tracing::error!(error = %e, "store commit failed; will retry");
+                    failed = Some(e.to_string());
                     for (_, _, reply) in self.meta.drain(..) {
                         let _ = reply.send(Err(e.to_string()));
                     }
@@ -271,7 +275,10 @@ impl Writer {
             }
         }
         for w in self.waiting.drain(..) {
-            let _ = w.send(());
+            let _ = w.send(match &failed {
+                None => Ok(()),
+                Some(e) => Err(e.clone()),
+            });
         }
     }
 
