@@ -76,6 +76,9 @@ pub struct Delivery {
     pub rate_limit_per_min: Option<u32>,
     /// Notifications of one target within this window go out as one message.
     pub group_window: Option<HumanDuration>,
+    /// A notification whose transition is older than this is dropped, not sent
+    /// (a node back after days does not send days-old news).
+    pub max_age: Option<HumanDuration>,
 }
 
 /// Defaults of `Delivery`.
@@ -84,6 +87,7 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_BACKOFF: HumanDuration = HumanDuration::from_secs(1);
 pub const DEFAULT_BACKOFF_MAX: HumanDuration = HumanDuration::from_secs(300);
 pub const DEFAULT_GROUP_WINDOW: HumanDuration = HumanDuration::from_secs(2);
+pub const DEFAULT_MAX_AGE: HumanDuration = HumanDuration::from_secs(12 * 3600);
 
 /// Defines a channel struct with its own fields plus the delivery fields every kind
 /// takes (written out, not flattened, so that unknown keys stay errors).
@@ -115,6 +119,9 @@ macro_rules! channel_struct {
             /// Notifications of one target within this window go out as one message.
             #[serde(default)]
             pub group_window: Option<HumanDuration>,
+            /// Older notifications are dropped, not sent (default 12h).
+            #[serde(default)]
+            pub max_age: Option<HumanDuration>,
         }
 
         impl $name {
@@ -127,6 +134,7 @@ macro_rules! channel_struct {
                     fallback: self.fallback.clone(),
                     rate_limit_per_min: self.rate_limit_per_min,
                     group_window: self.group_window,
+                    max_age: self.max_age,
                 }
             }
         }
@@ -190,6 +198,9 @@ impl ChannelSpec {
         }
         if d.timeout.is_some_and(|t| t.get().is_zero()) {
             p.push("timeout must be above 0".into());
+        }
+        if d.max_age.is_some_and(|t| t.get().is_zero()) {
+            p.push("max_age must be above 0 (it drops notifications older than it)".into());
         }
         if d.fallback.iter().any(|f| f == self.name()) {
             p.push("a channel cannot be its own fallback".into());

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::channels::{Channel, SendError};
 use crate::config::channels::{
-    ChannelSpec, Delivery, DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_TIMEOUT,
+    ChannelSpec, Delivery, DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_AGE,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT,
 };
 use crate::model::{now_ms, Event, EventKind, Notification};
 use crate::store::alerting::OutboxEntry;
@@ -261,6 +261,8 @@ impl Notifier {
         let mut change = OutboxChange::default();
         let mut groups: BTreeMap<(String, String), Vec<(u64, OutboxEntry)>> = BTreeMap::new();
         let herd = self.herd.get();
+        // Replicated entries finished in this round, for the herd.
+        let mut finished: Vec<String> = Vec::new();
         for (seq, e) in entries {
             if e.not_before_ms > now {
                 next = Some(next.map_or(e.not_before_ms, |n| n.min(e.not_before_ms)));
@@ -282,6 +284,15 @@ impl Notifier {
                     }
                 }
             }
+            let max_age = self.max_age(&e.notification.channel);
+            let age = now.saturating_sub(e.notification.ts_ms);
+            if age > max_age {
+                if e.sender.replicated() {
+                    finished.push(e.notification.idempotency_key.clone());
+                }
+                self.expire(seq, e, age, max_age, &mut change).await;
+                continue;
+            }
             let key = (
                 e.notification.channel.clone(),
                 e.notification.alert.target.clone(),
@@ -289,8 +300,6 @@ impl Notifier {
             groups.entry(key).or_default().push((seq, e));
         }
         self.waiting_on_herd.store(waited, SeqCst);
-        // Replicated entries finished in this round, for the herd.
-        let mut finished: Vec<String> = Vec::new();
         let mut sends = tokio::task::JoinSet::new();
         let mut per_channel: HashMap<String, usize> = HashMap::new();
         for ((channel, _target), group) in groups {
@@ -406,6 +415,46 @@ impl Notifier {
 
     /// Replaces an entry by one for its next fallback channel, or drops it with an
     /// event when none is left.
+    /// The age limit of a channel's notifications, in ms.
+    fn max_age(&self, channel: &str) -> i64 {
+        let limit = self
+            .channels
+            .read()
+            .ok()
+            .and_then(|c| c.get(channel).and_then(|b| b.delivery.max_age))
+            .unwrap_or(DEFAULT_MAX_AGE);
+        limit.get().as_millis().min(i64::MAX as u128) as i64
+    }
+
+    /// Drops a notification too old to be news: logged and recorded as an event,
+    /// never sent, no fallback.
+    async fn expire(
+        &self,
+        seq: u64,
+        e: OutboxEntry,
+        age: i64,
+        max_age: i64,
+        change: &mut OutboxChange,
+    ) {
+        change.remove.push(seq);
+        let age_text = humantime::format_duration(Duration::from_secs((age / 1000).max(0) as u64));
+        let limit = humantime::format_duration(Duration::from_secs((max_age / 1000).max(0) as u64));
+        tracing::warn!(channel = %e.notification.channel, key = %e.notification.idempotency_key, age = %age_text, max_age = %limit, "notification too old to send; dropped");
+        self.store
+            .event(Event {
+                ts_ms: now_ms(),
+                target: e.notification.alert.target.clone(),
+                kind: EventKind::NotificationFailed,
+                message: format!(
+                    "{} of {} not sent: {age_text} old, beyond max_age {limit} of channel {}",
+                    e.notification.kind.as_str(),
+                    e.notification.alert.rule,
+                    e.notification.channel
+                ),
+            })
+            .await;
+    }
+
     async fn give_up(&self, seq: u64, e: OutboxEntry, why: &str, change: &mut OutboxChange) {
         change.remove.push(seq);
         let mut fallbacks = e.fallbacks.clone();
@@ -580,6 +629,37 @@ mod tests {
         );
         n.herd_changed();
         assert!(woken(&n).await, "the herd's change wakes the outbox");
+    }
+
+    /// A notification whose transition is older than the channel's max_age (12 h by
+    /// default) is dropped with an event, never handed to a channel.
+    #[tokio::test]
+    async fn notifications_older_than_max_age_are_dropped_not_sent() {
+        let (_dir, n) = notifier();
+        n.configure(&[]).await;
+        let day_old = now_ms() - 24 * 3600 * 1000;
+        let mut old = crate::cluster::types::tests::notice("a:1:c", "t", day_old);
+        old.notification.ts_ms = day_old;
+        n.store
+            .alerting(crate::store::AlertingBatch {
+                outbox: vec![old],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        n.round().await.unwrap();
+        assert!(
+            n.store.outbox().unwrap().is_empty(),
+            "dropped from the outbox"
+        );
+        let events = n.store.events(None, 0, 10).unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.kind == EventKind::NotificationFailed
+                    && e.message.contains("beyond max_age 12h")),
+            "{events:?}"
+        );
     }
 
     #[test]

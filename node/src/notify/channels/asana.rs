@@ -210,6 +210,7 @@ mod tests {
             fallback: vec![],
             rate_limit_per_min: None,
             group_window: None,
+            max_age: None,
         })
     }
 

@@ -474,6 +474,7 @@ while True:
             fallback: vec![],
             rate_limit_per_min: None,
             group_window: None,
+            max_age: None,
         })
     }
 

@@ -524,6 +524,7 @@ mod tests {
             fallback: vec![],
             rate_limit_per_min: None,
             group_window: None,
+            max_age: None,
         })
     }
 
@@ -580,6 +581,7 @@ mod tests {
             fallback: vec![],
             rate_limit_per_min: None,
             group_window: None,
+            max_age: None,
         });
         let ch = Channel::build(&spec).unwrap();
         for shown in [format!("{ch:?}"), format!("{ch:#?}"), ch.to_string()] {
@@ -644,6 +646,7 @@ mod tests {
             fallback: vec![],
             rate_limit_per_min: None,
             group_window: None,
+            max_age: None,
         });
         let ch = Channel::build(&spec).unwrap();
         assert!(ch.send(&[], Duration::from_secs(1)).await.is_ok());

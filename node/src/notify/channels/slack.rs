@@ -109,6 +109,7 @@ mod tests {
             fallback: vec![],
             rate_limit_per_min: None,
             group_window: None,
+            max_age: None,
         }))
         .unwrap()
     }
@@ -189,6 +190,7 @@ mod tests {
             fallback: vec![],
             rate_limit_per_min: None,
             group_window: None,
+            max_age: None,
         }))
         .unwrap_err();
         assert!(!e.contains("s3cr3tpart"), "{e}");

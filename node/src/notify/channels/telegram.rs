@@ -143,6 +143,7 @@ mod tests {
             fallback: vec![],
             rate_limit_per_min: None,
             group_window: None,
+            max_age: None,
         }))
         .unwrap()
     }
