@@ -229,6 +229,17 @@ pub async fn run_node(
         })
     };
     let notify_task = tokio::spawn(notifier.clone().run(cancel.clone()));
+    let quorum = tokio::spawn(crate::cluster::quorum::watch(
+        fleet.clone(),
+        notifier.clone(),
+        store.clone(),
+        crate::cluster::quorum::QuorumConfig {
+            lease: c.lease.get(),
+            failover_after: c.failover_after.get(),
+            every: c.beat_interval.get(),
+        },
+        cancel.clone(),
+    ));
     let rules_task = tokio::spawn(crate::rules::runner::run(
         rules.clone(),
         rules_rx,
@@ -335,6 +346,7 @@ pub async fn run_node(
         ("alert replication", replicator),
         ("fencing", fence),
         ("silences", silences),
+        ("quorum watch", quorum),
     ];
     tasks.extend(bootstrap.map(|t| ("herd bootstrap", t)));
     tasks.extend(initial_apply.map(|t| ("initial fleet", t)));

@@ -136,6 +136,7 @@ impl pb::herd_server::Herd for HerdApi {
             refusals: self.fleet.cluster().credential().refusals(),
             bootstrap: self.fleet.cluster().bootstrap_status(),
             rules_inputs_dropped: self.rules.inputs_dropped(),
+            quorum_lost: self.fleet.cluster().quorum_lost(),
             store_bytes: self.store.file_bytes(),
             store_samples: self
                 .store

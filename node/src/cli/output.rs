@@ -70,6 +70,7 @@ pub fn status_json(r: &pb::StatusReply) -> Value {
         "bootstrap": r.bootstrap,
         "refusals": r.refusals,
         "rules_inputs_dropped": r.rules_inputs_dropped,
+        "quorum_lost": r.quorum_lost,
         "leader": r.leader,
         "ownership_version": r.ownership_version,
         "unreachable": r.unreachable,
@@ -144,6 +145,9 @@ pub fn status_table(r: &pb::StatusReply) -> String {
         ],
         &node_rows,
     ));
+    if !r.quorum_lost.is_empty() {
+        out.push_str(&format!("QUORUM LOST {}\n", r.quorum_lost));
+    }
     if r.rules_inputs_dropped > 0 {
         out.push_str(&format!(
             "rules fell behind: {} samples/events not evaluated since start (queue full)\n",

@@ -123,6 +123,21 @@ impl Liveness {
             .count();
         fresh * 2 > voters.len()
     }
+
+    /// How many of `voters` (this node counted when it is one) were heard within
+    /// `within`.
+    pub fn heard_voters(&self, voters: &BTreeSet<NodeId>, within: Duration) -> usize {
+        let now = Instant::now();
+        let h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        voters
+            .iter()
+            .filter(|v| {
+                **v == self.id
+                    || h.get(v)
+                        .is_some_and(|(t, _)| now.saturating_duration_since(*t) < within)
+            })
+            .count()
+    }
 }
 
 /// Beats every member but this node each `interval` until `cancel`; one task

@@ -9,6 +9,7 @@ pub mod liveness;
 pub mod membership;
 pub mod network;
 pub mod node;
+pub mod quorum;
 pub mod replication;
 pub mod service;
 pub mod store;

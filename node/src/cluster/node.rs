@@ -205,6 +205,8 @@ pub struct ClusterNode {
     pub(super) promise: Arc<std::sync::Mutex<Option<(NodeId, Instant)>>>,
     /// What declarative membership waits for, for `herd status` (empty: nothing).
     bootstrap: Arc<std::sync::Mutex<String>>,
+    /// Set while this node has lost the herd's quorum (see `quorum.rs`).
+    quorum_lost: Arc<std::sync::Mutex<String>>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -259,6 +261,7 @@ impl ClusterNode {
             credential,
             promise: Arc::default(),
             bootstrap: Arc::default(),
+            quorum_lost: Arc::default(),
         };
         node.follow_herd_id();
         Ok(node)
@@ -277,6 +280,18 @@ impl ClusterNode {
 
     pub(super) fn set_bootstrap_status(&self, text: String) {
         *self.bootstrap.lock().unwrap_or_else(|p| p.into_inner()) = text;
+    }
+
+    /// Why this node has no quorum, since when; empty while it has one.
+    pub fn quorum_lost(&self) -> String {
+        self.quorum_lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_quorum_lost(&self, text: String) {
+        *self.quorum_lost.lock().unwrap_or_else(|p| p.into_inner()) = text;
     }
 
     /// The credential this node presents and checks (see `credential.rs`).

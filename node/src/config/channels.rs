@@ -358,6 +358,11 @@ pub struct Routes {
     pub warning: Vec<String>,
     #[serde(default)]
     pub info: Vec<String>,
+    /// Channels told, by each node on its own, when that node loses the herd's
+    /// quorum (sent directly, once per loss: a node without quorum sends nothing
+    /// through its outbox).
+    #[serde(default)]
+    pub quorum_loss: Vec<String>,
 }
 
 channel_struct! {

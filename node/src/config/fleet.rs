@@ -535,6 +535,7 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
         ("critical", &routes.critical),
         ("warning", &routes.warning),
         ("info", &routes.info),
+        ("quorum_loss", &routes.quorum_loss),
     ] {
         for ch in list {
             if !channel_names.contains(ch.as_str()) {

@@ -66,6 +66,9 @@ pub enum EventKind {
     NotificationFailed,
     /// A rule's remediation action ran (exit code and first lines of output).
     ActionRun,
+    /// This node lost the herd's quorum (no majority of voters heard), or got it back.
+    QuorumLost,
+    QuorumRegained,
 }
 
 impl EventKind {
@@ -82,6 +85,8 @@ impl EventKind {
             EventKind::CheckStatus => "check_status",
             EventKind::NotificationFailed => "notification_failed",
             EventKind::ActionRun => "action_run",
+            EventKind::QuorumLost => "quorum_lost",
+            EventKind::QuorumRegained => "quorum_regained",
         }
     }
 }

@@ -415,6 +415,28 @@ impl Notifier {
 
     /// Replaces an entry by one for its next fallback channel, or drops it with an
     /// event when none is left.
+    /// Sends `n` through its channel at once, bypassing the outbox (and the fence):
+    /// for the one notice a node without quorum sends on its own. One attempt,
+    /// bounded by the channel's timeout.
+    pub async fn send_direct(&self, n: Notification) -> Result<(), String> {
+        let built = self
+            .channels
+            .read()
+            .ok()
+            .and_then(|c| c.get(&n.channel).cloned())
+            .ok_or_else(|| format!("no channel {:?} is built here", n.channel))?;
+        let timeout = built
+            .delivery
+            .timeout
+            .unwrap_or(crate::config::channels::DEFAULT_TIMEOUT)
+            .get();
+        built
+            .channel
+            .send(std::slice::from_ref(&n), timeout)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// The age limit of a channel's notifications, in ms.
     fn max_age(&self, channel: &str) -> i64 {
         let limit = self
