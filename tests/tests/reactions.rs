@@ -1290,3 +1290,67 @@ to = [\"ops@example.test\"]
         "expected {file}:{l}: channel[0] (mail).password: ... in:\n{all}"
     );
 }
+
+#[test]
+fn pausing_or_removing_a_target_resolves_its_firing_alert_visibly() {
+    phase!("a backup that is missing: the alert fires");
+    let hook = HttpReceiver::start();
+    let files = Files::new("herd-reactions-");
+    let rules_and_hook = [
+        check_rule("backup-missing", "backup", &["hook"], ""),
+        webhook("hook", &hook.url("/hook"), "group_window = \"0s\""),
+    ]
+    .concat();
+    let with_target = [
+        fresh_target("db-1", &files, &[("backup", "db.dump")]),
+        rules_and_hook.clone(),
+    ]
+    .concat();
+    let herd = Herd::start(HerdOptions::default().fleet(with_target));
+    let kinds = |what: &str, want: &[&str]| {
+        hook.wait_for(SECS(20), what, |r| {
+            kinds_of(&notes(r), "backup-missing") == want
+        })
+    };
+    kinds("FIRING", &["firing"]);
+
+    phase!("pausing the target resolves the alert, saying why");
+    herd.cli_ok(&["pause", "db-1", "--reason", "maintenance"]);
+    let reqs = kinds("RESOLVED after the pause", &["firing", "resolved"]);
+    let resolved = notes(&reqs)[1].clone();
+    let text = resolved["alert"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("target db-1 was paused"), "{resolved}");
+
+    phase!("resumed, still missing: a new episode fires with a key never used");
+    herd.cli_ok(&["resume", "db-1"]);
+    kinds("FIRING again", &["firing", "resolved", "firing"]);
+
+    phase!("the target leaves the fleet: its alert resolves, saying why");
+    let path = herd.write_file("fleet", &rules_and_hook);
+    herd.cli_ok(&["apply", &path.display().to_string()]);
+    let reqs = kinds(
+        "RESOLVED after the removal",
+        &["firing", "resolved", "firing", "resolved"],
+    );
+    let last = notes(&reqs)[3].clone();
+    let text = last["alert"]["description"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("target db-1 was removed from the fleet"),
+        "{last}"
+    );
+    std::thread::sleep(QUIET);
+    let all = notes(&hook.requests());
+    assert_eq!(all.len(), 4, "nothing more: {all:?}");
+    assert!(
+        key_counts(&all).values().all(|n| *n == 1),
+        "every key once: {:?}",
+        key_counts(&all)
+    );
+    let history = history_of(&alerts(&herd), "backup-missing");
+    assert!(
+        history.iter().filter(|t| t["to"] == "resolved").count() >= 2,
+        "{history:?}"
+    );
+}

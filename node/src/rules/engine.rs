@@ -722,6 +722,17 @@ impl Engine {
         taken
     }
 
+    /// An alert this engine no longer holds had `transitions` so far (it was ended
+    /// outside the engine): a later episode counts on from there.
+    pub fn continue_count(&mut self, id: &str, transitions: u64) {
+        if let Some(m) = self.alerts.machines.get_mut(id) {
+            m.alert.transitions = m.alert.transitions.max(transitions);
+            return;
+        }
+        let count = self.alerts.tombstones.entry(id.to_string()).or_insert(0);
+        *count = (*count).max(transitions);
+    }
+
     /// A sample of an owned target.
     pub fn on_sample(&mut self, s: &Sample) -> Vec<Transition> {
         self.observe_time(s.ts_ms);

@@ -232,9 +232,23 @@ pub async fn run(
                 }
                 let current = owned.borrow_and_update().clone();
                 let rules = effective_rules(&current.spec.rules);
-                // Paused targets raise no alert: their alerts end silently.
+                // Paused targets raise no alert. Firing alerts of targets paused or
+                // removed, or of rules removed, end with a RESOLVED that says why;
+                // those of targets that moved to another node end here silently
+                // (the new owner continues them).
+                let firing: HashMap<String, Alert> = engine
+                    .alerts()
+                    .into_iter()
+                    .filter(|a| a.state.is_firing())
+                    .map(|a| (a.id.clone(), a))
+                    .collect();
                 let active: Vec<_> = current.active().cloned().collect();
-                let dropped = engine.reconfigure(rules.clone(), &active);
+                let mut dropped = engine.reconfigure(rules.clone(), &active);
+                let ended = ended_alerts(&firing, &dropped, &current, &rules);
+                if !ended.is_empty() {
+                    dropped.retain(|id| !ended.iter().any(|(a, _)| &a.id == id));
+                    end_visibly(&ctx, &mut engine, ended, &current).await;
+                }
                 // Alerts of targets taken over continue where their last owner left them.
                 let adopted = engine.adopt(current.alerts.clone());
                 if adopted > 0 {
@@ -419,6 +433,120 @@ impl RulesHandle {
     /// by the target's owner only, and handed over with the target).
     fn in_herd(&self) -> bool {
         self.replicate.is_some()
+    }
+}
+
+/// The firing alerts among `dropped` that ended because their target was paused
+/// or removed from the fleet, or their rule removed, with why.
+fn ended_alerts(
+    firing: &HashMap<String, Alert>,
+    dropped: &[String],
+    current: &crate::ownership::Owned,
+    rules: &[RuleSpec],
+) -> Vec<(Alert, String)> {
+    dropped
+        .iter()
+        .filter_map(|id| firing.get(id))
+        .filter_map(|a| {
+            let why = if current.paused.contains_key(&a.target) {
+                format!("target {} was paused", a.target)
+            } else if !current.targets.iter().any(|t| t.name == a.target)
+                && !current.spec.targets.iter().any(|t| t.name == a.target)
+                && !a.target.starts_with(crate::model::MACHINE_PREFIX)
+            {
+                format!("target {} was removed from the fleet", a.target)
+            } else if !rules.iter().any(|r| r.name == a.rule) {
+                format!("rule {} was removed", a.rule)
+            } else {
+                return None;
+            };
+            Some((a.clone(), why))
+        })
+        .collect()
+}
+
+/// Ends `ended` firing alerts with a RESOLVED transition that says why (the rule
+/// no longer runs for them, so it never would): recorded, notified like any
+/// resolution (silences apply), committed to the herd. A RESOLVED for a target that
+/// left the fleet has no owner to send it in the herd: this node, which held the
+/// alert, sends it as its own.
+async fn end_visibly(
+    ctx: &Ctx,
+    engine: &mut Engine,
+    ended: Vec<(Alert, String)>,
+    current: &crate::ownership::Owned,
+) {
+    let now = now_ms();
+    let silences = ctx.handle.silences();
+    let herd = ctx.handle.in_herd();
+    let mut batch = AlertingBatch::default();
+    let mut queued = Vec::new();
+    for (mut alert, why) in ended {
+        let from = alert.state;
+        alert.state = crate::model::AlertState::Resolved;
+        alert.since_ms = now;
+        alert.transitions = alert.transitions.saturating_add(1);
+        alert.acked_by = None;
+        if !alert.description.is_empty() {
+            alert.description.push('\n');
+        }
+        alert.description.push_str(&format!("resolved: {why}"));
+        // The next episode, should the alert come back, counts on from here.
+        engine.continue_count(&alert.id, alert.transitions);
+        let rule = ctx.rules.get(&alert.rule);
+        let channels: Vec<String> = route(&ctx.spec, rule, alert.severity)
+            .into_iter()
+            .filter(|c| current.spec.channels.iter().any(|s| s.name() == c))
+            .collect();
+        let suppressed = if let Some(s) = silences.iter().find(|s| s.covers(&alert, now)) {
+            Some(format!("silenced by {} ({})", s.id, s.reason))
+        } else if channels.is_empty() {
+            Some("no channel routes this alert".into())
+        } else {
+            let owned = current.targets.iter().any(|t| t.name == alert.target);
+            let mut entries = outbox_entries(
+                &current.spec,
+                channels,
+                &alert,
+                NotifyKind::Resolved,
+                now,
+                now,
+            );
+            for e in &mut entries {
+                if herd && owned {
+                    e.sender = Sender::Owner;
+                    queued.push(e.clone());
+                }
+            }
+            batch.outbox.extend(entries);
+            None
+        };
+        tracing::info!(alert = %alert.id, rule = %alert.rule, target_name = %alert.target, reason = %why, suppressed = ?suppressed, "alert resolved: its rule no longer runs for it");
+        batch.transitions.push(TransitionRecord {
+            alert_id: alert.id.clone(),
+            rule: alert.rule.clone(),
+            target: alert.target.clone(),
+            from,
+            to: alert.state,
+            notify: Some(NotifyKind::Resolved),
+            ts_ms: now,
+            suppressed,
+        });
+        batch.alerts.push(alert);
+    }
+    let delta = AlertDelta {
+        upserts: batch.alerts.clone(),
+        queued,
+        ..Default::default()
+    };
+    let wake = !batch.outbox.is_empty();
+    if let Err(e) = ctx.handle.store.alerting(batch).await {
+        tracing::error!(error = %e, "cannot store the end of alerts of paused or removed targets");
+        return;
+    }
+    ctx.handle.replicate(delta);
+    if wake {
+        ctx.notifier.wake();
     }
 }
 
