@@ -137,6 +137,7 @@ impl pb::herd_server::Herd for HerdApi {
             bootstrap: self.fleet.cluster().bootstrap_status(),
             rules_inputs_dropped: self.rules.inputs_dropped(),
             quorum_lost: self.fleet.cluster().quorum_lost(),
+            spec_error: self.fleet.spec_error().unwrap_or_default(),
             store_bytes: self.store.file_bytes(),
             store_samples: self
                 .store

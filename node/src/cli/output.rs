@@ -71,6 +71,7 @@ pub fn status_json(r: &pb::StatusReply) -> Value {
         "refusals": r.refusals,
         "rules_inputs_dropped": r.rules_inputs_dropped,
         "quorum_lost": r.quorum_lost,
+        "spec_error": r.spec_error,
         "leader": r.leader,
         "ownership_version": r.ownership_version,
         "unreachable": r.unreachable,
@@ -145,6 +146,9 @@ pub fn status_table(r: &pb::StatusReply) -> String {
         ],
         &node_rows,
     ));
+    if !r.spec_error.is_empty() {
+        out.push_str(&format!("SPEC NOT READ {}\n", r.spec_error));
+    }
     if !r.quorum_lost.is_empty() {
         out.push_str(&format!("QUORUM LOST {}\n", r.quorum_lost));
     }

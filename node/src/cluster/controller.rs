@@ -154,9 +154,16 @@ pub async fn run(
             cfg.watchers,
             &fleet.current().1,
         );
-        let plan_was_empty = plan.commands.is_empty();
+        let mut commands = plan.commands;
+        if !fleet.spec_known() {
+            // The applied spec does not parse here (this leader runs an older or
+            // stricter version): an ownership map made from no spec would take every
+            // target away and end every alert. Keep the map; health still counts.
+            commands.retain(|c| !matches!(c, Command::SetOwnership { .. }));
+        }
+        let plan_was_empty = commands.is_empty();
         let mut all_written = true;
-        for cmd in plan.commands {
+        for cmd in commands {
             let health = match &cmd {
                 Command::NodeHealth { node: n, up, .. } => Some((*n, *up)),
                 _ => None,

@@ -63,7 +63,59 @@ pub enum ApplyError {
 }
 
 /// The applied spec parsed once per version.
-type Parsed = (u64, Arc<FleetSpec>);
+#[derive(Debug, Clone)]
+struct Parsed {
+    /// The applied version this was computed for.
+    version: u64,
+    /// The spec in force: the applied one, or, when that does not parse here, the
+    /// last one that did (empty if none did).
+    spec: Arc<FleetSpec>,
+    /// The version of `spec` (0: none).
+    good: u64,
+    /// Why the applied version does not parse here.
+    error: Option<String>,
+}
+
+impl Parsed {
+    fn empty() -> Parsed {
+        Parsed {
+            version: 0,
+            spec: Arc::new(FleetSpec::default()),
+            good: 0,
+            error: None,
+        }
+    }
+
+    /// The spec in force after version `version` (text, source) was applied: a
+    /// spec that does not parse here (a newer grammar, a stricter validator after
+    /// an upgrade) leaves the last one that did in force and says why (pure).
+    fn next(&self, version: u64, text: &str, source: &str) -> Parsed {
+        if version == 0 {
+            return Parsed::empty();
+        }
+        match parse_fleet(text, source) {
+            Ok(s) => Parsed {
+                version,
+                spec: Arc::new(s),
+                good: version,
+                error: None,
+            },
+            Err(e) => Parsed {
+                version,
+                spec: self.spec.clone(),
+                good: self.good,
+                error: Some(format!(
+                    "fleet spec v{version} does not parse on this node, which keeps {}: {e}",
+                    if self.good == 0 {
+                        "no spec (and the leader keeps the ownership map as it is)".to_string()
+                    } else {
+                        format!("spec v{} in force", self.good)
+                    }
+                )),
+            },
+        }
+    }
+}
 
 pub struct FleetState {
     node: ClusterNode,
@@ -78,7 +130,7 @@ impl FleetState {
         Arc::new(FleetState {
             node,
             store,
-            parsed: Mutex::new((0, Arc::new(FleetSpec::default()))),
+            parsed: Mutex::new(Parsed::empty()),
             applying: tokio::sync::Mutex::new(()),
         })
     }
@@ -100,23 +152,34 @@ impl FleetState {
 
     fn spec_of(&self, state: &ClusterState) -> (u64, Arc<FleetSpec>) {
         let mut cache = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.0 != state.spec_version {
-            let spec = if state.spec_version == 0 {
-                FleetSpec::default()
-            } else {
-                match parse_fleet(&state.spec_text, &state.spec_source) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // Validated before it was proposed; a newer herd version may
-                        // read it differently. Own nothing rather than guess.
-                        tracing::error!(version = state.spec_version, errors = %e, "the applied fleet spec does not parse here");
-                        FleetSpec::default()
-                    }
-                }
-            };
-            *cache = (state.spec_version, Arc::new(spec));
+        if cache.version != state.spec_version {
+            let next = cache.next(state.spec_version, &state.spec_text, &state.spec_source);
+            if let Some(e) = &next.error {
+                tracing::error!(version = state.spec_version, "{e}");
+            }
+            *cache = next;
         }
-        (cache.0, cache.1.clone())
+        (cache.version, cache.spec.clone())
+    }
+
+    /// Why the applied spec does not parse on this node (None: it does).
+    pub fn spec_error(&self) -> Option<String> {
+        let state = self.state();
+        self.spec_of(&state);
+        self.parsed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .error
+            .clone()
+    }
+
+    /// Whether the spec in force is one that parsed (not the empty stand-in for an
+    /// applied spec this node cannot read).
+    pub fn spec_known(&self) -> bool {
+        let state = self.state();
+        self.spec_of(&state);
+        let p = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        p.version == 0 || p.good > 0
     }
 
     /// Makes this node a herd of one when it is in none yet (a node used alone, as
@@ -283,7 +346,9 @@ impl FleetState {
         self.node.liveness().set_applied(state.ownership_version);
         let fenced = !self.node.liveness().lease_valid(&self.node.voters(), lease);
         let (version, spec) = self.spec_of(&state);
-        owned_view(me, &state, version, &spec, &BTreeMap::new(), fenced)
+        let mut view = owned_view(me, &state, version, &spec, &BTreeMap::new(), fenced);
+        view.spec_unknown = !self.spec_known();
+        view
     }
 
     /// Publishes what this node owns until `cancel`: on every applied change and
@@ -312,8 +377,21 @@ impl FleetState {
         // The view is recomputed only when its inputs change (a fleet of thousands
         // of targets is not copied ten times a second for nothing).
         let mut computed_for: Option<(Arc<ClusterState>, bool)> = None;
+        let mut told_spec_error: Option<String> = None;
         loop {
             let state = state_rx.borrow_and_update().clone();
+            let spec_error = self.spec_error();
+            if spec_error.is_some() && spec_error != told_spec_error {
+                self.store
+                    .event(Event {
+                        ts_ms: now_ms(),
+                        target: String::new(),
+                        kind: EventKind::SpecRejected,
+                        message: spec_error.clone().unwrap_or_default(),
+                    })
+                    .await;
+            }
+            told_spec_error = spec_error;
             if state.ownership_version != last_version {
                 prev_owners = std::mem::replace(&mut last_owners, state.owners.clone());
                 last_version = state.ownership_version;
@@ -336,6 +414,7 @@ impl FleetState {
                 computed_for = Some((state.clone(), fenced));
                 let (version, spec) = self.spec_of(&state);
                 let mut view = owned_view(me, &state, version, &spec, &prev_owners, fenced);
+                view.spec_unknown = !self.spec_known();
                 let key = (state.ownership_version, version, fenced);
                 if key != snapshot_of {
                     snapshot_of = key;
@@ -391,6 +470,7 @@ pub fn owned_view(
     }
     let names: BTreeSet<&str> = targets.iter().map(|t| t.name.as_str()).collect();
     Owned {
+        spec_unknown: false,
         spec_version,
         ownership_version: state.ownership_version,
         spec: spec.clone(),
@@ -428,6 +508,31 @@ pub fn owned_view(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spec_that_does_not_parse_here_leaves_the_last_good_one_in_force() {
+        let good = "[[target]]\nname='a'\ntransport='local'\n";
+        let newer = "[[target]]\nname='a'\ntransport='local'\nfuture_key = 1\n";
+        let p = Parsed::empty().next(1, good, "f");
+        assert_eq!((p.version, p.good, p.error.is_none()), (1, 1, true));
+        let q = p.next(2, newer, "f");
+        assert_eq!((q.version, q.good), (2, 1));
+        assert_eq!(q.spec.targets[0].name, "a", "the old spec stays in force");
+        let e = q.error.clone().unwrap();
+        assert!(
+            e.contains("v2 does not parse") && e.contains("spec v1 in force"),
+            "{e}"
+        );
+        assert!(e.contains("future_key"), "{e}");
+        // After a restart nothing parsed yet: no spec, and the reason says so.
+        let r = Parsed::empty().next(2, newer, "f");
+        assert_eq!(r.good, 0);
+        assert!(r.spec.targets.is_empty());
+        assert!(r.error.unwrap().contains("keeps the ownership map"));
+        // A later good spec clears the error.
+        let s = q.next(3, good, "f");
+        assert_eq!((s.good, s.error), (3, None));
+    }
 
     #[test]
     fn diff_names_every_kind_of_change() {

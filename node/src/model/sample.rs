@@ -69,6 +69,8 @@ pub enum EventKind {
     /// This node lost the herd's quorum (no majority of voters heard), or got it back.
     QuorumLost,
     QuorumRegained,
+    /// The applied fleet spec does not parse on this node (the last good one stays).
+    SpecRejected,
 }
 
 impl EventKind {
@@ -87,6 +89,7 @@ impl EventKind {
             EventKind::ActionRun => "action_run",
             EventKind::QuorumLost => "quorum_lost",
             EventKind::QuorumRegained => "quorum_regained",
+            EventKind::SpecRejected => "spec_rejected",
         }
     }
 }

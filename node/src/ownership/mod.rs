@@ -34,6 +34,9 @@ pub struct Owned {
     pub gained: BTreeSet<String>,
     /// True while the lease is not valid: nothing is owned, nothing is notified.
     pub fenced: bool,
+    /// The applied spec does not parse on this node and none did before: the empty
+    /// spec here says nothing about what the fleet is (no alert ends for it).
+    pub spec_unknown: bool,
 }
 
 /// A paused target: who paused it, why, until when.

@@ -244,7 +244,11 @@ pub async fn run(
                     .collect();
                 let active: Vec<_> = current.active().cloned().collect();
                 let mut dropped = engine.reconfigure(rules.clone(), &active);
-                let ended = ended_alerts(&firing, &dropped, &current, &rules);
+                let ended = if current.spec_unknown {
+                    Vec::new()
+                } else {
+                    ended_alerts(&firing, &dropped, &current, &rules)
+                };
                 if !ended.is_empty() {
                     dropped.retain(|id| !ended.iter().any(|(a, _)| &a.id == id));
                     end_visibly(&ctx, &mut engine, ended, &current).await;
