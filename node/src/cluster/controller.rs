@@ -63,11 +63,26 @@ pub async fn run(
     let mut next_record_try = Instant::now();
     let mut last_plan: Option<PlanKey> = None;
     let mut queued_here: BTreeSet<String> = BTreeSet::new();
+    // Silence is counted only from here: a leader that itself did not run for
+    // longer than a lease (paused, stalled) did not observe the others' silence
+    // meanwhile, and must not declare them down for it.
+    let mut observing_since = Instant::now();
     loop {
+        // The wait below ends within one tick; a much longer one means this
+        // process was not running (the work of a round is not counted).
+        let waiting = Instant::now();
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
             changed = state_rx.changed() => if changed.is_err() { return },
+        }
+        let gap = waiting.elapsed();
+        if gap > cfg.every + cfg.lease {
+            tracing::warn!(
+                stalled_ms = gap.as_millis() as u64,
+                "this node did not run for a while (paused or stalled): peers' silence is counted from now"
+            );
+            observing_since = Instant::now();
         }
         let state = state_rx.borrow_and_update().clone();
         let members = node.members();
@@ -108,7 +123,10 @@ pub async fn run(
         }
         let silent = |id: NodeId| {
             let since_known = first_seen.get(&id).map_or(Duration::ZERO, |t| now - *t);
-            node.liveness().silent_for(id).min(since_known)
+            node.liveness()
+                .silent_for(id)
+                .min(since_known)
+                .min(now.saturating_duration_since(observing_since))
         };
         let caught_up = |id: NodeId| {
             node.liveness()

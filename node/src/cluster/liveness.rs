@@ -3,10 +3,16 @@
 //!
 //! Every node beats every member (voters and learners) each `beat_interval` over
 //! the Raft service. A beat answered proves both ends alive and connected, so
-//! both record it: the sender when the answer comes, the receiver when the beat
-//! arrives. The leader declares a member down when it has not heard from it for
-//! `failover_after`; a node holds a valid lease while it has heard from a majority
-//! of the voters (itself included) within `lease`. With `lease` shorter than
+//! both record it for failure detection: the sender when the answer comes, the
+//! receiver when the beat arrives. The leader declares a member down when it has
+//! not heard from it for `failover_after`.
+//!
+//! The lease is causal: a node holds a valid lease while a majority of the voters
+//! (itself included) answered a beat it *sent* within `lease`, counted from the
+//! moment it sent the beat, never from when an answer or a beat arrived. A process
+//! paused (SIGSTOP, a long stall) finds, when it resumes, only answers to beats it
+//! sent before the pause: they credit the time before the pause, so it holds no
+//! lease until a beat sent after the pause is answered. With `lease` shorter than
 //! `failover_after`, a node that is cut off stops acting for its targets before
 //! the leader gives them to others.
 //!
@@ -32,6 +38,9 @@ pub struct Liveness {
     started: Instant,
     /// Last sign of life of each peer and the ownership version it had applied.
     heard: Mutex<HashMap<NodeId, (Instant, u64)>>,
+    /// When this node sent the latest beat each peer answered as a member: what
+    /// the lease counts.
+    acked: Mutex<HashMap<NodeId, Instant>>,
     /// The ownership version this node has applied.
     applied: AtomicU64,
 }
@@ -42,6 +51,7 @@ impl Liveness {
             id,
             started: Instant::now(),
             heard: Mutex::new(HashMap::new()),
+            acked: Mutex::new(HashMap::new()),
             applied: AtomicU64::new(0),
         })
     }
@@ -68,14 +78,33 @@ impl Liveness {
         h.insert(node, (Instant::now(), version));
     }
 
-    /// Credits `node` with a sign of life now, keeping the version last heard.
+    /// `node` answered, as a member, a beat this node sent at `sent`, with the
+    /// ownership version it had applied: a sign of life now, and lease credit as of
+    /// `sent`.
+    pub fn acked(&self, node: NodeId, sent: Instant, version: u64) {
+        if node == self.id {
+            return;
+        }
+        self.heard(node, version);
+        let mut a = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        let at = a.entry(node).or_insert(sent);
+        *at = (*at).max(sent);
+    }
+
+    /// Credits `node` with a sign of life and an answered beat now, keeping the
+    /// version last heard (a member that just joined: the membership change needed
+    /// its answer a moment ago).
     fn credit(&self, node: NodeId) {
         if node == self.id {
             return;
         }
-        let mut h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-        let version = h.get(&node).map_or(0, |(_, v)| *v);
-        h.insert(node, (Instant::now(), version));
+        {
+            let mut h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+            let version = h.get(&node).map_or(0, |(_, v)| *v);
+            h.insert(node, (Instant::now(), version));
+        }
+        let mut a = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        a.insert(node, Instant::now());
     }
 
     /// The ownership version `node` had applied when last heard.
@@ -100,9 +129,10 @@ impl Liveness {
         now.saturating_duration_since(since)
     }
 
-    /// Whether this node hears from a majority of `voters` (itself counted when it
-    /// is one) within `lease`, and no node heard within `lease` has applied a newer
-    /// ownership map than this one. A node in no membership yet has no lease.
+    /// Whether a majority of `voters` (itself counted when it is one) answered a
+    /// beat this node sent within `lease` (counted from the send), and no node heard
+    /// within `lease` has applied a newer ownership map than this one. A node in no
+    /// membership yet has no lease.
     pub fn lease_valid(&self, voters: &BTreeSet<NodeId>, lease: Duration) -> bool {
         self.lease_valid_at(voters, lease, Instant::now())
     }
@@ -117,9 +147,11 @@ impl Liveness {
         if h.values().any(|(t, v)| recent(t) && *v > mine) {
             return false;
         }
+        drop(h);
+        let a = self.acked.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = voters
             .iter()
-            .filter(|v| **v == self.id || h.get(v).is_some_and(|(t, _)| recent(t)))
+            .filter(|v| **v == self.id || a.get(v).is_some_and(recent))
             .count();
         fresh * 2 > voters.len()
     }
@@ -128,13 +160,13 @@ impl Liveness {
     /// `within`.
     pub fn heard_voters(&self, voters: &BTreeSet<NodeId>, within: Duration) -> usize {
         let now = Instant::now();
-        let h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        let a = self.acked.lock().unwrap_or_else(|p| p.into_inner());
         voters
             .iter()
             .filter(|v| {
                 **v == self.id
-                    || h.get(v)
-                        .is_some_and(|(t, _)| now.saturating_duration_since(*t) < within)
+                    || a.get(v)
+                        .is_some_and(|t| now.saturating_duration_since(*t) < within)
             })
             .count()
     }
@@ -185,11 +217,14 @@ pub async fn beat_members(
             in_flight.insert(
                 id,
                 tokio::spawn(async move {
+                    let sent = Instant::now();
                     match peers
                         .beat(&node.addr, liveness.id(), &from_addr, liveness.applied(), timeout)
                         .await
                     {
-                        Ok((answered, true, version)) if answered == id => liveness.heard(id, version),
+                        Ok((answered, true, version)) if answered == id => {
+                            liveness.acked(id, sent, version)
+                        }
                         Ok((answered, false, _)) if answered == id => tracing::debug!(
                             peer = id,
                             "the peer does not count this node as a member (removed, or not caught up yet)"
@@ -220,6 +255,11 @@ mod tests {
         let lease = Duration::from_millis(500);
         assert!(!l.lease_valid(&voters, lease), "alone among three");
         l.heard(2, 0);
+        assert!(
+            !l.lease_valid(&voters, lease),
+            "a beat received is no credit: only an answer to one sent"
+        );
+        l.acked(2, Instant::now(), 0);
         assert!(l.lease_valid(&voters, lease), "two of three");
         let later = Instant::now() + Duration::from_millis(600);
         assert!(
@@ -228,9 +268,9 @@ mod tests {
         );
         // A learner counts the voters only.
         let l = Liveness::new(9);
-        l.heard(1, 0);
+        l.acked(1, Instant::now(), 0);
         assert!(!l.lease_valid(&voters, lease));
-        l.heard(2, 0);
+        l.acked(2, Instant::now(), 0);
         assert!(l.lease_valid(&voters, lease));
         assert!(!l.lease_valid(&BTreeSet::new(), lease), "no herd, no lease");
         assert!(
@@ -245,14 +285,33 @@ mod tests {
         let voters: BTreeSet<NodeId> = [1, 2, 3].into();
         let lease = Duration::from_millis(500);
         l.set_applied(4);
-        l.heard(1, 5);
-        l.heard(2, 5);
+        l.acked(1, Instant::now(), 5);
+        l.acked(2, Instant::now(), 5);
         assert!(
             !l.lease_valid(&voters, lease),
             "a majority, but on a newer map"
         );
         l.set_applied(5);
         assert!(l.lease_valid(&voters, lease));
+    }
+
+    /// A process paused past its lease finds answers to beats it sent before the
+    /// pause: they credit the time they were sent, not the time they arrived.
+    #[test]
+    fn an_answer_credits_the_lease_from_when_its_beat_was_sent() {
+        let l = Liveness::new(1);
+        let voters: BTreeSet<NodeId> = [1, 2, 3].into();
+        let lease = Duration::from_millis(500);
+        let sent = Instant::now();
+        let resumed = sent + Duration::from_secs(5);
+        l.acked(2, sent, 0);
+        assert!(
+            !l.lease_valid_at(&voters, lease, resumed),
+            "an answer to a beat sent 5 s ago gives no lease now"
+        );
+        // An older answer arriving late never moves the credit back.
+        l.acked(2, sent - Duration::from_secs(1), 0);
+        assert!(l.lease_valid_at(&voters, lease, sent + Duration::from_millis(100)));
     }
 
     #[test]
