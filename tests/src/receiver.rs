@@ -40,6 +40,20 @@ pub struct Received {
     pub peer: std::net::SocketAddr,
 }
 
+/// Every notification in the Herd JSON documents of `reqs` answered with 2xx, in
+/// order of arrival (a document may group several).
+pub fn herd_notes(reqs: &[Received]) -> Vec<Value> {
+    reqs.iter()
+        .filter(|r| r.accepted())
+        .flat_map(|r| {
+            r.json()["notifications"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();

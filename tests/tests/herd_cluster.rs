@@ -82,15 +82,7 @@ fn critical_route(channels: &[&str]) -> String {
 
 /// Every notification in the Herd JSON documents the receiver accepted (2xx).
 fn notes(reqs: &[Received]) -> Vec<Value> {
-    reqs.iter()
-        .filter(|r| r.accepted())
-        .flat_map(|r| {
-            r.json()["notifications"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .collect()
+    herd_tests::receiver::herd_notes(reqs)
 }
 
 /// The node_down notifications of node `id` of `kind` ("firing" or "resolved").

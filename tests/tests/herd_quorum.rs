@@ -16,14 +16,8 @@ const BOUND: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_secs(4);
 
 fn quorum_notes(reqs: &[Received]) -> Vec<Value> {
-    reqs.iter()
-        .filter(|r| r.accepted())
-        .flat_map(|r| {
-            r.json()["notifications"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
+    herd_tests::receiver::herd_notes(reqs)
+        .into_iter()
         .filter(|n| n["alert"]["rule"] == "quorum_lost")
         .collect()
 }

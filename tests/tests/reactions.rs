@@ -126,15 +126,7 @@ fn id_of(a: &Value) -> String {
 /// Every notification in the Herd JSON documents the receiver accepted (2xx), in
 /// order of arrival (a document may group several).
 fn notes(reqs: &[Received]) -> Vec<Value> {
-    reqs.iter()
-        .filter(|r| r.accepted())
-        .flat_map(|r| {
-            r.json()["notifications"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .collect()
+    herd_tests::receiver::herd_notes(reqs)
 }
 
 /// The kinds of the notifications of `rule`, in order.

@@ -195,20 +195,41 @@ impl Peers {
         ownership_version: u64,
         timeout: Duration,
     ) -> Result<(NodeId, bool, u64), Status> {
-        let channel = self.channel_to(addr)?;
-        let mut req = tonic::Request::new(BeatRequest {
+        let beat = BeatRequest {
             from,
             from_addr: from_addr.to_string(),
             ownership_version,
-        });
+        };
+        let r = self
+            .unary(
+                addr,
+                beat,
+                timeout,
+                |mut c, r| async move { c.beat(r).await },
+            )
+            .await?;
+        Ok((r.id, r.member, r.ownership_version))
+    }
+
+    /// One call of the Raft service to the node at `addr`: the credential on it,
+    /// bounded by `timeout`; a refusal for the credential or the herd is recorded.
+    async fn unary<M, R, F, Fut>(
+        &self,
+        addr: &str,
+        msg: M,
+        timeout: Duration,
+        call: F,
+    ) -> Result<R, Status>
+    where
+        F: FnOnce(RaftClient<Channel>, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let channel = self.channel_to(addr)?;
+        let mut req = tonic::Request::new(msg);
         req.set_timeout(timeout);
         self.inner.credential.stamp(&mut req);
-        let mut client = RaftClient::new(channel);
-        let res = match tokio::time::timeout(timeout, client.beat(req)).await {
-            Ok(res) => res.map(|r| {
-                let r = r.into_inner();
-                (r.id, r.member, r.ownership_version)
-            }),
+        let res = match tokio::time::timeout(timeout, call(RaftClient::new(channel), req)).await {
+            Ok(res) => res.map(tonic::Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "no answer from {addr} within {timeout:?}"
             ))),
@@ -235,23 +256,18 @@ impl Peers {
         promise_to: NodeId,
         timeout: Duration,
     ) -> Result<HelloReply, Status> {
-        let channel = self.channel_to(addr)?;
-        let mut req = tonic::Request::new(HelloRequest {
+        let hello = HelloRequest {
             from,
             to_addr: addr.to_string(),
             promise_to,
-        });
-        req.set_timeout(timeout);
-        self.inner.credential.stamp(&mut req);
-        let mut client = RaftClient::new(channel);
-        let res = match tokio::time::timeout(timeout, client.hello(req)).await {
-            Ok(res) => res.map(tonic::Response::into_inner),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "no answer from {addr} within {timeout:?}"
-            ))),
         };
-        self.note_refusal(addr, res.as_ref().err());
-        res
+        self.unary(
+            addr,
+            hello,
+            timeout,
+            |mut c, r| async move { c.hello(r).await },
+        )
+        .await
     }
 
     /// Asks the member at `addr` to add node `id`, reachable at `my_addr`.
@@ -262,22 +278,18 @@ impl Peers {
         my_addr: &str,
         timeout: Duration,
     ) -> Result<String, Status> {
-        let channel = self.channel_to(addr)?;
-        let mut req = tonic::Request::new(JoinRequest {
+        let join = JoinRequest {
             id,
             addr: my_addr.to_string(),
-        });
-        req.set_timeout(timeout);
-        self.inner.credential.stamp(&mut req);
-        let mut client = RaftClient::new(channel);
-        let res = match tokio::time::timeout(timeout, client.join(req)).await {
-            Ok(res) => res.map(|r| r.into_inner().message),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "no answer from {addr} within {timeout:?}"
-            ))),
         };
-        self.note_refusal(addr, res.as_ref().err());
-        res
+        self.unary(
+            addr,
+            join,
+            timeout,
+            |mut c, r| async move { c.join(r).await },
+        )
+        .await
+        .map(|r| r.message)
     }
 
     /// Sends a client write to the node at `addr` (the leader, as far as this node

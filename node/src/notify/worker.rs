@@ -576,6 +576,17 @@ mod tests {
         (dir, Notifier::new(store))
     }
 
+    /// Puts `entry` in the outbox as the rules would.
+    async fn queue(n: &Notifier, entry: OutboxEntry) {
+        n.store
+            .alerting(crate::store::AlertingBatch {
+                outbox: vec![entry],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
     #[test]
     fn rate_limit_holds_sends_until_the_window_frees_a_slot() {
         let (_dir, n) = notifier();
@@ -637,13 +648,7 @@ mod tests {
             "nothing waits: a herd change is no reason to look"
         );
         let entry = crate::cluster::types::tests::notice("a:1:c", "t", now_ms());
-        n.store
-            .alerting(crate::store::AlertingBatch {
-                outbox: vec![entry],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        queue(&n, entry).await;
         let next = n.round().await.unwrap().expect("a retry is planned");
         assert!(
             next <= now_ms() + GATE_RETRY_MS,
@@ -662,13 +667,7 @@ mod tests {
         let day_old = now_ms() - 24 * 3600 * 1000;
         let mut old = crate::cluster::types::tests::notice("a:1:c", "t", day_old);
         old.notification.ts_ms = day_old;
-        n.store
-            .alerting(crate::store::AlertingBatch {
-                outbox: vec![old],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        queue(&n, old).await;
         n.round().await.unwrap();
         assert!(
             n.store.outbox().unwrap().is_empty(),
