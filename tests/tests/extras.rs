@@ -448,10 +448,13 @@ fn pause_and_resume() {
     let table = herd.cli_ok(&["status"]);
     assert!(table.contains("paused by tester (maint)"), "{table}");
 
-    phase!("the firing alert ends silently");
+    phase!("the firing alert ends with a RESOLVED that says the target was paused");
     wait_until(SECS(10), "job-missing is no longer firing", || {
         alert_of(&herd, "job-missing").is_none_or(|a| state(&a) != "firing")
     });
+    let note = sink.wait_note("job-missing", "resolved", 1, SECS(15));
+    let desc = note["alert"]["description"].as_str().unwrap_or_default();
+    assert!(desc.contains("target batch-1 was paused"), "{note}");
 
     phase!("no new samples for 3 s");
     std::thread::sleep(Duration::from_millis(1500)); // a scrape in flight lands
@@ -463,11 +466,11 @@ fn pause_and_resume() {
         herd.target_status("batch-1").unwrap()["paused"].is_object(),
         "still paused"
     );
-    // By now QUIET has passed since the pause.
+    // By now QUIET has passed since the pause: one RESOLVED, nothing more.
     assert_eq!(
         sink.kinds_of("job-missing"),
-        vec!["firing"],
-        "a pause sends no resolved notification"
+        vec!["firing", "resolved"],
+        "a pause resolves the firing alert once"
     );
 
     phase!("herd resume batch-1: samples again (and the alert fires anew)");
@@ -479,12 +482,10 @@ fn pause_and_resume() {
         points_since(&herd, "batch-1", "job", resumed) > 0
     });
     sink.wait_note("job-missing", "firing", 2, SECS(15));
-    assert!(
-        !sink
-            .kinds_of("job-missing")
-            .contains(&"resolved".to_string()),
-        "{:?}",
-        sink.kinds_of("job-missing")
+    assert_eq!(
+        sink.kinds_of("job-missing"),
+        vec!["firing", "resolved", "firing"],
+        "a new episode after the resume"
     );
 
     phase!("herd pause batch-1 --for 2s ends by itself");
