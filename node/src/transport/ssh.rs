@@ -71,6 +71,22 @@ struct Client {
 }
 
 impl Client {
+    /// Checks `key` against known_hosts (learning it with accept-new) on a blocking
+    /// thread: the file is read (and written) off the async workers.
+    async fn check(&self, key: &PublicKey) -> Verdict {
+        let me = Client {
+            host: self.host.clone(),
+            port: self.port,
+            known_hosts: self.known_hosts.clone(),
+            checking: self.checking,
+            verdict: self.verdict.clone(),
+        };
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || me.decide(&key))
+            .await
+            .unwrap_or_else(|e| Verdict::Failed(format!("host key check failed: {e}")))
+    }
+
     fn decide(&self, key: &PublicKey) -> Verdict {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
         match russh::keys::check_known_hosts_path(&self.host, self.port, key, &self.known_hosts) {
@@ -119,7 +135,7 @@ impl client::Handler for Client {
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         let verdict = match key {
-            PublicKeyOrCertificate::PublicKey { key, .. } => self.decide(key),
+            PublicKeyOrCertificate::PublicKey { key, .. } => self.check(key).await,
             PublicKeyOrCertificate::Certificate(_) => {
                 Verdict::Failed("host certificates are not supported; list the host key".into())
             }
@@ -248,8 +264,15 @@ impl SshTransport {
             checking: self.settings.host_key_checking,
             verdict: verdict.clone(),
         };
+        let preferred = {
+            let (host, port, known_hosts) =
+                (t.host.clone(), t.port, self.settings.known_hosts.clone());
+            tokio::task::spawn_blocking(move || preferred_for(&host, port, &known_hosts))
+                .await
+                .unwrap_or_default()
+        };
         let config = Arc::new(client::Config {
-            preferred: preferred_for(&t.host, t.port, &self.settings.known_hosts),
+            preferred,
             keepalive_interval: Some(self.settings.keepalive_interval),
             keepalive_max: self.settings.keepalive_max,
             // Quiet sessions are normal between scrapes; keepalives find dead ones.
@@ -296,8 +319,12 @@ impl SshTransport {
             .flatten();
         match &self.target.auth {
             SshAuth::KeyFile(path) => {
-                let key: PrivateKey = russh::keys::load_secret_key(path, None)
-                    .map_err(|e| failed(format!("cannot load key {}: {e}", path.display())))?;
+                let file = path.clone();
+                let key: PrivateKey =
+                    tokio::task::spawn_blocking(move || russh::keys::load_secret_key(file, None))
+                        .await
+                        .map_err(|e| failed(format!("cannot load key {}: {e}", path.display())))?
+                        .map_err(|e| failed(format!("cannot load key {}: {e}", path.display())))?;
                 let key = PrivateKeyWithHashAlg::new(Arc::new(key), rsa_hash);
                 let result = handle
                     .authenticate_publickey(user.clone(), key)
