@@ -1346,3 +1346,44 @@ fn pausing_or_removing_a_target_resolves_its_firing_alert_visibly() {
         "{history:?}"
     );
 }
+
+/// A rule with a slow action: its FIRING is queued with the transition and held
+/// while the action runs. A node killed meanwhile loses nothing: started again, it
+/// sends the FIRING once the hold ends (action timeout + 5 s), exactly once.
+#[test]
+fn a_node_killed_while_an_action_runs_still_sends_the_firing() {
+    phase!("a missing backup fires a rule whose action runs for longer than its timeout");
+    let hook = HttpReceiver::start();
+    let files = Files::new("herd-reactions-");
+    let fleet = [
+        fresh_target("db-2", &files, &[("backup", "db.dump")]),
+        check_rule(
+            "slow-fix",
+            "backup",
+            &["hook"],
+            "action = { run = \"sleep 30\", on = \"firing\", timeout = \"3s\", where = \"node\" }",
+        ),
+        webhook("hook", &hook.url("/hook"), "group_window = \"0s\""),
+    ]
+    .concat();
+    let mut herd = Herd::start(HerdOptions::default().fleet(fleet));
+    wait_alert(&herd, "slow-fix", "firing", SECS(20), |a| {
+        state(a) == "firing"
+    });
+
+    phase!("kill -9 while the action runs; nothing was sent yet");
+    herd.kill9();
+    assert!(
+        kinds_of(&notes(&hook.requests()), "slow-fix").is_empty(),
+        "the FIRING waits for the action"
+    );
+
+    phase!("started again: the held FIRING goes out, once");
+    herd.restart();
+    hook.wait_for(SECS(30), "the FIRING of slow-fix", |r| {
+        kinds_of(&notes(r), "slow-fix") == ["firing"]
+    });
+    std::thread::sleep(QUIET);
+    let all = notes(&hook.requests());
+    assert_eq!(kinds_of(&all, "slow-fix"), ["firing"], "exactly once");
+}

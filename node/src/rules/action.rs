@@ -14,6 +14,16 @@ use crate::transport::Transports;
 use crate::transport::{ExecOutput, LocalTransport};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long past an action's timeout its notifications stay held if the node never
+/// releases them (it died or hung): then they go out without the action's result.
+const HOLD_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long the notifications of a transition with `action` are held for it (ms).
+pub fn hold_ms(action: &Action) -> i64 {
+    let timeout = action.timeout.map(|t| t.get()).unwrap_or(DEFAULT_TIMEOUT);
+    (timeout + HOLD_MARGIN).as_millis().min(i64::MAX as u128) as i64
+}
 pub const DEFAULT_MAX_PER_HOUR: u32 = 3;
 const HOUR_MS: i64 = 3_600_000;
 /// Output kept of an action run.

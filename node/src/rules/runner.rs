@@ -578,8 +578,23 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
                 .and_then(|r| r.action.clone())
                 .filter(|a| action::applies(a, kind))
             {
-                // The action runs first, so that its result is in the notification.
-                Some(a) => deferred.push((a, t.alert.clone(), entries)),
+                // The notifications are queued at once, held until the action
+                // ended (at most its timeout and a margin), so that its result is
+                // in them; a node that dies or is fenced meanwhile loses none (the
+                // herd has them, and they go out when the hold ends).
+                Some(a) => {
+                    let hold_until = now + action::hold_ms(&a);
+                    let mut entries = entries;
+                    for e in &mut entries {
+                        e.not_before_ms = e.not_before_ms.max(hold_until);
+                    }
+                    let keys = entries
+                        .iter()
+                        .map(|e| e.notification.idempotency_key.clone())
+                        .collect::<Vec<_>>();
+                    batch.outbox.extend(entries);
+                    deferred.push((a, t.alert.clone(), keys));
+                }
                 None => batch.outbox.extend(entries),
             }
             tracing::info!(alert = %t.alert.id, rule = %t.alert.rule, target_name = %t.alert.target, kind = kind.as_str(), suppressed = ?suppressed, "alert transition");
@@ -601,11 +616,7 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
         batch.alerts.push(t.alert);
     }
     let herd = ctx.handle.in_herd();
-    for e in batch.outbox.iter_mut().chain(
-        deferred
-            .iter_mut()
-            .flat_map(|(_, _, entries)| entries.iter_mut()),
-    ) {
+    for e in batch.outbox.iter_mut() {
         if herd {
             e.sender = Sender::Owner;
         }
@@ -629,7 +640,7 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
     if wake {
         ctx.notifier.wake();
     }
-    for (a, alert, entries) in deferred {
+    for (a, alert, keys) in deferred {
         let (actions, transports, store, notifier) = (
             ctx.actions.clone(),
             ctx.transports.clone(),
@@ -639,7 +650,6 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
         let rules = ctx.handle.clone();
         tokio::spawn(async move {
             let result = actions.run(&a, &alert, &transports, &store).await;
-            let mut entries = entries;
             if let Some(line) = &result {
                 tracing::info!(alert = %alert.id, result = %line, "remediation action");
                 let e = Event {
@@ -650,34 +660,56 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
                 };
                 rules.event(&e);
                 store.event(e).await;
-                for entry in &mut entries {
-                    let d = &mut entry.notification.alert.description;
-                    if !d.is_empty() {
-                        d.push('\n');
-                    }
-                    d.push_str(line);
-                }
             }
-            let queued = if rules.in_herd() {
-                entries.clone()
-            } else {
-                Vec::new()
-            };
-            let batch = AlertingBatch {
-                outbox: entries,
-                ..Default::default()
-            };
-            match store.alerting(batch).await {
-                Ok(()) => {
-                    rules.replicate(AlertDelta {
-                        queued,
-                        ..Default::default()
-                    });
-                    notifier.wake();
-                }
-                Err(e) => tracing::error!(error = %e, "cannot queue notifications after an action"),
-            }
+            release_held(&store, &keys, result.as_deref()).await;
+            notifier.wake();
         });
+    }
+}
+
+/// Ends the hold of the notifications queued with an action (`keys`), adding the
+/// action's result to them. Those already gone (the hold ran out and they were
+/// delivered, or another node took them) are left alone.
+async fn release_held(store: &Store, keys: &[String], result: Option<&str>) {
+    let outbox = {
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.outbox()).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the outbox after an action");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox after an action");
+                return;
+            }
+        }
+    };
+    let now = now_ms();
+    let update: Vec<(u64, OutboxEntry)> = outbox
+        .into_iter()
+        .filter(|(_, e)| keys.contains(&e.notification.idempotency_key))
+        .map(|(seq, mut e)| {
+            if let Some(line) = result {
+                let d = &mut e.notification.alert.description;
+                if !d.is_empty() {
+                    d.push('\n');
+                }
+                d.push_str(line);
+            }
+            e.not_before_ms = e.not_before_ms.min(now);
+            (seq, e)
+        })
+        .collect();
+    if update.is_empty() {
+        return;
+    }
+    let change = crate::store::OutboxChange {
+        update,
+        ..Default::default()
+    };
+    if let Err(e) = store.outbox_change(change).await {
+        tracing::error!(error = %e, "cannot release the notifications held for an action");
     }
 }
 
