@@ -182,6 +182,8 @@ struct Ctx {
     rules: HashMap<String, RuleSpec>,
     states: StateBoard,
     seen_state: HashMap<(String, String), Value>,
+    /// What this node owns now, read again right before an action runs.
+    owned: OwnedRx,
 }
 
 pub async fn run(
@@ -218,6 +220,7 @@ pub async fn run(
         rules: rules.into_iter().map(|r| (r.name.clone(), r)).collect(),
         states,
         seen_state: HashMap::new(),
+        owned: owned.clone(),
     };
     take_over_notices(&ctx, &current.notices).await;
     publish(&ctx, &engine);
@@ -648,8 +651,20 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
             ctx.notifier.clone(),
         );
         let rules = ctx.handle.clone();
+        let owned = ctx.owned.clone();
         tokio::spawn(async move {
-            let result = actions.run(&a, &alert, &transports, &store).await;
+            // Checked against the live state right before it runs: a node fenced
+            // or no longer the owner since the transition runs nothing.
+            let still_mine = {
+                let now = owned.borrow();
+                !now.fenced && now.active().any(|t| t.name == alert.target)
+            };
+            let result = if still_mine {
+                actions.run(&a, &alert, &transports, &store).await
+            } else {
+                tracing::warn!(alert = %alert.id, target_name = %alert.target, "action not run: this node is fenced or no longer owns the target");
+                None
+            };
             if let Some(line) = &result {
                 tracing::info!(alert = %alert.id, result = %line, "remediation action");
                 let e = Event {
