@@ -54,13 +54,18 @@ fn a_node_that_loses_quorum_says_so_once() {
         (!q.is_empty()).then_some(q)
     });
     assert!(lost.contains("lost the herd's quorum"), "{lost}");
-    assert_eq!(node1.events_of(&node_target(1), "quorum_lost").len(), 1);
+    // Events are written in the store's next batch, a moment after the status
+    // changes: wait for it, then check it stays one.
+    wait_for(BOUND, "a quorum_lost event", || {
+        (!node1.events_of(&node_target(1), "quorum_lost").is_empty()).then_some(())
+    });
     std::thread::sleep(QUIET);
     assert_eq!(
         quorum_notes(&hook.requests()).len(),
         1,
         "one notice per loss, not one per check"
     );
+    assert_eq!(node1.events_of(&node_target(1), "quorum_lost").len(), 1);
 
     phase!("node 2 is back: a majority again, said once, and no second notice");
     cluster.restart(2);
