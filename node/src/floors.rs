@@ -21,7 +21,7 @@ pub const FLOORS: &[(&str, u8)] = &[
     ("rules", 5),
     ("cluster", 6),
     ("api", 7),
-    ("daemon", 8),
+    ("node", 8),
     ("cli", 9),
 ];
 

@@ -485,10 +485,16 @@ pub fn herd_cli(args: &[&str], timeout: Duration) -> Output {
 
 impl Drop for Herd {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        let failed = std::thread::panicking();
+        if failed {
             self.dump_logs();
         }
         self.kill9();
+        if failed && std::env::var_os("HERD_KEEP_FAILED").is_some() {
+            // The whole log, config and data stay for a post-mortem.
+            self.dir.disable_cleanup(true);
+            eprintln!("    kept the node's dir {}", self.dir.path().display());
+        }
     }
 }
 

@@ -741,7 +741,7 @@ fn kill9_with_queued_notifications_delivers_each_exactly_once() {
 
 /// Herd bug (reported, not fixed here): with entries already due when the node
 /// restarts, the outbox worker's first round can run before the rules task has
-/// configured the channels (daemon.rs spawns `Notifier::run` before
+/// configured the channels (the node starts `Notifier::run` before
 /// `rules::runner::run` calls `notifier.configure(...)`), so `Notifier::round` finds
 /// no channel "hook", gives the entry up as "no such channel in the fleet spec" and
 /// drops it: a queued notification is lost across kill -9 (invariant 5). Seen in

@@ -17,8 +17,10 @@ use crate::cluster::types::{ClusterState, NodeId};
 
 /// Bound on one call to another node during a fan-out.
 const FAN_OUT_TIMEOUT: Duration = Duration::from_millis(1500);
-/// How long `cluster join` waits to see this node in the herd's membership.
-const JOIN_CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+/// The whole of `cluster join` on this node: asking the leader to add it, then
+/// seeing itself in the herd's log. Below the CLI's 30 s so that the CLI hears why
+/// a join failed rather than its own deadline.
+const JOIN_BUDGET: Duration = Duration::from_secs(25);
 
 impl HerdApi {
     /// A client of the node at `addr` on the shared peer channels.
@@ -410,6 +412,7 @@ impl HerdApi {
     /// node ends up a member of that herd; a node already in another herd is
     /// refused, naming both.
     pub(super) async fn do_join(&self, seed: &str) -> Result<pb::ClusterReply, Status> {
+        let deadline = tokio::time::Instant::now() + JOIN_BUDGET;
         let me = self.node.id;
         let cluster = self.fleet.cluster();
         let mut client = self
@@ -427,7 +430,8 @@ impl HerdApi {
             .into_inner();
         if theirs.members.is_empty() {
             return Err(Status::failed_precondition(format!(
-                "the node at {seed} is in no herd yet: run `herd --node {seed} cluster init`                  first, or join another member"
+                "the node at {seed} is in no herd yet: run `herd --node {seed} cluster init` \
+                first, or join another member"
             )));
         }
         let initialized = cluster
@@ -445,7 +449,9 @@ impl HerdApi {
                 )));
             }
             return Err(Status::failed_precondition(format!(
-                "node {me} is already in {}, not in the {} that {seed} belongs to. To move it:                  take it out of its herd (`herd --node {} cluster leave`), stop it, remove                  raft.redb and herd-secret from its data_dir, start it and join again",
+                "node {me} is already in {}, not in the {} that {seed} belongs to. To move it: \
+                take it out of its herd (`herd --node {} cluster leave`), stop it, remove \
+                raft.redb and herd-secret from its data_dir, start it and join again",
                 Self::herd_line(&mine),
                 Self::herd_line(&theirs),
                 self.node.address
@@ -467,7 +473,9 @@ impl HerdApi {
                 id: me,
                 address: self.node.address.clone(),
             },
-            MEMBERSHIP_TIMEOUT,
+            deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(MEMBERSHIP_TIMEOUT),
         );
         let reply = client.cluster_add(req).await.map_err(|s| {
             // Not in that herd after all: its id must not turn away another herd.
@@ -481,8 +489,8 @@ impl HerdApi {
         })?;
         // The leader's log reaches this node a moment later.
         let mut m = cluster.metrics();
-        let member = tokio::time::timeout(
-            JOIN_CONFIRM_TIMEOUT,
+        let member = tokio::time::timeout_at(
+            deadline,
             m.wait_for(|m| {
                 m.membership_config
                     .membership()
@@ -493,7 +501,8 @@ impl HerdApi {
         .await;
         if !matches!(member, Ok(Ok(_))) {
             return Err(Status::deadline_exceeded(format!(
-                "the herd added node {me}, but the herd's log did not reach it within                  {JOIN_CONFIRM_TIMEOUT:?}: check that the other nodes reach {} (its node.grpc)",
+                "the herd added node {me}, but the herd's log did not reach it within \
+                {JOIN_BUDGET:?} of the join: check that the other nodes reach {} (its node.grpc)",
                 self.node.address
             )));
         }

@@ -117,7 +117,10 @@ async fn run_node(cfg: NodeConfig, fleet: Option<&Path>) -> Result<(), CliError>
     let listener = tokio::net::TcpListener::bind(&cfg.node.grpc)
         .await
         .map_err(|e| CliError::Failure(format!("cannot listen on {}: {e}", cfg.node.grpc)))?;
-    crate::daemon::run_node(cfg, listener, initial, crate::daemon::signals(), |_| {})
+    let node = crate::node::Node::build(cfg, listener)
+        .await
+        .map_err(|e| CliError::Failure(format!("{e:#}")))?;
+    node.run(initial, crate::node::signals(), |_| {})
         .await
         .map_err(|e| CliError::Failure(format!("{e:#}")))
 }
@@ -395,7 +398,7 @@ async fn state(node: &Target, target: &str, path: Option<&str>) -> Result<(), Cl
 }
 
 fn whoami(by: Option<String>) -> String {
-    by.unwrap_or_else(crate::daemon::current_user)
+    by.unwrap_or_else(crate::node::current_user)
 }
 
 async fn alerts(node: &Target, history: Option<&str>, json: bool) -> Result<(), CliError> {

@@ -10,8 +10,8 @@ use herd_proto::v1 as pb;
 
 use super::CliError;
 use crate::config::{parse_duration, NodeConfig};
-use crate::daemon::Running;
 use crate::model::{now_ms, Labels};
+use crate::node::{Node, Running};
 
 /// The demo's target name for this machine.
 const DEMO_TARGET: &str = "local";
@@ -166,10 +166,14 @@ pub async fn run(data_dir: &Path, grpc: &str, interval: &str) -> Result<(), CliE
     let children_ref = &children;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Running>();
     let initial = Some((fleet_text.clone(), "demo fleet".to_string()));
-    let node =
-        crate::daemon::run_node(cfg, listener, initial, crate::daemon::signals(), move |r| {
-            let _ = ready_tx.send(r);
-        });
+    let node = async move {
+        Node::build(cfg, listener)
+            .await?
+            .run(initial, crate::node::signals(), move |r| {
+                let _ = ready_tx.send(r);
+            })
+            .await
+    };
     let show = async move {
         let Ok(running) = ready_rx.await else {
             return std::future::pending().await;

@@ -392,20 +392,21 @@ impl ClusterNode {
     }
 
     /// Beats every member each `interval` until `cancel` (see [`Liveness`]).
-    pub fn spawn_beats(
+    /// This node's beats to the other members, until `cancel`.
+    pub fn beats(
         &self,
         interval: Duration,
         cancel: tokio_util::sync::CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let me = self.clone();
-        tokio::spawn(super::liveness::beat_members(
+        super::liveness::beat_members(
             self.liveness.clone(),
             self.peers.clone(),
             self.addr.clone(),
             move || me.members(),
             interval,
             cancel,
-        ))
+        )
     }
 
     pub fn id(&self) -> NodeId {

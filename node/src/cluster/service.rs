@@ -54,7 +54,8 @@ impl Caller {
     fn must_be(&self, node: NodeId, what: &str) -> Result<(), Status> {
         match &self.cert {
             Some(c) if !c.names_node(node) => Err(Status::permission_denied(format!(
-                "{what} names node {node} as its sender, but the caller's certificate is not                  node {node}'s"
+                "{what} names node {node} as its sender, but the caller's certificate is not \
+                node {node}'s"
             ))),
             _ => Ok(()),
         }
@@ -85,7 +86,8 @@ impl RaftService {
         let end = offset.saturating_add(len as u64);
         if end > MAX_SNAPSHOT_BYTES {
             return Err(Status::invalid_argument(format!(
-                "snapshot chunk at offset {offset} of {len} bytes reaches beyond the largest                  snapshot taken ({MAX_SNAPSHOT_BYTES} bytes)"
+                "snapshot chunk at offset {offset} of {len} bytes reaches beyond the largest \
+                snapshot taken ({MAX_SNAPSHOT_BYTES} bytes)"
             )));
         }
         let mut r = self.receiving.lock().unwrap_or_else(|p| p.into_inner());
@@ -99,12 +101,14 @@ impl RaftService {
             }
             Some((current, received)) if current == id => {
                 return Err(Status::invalid_argument(format!(
-                    "snapshot chunk at offset {offset} leaves a gap: {received} bytes of                      snapshot {id} arrived so far"
+                    "snapshot chunk at offset {offset} leaves a gap: {received} bytes of \
+                    snapshot {id} arrived so far"
                 )))
             }
             _ => {
                 return Err(Status::invalid_argument(format!(
-                    "snapshot chunk at offset {offset} of snapshot {id}, whose first chunk                      did not arrive"
+                    "snapshot chunk at offset {offset} of snapshot {id}, whose first chunk \
+                    did not arrive"
                 )))
             }
         }
