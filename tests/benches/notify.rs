@@ -21,8 +21,8 @@
 //! `transport = "local"` with one `file_fresh` check on a file this bench creates
 //! and deletes, and one rule per check (`check = NAME`, `kind = "range"`, no `for`)
 //! routed to one webhook channel with `group_window = "0s"`, so grouping adds no
-//! delay. The channel posts Herd's JSON document to the **receiver**: an HTTP/1.1
-//! server in this process (blocking accept, a thread per connection) that records
+//! delay. The channel posts Herd's JSON document to the **receiver**: the harness's
+//! HTTP/1.1 server in this process (blocking accept, a thread per connection) that records
 //! when each request was complete (wall clock, µs), its `Idempotency-Key` header and
 //! every notification of its body.
 //!
@@ -62,13 +62,9 @@
 //!
 //! Results: a table on stdout, and `target/bench/notify.json`. Progress on stderr.
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herd_proto::v1::herd_client::HerdClient;
@@ -77,7 +73,7 @@ use herd_tests::bench::{
     bench_args, bench_setup, client_runtime, host_busy_s, node_status, percentile, progress,
     target_dir,
 };
-use herd_tests::{Cluster, Herd, HerdOptions};
+use herd_tests::{Cluster, Herd, HerdOptions, HttpReceiver, Received};
 use rand::Rng;
 use serde_json::{json, Value};
 
@@ -91,15 +87,8 @@ const WARMUP_TIMEOUT: Duration = Duration::from_secs(60);
 const TICK: Duration = Duration::from_millis(5);
 /// Longest wait for a burst's notifications.
 const BURST_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest the receiver holds a request (the channel's timeout is 30 s).
-const HOLD_LIMIT: Duration = Duration::from_secs(25);
 /// Longest wait for the outbox to hold the whole backlog while the receiver holds.
 const BACKLOG_TIMEOUT: Duration = Duration::from_secs(20);
-/// Receiver: longest wait for a request's head and body, and its largest size.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_REQUEST: usize = 4 << 20;
-/// The receiver's listen backlog.
-const LISTEN_BACKLOG: i32 = 4096;
 /// fsync probes of the data directory's file system.
 const FSYNC_PROBES: usize = 100;
 
@@ -977,7 +966,7 @@ fn bench_throughput(
          of the interval)"
     ));
     let base = receiver.len();
-    receiver.reset_peak();
+    receiver.http.reset_peak();
     let s0 = status(rt, &addr).ok();
     let cpu0 = proc_cpu(pid);
     let overflows = listen_overflows();
@@ -992,7 +981,7 @@ fn bench_throughput(
         ));
     }
     out.firing = burst_of(receiver, base, "firing", m, None);
-    out.firing.peak_connections = receiver.reset_peak();
+    out.firing.peak_connections = receiver.http.reset_peak();
     out.firing.listen_overflows = listen_overflows().saturating_sub(overflows);
     out.firing.scrape_window_ms = window;
     out.firing.other_cpu_pct = other.pct(&[pid]);
@@ -1018,8 +1007,8 @@ fn bench_throughput(
          {window_b:.0} ms)"
     ));
     let base = receiver.len();
-    receiver.hold(true);
-    receiver.reset_peak();
+    receiver.http.hold(true);
+    receiver.http.reset_peak();
     let s0 = status(rt, &addr).ok();
     let cpu0 = proc_cpu(pid);
     let overflows = listen_overflows();
@@ -1054,15 +1043,15 @@ fn bench_throughput(
     }
     let held = receiver.since(base);
     let release_ms = now_ms_f64();
-    receiver.hold(false);
-    let peak_held = receiver.reset_peak();
+    receiver.http.hold(false);
+    let peak_held = receiver.http.reset_peak();
     if !wait_kind(receiver, base, "resolved", m, BURST_TIMEOUT) {
         out.errors.push(format!(
             "burst B: not every resolved notification within {BURST_TIMEOUT:?}"
         ));
     }
     out.backlog = burst_of(receiver, base, "resolved", m, Some(release_ms));
-    out.backlog.peak_connections = receiver.reset_peak();
+    out.backlog.peak_connections = receiver.http.reset_peak();
     out.backlog.listen_overflows = listen_overflows().saturating_sub(overflows);
     out.backlog.scrape_window_ms = window_b;
     out.backlog.other_cpu_pct = other.pct(&[pid]);
@@ -1423,200 +1412,58 @@ struct Arrival {
     error: Option<String>,
 }
 
-#[derive(Default)]
-struct Shared {
-    arrivals: Mutex<Vec<Arrival>>,
-    hold: Mutex<bool>,
-    released: Condvar,
-    open: AtomicUsize,
-    peak: AtomicUsize,
+impl Arrival {
+    fn of(r: &Received) -> Arrival {
+        let (notes, error) = match parse_notes(&r.body) {
+            Ok(n) => (n, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        Arrival {
+            at_ms: r.ts_us as f64 / 1000.0,
+            header_key: r.header("idempotency-key").unwrap_or_default().to_string(),
+            notes,
+            held: r.held,
+            error,
+        }
+    }
 }
 
-/// A webhook receiver on 127.0.0.1: blocking accept, a thread per connection,
-/// `Connection: close` (the node opens one connection per message).
+/// The harness's [`HttpReceiver`] (blocking accept, a thread per connection,
+/// `Connection: close`: the node opens one connection per message), with each
+/// request's notifications parsed once, as the bench polls them often.
 struct Receiver {
-    port: u16,
-    shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
+    http: HttpReceiver,
+    parsed: Mutex<Vec<Arrival>>,
 }
 
 impl Receiver {
     fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("receiver: bind 127.0.0.1:0");
-        // std listens with a backlog of 128: a drained backlog of hundreds of
-        // notifications (one connection each, all at once) would overflow it and
-        // the dropped SYNs come back after 1 s. Linux lets listen() raise it
-        // (capped by net.core.somaxconn).
-        // SAFETY: listen on a socket we own, no memory involved.
-        unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
-        let port = listener.local_addr().expect("receiver address").port();
-        let shared = Arc::new(Shared::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let accept = {
-            let (shared, stop) = (shared.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("receiver".into())
-                .spawn(move || {
-                    for conn in listener.incoming() {
-                        if stop.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        match conn {
-                            Ok(stream) => {
-                                let shared = shared.clone();
-                                let spawned = std::thread::Builder::new()
-                                    .name("receiver-conn".into())
-                                    .spawn(move || serve(stream, &shared));
-                                if let Err(e) = spawned {
-                                    eprintln!("    receiver: cannot start a thread: {e}");
-                                }
-                            }
-                            Err(e) => {
-                                eprintln!("    receiver: accept failed: {e}");
-                                std::thread::sleep(Duration::from_millis(1));
-                            }
-                        }
-                    }
-                })
-                .expect("receiver thread")
-        };
+        let http = HttpReceiver::start();
+        http.answer(200, r#"{"ok":true}"#);
         Receiver {
-            port,
-            shared,
-            stop,
-            accept: Some(accept),
+            http,
+            parsed: Mutex::new(Vec::new()),
         }
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
+        self.http.url("/hook")
     }
 
     fn len(&self) -> usize {
-        self.shared.arrivals.lock().unwrap().len()
+        self.http.count()
     }
 
     /// Arrivals from index `from` on, in arrival order.
     fn since(&self, from: usize) -> Vec<Arrival> {
-        let a = self.shared.arrivals.lock().unwrap();
-        a.get(from..).map(<[Arrival]>::to_vec).unwrap_or_default()
+        let mut parsed = self.parsed.lock().unwrap();
+        let new = self.http.requests_since(parsed.len());
+        parsed.extend(new.iter().map(Arrival::of));
+        parsed
+            .get(from..)
+            .map(<[Arrival]>::to_vec)
+            .unwrap_or_default()
     }
-
-    /// While on, every request is recorded and then held (not answered) until off.
-    fn hold(&self, on: bool) {
-        *self.shared.hold.lock().unwrap() = on;
-        self.shared.released.notify_all();
-    }
-
-    /// The most connections open at once since the last reset; restarts counting.
-    fn reset_peak(&self) -> usize {
-        let open = self.shared.open.load(Ordering::SeqCst);
-        self.shared.peak.swap(open, Ordering::SeqCst)
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.hold(false);
-        // Wake the blocking accept.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Counts a connection as open while it lives.
-struct OpenGuard<'a>(&'a Shared);
-
-impl Drop for OpenGuard<'_> {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-fn serve(mut stream: TcpStream, shared: &Shared) {
-    let open = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
-    let _guard = OpenGuard(shared);
-    shared.peak.fetch_max(open, Ordering::SeqCst);
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    let _ = stream.set_nodelay(true);
-    let Some((header_key, body)) = read_request(&mut stream) else {
-        return;
-    };
-    let at_ms = now_ms_f64();
-    let (notes, error) = match parse_notes(&body) {
-        Ok(n) => (n, None),
-        Err(e) => (Vec::new(), Some(e)),
-    };
-    let held = *shared.hold.lock().unwrap();
-    shared.arrivals.lock().unwrap().push(Arrival {
-        at_ms,
-        header_key,
-        notes,
-        held,
-        error,
-    });
-    if held {
-        let hold = shared.hold.lock().unwrap();
-        let _ = shared
-            .released
-            .wait_timeout_while(hold, HOLD_LIMIT, |h| *h)
-            .unwrap();
-    }
-    let answer = r#"{"ok":true}"#;
-    let reply = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{answer}",
-        answer.len()
-    );
-    let _ = stream.write_all(reply.as_bytes());
-    let _ = stream.flush();
-    let _ = stream.shutdown(Shutdown::Both);
-}
-
-/// The Idempotency-Key header and the body of one request (content-length only:
-/// what the node sends).
-fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::with_capacity(8192);
-    let mut chunk = [0u8; 16 * 1024];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if buf.len() > MAX_REQUEST {
-            return None;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let header = |name: &str| {
-        head.split("\r\n")
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_string())
-    };
-    let length: usize = header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    if length > MAX_REQUEST {
-        return None;
-    }
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < length {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    body.truncate(length);
-    Some((header("idempotency-key").unwrap_or_default(), body))
 }
 
 /// The notifications of Herd's JSON document.

@@ -2,13 +2,16 @@
 //! Alertmanager, Slack, Telegram): it records every request (method, path, headers,
 //! body, and what it answered) and answers a configurable status. It can be taken
 //! down (the port is closed: connection refused) and brought up again on the same
-//! port, or start down.
+//! port, or start down. For the notification bench it can also hold every request
+//! unanswered for a while ([`HttpReceiver::hold`]) and counts the connections open
+//! at once ([`HttpReceiver::reset_peak`]).
 //!
-//! std only: one accept thread, one thread per connection, `Connection: close`.
+//! std only: one blocking accept thread, one thread per connection, `Connection: close`.
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,13 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_REQUEST: usize = 4 << 20;
 /// Default answer: what Telegram says, and fine for every other kind.
 const OK_BODY: &str = r#"{"ok":true,"result":{"message_id":1}}"#;
+/// Longest a request is held unanswered (below a channel's 30 s timeout).
+const HOLD_LIMIT: Duration = Duration::from_secs(25);
+/// The listen backlog. std listens with 128: a drained outbox of hundreds of
+/// notifications (one connection each, all at once) would overflow it and the
+/// dropped SYNs come back after 1 s. Linux lets listen() raise it (capped by
+/// net.core.somaxconn).
+const LISTEN_BACKLOG: i32 = 4096;
 
 /// One request as the receiver saw it.
 #[derive(Debug, Clone)]
@@ -36,6 +46,10 @@ pub struct Received {
     pub status: u16,
     /// Unix ms when the request was complete.
     pub ts_ms: i64,
+    /// The same moment in Unix µs, for latency figures.
+    pub ts_us: i64,
+    /// Arrived while the receiver held requests ([`HttpReceiver::hold`]).
+    pub held: bool,
     /// Who sent it.
     pub peer: std::net::SocketAddr,
 }
@@ -81,9 +95,15 @@ impl Received {
     }
 }
 
+#[derive(Default)]
 struct Shared {
     requests: Mutex<Vec<Received>>,
     answer: Mutex<(u16, String)>,
+    hold: Mutex<bool>,
+    released: Condvar,
+    /// Connections being served, and the most at once since the last reset.
+    open: AtomicUsize,
+    peak: AtomicUsize,
 }
 
 struct Running {
@@ -117,8 +137,8 @@ impl HttpReceiver {
             ip: ip.to_string(),
             port,
             shared: Arc::new(Shared {
-                requests: Mutex::new(Vec::new()),
                 answer: Mutex::new((200, OK_BODY.to_string())),
+                ..Shared::default()
             }),
             running: Mutex::new(None),
         }
@@ -172,24 +192,57 @@ impl HttpReceiver {
                 Err(e) => panic!("the receiver cannot listen on port {}: {e}", self.port),
             }
         };
-        listener
-            .set_nonblocking(true)
-            .expect("set the listener nonblocking");
+        // SAFETY: listen on a socket we own, no memory involved.
+        unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
             let shared = self.shared.clone();
-            std::thread::spawn(move || accept_loop(listener, stop, shared))
+            std::thread::Builder::new()
+                .name("receiver".into())
+                .spawn(move || accept_loop(listener, stop, shared))
+                .expect("start the receiver's accept thread")
         };
         *running = Some(Running { stop, thread });
     }
 
-    /// Closes the port: later connections are refused. Requests being served finish.
+    /// Closes the port: later connections are refused. Requests being served finish
+    /// (held ones are let go).
     pub fn down(&self) {
         if let Some(r) = self.running.lock().unwrap().take() {
             r.stop.store(true, Ordering::SeqCst);
+            self.hold(false);
+            // Wake the blocking accept; it sees `stop` and drops the listener.
+            let _ = TcpStream::connect((self.ip.as_str(), self.port));
             let _ = r.thread.join();
         }
+    }
+
+    /// While on, every request is recorded (as [`Received::held`]) and then held
+    /// unanswered until off, or for 25 s at most.
+    pub fn hold(&self, on: bool) {
+        *self.shared.hold.lock().unwrap() = on;
+        self.shared.released.notify_all();
+    }
+
+    /// The most connections open at once since the last reset; restarts counting.
+    pub fn reset_peak(&self) -> usize {
+        let open = self.shared.open.load(Ordering::SeqCst);
+        self.shared.peak.swap(open, Ordering::SeqCst)
+    }
+
+    /// How many requests arrived so far.
+    pub fn count(&self) -> usize {
+        self.shared.requests.lock().unwrap().len()
+    }
+
+    /// The requests from index `from` on, in arrival order (cheaper than
+    /// [`HttpReceiver::requests`] when polled often).
+    pub fn requests_since(&self, from: usize) -> Vec<Received> {
+        let reqs = self.shared.requests.lock().unwrap();
+        reqs.get(from..)
+            .map(<[Received]>::to_vec)
+            .unwrap_or_default()
     }
 
     /// Every request so far, in arrival order.
@@ -257,41 +310,74 @@ impl Drop for HttpReceiver {
     }
 }
 
+/// Blocking accept (no polling delay before a request is seen), until `stop` is set
+/// and a connection wakes it.
 fn accept_loop(listener: TcpListener, stop: Arc<AtomicBool>, shared: Arc<Shared>) {
-    while !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
+    loop {
+        let accepted = listener.accept();
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match accepted {
             Ok((stream, peer)) => {
                 let shared = shared.clone();
-                std::thread::spawn(move || serve(stream, peer, &shared));
+                let spawned = std::thread::Builder::new()
+                    .name("receiver-conn".into())
+                    .spawn(move || serve(stream, peer, &shared));
+                if let Err(e) = spawned {
+                    eprintln!("    receiver cannot start a thread: {e}");
+                }
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => {
                 eprintln!("    receiver accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
     }
 }
 
-/// Reads one request, records it, answers and closes.
+/// Counts a connection as open while it lives.
+struct OpenGuard<'a>(&'a Shared);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Reads one request, records it, holds it while the receiver holds, answers and
+/// closes.
 fn serve(mut stream: TcpStream, peer: std::net::SocketAddr, shared: &Shared) {
-    let _ = stream.set_nonblocking(false);
+    let open = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
+    let _guard = OpenGuard(shared);
+    shared.peak.fetch_max(open, Ordering::SeqCst);
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let _ = stream.set_nodelay(true);
     let Some((method, path, headers, body)) = read_request(&mut stream) else {
         return;
     };
+    let ts_us = now_us();
     let (status, answer) = shared.answer.lock().unwrap().clone();
+    let held = *shared.hold.lock().unwrap();
     shared.requests.lock().unwrap().push(Received {
         method,
         path,
         headers,
         body,
         status,
-        ts_ms: crate::now_ms(),
+        ts_ms: ts_us / 1000,
+        ts_us,
+        held,
         peer,
     });
+    if held {
+        let hold = shared.hold.lock().unwrap();
+        let _ = shared
+            .released
+            .wait_timeout_while(hold, HOLD_LIMIT, |h| *h)
+            .unwrap();
+    }
     let reply = format!(
         "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
          connection: close\r\n\r\n{answer}",
@@ -304,6 +390,14 @@ fn serve(mut stream: TcpStream, peer: std::net::SocketAddr, shared: &Shared) {
 }
 
 type Request = (String, String, Vec<(String, String)>, Vec<u8>);
+
+/// Microseconds since the Unix epoch.
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
 
 fn read_request(stream: &mut TcpStream) -> Option<Request> {
     let mut buf = Vec::new();
