@@ -79,6 +79,18 @@ impl SmtpServer {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// An `[[channel]]` table: an email channel `name` to this server without TLS,
+    /// from `herd@example.test` to `to`. More keys of the table may follow it.
+    pub fn email_channel(&self, name: &str, to: &[&str]) -> String {
+        let to: Vec<String> = to.iter().map(|a| format!("{a:?}")).collect();
+        format!(
+            "[[channel]]\nname = \"{name}\"\nkind = \"email\"\nsmtp = \"{}\"\ntls = \"none\"\n\
+             from = \"herd@example.test\"\nto = [{}]\n",
+            self.address(),
+            to.join(", ")
+        )
+    }
+
     pub fn maildir(&self) -> PathBuf {
         self.dir.path().join("Maildir")
     }

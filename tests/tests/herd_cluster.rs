@@ -50,11 +50,7 @@ fn ssh_fleet(sshd: &Sshd, names: &[String], interval: &str) -> String {
 
 /// An email channel `mail` to `smtp`, without TLS and without a group window.
 fn email_channel(smtp: &SmtpServer) -> String {
-    format!(
-        "[[channel]]\nname = \"mail\"\nkind = \"email\"\nsmtp = \"{}\"\ntls = \"none\"\n\
-         from = \"herd@example.test\"\nto = [\"ops@example.test\"]\ngroup_window = \"0s\"\n\n",
-        smtp.address()
-    )
+    smtp.email_channel("mail", &["ops@example.test"]) + "group_window = \"0s\"\n\n"
 }
 
 /// A webhook channel `hook` (Herd's JSON document) to `hook`, without a group window.

@@ -170,11 +170,7 @@ fn email_arrives_with_recipients_subject_and_body() {
     let fleet = [
         fresh_target("db-1", &files, &[("backup", "db.dump")]),
         check_rule("backup-stale", "backup", &["mail"], ""),
-        format!(
-            "[[channel]]\nname = \"mail\"\nkind = \"email\"\nsmtp = \"{}\"\ntls = \"none\"\n\
-             from = \"herd@example.test\"\nto = [\"ops@example.test\", \"oncall@example.test\"]\n",
-            smtp.address()
-        ),
+        smtp.email_channel("mail", &["ops@example.test", "oncall@example.test"]),
     ]
     .concat();
     let herd = Herd::start(HerdOptions::default().fleet(fleet));
