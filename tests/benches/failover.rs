@@ -83,8 +83,8 @@ use std::time::{Duration, Instant};
 use herd_proto::v1::herd_client::HerdClient;
 use herd_proto::v1::{QueryRequest, StatusReply};
 use herd_tests::bench::{
-    bench_args, bench_setup, client_runtime, host_busy_s, node_status, percentile, progress,
-    target_dir,
+    bench_setup, client_runtime, host_busy_s, node_status, percentile, progress, target_dir,
+    BenchArgs,
 };
 use herd_tests::cluster::Cluster;
 use herd_tests::{now_ms, HerdOptions, HttpReceiver, Received};
@@ -168,8 +168,8 @@ const USAGE: &str =
     "usage: failover [--owner-kills N] [--leader-kills N] [--targets N]\n  defaults: 20, 5, 300";
 
 fn main() {
-    let args = bench_args();
-    let opts = bench_setup("failover", USAGE, &args, Options::parse, |o| o.help);
+    let opts = Options::parse();
+    bench_setup("failover");
     let rt = client_runtime();
 
     let started = Instant::now();
@@ -222,37 +222,23 @@ struct Options {
     owner_kills: usize,
     leader_kills: usize,
     targets: usize,
-    help: bool,
 }
 
 impl Options {
-    fn parse(args: &[String]) -> Result<Options, String> {
-        let mut o = Options {
-            owner_kills: 20,
-            leader_kills: 5,
-            targets: 300,
-            help: false,
-        };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut value = |name: &str, min: usize, max: usize| -> Result<usize, String> {
-                it.next()
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .filter(|v| (min..=max).contains(v))
-                    .ok_or_else(|| format!("{name} needs a number from {min} to {max}"))
-            };
-            match a.as_str() {
-                "--owner-kills" => o.owner_kills = value("--owner-kills", 0, 100)?,
-                "--leader-kills" => o.leader_kills = value("--leader-kills", 0, 100)?,
-                "--targets" => o.targets = value("--targets", 3, 3000)?,
-                "-h" | "--help" => o.help = true,
-                other => return Err(format!("unknown argument {other:?}")),
-            }
+    fn parse() -> Options {
+        let mut a = BenchArgs::from_env("failover", USAGE);
+        let owner_kills = a.number("--owner-kills", 20, 0..=100) as usize;
+        let leader_kills = a.number("--leader-kills", 5, 0..=100) as usize;
+        let targets = a.number("--targets", 300, 3..=3000) as usize;
+        a.finish();
+        if owner_kills + leader_kills == 0 {
+            a.fail("nothing to do: no kills");
         }
-        if o.owner_kills + o.leader_kills == 0 {
-            return Err("nothing to do: no kills".into());
+        Options {
+            owner_kills,
+            leader_kills,
+            targets,
         }
-        Ok(o)
     }
 
     /// Which trials kill the leader: spread evenly, the last trial among them.

@@ -54,6 +54,7 @@ use std::time::{Duration, Instant};
 use herd_proto::v1::StatusReply;
 use herd_tests::bench::{
     bench_args, bench_setup, client_runtime, node_status, percentile, progress, target_dir,
+    BenchArgs, POSITIVE,
 };
 use herd_tests::{ssh_target, Herd, HerdOptions, Sshd, SSH_USER};
 use serde_json::{json, Value};
@@ -91,7 +92,8 @@ fn main() {
         fake::run();
         return;
     }
-    let opts = bench_setup("fleet", USAGE, &args, Options::parse, |o| o.help);
+    let opts = Options::parse(args);
+    bench_setup("fleet");
     let rt = client_runtime();
 
     let started = Instant::now();
@@ -145,62 +147,42 @@ struct Options {
     real_window: Duration,
     /// Apply the fleet in one batch per second over an interval.
     stagger: bool,
-    help: bool,
 }
 
 impl Options {
-    fn parse(args: &[String]) -> Result<Options, String> {
-        let mut o = Options {
-            fleet: false,
-            baseline: false,
-            sizes: Vec::new(),
-            window: Duration::from_secs(60),
-            interval_s: 10,
-            calls: 30,
-            real_window: Duration::from_secs(20),
-            stagger: false,
-            help: false,
-        };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut value = |name: &str| -> Result<u64, String> {
-                it.next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .filter(|v| *v > 0)
-                    .ok_or_else(|| format!("{name} needs a positive number"))
-            };
-            match a.as_str() {
-                "fleet" => o.fleet = true,
-                "baseline" => o.baseline = true,
-                "all" => {
-                    o.fleet = true;
-                    o.baseline = true;
-                }
-                "--window" => o.window = Duration::from_secs(value("--window")?),
-                "--interval" => o.interval_s = value("--interval")?,
-                "--calls" => o.calls = value("--calls")?.min(1000) as usize,
-                "--real-window" => o.real_window = Duration::from_secs(value("--real-window")?),
-                "--stagger" => o.stagger = true,
-                "-h" | "--help" => o.help = true,
-                n if n.parse::<usize>().is_ok() => {
-                    let n: usize = n.parse().unwrap();
-                    if n == 0 || n > 20_000 {
-                        return Err(format!("fleet size {n} is not 1-20000"));
-                    }
-                    o.fleet = true;
-                    o.sizes.push(n);
-                }
-                other => return Err(format!("unknown argument {other:?}")),
-            }
+    fn parse(args: Vec<String>) -> Options {
+        let mut a = BenchArgs::new("fleet", USAGE, args);
+        let window = a.seconds("--window", 60, POSITIVE);
+        let interval_s = a.number("--interval", 10, POSITIVE);
+        let calls = a.number("--calls", 30, POSITIVE).min(1000) as usize;
+        let real_window = a.seconds("--real-window", 20, POSITIVE);
+        let stagger = a.switch("--stagger");
+        let mut sizes: Vec<usize> = a
+            .numbers("fleet size", 1..=20_000)
+            .into_iter()
+            .map(|n| n as usize)
+            .collect();
+        let all = a.word("all");
+        let mut fleet = a.word("fleet") || all || !sizes.is_empty();
+        let mut baseline = a.word("baseline") || all;
+        a.finish();
+        if !fleet && !baseline {
+            fleet = true;
+            baseline = true;
         }
-        if !o.fleet && !o.baseline {
-            o.fleet = true;
-            o.baseline = true;
+        if sizes.is_empty() {
+            sizes = DEFAULT_SIZES.to_vec();
         }
-        if o.sizes.is_empty() {
-            o.sizes = DEFAULT_SIZES.to_vec();
+        Options {
+            fleet,
+            baseline,
+            sizes,
+            window,
+            interval_s,
+            calls,
+            real_window,
+            stagger,
         }
-        Ok(o)
     }
 }
 

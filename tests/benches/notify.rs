@@ -70,8 +70,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use herd_proto::v1::herd_client::HerdClient;
 use herd_proto::v1::{AlertsReply, AlertsRequest, StatusReply};
 use herd_tests::bench::{
-    bench_args, bench_setup, client_runtime, host_busy_s, node_status, percentile, progress,
-    target_dir,
+    bench_setup, client_runtime, host_busy_s, node_status, percentile, progress, target_dir,
+    BenchArgs,
 };
 use herd_tests::{Cluster, Herd, HerdOptions, HttpReceiver, Received};
 use rand::Rng;
@@ -97,8 +97,8 @@ const USAGE: &str = "usage: notify [latency] [throughput] [--targets N] [--breac
   no mode: latency, then throughput";
 
 fn main() {
-    let args = bench_args();
-    let opts = bench_setup("notify", USAGE, &args, Options::parse, |o| o.help);
+    let opts = Options::parse();
+    bench_setup("notify");
     let rt = client_runtime();
 
     let started = Instant::now();
@@ -158,65 +158,47 @@ struct Options {
     nodes: u64,
     burst: usize,
     burst_interval_s: u64,
-    help: bool,
 }
 
 impl Options {
-    fn parse(args: &[String]) -> Result<Options, String> {
-        let mut o = Options {
-            latency: false,
-            throughput: false,
-            targets: 20,
-            breaches: 60,
-            duration: Duration::from_secs(180),
-            interval_s: 10,
-            nodes: 1,
-            burst: 500,
-            burst_interval_s: 2,
-            help: false,
-        };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut value = |name: &str, max: u64| -> Result<u64, String> {
-                it.next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .filter(|v| (1..=max).contains(v))
-                    .ok_or_else(|| format!("{name} needs a number from 1 to {max}"))
-            };
-            match a.as_str() {
-                "latency" => o.latency = true,
-                "throughput" => o.throughput = true,
-                "all" => {
-                    o.latency = true;
-                    o.throughput = true;
-                }
-                "--targets" => o.targets = value("--targets", 1000)? as usize,
-                "--breaches" => o.breaches = value("--breaches", 10_000)? as usize,
-                "--duration" => o.duration = Duration::from_secs(value("--duration", 3600)?),
-                "--interval" => o.interval_s = value("--interval", 600)?,
-                "--nodes" => o.nodes = value("--nodes", 5)?,
-                "--burst" => o.burst = value("--burst", 5000)? as usize,
-                "--burst-interval" => o.burst_interval_s = value("--burst-interval", 60)?,
-                "-h" | "--help" => o.help = true,
-                other => return Err(format!("unknown argument {other:?}")),
-            }
+    fn parse() -> Options {
+        let mut a = BenchArgs::from_env("notify", USAGE);
+        let targets = a.number("--targets", 20, 1..=1000) as usize;
+        let breaches = a.number("--breaches", 60, 1..=10_000) as usize;
+        let duration = a.seconds("--duration", 180, 1..=3600);
+        let interval_s = a.number("--interval", 10, 1..=600);
+        let nodes = a.number("--nodes", 1, 1..=5);
+        let burst = a.number("--burst", 500, 1..=5000) as usize;
+        let burst_interval_s = a.number("--burst-interval", 2, 1..=60);
+        let all = a.word("all");
+        let mut latency = a.word("latency") || all;
+        let mut throughput = a.word("throughput") || all;
+        a.finish();
+        if !latency && !throughput {
+            latency = true;
+            throughput = true;
         }
-        if !o.latency && !o.throughput {
-            o.latency = true;
-            o.throughput = true;
-        }
-        let per_target = o.breaches.div_ceil(o.targets) as u64;
-        let slot = o.duration.as_secs() / per_target.max(1);
-        if o.latency && slot < 2 * o.interval_s + 6 {
-            return Err(format!(
-                "{} breaches on {} targets in {} s leave {slot} s per breach; each needs \
-                 2 intervals + 6 s (firing, restore, resolved): raise --duration or --targets",
-                o.breaches,
-                o.targets,
-                o.duration.as_secs()
+        let per_target = breaches.div_ceil(targets) as u64;
+        let slot = duration.as_secs() / per_target.max(1);
+        if latency && slot < 2 * interval_s + 6 {
+            a.fail(&format!(
+                "{breaches} breaches on {targets} targets in {} s leave {slot} s per breach; \
+                 each needs 2 intervals + 6 s (firing, restore, resolved): raise --duration \
+                 or --targets",
+                duration.as_secs()
             ));
         }
-        Ok(o)
+        Options {
+            latency,
+            throughput,
+            targets,
+            breaches,
+            duration,
+            interval_s,
+            nodes,
+            burst,
+            burst_interval_s,
+        }
     }
 }
 

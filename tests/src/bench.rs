@@ -1,5 +1,7 @@
 //! Helpers the benchmarks share (tests/benches/*.rs).
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Thousands of sessions, connections and receiver threads need descriptors: raise
 /// the soft limit to the hard one; child processes inherit it.
@@ -68,30 +70,186 @@ pub fn bench_args() -> Vec<String> {
         .collect()
 }
 
-/// Parses a bench's options: a bad one prints the usage and exits 2, `--help`
-/// (`help` true) prints it and exits 0. Then readies the process for a bench: the
-/// open-files limit raised, `HERD_BIN` set to the release binary.
-pub fn bench_setup<O>(
-    bench: &str,
-    usage: &str,
-    args: &[String],
-    parse: impl FnOnce(&[String]) -> Result<O, String>,
-    help: impl FnOnce(&O) -> bool,
-) -> O {
-    let opts = match parse(args) {
-        Ok(o) => o,
-        Err(message) => {
-            eprintln!("{bench} bench: {message}\n\n{usage}");
-            std::process::exit(2);
-        }
-    };
-    if help(&opts) {
-        println!("{usage}");
-        std::process::exit(0);
-    }
+/// Readies the process for a bench: the open-files limit raised, `HERD_BIN` set to
+/// the release binary. Call it first thing in `main`, after [`BenchArgs::finish`].
+pub fn bench_setup(bench: &str) {
     raise_nofile_limit();
     use_release_herd(bench);
-    opts
+}
+
+/// Any whole number from 1 up: what `--window S` and the like take.
+pub const POSITIVE: RangeInclusive<u64> = 1..=u64::MAX;
+
+/// A bench's command line, read one option at a time: flags with a number
+/// (`--targets 20`), switches (`--stagger`) and words (`latency`, a fleet size).
+/// Each option gives its default when absent; the last use of a flag wins. A bad
+/// value, or anything left over at [`BenchArgs::finish`], ends the process with
+/// status 2 and a message naming the flag, then the usage; else `-h` / `--help`
+/// prints the usage and exits 0.
+///
+/// Take every flag before the words: a flag's value looks like a word.
+pub struct BenchArgs {
+    bench: &'static str,
+    usage: &'static str,
+    /// The arguments; `None` once taken.
+    args: Vec<Option<String>>,
+    /// Set once a word was taken (flags must come first).
+    words_taken: bool,
+}
+
+impl BenchArgs {
+    /// This process's arguments ([`bench_args`]).
+    pub fn from_env(bench: &'static str, usage: &'static str) -> BenchArgs {
+        BenchArgs::new(bench, usage, bench_args())
+    }
+
+    pub fn new(bench: &'static str, usage: &'static str, args: Vec<String>) -> BenchArgs {
+        BenchArgs {
+            bench,
+            usage,
+            args: args.into_iter().map(Some).collect(),
+            words_taken: false,
+        }
+    }
+
+    /// The number after `flag` within `range`, else `default`.
+    pub fn number(&mut self, flag: &str, default: u64, range: RangeInclusive<u64>) -> u64 {
+        let taken = self.try_number(flag, default, range);
+        self.or_exit(taken)
+    }
+
+    /// `flag`'s number of seconds within `range`, else `default_s`.
+    pub fn seconds(&mut self, flag: &str, default_s: u64, range: RangeInclusive<u64>) -> Duration {
+        Duration::from_secs(self.number(flag, default_s, range))
+    }
+
+    /// Whether the switch `flag` was given.
+    pub fn switch(&mut self, flag: &str) -> bool {
+        let mut found = false;
+        for slot in &mut self.args {
+            if slot.as_deref() == Some(flag) {
+                *slot = None;
+                found = true;
+            }
+        }
+        found
+    }
+
+    /// Whether the word `word` was given.
+    pub fn word(&mut self, word: &str) -> bool {
+        self.words_taken = true;
+        self.switch(word)
+    }
+
+    /// Every word that is a whole number, in order, each within `range`; `what`
+    /// names them in the message when one is not.
+    pub fn numbers(&mut self, what: &str, range: RangeInclusive<u64>) -> Vec<u64> {
+        let taken = self.try_numbers(what, range);
+        self.or_exit(taken)
+    }
+
+    /// Ends the process with status 2: `message`, then the usage.
+    pub fn fail(&self, message: &str) -> ! {
+        eprintln!("{} bench: {message}\n\n{}", self.bench, self.usage);
+        std::process::exit(2);
+    }
+
+    /// `-h` / `--help`: the usage, exit 0; anything else left over: exit 2 naming it.
+    pub fn finish(&self) {
+        match self.leftover() {
+            Ok(()) => {}
+            Err(None) => {
+                println!("{}", self.usage);
+                std::process::exit(0);
+            }
+            Err(Some(message)) => self.fail(&message),
+        }
+    }
+
+    fn or_exit<T>(&self, taken: Result<T, String>) -> T {
+        taken.unwrap_or_else(|message| self.fail(&message))
+    }
+
+    fn try_number(
+        &mut self,
+        flag: &str,
+        default: u64,
+        range: RangeInclusive<u64>,
+    ) -> Result<u64, String> {
+        assert!(
+            !self.words_taken,
+            "{} bench: take the flag {flag} before the words",
+            self.bench
+        );
+        let mut value = default;
+        let mut i = 0;
+        while i < self.args.len() {
+            if self.args[i].as_deref() != Some(flag) {
+                i += 1;
+                continue;
+            }
+            self.args[i] = None;
+            let given = self.args.get_mut(i + 1).and_then(Option::take);
+            value = given
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|v| range.contains(v))
+                .ok_or_else(|| match &given {
+                    Some(v) => format!("{flag} needs {}, not {v:?}", describe(&range)),
+                    None => format!("{flag} needs {}", describe(&range)),
+                })?;
+            i += 2;
+        }
+        Ok(value)
+    }
+
+    fn try_numbers(&mut self, what: &str, range: RangeInclusive<u64>) -> Result<Vec<u64>, String> {
+        self.words_taken = true;
+        let mut out = Vec::new();
+        for slot in &mut self.args {
+            let Some(n) = slot.as_deref().and_then(|a| a.parse::<u64>().ok()) else {
+                continue;
+            };
+            if !range.contains(&n) {
+                return Err(format!("{what} {n} is not {}", describe(&range)));
+            }
+            *slot = None;
+            out.push(n);
+        }
+        Ok(out)
+    }
+
+    /// `Err(Some(message))`: an unknown argument; `Err(None)`: help was asked for.
+    fn leftover(&self) -> Result<(), Option<String>> {
+        let help = |a: &&str| *a == "-h" || *a == "--help";
+        let left: Vec<&str> = self
+            .args
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .filter(|a| !help(a))
+            .collect();
+        // An unknown flag first: the word after it may be its value.
+        if let Some(flag) = left.iter().find(|a| a.starts_with('-')) {
+            return Err(Some(format!("unknown flag {flag:?}")));
+        }
+        if let Some(word) = left.first() {
+            return Err(Some(format!("unknown argument {word:?}")));
+        }
+        if self.args.iter().flatten().any(|a| help(&a.as_str())) {
+            return Err(None);
+        }
+        Ok(())
+    }
+}
+
+/// "a positive number", "a number from 3 to 3000", for messages.
+fn describe(range: &RangeInclusive<u64>) -> String {
+    match (*range.start(), *range.end()) {
+        (1, u64::MAX) => "a positive number".into(),
+        (min, u64::MAX) => format!("a number of at least {min}"),
+        (min, max) => format!("a number from {min} to {max}"),
+    }
 }
 
 /// The bench's client runtime: one worker that keeps running between calls. A
@@ -142,4 +300,72 @@ pub async fn node_status(
     tokio::time::timeout(timeout, call)
         .await
         .map_err(|_| format!("status on {addr}: no answer within {timeout:?}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> BenchArgs {
+        BenchArgs::new(
+            "test",
+            "usage",
+            list.iter().map(|a| a.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn flags_give_their_value_or_default() {
+        let mut a = args(&[
+            "fleet",
+            "--window",
+            "20",
+            "100",
+            "--stagger",
+            "--window",
+            "30",
+        ]);
+        assert_eq!(a.try_number("--window", 60, POSITIVE), Ok(30));
+        assert_eq!(a.try_number("--interval", 10, POSITIVE), Ok(10));
+        assert!(a.switch("--stagger"));
+        assert!(!a.switch("--other"));
+        assert_eq!(a.try_numbers("fleet size", 1..=20_000), Ok(vec![100]));
+        assert!(a.word("fleet"));
+        assert_eq!(a.leftover(), Ok(()));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let mut a = args(&["--targets", "2"]);
+        assert_eq!(
+            a.try_number("--targets", 300, 3..=3000),
+            Err("--targets needs a number from 3 to 3000, not \"2\"".into())
+        );
+        let mut a = args(&["--window"]);
+        assert_eq!(
+            a.try_number("--window", 60, POSITIVE),
+            Err("--window needs a positive number".into())
+        );
+        let mut a = args(&["0"]);
+        assert_eq!(
+            a.try_numbers("fleet size", 1..=20_000),
+            Err("fleet size 0 is not a number from 1 to 20000".into())
+        );
+    }
+
+    #[test]
+    fn leftovers_are_errors_before_help() {
+        let mut a = args(&["latency", "--bogus", "3"]);
+        assert!(a.word("latency"));
+        assert_eq!(a.leftover(), Err(Some("unknown flag \"--bogus\"".into())));
+        assert_eq!(
+            args(&["throughput"]).leftover(),
+            Err(Some("unknown argument \"throughput\"".into()))
+        );
+        assert_eq!(
+            args(&["--help", "--bogus"]).leftover(),
+            Err(Some("unknown flag \"--bogus\"".into()))
+        );
+        assert_eq!(args(&["-h"]).leftover(), Err(None));
+    }
 }
