@@ -2,6 +2,8 @@
 //! Pure state machine; the target task feeds it outcomes and asks when to retry.
 use std::time::Duration;
 
+use crate::model::RetryPolicy;
+
 /// What changed with an outcome, so the caller records one event per transition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
@@ -18,18 +20,16 @@ pub struct Link {
     up: Option<bool>,
     failures: u32,
     reason: Option<String>,
-    min: Duration,
-    max: Duration,
+    retry: RetryPolicy,
 }
 
 impl Link {
-    pub fn new(min: Duration, max: Duration) -> Self {
+    pub fn new(retry: RetryPolicy) -> Self {
         Link {
             up: None,
             failures: 0,
             reason: None,
-            min,
-            max,
+            retry,
         }
     }
 
@@ -70,12 +70,10 @@ impl Link {
         (t, self.backoff(jitter))
     }
 
-    /// `min · 2^(failures-1)` capped at `max`, scaled by `jitter` in [0.5, 1.0]
-    /// so that targets that failed together do not retry together.
+    /// The wait of the retry policy after the failures so far, scaled by
+    /// `jitter` (see [`RetryPolicy::delay_with`]).
     pub fn backoff(&self, jitter: f64) -> Duration {
-        let exp = self.failures.saturating_sub(1).min(30);
-        let base = self.min.saturating_mul(1u32 << exp).min(self.max);
-        base.mul_f64(jitter.clamp(0.5, 1.0))
+        self.retry.delay_with(self.failures, jitter)
     }
 }
 
@@ -85,7 +83,10 @@ mod tests {
 
     #[test]
     fn one_transition_per_change() {
-        let mut l = Link::new(Duration::from_secs(1), Duration::from_secs(60));
+        let mut l = Link::new(RetryPolicy::forever(
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        ));
         assert_eq!(l.success(), Transition::None);
         let (t, _) = l.failure("refused", 1.0);
         assert_eq!(
@@ -107,7 +108,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter() {
-        let mut l = Link::new(Duration::from_secs(1), Duration::from_secs(10));
+        let mut l = Link::new(RetryPolicy::forever(
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+        ));
         let waits: Vec<u64> = (0..6)
             .map(|_| l.failure("refused", 1.0).1.as_secs())
             .collect();

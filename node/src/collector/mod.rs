@@ -59,8 +59,8 @@ pub struct CollectorCtx {
     pub default_key: Option<PathBuf>,
     pub default_user: String,
     pub command_timeout: Duration,
-    pub reconnect_min: Duration,
-    pub reconnect_max: Duration,
+    /// How a down target is retried (`[ssh] reconnect_min`, `reconnect_max`).
+    pub reconnect: crate::model::RetryPolicy,
     pub board: StatusBoard,
     pub stats: Arc<stats::ScrapeStats>,
     pub states: StateBoard,

@@ -90,7 +90,7 @@ pub async fn run_target(
     if let Ok(mut t) = ctx.transports.write() {
         t.insert(name.clone(), transport.clone());
     }
-    let link = Arc::new(Mutex::new(Link::new(ctx.reconnect_min, ctx.reconnect_max)));
+    let link = Arc::new(Mutex::new(Link::new(ctx.reconnect)));
     let spec = Arc::new(spec);
     let mut loops = tokio::task::JoinSet::new();
     // target.up comes from one check only (the first that uses the transport), so
@@ -207,14 +207,14 @@ async fn check_loop(
                 }
                 Err(CheckError::Transport(e)) if e.is_unreachable() => {
                     up = Some(false);
-                    let jitter = rand::rng().random_range(0.5..=1.0);
+                    let jitter = crate::model::retry::random_jitter();
                     let (t, wait) = link
                         .lock()
                         .map(|mut l| l.failure(e.reason(), jitter))
-                        .unwrap_or((Transition::None, ctx.reconnect_max));
+                        .unwrap_or((Transition::None, ctx.reconnect.max));
                     // A changed host key is never retried quickly: it needs a person.
                     let wait = if matches!(e, TransportError::HostKeyChanged { .. }) {
-                        ctx.reconnect_max
+                        ctx.reconnect.max
                     } else {
                         wait
                     };

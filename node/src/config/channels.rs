@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::duration::HumanDuration;
+use crate::model::RetryPolicy;
 
 /// A secret: the name of an environment variable or a file holding it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -79,6 +80,18 @@ pub struct Delivery {
     /// A notification whose transition is older than this is dropped, not sent
     /// (a node back after days does not send days-old news).
     pub max_age: Option<HumanDuration>,
+}
+
+impl Delivery {
+    /// The retry policy of these settings, defaults filled in: `backoff` doubling
+    /// up to `backoff_max`, with jitter, giving up after `max_attempts`.
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            first: self.backoff.unwrap_or(DEFAULT_BACKOFF).get(),
+            max: self.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX).get(),
+            max_attempts: Some(self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS)),
+        }
+    }
 }
 
 /// Defaults of `Delivery`.

@@ -9,6 +9,7 @@ use toml::de::{DeTable, ValueDeserializer};
 
 use super::duration::HumanDuration;
 use super::error::{line_of, ConfigError, ConfigErrors};
+use crate::model::RetryPolicy;
 
 /// OpenSSH's default `MaxSessions` is 10; stay below it.
 pub const MAX_CHANNELS_LIMIT: usize = 9;
@@ -166,6 +167,14 @@ impl Default for SshSection {
             reconnect_min: HumanDuration::from_secs(1),
             reconnect_max: HumanDuration::from_secs(60),
         }
+    }
+}
+
+impl SshSection {
+    /// How a down target is retried: from `reconnect_min`, doubling up to
+    /// `reconnect_max`, with jitter, for as long as it stays in the fleet.
+    pub fn reconnect(&self) -> RetryPolicy {
+        RetryPolicy::forever(self.reconnect_min.get(), self.reconnect_max.get())
     }
 }
 

@@ -2,11 +2,13 @@
 mod alert;
 mod node;
 mod pattern;
+pub mod retry;
 mod sample;
 
 pub use alert::{Alert, AlertState, Notification, NotifyKind, Severity};
 pub use node::{NodeId, NodeRecord, MACHINE_PREFIX};
 pub use pattern::{fnv1a64, glob_match, FNV_OFFSET, FNV_PRIME};
+pub use retry::{Retry, RetryPolicy};
 pub use sample::{now_ms, Event, EventKind, InputSink, Labels, Measurement, Sample};
 
 /// json_state trees: target → check name → (the runner instance that owns the

@@ -8,16 +8,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::channels::{Channel, SendError};
-use crate::config::channels::{
-    ChannelSpec, Delivery, DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_AGE,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT,
-};
-use crate::model::{now_ms, Event, EventKind, Notification};
+use crate::config::channels::{ChannelSpec, Delivery, DEFAULT_MAX_AGE, DEFAULT_TIMEOUT};
+use crate::model::{now_ms, Event, EventKind, Notification, Retry};
 use crate::store::alerting::OutboxEntry;
 use crate::store::{OutboxChange, Store};
 
@@ -363,27 +359,29 @@ impl Notifier {
                     }
                 }
                 Err(err) => {
-                    let permanent = matches!(err, SendError::Permanent(_));
-                    let max = built.delivery.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+                    let retryable = !matches!(err, SendError::Permanent(_));
+                    let policy = built.delivery.retry();
                     for (seq, mut e) in group {
                         e.attempts += 1;
                         e.last_error = Some(err.to_string());
-                        if permanent || e.attempts >= max {
-                            let why = format!(
-                                "{} after {} attempts: {err}",
-                                e.notification.channel, e.attempts
-                            );
-                            if e.sender.replicated() {
-                                finished.push(e.notification.idempotency_key.clone());
+                        let wait = match policy.after_failure(e.attempts, retryable) {
+                            Retry::After(wait) => wait,
+                            Retry::GiveUp => {
+                                let why = format!(
+                                    "{} after {} attempts: {err}",
+                                    e.notification.channel, e.attempts
+                                );
+                                if e.sender.replicated() {
+                                    finished.push(e.notification.idempotency_key.clone());
+                                }
+                                self.give_up(seq, e, &why, &mut change).await;
+                                continue;
                             }
-                            self.give_up(seq, e, &why, &mut change).await;
-                        } else {
-                            let wait = backoff(&built.delivery, e.attempts);
-                            tracing::warn!(channel = %e.notification.channel, attempt = e.attempts, retry_in = ?wait, error = %err, "notification not delivered; will retry");
-                            e.not_before_ms = now_ms() + wait.as_millis() as i64;
-                            next = Some(next.map_or(e.not_before_ms, |n| n.min(e.not_before_ms)));
-                            change.update.push((seq, e));
-                        }
+                        };
+                        tracing::warn!(channel = %e.notification.channel, attempt = e.attempts, retry_in = ?wait, error = %err, "notification not delivered; will retry");
+                        e.not_before_ms = now_ms() + wait.as_millis() as i64;
+                        next = Some(next.map_or(e.not_before_ms, |n| n.min(e.not_before_ms)));
+                        change.update.push((seq, e));
                     }
                 }
             }
@@ -528,15 +526,6 @@ impl Notifier {
     }
 }
 
-/// `backoff · 2^(attempt-1)` capped at `backoff_max`, scaled by a random 50–100 %.
-pub fn backoff(d: &Delivery, attempt: u32) -> Duration {
-    let base = d.backoff.unwrap_or(DEFAULT_BACKOFF).get();
-    let max = d.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX).get();
-    let exp = attempt.saturating_sub(1).min(30);
-    let wait = base.saturating_mul(1u32 << exp).min(max);
-    wait.mul_f64(rand::rng().random_range(0.5..=1.0))
-}
-
 impl crate::store::alerting::Outbox for Notifier {
     fn configure<'a>(
         &'a self,
@@ -560,6 +549,7 @@ impl crate::store::alerting::Outbox for Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::channels::{DEFAULT_BACKOFF, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS};
     use crate::store::StoreOptions;
 
     fn notifier() -> (tempfile::TempDir, Arc<Notifier>) {
@@ -684,15 +674,20 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_with_jitter_up_to_the_cap() {
+    fn delivery_settings_make_the_retry_policy() {
         let d = Delivery {
-            backoff: Some(crate::config::HumanDuration::from_secs(1)),
+            backoff: Some(crate::config::HumanDuration::from_secs(2)),
             backoff_max: Some(crate::config::HumanDuration::from_secs(5)),
+            max_attempts: Some(3),
             ..Default::default()
         };
-        for (attempt, full) in [(1, 1000), (2, 2000), (3, 4000), (4, 5000), (30, 5000)] {
-            let w = backoff(&d, attempt).as_millis() as u64;
-            assert!(w >= full / 2 && w <= full, "attempt {attempt}: {w} ms");
-        }
+        let p = d.retry();
+        assert_eq!(p.base(1), Duration::from_secs(2));
+        assert_eq!(p.base(3), Duration::from_secs(5));
+        assert!(p.gives_up(3) && !p.gives_up(2));
+        let defaults = Delivery::default().retry();
+        assert_eq!(defaults.first, DEFAULT_BACKOFF.get());
+        assert_eq!(defaults.max, DEFAULT_BACKOFF_MAX.get());
+        assert_eq!(defaults.max_attempts, Some(DEFAULT_MAX_ATTEMPTS));
     }
 }
