@@ -223,7 +223,7 @@ pub fn status_table(r: &pb::StatusReply) -> String {
                     c.name.clone(),
                     c.kind.clone(),
                     c.status.to_uppercase(),
-                    crate::collector::checks::truncate(&c.detail, DETAIL_CHARS).to_string(),
+                    crate::model::text::prefix_chars(&c.detail, DETAIL_CHARS).to_string(),
                 ]
             })
         })

@@ -4,6 +4,7 @@ mod node;
 mod pattern;
 pub mod retry;
 mod sample;
+pub mod text;
 
 pub use alert::{Alert, AlertState, Notification, NotifyKind, Severity};
 pub use node::{NodeId, NodeRecord, MACHINE_PREFIX};

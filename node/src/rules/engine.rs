@@ -47,6 +47,7 @@ use super::machine::{Machine, Params, Texts};
 use super::select::{alert_id, format_value, glob_match, is_glob, labels_match};
 use crate::config::fleet::TargetSpec;
 use crate::config::rules::{Direction, RuleKind, RuleSpec, EVENT_RESOLVE_AFTER};
+use crate::model::text::prefix_chars;
 use crate::model::{Alert, AlertState, Event, Labels, NotifyKind, Sample};
 
 /// At most this many alerts (any state) are tracked; beyond, settled ones are
@@ -332,17 +333,10 @@ fn direction_ok(direction: Direction, prev: f64, now: f64) -> bool {
     }
 }
 
-fn cut(text: &str) -> String {
-    match text.char_indices().nth(MAX_VALUE_CHARS) {
-        Some((i, _)) => text[..i].to_string(),
-        None => text.to_string(),
-    }
-}
-
 fn state_text(v: &serde_json::Value) -> String {
     match v {
-        serde_json::Value::String(s) => cut(s),
-        other => cut(&other.to_string()),
+        serde_json::Value::String(s) => prefix_chars(s, MAX_VALUE_CHARS).to_string(),
+        other => prefix_chars(&other.to_string(), MAX_VALUE_CHARS).to_string(),
     }
 }
 
@@ -835,7 +829,7 @@ impl Engine {
         let prev = self.prev_event.get(&key).cloned();
         let mut remember = false;
         let none = Labels::new();
-        let message = cut(&e.message);
+        let message = prefix_chars(&e.message, MAX_VALUE_CHARS).to_string();
         for &i in idxs {
             let rule = &self.rules[i];
             if !rule.selected.contains(&e.target) {

@@ -1,8 +1,9 @@
 //! file_fresh: a file's modification time must be newer than `max_age`. The age is
 //! computed with the target's own clock, so clock skew between node and target
 //! does not matter.
-use super::{shell_quote, CheckError, Env, Outcome, Status};
+use super::{CheckError, Env, Outcome, Status};
 use crate::config::checks::FileFreshCheck;
+use crate::model::text::shell_quote;
 use crate::model::Measurement;
 
 /// The output is two short lines.

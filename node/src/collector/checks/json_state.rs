@@ -8,9 +8,10 @@ use serde_json::Value;
 use super::parse::jsonmerge::{parse_lines, StateTree};
 use super::parse::logtail::DEFAULT_MAX_BYTES;
 use super::tail::Tail;
-use super::{shell_quote, CheckError, Env, Outcome, Status};
+use super::{CheckError, Env, Outcome, Status};
 use crate::collector::StateBoard;
 use crate::config::checks::JsonStateCheck;
+use crate::model::text::shell_quote;
 use crate::model::Measurement;
 use crate::store::Store;
 

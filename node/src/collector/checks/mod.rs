@@ -16,6 +16,7 @@ pub mod vitals;
 use std::time::Duration;
 
 use crate::config::{CheckSpec, TargetSpec};
+use crate::model::text::prefix_chars;
 use crate::model::{EventKind, Measurement};
 
 use crate::transport::{ExecOutput, Transport, TransportError};
@@ -212,6 +213,9 @@ async fn run_vitals(state: &mut vitals::VitalsState, env: &Env<'_>) -> Result<Ou
     })
 }
 
+/// How much of a command's stderr a message quotes.
+const STDERR_EXCERPT_CHARS: usize = 200;
+
 /// Appends the start of stderr to a message, when there is any.
 pub fn with_stderr(message: String, out: &ExecOutput) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -219,7 +223,10 @@ pub fn with_stderr(message: String, out: &ExecOutput) -> String {
     if stderr.is_empty() {
         message
     } else {
-        format!("{message} (stderr: {})", truncate(stderr, 200))
+        format!(
+            "{message} (stderr: {})",
+            prefix_chars(stderr, STDERR_EXCERPT_CHARS)
+        )
     }
 }
 
@@ -243,19 +250,6 @@ pub fn round_derived(v: f64) -> f64 {
     }
 }
 
-/// The first `max` characters of `s`.
-pub fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
-
-/// Quotes a string for POSIX sh: single quotes, with `'` written as `'\''`.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,15 +261,5 @@ mod tests {
         let huge = 9_007_199_254_740_993_f64; // beyond 2^53: must not be touched
         assert_eq!(round_derived(huge).to_bits(), huge.to_bits());
         assert!(round_derived(f64::NAN).is_nan());
-    }
-
-    #[test]
-    fn shell_quoting_survives_quotes_and_spaces() {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("printf %s {}", shell_quote("a 'b' $HOME `x`")))
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "a 'b' $HOME `x`");
     }
 }

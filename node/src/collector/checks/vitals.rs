@@ -39,6 +39,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::model::text::quote_excerpt;
 use crate::model::Measurement;
 
 /// The one sh command run on the target. POSIX sh only, no bash-isms, must
@@ -512,19 +513,16 @@ fn optional_df(sections: &[RawSection<'_>], section: Section) -> Result<Vec<DfRo
 // ---------------------------------------------------------------------------
 // Values
 
-/// Target text for an error message, cut short and quoted.
-fn quote(text: &str) -> String {
-    let mut quoted: String = text.chars().take(MAX_QUOTED_CHARS).collect();
-    if text.chars().nth(MAX_QUOTED_CHARS).is_some() {
-        quoted.push('…');
-    }
-    format!("`{quoted}`")
-}
-
 fn parse_counter(raw: &RawSection<'_>, line: usize, token: &str) -> Result<u64, VitalsError> {
-    token
-        .parse::<u64>()
-        .map_err(|_| raw.error(line, format!("{} is not a counter", quote(token))))
+    token.parse::<u64>().map_err(|_| {
+        raw.error(
+            line,
+            format!(
+                "{} is not a counter",
+                quote_excerpt(token, MAX_QUOTED_CHARS)
+            ),
+        )
+    })
 }
 
 /// A finite, non-negative decimal such as a load average or uptime.
@@ -533,7 +531,10 @@ fn parse_gauge(raw: &RawSection<'_>, line: usize, token: &str) -> Result<f64, Vi
         Ok(value) if value.is_finite() && value >= 0.0 => Ok(value),
         _ => Err(raw.error(
             line,
-            format!("{} is not a non-negative number", quote(token)),
+            format!(
+                "{} is not a non-negative number",
+                quote_excerpt(token, MAX_QUOTED_CHARS)
+            ),
         )),
     }
 }
@@ -654,7 +655,10 @@ fn parse_meminfo_value(
         (Some(value), Some(MEMINFO_UNIT), None) => parse_counter(raw, line_no, value),
         _ => Err(raw.error(
             line_no,
-            format!("expected `<number> kB`, got {}", quote(rest.trim())),
+            format!(
+                "expected `<number> kB`, got {}",
+                quote_excerpt(rest.trim(), MAX_QUOTED_CHARS)
+            ),
         )),
     }
 }
@@ -745,7 +749,13 @@ fn parse_net_dev(raw: &RawSection<'_>) -> Result<BTreeMap<String, NetCounters>, 
         }
         let (name, counters) = parse_net_dev_line(raw, line_no, line)?;
         if interfaces.insert(name.to_string(), counters).is_some() {
-            return Err(raw.error(line_no, format!("interface {} listed twice", quote(name))));
+            return Err(raw.error(
+                line_no,
+                format!(
+                    "interface {} listed twice",
+                    quote_excerpt(name, MAX_QUOTED_CHARS)
+                ),
+            ));
         }
     }
     // Every network namespace has at least `lo`: none means cat failed.
@@ -765,12 +775,21 @@ fn parse_net_dev_line<'a>(
     let (name, rest) = line.split_once(':').ok_or_else(|| {
         raw.error(
             line_no,
-            format!("expected `<iface>: <counters>`, got {}", quote(line)),
+            format!(
+                "expected `<iface>: <counters>`, got {}",
+                quote_excerpt(line, MAX_QUOTED_CHARS)
+            ),
         )
     })?;
     let name = name.trim();
     if name.is_empty() || name.contains(char::is_whitespace) {
-        return Err(raw.error(line_no, format!("bad interface name {}", quote(name))));
+        return Err(raw.error(
+            line_no,
+            format!(
+                "bad interface name {}",
+                quote_excerpt(name, MAX_QUOTED_CHARS)
+            ),
+        ));
     }
     let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
     if fields.len() < NETDEV_FIELDS {
@@ -812,7 +831,7 @@ fn parse_mounts(raw: &RawSection<'_>) -> Result<BTreeMap<String, String>, Vitals
                 line_no,
                 format!(
                     "expected `<source> <mount> <type> ...`, got {}",
-                    quote(line)
+                    quote_excerpt(line, MAX_QUOTED_CHARS)
                 ),
             ));
         };
@@ -900,13 +919,19 @@ fn parse_df(raw: &RawSection<'_>) -> Result<Vec<DfRow>, VitalsError> {
         } else if !had_pending && line.split_ascii_whitespace().nth(1).is_none() {
             pending_name = Some((line_no, line.trim()));
         } else {
-            return Err(raw.error(line_no, format!("not a df row: {}", quote(line))));
+            return Err(raw.error(
+                line_no,
+                format!("not a df row: {}", quote_excerpt(line, MAX_QUOTED_CHARS)),
+            ));
         }
     }
     if let Some((line_no, name)) = pending_name {
         return Err(raw.error(
             line_no,
-            format!("filesystem {} has no numbers", quote(name)),
+            format!(
+                "filesystem {} has no numbers",
+                quote_excerpt(name, MAX_QUOTED_CHARS)
+            ),
         ));
     }
     Ok(rows)
@@ -1748,7 +1773,7 @@ mod tests {
         let err = parse(bad.as_bytes()).expect_err("NaN load");
         assert_eq!(
             err.to_string(),
-            "section `loadavg`, line 68: `NaN` is not a non-negative number"
+            "section `loadavg`, line 68: \"NaN\" is not a non-negative number"
         );
         let bad_df = replaced(LINUX_REAL, "13130076  82155812", "13130076  82155812x");
         assert!(matches!(

@@ -124,7 +124,7 @@ pub(super) fn name(group: &[Notification]) -> String {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    payload::truncate_chars(&line, MAX_NAME_CHARS)
+    crate::model::text::shorten(&line, MAX_NAME_CHARS)
 }
 
 /// Plain text, one block per notification.
@@ -160,7 +160,7 @@ pub(super) fn notes(group: &[Notification]) -> String {
             b
         })
         .collect();
-    payload::truncate_chars(&blocks.join("\n\n"), MAX_NOTES_CHARS)
+    crate::model::text::shorten(&blocks.join("\n\n"), MAX_NOTES_CHARS)
 }
 
 impl fmt::Debug for Asana {

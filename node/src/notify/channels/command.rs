@@ -116,7 +116,7 @@ impl Command {
         Err(SendError::Retryable(if first_line.is_empty() {
             how
         } else {
-            format!("{how}: {}", payload::truncate_chars(first_line, 300))
+            format!("{how}: {}", crate::model::text::shorten(first_line, 300))
         }))
     }
 }

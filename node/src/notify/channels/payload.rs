@@ -88,16 +88,6 @@ pub(super) fn rfc3339_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Cuts `s` to at most `max` characters, marking the cut.
-pub(super) fn truncate_chars(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
-
 /// Labels as `a=b, c=d` (empty when none).
 pub(super) fn labels_line(labels: &BTreeMap<String, String>) -> String {
     labels
@@ -232,11 +222,9 @@ mod tests {
     }
 
     #[test]
-    fn times_and_truncation() {
+    fn times() {
         assert_eq!(rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
         assert_eq!(rfc3339_ms(-5), "1970-01-01T00:00:00.000Z");
-        assert_eq!(truncate_chars("abcdef", 4), "abc…");
-        assert_eq!(truncate_chars("abc", 4), "abc");
     }
 
     #[test]

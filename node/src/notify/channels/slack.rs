@@ -63,7 +63,7 @@ pub(super) fn text(group: &[Notification]) -> String {
             line
         })
         .collect();
-    payload::truncate_chars(&lines.join("\n"), MAX_TEXT_CHARS)
+    crate::model::text::shorten(&lines.join("\n"), MAX_TEXT_CHARS)
 }
 
 /// Slack's mrkdwn needs only these three escaped.

@@ -99,7 +99,7 @@ pub(super) fn text(group: &[Notification]) -> String {
             b
         })
         .collect();
-    payload::truncate_chars(&blocks.join("\n\n"), MAX_TEXT_CHARS)
+    crate::model::text::shorten(&blocks.join("\n\n"), MAX_TEXT_CHARS)
 }
 
 impl fmt::Debug for Telegram {

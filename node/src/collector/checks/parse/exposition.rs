@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::model::text::quote_excerpt;
 use crate::model::{Labels, Measurement};
 
 /// Problems kept, including the summary lines at the end.
@@ -80,7 +81,10 @@ pub fn parse(text: &[u8], max_samples: usize) -> Exposition {
                 }
                 out.samples.push(sample);
             }
-            Err(why) => problems.push(format!("line {number}: {why}: {}", quote(trimmed))),
+            Err(why) => problems.push(format!(
+                "line {number}: {why}: {}",
+                quote_excerpt(trimmed, MAX_QUOTED_CHARS)
+            )),
         }
     }
     out.problems = problems.finish();
@@ -171,13 +175,6 @@ impl Problems {
     }
 }
 
-fn quote(line: &str) -> String {
-    match line.char_indices().nth(MAX_QUOTED_CHARS) {
-        Some((i, _)) => format!("{:?}...", line.get(..i).unwrap_or("")),
-        None => format!("{line:?}"),
-    }
-}
-
 /// The format separates tokens by blanks and tabs only.
 fn is_blank(c: char) -> bool {
     c == ' ' || c == '\t'
@@ -210,10 +207,16 @@ fn read_comment(comment: &str, types: &mut BTreeMap<String, String>) -> Result<(
         return Err(format!("TYPE {name}: unexpected text after the type"));
     }
     if !is_metric_name(name) {
-        return Err(format!("TYPE {}: not a metric name", quote(name)));
+        return Err(format!(
+            "TYPE {}: not a metric name",
+            quote_excerpt(name, MAX_QUOTED_CHARS)
+        ));
     }
     let Some(kind) = TYPES.into_iter().find(|t| *t == kind) else {
-        return Err(format!("TYPE {name}: unknown type {}", quote(kind)));
+        return Err(format!(
+            "TYPE {name}: unknown type {}",
+            quote_excerpt(kind, MAX_QUOTED_CHARS)
+        ));
     };
     if types.contains_key(name) {
         // The format allows one TYPE per family; the first one described the samples
@@ -394,11 +397,12 @@ fn read_sample(line: &str, types: &BTreeMap<String, String>) -> Result<PromSampl
         return Err("blank expected after the metric name".to_string());
     }
     let value = cursor.token().ok_or("value missing")?;
-    let value = parse_value(value).ok_or_else(|| format!("bad value {}", quote(value)))?;
+    let value = parse_value(value)
+        .ok_or_else(|| format!("bad value {}", quote_excerpt(value, MAX_QUOTED_CHARS)))?;
     let timestamp_ms = match cursor.token() {
         Some(ts) => Some(
             ts.parse::<i64>()
-                .map_err(|_| format!("bad timestamp {}", quote(ts)))?,
+                .map_err(|_| format!("bad timestamp {}", quote_excerpt(ts, MAX_QUOTED_CHARS)))?,
         ),
         None => None,
     };

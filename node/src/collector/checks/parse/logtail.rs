@@ -46,6 +46,8 @@
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use crate::model::text::{prefix_bytes, shell_quote};
+
 /// Lines reported per scrape by [`LineFilter::scan`] unless configured;
 /// beyond it matching lines are counted only.
 pub const DEFAULT_MAX_LINES: usize = 100;
@@ -89,12 +91,6 @@ pub struct TailRead {
 /// transport should allow before cutting the channel.
 pub fn max_output(max_bytes: usize) -> usize {
     max_bytes.max(1).saturating_add(HEADER_ALLOWANCE)
-}
-
-/// Single-quotes `s` for sh: inside single quotes nothing is special except
-/// the quote itself, written as `'\''` (close, escaped quote, reopen).
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// The sh command (POSIX sh, busybox-compatible) for one scrape of `path`.
@@ -326,26 +322,13 @@ impl LineFilter {
             }
             if out.reported.len() < max_lines {
                 out.reported
-                    .push(cut(line, MAX_REPORTED_LINE_BYTES).to_string());
+                    .push(prefix_bytes(line, MAX_REPORTED_LINE_BYTES).to_string());
             } else {
                 out.unreported += 1;
             }
         }
         out
     }
-}
-
-/// The longest prefix of `s` of at most `max` bytes that ends on a char
-/// boundary.
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while end > 0 && !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.get(..end).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! Plugins are written by everyone and the convention is loosely followed, so the
 //! parser never fails: what it cannot read is named in `problems` and the rest is kept.
 
+use crate::model::text::{prefix_bytes, prefix_chars, quote_excerpt};
 use crate::model::{Labels, Measurement};
 
 /// Longest status line kept, in characters: it is shown in one line of a table.
@@ -135,14 +136,14 @@ pub fn parse(stdout: &[u8], exit_code: Option<u32>) -> PluginOutput {
     let mut problems = Problems::default();
     let perfdata = parse_perfdata(&perf_chunks, &mut problems);
 
-    let text = truncate_chars(&clean(first_text), MAX_TEXT_CHARS)
+    let text = prefix_chars(&clean(first_text), MAX_TEXT_CHARS)
         .trim()
         .to_string();
     let long_text: Vec<String> = long_lines
         .iter()
         .map(|line| clean(line).trim_end().to_string())
         .collect();
-    let long_text = truncate_bytes(long_text.join("\n").trim(), MAX_LONG_TEXT_BYTES)
+    let long_text = prefix_bytes(long_text.join("\n").trim(), MAX_LONG_TEXT_BYTES)
         .trim_end()
         .to_string();
 
@@ -220,24 +221,6 @@ fn clean(s: &str) -> String {
         .collect()
 }
 
-fn truncate_chars(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => s.get(..i).unwrap_or(s),
-        None => s,
-    }
-}
-
-fn truncate_bytes(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.get(..end).unwrap_or("")
-}
-
 /// Problems, bounded so junk output cannot produce an unbounded list.
 #[derive(Default)]
 struct Problems {
@@ -264,16 +247,6 @@ impl Problems {
     }
 }
 
-/// An offending item, shortened and escaped so that it reads safely in a message.
-fn quote(item: &str) -> String {
-    let short = truncate_chars(item, MAX_QUOTED_CHARS);
-    if short.len() < item.len() {
-        format!("{short:?}...")
-    } else {
-        format!("{short:?}")
-    }
-}
-
 fn parse_perfdata(chunks: &[&str], problems: &mut Problems) -> Vec<PerfData> {
     let mut items: Vec<PerfData> = Vec::new();
     let mut ignored = 0usize;
@@ -294,7 +267,7 @@ fn parse_perfdata(chunks: &[&str], problems: &mut Problems) -> Vec<PerfData> {
                 // Two series with the same labels at the same time would collide.
                 problems.push(format!(
                     "perfdata {}: duplicate label, later item ignored",
-                    quote(&item.label)
+                    quote_excerpt(&item.label, MAX_QUOTED_CHARS)
                 ));
             } else if items.len() >= MAX_PERF_ITEMS {
                 ignored += 1;
@@ -347,12 +320,18 @@ impl<'a> Tokens<'a> {
     fn plain_item(&mut self) -> Result<RawItem<'a>, String> {
         let token = self.take_data(self.rest);
         match token.split_once('=') {
-            Some(("", _)) => Err(format!("perfdata {}: empty label", quote(token))),
+            Some(("", _)) => Err(format!(
+                "perfdata {}: empty label",
+                quote_excerpt(token, MAX_QUOTED_CHARS)
+            )),
             Some((label, data)) => Ok(RawItem {
                 label: label.to_string(),
                 data,
             }),
-            None => Err(format!("perfdata {}: no '=' in item", quote(token))),
+            None => Err(format!(
+                "perfdata {}: no '=' in item",
+                quote_excerpt(token, MAX_QUOTED_CHARS)
+            )),
         }
     }
 
@@ -376,19 +355,25 @@ impl<'a> Tokens<'a> {
                 let token = self.take_data(after);
                 return Err(format!(
                     "perfdata {}: no '=' after quoted label",
-                    quote(&format!("'{label}'{token}"))
+                    quote_excerpt(&format!("'{label}'{token}"), MAX_QUOTED_CHARS)
                 ));
             };
             let data = self.take_data(data);
             if label.is_empty() {
-                return Err(format!("perfdata {}: empty label", quote(data)));
+                return Err(format!(
+                    "perfdata {}: empty label",
+                    quote_excerpt(data, MAX_QUOTED_CHARS)
+                ));
             }
             return Ok(RawItem { label, data });
         }
         // No closing quote: resume at the next white space so that later items
         // are still read.
         let token = self.take_data(self.rest);
-        Err(format!("perfdata {}: unterminated quote", quote(token)))
+        Err(format!(
+            "perfdata {}: unterminated quote",
+            quote_excerpt(token, MAX_QUOTED_CHARS)
+        ))
     }
 }
 
@@ -399,23 +384,23 @@ fn parse_item(label: String, data: &str, problems: &mut Problems) -> Option<Perf
     if value_field == UNKNOWN_VALUE {
         problems.push(format!(
             "perfdata {}: value is U (not measured), skipped",
-            quote(&label)
+            quote_excerpt(&label, MAX_QUOTED_CHARS)
         ));
         return None;
     }
     let Some((value, uom)) = split_number(value_field) else {
         problems.push(format!(
             "perfdata {}: value {} is not a number",
-            quote(&label),
-            quote(value_field)
+            quote_excerpt(&label, MAX_QUOTED_CHARS),
+            quote_excerpt(value_field, MAX_QUOTED_CHARS)
         ));
         return None;
     };
     if !is_uom(uom) {
         problems.push(format!(
             "perfdata {}: value {} has an unreadable unit",
-            quote(&label),
-            quote(value_field)
+            quote_excerpt(&label, MAX_QUOTED_CHARS),
+            quote_excerpt(value_field, MAX_QUOTED_CHARS)
         ));
         return None;
     }
@@ -436,8 +421,8 @@ fn parse_item(label: String, data: &str, problems: &mut Problems) -> Option<Perf
         if number.is_none() {
             problems.push(format!(
                 "perfdata {}: {name} {} is not a number",
-                quote(&label),
-                quote(&text)
+                quote_excerpt(&label, MAX_QUOTED_CHARS),
+                quote_excerpt(&text, MAX_QUOTED_CHARS)
             ));
         }
         number

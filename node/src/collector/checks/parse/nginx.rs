@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use regex::Regex;
 
 use super::geoip::GeoDb;
+use crate::model::text::quote_excerpt;
 use crate::model::Measurement;
 
 /// Decimal places kept of rates and milliseconds: more digits carry no
@@ -64,15 +65,6 @@ pub struct StubStatus {
 /// error page or a login form, short enough for an event message.
 const EXCERPT_CHARS: usize = 80;
 
-fn excerpt(text: &str) -> String {
-    let t = text.trim();
-    let mut out: String = t.chars().take(EXCERPT_CHARS).collect();
-    if t.chars().count() > EXCERPT_CHARS {
-        out.push_str("...");
-    }
-    out
-}
-
 /// Reads a stub_status page, e.g.
 ///
 /// ```text
@@ -86,8 +78,8 @@ pub fn parse_stub_status(text: &[u8]) -> Result<StubStatus, String> {
     let tokens: Vec<&str> = text.split_whitespace().collect();
     let not_a_page = || {
         format!(
-            "not an nginx stub_status page: {:?}",
-            excerpt(text.as_ref())
+            "not an nginx stub_status page: {}",
+            quote_excerpt(text.trim(), EXCERPT_CHARS)
         )
     };
 
