@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::duration::HumanDuration;
+use crate::model::net::check_http_url;
 use crate::model::RetryPolicy;
 
 /// A secret: the name of an environment variable or a file holding it.
@@ -242,12 +243,7 @@ impl ChannelSpec {
                 }
             }
             ChannelSpec::Webhook(w) => {
-                if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-                    p.push(format!(
-                        "url {:?} must start with http:// or https://",
-                        w.url
-                    ));
-                }
+                p.extend(check_http_url("url", &w.url).err());
                 if let Some(s) = &w.token {
                     p.extend(s.problems("token"));
                 }
@@ -259,11 +255,7 @@ impl ChannelSpec {
                     p.push("chat_id is empty".into());
                 }
                 if let Some(b) = &t.base_url {
-                    if !(b.starts_with("http://") || b.starts_with("https://")) {
-                        p.push(format!(
-                            "base_url {b:?} must start with http:// or https://"
-                        ));
-                    }
+                    p.extend(check_http_url("base_url", b).err());
                 }
             }
             ChannelSpec::Command(c) => {
@@ -277,11 +269,7 @@ impl ChannelSpec {
                     p.push("set project, workspace or both".into());
                 }
                 if let Some(b) = &a.base_url {
-                    if !(b.starts_with("http://") || b.starts_with("https://")) {
-                        p.push(format!(
-                            "base_url {b:?} must start with http:// or https://"
-                        ));
-                    }
+                    p.extend(check_http_url("base_url", b).err());
                 }
             }
             ChannelSpec::Nats(n) => {

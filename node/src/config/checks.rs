@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::duration::HumanDuration;
+use crate::model::net::check_http_url;
 
 /// Where a network check connects from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -403,18 +404,6 @@ pub fn json_path(path: &str) -> Result<serde_json_path::JsonPath, String> {
     serde_json_path::JsonPath::parse(&full).map_err(|e| format!("path {path:?}: {e}"))
 }
 
-fn valid_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| format!("url {url:?} must start with http:// or https://"))?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.is_empty() {
-        return Err(format!("url {url:?} has no host"));
-    }
-    Ok(())
-}
-
 fn valid_regexes(what: &str, patterns: &[String], out: &mut Vec<String>) {
     for p in patterns {
         if let Err(e) = regex::Regex::new(p) {
@@ -462,7 +451,7 @@ pub fn validate_check(c: &CheckSpec) -> Vec<String> {
                 p.push("nginx: set status_url, access_log or both".into());
             }
             if let Some(u) = &n.status_url {
-                if let Err(e) = valid_url(u) {
+                if let Err(e) = check_http_url("url", u) {
                     p.push(format!("nginx: {e}"));
                 }
             }
@@ -496,7 +485,7 @@ pub fn validate_check(c: &CheckSpec) -> Vec<String> {
             }
         }
         CheckSpec::Http(h) => {
-            if let Err(e) = valid_url(&h.url) {
+            if let Err(e) = check_http_url("url", &h.url) {
                 p.push(format!("http: {e}"));
             }
             if let Some(m) = &h.method {
@@ -542,7 +531,7 @@ pub fn validate_check(c: &CheckSpec) -> Vec<String> {
             }
         }
         CheckSpec::Prometheus(pr) => {
-            if let Err(e) = valid_url(&pr.url) {
+            if let Err(e) = check_http_url("url", &pr.url) {
                 p.push(format!("prometheus: {e}"));
             }
             if pr.allow.is_empty() {

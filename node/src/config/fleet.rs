@@ -90,42 +90,10 @@ fn default_checks() -> Vec<CheckSpec> {
     vec![CheckSpec::Vitals(VitalsCheck::default())]
 }
 
-/// Host and port of an address such as `web-1`, `10.0.0.5:2222` or `[::1]:22`.
+/// Host and port of an address such as `web-1`, `10.0.0.5:2222` or `[::1]:22`,
+/// the SSH port where it gives none.
 pub fn parse_address(address: &str) -> Result<(String, u16), String> {
-    let a = address.trim();
-    if a.is_empty() {
-        return Err("address is empty".into());
-    }
-    if let Some(rest) = a.strip_prefix('[') {
-        let (host, tail) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("address {a:?}: missing ']'"))?;
-        let port = match tail.strip_prefix(':') {
-            Some(p) => parse_port(a, p)?,
-            None if tail.is_empty() => DEFAULT_SSH_PORT,
-            None => return Err(format!("address {a:?}: unexpected text after ']'")),
-        };
-        return Ok((host.to_string(), port));
-    }
-    match a.matches(':').count() {
-        0 => Ok((a.to_string(), DEFAULT_SSH_PORT)),
-        1 => {
-            let (host, port) = a.split_once(':').unwrap_or((a, ""));
-            if host.is_empty() {
-                return Err(format!("address {a:?}: host is empty"));
-            }
-            Ok((host.to_string(), parse_port(a, port)?))
-        }
-        // A bare IPv6 address: no port can be given without brackets.
-        _ => Ok((a.to_string(), DEFAULT_SSH_PORT)),
-    }
-}
-
-fn parse_port(address: &str, port: &str) -> Result<u16, String> {
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(p),
-        _ => Err(format!("address {address:?}: port {port:?} is not 1-65535")),
-    }
+    crate::model::net::parse_host_port(address, DEFAULT_SSH_PORT)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -722,6 +690,7 @@ checks = [{ kind = "nope" }]
         assert!(parse_address("h:0").is_err());
         assert!(parse_address("[::1").is_err());
         assert!(parse_address(":22").is_err());
+        assert!(parse_address("[]:22").is_err(), "now an error: no host");
     }
 }
 

@@ -485,13 +485,12 @@ impl NodeConfig {
             p.push(("cluster.machine", e));
         }
         for peer in &c.peers {
-            let has_port = peer
-                .rsplit_once(':')
-                .is_some_and(|(_, port)| port.parse::<u16>().is_ok_and(|n| n > 0));
-            let problem = if has_port {
-                crate::config::fleet::parse_address(peer).err()
-            } else {
-                Some("not HOST:PORT (a node's node.grpc as the others reach it)".to_string())
+            let problem = match crate::model::net::split_host_port(peer) {
+                Ok((_, Some(_))) => None,
+                Ok((_, None)) => {
+                    Some("not HOST:PORT (a node's node.grpc as the others reach it)".to_string())
+                }
+                Err(e) => Some(e),
             };
             if let Some(e) = problem {
                 p.push(("cluster.peers", format!("{peer:?}: {e}")));

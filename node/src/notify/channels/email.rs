@@ -43,8 +43,8 @@ impl Email {
             SmtpTls::Tls => 465,
             SmtpTls::None => 25,
         };
-        let (host, port) = split_host_port(&spec.smtp, default_port)
-            .ok_or_else(|| format!("smtp {:?} must be host or host:port", spec.smtp))?;
+        let (host, port) = crate::model::net::parse_host_port(&spec.smtp, default_port)
+            .map_err(|_| format!("smtp {:?} must be host or host:port", spec.smtp))?;
         let tls_params = match spec.tls {
             SmtpTls::None => None,
             SmtpTls::Starttls | SmtpTls::Tls => Some(
@@ -176,28 +176,6 @@ fn smtp_error(e: lettre::transport::smtp::Error) -> SendError {
         SendError::Permanent(text)
     } else {
         SendError::Retryable(text)
-    }
-}
-
-/// `host`, `host:port` or `[v6]:port`.
-fn split_host_port(s: &str, default_port: u16) -> Option<(String, u16)> {
-    let s = s.trim();
-    if let Some(rest) = s.strip_prefix('[') {
-        let (host, tail) = rest.split_once(']')?;
-        let port = match tail.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None if tail.is_empty() => default_port,
-            None => return None,
-        };
-        return (!host.is_empty()).then(|| (host.to_string(), port));
-    }
-    match s.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => {
-            let port = port.parse().ok()?;
-            (!host.is_empty()).then(|| (host.to_string(), port))
-        }
-        Some(_) => Some((s.to_string(), default_port)), // a bare IPv6 address
-        None => (!s.is_empty()).then(|| (s.to_string(), default_port)),
     }
 }
 
@@ -715,17 +693,6 @@ while True:
 
     #[test]
     fn email_build_checks_addresses_and_ports() {
-        assert_eq!(
-            split_host_port("mail.example", 587),
-            Some(("mail.example".into(), 587))
-        );
-        assert_eq!(
-            split_host_port("mail.example:2525", 587),
-            Some(("mail.example".into(), 2525))
-        );
-        assert_eq!(split_host_port("[::1]:25", 587), Some(("::1".into(), 25)));
-        assert_eq!(split_host_port("[::1]", 465), Some(("::1".into(), 465)));
-        assert_eq!(split_host_port("mail:x", 587), None);
         assert_eq!(message_id("ab12:3:ops mail"), "<ab12.3.ops.mail@herd>");
         assert_eq!(message_id("::"), "<herd@herd>");
 
