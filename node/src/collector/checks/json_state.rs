@@ -3,6 +3,8 @@
 //! (target, check): objects merge recursively, later scalars win, `null` deletes a
 //! key; keys untouched for `expire_after` are removed. The tree is readable with
 //! `herd state TARGET [PATH]`; declared numeric paths become samples.
+use std::sync::PoisonError;
+
 use serde_json::Value;
 
 use super::parse::jsonmerge::{parse_lines, StateTree};
@@ -12,7 +14,7 @@ use super::{CheckError, Env, Outcome, Status};
 use crate::collector::StateBoard;
 use crate::config::checks::JsonStateCheck;
 use crate::model::text::shell_quote;
-use crate::model::Measurement;
+use crate::model::{EventKind, Measurement};
 use crate::store::Store;
 
 /// Output of one `docker logs` round at most.
@@ -37,6 +39,8 @@ pub struct JsonStateState {
     key: String,
     /// Distinguishes this runner's board entry from its successor's.
     instance: u64,
+    /// Why the saved tree could not be restored, told once by the first run.
+    load_failure: Option<String>,
 }
 
 /// Source of runner instance numbers.
@@ -61,16 +65,24 @@ impl JsonStateState {
             _ => return Err("json_state: set exactly one of path and docker_label".into()),
         };
         let key = format!("state\0{target}\0{name}");
-        let mut tree = StateTree::new();
-        if let Some(saved) = store
-            .get_meta(&key)
-            .ok()
-            .flatten()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        {
-            // Restored leaves count as touched now: expiry restarts after a restart.
-            let _ = tree.merge(&saved, crate::model::now_ms());
-        }
+        let (tree, load_failure) = match load_tree(store, &key) {
+            Ok(tree) => (tree, None),
+            Err(why) => {
+                let source = match (&c.path, &c.docker_label) {
+                    (Some(path), _) => format!("file {path:?}"),
+                    (_, label) => format!("docker label {:?}", label.as_deref().unwrap_or("")),
+                };
+                tracing::error!(
+                    target_name = %target,
+                    check = %name,
+                    %source,
+                    error = %why,
+                    "json_state could not restore its saved tree; it starts empty"
+                );
+                let message = format!("json_state {name} ({source}): {why}; the tree starts empty");
+                (StateTree::new(), Some(message))
+            }
+        };
         let s = JsonStateState {
             source,
             tree,
@@ -79,34 +91,53 @@ impl JsonStateState {
             check: name.to_string(),
             key,
             instance: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            load_failure,
         };
         s.publish();
         Ok(s)
     }
 
+    // The board's lock is taken poisoned too: every write replaces whole entries,
+    // so a writer that panicked left no half-made tree, and a tree must not look
+    // absent because some other thread panicked.
     fn publish(&self) {
-        if let Ok(mut b) = self.board.write() {
-            b.entry(self.target.clone()).or_default().insert(
-                self.check.clone(),
-                (self.instance, self.tree.root().clone()),
-            );
-        }
+        let mut b = self.board.write().unwrap_or_else(PoisonError::into_inner);
+        b.entry(self.target.clone()).or_default().insert(
+            self.check.clone(),
+            (self.instance, self.tree.root().clone()),
+        );
     }
 }
 
 impl Drop for JsonStateState {
     fn drop(&mut self) {
-        if let Ok(mut b) = self.board.write() {
-            if let Some(t) = b.get_mut(&self.target) {
-                if t.get(&self.check).is_some_and(|(i, _)| *i == self.instance) {
-                    t.remove(&self.check);
-                }
-                if t.is_empty() {
-                    b.remove(&self.target);
-                }
+        let mut b = self.board.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(t) = b.get_mut(&self.target) {
+            if t.get(&self.check).is_some_and(|(i, _)| *i == self.instance) {
+                t.remove(&self.check);
+            }
+            if t.is_empty() {
+                b.remove(&self.target);
             }
         }
     }
+}
+
+/// The persisted tree under `key` (empty when none was saved), or why it cannot
+/// be restored. Restored leaves count as touched now: expiry restarts after a
+/// restart.
+fn load_tree(store: &Store, key: &str) -> Result<StateTree, String> {
+    let mut tree = StateTree::new();
+    let saved = match store.get_meta(key) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(tree),
+        Err(e) => return Err(format!("cannot read the saved tree: {e}")),
+    };
+    let value = serde_json::from_slice::<Value>(&saved)
+        .map_err(|e| format!("the saved tree is not JSON: {e}"))?;
+    tree.merge(&value, crate::model::now_ms())
+        .map_err(|e| format!("the saved tree cannot be restored: {e}"))?;
+    Ok(tree)
 }
 
 /// `docker logs` of every container with `label`, since a target-side time; the
@@ -128,6 +159,9 @@ pub async fn run(
     env: &Env<'_>,
 ) -> Result<Outcome, CheckError> {
     let mut outcome = Outcome::default();
+    if let Some(why) = state.load_failure.take() {
+        outcome.events.push((EventKind::CheckError, why));
+    }
     let bytes = match &mut state.source {
         Source::File(tail) => {
             let read = tail.read(env).await?;
@@ -215,7 +249,7 @@ pub async fn run(
 /// The tree of a target (one check: its tree; several: keyed by check name), at
 /// an optional dotted path.
 pub fn lookup(board: &StateBoard, target: &str, path: &str) -> Option<Value> {
-    let b = board.read().ok()?;
+    let b = board.read().unwrap_or_else(PoisonError::into_inner);
     let trees = b.get(target)?;
     let root = if trees.len() == 1 {
         trees.values().next()?.1.clone()
@@ -233,4 +267,85 @@ pub fn lookup(board: &StateBoard, target: &str, path: &str) -> Option<Value> {
     let mut tree = StateTree::new();
     tree.merge(&root, 0).ok()?;
     tree.get(path).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, RwLock};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::StoreOptions;
+
+    fn store(dir: &std::path::Path) -> Store {
+        Store::open(
+            &dir.join("store"),
+            StoreOptions {
+                retention: Duration::from_secs(3600),
+                flush_interval: Duration::from_millis(100),
+                chunk_samples: 120,
+            },
+        )
+        .unwrap()
+    }
+
+    fn check(path: &str) -> JsonStateCheck {
+        toml::from_str(&format!("path = {path:?}")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_saved_tree_that_does_not_load_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let board: StateBoard = Arc::new(RwLock::new(Default::default()));
+        let c = check("/var/log/app.jsonl");
+        store
+            .put_meta("state\0web-1\0app", b"{not json".to_vec())
+            .await
+            .unwrap();
+        let mut s = JsonStateState::new(&c, "app", &store, "web-1", board.clone()).unwrap();
+        let why = s
+            .load_failure
+            .take()
+            .expect("the failure is kept for the first run");
+        assert!(why.contains("\"/var/log/app.jsonl\""), "{why}");
+        assert!(why.contains("not JSON"), "{why}");
+        assert_eq!(s.tree.leaf_count(), 0);
+        assert_eq!(
+            lookup(&board, "web-1", ""),
+            Some(serde_json::json!({})),
+            "the empty tree is still published"
+        );
+
+        // A tree saved as it should be loads without a word.
+        store
+            .put_meta("state\0web-1\0good", br#"{"a":{"b":1}}"#.to_vec())
+            .await
+            .unwrap();
+        let good = JsonStateState::new(&c, "good", &store, "web-1", board.clone()).unwrap();
+        assert!(good.load_failure.is_none());
+        assert_eq!(good.tree.leaf_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_board_still_shows_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let board: StateBoard = Arc::new(RwLock::new(Default::default()));
+        store
+            .put_meta("state\0web-1\0app", br#"{"up":true}"#.to_vec())
+            .await
+            .unwrap();
+        let s = JsonStateState::new(&check("/x"), "app", &store, "web-1", board.clone()).unwrap();
+        let poisoner = board.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = poisoner.write().unwrap();
+            panic!("poison the board");
+        })
+        .join();
+        assert!(board.is_poisoned());
+        assert_eq!(lookup(&board, "web-1", "up"), Some(serde_json::json!(true)));
+        drop(s);
+        assert_eq!(lookup(&board, "web-1", ""), None, "dropped runner leaves");
+    }
 }
