@@ -486,11 +486,23 @@ pub fn herd_cli(args: &[&str], timeout: Duration) -> Output {
 impl Drop for Herd {
     fn drop(&mut self) {
         let failed = std::thread::panicking();
+        let keep = failed && std::env::var_os("HERD_KEEP_FAILED").is_some();
         if failed {
             self.dump_logs();
         }
+        if keep {
+            // Where every thread of the process stood, for a hang.
+            if let Some(child) = &self.child {
+                let out = Command::new("gdb")
+                    .args(["-p", &child.id().to_string(), "-batch", "-ex", "thread apply all bt"])
+                    .output();
+                if let Ok(out) = out {
+                    let _ = std::fs::write(self.dir.path().join("threads.txt"), out.stdout);
+                }
+            }
+        }
         self.kill9();
-        if failed && std::env::var_os("HERD_KEEP_FAILED").is_some() {
+        if keep {
             // The whole log, config and data stay for a post-mortem.
             self.dir.disable_cleanup(true);
             eprintln!("    kept the node's dir {}", self.dir.path().display());
