@@ -141,22 +141,14 @@ fn the_herd_port_refuses_every_call_without_the_herd_credential() {
     assert!(!marker.exists(), "the node ran the outsider's command");
     assert_eq!(node.status_json()["spec_version"], 0);
 
-    phase!("a forged beat: refused, nothing fenced");
+    phase!("a forged beat: refused");
     let beat = BeatRequest {
-        from: 1,
+        from: 2,
         from_addr: "127.0.0.1:1".into(),
         ownership_version: u64::MAX,
     };
-    let e = rt
-        .block_on(c.beat(with(beat.clone(), None, None)))
-        .unwrap_err();
+    let e = rt.block_on(c.beat(with(beat, None, None))).unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
-    let status = node.status_json();
-    let me = &status["nodes"][0];
-    assert_eq!(
-        me["lease"], true,
-        "the forged beat fenced the node: {status}"
-    );
 
     phase!("votes, entries, hello and join without the credential: refused before decoding");
     let raft_req = || RaftRequest {

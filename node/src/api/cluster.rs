@@ -311,17 +311,11 @@ impl HerdApi {
     }
 
     fn leader_addr(&self) -> Result<(NodeId, String), Status> {
-        let cluster = self.fleet.cluster();
-        let leader = cluster.leader().ok_or_else(|| {
-            Status::unavailable("the herd has no leader right now; retry in a moment")
-        })?;
-        let addr = self
-            .members()
-            .into_iter()
-            .find(|(id, _)| *id == leader)
-            .map(|(_, n)| n.addr)
-            .ok_or_else(|| Status::unavailable(format!("leader {leader} has no known address")))?;
-        Ok((leader, addr))
+        self.fleet.cluster().leader_addr().ok_or_else(|| {
+            Status::unavailable(
+                "the herd has no leader (with a known address) right now; retry in a moment",
+            )
+        })
     }
 
     fn cluster_reply(&self, message: String) -> pb::ClusterReply {

@@ -159,6 +159,7 @@ impl Credential {
     }
 
     /// A credential held in memory only (tests).
+    #[cfg(test)]
     pub fn in_memory(me: NodeId, tls: bool, secret: Option<&str>) -> Arc<Credential> {
         Arc::new(Credential {
             me,

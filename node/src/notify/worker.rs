@@ -460,16 +460,24 @@ impl Notifier {
         let age_text = humantime::format_duration(Duration::from_secs((age / 1000).max(0) as u64));
         let limit = humantime::format_duration(Duration::from_secs((max_age / 1000).max(0) as u64));
         tracing::warn!(channel = %e.notification.channel, key = %e.notification.idempotency_key, age = %age_text, max_age = %limit, "notification too old to send; dropped");
+        let why = format!(
+            "not sent: {age_text} old, beyond max_age {limit} of channel {}",
+            e.notification.channel
+        );
+        self.failed(&e, &why).await;
+    }
+
+    /// Records a `notification_failed` event: "KIND of RULE WHY".
+    async fn failed(&self, e: &OutboxEntry, why: &str) {
         self.store
             .event(Event {
                 ts_ms: now_ms(),
                 target: e.notification.alert.target.clone(),
                 kind: EventKind::NotificationFailed,
                 message: format!(
-                    "{} of {} not sent: {age_text} old, beyond max_age {limit} of channel {}",
+                    "{} of {} {why}",
                     e.notification.kind.as_str(),
-                    e.notification.alert.rule,
-                    e.notification.channel
+                    e.notification.alert.rule
                 ),
             })
             .await;
@@ -480,18 +488,7 @@ impl Notifier {
         let mut fallbacks = e.fallbacks.clone();
         if fallbacks.is_empty() {
             tracing::error!(channel = %e.notification.channel, key = %e.notification.idempotency_key, reason = why, "notification given up");
-            self.store
-                .event(Event {
-                    ts_ms: now_ms(),
-                    target: e.notification.alert.target.clone(),
-                    kind: EventKind::NotificationFailed,
-                    message: format!(
-                        "{} of {} not delivered: {why}",
-                        e.notification.kind.as_str(),
-                        e.notification.alert.rule
-                    ),
-                })
-                .await;
+            self.failed(&e, &format!("not delivered: {why}")).await;
             return;
         }
         let next_channel = fallbacks.remove(0);

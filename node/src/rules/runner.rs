@@ -254,7 +254,7 @@ pub async fn run(
                 };
                 if !ended.is_empty() {
                     dropped.retain(|id| !ended.iter().any(|(a, _)| &a.id == id));
-                    end_visibly(&ctx, &mut engine, ended, &current).await;
+                    end_visibly(&ctx, &mut engine, ended).await;
                 }
                 // Alerts of targets taken over continue where their last owner left them.
                 let adopted = engine.adopt(current.alerts.clone());
@@ -457,10 +457,7 @@ fn ended_alerts(
         .filter_map(|a| {
             let why = if current.paused.contains_key(&a.target) {
                 format!("target {} was paused", a.target)
-            } else if !current.targets.iter().any(|t| t.name == a.target)
-                && !current.spec.targets.iter().any(|t| t.name == a.target)
-                && !a.target.starts_with(crate::model::MACHINE_PREFIX)
-            {
+            } else if left_the_fleet(&current.spec, &a.target) {
                 format!("target {} was removed from the fleet", a.target)
             } else if !rules.iter().any(|r| r.name == a.rule) {
                 format!("rule {} was removed", a.rule)
@@ -472,89 +469,42 @@ fn ended_alerts(
         .collect()
 }
 
-/// Ends `ended` firing alerts with a RESOLVED transition that says why (the rule
-/// no longer runs for them, so it never would): recorded, notified like any
-/// resolution (silences apply), committed to the herd. A RESOLVED for a target that
-/// left the fleet has no owner to send it in the herd: this node, which held the
-/// alert, sends it as its own.
-async fn end_visibly(
-    ctx: &Ctx,
-    engine: &mut Engine,
-    ended: Vec<(Alert, String)>,
-    current: &crate::ownership::Owned,
-) {
+/// Whether `target` is gone from the fleet (the herd's machines are not in the
+/// spec's targets and never leave it this way).
+fn left_the_fleet(spec: &FleetSpec, target: &str) -> bool {
+    !target.starts_with(crate::model::MACHINE_PREFIX)
+        && !spec.targets.iter().any(|t| t.name == target)
+}
+
+/// Ends `ended` firing alerts with a RESOLVED transition that says why (the rule no
+/// longer runs for them, so it never would), recorded like any transition. The
+/// next episode, should the alert come back, counts on from it.
+async fn end_visibly(ctx: &Ctx, engine: &mut Engine, ended: Vec<(Alert, String)>) {
     let now = now_ms();
-    let silences = ctx.handle.silences();
-    let herd = ctx.handle.in_herd();
-    let mut batch = AlertingBatch::default();
-    let mut queued = Vec::new();
-    for (mut alert, why) in ended {
-        let from = alert.state;
-        alert.state = crate::model::AlertState::Resolved;
-        alert.since_ms = now;
-        alert.transitions = alert.transitions.saturating_add(1);
-        alert.acked_by = None;
-        if !alert.description.is_empty() {
-            alert.description.push('\n');
-        }
-        alert.description.push_str(&format!("resolved: {why}"));
-        // The next episode, should the alert come back, counts on from here.
-        engine.continue_count(&alert.id, alert.transitions);
-        let rule = ctx.rules.get(&alert.rule);
-        let channels: Vec<String> = route(&ctx.spec, rule, alert.severity)
-            .into_iter()
-            .filter(|c| current.spec.channels.iter().any(|s| s.name() == c))
-            .collect();
-        let suppressed = if let Some(s) = silences.iter().find(|s| s.covers(&alert, now)) {
-            Some(format!("silenced by {} ({})", s.id, s.reason))
-        } else if channels.is_empty() {
-            Some("no channel routes this alert".into())
-        } else {
-            let owned = current.targets.iter().any(|t| t.name == alert.target);
-            let mut entries = outbox_entries(
-                &current.spec,
-                channels,
-                &alert,
-                NotifyKind::Resolved,
-                now,
-                now,
-            );
-            for e in &mut entries {
-                if herd && owned {
-                    e.sender = Sender::Owner;
-                    queued.push(e.clone());
-                }
+    let transitions = ended
+        .into_iter()
+        .map(|(mut alert, why)| {
+            let from = alert.state;
+            alert.state = crate::model::AlertState::Resolved;
+            alert.since_ms = now;
+            alert.transitions = alert.transitions.saturating_add(1);
+            alert.acked_by = None;
+            if !alert.description.is_empty() {
+                alert.description.push('\n');
             }
-            batch.outbox.extend(entries);
-            None
-        };
-        tracing::info!(alert = %alert.id, rule = %alert.rule, target_name = %alert.target, reason = %why, suppressed = ?suppressed, "alert resolved: its rule no longer runs for it");
-        batch.transitions.push(TransitionRecord {
-            alert_id: alert.id.clone(),
-            rule: alert.rule.clone(),
-            target: alert.target.clone(),
-            from,
-            to: alert.state,
-            notify: Some(NotifyKind::Resolved),
-            ts_ms: now,
-            suppressed,
-        });
-        batch.alerts.push(alert);
-    }
-    let delta = AlertDelta {
-        upserts: batch.alerts.clone(),
-        queued,
-        ..Default::default()
-    };
-    let wake = !batch.outbox.is_empty();
-    if let Err(e) = ctx.handle.store.alerting(batch).await {
-        tracing::error!(error = %e, "cannot store the end of alerts of paused or removed targets");
-        return;
-    }
-    ctx.handle.replicate(delta);
-    if wake {
-        ctx.notifier.wake();
-    }
+            alert.description.push_str(&format!("resolved: {why}"));
+            engine.continue_count(&alert.id, alert.transitions);
+            tracing::info!(alert = %alert.id, reason = %why, "alert resolved: its rule no longer runs for it");
+            Transition {
+                alert,
+                from,
+                to: crate::model::AlertState::Resolved,
+                notify: Some(NotifyKind::Resolved),
+                ts_ms: now,
+            }
+        })
+        .collect();
+    record(ctx, transitions).await;
 }
 
 async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
@@ -619,8 +569,11 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
         batch.alerts.push(t.alert);
     }
     let herd = ctx.handle.in_herd();
+    // In a herd the owner of the target sends; a RESOLVED for a target that left
+    // the fleet has no owner: the node that held the alert sends it as its own.
+    let spec = ctx.owned.borrow().spec.clone();
     for e in batch.outbox.iter_mut() {
-        if herd {
+        if herd && !left_the_fleet(&spec, &e.notification.alert.target) {
             e.sender = Sender::Owner;
         }
     }
@@ -628,11 +581,13 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
     let delta = AlertDelta {
         upserts: batch.alerts.clone(),
         deleted: batch.deleted.clone(),
-        queued: if herd {
-            batch.outbox.clone()
-        } else {
-            Vec::new()
-        },
+        // What the herd hands over to a new owner: entries an owner sends.
+        queued: batch
+            .outbox
+            .iter()
+            .filter(|e| e.sender.replicated())
+            .cloned()
+            .collect(),
         delivered: Vec::new(),
     };
     if let Err(e) = ctx.handle.store.alerting(batch).await {
