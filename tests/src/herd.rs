@@ -494,7 +494,13 @@ impl Drop for Herd {
             // Where every thread of the process stood, for a hang.
             if let Some(child) = &self.child {
                 let out = Command::new("gdb")
-                    .args(["-p", &child.id().to_string(), "-batch", "-ex", "thread apply all bt"])
+                    .args([
+                        "-p",
+                        &child.id().to_string(),
+                        "-batch",
+                        "-ex",
+                        "thread apply all bt",
+                    ])
                     .output();
                 if let Ok(out) = out {
                     let _ = std::fs::write(self.dir.path().join("threads.txt"), out.stdout);

@@ -307,10 +307,10 @@ impl ClusterNode {
         tokio::spawn(async move {
             let mut proposed = false;
             loop {
-                let (id, in_herd) = {
-                    let s = state.borrow_and_update();
-                    (s.herd_id.clone(), !node.members().is_empty())
-                };
+                // One watch borrow at a time: holding the state's while taking the
+                // metrics' can deadlock against Raft's writers of both.
+                let id = state.borrow_and_update().herd_id.clone();
+                let in_herd = !node.members().is_empty();
                 match id {
                     Some(id) => credential.set_herd_id(&id),
                     None if in_herd && !proposed => {

@@ -28,7 +28,9 @@ pub fn herd_hooks(
             if owned.borrow().fenced {
                 return crate::notify::worker::Gate::Wait;
             }
-            state.borrow().gate_notice(entry, me, node.is_leader(), now)
+            // One watch borrow at a time (see `ClusterNode::follow_herd_id`).
+            let leader = node.is_leader();
+            state.borrow().gate_notice(entry, me, leader, now)
         }),
         report: Box::new(move |delivered, queued| {
             let _ = replicate.send(AlertDelta {
