@@ -622,6 +622,9 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         // Each Herd prints its log tail when the test panics and kills its process.
         // Kill them all first, so that no node reacts to another's end in the logs.
+        for h in self.nodes.values() {
+            h.dump_threads();
+        }
         for h in self.nodes.values_mut() {
             h.kill9();
         }

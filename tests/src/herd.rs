@@ -225,6 +225,22 @@ impl Herd {
         log_tail(&self.log_path(), lines)
     }
 
+    /// With `HERD_KEEP_FAILED` set and the calling test failing: writes where every
+    /// thread of the running process stands (gdb) to `threads.txt` in its dir, for
+    /// a post-mortem of a hang.
+    pub fn dump_threads(&self) {
+        if !std::thread::panicking() || std::env::var_os("HERD_KEEP_FAILED").is_none() {
+            return;
+        }
+        if let Some(child) = &self.child {
+            let pid = child.id().to_string();
+            let args = ["-p", &pid, "-batch", "-ex", "thread apply all bt"];
+            if let Ok(out) = Command::new("gdb").args(args).output() {
+                let _ = std::fs::write(self.dir.path().join("threads.txt"), out.stdout);
+            }
+        }
+    }
+
     /// Prints the tail of the node's log to stderr.
     pub fn dump_logs(&self) {
         eprintln!(
@@ -491,21 +507,7 @@ impl Drop for Herd {
             self.dump_logs();
         }
         if keep {
-            // Where every thread of the process stood, for a hang.
-            if let Some(child) = &self.child {
-                let out = Command::new("gdb")
-                    .args([
-                        "-p",
-                        &child.id().to_string(),
-                        "-batch",
-                        "-ex",
-                        "thread apply all bt",
-                    ])
-                    .output();
-                if let Ok(out) = out {
-                    let _ = std::fs::write(self.dir.path().join("threads.txt"), out.stdout);
-                }
-            }
+            self.dump_threads();
         }
         self.kill9();
         if keep {
