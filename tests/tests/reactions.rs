@@ -931,6 +931,11 @@ fn silences_and_ack() {
         .nth(1)
         .expect("`silence ID on ...`")
         .to_string();
+    // A selector that is not NAME=VALUE is refused by the node: exit 2, named.
+    let bad = herd.cli(&["silence", "add", "web", "--for", "1h"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(said.contains("\"web\" is not NAME=VALUE"), "{said}");
     let ls: Value = serde_json::from_str(&herd.cli_ok(&["silence", "ls", "--json"])).unwrap();
     let listed = ls["silences"].as_array().expect("silences[]");
     assert_eq!(listed.len(), 1, "{ls}");
