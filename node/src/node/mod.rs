@@ -127,7 +127,11 @@ impl Node {
         .with_context(|| format!("starting Raft in {}", data_dir.display()))?;
         let fleet = FleetState::new(cluster.clone(), store.clone());
         let replicate = tokio::sync::mpsc::unbounded_channel();
-        let (rules, rules_rx) = crate::rules::runner::channel(&store, Some(replicate.0.clone()));
+        let applied = cluster.state();
+        let recorded: crate::rules::runner::Recorded =
+            Arc::new(move |id: &str| applied.borrow().alerts.get(id).map(|a| a.transitions));
+        let (rules, rules_rx) =
+            crate::rules::runner::channel(&store, Some(replicate.0.clone()), Some(recorded));
         let (owned_tx, owned_rx) = ownership::channel();
         // The stored spec, ownership and alerts from the first moment: the rules task
         // and the outbox must not start from an empty spec after a restart.

@@ -28,6 +28,10 @@ const RATE_WINDOW_MS: i64 = 60_000;
 /// latest: a change of the herd's applied state wakes the outbox sooner
 /// ([`Notifier::herd_changed`]).
 const GATE_RETRY_MS: i64 = 200;
+/// An entry still waiting for the herd's record this long after it was queued is
+/// handed to the herd again (its first commit may have been dropped while the node
+/// was fenced for a moment), at most this often.
+const REPORT_AGAIN_MS: i64 = 2_000;
 
 /// What the herd says of a replicated entry that is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +82,8 @@ pub struct Notifier {
     /// Set while a round runs and, after it, while an entry waits for the herd to
     /// record it: a change of the herd's state then wakes the outbox.
     waiting_on_herd: std::sync::atomic::AtomicBool,
+    /// When waiting entries were last handed to the herd again (Unix ms).
+    reported_again_ms: std::sync::atomic::AtomicI64,
 }
 
 pub use crate::store::alerting::idempotency_key;
@@ -94,6 +100,7 @@ impl Notifier {
             fenced: std::sync::atomic::AtomicBool::new(false),
             herd: std::sync::OnceLock::new(),
             waiting_on_herd: std::sync::atomic::AtomicBool::new(false),
+            reported_again_ms: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -259,6 +266,13 @@ impl Notifier {
         let herd = self.herd.get();
         // Replicated entries finished in this round, for the herd.
         let mut finished: Vec<String> = Vec::new();
+        // Replicated entries waiting long for the herd's record: reported again.
+        let mut unrecorded: Vec<OutboxEntry> = Vec::new();
+        let report_again = now
+            - self
+                .reported_again_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+            >= REPORT_AGAIN_MS;
         for (seq, e) in entries {
             if e.not_before_ms > now {
                 next = Some(next.map_or(e.not_before_ms, |n| n.min(e.not_before_ms)));
@@ -268,6 +282,9 @@ impl Notifier {
                 match (h.gate)(&e, now) {
                     Gate::Send => {}
                     Gate::Wait => {
+                        if report_again && now - e.created_ms >= REPORT_AGAIN_MS {
+                            unrecorded.push(e.clone());
+                        }
                         waited = true;
                         let at = now + GATE_RETRY_MS;
                         next = Some(next.map_or(at, |n| n.min(at)));
@@ -387,12 +404,21 @@ impl Notifier {
             }
         }
         let has_new = !change.add.is_empty();
-        let requeued: Vec<OutboxEntry> = change
+        let mut requeued: Vec<OutboxEntry> = change
             .add
             .iter()
             .filter(|e| e.sender.replicated())
             .cloned()
             .collect();
+        if !unrecorded.is_empty() {
+            tracing::info!(
+                entries = unrecorded.len(),
+                "notifications still not recorded by the herd: handing them to it again"
+            );
+            self.reported_again_ms
+                .store(now, std::sync::atomic::Ordering::Relaxed);
+            requeued.extend(unrecorded);
+        }
         if !(change.done.is_empty()
             && change.update.is_empty()
             && change.remove.is_empty()

@@ -52,7 +52,20 @@ pub struct RulesHandle {
     /// Alert changes go to the herd here (committed through Raft, so that a new
     /// owner continues them).
     replicate: Option<mpsc::UnboundedSender<AlertDelta>>,
+    /// How many transitions of an alert the herd has recorded (its applied state):
+    /// an action runs only once the herd recorded its transition.
+    recorded: Option<Recorded>,
 }
+
+/// Reads the transition count of an alert (by id) in the herd's applied state.
+pub type Recorded = Arc<dyn Fn(&str) -> Option<u64> + Send + Sync>;
+
+/// Longest wait for the herd to record a transition before its action runs; then
+/// the action is not run (the node is cut from the leader, and the target's next
+/// owner redoes the transition and runs it).
+const RECORD_WAIT: Duration = Duration::from_secs(5);
+/// How often the herd's record is looked at while waiting.
+const RECORD_POLL: Duration = Duration::from_millis(20);
 
 /// Alerts changed (upserts) and ended (deleted) by this node's engine, the
 /// notifications it queued for them and the keys of those its outbox finished.
@@ -153,10 +166,12 @@ impl RulesHandle {
 
 /// Creates the handle (silences come later, from the herd's state) and the
 /// engine's queue.
-/// Alert changes are also sent to `replicate`, when given.
+/// Alert changes are also sent to `replicate`, when given; actions wait for
+/// `recorded` to show their transition, when given.
 pub fn channel(
     store: &Store,
     replicate: Option<mpsc::UnboundedSender<AlertDelta>>,
+    recorded: Option<Recorded>,
 ) -> (RulesHandle, mpsc::Receiver<Input>) {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let handle = RulesHandle {
@@ -167,6 +182,7 @@ pub fn channel(
         dropped: Arc::new(AtomicU64::new(0)),
         loss_logged_ms: Arc::default(),
         replicate,
+        recorded,
     };
     (handle, rx)
 }
@@ -610,15 +626,40 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
         tokio::spawn(async move {
             // Checked against the live state right before it runs: a node fenced
             // or no longer the owner since the transition runs nothing.
-            let still_mine = {
+            let mine = || {
                 let now = owned.borrow();
                 !now.fenced && now.active().any(|t| t.name == alert.target)
             };
-            let result = if still_mine {
+            // In a herd, the transition is recorded first: a node cut from the
+            // leader that ran it unrecorded would see the target's next owner redo
+            // the transition and run it again.
+            let recorded = match &rules.recorded {
+                None => true,
+                Some(read) => {
+                    let deadline = tokio::time::Instant::now() + RECORD_WAIT;
+                    loop {
+                        if read(&alert.id).is_some_and(|n| n >= alert.transitions) {
+                            break true;
+                        }
+                        if !mine() || tokio::time::Instant::now() >= deadline {
+                            break false;
+                        }
+                        tokio::time::sleep(RECORD_POLL).await;
+                    }
+                }
+            };
+            let still_mine = mine();
+            let result = if still_mine && recorded {
                 actions.run(&a, &alert, &transports, &store).await
-            } else {
+            } else if !still_mine {
                 tracing::warn!(alert = %alert.id, target_name = %alert.target, "action not run: this node is fenced or no longer owns the target");
                 None
+            } else {
+                tracing::warn!(alert = %alert.id, target_name = %alert.target, "action not run: the herd did not record its transition within {RECORD_WAIT:?} (this node cannot reach the leader; the target's next owner redoes it)");
+                Some(format!(
+                    "action of {} on {} not run: the herd did not record the transition",
+                    alert.rule, alert.target
+                ))
             };
             if let Some(line) = &result {
                 tracing::info!(alert = %alert.id, result = %line, "remediation action");
@@ -696,7 +737,7 @@ mod tests {
             chunk_samples: 240,
         };
         let store = Store::open(dir.path(), options).unwrap();
-        let (handle, _rx) = channel(&store, None);
+        let (handle, _rx) = channel(&store, None, None);
         let e = Event {
             ts_ms: 1,
             target: "t".into(),
