@@ -19,6 +19,7 @@ mod wait;
 
 pub mod bench;
 pub mod certs;
+pub mod chaos;
 pub mod cluster;
 pub mod files;
 pub mod mmdb;

@@ -48,6 +48,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const CLI_TIMEOUT: Duration = Duration::from_secs(45);
 /// Longest wait for a node to exit after SIGKILL.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for a node's ordered stop after SIGTERM (its own deadlines add up
+/// to less).
+const STOP_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// Labs made by this process so far: each gets its own names.
 static LABS: AtomicUsize = AtomicUsize::new(0);
@@ -229,16 +232,33 @@ impl NetLab {
     /// namespace is untouched.
     pub fn cut(&self, a: usize, b: usize) {
         for (from, to) in [(a, b), (b, a)] {
-            let (ns, dst) = (self.ns(from).to_string(), self.ip(to));
-            ip_ok(&["-n", &ns, "route", "add", "blackhole", &format!("{dst}/32")]);
-            self.cuts.lock().unwrap().insert((ns, dst));
+            self.blackhole(from, to);
         }
         eprintln!("    cut {} <-> {}", self.ip(a), self.ip(b));
     }
 
+    /// Cuts one direction: nothing namespace `from` sends to `to` arrives (a
+    /// blackhole route in `from` only); what `to` sends still reaches `from`. Over
+    /// TCP the answers of `from` are lost too, so connections from either side
+    /// stall half-open rather than being refused.
+    pub fn cut_one_way(&self, from: usize, to: usize) {
+        self.blackhole(from, to);
+        eprintln!("    cut {} -> {} (one way)", self.ip(from), self.ip(to));
+    }
+
+    fn blackhole(&self, from: usize, to: usize) {
+        let (ns, dst) = (self.ns(from).to_string(), self.ip(to));
+        let mut cuts = self.cuts.lock().unwrap_or_else(|e| e.into_inner());
+        if cuts.contains(&(ns.clone(), dst.clone())) {
+            return;
+        }
+        ip_ok(&["-n", &ns, "route", "add", "blackhole", &format!("{dst}/32")]);
+        cuts.insert((ns, dst));
+    }
+
     /// Removes every cut.
     pub fn heal(&self) {
-        let cuts = std::mem::take(&mut *self.cuts.lock().unwrap());
+        let cuts = std::mem::take(&mut *self.cuts.lock().unwrap_or_else(|e| e.into_inner()));
         for (ns, dst) in &cuts {
             ip_ok(&["-n", ns, "route", "del", "blackhole", &format!("{dst}/32")]);
         }
@@ -292,6 +312,9 @@ pub struct NodeSpec {
     pub tls: Option<TlsFiles>,
     /// Appended to herd.toml as is (a `[cluster]` section).
     pub extra_toml: String,
+    /// Lines added to herd.toml's `[ssh]` section (`user`, `key`), for nodes that
+    /// scrape SSH targets; known_hosts is the node dir's (see [`NetNode::trust`]).
+    pub ssh_toml: String,
 }
 
 /// The PEM files of one node (`herd certs` writes them).
@@ -505,6 +528,70 @@ impl NetNode {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Keeps the node's dir (config, data, log) when it is dropped; returns its path.
+    pub fn keep(&mut self) -> PathBuf {
+        self.dir.disable_cleanup(true);
+        self.dir.path().to_path_buf()
+    }
+
+    /// The API token, when the node has one.
+    pub fn token(&self) -> Option<&str> {
+        self.spec.token.as_deref()
+    }
+
+    /// Appends `line` to the node's known_hosts file.
+    pub fn trust(&self, line: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("known_hosts"))
+            .expect("opening known_hosts");
+        writeln!(f, "{line}").expect("writing known_hosts");
+    }
+
+    /// The node's pid while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// SIGSTOP: the process is frozen (as by a long stall) until [`NetNode::resume`].
+    pub fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, libc::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT after [`NetNode::pause`].
+    pub fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, libc::SIGCONT);
+        }
+    }
+
+    /// SIGTERM (the node's ordered stop), and wait for it to exit; SIGKILL when it
+    /// does not within the wait. Returns its exit status (None: it had to be killed).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        signal(child.id() as i32, libc::SIGTERM);
+        let status = wait_exit(&mut child, STOP_TIMEOUT);
+        if status.is_none() {
+            signal(child.id() as i32, libc::SIGKILL);
+            let _ = wait_exit(&mut child, EXIT_TIMEOUT);
+        }
+        status
+    }
+
+    /// Starts the node again with the same config, data dir and address (after
+    /// [`NetNode::kill9`] or [`NetNode::stop`]); Err with the log's tail when it
+    /// does not answer.
+    pub fn restart(&mut self) -> Result<(), String> {
+        if self.is_running() {
+            return Err(format!("node {} is still running", self.spec.id));
+        }
+        self.spawn()
+            .map_err(|e| format!("{e}\n{}", self.log_tail(40)))
+    }
+
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -531,8 +618,9 @@ impl NetNode {
         }
         // The nodes' own machines are watched with the local transport; no SSH.
         text.push_str(&format!(
-            "\n[ssh]\nknown_hosts = \"{}\"\n\n[store]\nflush_interval = \"200ms\"\n",
-            self.dir.path().join("known_hosts").display()
+            "\n[ssh]\nknown_hosts = \"{}\"\n{}\n[store]\nflush_interval = \"200ms\"\n",
+            self.dir.path().join("known_hosts").display(),
+            s.ssh_toml
         ));
         if let Some(t) = &s.tls {
             text.push_str(&format!(
@@ -549,7 +637,10 @@ impl NetNode {
                 text.push('\n');
             }
         }
-        std::fs::write(self.dir.path().join("known_hosts"), "").expect("writing known_hosts");
+        let known_hosts = self.dir.path().join("known_hosts");
+        if !known_hosts.exists() {
+            std::fs::write(known_hosts, "").expect("writing known_hosts");
+        }
         std::fs::write(self.config_path(), text).expect("writing herd.toml");
     }
 

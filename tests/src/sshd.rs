@@ -23,14 +23,22 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Sshd {
     dir: TempDir,
+    /// The address it listens on (127.0.0.1 unless [`Sshd::start_on`]).
+    ip: String,
     port: u16,
     child: Option<Child>,
     host_key_pub: String,
 }
 
 impl Sshd {
-    /// Generates keys and config and starts sshd on a free port.
+    /// Generates keys and config and starts sshd on a free port of 127.0.0.1.
     pub fn start() -> Sshd {
+        Sshd::start_on("127.0.0.1")
+    }
+
+    /// Like [`Sshd::start`], listening on `ip` (an address of this host, e.g. a
+    /// network lab's bridge, so that nodes in namespaces reach it).
+    pub fn start_on(ip: &str) -> Sshd {
         crate::require_root();
         ensure_user();
         ensure_privsep_dir();
@@ -47,6 +55,7 @@ impl Sshd {
         set_mode(&authorized, 0o644);
         let mut sshd = Sshd {
             dir,
+            ip: ip.to_string(),
             port: 0,
             child: None,
             host_key_pub,
@@ -105,9 +114,10 @@ impl Sshd {
         self.port
     }
 
-    /// `127.0.0.1:PORT`, as a fleet.toml `address`.
+    /// `IP:PORT` (127.0.0.1 unless started on another address), as a fleet.toml
+    /// `address`.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     pub fn dir(&self) -> &Path {
@@ -124,9 +134,14 @@ impl Sshd {
         self.dir.path().join("known_hosts")
     }
 
-    /// `[127.0.0.1]:PORT ssh-ed25519 AAAA...` for this sshd's host key.
+    /// `[IP]:PORT ssh-ed25519 AAAA...` for this sshd's host key.
     pub fn known_hosts_line(&self) -> String {
-        format!("[127.0.0.1]:{} {}", self.port, key_only(&self.host_key_pub))
+        format!(
+            "[{}]:{} {}",
+            self.ip,
+            self.port,
+            key_only(&self.host_key_pub)
+        )
     }
 
     /// The host key part of the known_hosts line ("ssh-ed25519 AAAA...").
@@ -139,7 +154,7 @@ impl Sshd {
     pub fn foreign_known_hosts_line(&self) -> String {
         let path = self.dir.path().join(format!("foreign_key_{}", free_port()));
         let public = generate_key(&path, "herd-test-foreign");
-        format!("[127.0.0.1]:{} {}", self.port, key_only(&public))
+        format!("[{}]:{} {}", self.ip, self.port, key_only(&public))
     }
 
     /// sshd's log (its stderr, `-e`, at LogLevel VERBOSE), across restarts.
@@ -169,7 +184,7 @@ impl Sshd {
         let d = self.dir.path().display();
         let config = format!(
             "Port {port}\n\
-             ListenAddress 127.0.0.1\n\
+             ListenAddress {ip}\n\
              HostKey {d}/ssh_host_ed25519_key\n\
              AuthorizedKeysFile {d}/authorized_keys\n\
              StrictModes no\n\
@@ -181,7 +196,8 @@ impl Sshd {
              AllowUsers {SSH_USER}\n\
              MaxSessions 10\n\
              LogLevel VERBOSE\n",
-            port = self.port
+            port = self.port,
+            ip = self.ip
         );
         std::fs::write(self.dir.path().join("sshd_config"), config).expect("writing sshd_config");
         std::fs::write(self.known_hosts(), format!("{}\n", self.known_hosts_line()))
@@ -196,14 +212,14 @@ impl Sshd {
         cmd.args(["-D", "-e", "-f"])
             .arg(self.dir.path().join("sshd_config"));
         let mut child = spawn_logged(&mut cmd, &self.dir.path().join("sshd.out"), &log);
-        let listening = format!("Server listening on 127.0.0.1 port {}.", self.port);
+        let listening = format!("Server listening on {} port {}.", self.ip, self.port);
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!("sshd exited with {status}"));
             }
             if log_since(&log, offset).contains(&listening)
-                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && TcpStream::connect((self.ip.as_str(), self.port)).is_ok()
             {
                 self.child = Some(child);
                 return Ok(());

@@ -131,6 +131,7 @@ fn rig() -> Rig {
             token: Some(TOKEN.into()),
             tls: None,
             extra_toml: CLUSTER_TOML.into(),
+            ..Default::default()
         });
         eprintln!("    node {id} at {} in {}", node.addr(), lab.ns(i));
         nodes.insert(id, node);

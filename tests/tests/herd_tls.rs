@@ -91,6 +91,7 @@ fn tls_node(id: u64, pki: &Path) -> NetNode {
             token: None,
             tls: Some(TlsFiles::of_node(pki, id)),
             extra_toml: CLUSTER_TOML.into(),
+            ..Default::default()
         };
         match NetNode::try_start(spec) {
             Ok(n) => {
