@@ -67,6 +67,11 @@ pub async fn run(
     // longer than a lease (paused, stalled) did not observe the others' silence
     // meanwhile, and must not declare them down for it.
     let mut observing_since = Instant::now();
+    // When this node first saw each ownership version (the latest few): a member
+    // still behind a version that has been current for failover_after is not
+    // live, though it beats (it cannot receive the herd's entries).
+    let mut versions = MapVersions::default();
+    let mut lagging_told: BTreeSet<NodeId> = BTreeSet::new();
     loop {
         // The wait below ends within one tick; a much longer one means this
         // process was not running (the work of a round is not counted).
@@ -121,10 +126,36 @@ pub async fn run(
             queued_here.clear();
             continue;
         }
+        versions.saw(state.ownership_version, now);
+        let lag = |id: NodeId| {
+            if id == me {
+                return Duration::ZERO;
+            }
+            node.liveness()
+                .version_of(id)
+                .map_or(Duration::ZERO, |v| versions.behind_for(v, now))
+                .min(now.saturating_duration_since(observing_since))
+        };
+        for id in &member_ids {
+            let behind = lag(*id) >= cfg.failover_after;
+            if behind && lagging_told.insert(*id) {
+                tracing::warn!(
+                    node = id,
+                    applied = node.liveness().version_of(*id),
+                    current = state.ownership_version,
+                    "a member beats but has not applied the herd's ownership map for failover_after: it counts as down until it catches up"
+                );
+            } else if !behind && lagging_told.remove(id) {
+                tracing::info!(node = id, "a lagging member caught up with the herd's map");
+            }
+        }
+        // Silence, or lagging behind the map as long: either way a member that
+        // cannot act for its targets.
         let silent = |id: NodeId| {
             let since_known = first_seen.get(&id).map_or(Duration::ZERO, |t| now - *t);
             node.liveness()
                 .silent_for(id)
+                .max(lag(id))
                 .min(since_known)
                 .min(now.saturating_duration_since(observing_since))
         };
@@ -211,6 +242,35 @@ pub async fn run(
         // starts with the ones its predecessor may have left).
         let latest = node.state().borrow().clone();
         queue_peer_notices(&latest, me, &fleet, &notifier, &node, &mut queued_here).await;
+    }
+}
+
+/// When the leader first saw each recent ownership version.
+#[derive(Debug, Default)]
+struct MapVersions {
+    seen: std::collections::VecDeque<(u64, Instant)>,
+}
+
+/// Versions remembered: a member further behind counts from the oldest.
+const MAP_VERSIONS_KEPT: usize = 64;
+
+impl MapVersions {
+    fn saw(&mut self, version: u64, now: Instant) {
+        if self.seen.back().is_none_or(|(v, _)| *v < version) {
+            self.seen.push_back((version, now));
+            while self.seen.len() > MAP_VERSIONS_KEPT {
+                self.seen.pop_front();
+            }
+        }
+    }
+
+    /// How long a member that applied `applied` has been behind: since the first
+    /// newer version was seen (zero when it is not behind).
+    fn behind_for(&self, applied: u64, now: Instant) -> Duration {
+        self.seen
+            .iter()
+            .find(|(v, _)| *v > applied)
+            .map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(*at))
     }
 }
 
@@ -690,6 +750,31 @@ mod tests {
         let p = plan_for(&state, &members, &heard, &|_| true, after, &spec);
         run(&mut state, p);
         assert_eq!(state.owners.values().filter(|o| **o == 3).count(), 2);
+    }
+
+    #[test]
+    fn a_member_behind_the_map_counts_from_the_first_newer_version() {
+        let t0 = Instant::now();
+        let mut v = MapVersions::default();
+        v.saw(3, t0);
+        v.saw(3, t0 + Duration::from_secs(1));
+        v.saw(4, t0 + Duration::from_secs(2));
+        let at = t0 + Duration::from_secs(5);
+        assert_eq!(v.behind_for(4, at), Duration::ZERO, "caught up");
+        assert_eq!(
+            v.behind_for(3, at),
+            Duration::from_secs(3),
+            "behind version 4"
+        );
+        assert_eq!(
+            v.behind_for(1, at),
+            Duration::from_secs(5),
+            "from the oldest known"
+        );
+        for n in 5..200 {
+            v.saw(n, at);
+        }
+        assert_eq!(v.seen.len(), MAP_VERSIONS_KEPT);
     }
 
     #[test]
