@@ -129,6 +129,8 @@ pub struct Herd {
     dir: TempDir,
     opts: HerdOptions,
     port: u16,
+    /// The HTTP face's port (`node.http`).
+    http_port: u16,
     child: Option<Child>,
     files_written: AtomicUsize,
 }
@@ -146,6 +148,7 @@ impl Herd {
             dir,
             opts,
             port: 0,
+            http_port: 0,
             child: None,
             files_written: AtomicUsize::new(0),
         };
@@ -161,6 +164,7 @@ impl Herd {
         // Another process may take the free port before the node binds it: retry once.
         for attempt in 0..2 {
             herd.port = herd.opts.port.unwrap_or_else(free_port);
+            herd.http_port = free_port();
             herd.write_config();
             match herd.spawn() {
                 Ok(()) => return herd,
@@ -176,6 +180,11 @@ impl Herd {
     /// `127.0.0.1:PORT`, the node's gRPC address.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:PORT`, the node's HTTP face (`node.http`).
+    pub fn http_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.http_port)
     }
 
     pub fn dir(&self) -> &Path {
@@ -408,6 +417,7 @@ impl Herd {
             "[node]\n\
              id = {id}\n\
              grpc = \"{addr}\"\n\
+             http = \"{http}\"\n\
              data_dir = \"{data}\"\n\
              {token}\
              \n\
@@ -424,6 +434,7 @@ impl Herd {
              flush_interval = \"{flush}\"\n",
             id = o.id,
             addr = self.addr(),
+            http = self.http_addr(),
             data = self.data_dir().display(),
             known_hosts = self.known_hosts().display(),
             checking = o.host_key_checking,

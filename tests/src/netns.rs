@@ -605,7 +605,7 @@ impl NetNode {
     fn write_config(&self) {
         let s = &self.spec;
         let mut text = format!(
-            "[node]\nid = {}\ngrpc = \"{}\"\ndata_dir = \"{}\"\n",
+            "[node]\nid = {}\ngrpc = \"{}\"\nhttp = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
             s.id,
             s.addr,
             self.dir.path().join("data").display()

@@ -87,6 +87,8 @@ fn demo_forms_a_herd_takes_over_and_stops_cleanly() {
             .arg("demo")
             .arg("--grpc")
             .arg(&addr)
+            .arg("--http")
+            .arg(format!("127.0.0.1:{}", three_free_ports()))
             .arg("--data-dir")
             .arg(dir.path().join("herd-demo"))
             .arg("--interval")

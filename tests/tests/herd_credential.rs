@@ -256,7 +256,7 @@ fn a_node_refuses_to_listen_beyond_loopback_without_tls_or_a_herd_secret() {
     std::fs::write(
         &config,
         format!(
-            "[node]\ngrpc = \"0.0.0.0:{}\"\napi_token_file = \"{}\"\ndata_dir = \"{}\"\n",
+            "[node]\ngrpc = \"0.0.0.0:{}\"\nhttp = \"127.0.0.1:0\"\napi_token_file = \"{}\"\ndata_dir = \"{}\"\n",
             herd_tests::free_port(),
             token.display(),
             tmp.path().join("data").display()

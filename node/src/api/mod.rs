@@ -3,5 +3,7 @@ pub mod auth;
 mod cluster;
 mod error;
 mod grpc;
+pub mod http;
+pub mod json;
 
 pub use grpc::{HerdApi, NodeIdentity};

@@ -48,8 +48,9 @@ pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError>
         Command::Demo {
             data_dir,
             grpc,
+            http,
             interval,
-        } => super::demo::run(&data_dir, &grpc, &interval).await,
+        } => super::demo::run(&data_dir, &grpc, &http, &interval).await,
         Command::Check { file } => check(&file),
         Command::Cluster { action } => cluster(node, action).await,
         Command::Certs(args) => match super::certs::run(&args) {

@@ -51,13 +51,13 @@ impl Drop for Child {
     }
 }
 
-fn spawn_child(id: u64, addr: &str, dir: &Path) -> Result<Child, CliError> {
+fn spawn_child(id: u64, addr: &str, http: &str, dir: &Path) -> Result<Child, CliError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| CliError::Failure(format!("cannot create {}: {e}", dir.display())))?;
     let config = dir.join("herd.toml");
     let data = dir.join("data");
     let text = format!(
-        "# written by `herd demo`\n[node]\nid = {id}\ngrpc = \"{addr}\"\ndata_dir = {:?}\n\n[log]\nlevel = \"warn,openraft=error\"\n",
+        "# written by `herd demo`\n[node]\nid = {id}\ngrpc = \"{addr}\"\nhttp = \"{http}\"\ndata_dir = {:?}\n\n[log]\nlevel = \"warn,openraft=error\"\n",
         data.display().to_string()
     );
     std::fs::write(&config, text)
@@ -123,27 +123,34 @@ async fn join(addr: &str, seed: &str, log: &Path) -> Result<String, CliError> {
     )))
 }
 
-fn port_after(addr: &str, n: u16) -> Result<String, CliError> {
+fn port_after(flag: &str, addr: &str, n: u16) -> Result<String, CliError> {
     let sa: std::net::SocketAddr = addr
         .parse()
-        .map_err(|_| CliError::Usage(format!("--grpc {addr:?} is not an IP:port address")))?;
+        .map_err(|_| CliError::Usage(format!("{flag} {addr:?} is not an IP:port address")))?;
     let port = sa.port().checked_add(n).ok_or_else(|| {
         CliError::Usage(format!(
-            "--grpc {addr}: no room for the ports of nodes 2 and 3 above it"
+            "{flag} {addr}: no room for the ports of nodes 2 and 3 above it"
         ))
     })?;
     Ok(std::net::SocketAddr::new(sa.ip(), port).to_string())
 }
 
-pub async fn run(data_dir: &Path, grpc: &str, interval: &str) -> Result<(), CliError> {
+pub async fn run(data_dir: &Path, grpc: &str, http: &str, interval: &str) -> Result<(), CliError> {
     let every =
         parse_duration(interval).map_err(|e| CliError::Usage(format!("--interval: {e}")))?;
     let mut cfg = NodeConfig::default();
     cfg.node.data_dir = data_dir.join("node-1").join("data");
     cfg.node.grpc = grpc.to_string();
-    let peers: Vec<(u64, String)> = (2..=DEMO_NODES)
-        .map(|id| port_after(grpc, (id - 1) as u16).map(|a| (id, a)))
-        .collect::<Result<_, _>>()?;
+    cfg.node.http = http.to_string();
+    let peers: Vec<(u64, String, String)> = (2..=DEMO_NODES)
+        .map(|id| {
+            Ok((
+                id,
+                port_after("--grpc", grpc, (id - 1) as u16)?,
+                port_after("--http", http, (id - 1) as u16)?,
+            ))
+        })
+        .collect::<Result<_, CliError>>()?;
     let problems = cfg.validate();
     if let Some((key, message)) = problems.first() {
         return Err(CliError::Usage(format!("{key}: {message}")));
@@ -154,15 +161,17 @@ pub async fn run(data_dir: &Path, grpc: &str, interval: &str) -> Result<(), CliE
         ))
     })?;
     let mut children = Vec::new();
-    for (id, addr) in &peers {
+    for (id, addr, http) in &peers {
         children.push(spawn_child(
             *id,
             addr,
+            http,
             &data_dir.join(format!("node-{id}")),
         )?);
     }
     let fleet_text = demo_fleet(interval);
     let grpc_owned = grpc.to_string();
+    let http_owned = http.to_string();
     let children_ref = &children;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Running>();
     let initial = Some((fleet_text.clone(), "demo fleet".to_string()));
@@ -221,6 +230,7 @@ pub async fn run(data_dir: &Path, grpc: &str, interval: &str) -> Result<(), CliE
         println!("  herd{node_flag} query {DEMO_TARGET} cpu.used_pct --since 10m");
         println!("  herd{node_flag} query {DEMO_TARGET} disk.used_pct --label mount=/ --json");
         println!("  herd{node_flag} events");
+        println!("  curl -s http://{http_owned}/herd/v1/status     # the same over HTTP (JSON)");
         println!("(from a checkout: cargo run --release --{node_flag} status)\n");
         println!("Ctrl-C stops the demo and its nodes.\n");
         loop {

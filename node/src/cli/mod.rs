@@ -70,6 +70,9 @@ pub enum Command {
         /// gRPC address of node 1; nodes 2 and 3 take the next two ports.
         #[arg(long, default_value = DEFAULT_NODE)]
         grpc: String,
+        /// HTTP API address of node 1; nodes 2 and 3 take the next two ports.
+        #[arg(long, default_value = "127.0.0.1:7481")]
+        http: String,
         /// Scrape interval of the local target.
         #[arg(long, default_value = "5s")]
         interval: String,

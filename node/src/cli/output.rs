@@ -2,7 +2,10 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use herd_proto::v1 as pb;
-use serde_json::{json, Value};
+
+pub use crate::api::json::{
+    alerts_json, events_json, query_json, rollup_json, silences_json, status_json,
+};
 
 /// Characters of a check's detail shown in the status table (JSON has it whole).
 const DETAIL_CHARS: usize = 100;
@@ -61,47 +64,6 @@ fn up_word(up: i32) -> &'static str {
         0 => "DOWN",
         _ => "pending",
     }
-}
-
-pub fn status_json(r: &pb::StatusReply) -> Value {
-    json!({
-        "node_id": r.node_id,
-        "herd_id": r.herd_id,
-        "bootstrap": r.bootstrap,
-        "refusals": r.refusals,
-        "rules_inputs_dropped": r.rules_inputs_dropped,
-        "quorum_lost": r.quorum_lost,
-        "spec_error": r.spec_error,
-        "leader": r.leader,
-        "ownership_version": r.ownership_version,
-        "unreachable": r.unreachable,
-        "nodes": r.nodes.iter().map(|n| json!({
-            "id": n.id, "address": n.address, "role": n.role, "alive": n.alive,
-            "uptime_s": n.uptime_s, "voter": n.voter, "lease": n.lease,
-            "last_seen_ms": n.last_seen_ms, "targets": n.targets,
-        })).collect::<Vec<_>>(),
-        "targets": r.targets.iter().map(|t| json!({
-            "name": t.name,
-            "owner": t.owner,
-            "up": match t.up { 1 => json!(true), 0 => json!(false), _ => Value::Null },
-            "last_scrape_age_s": (t.last_scrape_age_s >= 0.0).then_some(t.last_scrape_age_s),
-            "address": t.address,
-            "transport": t.transport,
-            "interval_s": t.interval_ms as f64 / 1000.0,
-            "scrapes": t.scrapes,
-            "last_error": (!t.last_error.is_empty()).then_some(&t.last_error),
-            "paused": t.paused.as_ref().map(|p| json!({
-                "by": p.by, "reason": p.reason, "since_ms": p.since_ms,
-                "until_ms": (p.until_ms > 0).then_some(p.until_ms),
-            })),
-            "checks": t.checks.iter().map(|c| json!({
-                "name": c.name, "kind": c.kind, "status": c.status, "detail": c.detail, "ts_ms": c.ts_ms,
-            })).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "alerts": r.alerts,
-        "spec_version": r.spec_version,
-        "store": { "bytes": r.store_bytes, "samples": r.store_samples },
-    })
 }
 
 pub fn status_table(r: &pb::StatusReply) -> String {
@@ -238,18 +200,6 @@ pub fn status_table(r: &pb::StatusReply) -> String {
     out
 }
 
-pub fn query_json(r: &pb::QueryReply) -> Value {
-    json!({
-        "target": r.target,
-        "metric": r.metric,
-        "series": r.series.iter().map(|s| json!({
-            "labels": s.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
-            "points": s.points.iter().map(|p| json!([p.ts_ms, p.value])).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "gaps": r.gaps.iter().map(|g| json!({"from_ms": g.from_ms, "to_ms": g.to_ms, "reason": g.reason, "node": (g.node > 0).then_some(g.node)})).collect::<Vec<_>>(),
-    })
-}
-
 fn series_name(metric: &str, labels: &std::collections::HashMap<String, String>) -> String {
     if labels.is_empty() {
         return metric.to_string();
@@ -283,23 +233,6 @@ pub fn query_table(r: &pb::QueryReply) -> String {
         out.push('\n');
     }
     out
-}
-
-pub fn rollup_json(r: &pb::QueryReply) -> Value {
-    json!({
-        "target": r.target,
-        "metric": r.metric,
-        "rollup": r.rollup,
-        "series": r.rollups.iter().map(|s| json!({
-            "labels": s.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
-            "buckets": s.buckets.iter().map(|b| json!({
-                "bucket_ms": b.bucket_ms,
-                "count": b.count,
-                "min": b.min, "max": b.max, "mean": b.mean,
-                "statuses": b.statuses.iter().collect::<std::collections::BTreeMap<_, _>>(),
-            })).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-    })
 }
 
 pub fn rollup_table(r: &pb::QueryReply) -> String {
@@ -345,30 +278,6 @@ pub fn rollup_table(r: &pb::QueryReply) -> String {
         out.push('\n');
     }
     out
-}
-
-fn alert_json(a: &pb::AlertInfo) -> Value {
-    json!({
-        "id": a.id, "rule": a.rule, "target": a.target,
-        "labels": a.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
-        "severity": a.severity, "state": a.state, "since_ms": a.since_ms,
-        "active_since_ms": a.active_since_ms, "value": a.value, "summary": a.summary,
-        "description": a.description,
-        "acked_by": (!a.acked_by.is_empty()).then_some(&a.acked_by),
-        "flapping": a.flapping, "transitions": a.transitions,
-    })
-}
-
-pub fn alerts_json(r: &pb::AlertsReply) -> Value {
-    json!({
-        "alerts": r.alerts.iter().map(alert_json).collect::<Vec<_>>(),
-        "history": r.history.iter().map(|t| json!({
-            "alert_id": t.alert_id, "rule": t.rule, "target": t.target, "from": t.from,
-            "to": t.to, "notify": (!t.notify.is_empty()).then_some(&t.notify), "ts_ms": t.ts_ms,
-            "suppressed": (!t.suppressed.is_empty()).then_some(&t.suppressed),
-        })).collect::<Vec<_>>(),
-        "outbox": r.outbox,
-    })
 }
 
 pub fn alerts_table(r: &pb::AlertsReply) -> String {
@@ -440,15 +349,6 @@ pub fn alerts_table(r: &pb::AlertsReply) -> String {
     out
 }
 
-pub fn silences_json(r: &pb::SilenceListReply) -> Value {
-    json!({
-        "silences": r.silences.iter().map(|s| json!({
-            "id": s.id, "selector": s.selector, "until_ms": s.until_ms, "reason": s.reason,
-            "created_ms": s.created_ms, "created_by": s.created_by,
-        })).collect::<Vec<_>>(),
-    })
-}
-
 pub fn silences_table(r: &pb::SilenceListReply) -> String {
     if r.silences.is_empty() {
         return "no active silences\n".into();
@@ -475,14 +375,6 @@ pub fn format_value(v: f64) -> String {
     } else {
         format!("{v:.3}")
     }
-}
-
-pub fn events_json(r: &pb::EventsReply) -> Value {
-    json!({
-        "events": r.events.iter().map(|e| json!({
-            "ts_ms": e.ts_ms, "target": e.target, "kind": e.kind, "message": e.message,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 pub fn events_table(r: &pb::EventsReply) -> String {
@@ -530,7 +422,7 @@ mod tests {
             ..Default::default()
         };
         let v = query_json(&r);
-        assert_eq!(v["series"][0]["points"][0], json!([5, 1.5]));
+        assert_eq!(v["series"][0]["points"][0], serde_json::json!([5, 1.5]));
         assert_eq!(v["series"][0]["labels"]["mount"], "/");
         assert!(v["gaps"].as_array().unwrap().is_empty());
     }

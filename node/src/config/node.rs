@@ -98,7 +98,9 @@ pub struct NodeSection {
     pub id: u64,
     /// gRPC address: the client API (and Raft traffic once the herd exists).
     pub grpc: String,
-    /// REST, dashboard and /metrics. Reserved: the HTTP side is not built yet.
+    /// The HTTP face: REST JSON (`/herd/v1/...`), under the API token. Port 0 takes
+    /// a free port (the log names it). Beyond loopback it needs `api_token_file`,
+    /// and with `[tls]` it must stay on loopback (HTTPS is not built yet).
     pub http: String,
     /// Where the node's redb files live.
     pub data_dir: PathBuf,
@@ -380,11 +382,26 @@ impl NodeConfig {
                 }
             }
         }
-        if self.node.http.parse::<SocketAddr>().is_err() {
-            p.push((
+        match self.node.http.parse::<SocketAddr>() {
+            Err(_) => p.push((
                 "node.http",
                 format!("{:?} is not an IP:port address", self.node.http),
-            ));
+            )),
+            Ok(a) if !a.ip().is_loopback() && self.node.api_token_file.is_none() => p.push((
+                "node.api_token_file",
+                format!(
+                    "node.http {a} listens beyond loopback: set api_token_file so that only \
+                     holders of the token can use the API"
+                ),
+            )),
+            Ok(a) if !a.ip().is_loopback() && self.tls.is_set() => p.push((
+                "node.http",
+                format!(
+                    "node.http {a} listens beyond loopback, and the HTTP face does not speak \
+                     TLS yet: with [tls], keep node.http on loopback (e.g. 127.0.0.1:7481)"
+                ),
+            )),
+            Ok(_) => {}
         }
         if self.node.data_dir.as_os_str().is_empty() {
             p.push(("node.data_dir", "must not be empty".into()));
@@ -666,6 +683,23 @@ mod tests {
         c.tls.ca = Some("ca.pem".into());
         c.tls.cert = Some("node.pem".into());
         c.tls.key = Some("node.key".into());
+        assert!(c.validate().is_empty());
+    }
+
+    #[test]
+    fn http_beyond_loopback_needs_a_token_and_no_tls() {
+        let mut c = NodeConfig::default();
+        c.node.http = "0.0.0.0:7481".into();
+        let keys: Vec<_> = c.validate().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["node.api_token_file"]);
+        c.node.api_token_file = Some("/etc/herd/token".into());
+        assert!(c.validate().is_empty());
+        c.tls.ca = Some("ca.pem".into());
+        c.tls.cert = Some("node.pem".into());
+        c.tls.key = Some("node.key".into());
+        let keys: Vec<_> = c.validate().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["node.http"]);
+        c.node.http = "127.0.0.1:0".into();
         assert!(c.validate().is_empty());
     }
 

@@ -68,6 +68,8 @@ pub struct Running {
 pub struct Node {
     cfg: NodeConfig,
     listener: TcpListener,
+    /// The HTTP face's port (`node.http`).
+    http_listener: TcpListener,
     addr: SocketAddr,
     token: Option<String>,
     tls: Option<NodeTls>,
@@ -107,6 +109,9 @@ impl Node {
         )
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
         let addr = listener.local_addr()?;
+        let http_listener = TcpListener::bind(&cfg.node.http)
+            .await
+            .with_context(|| format!("cannot listen on node.http {}", cfg.node.http))?;
         let c = &cfg.cluster;
         let cluster = ClusterNode::start(
             cfg.node.id,
@@ -165,6 +170,7 @@ impl Node {
         Ok(Node {
             cfg,
             listener,
+            http_listener,
             addr,
             token,
             tls,
@@ -197,6 +203,7 @@ impl Node {
         let Node {
             cfg,
             listener,
+            http_listener,
             addr,
             token,
             tls,
@@ -256,6 +263,18 @@ impl Node {
             failover_after: c.failover_after.get(),
             lease: c.lease.get(),
         };
+        let api = Arc::new(api);
+        let http_addr = http_listener.local_addr()?;
+        let http_stop = parts.start("http", API_STOP_DEADLINE);
+        let face = crate::api::http::HttpFace::new(api.clone(), token.as_deref());
+        parts.spawn("http server", async move {
+            let serving =
+                crate::api::http::serve(http_listener, crate::api::http::router(face), http_stop);
+            if let Err(e) = serving.await {
+                tracing::warn!(error = %e, "the HTTP face ended with an error");
+            }
+        });
+        tracing::info!(http = %http_addr, "HTTP API listening");
         let mut builder = tonic::transport::Server::builder();
         if let Some(t) = &tls {
             builder = builder
@@ -264,8 +283,8 @@ impl Node {
         }
         let grpc = parts.start("grpc", API_STOP_DEADLINE);
         let serve = builder
-            .add_service(herd_proto::v1::herd_server::HerdServer::with_interceptor(
-                api,
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                herd_proto::v1::herd_server::HerdServer::from_arc(api),
                 crate::api::auth::RequireToken::new(token),
             ))
             .add_service(cluster.service())

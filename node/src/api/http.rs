@@ -1,0 +1,589 @@
+//! The HTTP face on `node.http`: REST JSON for what the CLI does, over the same
+//! service as gRPC. Each route calls the `herd.v1.Herd` method the CLI calls (the
+//! same fan-out across the herd, the same validation and errors) and answers with
+//! the document `herd ... --json` prints ([`super::json`]), so no status, query or
+//! alert logic lives here.
+//!
+//! Routes (all under the API token when the node has one):
+//!
+//! | route | gRPC method |
+//! |---|---|
+//! | `GET /herd/v1/status[?local=true]` | Status |
+//! | `GET /herd/v1/query?target=T&metric=M[&since=1h][&from=MS&to=MS][&label=K=V]...[&rollup=minute\|hour][&local=true]` | Query |
+//! | `GET /herd/v1/alerts[?history=24h][&limit=N]` | Alerts |
+//! | `POST /herd/v1/alerts/{id}/ack[?by=NAME]` | Ack |
+//! | `GET /herd/v1/events[?target=T][&since=24h][&limit=N]` | Events |
+//! | `GET /herd/v1/silences` | SilenceList |
+//! | `POST /herd/v1/silences?selector=S&for=2h[&reason=R][&by=NAME]` | SilenceAdd |
+//! | `DELETE /herd/v1/silences/{id}` | SilenceRemove |
+//! | `POST /herd/v1/targets/{name}/pause[?for=1h][&reason=R][&by=NAME]` | Pause |
+//! | `POST /herd/v1/targets/{name}/resume` | Resume |
+//! | `POST /herd/v1/apply[?source=NAME]` with the fleet TOML as the body | Apply |
+//!
+//! Errors are `{"error": {"status", "code", "message", "items"?}}`: 400 bad input
+//! (`items`: one line per problem the node found, `file:line: key: message` for a
+//! spec; absent for a bad parameter of the route itself), 401 without the
+//! token, 404 unknown target or alert, 409 a precondition (not in a herd), 503 no
+//! leader or quorum, 500 otherwise.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use herd_proto::v1 as pb;
+use herd_proto::v1::herd_server::Herd;
+use serde_json::{json, Value};
+use tonic::{Code, Request};
+
+use super::grpc::HerdApi;
+use super::json;
+use crate::cluster::credential::constant_time_eq;
+use crate::model::now_ms;
+
+/// Largest request body (a fleet spec; the gRPC API takes 8 MiB too).
+const MAX_BODY: usize = 8 * 1024 * 1024;
+/// `since` when a query names none.
+const DEFAULT_SINCE: Duration = Duration::from_secs(3600);
+
+/// What the routes share.
+pub struct HttpFace {
+    pub api: Arc<HerdApi>,
+    /// `Bearer <token>`, when the node has a token.
+    expected: Option<Vec<u8>>,
+}
+
+impl HttpFace {
+    pub fn new(api: Arc<HerdApi>, token: Option<&str>) -> Arc<HttpFace> {
+        Arc::new(HttpFace {
+            api,
+            expected: token.map(|t| format!("Bearer {t}").into_bytes()),
+        })
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(expected) = &self.expected else {
+            return true;
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        constant_time_eq(given, expected)
+    }
+}
+
+/// The router of the HTTP face.
+pub fn router(face: Arc<HttpFace>) -> Router {
+    Router::new()
+        .route("/herd/v1/status", get(status))
+        .route("/herd/v1/query", get(query))
+        .route("/herd/v1/alerts", get(alerts))
+        .route("/herd/v1/alerts/{id}/ack", post(ack))
+        .route("/herd/v1/events", get(events))
+        .route("/herd/v1/silences", get(silences).post(silence_add))
+        .route("/herd/v1/silences/{id}", delete(silence_remove))
+        .route("/herd/v1/targets/{name}/pause", post(pause))
+        .route("/herd/v1/targets/{name}/resume", post(resume))
+        .route("/herd/v1/apply", post(apply))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(face)
+}
+
+// ---------------------------------------------------------------------------------
+// Errors
+
+/// An error answer: status, a stable code, a message, and items for a spec's
+/// problems.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    items: Vec<String>,
+}
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: message.into(),
+            items: Vec::new(),
+        }
+    }
+
+    fn unauthorized() -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthenticated",
+            message: "this node requires its API token: Authorization: Bearer <token>".into(),
+            items: Vec::new(),
+        }
+    }
+}
+
+/// The one mapping from gRPC statuses to HTTP answers.
+impl From<tonic::Status> for ApiError {
+    fn from(s: tonic::Status) -> ApiError {
+        let (status, code) = match s.code() {
+            Code::InvalidArgument | Code::OutOfRange => (StatusCode::BAD_REQUEST, "bad_request"),
+            Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Code::PermissionDenied => (StatusCode::FORBIDDEN, "forbidden"),
+            Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Code::AlreadyExists => (StatusCode::CONFLICT, "conflict"),
+            Code::FailedPrecondition => (StatusCode::CONFLICT, "failed_precondition"),
+            Code::Unavailable | Code::DeadlineExceeded => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let message = s.message().to_string();
+        // A spec's problems come one per line (`file:line: key: message`).
+        let items = if status == StatusCode::BAD_REQUEST {
+            message
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        ApiError {
+            status,
+            code,
+            message,
+            items,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "status": self.status.as_u16(),
+            "code": self.code,
+            "message": self.message,
+        });
+        if !self.items.is_empty() {
+            body["items"] = json!(self.items);
+        }
+        let mut resp = (self.status, Json(json!({ "error": body }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+type Answer = Result<Json<Value>, ApiError>;
+
+async fn not_found() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        message: "no such route; see the README's HTTP API section".into(),
+        items: Vec::new(),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Query strings
+
+/// A query string's parameters (a name may repeat: `label`).
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(raw: Option<String>) -> Params {
+        Params(
+            form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn required(&self, name: &str) -> Result<&str, ApiError> {
+        self.get(name)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ApiError::bad(format!("parameter {name} is required")))
+    }
+
+    fn duration(&self, name: &str) -> Result<Option<Duration>, ApiError> {
+        self.get(name)
+            .map(|v| {
+                humantime::parse_duration(v).map_err(|e| {
+                    ApiError::bad(format!(
+                        "parameter {name}: {v:?} is not a duration like 90s, 15m, 2h ({e})"
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
+        self.get(name)
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|_| ApiError::bad(format!("parameter {name}: {v:?} is not a number")))
+            })
+            .transpose()
+    }
+
+    fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("") | Some("true") | Some("1") => Ok(true),
+            Some(v) => Err(ApiError::bad(format!(
+                "parameter {name}: {v:?} is not true or false"
+            ))),
+        }
+    }
+
+    /// Who did it: `by`, else "http".
+    fn by(&self) -> String {
+        self.get("by")
+            .filter(|v| !v.is_empty())
+            .unwrap_or("http")
+            .to_string()
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+// ---------------------------------------------------------------------------------
+// Routes
+
+/// Checks the token and parses the query string.
+fn check(face: &HttpFace, headers: &HeaderMap, raw: Option<String>) -> Result<Params, ApiError> {
+    if !face.authorized(headers) {
+        return Err(ApiError::unauthorized());
+    }
+    Ok(Params::parse(raw))
+}
+
+async fn status(State(f): State<Arc<HttpFace>>, h: HeaderMap, RawQuery(q): RawQuery) -> Answer {
+    {
+        let p = check(&f, &h, q)?;
+        let local_only = p.flag("local")?;
+        let r = f
+            .api
+            .status(Request::new(pb::StatusRequest { local_only }))
+            .await?
+            .into_inner();
+        Ok(Json(json::status_json(&r)))
+    }
+}
+
+async fn query(State(f): State<Arc<HttpFace>>, h: HeaderMap, RawQuery(q): RawQuery) -> Answer {
+    {
+        let p = check(&f, &h, q)?;
+        let target = p.required("target")?.to_string();
+        let metric = p.required("metric")?.to_string();
+        let now = now_ms();
+        let to_ms = p.number::<i64>("to")?.unwrap_or(now);
+        let from_ms = match p.number::<i64>("from")? {
+            Some(from) => from,
+            None => to_ms - ms(p.duration("since")?.unwrap_or(DEFAULT_SINCE)),
+        };
+        if from_ms > to_ms {
+            return Err(ApiError::bad(format!(
+                "from ({from_ms}) is after to ({to_ms})"
+            )));
+        }
+        let mut labels = HashMap::new();
+        for l in p.all("label") {
+            let (k, v) = l.split_once('=').ok_or_else(|| {
+                ApiError::bad(format!("parameter label: {l:?} is not NAME=VALUE"))
+            })?;
+            labels.insert(k.to_string(), v.to_string());
+        }
+        let rollup = p.get("rollup").unwrap_or_default().to_string();
+        if !rollup.is_empty() && rollup != "minute" && rollup != "hour" {
+            return Err(ApiError::bad(format!(
+                "parameter rollup: {rollup:?} is not minute or hour"
+            )));
+        }
+        let r = f
+            .api
+            .query(Request::new(pb::QueryRequest {
+                target,
+                metric,
+                from_ms,
+                to_ms,
+                labels,
+                rollup: rollup.clone(),
+                local_only: p.flag("local")?,
+            }))
+            .await?
+            .into_inner();
+        Ok(Json(if rollup.is_empty() {
+            json::query_json(&r)
+        } else {
+            json::rollup_json(&r)
+        }))
+    }
+}
+
+async fn alerts(State(f): State<Arc<HttpFace>>, h: HeaderMap, RawQuery(q): RawQuery) -> Answer {
+    {
+        let p = check(&f, &h, q)?;
+        let history_since_ms = p.duration("history")?.map_or(0, |d| now_ms() - ms(d));
+        let r = f
+            .api
+            .alerts(Request::new(pb::AlertsRequest {
+                history_since_ms,
+                history_limit: p.number::<u32>("limit")?.unwrap_or(0),
+            }))
+            .await?
+            .into_inner();
+        Ok(Json(json::alerts_json(&r)))
+    }
+}
+
+async fn ack(
+    State(f): State<Arc<HttpFace>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Answer {
+    {
+        let p = check(&f, &h, q)?;
+        let r = f
+            .api
+            .ack(Request::new(pb::AckRequest {
+                id,
+                by: p.by(),
+                forwarded: false,
+            }))
+            .await?
+            .into_inner();
+        let alerts = pb::AlertsReply {
+            alerts: r.alert.into_iter().collect(),
+            ..Default::default()
+        };
+        Ok(Json(json::alerts_json(&alerts)))
+    }
+}
+
+async fn events(State(f): State<Arc<HttpFace>>, h: HeaderMap, RawQuery(q): RawQuery) -> Answer {
+    {
+        let p = check(&f, &h, q)?;
+        let since = p
+            .duration("since")?
+            .unwrap_or(Duration::from_secs(24 * 3600));
+        let r = f
+            .api
+            .events(Request::new(pb::EventsRequest {
+                target: p.get("target").unwrap_or_default().to_string(),
+                since_ms: now_ms() - ms(since),
+                limit: p.number::<u32>("limit")?.unwrap_or(0),
+            }))
+            .await?
+            .into_inner();
+        Ok(Json(json::events_json(&r)))
+    }
+}
+
+async fn silences(State(f): State<Arc<HttpFace>>, h: HeaderMap, RawQuery(q): RawQuery) -> Answer {
+    {
+        check(&f, &h, q)?;
+        let r = f
+            .api
+            .silence_list(Request::new(pb::SilenceListRequest {}))
+            .await?
+            .into_inner();
+        Ok(Json(json::silences_json(&r)))
+    }
+}
+
+async fn silence_add(
+    State(f): State<Arc<HttpFace>>,
+    h: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Answer {
+    {
+        let p = check(&f, &h, q)?;
+        let selector = p.required("selector")?.to_string();
+        let duration = p
+            .duration("for")?
+            .ok_or_else(|| ApiError::bad("parameter for is required (e.g. for=2h)"))?;
+        let r = f
+            .api
+            .silence_add(Request::new(pb::SilenceAddRequest {
+                selector,
+                duration_ms: ms(duration) as u64,
+                reason: p.get("reason").unwrap_or_default().to_string(),
+                created_by: p.by(),
+            }))
+            .await?
+            .into_inner();
+        let list = pb::SilenceListReply { silences: vec![r] };
+        Ok(Json(json::silences_json(&list)))
+    }
+}
+
+async fn silence_remove(
+    State(f): State<Arc<HttpFace>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Answer {
+    {
+        check(&f, &h, q)?;
+        f.api
+            .silence_remove(Request::new(pb::SilenceRemoveRequest { id: id.clone() }))
+            .await?;
+        Ok(Json(json!({ "removed": id })))
+    }
+}
+
+async fn pause(
+    State(f): State<Arc<HttpFace>>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Answer {
+    {
+        let p = check(&f, &h, q)?;
+        let duration_ms = p.duration("for")?.map_or(0, |d| ms(d) as u64);
+        let r = f
+            .api
+            .pause(Request::new(pb::PauseRequest {
+                target: name.clone(),
+                duration_ms,
+                reason: p.get("reason").unwrap_or_default().to_string(),
+                by: p.by(),
+            }))
+            .await?
+            .into_inner();
+        Ok(Json(json!({
+            "paused": name,
+            "until_ms": (r.until_ms > 0).then_some(r.until_ms),
+        })))
+    }
+}
+
+async fn resume(
+    State(f): State<Arc<HttpFace>>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Answer {
+    {
+        check(&f, &h, q)?;
+        f.api
+            .resume(Request::new(pb::ResumeRequest {
+                target: name.clone(),
+            }))
+            .await?;
+        Ok(Json(json!({ "resumed": name })))
+    }
+}
+
+async fn apply(
+    State(f): State<Arc<HttpFace>>,
+    h: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Answer {
+    {
+        let p = check(&f, &h, q)?;
+        let text = String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::bad("the body is not UTF-8 text (a fleet TOML)"))?;
+        let r = f
+            .api
+            .apply(Request::new(pb::ApplyRequest {
+                fleet_toml: text,
+                source_name: p.get("source").unwrap_or("fleet.toml").to_string(),
+            }))
+            .await?
+            .into_inner();
+        Ok(Json(json!({
+            "spec_version": r.spec_version,
+            "added": r.added,
+            "changed": r.changed,
+            "removed": r.removed,
+            "unchanged": r.unchanged,
+        })))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Serving
+
+/// Serves `router` on `listener` until `stop` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_http_with_items_for_a_spec() {
+        let e = ApiError::from(tonic::Status::invalid_argument(
+            "fleet.toml:3: targets[0].name: is empty\nfleet.toml:9: rule.for: bad duration",
+        ));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.items.len(), 2);
+        assert_eq!(
+            ApiError::from(tonic::Status::not_found("no target x")).status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            ApiError::from(tonic::Status::unavailable("no leader")).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn query_strings_repeat_and_decode() {
+        let p = Params::parse(Some("label=mount%3D%2F&label=a=b&since=2h&local".into()));
+        assert_eq!(p.all("label").collect::<Vec<_>>(), ["mount=/", "a=b"]);
+        assert_eq!(
+            p.duration("since").unwrap(),
+            Some(Duration::from_secs(7200))
+        );
+        assert!(p.flag("local").unwrap());
+        assert!(p.duration("nope").unwrap().is_none());
+        assert!(Params::parse(Some("since=soon".into()))
+            .duration("since")
+            .is_err());
+        assert!(Params::parse(Some("local=maybe".into()))
+            .flag("local")
+            .is_err());
+    }
+}

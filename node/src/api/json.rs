@@ -1,0 +1,115 @@
+//! The JSON documents of the client API's replies: what `herd ... --json` prints
+//! and what the HTTP face answers, one shape for both.
+use herd_proto::v1 as pb;
+use serde_json::{json, Value};
+
+pub fn status_json(r: &pb::StatusReply) -> Value {
+    json!({
+        "node_id": r.node_id,
+        "herd_id": r.herd_id,
+        "bootstrap": r.bootstrap,
+        "refusals": r.refusals,
+        "rules_inputs_dropped": r.rules_inputs_dropped,
+        "quorum_lost": r.quorum_lost,
+        "spec_error": r.spec_error,
+        "leader": r.leader,
+        "ownership_version": r.ownership_version,
+        "unreachable": r.unreachable,
+        "nodes": r.nodes.iter().map(|n| json!({
+            "id": n.id, "address": n.address, "role": n.role, "alive": n.alive,
+            "uptime_s": n.uptime_s, "voter": n.voter, "lease": n.lease,
+            "last_seen_ms": n.last_seen_ms, "targets": n.targets,
+        })).collect::<Vec<_>>(),
+        "targets": r.targets.iter().map(|t| json!({
+            "name": t.name,
+            "owner": t.owner,
+            "up": match t.up { 1 => json!(true), 0 => json!(false), _ => Value::Null },
+            "last_scrape_age_s": (t.last_scrape_age_s >= 0.0).then_some(t.last_scrape_age_s),
+            "address": t.address,
+            "transport": t.transport,
+            "interval_s": t.interval_ms as f64 / 1000.0,
+            "scrapes": t.scrapes,
+            "last_error": (!t.last_error.is_empty()).then_some(&t.last_error),
+            "paused": t.paused.as_ref().map(|p| json!({
+                "by": p.by, "reason": p.reason, "since_ms": p.since_ms,
+                "until_ms": (p.until_ms > 0).then_some(p.until_ms),
+            })),
+            "checks": t.checks.iter().map(|c| json!({
+                "name": c.name, "kind": c.kind, "status": c.status, "detail": c.detail, "ts_ms": c.ts_ms,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "alerts": r.alerts,
+        "spec_version": r.spec_version,
+        "store": { "bytes": r.store_bytes, "samples": r.store_samples },
+    })
+}
+
+pub fn query_json(r: &pb::QueryReply) -> Value {
+    json!({
+        "target": r.target,
+        "metric": r.metric,
+        "series": r.series.iter().map(|s| json!({
+            "labels": s.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "points": s.points.iter().map(|p| json!([p.ts_ms, p.value])).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "gaps": r.gaps.iter().map(|g| json!({"from_ms": g.from_ms, "to_ms": g.to_ms, "reason": g.reason, "node": (g.node > 0).then_some(g.node)})).collect::<Vec<_>>(),
+    })
+}
+
+pub fn rollup_json(r: &pb::QueryReply) -> Value {
+    json!({
+        "target": r.target,
+        "metric": r.metric,
+        "rollup": r.rollup,
+        "series": r.rollups.iter().map(|s| json!({
+            "labels": s.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "buckets": s.buckets.iter().map(|b| json!({
+                "bucket_ms": b.bucket_ms,
+                "count": b.count,
+                "min": b.min, "max": b.max, "mean": b.mean,
+                "statuses": b.statuses.iter().collect::<std::collections::BTreeMap<_, _>>(),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn alert_json(a: &pb::AlertInfo) -> Value {
+    json!({
+        "id": a.id, "rule": a.rule, "target": a.target,
+        "labels": a.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "severity": a.severity, "state": a.state, "since_ms": a.since_ms,
+        "active_since_ms": a.active_since_ms, "value": a.value, "summary": a.summary,
+        "description": a.description,
+        "acked_by": (!a.acked_by.is_empty()).then_some(&a.acked_by),
+        "flapping": a.flapping, "transitions": a.transitions,
+    })
+}
+
+pub fn alerts_json(r: &pb::AlertsReply) -> Value {
+    json!({
+        "alerts": r.alerts.iter().map(alert_json).collect::<Vec<_>>(),
+        "history": r.history.iter().map(|t| json!({
+            "alert_id": t.alert_id, "rule": t.rule, "target": t.target, "from": t.from,
+            "to": t.to, "notify": (!t.notify.is_empty()).then_some(&t.notify), "ts_ms": t.ts_ms,
+            "suppressed": (!t.suppressed.is_empty()).then_some(&t.suppressed),
+        })).collect::<Vec<_>>(),
+        "outbox": r.outbox,
+    })
+}
+
+pub fn silences_json(r: &pb::SilenceListReply) -> Value {
+    json!({
+        "silences": r.silences.iter().map(|s| json!({
+            "id": s.id, "selector": s.selector, "until_ms": s.until_ms, "reason": s.reason,
+            "created_ms": s.created_ms, "created_by": s.created_by,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn events_json(r: &pb::EventsReply) -> Value {
+    json!({
+        "events": r.events.iter().map(|e| json!({
+            "ts_ms": e.ts_ms, "target": e.target, "kind": e.kind, "message": e.message,
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,299 @@
+//! The HTTP face, end to end: a real `herd node` with an API token, its `node.http`
+//! port asked with the real `curl`. Every answer is compared with what the CLI
+//! prints for the same question (one service layer: the same documents), and every
+//! refusal is checked for its status code and its JSON error.
+use std::process::Command;
+use std::time::Duration;
+
+use herd_tests::process::run_bounded;
+use herd_tests::{local_target, phase, wait_for, Herd, HerdOptions};
+use serde_json::Value;
+
+const TOKEN: &str = "faces-test-token-51c9";
+const BOUND: Duration = Duration::from_secs(30);
+
+/// One HTTP exchange: status code and body as JSON.
+struct Answer {
+    code: u16,
+    body: Value,
+    headers: String,
+}
+
+/// `curl -X METHOD [-H auth] [--data-binary BODY] http://ADDR PATH`.
+fn curl(herd: &Herd, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Answer {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let headers = dir.path().join("headers");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-S", "--max-time", "20", "-X", method])
+        .arg("-D")
+        .arg(&headers)
+        .args(["-o", "-", "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/toml", "--data-binary", b]);
+    }
+    cmd.arg(format!("http://{}{path}", herd.http_addr()));
+    let out = run_bounded(&mut cmd, Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "curl {method} {path} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, code) = text
+        .rsplit_once('\n')
+        .expect("curl printed the status code");
+    let body: Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("{method} {path}: the body is not JSON ({e}): {body}"));
+    Answer {
+        code: code.trim().parse().expect("a status code"),
+        body,
+        headers: std::fs::read_to_string(headers).unwrap_or_default(),
+    }
+}
+
+fn get(herd: &Herd, path: &str) -> Answer {
+    curl(herd, "GET", path, Some(TOKEN), None)
+}
+
+/// The error document of a refusal: status in it equal to the answer's.
+fn error_of(a: &Answer, code: u16, what: &str) -> Value {
+    assert_eq!(a.code, code, "{what}: {}", a.body);
+    let e = a.body["error"].clone();
+    assert_eq!(e["status"], code, "{what}: {}", a.body);
+    assert!(
+        e["code"].is_string() && e["message"].is_string(),
+        "{what}: {}",
+        a.body
+    );
+    e
+}
+
+#[test]
+fn rest_answers_what_the_cli_answers_and_refuses_clearly() {
+    let herd = Herd::start(
+        HerdOptions::default()
+            .api_token(TOKEN)
+            .fleet(local_target("box", "1s")),
+    );
+
+    phase!("no token, a wrong token: 401, a JSON error and WWW-Authenticate");
+    let a = curl(&herd, "GET", "/herd/v1/status", None, None);
+    let e = error_of(&a, 401, "no token");
+    assert_eq!(e["code"], "unauthenticated");
+    assert!(
+        a.headers
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{}",
+        a.headers
+    );
+    let a = curl(&herd, "GET", "/herd/v1/status", Some("wrong"), None);
+    error_of(&a, 401, "a wrong token");
+
+    phase!("status: the document `herd status --json` prints");
+    wait_for(BOUND, "box is scraped", || {
+        herd.target_status("box")
+            .filter(|t| t["up"] == true)
+            .map(|_| ())
+    });
+    let a = get(&herd, "/herd/v1/status");
+    assert_eq!(a.code, 200, "{}", a.body);
+    let cli = herd.status_json();
+    let keys = |v: &Value| {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(keys(&a.body), keys(&cli), "same document shape as the CLI");
+    assert_eq!(a.body["node_id"], cli["node_id"]);
+    let names: Vec<&str> = a.body["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(names.contains(&"box"), "{names:?}");
+
+    phase!("query: the same series and points as `herd query --json`");
+    let points = wait_for(BOUND, "cpu.used_pct has two points", || {
+        let a = get(
+            &herd,
+            "/herd/v1/query?target=box&metric=cpu.used_pct&since=10m",
+        );
+        assert_eq!(a.code, 200, "{}", a.body);
+        let n = a.body["series"][0]["points"].as_array().map_or(0, Vec::len);
+        (n >= 2).then_some(a.body)
+    });
+    let first = points["series"][0]["points"][0].clone();
+    let cli = herd.query_json("box", "cpu.used_pct");
+    assert!(
+        cli["series"][0]["points"]
+            .as_array()
+            .unwrap()
+            .contains(&first),
+        "the CLI shows the point {first} too"
+    );
+    let a = get(
+        &herd,
+        "/herd/v1/query?target=box&metric=disk.used_pct&label=mount%3D%2F&since=10m",
+    );
+    assert_eq!(a.code, 200, "{}", a.body);
+    for s in a.body["series"].as_array().unwrap() {
+        assert_eq!(s["labels"]["mount"], "/", "the label matcher applies: {s}");
+    }
+    let a = get(
+        &herd,
+        "/herd/v1/query?target=box&metric=cpu.used_pct&rollup=minute&since=10m",
+    );
+    assert_eq!(a.code, 200, "{}", a.body);
+    assert_eq!(a.body["rollup"], "minute", "{}", a.body);
+
+    phase!("bad input: 400 naming the parameter; unknown target and route: 404");
+    let e = error_of(&get(&herd, "/herd/v1/query?target=box"), 400, "no metric");
+    assert!(e["message"].as_str().unwrap().contains("metric"), "{e}");
+    let e = error_of(
+        &get(&herd, "/herd/v1/query?target=box&metric=x&since=soon"),
+        400,
+        "bad since",
+    );
+    assert!(e["message"].as_str().unwrap().contains("since"), "{e}");
+    let e = error_of(
+        &get(&herd, "/herd/v1/query?target=nosuch&metric=cpu.used_pct"),
+        404,
+        "unknown target",
+    );
+    assert_eq!(e["code"], "not_found");
+    error_of(&get(&herd, "/herd/v1/nothing-here"), 404, "unknown route");
+
+    phase!("apply: a bad spec is 400 with one item per problem, file:line: key: message");
+    let bad = "[[target]]\nname = \"\"\ntransport = \"local\"\ninterval = \"fast\"\nchecks = [{ kind = \"vitals\" }]\n";
+    let a = curl(
+        &herd,
+        "POST",
+        "/herd/v1/apply?source=bad.toml",
+        Some(TOKEN),
+        Some(bad),
+    );
+    let e = error_of(&a, 400, "a bad spec");
+    let items: Vec<&str> = e["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("items in {e}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        !items.is_empty() && items.iter().all(|i| i.starts_with("bad.toml:")),
+        "{items:?}"
+    );
+    phase!("apply: a good spec is applied like `herd apply`");
+    let good = format!(
+        "{}{}",
+        local_target("box", "1s"),
+        local_target("box-2", "1s")
+    );
+    let a = curl(
+        &herd,
+        "POST",
+        "/herd/v1/apply?source=good.toml",
+        Some(TOKEN),
+        Some(&good),
+    );
+    assert_eq!(a.code, 200, "{}", a.body);
+    assert_eq!(a.body["added"], serde_json::json!(["box-2"]), "{}", a.body);
+    wait_for(BOUND, "box-2 is listed", || herd.target_status("box-2"));
+
+    phase!("silences: add, list, remove");
+    let a = curl(
+        &herd,
+        "POST",
+        "/herd/v1/silences?selector=target%3Dbox-2&for=1h&reason=maintenance&by=faces-test",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(a.code, 200, "{}", a.body);
+    let id = a.body["silences"][0]["id"]
+        .as_str()
+        .expect("a silence id")
+        .to_string();
+    let list = get(&herd, "/herd/v1/silences");
+    assert_eq!(list.body["silences"][0]["id"], id.as_str(), "{}", list.body);
+    assert_eq!(list.body["silences"][0]["created_by"], "faces-test");
+    let cli = herd.cli_ok(&["silence", "ls"]);
+    assert!(cli.contains(&id), "the CLI lists it too: {cli}");
+    let e = error_of(
+        &curl(
+            &herd,
+            "POST",
+            "/herd/v1/silences?selector=bogus&for=1h",
+            Some(TOKEN),
+            None,
+        ),
+        400,
+        "a bad selector",
+    );
+    assert!(e["message"].as_str().unwrap().contains("bogus"), "{e}");
+    let a = curl(
+        &herd,
+        "DELETE",
+        &format!("/herd/v1/silences/{id}"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(a.code, 200, "{}", a.body);
+    assert_eq!(
+        get(&herd, "/herd/v1/silences").body["silences"],
+        serde_json::json!([])
+    );
+
+    phase!("pause and resume a target; events and alerts answer");
+    let a = curl(
+        &herd,
+        "POST",
+        "/herd/v1/targets/box-2/pause?for=1h&reason=test",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(a.code, 200, "{}", a.body);
+    wait_for(BOUND, "box-2 shows paused", || {
+        herd.target_status("box-2")
+            .filter(|t| t["paused"].is_object())
+            .map(|_| ())
+    });
+    let a = curl(
+        &herd,
+        "POST",
+        "/herd/v1/targets/box-2/resume",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(a.code, 200, "{}", a.body);
+    let e = error_of(
+        &curl(
+            &herd,
+            "POST",
+            "/herd/v1/targets/nosuch/pause",
+            Some(TOKEN),
+            None,
+        ),
+        404,
+        "pausing an unknown target",
+    );
+    assert_eq!(e["code"], "not_found");
+    let a = get(&herd, "/herd/v1/events?since=1h&limit=50");
+    assert_eq!(a.code, 200, "{}", a.body);
+    assert!(
+        a.body["events"].as_array().is_some_and(|e| !e.is_empty()),
+        "{}",
+        a.body
+    );
+    let a = get(&herd, "/herd/v1/alerts?history=1h");
+    assert_eq!(a.code, 200, "{}", a.body);
+    assert!(
+        a.body["alerts"].is_array() && a.body["history"].is_array(),
+        "{}",
+        a.body
+    );
+}
