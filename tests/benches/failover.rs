@@ -81,10 +81,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use herd_proto::v1::herd_client::HerdClient;
-use herd_proto::v1::{QueryRequest, StatusReply};
+use herd_proto::v1::StatusReply;
 use herd_tests::bench::{
-    bench_setup, client_runtime, host_busy_s, node_status, percentile, progress, target_dir,
-    BenchArgs,
+    bench_setup, client_runtime, host_busy_s, node_status, percentile, point_times, progress,
+    target_dir, up_query, BenchArgs,
 };
 use herd_tests::cluster::Cluster;
 use herd_tests::{now_ms, HerdOptions, HttpReceiver, Received};
@@ -451,15 +451,7 @@ async fn sample_times(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Vec<i64>, String> {
-    let call = c.query(QueryRequest {
-        target: target.clone(),
-        metric: "target.up".into(),
-        from_ms,
-        to_ms,
-        labels: Default::default(),
-        rollup: String::new(),
-        local_only: true,
-    });
+    let call = c.query(up_query(&target, from_ms, to_ms));
     match tokio::time::timeout(QUERY_TIMEOUT, call).await {
         Err(_) => Err(format!(
             "query {target}: no answer within {QUERY_TIMEOUT:?}"
@@ -467,17 +459,7 @@ async fn sample_times(
         // Never held by this node: no data, which is an answer.
         Ok(Err(s)) if s.code() == tonic::Code::NotFound => Ok(Vec::new()),
         Ok(Err(s)) => Err(format!("query {target}: {}", s.message())),
-        Ok(Ok(r)) => {
-            let mut ts: Vec<i64> = r
-                .into_inner()
-                .series
-                .into_iter()
-                .flat_map(|s| s.points)
-                .map(|p| p.ts_ms)
-                .collect();
-            ts.sort_unstable();
-            Ok(ts)
-        }
+        Ok(Ok(r)) => Ok(point_times(r.into_inner())),
     }
 }
 

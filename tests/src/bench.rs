@@ -281,6 +281,33 @@ pub fn host_busy_s() -> f64 {
     busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
 
+/// The `Query` for the `target.up` samples of `target` in [from, to] in the
+/// answering node's own store (`local_only`): when that node scraped it.
+pub fn up_query(target: &str, from_ms: i64, to_ms: i64) -> herd_proto::v1::QueryRequest {
+    herd_proto::v1::QueryRequest {
+        target: target.to_string(),
+        metric: "target.up".into(),
+        from_ms,
+        to_ms,
+        labels: Default::default(),
+        rollup: String::new(),
+        local_only: true,
+    }
+}
+
+/// The sample times of every series of a `Query` answer, sorted, each once.
+pub fn point_times(reply: herd_proto::v1::QueryReply) -> Vec<i64> {
+    let mut ts: Vec<i64> = reply
+        .series
+        .into_iter()
+        .flat_map(|s| s.points)
+        .map(|p| p.ts_ms)
+        .collect();
+    ts.sort_unstable();
+    ts.dedup();
+    ts
+}
+
 /// A node's status over gRPC (`local_only`: only what the node itself knows),
 /// bounded by `timeout`.
 pub async fn node_status(

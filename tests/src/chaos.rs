@@ -62,14 +62,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use herd_proto::v1::herd_client::HerdClient;
-use herd_proto::v1::QueryRequest;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::bench::{client_runtime, percentile};
+use crate::bench::{client_runtime, percentile, point_times, up_query};
 use crate::cluster::Status;
 use crate::netns::{NetLab, NetNode, NodeSpec};
 use crate::{now_ms, toml_str, HttpReceiver, Sshd, SSH_USER};
@@ -410,15 +409,6 @@ impl Rig {
                     continue;
                 }
             };
-            if s.node_ids() != members || s.alive_ids() != members {
-                why.push(format!("node {id}: {}", s.summary()));
-            }
-            if s.node(id).and_then(|n| n.lease) != Some(true) {
-                why.push(format!("node {id} has no valid lease"));
-            }
-            if s.leader.is_none() {
-                why.push(format!("node {id} knows no leader"));
-            }
             let mut p = s.ownership_problems(&names, true);
             for name in &names {
                 match s.target(name) {
@@ -435,17 +425,7 @@ impl Rig {
             }
             statuses.insert(id, s);
         }
-        if why.is_empty() {
-            let views: BTreeSet<(Option<u64>, u64, BTreeMap<String, u64>)> = statuses
-                .values()
-                .map(|s| (s.leader, s.ownership_version, s.owners()))
-                .collect();
-            if views.len() != 1 {
-                why.push(format!(
-                    "the nodes disagree on (leader, ownership version, owners): {views:?}"
-                ));
-            }
-        }
+        why.extend(Status::agreement_problems(&statuses, &members));
         if why.is_empty() {
             Ok(statuses)
         } else {
@@ -532,31 +512,12 @@ async fn local_samples(
     });
     let mut out = BTreeMap::new();
     for t in targets {
-        let r = client
-            .query(QueryRequest {
-                target: t.clone(),
-                metric: "target.up".into(),
-                from_ms,
-                to_ms,
-                labels: Default::default(),
-                rollup: String::new(),
-                local_only: true,
-            })
-            .await;
-        let mut ts: Vec<i64> = match r {
-            Ok(r) => r
-                .into_inner()
-                .series
-                .into_iter()
-                .flat_map(|s| s.points)
-                .map(|p| p.ts_ms)
-                .collect(),
+        let ts = match client.query(up_query(t, from_ms, to_ms)).await {
+            Ok(r) => point_times(r.into_inner()),
             // Never held by this node: no data, which is an answer.
             Err(s) if s.code() == tonic::Code::NotFound => Vec::new(),
             Err(s) => return Err(format!("query {t} on {addr}: {}", s.message())),
         };
-        ts.sort_unstable();
-        ts.dedup();
         out.insert(t.clone(), ts);
     }
     Ok(out)
@@ -912,6 +873,13 @@ pub fn run(opts: &Options) -> Report {
             ms_max(&fig.hole_ms),
             report.violations.len()
         ));
+        for v in report.violations.iter().filter(|v| v.round == r) {
+            progress(&format!(
+                "round {r}: VIOLATION {}: {}",
+                v.invariant,
+                v.detail.chars().take(300).collect::<String>()
+            ));
+        }
         report.rounds.push(fig);
     }
     if !report.violations.is_empty() || report.aborted.is_some() {

@@ -198,6 +198,45 @@ impl Status {
         m
     }
 
+    /// What keeps the statuses of every member (by node id) from showing one settled
+    /// herd: each lists `members`, all alive, holds its own lease and knows a
+    /// leader, its map gives every listed target one owner, a member, alive; and all
+    /// show the same leader, ownership version and map. Empty when settled.
+    pub fn agreement_problems(
+        statuses: &BTreeMap<u64, Status>,
+        members: &BTreeSet<u64>,
+    ) -> Vec<String> {
+        let mut why = Vec::new();
+        for (id, s) in statuses {
+            if s.node_ids() != *members || s.alive_ids() != *members {
+                why.push(format!("node {id}: {}", s.summary()));
+            }
+            if s.node(*id).and_then(|n| n.lease) != Some(true) {
+                why.push(format!("node {id} has no valid lease"));
+            }
+            if s.leader.is_none() {
+                why.push(format!("node {id} knows no leader"));
+            }
+            let listed: Vec<String> = s.targets.iter().map(|t| t.name.clone()).collect();
+            let problems = s.ownership_problems(&listed, true);
+            if !problems.is_empty() {
+                why.push(format!("node {id}: {}", problems.join("; ")));
+            }
+        }
+        if why.is_empty() {
+            let views: BTreeSet<(Option<u64>, u64, BTreeMap<String, u64>)> = statuses
+                .values()
+                .map(|s| (s.leader, s.ownership_version, s.owners()))
+                .collect();
+            if views.len() > 1 {
+                why.push(format!(
+                    "the nodes disagree on (leader, ownership version, owners): {views:?}"
+                ));
+            }
+        }
+        why
+    }
+
     /// What this status shows against invariant 1: a target listed twice; a target
     /// of `must_own` without owner or owned by a node that is not a member; with
     /// `owners_alive`, any owner that this status shows not alive.

@@ -217,37 +217,14 @@ fn wait_agreed(rig: &Rig, what: &str) -> BTreeMap<u64, Status> {
             let mut statuses = BTreeMap::new();
             let mut why = Vec::new();
             for id in rig.ids() {
-                let Some(s) = rig.node(id).try_status() else {
-                    why.push(format!("node {id} does not answer"));
-                    continue;
-                };
-                if s.node_ids() != members || s.alive_ids() != members {
-                    why.push(format!("node {id}: {}", s.summary()));
-                }
-                if s.node(id).and_then(|n| n.lease) != Some(true) {
-                    why.push(format!("node {id} has no valid lease"));
-                }
-                if s.leader.is_none() {
-                    why.push(format!("node {id} knows no leader"));
-                }
-                let listed: Vec<String> = s.targets.iter().map(|t| t.name.clone()).collect();
-                let problems = s.ownership_problems(&listed, true);
-                if !problems.is_empty() {
-                    why.push(format!("node {id}: {}", problems.join("; ")));
-                }
-                statuses.insert(id, s);
-            }
-            if why.is_empty() {
-                let views: BTreeSet<(Option<u64>, u64, BTreeMap<String, u64>)> = statuses
-                    .values()
-                    .map(|s| (s.leader, s.ownership_version, s.owners()))
-                    .collect();
-                if views.len() != 1 {
-                    why.push(format!(
-                        "the nodes disagree on (leader, ownership version, owners): {views:?}"
-                    ));
+                match rig.node(id).try_status() {
+                    Some(s) => {
+                        statuses.insert(id, s);
+                    }
+                    None => why.push(format!("node {id} does not answer")),
                 }
             }
+            why.extend(Status::agreement_problems(&statuses, &members));
             if why.is_empty() {
                 return Some(statuses);
             }

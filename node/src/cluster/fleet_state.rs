@@ -376,7 +376,10 @@ impl FleetState {
         let mut notices = Vec::new();
         // The view is recomputed only when its inputs change (a fleet of thousands
         // of targets is not copied ten times a second for nothing).
-        let mut computed_for: Option<(Arc<ClusterState>, bool)> = None;
+        let mut computed_for: Option<(Arc<ClusterState>, bool, BTreeSet<String>)> = None;
+        // When this node first applied the current ownership version: gained
+        // targets are held at most HOLD_MAX from then.
+        let mut version_since = std::time::Instant::now();
         let mut told_spec_error: Option<String> = None;
         loop {
             let state = state_rx.borrow_and_update().clone();
@@ -395,10 +398,12 @@ impl FleetState {
             if state.ownership_version != last_version {
                 prev_owners = std::mem::replace(&mut last_owners, state.owners.clone());
                 last_version = state.ownership_version;
+                version_since = std::time::Instant::now();
             }
             self.node.liveness().set_applied(state.ownership_version);
             let voters = self.node.voters();
             let fenced = !self.node.liveness().lease_valid(&voters, lease);
+            self.node.liveness().set_fenced(fenced);
             if was_fenced != Some(fenced) {
                 if fenced && was_fenced.is_some() {
                     tracing::warn!(node = me, "lease lost: no majority heard within the lease; stopping scrapes and notifications");
@@ -407,11 +412,24 @@ impl FleetState {
                 }
                 was_fenced = Some(fenced);
             }
-            let unchanged = computed_for
-                .as_ref()
-                .is_some_and(|(st, f)| *f == fenced && same_view_inputs(st, &state));
+            let held = if fenced {
+                BTreeSet::new()
+            } else {
+                let liveness = self.node.liveness();
+                held_targets(me, &state, &prev_owners, |p| {
+                    version_since.elapsed() < lease * HOLD_MAX_LEASES
+                        && liveness.silent_for(p) < lease
+                        && liveness.acting_of(p).unwrap_or(0) < state.ownership_version
+                })
+            };
+            let unchanged = computed_for.as_ref().is_some_and(|(st, f, h)| {
+                *f == fenced && *h == held && same_view_inputs(st, &state)
+            });
             if !unchanged {
-                computed_for = Some((state.clone(), fenced));
+                if !held.is_empty() {
+                    tracing::debug!(held = ?held, "gained targets held until their last owner knows of the new map");
+                }
+                computed_for = Some((state.clone(), fenced, held.clone()));
                 let (version, spec) = self.spec_of(&state);
                 let mut view = owned_view(me, &state, version, &spec, &prev_owners, fenced);
                 view.spec_unknown = !self.spec_known();
@@ -424,6 +442,9 @@ impl FleetState {
                     view.alerts = alerts.clone();
                     view.notices = notices.clone();
                 }
+                // After the snapshot: what the herd handed over stays whole, and a
+                // target released from its hold gets its alerts with it.
+                view.hold(&held);
                 let current = owned.borrow().clone();
                 if *current != view {
                     let _ = owned.send(Arc::new(view));
@@ -436,6 +457,33 @@ impl FleetState {
             }
         }
     }
+}
+
+/// A target that moved to this node is held — not scraped, its alerts not run —
+/// while the node it came from may still act for it: it is still heard from (so it
+/// may hold its lease through other nodes when cut from the leader only) and its
+/// beats say it acts on an older map (a node fences itself when it hears of a newer
+/// map than it applied, and then says so, within a beat interval or two). Held at
+/// most this many leases after the map was applied.
+const HOLD_MAX_LEASES: u32 = 2;
+
+/// The targets `state` gives `me` that the previous map gave another node for which
+/// `may_act(previous owner)` holds (pure).
+fn held_targets(
+    me: NodeId,
+    state: &ClusterState,
+    prev_owners: &BTreeMap<String, NodeId>,
+    may_act: impl Fn(NodeId) -> bool,
+) -> BTreeSet<String> {
+    state
+        .owners
+        .iter()
+        .filter(|(_, o)| **o == me)
+        .filter_map(|(name, _)| {
+            let prev = *prev_owners.get(name)?;
+            (prev != me && may_act(prev)).then(|| name.clone())
+        })
+        .collect()
 }
 
 /// Whether two applied states give the same view of what a node owns (alerts are
@@ -508,6 +556,35 @@ pub fn owned_view(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gained_targets_are_held_while_their_last_owner_may_act() {
+        let state = ClusterState {
+            owners: [
+                ("a".to_string(), 1),
+                ("b".to_string(), 1),
+                ("c".to_string(), 2),
+            ]
+            .into(),
+            ownership_version: 7,
+            ..Default::default()
+        };
+        // a came from 2 (which may still act), b from 3 (which may not), c is 2's.
+        let prev: BTreeMap<String, NodeId> = [
+            ("a".to_string(), 2),
+            ("b".to_string(), 3),
+            ("c".to_string(), 1),
+        ]
+        .into();
+        let held = held_targets(1, &state, &prev, |p| p == 2);
+        assert_eq!(held, ["a".to_string()].into());
+        assert!(held_targets(1, &state, &prev, |_| false).is_empty());
+        // Node 2 gained c from 1.
+        assert_eq!(
+            held_targets(2, &state, &prev, |p| p == 1),
+            ["c".to_string()].into()
+        );
+    }
 
     #[test]
     fn a_spec_that_does_not_parse_here_leaves_the_last_good_one_in_force() {

@@ -36,13 +36,16 @@ use super::types::NodeId;
 pub struct Liveness {
     id: NodeId,
     started: Instant,
-    /// Last sign of life of each peer and the ownership version it had applied.
-    heard: Mutex<HashMap<NodeId, (Instant, u64)>>,
+    /// Last sign of life of each peer, the ownership version it had applied and
+    /// the one it acted on (`u64::MAX`: none, it was fenced; 0: not said).
+    heard: Mutex<HashMap<NodeId, (Instant, u64, u64)>>,
     /// When this node sent the latest beat each peer answered as a member: what
     /// the lease counts.
     acked: Mutex<HashMap<NodeId, Instant>>,
     /// The ownership version this node has applied.
     applied: AtomicU64,
+    /// Whether this node is fenced (acts on no map), as its owner view last said.
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 impl Liveness {
@@ -53,6 +56,7 @@ impl Liveness {
             heard: Mutex::new(HashMap::new()),
             acked: Mutex::new(HashMap::new()),
             applied: AtomicU64::new(0),
+            fenced: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -69,13 +73,35 @@ impl Liveness {
         self.id
     }
 
-    /// Records a sign of life of `node` now, with the ownership version it applied.
-    pub fn heard(&self, node: NodeId, version: u64) {
+    /// Records a sign of life of `node` now, with the ownership version it applied
+    /// and the one it acts on.
+    pub fn heard(&self, node: NodeId, version: u64, acting: u64) {
         if node == self.id {
             return;
         }
         let mut h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-        h.insert(node, (Instant::now(), version));
+        h.insert(node, (Instant::now(), version, acting));
+    }
+
+    /// Records whether this node is fenced (its owner view says so).
+    pub fn set_fenced(&self, fenced: bool) {
+        self.fenced.store(fenced, Ordering::Relaxed);
+    }
+
+    /// The ownership version this node acts on: the applied one, or `u64::MAX`
+    /// while it is fenced (none).
+    pub fn acting(&self) -> u64 {
+        if self.fenced.load(Ordering::Relaxed) {
+            u64::MAX
+        } else {
+            self.applied()
+        }
+    }
+
+    /// The ownership version `node` acted on when last heard (`u64::MAX`: none).
+    pub fn acting_of(&self, node: NodeId) -> Option<u64> {
+        let h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        h.get(&node).map(|(_, _, a)| *a)
     }
 
     /// `node` answered, as a member, a beat this node sent at `sent`, with the
@@ -85,7 +111,8 @@ impl Liveness {
         if node == self.id {
             return;
         }
-        self.heard(node, version);
+        let acting = self.acting_of(node).unwrap_or(0);
+        self.heard(node, version, acting);
         let mut a = self.acked.lock().unwrap_or_else(|p| p.into_inner());
         let at = a.entry(node).or_insert(sent);
         *at = (*at).max(sent);
@@ -100,8 +127,8 @@ impl Liveness {
         }
         {
             let mut h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-            let version = h.get(&node).map_or(0, |(_, v)| *v);
-            h.insert(node, (Instant::now(), version));
+            let (version, acting) = h.get(&node).map_or((0, 0), |(_, v, a)| (*v, *a));
+            h.insert(node, (Instant::now(), version, acting));
         }
         let mut a = self.acked.lock().unwrap_or_else(|p| p.into_inner());
         a.insert(node, Instant::now());
@@ -110,7 +137,7 @@ impl Liveness {
     /// The ownership version `node` had applied when last heard.
     pub fn version_of(&self, node: NodeId) -> Option<u64> {
         let h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-        h.get(&node).map(|(_, v)| *v)
+        h.get(&node).map(|(_, v, _)| *v)
     }
 
     /// How long `node` has been silent: since its last sign of life, or since this
@@ -125,7 +152,7 @@ impl Liveness {
             return Duration::ZERO;
         }
         let h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-        let since = h.get(&node).map_or(self.started, |(t, _)| *t);
+        let since = h.get(&node).map_or(self.started, |(t, _, _)| *t);
         now.saturating_duration_since(since)
     }
 
@@ -144,7 +171,7 @@ impl Liveness {
         let h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
         let recent = |t: &Instant| now.saturating_duration_since(*t) < lease;
         let mine = self.applied();
-        if h.values().any(|(t, v)| recent(t) && *v > mine) {
+        if h.values().any(|(t, v, _)| recent(t) && *v > mine) {
             return false;
         }
         drop(h);
@@ -219,7 +246,13 @@ pub async fn beat_members(
                 tokio::spawn(async move {
                     let sent = Instant::now();
                     match peers
-                        .beat(&node.addr, liveness.id(), &from_addr, liveness.applied(), timeout)
+                        .beat(
+                            &node.addr,
+                            liveness.id(),
+                            &from_addr,
+                            (liveness.applied(), liveness.acting()),
+                            timeout,
+                        )
                         .await
                     {
                         Ok((answered, true, version)) if answered == id => {
@@ -254,7 +287,7 @@ mod tests {
         let voters: BTreeSet<NodeId> = [1, 2, 3].into();
         let lease = Duration::from_millis(500);
         assert!(!l.lease_valid(&voters, lease), "alone among three");
-        l.heard(2, 0);
+        l.heard(2, 0, 0);
         assert!(
             !l.lease_valid(&voters, lease),
             "a beat received is no credit: only an answer to one sent"
@@ -319,7 +352,7 @@ mod tests {
         let l = Liveness::new(1);
         let t = Instant::now() + Duration::from_secs(3);
         assert!(l.silent_at(2, t) >= Duration::from_secs(3));
-        l.heard(2, 0);
+        l.heard(2, 0, 0);
         assert!(l.silent_at(2, Instant::now()) < Duration::from_secs(1));
         assert_eq!(l.silent_for(1), Duration::ZERO);
     }

@@ -124,7 +124,7 @@ impl ClusterNode {
                 &address,
                 self.id(),
                 self.addr(),
-                self.liveness().applied(),
+                (self.liveness().applied(), self.liveness().acting()),
                 PROBE_TIMEOUT,
             )
             .await

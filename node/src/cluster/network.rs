@@ -192,13 +192,14 @@ impl Peers {
         addr: &str,
         from: NodeId,
         from_addr: &str,
-        ownership_version: u64,
+        (ownership_version, acting_version): (u64, u64),
         timeout: Duration,
     ) -> Result<(NodeId, bool, u64), Status> {
         let beat = BeatRequest {
             from,
             from_addr: from_addr.to_string(),
             ownership_version,
+            acting_version,
         };
         let r = self
             .unary(

@@ -161,7 +161,7 @@ impl RaftRpc for RaftService {
             .nodes()
             .any(|(id, _)| *id == from);
         if member {
-            liveness.heard(from, beat.ownership_version);
+            liveness.heard(from, beat.ownership_version, beat.acting_version);
         }
         Ok(Response::new(BeatReply {
             id: liveness.id(),

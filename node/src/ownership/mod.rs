@@ -56,6 +56,20 @@ impl Owned {
             .iter()
             .filter(|t| !self.paused.contains_key(&t.name))
     }
+
+    /// Leaves out `held` targets (with their pauses, alerts and notices): owned in
+    /// the map, not yet acted for by this node.
+    pub fn hold(&mut self, held: &std::collections::BTreeSet<String>) {
+        if held.is_empty() {
+            return;
+        }
+        self.targets.retain(|t| !held.contains(&t.name));
+        self.paused.retain(|n, _| !held.contains(n));
+        self.alerts.retain(|a| !held.contains(&a.target));
+        self.notices
+            .retain(|e| !held.contains(&e.notification.alert.target));
+        self.gained.retain(|n| !held.contains(n));
+    }
 }
 
 pub type OwnedTx = watch::Sender<Arc<Owned>>;
