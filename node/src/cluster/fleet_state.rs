@@ -380,6 +380,8 @@ impl FleetState {
         // When this node first applied the current ownership version: gained
         // targets are held at most HOLD_MAX from then.
         let mut version_since = std::time::Instant::now();
+        // The targets of the view last published: what this node acts for.
+        let mut acted: BTreeSet<String> = BTreeSet::new();
         let mut told_spec_error: Option<String> = None;
         loop {
             let state = state_rx.borrow_and_update().clone();
@@ -412,22 +414,31 @@ impl FleetState {
                 }
                 was_fenced = Some(fenced);
             }
-            let held = if fenced {
-                BTreeSet::new()
-            } else {
-                let liveness = self.node.liveness();
-                held_targets(me, &state, &prev_owners, |p| {
-                    version_since.elapsed() < lease * HOLD_MAX_LEASES
-                        && liveness.silent_for(p) < lease
-                        && liveness.acting_of(p).unwrap_or(0) < state.ownership_version
-                })
-            };
+            // Another member still heard that acts on an older map than this
+            // node applied may still scrape what this node now takes up.
+            let liveness = self.node.liveness();
+            let behind: Vec<NodeId> =
+                if fenced || version_since.elapsed() >= lease * HOLD_MAX_LEASES {
+                    Vec::new()
+                } else {
+                    self.node
+                        .members()
+                        .into_iter()
+                        .map(|(id, _)| id)
+                        .filter(|p| {
+                            *p != me
+                                && liveness.silent_for(*p) < lease
+                                && liveness.acting_of(*p).unwrap_or(0) < state.ownership_version
+                        })
+                        .collect()
+                };
+            let held = held_targets(me, &state, &acted, !behind.is_empty());
             let unchanged = computed_for.as_ref().is_some_and(|(st, f, h)| {
                 *f == fenced && *h == held && same_view_inputs(st, &state)
             });
             if !unchanged {
                 if !held.is_empty() {
-                    tracing::debug!(held = ?held, "gained targets held until their last owner knows of the new map");
+                    tracing::debug!(held = ?held, behind = ?behind, "targets taken up held until every member heard acts on this map or none");
                 }
                 computed_for = Some((state.clone(), fenced, held.clone()));
                 let (version, spec) = self.spec_of(&state);
@@ -445,6 +456,7 @@ impl FleetState {
                 // After the snapshot: what the herd handed over stays whole, and a
                 // target released from its hold gets its alerts with it.
                 view.hold(&held);
+                acted = view.targets.iter().map(|t| t.name.clone()).collect();
                 let current = owned.borrow().clone();
                 if *current != view {
                     let _ = owned.send(Arc::new(view));
@@ -459,30 +471,33 @@ impl FleetState {
     }
 }
 
-/// A target that moved to this node is held — not scraped, its alerts not run —
-/// while the node it came from may still act for it: it is still heard from (so it
-/// may hold its lease through other nodes when cut from the leader only) and its
-/// beats say it acts on an older map (a node fences itself when it hears of a newer
-/// map than it applied, and then says so, within a beat interval or two). Held at
+/// A target this node takes up (it did not act for it in the view it last
+/// published: gained from another node, or owned again after a fence) is held —
+/// not scraped, its alerts not run — while another member that is still heard
+/// says, in its beats, that it acts on an older map than this node applied: that
+/// member may still act for the target (cut from the leader only, it keeps a lease
+/// through the others; an old owner of a planned move may not have applied the
+/// move yet). A member fences itself as soon as it hears of a newer map than it
+/// applied, and then says it acts on none, within a beat interval or two. Held at
 /// most this many leases after the map was applied.
 const HOLD_MAX_LEASES: u32 = 2;
 
-/// The targets `state` gives `me` that the previous map gave another node for which
-/// `may_act(previous owner)` holds (pure).
+/// The targets `state` gives `me` that it did not act for (`acted`), when another
+/// member may act on an older map (`behind`) (pure).
 fn held_targets(
     me: NodeId,
     state: &ClusterState,
-    prev_owners: &BTreeMap<String, NodeId>,
-    may_act: impl Fn(NodeId) -> bool,
+    acted: &BTreeSet<String>,
+    behind: bool,
 ) -> BTreeSet<String> {
+    if !behind {
+        return BTreeSet::new();
+    }
     state
         .owners
         .iter()
-        .filter(|(_, o)| **o == me)
-        .filter_map(|(name, _)| {
-            let prev = *prev_owners.get(name)?;
-            (prev != me && may_act(prev)).then(|| name.clone())
-        })
+        .filter(|(name, o)| **o == me && !acted.contains(*name))
+        .map(|(name, _)| name.clone())
         .collect()
 }
 
@@ -558,7 +573,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gained_targets_are_held_while_their_last_owner_may_act() {
+    fn targets_taken_up_are_held_while_a_member_acts_on_an_older_map() {
         let state = ClusterState {
             owners: [
                 ("a".to_string(), 1),
@@ -569,21 +584,15 @@ mod tests {
             ownership_version: 7,
             ..Default::default()
         };
-        // a came from 2 (which may still act), b from 3 (which may not), c is 2's.
-        let prev: BTreeMap<String, NodeId> = [
-            ("a".to_string(), 2),
-            ("b".to_string(), 3),
-            ("c".to_string(), 1),
-        ]
-        .into();
-        let held = held_targets(1, &state, &prev, |p| p == 2);
-        assert_eq!(held, ["a".to_string()].into());
-        assert!(held_targets(1, &state, &prev, |_| false).is_empty());
-        // Node 2 gained c from 1.
+        // Node 1 acted for b already; a is new to it; c is node 2's.
+        let acted: BTreeSet<String> = ["b".to_string()].into();
         assert_eq!(
-            held_targets(2, &state, &prev, |p| p == 1),
-            ["c".to_string()].into()
+            held_targets(1, &state, &acted, true),
+            ["a".to_string()].into()
         );
+        assert!(held_targets(1, &state, &acted, false).is_empty());
+        // Back from a fence: it acted for nothing, so everything waits.
+        assert_eq!(held_targets(1, &state, &BTreeSet::new(), true).len(), 2);
     }
 
     #[test]
