@@ -297,3 +297,92 @@ fn rest_answers_what_the_cli_answers_and_refuses_clearly() {
         a.body
     );
 }
+
+/// `curl` of a text route: status code and body.
+fn curl_text(herd: &Herd, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-S",
+        "--max-time",
+        "20",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+    ]);
+    if let Some(t) = token {
+        cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+    }
+    cmd.arg(format!("http://{}{path}", herd.http_addr()));
+    let out = run_bounded(&mut cmd, Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text
+        .rsplit_once('\n')
+        .expect("curl printed the status code");
+    (
+        code.trim().parse().expect("a status code"),
+        body.to_string(),
+    )
+}
+
+/// The value of the sample `name` (with its labels as written) in exposition text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn metrics_pass_promtool_and_say_what_the_node_does() {
+    let herd = Herd::start(
+        HerdOptions::default()
+            .api_token(TOKEN)
+            .fleet(local_target("box", "1s")),
+    );
+    phase!("/metrics needs the token like every route");
+    let (code, _) = curl_text(&herd, "/metrics", None);
+    assert_eq!(code, 401);
+
+    phase!("/metrics: the node's own health");
+    let text = wait_for(BOUND, "/metrics shows box up", || {
+        let (code, text) = curl_text(&herd, "/metrics", Some(TOKEN));
+        assert_eq!(code, 200, "{text}");
+        (sample(&text, "herd_target_up{target=\"box\"}") == Some(1.0)).then_some(text)
+    });
+    eprintln!("{text}");
+    assert_eq!(sample(&text, "herd_up"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "herd_targets_owned"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "herd_raft_is_leader"),
+        Some(1.0),
+        "a herd of one leads: {text}"
+    );
+    assert_eq!(sample(&text, "herd_lease_valid"), Some(1.0), "{text}");
+    assert!(
+        sample(&text, "herd_scrapes_total").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    let status = herd.status_json();
+    assert_eq!(
+        sample(&text, "herd_ownership_version"),
+        status["ownership_version"].as_f64(),
+        "the same version as herd status"
+    );
+
+    phase!("promtool check metrics (Prometheus' own linter) accepts it");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = dir.path().join("metrics.txt");
+    std::fs::write(&file, &text).expect("writing the metrics");
+    let out = run_bounded(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("promtool check metrics < {}", file.display())),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "promtool check metrics (Debian's prometheus package; scripts/test installs it) failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -19,6 +19,7 @@
 //! | `POST /herd/v1/targets/{name}/pause[?for=1h][&reason=R][&by=NAME]` | Pause |
 //! | `POST /herd/v1/targets/{name}/resume` | Resume |
 //! | `POST /herd/v1/apply[?source=NAME]` with the fleet TOML as the body | Apply |
+//! | `GET /metrics` | this node's health, Prometheus text format ([`super::metrics`]) |
 //!
 //! Errors are `{"error": {"status", "code", "message", "items"?}}`: 400 bad input
 //! (`items`: one line per problem the node found, `file:line: key: message` for a
@@ -90,6 +91,7 @@ pub fn router(face: Arc<HttpFace>) -> Router {
         .route("/herd/v1/targets/{name}/pause", post(pause))
         .route("/herd/v1/targets/{name}/resume", post(resume))
         .route("/herd/v1/apply", post(apply))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(face)
@@ -532,6 +534,20 @@ async fn apply(
             "unchanged": r.unchanged,
         })))
     }
+}
+
+/// `/metrics`: this node's own health in the Prometheus text format.
+async fn metrics(State(f): State<Arc<HttpFace>>, h: HeaderMap) -> Result<Response, ApiError> {
+    check(&f, &h, None)?;
+    let text = super::metrics::render(&f.api).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 // ---------------------------------------------------------------------------------

@@ -5,5 +5,6 @@ mod error;
 mod grpc;
 pub mod http;
 pub mod json;
+mod metrics;
 
 pub use grpc::{HerdApi, NodeIdentity};
