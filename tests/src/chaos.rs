@@ -70,7 +70,7 @@ use tempfile::TempDir;
 
 use crate::bench::{client_runtime, percentile, point_times, up_query};
 use crate::cluster::Status;
-use crate::netns::{NetLab, NetNode, NodeSpec};
+use crate::netns::{default_timings_toml, NetLab, NetNode, NodeSpec};
 use crate::{now_ms, toml_str, HttpReceiver, Sshd, SSH_USER};
 
 /// Scrape interval of every target.
@@ -78,10 +78,6 @@ const INTERVAL_MS: i64 = 1000;
 /// The port every node listens on, in its own namespace.
 const PORT: u16 = 7401;
 const TOKEN: &str = "chaos-harness-token-7c2e";
-/// The herd's default timings written out; only the fleet is owned.
-const CLUSTER_TOML: &str = "[cluster]\nheartbeat = \"100ms\"\nelection_min = \"500ms\"\n\
-    election_max = \"1s\"\nbeat_interval = \"200ms\"\nlease = \"1s\"\nfailover_after = \"1500ms\"\n\
-    machine = \"none\"\n";
 /// How long a cut or a killed node lasts.
 const FAULT_MS: u64 = 4000;
 /// When, after the fault starts, a file is flipped.
@@ -289,7 +285,7 @@ impl Rig {
                 netns: Some(rig.lab.ns(i).to_string()),
                 token: Some(TOKEN.into()),
                 tls: None,
-                extra_toml: CLUSTER_TOML.into(),
+                extra_toml: default_timings_toml("none"),
                 ssh_toml: format!(
                     "user = \"{SSH_USER}\"\nkey = {}\n",
                     toml_str(&rig.sshd.client_key().display().to_string())

@@ -298,6 +298,17 @@ impl Drop for NetLab {
 // ---------------------------------------------------------------------------------
 // NetNode
 
+/// A `[cluster]` section with the herd's default timings written out (heartbeat
+/// 100 ms, election 0.5–1 s, beats 200 ms, lease 1 s, failover after 1.5 s) and
+/// `machine` (how each node's own machine is watched: "local", "none", ...).
+pub fn default_timings_toml(machine: &str) -> String {
+    format!(
+        "[cluster]\nheartbeat = \"100ms\"\nelection_min = \"500ms\"\nelection_max = \"1s\"\n\
+         beat_interval = \"200ms\"\nlease = \"1s\"\nfailover_after = \"1500ms\"\n\
+         machine = \"{machine}\"\n"
+    )
+}
+
 /// How to run one node.
 #[derive(Debug, Clone, Default)]
 pub struct NodeSpec {

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use herd_tests::cluster::{node_target, Status};
-use herd_tests::netns::{NetLab, NetNode, NodeSpec};
+use herd_tests::netns::{default_timings_toml, NetLab, NetNode, NodeSpec};
 use herd_tests::{local_target_with, phase, require_root, toml_str, wait_for};
 use herd_tests::{HttpReceiver, Received};
 use serde_json::Value;
@@ -42,12 +42,6 @@ const FRESH_S: f64 = 5.0;
 const FILES: usize = 6;
 /// The rule that fires when a watched file is missing or old.
 const RULE: &str = "stale-file";
-
-/// The herd timing of DESIGN.md's defaults, spelled out; the nodes' own machines
-/// are watched with the local transport (the `herd-node-N` targets).
-const CLUSTER_TOML: &str = "[cluster]\nheartbeat = \"100ms\"\nelection_min = \"500ms\"\n\
-    election_max = \"1s\"\nbeat_interval = \"200ms\"\nlease = \"1s\"\nfailover_after = \"1500ms\"\n\
-    machine = \"local\"\n";
 
 // ---------------------------------------------------------------------------------
 // The rig
@@ -130,7 +124,7 @@ fn rig() -> Rig {
             netns: Some(lab.ns(i).to_string()),
             token: Some(TOKEN.into()),
             tls: None,
-            extra_toml: CLUSTER_TOML.into(),
+            extra_toml: default_timings_toml("local"),
             ..Default::default()
         });
         eprintln!("    node {id} at {} in {}", node.addr(), lab.ns(i));

@@ -15,7 +15,7 @@ use std::time::Duration;
 use herd_proto::v1::raft_client::RaftClient;
 use herd_proto::v1::RaftRequest;
 use herd_tests::cluster::Status;
-use herd_tests::netns::{NetNode, NodeSpec, TlsFiles};
+use herd_tests::netns::{default_timings_toml, NetNode, NodeSpec, TlsFiles};
 use herd_tests::{free_port, herd_cli, local_target, now_ms, phase, wait_for};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -33,11 +33,6 @@ const FRESH_S: f64 = 5.0;
 const TARGETS: usize = 6;
 /// Tries at starting a node on a free port (another process may take it first).
 const START_TRIES: usize = 3;
-
-/// The herd timing of DESIGN.md's defaults; the nodes' machines watched locally.
-const CLUSTER_TOML: &str = "[cluster]\nheartbeat = \"100ms\"\nelection_min = \"500ms\"\n\
-    election_max = \"1s\"\nbeat_interval = \"200ms\"\nlease = \"1s\"\nfailover_after = \"1500ms\"\n\
-    machine = \"local\"\n";
 
 // ---------------------------------------------------------------------------------
 // Certificates and nodes
@@ -90,7 +85,7 @@ fn tls_node(id: u64, pki: &Path) -> NetNode {
             netns: None,
             token: None,
             tls: Some(TlsFiles::of_node(pki, id)),
-            extra_toml: CLUSTER_TOML.into(),
+            extra_toml: default_timings_toml("local"),
             ..Default::default()
         };
         match NetNode::try_start(spec) {
