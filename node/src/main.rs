@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use herd::cli::{Cli, Command, LogFormatArg};
-use herd::config::{LogFormat, NodeConfig};
+use herd::{Cli, Command, LogFormatArg};
+use herd::{LogFormat, NodeConfig};
 
 fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
             Err(errors) => {
                 eprintln!("{errors}");
                 eprintln!("herd node: refusing to start with a bad config");
-                return ExitCode::from(herd::cli::exit::USAGE);
+                return ExitCode::from(herd::exit::USAGE);
             }
         },
         _ => None,
@@ -74,10 +74,10 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("herd: cannot start the async runtime: {e}");
-            return ExitCode::from(herd::cli::exit::FAILURE);
+            return ExitCode::from(herd::exit::FAILURE);
         }
     };
-    match runtime.block_on(herd::cli::run(cli, node_cfg)) {
+    match runtime.block_on(herd::run(cli, node_cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}", e.message());

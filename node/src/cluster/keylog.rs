@@ -32,15 +32,18 @@ impl KeyLog {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.order.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }
 
     /// Keys, oldest first.
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.order.iter().map(String::as_str)
     }

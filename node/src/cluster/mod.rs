@@ -15,4 +15,4 @@ pub mod service;
 pub mod store;
 pub mod types;
 
-pub use fleet_state::{diff, ApplyError, FleetState, PauseError, SpecDiff};
+pub use fleet_state::{ApplyError, FleetState, PauseError};

@@ -80,6 +80,7 @@ struct Counters {
 }
 
 /// RPCs sent to one peer address since the node started (Raft and forwarded writes).
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerStats {
     pub addr: String,
@@ -161,6 +162,7 @@ impl Peers {
     }
 
     /// RPC counters per peer address, sorted by address.
+    #[cfg(test)]
     pub fn stats(&self) -> Vec<PeerStats> {
         let peers = self
             .inner

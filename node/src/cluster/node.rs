@@ -28,7 +28,9 @@ use tonic::Code;
 
 use super::credential::Credential;
 use super::liveness::Liveness;
-use super::network::{Forwarded, Network, PeerStats, Peers};
+#[cfg(test)]
+use super::network::PeerStats;
+use super::network::{Forwarded, Network, Peers};
 use super::service::RaftService;
 use super::store::{self, StoreError};
 use super::types::{ClusterState, Command, CommandResponse, NodeId, TypeConfig};
@@ -185,8 +187,6 @@ fn leader_text(leader: Option<NodeId>, addr: Option<&str>) -> String {
         _ => "no leader known".into(),
     }
 }
-
-type WriteResult<T> = Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>;
 
 /// One node of the herd's Raft group. Cloning is cheap (all clones drive the same
 /// Raft).
@@ -471,57 +471,6 @@ impl ClusterNode {
         }
     }
 
-    /// Adds a node that receives the log but does not vote (on the leader). It
-    /// returns once the membership entry is committed, not when the learner has
-    /// caught up.
-    pub async fn add_learner(&self, id: NodeId, node: BasicNode) -> Result<(), ClusterError> {
-        let res = tokio::time::timeout(
-            self.config.write_timeout,
-            self.raft.add_learner(id, node, false),
-        )
-        .await;
-        self.membership_result("add_learner", res)
-    }
-
-    /// Makes `voters` the voters (on the leader). With `retain`, voters that are
-    /// left out stay as learners; without, they leave the cluster.
-    pub async fn change_membership(
-        &self,
-        voters: BTreeSet<NodeId>,
-        retain: bool,
-    ) -> Result<(), ClusterError> {
-        let res = tokio::time::timeout(
-            self.config.write_timeout,
-            self.raft.change_membership(voters, retain),
-        )
-        .await;
-        self.membership_result("change_membership", res)
-    }
-
-    fn membership_result<T>(
-        &self,
-        what: &'static str,
-        res: Result<WriteResult<T>, tokio::time::error::Elapsed>,
-    ) -> Result<(), ClusterError> {
-        match res {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(ClusterError::NotLeader {
-                    node: self.id,
-                    leader: f.leader_id,
-                    addr: f.leader_node.map(|n| n.addr),
-                })
-            }
-            Ok(Err(RaftError::APIError(e))) => Err(ClusterError::Rejected(e.to_string())),
-            Ok(Err(RaftError::Fatal(f))) => Err(ClusterError::Stopped(f.to_string())),
-            Err(_) => Err(ClusterError::Timeout {
-                what,
-                timeout: self.config.write_timeout,
-                last: None,
-            }),
-        }
-    }
-
     /// Proposes `cmd` and waits until it is applied (committed by a majority);
     /// on a follower the write goes to the leader. Returns what applying it gave.
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, ClusterError> {
@@ -670,6 +619,7 @@ impl ClusterNode {
     }
 
     /// RPC counters per peer address.
+    #[cfg(test)]
     pub fn peer_stats(&self) -> Vec<PeerStats> {
         self.peers.stats()
     }

@@ -33,10 +33,6 @@ impl Link {
         }
     }
 
-    pub fn is_up(&self) -> Option<bool> {
-        self.up
-    }
-
     pub fn reason(&self) -> Option<&str> {
         self.reason.as_deref()
     }

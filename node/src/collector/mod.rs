@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-pub use scheduler::{run, Reconciled, Scheduler};
+pub use scheduler::run;
 
 use crate::store::Store;
 use crate::transport::SshSettings;

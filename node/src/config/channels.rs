@@ -185,17 +185,6 @@ impl ChannelSpec {
     pub fn name(&self) -> &str {
         each!(self, c => &c.name)
     }
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ChannelSpec::Email(_) => "email",
-            ChannelSpec::Webhook(_) => "webhook",
-            ChannelSpec::Slack(_) => "slack",
-            ChannelSpec::Telegram(_) => "telegram",
-            ChannelSpec::Command(_) => "command",
-            ChannelSpec::Asana(_) => "asana",
-            ChannelSpec::Nats(_) => "nats",
-        }
-    }
     pub fn delivery(&self) -> Delivery {
         each!(self, c => c.delivery())
     }

@@ -9,9 +9,9 @@ pub mod node;
 pub mod rules;
 
 pub use checks::{CheckSpec, Vantage};
-pub use duration::{parse_duration, HumanDuration};
-pub use error::{ConfigError, ConfigErrors};
+pub use duration::parse_duration;
+#[cfg(test)]
+pub use duration::HumanDuration;
+pub use error::ConfigErrors;
 pub use fleet::{parse_fleet, FleetSpec, TargetSpec, TransportKind};
-pub use node::{
-    expand_home, ClusterSection, HostKeyChecking, LogFormat, MachineSpec, NodeConfig, TlsSection,
-};
+pub use node::{expand_home, HostKeyChecking, LogFormat, MachineSpec, NodeConfig, TlsSection};

@@ -263,22 +263,6 @@ impl MachineSpec {
             }
         }
     }
-
-    /// The text form `parse` reads.
-    pub fn to_text(&self) -> String {
-        match self {
-            MachineSpec::None => "none".into(),
-            MachineSpec::Local => "local".into(),
-            MachineSpec::Ssh {
-                user: Some(u),
-                address,
-            } => format!("ssh://{u}@{address}"),
-            MachineSpec::Ssh {
-                user: None,
-                address,
-            } => format!("ssh://{address}"),
-        }
-    }
 }
 
 /// Expands a leading `~/` with `$HOME`.

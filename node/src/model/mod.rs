@@ -9,7 +9,7 @@ pub mod text;
 
 pub use alert::{Alert, AlertState, Notification, NotifyKind, Severity};
 pub use node::{NodeId, NodeRecord, MACHINE_PREFIX};
-pub use pattern::{fnv1a64, glob_match, FNV_OFFSET, FNV_PRIME};
+pub use pattern::{fnv1a64, glob_match, FNV_OFFSET};
 pub use retry::{Retry, RetryPolicy};
 pub use sample::{now_ms, Event, EventKind, InputSink, Labels, Measurement, Sample};
 

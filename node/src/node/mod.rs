@@ -61,7 +61,6 @@ const COLLECTOR_STOP_DEADLINE: Duration = Duration::from_secs(8);
 pub struct Running {
     pub store: Store,
     pub fleet: Arc<FleetState>,
-    pub board: StatusBoard,
 }
 
 /// Every part of a node, built and not yet running.
@@ -443,11 +442,7 @@ impl Node {
             data_dir = %cfg.node.data_dir.display(),
             "node is up"
         );
-        on_ready(Running {
-            store,
-            fleet,
-            board,
-        });
+        on_ready(Running { store, fleet });
 
         shutdown.await;
         tracing::info!("shutting down");

@@ -198,15 +198,6 @@ impl Notifier {
         self.wake();
     }
 
-    /// Settings of a channel, defaults when unknown.
-    pub fn delivery(&self, channel: &str) -> Delivery {
-        self.channels
-            .read()
-            .ok()
-            .and_then(|c| c.get(channel).map(|b| b.delivery.clone()))
-            .unwrap_or_default()
-    }
-
     pub fn wake(&self) {
         self.wake.notify_one();
     }

@@ -102,6 +102,7 @@ pub struct Transition {
 
 /// Counters for `/metrics` and logs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg(test)]
 pub struct EngineStats {
     /// Alerts tracked (every state, including recent resolved ones).
     pub alerts: usize,
@@ -613,6 +614,7 @@ impl Engine {
     /// Ids of restored alerts that `new` left out (their rule or target is not on
     /// this node, or the engine was full). The caller decides: delete them after a
     /// fleet change, keep them when only ownership moved.
+    #[cfg(test)]
     pub fn take_dropped_at_restore(&mut self) -> Vec<String> {
         std::mem::take(&mut self.dropped_at_restore)
     }
@@ -1081,6 +1083,7 @@ impl Engine {
         Some(m.alert.clone())
     }
 
+    #[cfg(test)]
     pub fn stats(&self) -> EngineStats {
         EngineStats {
             alerts: self.alerts.machines.len(),

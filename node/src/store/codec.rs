@@ -872,10 +872,12 @@ impl ChunkEncoder {
         self.count as usize
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
 
+    #[cfg(test)]
     pub fn first_ts(&self) -> Option<i64> {
         (self.count > 0).then_some(self.first_ts)
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use redb::Database;
 
 use crate::model::{Event, Sample};
-pub use query::{RollupSeries, SeriesPoints};
+pub use query::SeriesPoints;
 
 /// Operations queued between the writer and everyone else. Bounded so that an
 /// overloaded disk slows nobody down without limit: samples beyond it are counted
@@ -70,6 +70,7 @@ pub(crate) enum WriteOp {
     Rollup(RollupPoint),
     Event(Event),
     /// Stored durably; the reply comes after the commit.
+    #[cfg(test)]
     PutMeta(String, Vec<u8>, std::sync::mpsc::Sender<Result<(), String>>),
     /// Events and metadata that must commit together (log lines and the offset
     /// after them: a crash neither repeats nor skips a line).
@@ -158,10 +159,6 @@ impl Store {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Queues samples without waiting. Returns false (and counts them dropped) when
     /// the writer is behind by a full queue.
     pub fn append(&self, samples: Vec<Sample>) -> bool {
@@ -224,6 +221,7 @@ impl Store {
     }
 
     /// Stores a metadata value and returns once it is durable.
+    #[cfg(test)]
     pub async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
         let key = key.to_string();
         self.wait_for(move |reply| WriteOp::PutMeta(key, value, reply))

@@ -129,6 +129,7 @@ impl Writer {
                     self.events.extend(events);
                     self.quiet_meta.extend(meta);
                 }
+                #[cfg(test)]
                 Ok(WriteOp::PutMeta(k, v, reply)) => self.meta.push((k, v, reply)),
                 Ok(WriteOp::Flush(reply)) => self.waiting.push(reply),
                 Ok(WriteOp::Alerting(batch, reply)) => self.alerting.push((batch, reply)),

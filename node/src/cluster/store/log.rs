@@ -1,7 +1,6 @@
 //! The Raft log and vote.
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -29,7 +28,6 @@ pub const MAX_READ_BYTES: usize = 2 * 1024 * 1024;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
-    path: PathBuf,
 }
 
 /// Only the log id of a stored entry, decoded without its payload (a fleet spec
@@ -40,13 +38,8 @@ struct EntryLogId {
 }
 
 impl LogStore {
-    pub(super) fn new(db: Arc<Database>, path: PathBuf) -> LogStore {
-        LogStore { db, path }
-    }
-
-    /// The redb file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub(super) fn new(db: Arc<Database>) -> LogStore {
+        LogStore { db }
     }
 
     /// Entries with index in `(lo, hi)`, stopping once `max_bytes` of encoded

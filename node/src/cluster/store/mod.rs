@@ -34,7 +34,7 @@ mod sm;
 mod tests;
 
 pub use log::LogStore;
-pub use sm::{SnapshotBuilder, StateMachineStore};
+pub use sm::StateMachineStore;
 
 /// Name of the Raft file inside the node's data directory.
 pub const FILE_NAME: &str = "raft.redb";
@@ -123,8 +123,8 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
     let db = Arc::new(db);
     let applied = init(&db).map_err(|f| StoreError::from_fault(&path, f))?;
     Ok((
-        LogStore::new(db.clone(), path.clone()),
-        StateMachineStore::new(db, path, applied),
+        LogStore::new(db.clone()),
+        StateMachineStore::new(db, applied),
     ))
 }
 

@@ -1,6 +1,5 @@
 //! The state machine: the applied [`ClusterState`] and its snapshots.
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
@@ -59,7 +58,6 @@ struct SnapshotIn {
 /// [`subscribe`]: StateMachineStore::subscribe
 pub struct StateMachineStore {
     db: Arc<Database>,
-    path: PathBuf,
     applied: Applied,
     /// The applied state, published after every apply that changed it and after
     /// a snapshot install; the value is always durable.
@@ -69,23 +67,18 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    pub(super) fn new(db: Arc<Database>, path: PathBuf, applied: Applied) -> StateMachineStore {
+    pub(super) fn new(db: Arc<Database>, applied: Applied) -> StateMachineStore {
         let (tx, _) = watch::channel(applied.state.clone());
         StateMachineStore {
             db,
-            path,
             applied,
             tx,
             snapshot_seq: 0,
         }
     }
 
-    /// The redb file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The applied state now.
+    #[cfg(test)]
     pub fn state(&self) -> Arc<ClusterState> {
         self.applied.state.clone()
     }
@@ -97,13 +90,9 @@ impl StateMachineStore {
     }
 
     /// Log id of the last applied entry.
+    #[cfg(test)]
     pub fn last_applied(&self) -> Option<LogId<NodeId>> {
         self.applied.last_applied
-    }
-
-    /// The last applied membership.
-    pub fn membership(&self) -> &StoredMembership<NodeId, BasicNode> {
-        &self.applied.membership
     }
 
     /// Makes `applied` current (after its commit) and tells the subscribers.

@@ -25,8 +25,6 @@ mod slack;
 mod telegram;
 mod webhook;
 
-pub use payload::{alertmanager_document, herd_document};
-
 /// Why a send failed, and whether trying again may help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -39,14 +37,9 @@ pub enum SendError {
 }
 
 impl SendError {
+    #[cfg(test)]
     pub fn is_retryable(&self) -> bool {
         matches!(self, SendError::Retryable(_))
-    }
-    /// The text without the retryable/permanent prefix.
-    pub fn message(&self) -> &str {
-        match self {
-            SendError::Retryable(m) | SendError::Permanent(m) => m,
-        }
     }
 }
 
@@ -89,6 +82,7 @@ impl Channel {
         Ok(Channel { name, kind })
     }
 
+    #[cfg(test)]
     pub fn name(&self) -> &str {
         &self.name
     }

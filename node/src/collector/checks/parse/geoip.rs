@@ -39,6 +39,7 @@ impl GeoDb {
 
     /// Reads a database from its bytes (tests; the check opens the file with
     /// `Reader::open_readfile`).
+    #[cfg(test)]
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GeoDb, String> {
         Reader::from_source(bytes)
             .map(GeoDb::new)
@@ -46,6 +47,7 @@ impl GeoDb {
     }
 
     /// `database_type` of the metadata, e.g. "GeoLite2-Country".
+    #[cfg(test)]
     pub fn database_type(&self) -> &str {
         &self.reader.metadata().database_type
     }

@@ -201,6 +201,7 @@ impl StateTree {
     }
 
     /// When the leaf at a dotted path (object keys only) was last set.
+    #[cfg(test)]
     pub fn touched_at(&self, path: &str) -> Option<i64> {
         let key: LeafPath = path.split('.').map(str::to_string).collect();
         self.touched.get(&key).copied()

@@ -68,6 +68,7 @@ impl PluginStatus {
     }
 
     /// Stable lower-case name; scripts match on it.
+    #[cfg(test)]
     pub fn as_str(self) -> &'static str {
         match self {
             PluginStatus::Ok => "ok",
