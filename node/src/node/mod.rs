@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{HerdApi, NodeIdentity};
 use crate::cluster::controller::{self, ControllerConfig};
@@ -42,7 +43,7 @@ mod os;
 pub mod parts;
 
 pub use os::{current_user, signals};
-use parts::Parts;
+use parts::{Parts, StopReport};
 
 /// How often pauses with an end are checked.
 const PAUSE_CHECK: Duration = Duration::from_secs(1);
@@ -65,10 +66,13 @@ pub struct Running {
 
 /// Every part of a node, built and not yet running.
 pub struct Node {
+    wiring: Wiring,
+    once: Once,
+}
+
+/// The handles several parts share: each part gets its own clones.
+struct Wiring {
     cfg: NodeConfig,
-    listener: TcpListener,
-    /// The HTTP face's port (`node.http`).
-    http_listener: TcpListener,
     addr: SocketAddr,
     token: Option<String>,
     tls: Option<NodeTls>,
@@ -80,113 +84,70 @@ pub struct Node {
     states: StateBoard,
     transports: Transports,
     rules: RulesHandle,
+    owned_rx: OwnedRx,
+    notifier: Arc<Notifier>,
+}
+
+/// What one part takes for itself when it starts: listeners, receivers, senders.
+struct Once {
+    listener: TcpListener,
+    /// The HTTP face's port (`node.http`).
+    http_listener: TcpListener,
     rules_rx: tokio::sync::mpsc::Receiver<Input>,
     replicate: (UnboundedSender<AlertDelta>, UnboundedReceiver<AlertDelta>),
     owned_tx: OwnedTx,
-    owned_rx: OwnedRx,
     collectors: Arc<CollectorCtx>,
-    notifier: Arc<Notifier>,
 }
 
 impl Node {
     /// Builds every part on `listener`; an error names what could not start.
     pub async fn build(cfg: NodeConfig, listener: TcpListener) -> anyhow::Result<Node> {
         os::raise_open_files_limit();
-        let data_dir = cfg.node.data_dir.clone();
         let token = match &cfg.node.api_token_file {
             Some(path) => Some(crate::api::auth::read_token(path).map_err(anyhow::Error::msg)?),
             None => None,
         };
         let tls = crate::tls::load(&cfg.tls).map_err(anyhow::Error::msg)?;
-        let store = Store::open(
-            &data_dir,
-            StoreOptions {
-                retention: cfg.store.retention.get(),
-                flush_interval: cfg.store.flush_interval.get(),
-                chunk_samples: cfg.store.chunk_samples,
-            },
-        )
-        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        let store = open_store(&cfg)?;
         let addr = listener.local_addr()?;
         let http_listener = TcpListener::bind(&cfg.node.http)
             .await
             .with_context(|| format!("cannot listen on node.http {}", cfg.node.http))?;
-        let c = &cfg.cluster;
-        let cluster = ClusterNode::start(
-            cfg.node.id,
-            addr.to_string(),
-            &data_dir,
-            ClusterConfig {
-                heartbeat: c.heartbeat.get(),
-                election_min: c.election_min.get(),
-                election_max: c.election_max.get(),
-                client_tls: tls.as_ref().map(|t| t.client.clone()),
-                require_peer_cert: tls.is_some(),
-                secret_file: c.secret_file.clone(),
-                declarative: !c.peers.is_empty(),
-                ..ClusterConfig::default()
-            },
-        )
-        .await
-        .with_context(|| format!("starting Raft in {}", data_dir.display()))?;
+        let cluster = start_raft(&cfg, addr, tls.as_ref()).await?;
         let fleet = FleetState::new(cluster.clone(), store.clone());
         let replicate = tokio::sync::mpsc::unbounded_channel();
-        let applied = cluster.state();
-        let recorded: crate::rules::runner::Recorded =
-            Arc::new(move |id: &str| applied.borrow().alerts.get(id).map(|a| a.transitions));
-        let (rules, rules_rx) =
-            crate::rules::runner::channel(&store, Some(replicate.0.clone()), Some(recorded));
+        let (rules, rules_rx) = rules_channel(&store, &cluster, &replicate.0);
         let (owned_tx, owned_rx) = ownership::channel();
         // The stored spec, ownership and alerts from the first moment: the rules task
         // and the outbox must not start from an empty spec after a restart.
-        let _ = owned_tx.send(Arc::new(fleet.view_now(c.lease.get())));
-        let board: StatusBoard = Arc::new(RwLock::new(Default::default()));
-        let stats = Arc::new(ScrapeStats::default());
-        let states: StateBoard = Arc::new(RwLock::new(Default::default()));
-        let transports: Transports = Arc::new(RwLock::new(Default::default()));
-        let ssh = &cfg.ssh;
-        let collectors = Arc::new(CollectorCtx {
-            store: store.clone(),
-            ssh: Arc::new(SshSettings {
-                known_hosts: expand_home(&ssh.known_hosts),
-                host_key_checking: ssh.host_key_checking,
-                connect_timeout: ssh.connect_timeout.get(),
-                keepalive_interval: ssh.keepalive_interval.get(),
-                keepalive_max: ssh.keepalive_max,
-                max_channels: ssh.max_channels,
-            }),
-            default_key: ssh.key.as_deref().map(expand_home),
-            default_user: ssh.user.clone().unwrap_or_else(current_user),
-            command_timeout: ssh.command_timeout.get(),
-            reconnect: ssh.reconnect(),
-            board: board.clone(),
-            stats: stats.clone(),
-            states: states.clone(),
-            rules: Some(Arc::new(rules.clone())),
-            transports: transports.clone(),
-        });
+        let _ = owned_tx.send(Arc::new(fleet.view_now(cfg.cluster.lease.get())));
+        let collectors = Arc::new(collector_ctx(&cfg, &store, &rules));
         let notifier = Notifier::new(store.clone());
         Ok(Node {
-            cfg,
-            listener,
-            http_listener,
-            addr,
-            token,
-            tls,
-            store,
-            cluster,
-            fleet,
-            board,
-            stats,
-            states,
-            transports,
-            rules,
-            rules_rx,
-            replicate,
-            owned_tx,
-            owned_rx,
-            collectors,
-            notifier,
+            wiring: Wiring {
+                board: collectors.board.clone(),
+                stats: collectors.stats.clone(),
+                states: collectors.states.clone(),
+                transports: collectors.transports.clone(),
+                cfg,
+                addr,
+                token,
+                tls,
+                store,
+                cluster,
+                fleet,
+                rules,
+                owned_rx,
+                notifier,
+            },
+            once: Once {
+                listener,
+                http_listener,
+                rules_rx,
+                replicate,
+                owned_tx,
+                collectors,
+            },
         })
     }
 
@@ -199,33 +160,147 @@ impl Node {
         shutdown: impl Future<Output = ()> + Send + 'static,
         on_ready: impl FnOnce(Running) + Send,
     ) -> anyhow::Result<()> {
-        let Node {
-            cfg,
-            listener,
-            http_listener,
-            addr,
-            token,
-            tls,
-            store,
-            cluster,
-            fleet,
-            board,
-            stats,
-            states,
-            transports,
-            rules,
-            rules_rx,
-            replicate: (replicate_tx, replicate_rx),
-            owned_tx,
-            owned_rx,
-            collectors,
-            notifier,
-        } = self;
-        let c = &cfg.cluster;
+        let Node { wiring: w, once } = self;
         let mut parts = Parts::default();
+        // Parts in start order; they stop in reverse (see the table above).
+        w.close_store_last(&mut parts); // 1
+        w.stop_raft(&mut parts); // 2
+        let api = Arc::new(w.herd_api());
+        w.serve_http(&mut parts, api.clone(), once.http_listener)?; // 3
+        w.serve_grpc(&mut parts, api, once.listener)?; // 3
+        w.flush_store_before_the_api_goes(&mut parts); // 4
+        let herd = w.start_herd_tasks(&mut parts, once.owned_tx, once.replicate); // 5
+        if let Err(e) = w.apply_initial_fleet(&mut parts, initial, herd).await {
+            parts.stop().await;
+            return Err(e);
+        }
+        w.start_outbox(&mut parts); // 6
+        w.start_rules(&mut parts, once.rules_rx); // 7
+        w.start_collectors(&mut parts, once.collectors); // 8
 
-        // 1. The store: its last commit when everything else has stopped.
-        let closing = store.clone();
+        tracing::info!(
+            node = w.cfg.node.id,
+            grpc = %w.addr,
+            data_dir = %w.cfg.node.data_dir.display(),
+            "node is up"
+        );
+        on_ready(Running {
+            store: w.store.clone(),
+            fleet: w.fleet.clone(),
+        });
+
+        shutdown.await;
+        tracing::info!("shutting down");
+        stopped(parts.stop().await)
+    }
+}
+
+/// Opens the node's store in its data directory.
+fn open_store(cfg: &NodeConfig) -> anyhow::Result<Store> {
+    let data_dir = &cfg.node.data_dir;
+    Store::open(
+        data_dir,
+        StoreOptions {
+            retention: cfg.store.retention.get(),
+            flush_interval: cfg.store.flush_interval.get(),
+            chunk_samples: cfg.store.chunk_samples,
+        },
+    )
+    .with_context(|| format!("opening the store in {}", data_dir.display()))
+}
+
+/// Starts Raft with the `[cluster]` timings, reachable at `addr`.
+async fn start_raft(
+    cfg: &NodeConfig,
+    addr: SocketAddr,
+    tls: Option<&NodeTls>,
+) -> anyhow::Result<ClusterNode> {
+    let c = &cfg.cluster;
+    let data_dir = &cfg.node.data_dir;
+    ClusterNode::start(
+        cfg.node.id,
+        addr.to_string(),
+        data_dir,
+        ClusterConfig {
+            heartbeat: c.heartbeat.get(),
+            election_min: c.election_min.get(),
+            election_max: c.election_max.get(),
+            client_tls: tls.map(|t| t.client.clone()),
+            require_peer_cert: tls.is_some(),
+            secret_file: c.secret_file.clone(),
+            declarative: !c.peers.is_empty(),
+            ..ClusterConfig::default()
+        },
+    )
+    .await
+    .with_context(|| format!("starting Raft in {}", data_dir.display()))
+}
+
+/// The rules' input channel; alert changes go to the herd's replication, and the
+/// rules read how far the herd has recorded an alert from Raft's applied state.
+fn rules_channel(
+    store: &Store,
+    cluster: &ClusterNode,
+    replicate: &UnboundedSender<AlertDelta>,
+) -> (RulesHandle, tokio::sync::mpsc::Receiver<Input>) {
+    let applied = cluster.state();
+    let recorded: crate::rules::runner::Recorded =
+        Arc::new(move |id: &str| applied.borrow().alerts.get(id).map(|a| a.transitions));
+    crate::rules::runner::channel(store, Some(replicate.clone()), Some(recorded))
+}
+
+/// The collectors' settings (`[ssh]`) and fresh boards, which the API and the
+/// rules share with them.
+fn collector_ctx(cfg: &NodeConfig, store: &Store, rules: &RulesHandle) -> CollectorCtx {
+    let ssh = &cfg.ssh;
+    CollectorCtx {
+        store: store.clone(),
+        ssh: Arc::new(SshSettings {
+            known_hosts: expand_home(&ssh.known_hosts),
+            host_key_checking: ssh.host_key_checking,
+            connect_timeout: ssh.connect_timeout.get(),
+            keepalive_interval: ssh.keepalive_interval.get(),
+            keepalive_max: ssh.keepalive_max,
+            max_channels: ssh.max_channels,
+        }),
+        default_key: ssh.key.as_deref().map(expand_home),
+        default_user: ssh.user.clone().unwrap_or_else(current_user),
+        command_timeout: ssh.command_timeout.get(),
+        reconnect: ssh.reconnect(),
+        board: Arc::new(RwLock::new(Default::default())),
+        stats: Arc::new(ScrapeStats::default()),
+        states: Arc::new(RwLock::new(Default::default())),
+        rules: Some(Arc::new(rules.clone())),
+        transports: Arc::new(RwLock::new(Default::default())),
+    }
+}
+
+/// What the node returns once its parts have stopped: an error only when the
+/// store's last commit failed; everything else that went wrong is logged.
+fn stopped(report: StopReport) -> anyhow::Result<()> {
+    if !report.aborted.is_empty() {
+        tracing::warn!(tasks = ?report.aborted, "did not stop within their part's deadline; aborted");
+    }
+    for failure in &report.failed {
+        tracing::error!("stopping: {failure}");
+    }
+    if report.clean() {
+        tracing::info!("stopped cleanly");
+        return Ok(());
+    }
+    match report.failed.iter().find(|f| f.starts_with("store close")) {
+        Some(f) => Err(anyhow::anyhow!("{f}")),
+        None => {
+            tracing::warn!("stopped; see above for what did not stop cleanly");
+            Ok(())
+        }
+    }
+}
+
+impl Wiring {
+    /// 1. The store: its last commit when everything else has stopped.
+    fn close_store_last(&self, parts: &mut Parts) {
+        let closing = self.store.clone();
         parts.on_stop("store close", STORE_CLOSE_DEADLINE, async move {
             match tokio::task::spawn_blocking(move || closing.close()).await {
                 Ok(Ok(())) => Ok(()),
@@ -236,36 +311,47 @@ impl Node {
                 Err(e) => Err(format!("the close task failed: {e}")),
             }
         });
+    }
 
-        // 2. Raft.
-        let raft = cluster.clone();
+    /// 2. Raft.
+    fn stop_raft(&self, parts: &mut Parts) {
+        let raft = self.cluster.clone();
         parts.on_stop("raft", RAFT_STOP_DEADLINE, async move {
             raft.shutdown().await.map_err(|e| e.to_string())
         });
+    }
 
-        // 3. gRPC: the client API and the herd's Raft service on one port. A client
-        //    that holds its HTTP/2 connection open but stops answering would keep
-        //    tonic's graceful shutdown waiting: the part's deadline aborts it.
-        let api = HerdApi {
+    /// The client API's service, which the HTTP face and gRPC both serve.
+    fn herd_api(&self) -> HerdApi {
+        let c = &self.cfg.cluster;
+        HerdApi {
             node: NodeIdentity {
-                id: cfg.node.id,
-                address: addr.to_string(),
+                id: self.cfg.node.id,
+                address: self.addr.to_string(),
                 started: Instant::now(),
             },
-            store: store.clone(),
-            board: board.clone(),
-            fleet: fleet.clone(),
-            stats,
-            states: states.clone(),
-            rules: rules.clone(),
-            token: token.clone(),
+            store: self.store.clone(),
+            board: self.board.clone(),
+            fleet: self.fleet.clone(),
+            stats: self.stats.clone(),
+            states: self.states.clone(),
+            rules: self.rules.clone(),
+            token: self.token.clone(),
             failover_after: c.failover_after.get(),
             lease: c.lease.get(),
-        };
-        let api = Arc::new(api);
+        }
+    }
+
+    /// 3. The HTTP face, on `node.http`.
+    fn serve_http(
+        &self,
+        parts: &mut Parts,
+        api: Arc<HerdApi>,
+        http_listener: TcpListener,
+    ) -> anyhow::Result<()> {
         let http_addr = http_listener.local_addr()?;
         let http_stop = parts.start("http", API_STOP_DEADLINE);
-        let face = crate::api::http::HttpFace::new(api.clone(), token.as_deref());
+        let face = crate::api::http::HttpFace::new(api, self.token.as_deref());
         parts.spawn("http server", async move {
             let serving =
                 crate::api::http::serve(http_listener, crate::api::http::router(face), http_stop);
@@ -274,8 +360,20 @@ impl Node {
             }
         });
         tracing::info!(http = %http_addr, "HTTP API listening");
+        Ok(())
+    }
+
+    /// 3. gRPC: the client API and the herd's Raft service on one port. A client
+    ///    that holds its HTTP/2 connection open but stops answering would keep
+    ///    tonic's graceful shutdown waiting: the part's deadline aborts it.
+    fn serve_grpc(
+        &self,
+        parts: &mut Parts,
+        api: Arc<HerdApi>,
+        listener: TcpListener,
+    ) -> anyhow::Result<()> {
         let mut builder = tonic::transport::Server::builder();
-        if let Some(t) = &tls {
+        if let Some(t) = &self.tls {
             builder = builder
                 .tls_config(t.server.clone())
                 .context("TLS settings of the gRPC server")?;
@@ -284,9 +382,9 @@ impl Node {
         let serve = builder
             .add_service(tonic::service::interceptor::InterceptedService::new(
                 herd_proto::v1::herd_server::HerdServer::from_arc(api),
-                crate::api::auth::RequireToken::new(token),
+                crate::api::auth::RequireToken::new(self.token.clone()),
             ))
-            .add_service(cluster.service())
+            .add_service(self.cluster.service())
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async move { grpc.cancelled().await },
@@ -296,10 +394,13 @@ impl Node {
                 tracing::warn!(error = %e, "gRPC server ended with an error");
             }
         });
+        Ok(())
+    }
 
-        // 4. The store flush: samples reach the disk before the API goes, so that
-        //    nothing a client does can hold them back.
-        let flushing = store.clone();
+    /// 4. The store flush: samples reach the disk before the API goes, so that
+    ///    nothing a client does can hold them back.
+    fn flush_store_before_the_api_goes(&self, parts: &mut Parts) {
+        let flushing = self.store.clone();
         parts.on_stop("store flush", STORE_FLUSH_DEADLINE, async move {
             match tokio::task::spawn_blocking(move || flushing.flush_blocking()).await {
                 Ok(Ok(())) => Ok(()),
@@ -307,26 +408,45 @@ impl Node {
                 Err(e) => Err(format!("the flush task failed: {e}")),
             }
         });
+    }
 
-        // 5. The herd's tasks.
+    /// 5. The herd's tasks; returns the part's token, for the initial fleet.
+    fn start_herd_tasks(
+        &self,
+        parts: &mut Parts,
+        owned_tx: OwnedTx,
+        replicate: (UnboundedSender<AlertDelta>, UnboundedReceiver<AlertDelta>),
+    ) -> CancellationToken {
         let herd = parts.start("herd tasks", HERD_TASKS_DEADLINE);
+        self.spawn_membership(parts, owned_tx, &herd);
+        self.spawn_alert_followers(parts, replicate, &herd);
+        self.spawn_watches(parts, &herd);
+        herd
+    }
+
+    /// 5. Bootstrap (with `[cluster] peers`), beats, ownership and the controller.
+    fn spawn_membership(&self, parts: &mut Parts, owned_tx: OwnedTx, herd: &CancellationToken) {
+        let c = &self.cfg.cluster;
         if !c.peers.is_empty() {
             parts.spawn(
                 "bootstrap",
                 crate::cluster::bootstrap::run(
-                    cluster.clone(),
+                    self.cluster.clone(),
                     crate::cluster::bootstrap::Bootstrap {
                         peers: c.peers.clone(),
-                        expect: cfg.bootstrap_expect(),
+                        expect: self.cfg.bootstrap_expect(),
                     },
                     herd.clone(),
                 ),
             );
         }
-        parts.spawn("beats", cluster.beats(c.beat_interval.get(), herd.clone()));
+        parts.spawn(
+            "beats",
+            self.cluster.beats(c.beat_interval.get(), herd.clone()),
+        );
         parts.spawn(
             "ownership",
-            fleet.clone().publish_owned(
+            self.fleet.clone().publish_owned(
                 owned_tx,
                 c.lease.get(),
                 c.beat_interval.get().min(Duration::from_millis(100)),
@@ -336,55 +456,71 @@ impl Node {
         parts.spawn(
             "controller",
             controller::run(
-                fleet.clone(),
-                notifier.clone(),
+                self.fleet.clone(),
+                self.notifier.clone(),
                 ControllerConfig {
                     lease: c.lease.get(),
                     failover_after: c.failover_after.get(),
                     every: c.beat_interval.get(),
                     watchers: c.watchers,
                     me: NodeRecord {
-                        addr: addr.to_string(),
+                        addr: self.addr.to_string(),
                         machine: c.machine.clone(),
                     },
                 },
                 herd.clone(),
             ),
         );
-        notifier.join_herd(crate::cluster::replication::herd_hooks(
-            &cluster,
-            owned_rx.clone(),
-            replicate_tx,
-        ));
+    }
+
+    /// 5. The outbox joins the herd; alert replication, fencing and silences follow
+    ///    the herd's state into the outbox and the rules.
+    fn spawn_alert_followers(
+        &self,
+        parts: &mut Parts,
+        (replicate_tx, replicate_rx): (UnboundedSender<AlertDelta>, UnboundedReceiver<AlertDelta>),
+        herd: &CancellationToken,
+    ) {
+        self.notifier
+            .join_herd(crate::cluster::replication::herd_hooks(
+                &self.cluster,
+                self.owned_rx.clone(),
+                replicate_tx,
+            ));
         parts.spawn(
             "alert replication",
             crate::cluster::replication::replicate_alerts(
-                cluster.clone(),
+                self.cluster.clone(),
                 replicate_rx,
-                owned_rx.clone(),
-                notifier.clone(),
+                self.owned_rx.clone(),
+                self.notifier.clone(),
                 herd.clone(),
             ),
         );
         parts.spawn(
             "fencing",
-            follow_fence(notifier.clone(), owned_rx.clone(), herd.clone()),
+            follow_fence(self.notifier.clone(), self.owned_rx.clone(), herd.clone()),
         );
         parts.spawn(
             "silences",
             follow_silences(
-                cluster.clone(),
-                rules.clone(),
-                notifier.clone(),
+                self.cluster.clone(),
+                self.rules.clone(),
+                self.notifier.clone(),
                 herd.clone(),
             ),
         );
+    }
+
+    /// 5. The quorum watch and the end of timed pauses.
+    fn spawn_watches(&self, parts: &mut Parts, herd: &CancellationToken) {
+        let c = &self.cfg.cluster;
         parts.spawn(
             "quorum watch",
             crate::cluster::quorum::watch(
-                fleet.clone(),
-                notifier.clone(),
-                store.clone(),
+                self.fleet.clone(),
+                self.notifier.clone(),
+                self.store.clone(),
                 crate::cluster::quorum::QuorumConfig {
                     lease: c.lease.get(),
                     failover_after: c.failover_after.get(),
@@ -393,77 +529,65 @@ impl Node {
                 herd.clone(),
             ),
         );
-        parts.spawn("pauses", expire_pauses(fleet.clone(), herd.clone()));
+        parts.spawn("pauses", expire_pauses(self.fleet.clone(), herd.clone()));
+    }
+
+    /// 5. The initial fleet spec, when the node has none stored: at once alone,
+    ///    or (with peers) by a task of the herd's part once the herd has formed.
+    async fn apply_initial_fleet(
+        &self,
+        parts: &mut Parts,
+        initial: Option<(String, String)>,
+        herd: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let alone = self.cfg.cluster.peers.is_empty();
         match initial {
-            Some((text, source)) if c.peers.is_empty() && fleet.current().0 == 0 => {
-                if let Err(e) = fleet.apply(&text, &source).await {
-                    parts.stop().await;
+            Some((text, source)) if alone && self.fleet.current().0 == 0 => {
+                if let Err(e) = self.fleet.apply(&text, &source).await {
                     return Err(anyhow::anyhow!("cannot apply the initial fleet spec: {e}"));
                 }
             }
-            Some(_) if c.peers.is_empty() => {}
+            Some(_) if alone => {}
             // With peers, the herd forms a moment later: apply once it has.
             Some((text, source)) => parts.spawn(
                 "initial fleet",
-                initial::apply_when_in_herd(fleet.clone(), text, source, herd.clone()),
+                initial::apply_when_in_herd(self.fleet.clone(), text, source, herd),
             ),
             None => {}
         }
+        Ok(())
+    }
 
-        // 6. Notifications.
+    /// 6. Notifications: the outbox.
+    fn start_outbox(&self, parts: &mut Parts) {
         let notify = parts.start("notifications", NOTIFY_STOP_DEADLINE);
-        parts.spawn("outbox", notifier.clone().run(notify));
+        parts.spawn("outbox", self.notifier.clone().run(notify));
+    }
 
-        // 7. Rules.
+    /// 7. Rules.
+    fn start_rules(&self, parts: &mut Parts, rules_rx: tokio::sync::mpsc::Receiver<Input>) {
         let rules_stop = parts.start("rules", RULES_STOP_DEADLINE);
         parts.spawn(
             "rules",
             crate::rules::runner::run(
-                rules,
+                self.rules.clone(),
                 rules_rx,
-                owned_rx.clone(),
-                notifier,
-                states,
-                transports,
+                self.owned_rx.clone(),
+                self.notifier.clone(),
+                self.states.clone(),
+                self.transports.clone(),
                 rules_stop,
             ),
         );
+    }
 
-        // 8. Collectors.
+    /// 8. Collectors.
+    fn start_collectors(&self, parts: &mut Parts, collectors: Arc<CollectorCtx>) {
         let scrape = parts.start("collectors", COLLECTOR_STOP_DEADLINE);
         parts.spawn(
             "collectors",
-            crate::collector::run(collectors, owned_rx, scrape),
+            crate::collector::run(collectors, self.owned_rx.clone(), scrape),
         );
-
-        tracing::info!(
-            node = cfg.node.id,
-            grpc = %addr,
-            data_dir = %cfg.node.data_dir.display(),
-            "node is up"
-        );
-        on_ready(Running { store, fleet });
-
-        shutdown.await;
-        tracing::info!("shutting down");
-        let report = parts.stop().await;
-        if !report.aborted.is_empty() {
-            tracing::warn!(tasks = ?report.aborted, "did not stop within their part's deadline; aborted");
-        }
-        for failure in &report.failed {
-            tracing::error!("stopping: {failure}");
-        }
-        if report.clean() {
-            tracing::info!("stopped cleanly");
-            return Ok(());
-        }
-        match report.failed.iter().find(|f| f.starts_with("store close")) {
-            Some(f) => Err(anyhow::anyhow!("{f}")),
-            None => {
-                tracing::warn!("stopped; see above for what did not stop cleanly");
-                Ok(())
-            }
-        }
     }
 }
 
