@@ -18,17 +18,34 @@ pub struct Secret {
     pub file: Option<String>,
 }
 
+/// A secret that cannot be read: where it was looked for, never the value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {var} is not set")]
+    EnvNotSet { var: String },
+    #[error("cannot read secret file {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("set exactly one of env and file")]
+    NotOneSource,
+}
+
 impl Secret {
     /// Reads the secret; the error names where it looked, never the value.
-    pub fn read(&self) -> Result<String, String> {
+    pub fn read(&self) -> Result<String, SecretError> {
         match (&self.env, &self.file) {
             (Some(var), None) => std::env::var(var)
                 .map(|v| v.trim().to_string())
-                .map_err(|_| format!("environment variable {var} is not set")),
+                .map_err(|_| SecretError::EnvNotSet { var: var.clone() }),
             (None, Some(path)) => std::fs::read_to_string(super::expand_home(path))
                 .map(|v| v.trim().to_string())
-                .map_err(|e| format!("cannot read secret file {path}: {e}")),
-            _ => Err("set exactly one of env and file".into()),
+                .map_err(|source| SecretError::File {
+                    path: path.clone(),
+                    source,
+                }),
+            _ => Err(SecretError::NotOneSource),
         }
     }
 
@@ -232,7 +249,7 @@ impl ChannelSpec {
                 }
             }
             ChannelSpec::Webhook(w) => {
-                p.extend(check_http_url("url", &w.url).err());
+                p.extend(check_http_url("url", &w.url).err().map(|e| e.to_string()));
                 if let Some(s) = &w.token {
                     p.extend(s.problems("token"));
                 }
@@ -244,7 +261,7 @@ impl ChannelSpec {
                     p.push("chat_id is empty".into());
                 }
                 if let Some(b) = &t.base_url {
-                    p.extend(check_http_url("base_url", b).err());
+                    p.extend(check_http_url("base_url", b).err().map(|e| e.to_string()));
                 }
             }
             ChannelSpec::Command(c) => {
@@ -258,7 +275,7 @@ impl ChannelSpec {
                     p.push("set project, workspace or both".into());
                 }
                 if let Some(b) = &a.base_url {
-                    p.extend(check_http_url("base_url", b).err());
+                    p.extend(check_http_url("base_url", b).err().map(|e| e.to_string()));
                 }
             }
             ChannelSpec::Nats(n) => {

@@ -319,8 +319,31 @@ pub struct Expect {
     pub value: serde_json::Value,
 }
 
+/// What is wrong with an `expect` line of an http check (`text` as written).
+#[derive(Debug, thiserror::Error)]
+pub enum ExpectError {
+    #[error("expect {text:?}: write PATH OP VALUE, e.g. status == \"UP\" or nodes.up >= 3")]
+    NoOperator { text: String },
+    #[error("expect {text:?}: the path is empty")]
+    EmptyPath { text: String },
+    #[error("expect {text:?}: {literal:?} is not a JSON value (quote strings: \"UP\")")]
+    NotJson { text: String, literal: String },
+    #[error("expect {text:?}: {op} needs a number")]
+    NeedsNumber { text: String, op: &'static str },
+    #[error(transparent)]
+    Path(#[from] JsonPathError),
+}
+
+/// A path that is not a JSONPath: the path as written and the parser's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("path {path:?}: {source}")]
+pub struct JsonPathError {
+    pub path: String,
+    pub source: serde_json_path::ParseError,
+}
+
 impl Expect {
-    pub fn parse(text: &str) -> Result<Expect, String> {
+    pub fn parse(text: &str) -> Result<Expect, ExpectError> {
         // Two-character operators first, so ">=" is not read as ">".
         const OPS: [(&str, Op); 6] = [
             ("==", Op::Eq),
@@ -335,20 +358,27 @@ impl Expect {
             .filter_map(|(s, op)| text.find(s).map(|i| (i, *s, *op)))
             .min_by_key(|(i, s, _)| (*i, std::cmp::Reverse(s.len())));
         let Some((i, s, op)) = found else {
-            return Err(format!(
-                "expect {text:?}: write PATH OP VALUE, e.g. status == \"UP\" or nodes.up >= 3"
-            ));
+            return Err(ExpectError::NoOperator {
+                text: text.to_string(),
+            });
         };
         let path = text[..i].trim();
         let literal = text[i + s.len()..].trim();
         if path.is_empty() {
-            return Err(format!("expect {text:?}: the path is empty"));
+            return Err(ExpectError::EmptyPath {
+                text: text.to_string(),
+            });
         }
-        let value: serde_json::Value = serde_json::from_str(literal).map_err(|_| {
-            format!("expect {text:?}: {literal:?} is not a JSON value (quote strings: \"UP\")")
-        })?;
+        let value: serde_json::Value =
+            serde_json::from_str(literal).map_err(|_| ExpectError::NotJson {
+                text: text.to_string(),
+                literal: literal.to_string(),
+            })?;
         if matches!(op, Op::Ge | Op::Le | Op::Gt | Op::Lt) && !value.is_number() {
-            return Err(format!("expect {text:?}: {} needs a number", op.as_str()));
+            return Err(ExpectError::NeedsNumber {
+                text: text.to_string(),
+                op: op.as_str(),
+            });
         }
         json_path(path)?;
         Ok(Expect {
@@ -382,7 +412,7 @@ impl Expect {
 
 /// A JSONPath from a user's path: `$...` as written, `a.b.0` as `$.a.b[0]`-style
 /// dotted segments.
-pub fn json_path(path: &str) -> Result<serde_json_path::JsonPath, String> {
+pub fn json_path(path: &str) -> Result<serde_json_path::JsonPath, JsonPathError> {
     let full = if path.starts_with('$') {
         path.to_string()
     } else {
@@ -401,7 +431,10 @@ pub fn json_path(path: &str) -> Result<serde_json_path::JsonPath, String> {
         }
         p
     };
-    serde_json_path::JsonPath::parse(&full).map_err(|e| format!("path {path:?}: {e}"))
+    serde_json_path::JsonPath::parse(&full).map_err(|source| JsonPathError {
+        path: path.to_string(),
+        source,
+    })
 }
 
 fn valid_regexes(what: &str, patterns: &[String], out: &mut Vec<String>) {

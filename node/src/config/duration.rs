@@ -26,10 +26,19 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// Text that is not a duration: the text as given and why humantime refused it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid duration {text:?} ({source}); write it like \"10s\", \"5m\" or \"2h\"")]
+pub struct DurationError {
+    pub text: String,
+    pub source: humantime::DurationError,
+}
+
 /// Parses "10s"-style text, naming the offending text in the error.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        format!("invalid duration {text:?} ({e}); write it like \"10s\", \"5m\" or \"2h\"")
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    humantime::parse_duration(text.trim()).map_err(|source| DurationError {
+        text: text.to_string(),
+        source,
     })
 }
 

@@ -12,6 +12,7 @@ use super::checks::{validate_check, CheckSpec, VitalsCheck};
 use super::duration::HumanDuration;
 use super::error::{line_of, ConfigError, ConfigErrors};
 use super::rules::RuleSpec;
+use crate::model::net::AddressError;
 
 /// Scrape interval when a target does not set one.
 pub const DEFAULT_INTERVAL: HumanDuration = HumanDuration::from_secs(10);
@@ -92,7 +93,7 @@ fn default_checks() -> Vec<CheckSpec> {
 
 /// Host and port of an address such as `web-1`, `10.0.0.5:2222` or `[::1]:22`,
 /// the SSH port where it gives none.
-pub fn parse_address(address: &str) -> Result<(String, u16), String> {
+pub fn parse_address(address: &str) -> Result<(String, u16), AddressError> {
     crate::model::net::parse_host_port(address, DEFAULT_SSH_PORT)
 }
 
@@ -163,7 +164,7 @@ pub fn validate(targets: &[TargetSpec]) -> Vec<Problem> {
             ),
             (_, Some(a)) => {
                 if let Err(e) = parse_address(a) {
-                    bad(None, Some("address"), e);
+                    bad(None, Some("address"), e.to_string());
                 }
             }
             (TransportKind::Local, None) => {}

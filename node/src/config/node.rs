@@ -9,6 +9,7 @@ use toml::de::{DeTable, ValueDeserializer};
 
 use super::duration::HumanDuration;
 use super::error::{line_of, ConfigError, ConfigErrors};
+use crate::model::net::AddressError;
 use crate::model::RetryPolicy;
 
 /// OpenSSH's default `MaxSessions` is 10; stay below it.
@@ -241,21 +242,43 @@ pub enum MachineSpec {
     },
 }
 
+/// What is wrong with a `cluster.machine` value (`text` as written, trimmed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MachineSpecError {
+    #[error("{text:?}: expected \"local\", \"none\" or \"ssh://[user@]host[:port]\"")]
+    Unknown { text: String },
+    #[error("{text:?}: empty user before '@'")]
+    EmptyUser { text: String },
+    #[error("{text:?}: {source}")]
+    Address { text: String, source: AddressError },
+}
+
 impl MachineSpec {
-    pub fn parse(text: &str) -> Result<MachineSpec, String> {
+    pub fn parse(text: &str) -> Result<MachineSpec, MachineSpecError> {
         match text.trim() {
             "none" => Ok(MachineSpec::None),
             "local" => Ok(MachineSpec::Local),
             t => {
-                let rest = t.strip_prefix("ssh://").ok_or_else(|| {
-                    format!("{t:?}: expected \"local\", \"none\" or \"ssh://[user@]host[:port]\"")
-                })?;
+                let rest = t
+                    .strip_prefix("ssh://")
+                    .ok_or_else(|| MachineSpecError::Unknown {
+                        text: t.to_string(),
+                    })?;
                 let (user, address) = match rest.split_once('@') {
                     Some((u, a)) if !u.is_empty() => (Some(u.to_string()), a),
-                    Some(_) => return Err(format!("{t:?}: empty user before '@'")),
+                    Some(_) => {
+                        return Err(MachineSpecError::EmptyUser {
+                            text: t.to_string(),
+                        })
+                    }
                     None => (None, rest),
                 };
-                crate::config::fleet::parse_address(address).map_err(|e| format!("{t:?}: {e}"))?;
+                crate::config::fleet::parse_address(address).map_err(|source| {
+                    MachineSpecError::Address {
+                        text: t.to_string(),
+                        source,
+                    }
+                })?;
                 Ok(MachineSpec::Ssh {
                     user,
                     address: address.to_string(),
@@ -483,7 +506,7 @@ impl NodeConfig {
             p.push(("cluster.watchers", "must be 1 or more".into()));
         }
         if let Err(e) = crate::config::MachineSpec::parse(&c.machine) {
-            p.push(("cluster.machine", e));
+            p.push(("cluster.machine", e.to_string()));
         }
         for peer in &c.peers {
             let problem = match crate::model::net::split_host_port(peer) {
@@ -491,7 +514,7 @@ impl NodeConfig {
                 Ok((_, None)) => {
                     Some("not HOST:PORT (a node's node.grpc as the others reach it)".to_string())
                 }
-                Err(e) => Some(e),
+                Err(e) => Some(e.to_string()),
             };
             if let Some(e) = problem {
                 p.push(("cluster.peers", format!("{peer:?}: {e}")));

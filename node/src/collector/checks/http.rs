@@ -65,12 +65,14 @@ impl HttpState {
                 .expect
                 .iter()
                 .map(|e| Expect::parse(e).map(|x| (e.clone(), x)))
-                .collect::<Result<_, _>>()?,
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?,
             picks: c
                 .json
                 .iter()
                 .map(|j| json_path(&j.path).map(|p| (p, j.clone())))
-                .collect::<Result<_, _>>()?,
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?,
             board: (!c.json.is_empty())
                 .then(|| (board.clone(), target.to_string(), name.to_string())),
             last_problems: Vec::new(),

@@ -154,7 +154,7 @@ impl fmt::Display for Channel {
 
 /// Reads a secret for `build`, refusing an empty one.
 fn read_secret(secret: &crate::config::channels::Secret, what: &str) -> Result<String, String> {
-    let value = secret.read()?;
+    let value = secret.read().map_err(|e| e.to_string())?;
     if value.is_empty() {
         return Err(format!("{what} is empty"));
     }
