@@ -10,7 +10,7 @@
 //! reach the node, and tonic checks the host of the URL it connects to against them.
 //! Every node certificate also carries [`NODE_NAME`], which tells a node's certificate
 //! from the CLI's client certificate signed by the same CA.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +37,65 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What `Status::unauthenticated` says to a Raft caller without a node certificate.
 const NEED_NODE_CERT: &str = "raft traffic needs a node certificate signed by the herd's CA";
 
+/// What is wrong with the TLS settings of a node (`[tls]`) or of the CLI (`--ca`,
+/// `--cert`, `--key`). `key` is the setting or flag that named the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("tls: set ca, cert and key together (or none of them)")]
+    Incomplete,
+    #[error("--cert needs --key (the certificate's private key)")]
+    CertWithoutKey,
+    #[error("--key needs --cert (the key's certificate)")]
+    KeyWithoutCert,
+    #[error("--cert and --key need --ca (the herd's CA certificate)")]
+    NoCa,
+    #[error("{key}: cannot read {}: {source}", .path.display())]
+    Read {
+        key: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{key}: {} is not valid PEM: {source}", .path.display())]
+    NotPem {
+        key: String,
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{key}: {} holds no PEM certificate", .path.display())]
+    NoCertificate { key: String, path: PathBuf },
+    #[error("{key}: {} is not a PEM private key", .path.display())]
+    NotAKey { key: String, path: PathBuf },
+    #[error(
+        "{key}: {} does not go with the certificate {}: {reason}",
+        .key_path.display(),
+        .cert_path.display()
+    )]
+    KeyMismatch {
+        key: String,
+        key_path: PathBuf,
+        cert_path: PathBuf,
+        reason: String,
+    },
+    #[error("tls.ca: {} is not a usable CA certificate: {reason}", .path.display())]
+    BadCa { path: PathBuf, reason: String },
+    #[error(
+        "tls.cert: {} is not valid under the CA {}: {reason}",
+        .cert_path.display(),
+        .ca_path.display()
+    )]
+    NotUnderCa {
+        cert_path: PathBuf,
+        ca_path: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "tls.cert: {} is not a node certificate: it lacks the name {NODE_NAME} \
+         (make node certificates with `herd certs`)",
+        .path.display()
+    )]
+    NotANodeCert { path: PathBuf },
+}
+
 /// This node's TLS settings, for its gRPC server and for its calls to other nodes.
 #[derive(Debug, Clone)]
 pub struct NodeTls {
@@ -53,11 +112,11 @@ pub struct NodeTls {
 /// handshake, with a vaguer error: the key belongs to the certificate, the
 /// certificate is valid now under the CA for both server and client use, and it is a
 /// node certificate ([`NODE_NAME`]). Errors name the key and the file.
-pub fn load(tls: &TlsSection) -> Result<Option<NodeTls>, String> {
+pub fn load(tls: &TlsSection) -> Result<Option<NodeTls>, TlsError> {
     let (ca_path, cert_path, key_path) = match (&tls.ca, &tls.cert, &tls.key) {
         (None, None, None) => return Ok(None),
         (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
-        _ => return Err("tls: set ca, cert and key together (or none of them)".into()),
+        _ => return Err(TlsError::Incomplete),
     };
     install_provider();
     let ca = read_certs("tls.ca", ca_path)?;
@@ -132,17 +191,17 @@ pub fn client_tls(
     ca: Option<&Path>,
     cert: Option<&Path>,
     key: Option<&Path>,
-) -> Result<Option<ClientTlsConfig>, String> {
+) -> Result<Option<ClientTlsConfig>, TlsError> {
     let identity = match (cert, key) {
         (None, None) => None,
         (Some(cert), Some(key)) => Some((cert, key)),
-        (Some(_), None) => return Err("--cert needs --key (the certificate's private key)".into()),
-        (None, Some(_)) => return Err("--key needs --cert (the key's certificate)".into()),
+        (Some(_), None) => return Err(TlsError::CertWithoutKey),
+        (None, Some(_)) => return Err(TlsError::KeyWithoutCert),
     };
     let Some(ca_path) = ca else {
         return match identity {
             None => Ok(None),
-            Some(_) => Err("--cert and --key need --ca (the herd's CA certificate)".into()),
+            Some(_) => Err(TlsError::NoCa),
         };
     };
     install_provider();
@@ -180,28 +239,38 @@ struct PemKey {
     der: PrivateKeyDer<'static>,
 }
 
-fn read(what: &str, path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{what}: cannot read {}: {e}", path.display()))
+fn read(what: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        key: what.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
-fn read_certs(what: &str, path: &Path) -> Result<PemCerts, String> {
+fn read_certs(what: &str, path: &Path) -> Result<PemCerts, TlsError> {
     let pem = read(what, path)?;
     let ders = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{what}: {} is not valid PEM: {e}", path.display()))?;
+        .map_err(|source| TlsError::NotPem {
+            key: what.to_string(),
+            path: path.to_path_buf(),
+            source,
+        })?;
     if ders.is_empty() {
-        return Err(format!(
-            "{what}: {} holds no PEM certificate",
-            path.display()
-        ));
+        return Err(TlsError::NoCertificate {
+            key: what.to_string(),
+            path: path.to_path_buf(),
+        });
     }
     Ok(PemCerts { pem, ders })
 }
 
-fn read_key(what: &str, path: &Path) -> Result<PemKey, String> {
+fn read_key(what: &str, path: &Path) -> Result<PemKey, TlsError> {
     let pem = read(what, path)?;
-    let der = PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|_| format!("{what}: {} is not a PEM private key", path.display()))?;
+    let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsError::NotAKey {
+        key: what.to_string(),
+        path: path.to_path_buf(),
+    })?;
     Ok(PemKey { pem, der })
 }
 
@@ -212,15 +281,14 @@ fn check_key(
     cert_path: &Path,
     key_path: &Path,
     what: &str,
-) -> Result<(), String> {
+) -> Result<(), TlsError> {
     rustls::sign::CertifiedKey::from_der(chain.to_vec(), key, &provider())
         .map(drop)
-        .map_err(|e| {
-            format!(
-                "{what}: {} does not go with the certificate {}: {e}",
-                key_path.display(),
-                cert_path.display()
-            )
+        .map_err(|e| TlsError::KeyMismatch {
+            key: what.to_string(),
+            key_path: key_path.to_path_buf(),
+            cert_path: cert_path.to_path_buf(),
+            reason: e.to_string(),
         })
 }
 
@@ -231,22 +299,18 @@ fn check_node_cert(
     chain: &[CertificateDer<'static>],
     ca_path: &Path,
     cert_path: &Path,
-) -> Result<(), String> {
+) -> Result<(), TlsError> {
     let mut roots = RootCertStore::empty();
     for der in ca {
-        roots.add(der.clone()).map_err(|e| {
-            format!(
-                "tls.ca: {} is not a usable CA certificate: {e}",
-                ca_path.display()
-            )
+        roots.add(der.clone()).map_err(|e| TlsError::BadCa {
+            path: ca_path.to_path_buf(),
+            reason: e.to_string(),
         })?;
     }
-    let invalid = |e: &dyn std::fmt::Display| {
-        format!(
-            "tls.cert: {} is not valid under the CA {}: {e}",
-            cert_path.display(),
-            ca_path.display()
-        )
+    let invalid = |e: &dyn std::fmt::Display| TlsError::NotUnderCa {
+        cert_path: cert_path.to_path_buf(),
+        ca_path: ca_path.to_path_buf(),
+        reason: e.to_string(),
     };
     // check_key has parsed the chain: it has a first certificate.
     let (end, intermediates) = chain.split_first().ok_or_else(|| invalid(&"empty"))?;
@@ -267,11 +331,9 @@ fn check_node_cert(
         .verify_client_cert(end, intermediates, now)
         .map_err(|e| invalid(&format!("as a client certificate: {e}")))?;
     if !is_node_cert(end) {
-        return Err(format!(
-            "tls.cert: {} is not a node certificate: it lacks the name {NODE_NAME} \
-             (make node certificates with `herd certs`)",
-            cert_path.display()
-        ));
+        return Err(TlsError::NotANodeCert {
+            path: cert_path.to_path_buf(),
+        });
     }
     Ok(())
 }
@@ -536,7 +598,7 @@ mod tests {
     fn load_errors_name_the_key_and_the_file() {
         let herd = Herd::new();
         let other = Herd::new();
-        let err = |section: TlsSection| load(&section).err().unwrap();
+        let err = |section: TlsSection| load(&section).err().unwrap().to_string();
 
         let missing = herd.file("nope.pem");
         let e = err(TlsSection {
@@ -610,19 +672,26 @@ mod tests {
         let key = herd.file("client.key");
         assert!(client_tls(Some(&ca), Some(&cert), None)
             .unwrap_err()
+            .to_string()
             .contains("--cert needs --key"));
         assert!(client_tls(Some(&ca), None, Some(&key))
             .unwrap_err()
+            .to_string()
             .contains("--key needs --cert"));
         assert!(client_tls(None, Some(&cert), Some(&key))
             .unwrap_err()
+            .to_string()
             .contains("need --ca"));
-        let e = client_tls(Some(&ca), Some(&cert), Some(&herd.file("node-1.key"))).unwrap_err();
+        let e = client_tls(Some(&ca), Some(&cert), Some(&herd.file("node-1.key")))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("--key: ") && e.contains("does not go with"),
             "{e}"
         );
-        let e = client_tls(Some(&herd.file("none.pem")), None, None).unwrap_err();
+        let e = client_tls(Some(&herd.file("none.pem")), None, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("--ca: cannot read "), "{e}");
         assert!(client_tls(Some(&ca), Some(&cert), Some(&key))
             .unwrap()

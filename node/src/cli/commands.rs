@@ -34,7 +34,7 @@ pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError>
         _ => None,
     };
     let tls = crate::tls::client_tls(cli.ca.as_deref(), cli.cert.as_deref(), cli.key.as_deref())
-        .map_err(CliError::Usage)?;
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     let node = &Target {
         node: cli.node.clone(),
         token,
