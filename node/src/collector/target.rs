@@ -122,6 +122,8 @@ pub async fn run_target(
 /// Reachability shared by the checks of one target.
 type SharedLink = Arc<Mutex<Link>>;
 
+/// One check's loop on one target: waits for its tick, runs the check, records
+/// what it found, and schedules the next tick, until `cancel`.
 #[allow(clippy::too_many_arguments)]
 async fn check_loop(
     spec: Arc<TargetSpec>,
@@ -133,187 +135,344 @@ async fn check_loop(
     ctx: Arc<CollectorCtx>,
     cancel: CancellationToken,
 ) {
-    let interval = check.interval().unwrap_or(spec.interval).get();
-    let timeout = check
-        .timeout()
-        .or(spec.timeout)
-        .map(|t| t.get())
-        .unwrap_or(ctx.command_timeout)
-        .min(interval);
-    let uses_transport = check.uses_transport();
-    let runner_ctx = RunnerCtx {
-        store: &ctx.store,
-        target: &spec.name,
-        states: &ctx.states,
+    let Some(mut lp) = CheckLoop::new(spec, check, emits_up, transport, link, ctx).await else {
+        return;
     };
-    let mut runner = match Runner::new(&check, &runner_ctx) {
-        Ok(r) => r,
-        Err(message) => {
-            record_event(&ctx, &spec.name, EventKind::CheckError, message).await;
-            return;
-        }
-    };
-    let check_labels = (check.kind() != "vitals").then(|| {
-        let mut l = Labels::new();
-        l.insert("check".into(), check.name().to_string());
-        l
-    });
-    let spread = if at_once {
-        0.0
-    } else {
-        rand::rng().random_range(0.0..1.0)
-    };
-    let mut next = Instant::now() + FIRST_SCRAPE_SPREAD.min(interval).mul_f64(spread);
-    let mut retry_at: Option<Instant> = None;
-    let mut last_error: Option<(String, Instant)> = None;
-    let mut timeouts = 0u32;
-    let mut last_status: Option<Status> = None;
+    let mut next = lp.first_tick(at_once);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
+        let Some(mut run) = lp.run_once(next, &cancel).await else {
+            return;
+        };
+        lp.judge_status(&mut run);
+        lp.record(run).await;
+        next = next_tick(next, lp.interval);
+    }
+}
+
+/// One check of one target, and what its loop remembers between runs.
+struct CheckLoop {
+    spec: Arc<TargetSpec>,
+    check: CheckSpec,
+    /// This check's runs give the target's `target.up` (one check per target).
+    emits_up: bool,
+    transport: Arc<Transport>,
+    link: SharedLink,
+    ctx: Arc<CollectorCtx>,
+    runner: Runner,
+    interval: Duration,
+    timeout: Duration,
+    uses_transport: bool,
+    /// `check=NAME` on the check's samples; None for vitals.
+    check_labels: Option<Labels>,
+    /// A down target is not tried again before this (the reconnect backoff).
+    retry_at: Option<Instant>,
+    /// The last check error recorded, and when: the same one waits to be recorded again.
+    last_error: Option<(String, Instant)>,
+    /// Command timeouts in a row.
+    timeouts: u32,
+    /// The check's last verdict.
+    last_status: Option<Status>,
+}
+
+/// What one run of a check came to.
+struct Run {
+    started: Instant,
+    /// How long after its tick the run started.
+    late: Duration,
+    ts: i64,
+    up: Option<bool>,
+    outcome: Outcome,
+    error: Option<String>,
+}
+
+impl CheckLoop {
+    /// The loop's settings and runner; None (and an event) when the check cannot run.
+    async fn new(
+        spec: Arc<TargetSpec>,
+        check: CheckSpec,
+        emits_up: bool,
+        transport: Arc<Transport>,
+        link: SharedLink,
+        ctx: Arc<CollectorCtx>,
+    ) -> Option<CheckLoop> {
+        let interval = check.interval().unwrap_or(spec.interval).get();
+        let timeout = check
+            .timeout()
+            .or(spec.timeout)
+            .map(|t| t.get())
+            .unwrap_or(ctx.command_timeout)
+            .min(interval);
+        let runner_ctx = RunnerCtx {
+            store: &ctx.store,
+            target: &spec.name,
+            states: &ctx.states,
+        };
+        let runner = match Runner::new(&check, &runner_ctx) {
+            Ok(r) => r,
+            Err(message) => {
+                record_event(&ctx, &spec.name, EventKind::CheckError, message).await;
+                return None;
+            }
+        };
+        let check_labels = (check.kind() != "vitals").then(|| {
+            let mut l = Labels::new();
+            l.insert("check".into(), check.name().to_string());
+            l
+        });
+        Some(CheckLoop {
+            uses_transport: check.uses_transport(),
+            spec,
+            check,
+            emits_up,
+            transport,
+            link,
+            ctx,
+            runner,
+            interval,
+            timeout,
+            check_labels,
+            retry_at: None,
+            last_error: None,
+            timeouts: 0,
+            last_status: None,
+        })
+    }
+
+    /// The first tick: now (`at_once`), or at a random point of the first interval.
+    fn first_tick(&self, at_once: bool) -> Instant {
+        let spread = if at_once {
+            0.0
+        } else {
+            rand::rng().random_range(0.0..1.0)
+        };
+        Instant::now() + FIRST_SCRAPE_SPREAD.min(self.interval).mul_f64(spread)
+    }
+
+    /// Runs the check once (or, while the target is down, waits out the reconnect
+    /// backoff and says so); None when cancelled mid-run.
+    async fn run_once(&mut self, tick: Instant, cancel: &CancellationToken) -> Option<Run> {
         let started = Instant::now();
-        let late = started.saturating_duration_since(next);
-        let ts = now_ms();
-        let mut up: Option<bool> = None;
-        let mut outcome = Outcome::default();
-        let mut error: Option<String> = None;
-        let waiting = uses_transport && retry_at.is_some_and(|at| Instant::now() < at);
+        let mut run = Run {
+            started,
+            late: started.saturating_duration_since(tick),
+            ts: now_ms(),
+            up: None,
+            outcome: Outcome::default(),
+            error: None,
+        };
+        let waiting = self.uses_transport && self.retry_at.is_some_and(|at| Instant::now() < at);
         if waiting {
             // Waiting out the reconnect backoff: still a fact worth a sample.
-            up = Some(false);
-            error = link.lock().ok().and_then(|l| l.reason().map(String::from));
-        } else {
-            let env = Env {
-                target: &spec,
-                transport: &transport,
-                timeout,
-                ts_ms: ts,
-            };
-            let result = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = runner.run(&check, &env) => r,
-            };
-            match result {
-                Ok(o) => {
-                    outcome = o;
-                    if uses_transport {
-                        up = Some(true);
-                        retry_at = None;
-                        timeouts = 0;
-                        target_answered(&spec, &transport, &link, &ctx).await;
-                    }
-                }
-                Err(CheckError::Transport(e)) if e.is_unreachable() => {
-                    up = Some(false);
-                    let jitter = crate::model::retry::random_jitter();
-                    let (t, wait) = link
-                        .lock()
-                        .map(|mut l| l.failure(e.reason(), jitter))
-                        .unwrap_or((Transition::None, ctx.reconnect.max));
-                    // A changed host key is never retried quickly: it needs a person.
-                    let wait = if matches!(e, TransportError::HostKeyChanged { .. }) {
-                        ctx.reconnect.max
-                    } else {
-                        wait
-                    };
-                    retry_at = Some(Instant::now() + wait);
-                    if let Transition::Down { .. } = t {
-                        tracing::warn!(target_name = %spec.name, reason = e.reason(), error = %e, retry_in = ?wait, "target is down");
-                        record_event(&ctx, &spec.name, down_kind(&e), e.to_string()).await;
-                    }
-                    error = Some(e.to_string());
-                }
-                Err(CheckError::Transport(e)) => {
-                    up = Some(true);
-                    if matches!(e, TransportError::CommandTimeout { .. }) {
-                        timeouts += 1;
-                        if timeouts >= TIMEOUTS_BEFORE_RESET {
-                            tracing::warn!(target_name = %spec.name, "commands keep timing out; resetting the session");
-                            transport.reset().await;
-                            timeouts = 0;
-                        }
-                    }
-                    error = Some(format!("{} check {:?}: {e}", check.kind(), check.name()));
-                    outcome.status = Some(Status::Unknown);
-                }
-                Err(CheckError::Failed(message)) => {
-                    if uses_transport {
-                        up = Some(true);
-                    }
-                    error = Some(message);
-                    outcome.status = Some(Status::Unknown);
+            run.up = Some(false);
+            run.error = self
+                .link
+                .lock()
+                .ok()
+                .and_then(|l| l.reason().map(String::from));
+            return Some(run);
+        }
+        let env = Env {
+            target: &self.spec,
+            transport: &self.transport,
+            timeout: self.timeout,
+            ts_ms: run.ts,
+        };
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            r = self.runner.run(&self.check, &env) => r,
+        };
+        self.take_result(result, &mut run).await;
+        self.record_check_error(&run).await;
+        Some(run)
+    }
+
+    /// Reads a run's result: up or down, the outcome, the error; keeps the link,
+    /// the backoff and the timeout count.
+    async fn take_result(&mut self, result: Result<Outcome, CheckError>, run: &mut Run) {
+        match result {
+            Ok(o) => {
+                run.outcome = o;
+                if self.uses_transport {
+                    run.up = Some(true);
+                    self.retry_at = None;
+                    self.timeouts = 0;
+                    target_answered(&self.spec, &self.transport, &self.link, &self.ctx).await;
                 }
             }
-            let reachable_error = error.as_ref().filter(|_| up != Some(false));
-            if let Some(message) = reachable_error {
-                let repeat = last_error
-                    .as_ref()
-                    .is_some_and(|(m, at)| m == message && at.elapsed() < REPEAT_ERROR_AFTER);
-                if !repeat {
-                    tracing::warn!(target_name = %spec.name, check = check.name(), error = %message, "check failed");
-                    record_event(&ctx, &spec.name, EventKind::CheckError, message.clone()).await;
-                    last_error = Some((message.clone(), Instant::now()));
-                }
-            } else if error.is_none() {
-                last_error = None;
+            Err(CheckError::Transport(e)) if e.is_unreachable() => {
+                run.up = Some(false);
+                self.target_unreachable(&e).await;
+                run.error = Some(e.to_string());
             }
-        }
-        if up == Some(false) && check_labels.is_some() {
-            // The check could not run: its verdict is unknown, not ok.
-            outcome.status = Some(Status::Unknown);
-        }
-        if let Some(st) = outcome.status {
-            // One event per change of verdict; a first verdict of ok is not news.
-            let changed = match last_status {
-                None => st != Status::Ok,
-                Some(prev) => prev != st,
-            };
-            if changed {
-                let detail = outcome
-                    .detail
-                    .clone()
-                    .or_else(|| error.clone())
-                    .unwrap_or_default();
-                let from = last_status.map(Status::as_str).unwrap_or("new");
-                outcome.events.push((
-                    EventKind::CheckStatus,
-                    format!(
-                        "check {}: {from} -> {}: {detail}",
-                        check.name(),
-                        st.as_str()
-                    ),
+            Err(CheckError::Transport(e)) => {
+                run.up = Some(true);
+                if matches!(e, TransportError::CommandTimeout { .. }) {
+                    self.command_timed_out().await;
+                }
+                run.error = Some(format!(
+                    "{} check {:?}: {e}",
+                    self.check.kind(),
+                    self.check.name()
                 ));
+                run.outcome.status = Some(Status::Unknown);
             }
-            last_status = Some(st);
+            Err(CheckError::Failed(message)) => {
+                if self.uses_transport {
+                    run.up = Some(true);
+                }
+                run.error = Some(message);
+                run.outcome.status = Some(Status::Unknown);
+            }
         }
-        let verdict = outcome.status.map(|st| CheckState {
-            kind: check.kind().to_string(),
-            status: st.as_str().to_string(),
-            detail: outcome
+    }
+
+    /// The target did not answer: back off, and record it going down.
+    async fn target_unreachable(&mut self, e: &TransportError) {
+        let jitter = crate::model::retry::random_jitter();
+        let (t, wait) = self
+            .link
+            .lock()
+            .map(|mut l| l.failure(e.reason(), jitter))
+            .unwrap_or((Transition::None, self.ctx.reconnect.max));
+        // A changed host key is never retried quickly: it needs a person.
+        let wait = if matches!(e, TransportError::HostKeyChanged { .. }) {
+            self.ctx.reconnect.max
+        } else {
+            wait
+        };
+        self.retry_at = Some(Instant::now() + wait);
+        if let Transition::Down { .. } = t {
+            tracing::warn!(target_name = %self.spec.name, reason = e.reason(), error = %e, retry_in = ?wait, "target is down");
+            record_event(&self.ctx, &self.spec.name, down_kind(e), e.to_string()).await;
+        }
+    }
+
+    /// A command timed out: after a few in a row the session is presumed hung and reset.
+    async fn command_timed_out(&mut self) {
+        self.timeouts += 1;
+        if self.timeouts >= TIMEOUTS_BEFORE_RESET {
+            tracing::warn!(target_name = %self.spec.name, "commands keep timing out; resetting the session");
+            self.transport.reset().await;
+            self.timeouts = 0;
+        }
+    }
+
+    /// An error of a reachable target becomes an event, the same one again only
+    /// after REPEAT_ERROR_AFTER.
+    async fn record_check_error(&mut self, run: &Run) {
+        let reachable_error = run.error.as_ref().filter(|_| run.up != Some(false));
+        if let Some(message) = reachable_error {
+            let repeat = self
+                .last_error
+                .as_ref()
+                .is_some_and(|(m, at)| m == message && at.elapsed() < REPEAT_ERROR_AFTER);
+            if !repeat {
+                tracing::warn!(target_name = %self.spec.name, check = self.check.name(), error = %message, "check failed");
+                record_event(
+                    &self.ctx,
+                    &self.spec.name,
+                    EventKind::CheckError,
+                    message.clone(),
+                )
+                .await;
+                self.last_error = Some((message.clone(), Instant::now()));
+            }
+        } else if run.error.is_none() {
+            self.last_error = None;
+        }
+    }
+
+    /// The run's verdict (unknown when the check could not run), with an event
+    /// when it changed.
+    fn judge_status(&mut self, run: &mut Run) {
+        if run.up == Some(false) && self.check_labels.is_some() {
+            // The check could not run: its verdict is unknown, not ok.
+            run.outcome.status = Some(Status::Unknown);
+        }
+        let Some(st) = run.outcome.status else {
+            return;
+        };
+        // One event per change of verdict; a first verdict of ok is not news.
+        let changed = match self.last_status {
+            None => st != Status::Ok,
+            Some(prev) => prev != st,
+        };
+        if changed {
+            let detail = run
+                .outcome
                 .detail
                 .clone()
-                .or_else(|| error.clone())
+                .or_else(|| run.error.clone())
+                .unwrap_or_default();
+            let from = self.last_status.map(Status::as_str).unwrap_or("new");
+            run.outcome.events.push((
+                EventKind::CheckStatus,
+                format!(
+                    "check {}: {from} -> {}: {detail}",
+                    self.check.name(),
+                    st.as_str()
+                ),
+            ));
+        }
+        self.last_status = Some(st);
+    }
+
+    /// Records a run: its rollup, events and persisted state, its samples (to the
+    /// rules and the store), the scrape's timing, and the target's status board.
+    async fn record(&self, mut run: Run) {
+        let verdict = run.outcome.status.map(|st| CheckState {
+            kind: self.check.kind().to_string(),
+            status: st.as_str().to_string(),
+            detail: run
+                .outcome
+                .detail
+                .clone()
+                .or_else(|| run.error.clone())
                 .unwrap_or_default(),
-            ts_ms: ts,
+            ts_ms: run.ts,
         });
-        if let Some(r) = outcome.rollup.take() {
+        self.persist_events(&mut run).await;
+        let samples = samples_of(
+            &self.spec.name,
+            &self.check,
+            self.check_labels.as_ref(),
+            run.outcome,
+            self.emits_up.then_some(run.up).flatten(),
+            run.ts,
+        );
+        self.ctx.stats.record(run.started.elapsed(), run.late);
+        if let Some(rules) = &self.ctx.rules {
+            rules.samples(&samples);
+        }
+        self.ctx.store.append(samples);
+        self.update_board(run.up, run.error, run.ts, verdict);
+    }
+
+    /// The run's response-time rollup, its events (to the rules too) and the
+    /// state the check persists.
+    async fn persist_events(&self, run: &mut Run) {
+        let ctx = &self.ctx;
+        if let Some(r) = run.outcome.rollup.take() {
             ctx.store.rollup(RollupPoint {
-                target: spec.name.clone(),
+                target: self.spec.name.clone(),
                 metric: "http.response_ms".into(),
-                labels: check_labels.clone().unwrap_or_default(),
-                ts_ms: ts,
+                labels: self.check_labels.clone().unwrap_or_default(),
+                ts_ms: run.ts,
                 response_ms: r.response_ms,
                 status: r.status,
             });
         }
-        let events: Vec<Event> = outcome
+        let events: Vec<Event> = run
+            .outcome
             .events
             .drain(..)
             .map(|(kind, message)| Event {
-                ts_ms: ts,
-                target: spec.name.clone(),
+                ts_ms: run.ts,
+                target: self.spec.name.clone(),
                 kind,
                 message,
             })
@@ -324,44 +483,47 @@ async fn check_loop(
             }
         }
         ctx.store
-            .persist(events, std::mem::take(&mut outcome.persist))
+            .persist(events, std::mem::take(&mut run.outcome.persist))
             .await;
-        let samples = samples_of(
-            &spec.name,
-            &check,
-            check_labels.as_ref(),
-            outcome,
-            emits_up.then_some(up).flatten(),
-            ts,
-        );
-        ctx.stats.record(started.elapsed(), late);
-        if let Some(rules) = &ctx.rules {
-            rules.samples(&samples);
+    }
+
+    /// The target's line on the status board: up, last scrape and error, verdict.
+    fn update_board(
+        &self,
+        up: Option<bool>,
+        error: Option<String>,
+        ts: i64,
+        verdict: Option<CheckState>,
+    ) {
+        let Ok(mut board) = self.ctx.board.write() else {
+            return;
+        };
+        let Some(s) = board.get_mut(&self.spec.name) else {
+            return;
+        };
+        if let Some(u) = up.filter(|_| self.emits_up) {
+            s.up = Some(u);
         }
-        ctx.store.append(samples);
-        if let Ok(mut board) = ctx.board.write() {
-            if let Some(s) = board.get_mut(&spec.name) {
-                if let Some(u) = up.filter(|_| emits_up) {
-                    s.up = Some(u);
-                }
-                s.last_scrape_ms = Some(ts);
-                if emits_up || error.is_some() {
-                    s.last_error = error;
-                }
-                s.scrapes += 1;
-                if let Some(v) = verdict {
-                    s.checks.insert(check.name().to_string(), v);
-                }
-            }
+        s.last_scrape_ms = Some(ts);
+        if self.emits_up || error.is_some() {
+            s.last_error = error;
         }
-        next += interval;
-        let now = Instant::now();
-        if next <= now {
-            // Missed ticks are skipped, not bunched up.
-            let behind = (now - next).as_nanos() / interval.as_nanos().max(1) + 1;
-            next += interval * behind as u32;
+        s.scrapes += 1;
+        if let Some(v) = verdict {
+            s.checks.insert(self.check.name().to_string(), v);
         }
     }
+}
+
+/// The tick after `next`: one interval on; missed ticks are skipped, not bunched up.
+fn next_tick(next: Instant, interval: Duration) -> Instant {
+    let mut next = next + interval;
+    let now = Instant::now();
+    if next <= now {
+        let behind = (now - next).as_nanos() / interval.as_nanos().max(1) + 1;
+        next += interval * behind as u32;
+    }
+    next
 }
 
 /// The target answered: record the way back up and a newly learned host key.
