@@ -336,7 +336,8 @@ impl pb::herd_server::Herd for HerdApi {
         req: Request<pb::SilenceAddRequest>,
     ) -> Result<Response<pb::SilenceInfo>, Status> {
         let q = req.into_inner();
-        Silence::check_selector(&q.selector).map_err(Status::invalid_argument)?;
+        Silence::check_selector(&q.selector)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if q.duration_ms == 0 {
             return Err(Status::invalid_argument(
                 "a silence needs a duration (--for 2h)",

@@ -122,23 +122,37 @@ impl Silence {
     }
 
     /// Problems of a selector (pure): each part must be NAME=VALUE.
-    pub fn check_selector(selector: &str) -> Result<(), String> {
+    pub fn check_selector(selector: &str) -> Result<(), SelectorError> {
         let parts: Vec<&str> = selector
             .split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
             .collect();
         if parts.is_empty() {
-            return Err("the selector is empty; write e.g. target=web-*,rule=disk-full".into());
+            return Err(SelectorError::Empty);
         }
         for p in parts {
             match p.split_once('=') {
                 Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {}
-                _ => return Err(format!("{p:?} is not NAME=VALUE")),
+                _ => {
+                    return Err(SelectorError::NotNameValue {
+                        part: p.to_string(),
+                    })
+                }
             }
         }
         Ok(())
     }
+}
+
+/// What is wrong with a silence's selector.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    #[error("the selector is empty; write e.g. target=web-*,rule=disk-full")]
+    Empty,
+    /// One comma-separated part (trimmed) is not `NAME=VALUE`.
+    #[error("{part:?} is not NAME=VALUE")]
+    NotNameValue { part: String },
 }
 
 #[cfg(test)]
