@@ -51,6 +51,18 @@ pub enum HttpError {
     Protocol(String),
 }
 
+/// TLS settings of a check or channel that cannot be built: the `ca_file` and
+/// what is wrong with it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("{reason}")]
+    Protocols { reason: String },
+    #[error("ca_file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("ca_file {path}: no certificate in it")]
+    NoCertificate { path: String },
+}
+
 /// Where the connection starts.
 pub enum Via<'a> {
     Node,
@@ -63,27 +75,32 @@ pub struct Tls(Arc<rustls::ClientConfig>);
 
 impl Tls {
     /// `verify` false accepts any certificate (an explicit choice in the config).
-    pub fn new(verify: bool, ca_file: Option<&str>) -> Result<Tls, String> {
+    pub fn new(verify: bool, ca_file: Option<&str>) -> Result<Tls, TlsSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| TlsSetupError::Protocols {
+                reason: e.to_string(),
+            })?;
         let config = if verify {
             let mut roots = system_roots().clone();
             if let Some(path) = ca_file {
                 use rustls::pki_types::pem::PemObject;
-                let certs = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| format!("ca_file {path}: {e}"))?;
+                let bad = |e: &dyn std::fmt::Display| TlsSetupError::CaFile {
+                    path: path.to_string(),
+                    reason: e.to_string(),
+                };
+                let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))?;
                 let mut n = 0;
                 for cert in certs {
-                    let cert = cert.map_err(|e| format!("ca_file {path}: {e}"))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("ca_file {path}: {e}"))?;
+                    let cert = cert.map_err(|e| bad(&e))?;
+                    roots.add(cert).map_err(|e| bad(&e))?;
                     n += 1;
                 }
                 if n == 0 {
-                    return Err(format!("ca_file {path}: no certificate in it"));
+                    return Err(TlsSetupError::NoCertificate {
+                        path: path.to_string(),
+                    });
                 }
             }
             builder.with_root_certificates(roots).with_no_client_auth()

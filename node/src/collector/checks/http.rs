@@ -59,7 +59,7 @@ impl HttpState {
                     .collect(),
                 body: c.body.clone(),
             },
-            tls: Tls::new(c.tls_verify, c.ca_file.as_deref())?,
+            tls: Tls::new(c.tls_verify, c.ca_file.as_deref()).map_err(|e| e.to_string())?,
             body_re,
             expects: c
                 .expect

@@ -63,7 +63,7 @@ impl NginxState {
                     headers: Vec::new(),
                     body: None,
                 };
-                Some((req, Tls::new(true, None)?))
+                Some((req, Tls::new(true, None).map_err(|e| e.to_string())?))
             }
             None => None,
         };

@@ -31,7 +31,7 @@ impl PromState {
                 )],
                 body: None,
             },
-            tls: Tls::new(true, None)?,
+            tls: Tls::new(true, None).map_err(|e| e.to_string())?,
             allow: Allow::new(&c.allow)?,
         })
     }

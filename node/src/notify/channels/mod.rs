@@ -207,7 +207,7 @@ impl HttpTarget {
     fn new(url: &str, shown: &str) -> Result<HttpTarget, String> {
         let (uri, _, _, _) =
             http::parse_url(url).map_err(|_| format!("{shown} is not a valid http(s) URL"))?;
-        let tls = Tls::new(true, None)?;
+        let tls = Tls::new(true, None).map_err(|e| e.to_string())?;
         Ok(HttpTarget { uri, tls })
     }
 
