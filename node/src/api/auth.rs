@@ -1,5 +1,5 @@
 //! Token authentication of the client API: `authorization: Bearer <token>`.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
@@ -7,16 +7,31 @@ use tonic::{Request, Status};
 
 use crate::cluster::credential::constant_time_eq;
 
+/// An API token that cannot be read or sent: the token file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read API token file {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("API token file {} must hold one token of printable ASCII", .path.display())]
+    NotOneToken { path: PathBuf },
+    #[error("the API token must be printable ASCII")]
+    NotAscii,
+}
+
 /// Reads a token file: the whole file, trimmed; it must not be empty.
-pub fn read_token(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read API token file {}: {e}", path.display()))?;
+pub fn read_token(path: &Path) -> Result<String, TokenError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let token = text.trim().to_string();
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "API token file {} must hold one token of printable ASCII",
-            path.display()
-        ));
+        return Err(TokenError::NotOneToken {
+            path: path.to_path_buf(),
+        });
     }
     Ok(token)
 }
@@ -62,12 +77,12 @@ pub struct SendToken {
 }
 
 impl SendToken {
-    pub fn new(token: Option<&str>) -> Result<Self, String> {
+    pub fn new(token: Option<&str>) -> Result<Self, TokenError> {
         let header = match token {
             Some(t) => Some(
                 format!("Bearer {t}")
                     .parse()
-                    .map_err(|_| "the API token must be printable ASCII".to_string())?,
+                    .map_err(|_| TokenError::NotAscii)?,
             ),
             None => None,
         };

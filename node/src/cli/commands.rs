@@ -29,7 +29,7 @@ struct Target {
 
 pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError> {
     let token = match (&cli.token_file, std::env::var("HERD_TOKEN")) {
-        (Some(path), _) => Some(read_token(path).map_err(CliError::Usage)?),
+        (Some(path), _) => Some(read_token(path).map_err(|e| CliError::Usage(e.to_string()))?),
         (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
         _ => None,
     };
@@ -187,7 +187,8 @@ async fn client(target: &Target) -> Result<Client, CliError> {
             "cannot reach a herd node at {node}: {cause} ({hint})"
         ))
     })?;
-    let auth = SendToken::new(target.token.as_deref()).map_err(CliError::Usage)?;
+    let auth =
+        SendToken::new(target.token.as_deref()).map_err(|e| CliError::Usage(e.to_string()))?;
     Ok(HerdClient::with_interceptor(channel, auth))
 }
 

@@ -49,27 +49,78 @@ const REFUSALS_KEPT: usize = 8;
 /// The same refusal is logged at most this often.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Reads a secret file: the whole file, trimmed; printable ASCII of at least
-/// [`MIN_SECRET_LEN`] characters. `key` names the setting in errors.
-pub fn read_secret(key: &str, path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))?;
-    check_secret(&text)
-        .map(str::to_string)
-        .map_err(|e| format!("{key}: {}: {e}", path.display()))
+/// A herd secret that is not fit to be one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretProblem {
+    #[error("the herd secret must be one word of printable ASCII")]
+    NotPrintable,
+    #[error(
+        "the herd secret has {len} characters; at least {MIN_SECRET_LEN} are needed \
+         (make one with `herd certs` or `openssl rand -hex 32`)"
+    )]
+    TooShort { len: usize },
 }
 
-fn check_secret(text: &str) -> Result<&str, String> {
+/// Why the herd's credential cannot be read or taken. `key` names the setting
+/// (`cluster.secret_file`) or the file's role (`herd secret`).
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("{key}: cannot read {}: {source}", .path.display())]
+    Read {
+        key: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{key}: {}: {problem}", .path.display())]
+    BadFile {
+        key: String,
+        path: PathBuf,
+        problem: SecretProblem,
+    },
+    /// The secret a herd gave on join.
+    #[error(transparent)]
+    BadSecret(#[from] SecretProblem),
+    #[error(
+        "the herd gave no secret and this node has neither [tls] nor \
+         cluster.secret_file: set the herd's cluster.secret_file here"
+    )]
+    NoneGiven,
+    #[error(
+        "the herd's secret differs from this node's cluster.secret_file: \
+         give every node the same file"
+    )]
+    Differs,
+    #[error("cannot write {}: {source}", .path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Reads a secret file: the whole file, trimmed; printable ASCII of at least
+/// [`MIN_SECRET_LEN`] characters. `key` names the setting in errors.
+pub fn read_secret(key: &str, path: &Path) -> Result<String, CredentialError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CredentialError::Read {
+        key: key.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })?;
+    check_secret(&text)
+        .map(str::to_string)
+        .map_err(|problem| CredentialError::BadFile {
+            key: key.to_string(),
+            path: path.to_path_buf(),
+            problem,
+        })
+}
+
+fn check_secret(text: &str) -> Result<&str, SecretProblem> {
     let s = text.trim();
     if !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("the herd secret must be one word of printable ASCII".into());
+        return Err(SecretProblem::NotPrintable);
     }
     if s.len() < MIN_SECRET_LEN {
-        return Err(format!(
-            "the herd secret has {} characters; at least {MIN_SECRET_LEN} are needed \
-             (make one with `herd certs` or `openssl rand -hex 32`)",
-            s.len()
-        ));
+        return Err(SecretProblem::TooShort { len: s.len() });
     }
     Ok(s)
 }
@@ -134,7 +185,8 @@ struct Refusal {
 
 impl Credential {
     /// The credential of node `me`: `secret_file` when set, else a secret kept in
-    /// `data_dir` from an earlier init or join. File errors name the key and file.
+    /// `data_dir` from an earlier init or join. File errors name the key and file
+    /// (a [`CredentialError`] as text: the cluster's start reports it as config).
     pub fn load(
         me: NodeId,
         tls: bool,
@@ -143,8 +195,12 @@ impl Credential {
     ) -> Result<Arc<Credential>, String> {
         let stored_at = data_dir.join(STORED_SECRET_FILE);
         let secret = match secret_file {
-            Some(path) => Some(read_secret("cluster.secret_file", path)?),
-            None if stored_at.exists() => Some(read_secret("herd secret", &stored_at)?),
+            Some(path) => {
+                Some(read_secret("cluster.secret_file", path).map_err(|e| e.to_string())?)
+            }
+            None if stored_at.exists() => {
+                Some(read_secret("herd secret", &stored_at).map_err(|e| e.to_string())?)
+            }
             None => None,
         };
         Ok(Arc::new(Credential {
@@ -210,16 +266,12 @@ impl Credential {
 
     /// On join: takes the herd's secret (`secret`, empty when the herd has none to
     /// give). A configured secret must be the same. Blocking file I/O.
-    pub fn adopt(&self, secret: &str) -> Result<(), String> {
+    pub fn adopt(&self, secret: &str) -> Result<(), CredentialError> {
         if secret.is_empty() {
             return if self.usable() {
                 Ok(())
             } else {
-                Err(
-                    "the herd gave no secret and this node has neither [tls] nor \
-                     cluster.secret_file: set the herd's cluster.secret_file here"
-                        .into(),
-                )
+                Err(CredentialError::NoneGiven)
             };
         }
         let secret = check_secret(secret)?;
@@ -228,15 +280,13 @@ impl Credential {
                 return Ok(());
             }
             if self.configured {
-                return Err(
-                    "the herd's secret differs from this node's cluster.secret_file: \
-                     give every node the same file"
-                        .into(),
-                );
+                return Err(CredentialError::Differs);
             }
         }
-        write_private(&self.stored_at, secret)
-            .map_err(|e| format!("cannot write {}: {e}", self.stored_at.display()))?;
+        write_private(&self.stored_at, secret).map_err(|source| CredentialError::Write {
+            path: self.stored_at.clone(),
+            source,
+        })?;
         *self.secret.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::from(secret));
         Ok(())
     }
@@ -487,7 +537,7 @@ mod tests {
         let c = Credential::load(3, false, Some(&file), dir2.path()).unwrap();
         assert!(c.shareable().is_none());
         assert!(c.adopt(SECRET).is_ok());
-        assert!(c.adopt(&made).unwrap_err().contains("differs"));
+        assert!(c.adopt(&made).unwrap_err().to_string().contains("differs"));
     }
 
     #[test]
