@@ -2,8 +2,10 @@
 //! leaves the outbox only once a channel took it (or, given up on, once its
 //! fallback is queued in the same commit); each carries an idempotency key.
 //!
-//! Stages per round: due entries → grouped by (channel, target) → rate limit →
-//! send with a timeout → record as sent, or retry with backoff, or fall back.
+//! Stages per round (`Notifier::round`): due entries, through the herd's gate
+//! and the age limit → grouped by (channel, target) → rate limit → send with a
+//! timeout → record as sent, or retry with backoff, or fall back → one commit, and
+//! the herd told what finished.
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -61,6 +63,91 @@ pub struct HerdHooks {
 struct Built {
     channel: Arc<Channel>,
     delivery: Delivery,
+}
+
+/// Entries of one (channel, target), sent together, with their outbox seqs.
+type Group = Vec<(u64, OutboxEntry)>;
+/// A round's due groups, by (channel, target).
+type Groups = BTreeMap<(String, String), Group>;
+/// A round's sends in flight: each group, its channel, and how the send ended.
+type Sends = tokio::task::JoinSet<(Group, Arc<Built>, Result<(), SendError>)>;
+
+/// What one round of the outbox has decided so far; committed at its end.
+struct Round {
+    /// The round's time (unix ms).
+    now: i64,
+    /// When the next entry becomes due.
+    next: Option<i64>,
+    /// The outbox's change, written in one commit.
+    change: OutboxChange,
+    /// Replicated entries finished in this round, for the herd.
+    finished: Vec<String>,
+    /// Replicated entries waiting long for the herd's record: reported again.
+    unrecorded: Vec<OutboxEntry>,
+    /// Some entry waits for the herd to record it.
+    waited: bool,
+}
+
+impl Round {
+    fn new(now: i64) -> Round {
+        Round {
+            now,
+            next: None,
+            change: OutboxChange::default(),
+            finished: Vec::new(),
+            unrecorded: Vec::new(),
+            waited: false,
+        }
+    }
+
+    /// An entry becomes due at `at`: the next round comes no later.
+    fn due_at(&mut self, at: i64) {
+        self.next = Some(self.next.map_or(at, |n| n.min(at)));
+    }
+
+    /// An entry leaves the outbox: the herd hears of it if it is replicated.
+    fn finished(&mut self, e: &OutboxEntry) {
+        if e.sender.replicated() {
+            self.finished.push(e.notification.idempotency_key.clone());
+        }
+    }
+
+    /// The herd's gate on a due replicated entry: true when this node sends it now;
+    /// otherwise it waits for the herd's record (handed to it again if that takes
+    /// long) or leaves this outbox.
+    fn passes_gate(
+        &mut self,
+        h: &HerdHooks,
+        seq: u64,
+        e: &OutboxEntry,
+        report_again: bool,
+    ) -> bool {
+        match (h.gate)(e, self.now) {
+            Gate::Send => true,
+            Gate::Wait => {
+                if report_again && self.now - e.created_ms >= REPORT_AGAIN_MS {
+                    self.unrecorded.push(e.clone());
+                }
+                self.waited = true;
+                self.due_at(self.now + GATE_RETRY_MS);
+                false
+            }
+            Gate::Drop => {
+                tracing::info!(key = %e.notification.idempotency_key, target_name = %e.notification.alert.target, "notification left to the target's owner (delivered, or the target moved)");
+                self.change.remove.push(seq);
+                false
+            }
+        }
+    }
+
+    /// A group its channel took: each entry is done, its key recorded as sent.
+    fn delivered(&mut self, group: Group) {
+        for (seq, e) in group {
+            tracing::info!(channel = %e.notification.channel, key = %e.notification.idempotency_key, "notification delivered");
+            self.finished(&e);
+            self.change.done.push((seq, e.notification.idempotency_key));
+        }
+    }
 }
 
 pub struct Notifier {
@@ -235,66 +322,67 @@ impl Notifier {
         }
     }
 
-    /// One pass over the outbox. Returns when the next entry becomes due.
+    /// One pass over the outbox, in stages: load it, pick the due entries (the
+    /// herd's gate, the age limit) grouped by (channel, target), start their sends
+    /// (parallel cap, rate limit), record how each send ended (done, retry, or fall
+    /// back), and commit it all at once, telling the herd. Returns when the next
+    /// entry becomes due.
     async fn round(&self) -> Result<Option<i64>, crate::store::StoreError> {
         use std::sync::atomic::Ordering::SeqCst;
         // Before the gate reads the herd's state: a change from now on wakes a
         // next round.
         self.waiting_on_herd.store(true, SeqCst);
-        let store = self.store.clone();
-        let entries = tokio::task::spawn_blocking(move || store.outbox())
-            .await
-            .map_err(|_| crate::store::StoreError::Closed)??;
+        let entries = self.load_outbox().await?;
         if entries.is_empty() {
             self.waiting_on_herd.store(false, SeqCst);
             return Ok(None);
         }
-        let mut waited = false;
-        let now = now_ms();
-        let mut next: Option<i64> = None;
-        let mut change = OutboxChange::default();
-        let mut groups: BTreeMap<(String, String), Vec<(u64, OutboxEntry)>> = BTreeMap::new();
         let herd = self.herd.get();
-        // Replicated entries finished in this round, for the herd.
-        let mut finished: Vec<String> = Vec::new();
-        // Replicated entries waiting long for the herd's record: reported again.
-        let mut unrecorded: Vec<OutboxEntry> = Vec::new();
-        let report_again = now
+        let mut round = Round::new(now_ms());
+        let groups = self.pick_due(entries, herd, &mut round).await;
+        self.waiting_on_herd.store(round.waited, SeqCst);
+        let sends = self.start_sends(groups, &mut round).await;
+        self.record_sends(sends, &mut round).await;
+        self.commit(round, herd).await
+    }
+
+    /// The outbox's entries, read off the async runtime.
+    async fn load_outbox(&self) -> Result<Vec<(u64, OutboxEntry)>, crate::store::StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.outbox())
+            .await
+            .map_err(|_| crate::store::StoreError::Closed)?
+    }
+
+    /// Stage 1: the entries due now that pass the herd's gate and are not too old
+    /// (those are dropped with an event), grouped by (channel, target).
+    async fn pick_due(
+        &self,
+        entries: Vec<(u64, OutboxEntry)>,
+        herd: Option<&HerdHooks>,
+        round: &mut Round,
+    ) -> Groups {
+        let report_again = round.now
             - self
                 .reported_again_ms
                 .load(std::sync::atomic::Ordering::Relaxed)
             >= REPORT_AGAIN_MS;
+        let mut groups = Groups::new();
         for (seq, e) in entries {
-            if e.not_before_ms > now {
-                next = Some(next.map_or(e.not_before_ms, |n| n.min(e.not_before_ms)));
+            if e.not_before_ms > round.now {
+                round.due_at(e.not_before_ms);
                 continue;
             }
             if let Some(h) = herd.filter(|_| e.sender.replicated()) {
-                match (h.gate)(&e, now) {
-                    Gate::Send => {}
-                    Gate::Wait => {
-                        if report_again && now - e.created_ms >= REPORT_AGAIN_MS {
-                            unrecorded.push(e.clone());
-                        }
-                        waited = true;
-                        let at = now + GATE_RETRY_MS;
-                        next = Some(next.map_or(at, |n| n.min(at)));
-                        continue;
-                    }
-                    Gate::Drop => {
-                        tracing::info!(key = %e.notification.idempotency_key, target_name = %e.notification.alert.target, "notification left to the target's owner (delivered, or the target moved)");
-                        change.remove.push(seq);
-                        continue;
-                    }
+                if !round.passes_gate(h, seq, &e, report_again) {
+                    continue;
                 }
             }
             let max_age = self.max_age(&e.notification.channel);
-            let age = now.saturating_sub(e.notification.ts_ms);
+            let age = round.now.saturating_sub(e.notification.ts_ms);
             if age > max_age {
-                if e.sender.replicated() {
-                    finished.push(e.notification.idempotency_key.clone());
-                }
-                self.expire(seq, e, age, max_age, &mut change).await;
+                round.finished(&e);
+                self.expire(seq, e, age, max_age, &mut round.change).await;
                 continue;
             }
             let key = (
@@ -303,7 +391,13 @@ impl Notifier {
             );
             groups.entry(key).or_default().push((seq, e));
         }
-        self.waiting_on_herd.store(waited, SeqCst);
+        groups
+    }
+
+    /// Stage 2: each group is sent in a task of its own (at most MAX_PARALLEL_SENDS
+    /// per channel in a round), unless its channel is missing (given up: it falls
+    /// back) or at its rate limit (put off until the limit allows).
+    async fn start_sends(&self, groups: Groups, round: &mut Round) -> Sends {
         let mut sends = tokio::task::JoinSet::new();
         let mut per_channel: HashMap<String, usize> = HashMap::new();
         for ((channel, _target), group) in groups {
@@ -311,7 +405,7 @@ impl Notifier {
             if *n >= MAX_PARALLEL_SENDS {
                 // The rest of this channel's due groups go in the next round, which
                 // starts as soon as this one ends.
-                next = Some(now);
+                round.next = Some(round.now);
                 continue;
             }
             *n += 1;
@@ -328,19 +422,17 @@ impl Notifier {
                     .and_then(|b| b.get(&channel).cloned())
                     .unwrap_or_else(|| "no such channel in the fleet spec".into());
                 for (seq, e) in group {
-                    if e.sender.replicated() {
-                        finished.push(e.notification.idempotency_key.clone());
-                    }
-                    self.give_up(seq, e, &why, &mut change).await;
+                    round.finished(&e);
+                    self.give_up(seq, e, &why, &mut round.change).await;
                 }
                 continue;
             };
-            if let Some(at) = self.rate_limited(&channel, &built.delivery, now) {
+            if let Some(at) = self.rate_limited(&channel, &built.delivery, round.now) {
                 for (seq, mut e) in group {
                     e.not_before_ms = at;
-                    change.update.push((seq, e));
+                    round.change.update.push((seq, e));
                 }
-                next = Some(next.map_or(at, |n| n.min(at)));
+                round.due_at(at);
                 continue;
             }
             let timeout = built.delivery.timeout.unwrap_or(DEFAULT_TIMEOUT).get();
@@ -352,48 +444,72 @@ impl Notifier {
                 (group, built, result)
             });
         }
+        sends
+    }
+
+    /// Stage 3: as each send ends, its entries are done, or tried again after a
+    /// backoff, or given up (their fallback queued).
+    async fn record_sends(&self, mut sends: Sends, round: &mut Round) {
         while let Some(joined) = sends.join_next().await {
             let Ok((group, built, result)) = joined else {
                 continue;
             };
             match result {
-                Ok(()) => {
-                    for (seq, e) in group {
-                        tracing::info!(channel = %e.notification.channel, key = %e.notification.idempotency_key, "notification delivered");
-                        if e.sender.replicated() {
-                            finished.push(e.notification.idempotency_key.clone());
-                        }
-                        change.done.push((seq, e.notification.idempotency_key));
-                    }
-                }
-                Err(err) => {
-                    let retryable = !matches!(err, SendError::Permanent(_));
-                    let policy = built.delivery.retry();
-                    for (seq, mut e) in group {
-                        e.attempts += 1;
-                        e.last_error = Some(err.to_string());
-                        let wait = match policy.after_failure(e.attempts, retryable) {
-                            Retry::After(wait) => wait,
-                            Retry::GiveUp => {
-                                let why = format!(
-                                    "{} after {} attempts: {err}",
-                                    e.notification.channel, e.attempts
-                                );
-                                if e.sender.replicated() {
-                                    finished.push(e.notification.idempotency_key.clone());
-                                }
-                                self.give_up(seq, e, &why, &mut change).await;
-                                continue;
-                            }
-                        };
-                        tracing::warn!(channel = %e.notification.channel, attempt = e.attempts, retry_in = ?wait, error = %err, "notification not delivered; will retry");
-                        e.not_before_ms = now_ms() + wait.as_millis() as i64;
-                        next = Some(next.map_or(e.not_before_ms, |n| n.min(e.not_before_ms)));
-                        change.update.push((seq, e));
-                    }
-                }
+                Ok(()) => round.delivered(group),
+                Err(err) => self.retry_or_give_up(group, &built, &err, round).await,
             }
         }
+    }
+
+    /// A failed send: each entry of its group waits for its next attempt, or, once
+    /// the channel's retry policy gives up (or the failure is permanent), falls back.
+    async fn retry_or_give_up(
+        &self,
+        group: Group,
+        built: &Built,
+        err: &SendError,
+        round: &mut Round,
+    ) {
+        let retryable = !matches!(err, SendError::Permanent(_));
+        let policy = built.delivery.retry();
+        for (seq, mut e) in group {
+            e.attempts += 1;
+            e.last_error = Some(err.to_string());
+            let wait = match policy.after_failure(e.attempts, retryable) {
+                Retry::After(wait) => wait,
+                Retry::GiveUp => {
+                    let why = format!(
+                        "{} after {} attempts: {err}",
+                        e.notification.channel, e.attempts
+                    );
+                    round.finished(&e);
+                    self.give_up(seq, e, &why, &mut round.change).await;
+                    continue;
+                }
+            };
+            tracing::warn!(channel = %e.notification.channel, attempt = e.attempts, retry_in = ?wait, error = %err, "notification not delivered; will retry");
+            e.not_before_ms = now_ms() + wait.as_millis() as i64;
+            round.due_at(e.not_before_ms);
+            round.change.update.push((seq, e));
+        }
+    }
+
+    /// Stage 4: the round's changes in one commit; then the herd hears which
+    /// replicated entries finished, which fallbacks were queued, and which entries
+    /// it has still not recorded. Returns when the next entry becomes due.
+    async fn commit(
+        &self,
+        round: Round,
+        herd: Option<&HerdHooks>,
+    ) -> Result<Option<i64>, crate::store::StoreError> {
+        let Round {
+            now,
+            mut next,
+            change,
+            finished,
+            unrecorded,
+            ..
+        } = round;
         let has_new = !change.add.is_empty();
         let mut requeued: Vec<OutboxEntry> = change
             .add
@@ -428,8 +544,6 @@ impl Notifier {
         Ok(next)
     }
 
-    /// Replaces an entry by one for its next fallback channel, or drops it with an
-    /// event when none is left.
     /// Sends `n` through its channel at once, bypassing the outbox (and the fence):
     /// for the one notice a node without quorum sends on its own. One attempt,
     /// bounded by the channel's timeout.
@@ -500,6 +614,8 @@ impl Notifier {
             .await;
     }
 
+    /// Replaces an entry by one for its next fallback channel, or drops it with an
+    /// event when none is left.
     async fn give_up(&self, seq: u64, e: OutboxEntry, why: &str, change: &mut OutboxChange) {
         change.remove.push(seq);
         let mut fallbacks = e.fallbacks.clone();
