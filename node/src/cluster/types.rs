@@ -233,157 +233,223 @@ impl ClusterState {
     /// Applies one command (pure, deterministic: every node gets the same result).
     pub fn apply(&mut self, cmd: &Command) -> CommandResponse {
         match cmd {
-            Command::ApplySpec { text, source } => {
-                self.spec_version += 1;
-                self.spec_text = text.clone();
-                self.spec_source = source.clone();
-                CommandResponse {
-                    version: self.spec_version,
-                }
-            }
-            Command::SetOwnership { owners, .. } => {
-                self.ownership_version += 1;
-                self.owners = owners.clone();
-                // Alerts of targets that left the fleet have nobody to continue them.
-                self.alerts.retain(|_, a| owners.contains_key(&a.target));
-                self.notices.retain(|_, e| {
-                    e.sender == Sender::Leader || owners.contains_key(&e.notification.alert.target)
-                });
-                CommandResponse {
-                    version: self.ownership_version,
-                }
-            }
+            Command::ApplySpec { text, source } => self.apply_spec(text, source),
+            Command::SetOwnership { owners, .. } => self.set_ownership(owners),
             Command::Alerts {
                 upserts,
                 deleted,
                 queued,
                 delivered,
-            } => {
-                for a in upserts {
-                    self.alerts.insert(a.id.clone(), a.clone());
-                }
-                for id in deleted {
-                    self.alerts.remove(id);
-                }
-                for e in queued {
-                    let key = &e.notification.idempotency_key;
-                    if !self.delivered.contains(key) {
-                        self.notices.insert(key.clone(), e.clone());
-                    }
-                }
-                for key in delivered {
-                    self.notices.remove(key);
-                    self.delivered.insert(key, MAX_DELIVERED_KEYS);
-                }
-                if self.notices.len() > MAX_NOTICES {
-                    let mut by_age: Vec<(i64, String)> = self
-                        .notices
-                        .iter()
-                        .map(|(k, e)| (e.created_ms, k.clone()))
-                        .collect();
-                    by_age.sort();
-                    let excess = self.notices.len() - MAX_NOTICES;
-                    for (_, k) in by_age.into_iter().take(excess) {
-                        self.notices.remove(&k);
-                    }
-                }
-                CommandResponse::default()
-            }
-            Command::Sent { keys } => {
-                for k in keys {
-                    self.sent.insert(k, MAX_SENT_KEYS);
-                }
-                CommandResponse::default()
-            }
+            } => self.apply_alerts(upserts, deleted, queued, delivered),
+            Command::Sent { keys } => self.record_sent(keys),
             Command::NodeHealth {
                 node,
                 up,
                 since_ms,
                 seen_by,
                 moved,
-            } => {
-                let before = self.health.get(node);
-                // A node is up until said otherwise; only a change is a transition.
-                let was_up = before.is_none_or(|h| h.up);
-                let transitions = before.map_or(0, |h| h.transitions);
-                if was_up == *up && before.is_some() {
-                    return CommandResponse {
-                        version: transitions,
-                    };
-                }
-                let transitions = if was_up == *up {
-                    transitions
-                } else {
-                    transitions + 1
-                };
-                self.health.insert(
-                    *node,
-                    NodeHealth {
-                        up: *up,
-                        since_ms: *since_ms,
-                        seen_by: *seen_by,
-                        transitions,
-                        moved: moved.clone(),
-                    },
-                );
-                CommandResponse {
-                    version: transitions,
-                }
-            }
+            } => self.set_node_health(
+                *node,
+                NodeHealth {
+                    up: *up,
+                    since_ms: *since_ms,
+                    seen_by: *seen_by,
+                    transitions: 0,
+                    moved: moved.clone(),
+                },
+            ),
             Command::NodeInfo {
                 node,
                 addr,
                 machine,
-            } => {
-                self.nodes.insert(
-                    *node,
-                    NodeRecord {
-                        addr: addr.clone(),
-                        machine: machine.clone(),
-                    },
-                );
-                CommandResponse::default()
+            } => self.set_node_info(*node, addr, machine),
+            Command::SilenceAdd { silence } => self.add_silence(silence),
+            Command::SilenceRemove { id } => self.remove_silence(id),
+            Command::Drain { node } => self.drain(*node),
+            Command::Forget { node } => self.forget(*node),
+            Command::Pause { target, pause } => self.pause(target, pause),
+            Command::Resume { target } => self.resume(target),
+            Command::HerdId { id } => self.set_herd_id(id),
+            Command::ExpirePauses { now_ms } => self.expire_pauses(*now_ms),
+        }
+    }
+
+    /// A new fleet spec; its version is the answer.
+    fn apply_spec(&mut self, text: &str, source: &str) -> CommandResponse {
+        self.spec_version += 1;
+        self.spec_text = text.to_string();
+        self.spec_source = source.to_string();
+        CommandResponse {
+            version: self.spec_version,
+        }
+    }
+
+    /// A new map of owners; its version is the answer.
+    fn set_ownership(&mut self, owners: &BTreeMap<String, NodeId>) -> CommandResponse {
+        self.ownership_version += 1;
+        self.owners = owners.clone();
+        // Alerts of targets that left the fleet have nobody to continue them.
+        self.alerts.retain(|_, a| owners.contains_key(&a.target));
+        self.notices.retain(|_, e| {
+            e.sender == Sender::Leader || owners.contains_key(&e.notification.alert.target)
+        });
+        CommandResponse {
+            version: self.ownership_version,
+        }
+    }
+
+    /// Alert changes, notices queued (unless delivered already) and notices
+    /// delivered; the oldest notices beyond MAX_NOTICES are forgotten.
+    fn apply_alerts(
+        &mut self,
+        upserts: &[Alert],
+        deleted: &[String],
+        queued: &[OutboxEntry],
+        delivered: &[String],
+    ) -> CommandResponse {
+        for a in upserts {
+            self.alerts.insert(a.id.clone(), a.clone());
+        }
+        for id in deleted {
+            self.alerts.remove(id);
+        }
+        for e in queued {
+            let key = &e.notification.idempotency_key;
+            if !self.delivered.contains(key) {
+                self.notices.insert(key.clone(), e.clone());
             }
-            Command::SilenceAdd { silence } => {
-                let now = silence.created_ms;
-                self.silences.retain(|_, s| s.until_ms > now);
-                self.silences.insert(silence.id.clone(), silence.clone());
-                CommandResponse::default()
-            }
-            Command::SilenceRemove { id } => CommandResponse {
-                version: u64::from(self.silences.remove(id).is_some()),
+        }
+        for key in delivered {
+            self.notices.remove(key);
+            self.delivered.insert(key, MAX_DELIVERED_KEYS);
+        }
+        self.forget_oldest_notices();
+        CommandResponse::default()
+    }
+
+    /// Keeps at most MAX_NOTICES notices, forgetting the oldest first.
+    fn forget_oldest_notices(&mut self) {
+        if self.notices.len() <= MAX_NOTICES {
+            return;
+        }
+        let mut by_age: Vec<(i64, String)> = self
+            .notices
+            .iter()
+            .map(|(k, e)| (e.created_ms, k.clone()))
+            .collect();
+        by_age.sort();
+        let excess = self.notices.len() - MAX_NOTICES;
+        for (_, k) in by_age.into_iter().take(excess) {
+            self.notices.remove(&k);
+        }
+    }
+
+    /// Keys of peer health notices queued.
+    fn record_sent(&mut self, keys: &[String]) -> CommandResponse {
+        for k in keys {
+            self.sent.insert(k, MAX_SENT_KEYS);
+        }
+        CommandResponse::default()
+    }
+
+    /// A node's health as the leader concluded it (`health.transitions` is
+    /// counted here); the answer is the node's transitions so far.
+    fn set_node_health(&mut self, node: NodeId, health: NodeHealth) -> CommandResponse {
+        let before = self.health.get(&node);
+        // A node is up until said otherwise; only a change is a transition.
+        let was_up = before.is_none_or(|h| h.up);
+        let transitions = before.map_or(0, |h| h.transitions);
+        if was_up == health.up && before.is_some() {
+            return CommandResponse {
+                version: transitions,
+            };
+        }
+        let transitions = if was_up == health.up {
+            transitions
+        } else {
+            transitions + 1
+        };
+        self.health.insert(
+            node,
+            NodeHealth {
+                transitions,
+                ..health
             },
-            Command::Drain { node } => {
-                self.draining.insert(*node);
-                CommandResponse::default()
-            }
-            Command::Forget { node } => {
-                self.nodes.remove(node);
-                self.health.remove(node);
-                self.draining.remove(node);
-                CommandResponse::default()
-            }
-            Command::Pause { target, pause } => {
-                self.pauses.insert(target.clone(), pause.clone());
-                CommandResponse::default()
-            }
-            Command::Resume { target } => CommandResponse {
-                version: u64::from(self.pauses.remove(target).is_some()),
+        );
+        CommandResponse {
+            version: transitions,
+        }
+    }
+
+    /// A node's address and how its machine is watched.
+    fn set_node_info(&mut self, node: NodeId, addr: &str, machine: &str) -> CommandResponse {
+        self.nodes.insert(
+            node,
+            NodeRecord {
+                addr: addr.to_string(),
+                machine: machine.to_string(),
             },
-            Command::HerdId { id } => {
-                if self.herd_id.is_none() && !id.is_empty() {
-                    self.herd_id = Some(id.clone());
-                }
-                CommandResponse::default()
-            }
-            Command::ExpirePauses { now_ms } => {
-                let before = self.pauses.len();
-                self.pauses
-                    .retain(|_, p| p.until_ms.is_none_or(|u| u > *now_ms));
-                CommandResponse {
-                    version: (before - self.pauses.len()) as u64,
-                }
-            }
+        );
+        CommandResponse::default()
+    }
+
+    /// A silence for the herd; the silences that ended before it was made go.
+    fn add_silence(&mut self, silence: &Silence) -> CommandResponse {
+        let now = silence.created_ms;
+        self.silences.retain(|_, s| s.until_ms > now);
+        self.silences.insert(silence.id.clone(), silence.clone());
+        CommandResponse::default()
+    }
+
+    /// Ends a silence; the answer is 1 when there was one.
+    fn remove_silence(&mut self, id: &str) -> CommandResponse {
+        CommandResponse {
+            version: u64::from(self.silences.remove(id).is_some()),
+        }
+    }
+
+    /// A node on its way out: it gets no targets any more.
+    fn drain(&mut self, node: NodeId) -> CommandResponse {
+        self.draining.insert(node);
+        CommandResponse::default()
+    }
+
+    /// A node that left: its records go.
+    fn forget(&mut self, node: NodeId) -> CommandResponse {
+        self.nodes.remove(&node);
+        self.health.remove(&node);
+        self.draining.remove(&node);
+        CommandResponse::default()
+    }
+
+    /// Pauses a target.
+    fn pause(&mut self, target: &str, pause: &Pause) -> CommandResponse {
+        self.pauses.insert(target.to_string(), pause.clone());
+        CommandResponse::default()
+    }
+
+    /// Ends a target's pause; the answer is 1 when there was one.
+    fn resume(&mut self, target: &str) -> CommandResponse {
+        CommandResponse {
+            version: u64::from(self.pauses.remove(target).is_some()),
+        }
+    }
+
+    /// The herd's id: the first one applied stays.
+    fn set_herd_id(&mut self, id: &str) -> CommandResponse {
+        if self.herd_id.is_none() && !id.is_empty() {
+            self.herd_id = Some(id.to_string());
+        }
+        CommandResponse::default()
+    }
+
+    /// Ends the pauses whose end is at or before `now_ms`; the answer is how many.
+    fn expire_pauses(&mut self, now_ms: i64) -> CommandResponse {
+        let before = self.pauses.len();
+        self.pauses
+            .retain(|_, p| p.until_ms.is_none_or(|u| u > now_ms));
+        CommandResponse {
+            version: (before - self.pauses.len()) as u64,
         }
     }
 }
