@@ -4,7 +4,7 @@
 //! per status code).
 use regex::Regex;
 
-use super::{CheckError, Env, Outcome, Status};
+use super::{CheckError, CheckSetupError, Env, Outcome, Status};
 use crate::transport::http::{self, HttpError, Request, Tls, Via};
 use crate::transport::TunnelError;
 use serde_json::Value;
@@ -36,16 +36,16 @@ impl HttpState {
         name: &str,
         target: &str,
         board: &StateBoard,
-    ) -> Result<Self, String> {
-        let (uri, _, _, _) = http::parse_url(&c.url).map_err(|e| e.to_string())?;
+    ) -> Result<Self, CheckSetupError> {
+        let (uri, _, _, _) = http::parse_url(&c.url)?;
         let method = c
             .method
             .as_deref()
             .unwrap_or("GET")
             .parse::<::http::Method>()
-            .map_err(|e| format!("method: {e}"))?;
+            .map_err(CheckSetupError::Method)?;
         let body_re = match &c.body_regex {
-            Some(r) => Some(Regex::new(r).map_err(|e| format!("body_regex: {e}"))?),
+            Some(r) => Some(Regex::new(r).map_err(CheckSetupError::BodyRegex)?),
             None => None,
         };
         Ok(HttpState {
@@ -59,20 +59,18 @@ impl HttpState {
                     .collect(),
                 body: c.body.clone(),
             },
-            tls: Tls::new(c.tls_verify, c.ca_file.as_deref()).map_err(|e| e.to_string())?,
+            tls: Tls::new(c.tls_verify, c.ca_file.as_deref())?,
             body_re,
             expects: c
                 .expect
                 .iter()
                 .map(|e| Expect::parse(e).map(|x| (e.clone(), x)))
-                .collect::<Result<_, _>>()
-                .map_err(|e| e.to_string())?,
+                .collect::<Result<_, _>>()?,
             picks: c
                 .json
                 .iter()
                 .map(|j| json_path(&j.path).map(|p| (p, j.clone())))
-                .collect::<Result<_, _>>()
-                .map_err(|e| e.to_string())?,
+                .collect::<Result<_, _>>()?,
             board: (!c.json.is_empty())
                 .then(|| (board.clone(), target.to_string(), name.to_string())),
             last_problems: Vec::new(),

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::parse::jsonmerge::{parse_lines, StateTree};
 use super::parse::logtail::DEFAULT_MAX_BYTES;
 use super::tail::Tail;
-use super::{CheckError, Env, Outcome, Status};
+use super::{CheckError, CheckSetupError, Env, Outcome, Status};
 use crate::collector::StateBoard;
 use crate::config::checks::JsonStateCheck;
 use crate::model::text::shell_quote;
@@ -53,7 +53,7 @@ impl JsonStateState {
         store: &Store,
         target: &str,
         board: StateBoard,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CheckSetupError> {
         let source = match (&c.path, &c.docker_label) {
             (Some(path), None) => {
                 Source::File(Tail::load(store, target, name, path, DEFAULT_MAX_BYTES))
@@ -62,7 +62,7 @@ impl JsonStateState {
                 label: label.clone(),
                 since: None,
             },
-            _ => return Err("json_state: set exactly one of path and docker_label".into()),
+            _ => return Err(CheckSetupError::JsonStateSource),
         };
         let key = format!("state\0{target}\0{name}");
         let (tree, load_failure) = match load_tree(store, &key) {

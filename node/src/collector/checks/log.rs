@@ -3,7 +3,7 @@
 //! and truncation (a smaller size) restart from the file's beginning.
 use super::parse::logtail::{LineFilter, DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES};
 use super::tail::Tail;
-use super::{CheckError, Env, Outcome, Status};
+use super::{CheckError, CheckSetupError, Env, Outcome, Status};
 use crate::config::checks::LogCheck;
 use crate::model::{EventKind, Measurement};
 use crate::store::Store;
@@ -15,7 +15,12 @@ pub struct LogState {
 }
 
 impl LogState {
-    pub fn new(c: &LogCheck, name: &str, store: &Store, target: &str) -> Result<Self, String> {
+    pub fn new(
+        c: &LogCheck,
+        name: &str,
+        store: &Store,
+        target: &str,
+    ) -> Result<Self, CheckSetupError> {
         Ok(LogState {
             tail: Tail::load(
                 store,

@@ -19,7 +19,12 @@ use crate::config::{CheckSpec, TargetSpec};
 use crate::model::text::prefix_chars;
 use crate::model::{EventKind, Measurement};
 
+use crate::config::checks::{ExpectError, JsonPathError};
+use crate::transport::http::{HttpError, TlsSetupError};
 use crate::transport::{ExecOutput, Transport, TransportError};
+use parse::exposition::AllowError;
+use parse::logtail::PatternError;
+use parse::nginx::LogFormatError;
 
 /// What a check needs to run once.
 pub struct Env<'a> {
@@ -119,6 +124,39 @@ pub enum CheckError {
     Failed(String),
 }
 
+/// Why a check's runner cannot be made from its spec: the setting and what is
+/// wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckSetupError {
+    /// The check's URL.
+    #[error(transparent)]
+    Url(#[from] HttpError),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error("method: {0}")]
+    Method(::http::method::InvalidMethod),
+    #[error("body_regex: {0}")]
+    BodyRegex(regex::Error),
+    #[error(transparent)]
+    Expect(#[from] ExpectError),
+    #[error(transparent)]
+    JsonPath(#[from] JsonPathError),
+    /// A log check's include or exclude pattern.
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    /// A prometheus check's allow pattern.
+    #[error(transparent)]
+    Allow(#[from] AllowError),
+    #[error("log_format: {0}")]
+    LogFormat(LogFormatError),
+    #[error("geoip_db needs access_log (requests are counted from it)")]
+    GeoipWithoutAccessLog,
+    #[error("geoip_db needs $remote_addr in log_format")]
+    GeoipWithoutRemoteAddr,
+    #[error("json_state: set exactly one of path and docker_label")]
+    JsonStateSource,
+}
+
 /// The per-target state of one check (previous counters, tail offsets, ...).
 pub enum Runner {
     Vitals(vitals::VitalsState),
@@ -134,7 +172,13 @@ pub enum Runner {
 }
 
 impl Runner {
+    /// The runner of a check, or why it cannot be made, as the text the target's
+    /// loop records as a check error event.
     pub fn new(spec: &CheckSpec, ctx: &RunnerCtx<'_>) -> Result<Self, String> {
+        Self::build(spec, ctx).map_err(|e| e.to_string())
+    }
+
+    fn build(spec: &CheckSpec, ctx: &RunnerCtx<'_>) -> Result<Self, CheckSetupError> {
         let name = spec.name();
         Ok(match spec {
             CheckSpec::Vitals(_) => Runner::Vitals(vitals::VitalsState::default()),

@@ -12,7 +12,7 @@ use super::parse::geoip::GeoDb;
 use super::parse::logtail::DEFAULT_MAX_BYTES;
 use super::parse::nginx::{parse_stub_status, AccessStats, LogFormat, StubState};
 use super::tail::Tail;
-use super::{CheckError, Env, Outcome, Status};
+use super::{CheckError, CheckSetupError, Env, Outcome, Status};
 use crate::config::checks::NginxCheck;
 use crate::config::Vantage;
 use crate::store::Store;
@@ -53,24 +53,29 @@ impl GeoSource {
 }
 
 impl NginxState {
-    pub fn new(c: &NginxCheck, name: &str, store: &Store, target: &str) -> Result<Self, String> {
+    pub fn new(
+        c: &NginxCheck,
+        name: &str,
+        store: &Store,
+        target: &str,
+    ) -> Result<Self, CheckSetupError> {
         let stub = match &c.status_url {
             Some(url) => {
-                let (uri, _, _, _) = http::parse_url(url).map_err(|e| e.to_string())?;
+                let (uri, _, _, _) = http::parse_url(url)?;
                 let req = Request {
                     method: ::http::Method::GET,
                     uri,
                     headers: Vec::new(),
                     body: None,
                 };
-                Some((req, Tls::new(true, None).map_err(|e| e.to_string())?))
+                Some((req, Tls::new(true, None)?))
             }
             None => None,
         };
         let access = match &c.access_log {
             Some(path) => {
                 let format = match &c.log_format {
-                    Some(f) => LogFormat::compile(f).map_err(|e| format!("log_format: {e}"))?,
+                    Some(f) => LogFormat::compile(f).map_err(CheckSetupError::LogFormat)?,
                     None => LogFormat::default(),
                 };
                 Some((
@@ -83,10 +88,10 @@ impl NginxState {
         let geoip = match &c.geoip_db {
             Some(path) => {
                 let Some((_, format)) = &access else {
-                    return Err("geoip_db needs access_log (requests are counted from it)".into());
+                    return Err(CheckSetupError::GeoipWithoutAccessLog);
                 };
                 if !format.has_remote_addr() {
-                    return Err("geoip_db needs $remote_addr in log_format".into());
+                    return Err(CheckSetupError::GeoipWithoutRemoteAddr);
                 }
                 Some(GeoSource {
                     path: path.clone(),
@@ -382,14 +387,16 @@ this line is not in the combined format
         c.log_format = Some("$status $body_bytes_sent".into());
         let e = NginxState::new(&c, "nginx", &f.store, "web-1")
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(e.contains("$remote_addr"), "{e}");
         c.log_format = None;
         c.access_log = None;
         c.status_url = Some("http://127.0.0.1/nginx_status".into());
         let e = NginxState::new(&c, "nginx", &f.store, "web-1")
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(e.contains("access_log"), "{e}");
     }
 }

@@ -2,7 +2,7 @@
 //! `/_status/vars`, any exporter) from the node or through the target's SSH
 //! session; keep only allow-listed families, as `prom.<name>{labels}`.
 use super::parse::exposition::{self, Allow};
-use super::{CheckError, Env, Outcome, Status};
+use super::{CheckError, CheckSetupError, Env, Outcome, Status};
 use crate::config::checks::PrometheusCheck;
 use crate::config::Vantage;
 use crate::model::Measurement;
@@ -19,8 +19,8 @@ pub struct PromState {
 }
 
 impl PromState {
-    pub fn new(c: &PrometheusCheck) -> Result<Self, String> {
-        let (uri, _, _, _) = http::parse_url(&c.url).map_err(|e| e.to_string())?;
+    pub fn new(c: &PrometheusCheck) -> Result<Self, CheckSetupError> {
+        let (uri, _, _, _) = http::parse_url(&c.url)?;
         Ok(PromState {
             request: Request {
                 method: ::http::Method::GET,
@@ -31,7 +31,7 @@ impl PromState {
                 )],
                 body: None,
             },
-            tls: Tls::new(true, None).map_err(|e| e.to_string())?,
+            tls: Tls::new(true, None)?,
             allow: Allow::new(&c.allow)?,
         })
     }

@@ -99,19 +99,31 @@ pub struct Allow {
     patterns: Vec<String>,
 }
 
+/// An `allow` pattern that could never match a metric name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllowError {
+    #[error("empty metric pattern")]
+    Empty,
+    #[error(
+        "metric pattern {pattern:?}: {bad:?} is not allowed \
+         (letters, digits, '_', ':' and '*' are)"
+    )]
+    BadChar { pattern: String, bad: char },
+}
+
 impl Allow {
     /// Refuses patterns that could never match a metric name, so typos surface when
     /// the spec is applied rather than as silently missing data.
-    pub fn new(patterns: &[String]) -> Result<Allow, String> {
+    pub fn new(patterns: &[String]) -> Result<Allow, AllowError> {
         for pattern in patterns {
             if pattern.is_empty() {
-                return Err("empty metric pattern".to_string());
+                return Err(AllowError::Empty);
             }
             if let Some(bad) = pattern.chars().find(|&c| c != '*' && !is_name_char(c)) {
-                return Err(format!(
-                    "metric pattern {pattern:?}: {bad:?} is not allowed \
-                     (letters, digits, '_', ':' and '*' are)"
-                ));
+                return Err(AllowError::BadChar {
+                    pattern: pattern.clone(),
+                    bad,
+                });
             }
         }
         Ok(Allow {

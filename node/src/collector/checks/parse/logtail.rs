@@ -274,16 +274,34 @@ pub struct LineMatches {
     pub unreported: u64,
 }
 
-fn compile_all(patterns: &[String], what: &str) -> Result<Vec<Regex>, String> {
+/// A log check's include or exclude pattern that is not a regex: which list,
+/// its 1-based place in it, the pattern and the regex error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{what} pattern {number} {pattern:?}: {source}")]
+pub struct PatternError {
+    pub what: &'static str,
+    pub number: usize,
+    pub pattern: String,
+    pub source: regex::Error,
+}
+
+fn compile_all(patterns: &[String], what: &'static str) -> Result<Vec<Regex>, PatternError> {
     patterns
         .iter()
         .enumerate()
-        .map(|(i, p)| Regex::new(p).map_err(|e| format!("{what} pattern {} {p:?}: {e}", i + 1)))
+        .map(|(i, p)| {
+            Regex::new(p).map_err(|source| PatternError {
+                what,
+                number: i + 1,
+                pattern: p.clone(),
+                source,
+            })
+        })
         .collect()
 }
 
 impl LineFilter {
-    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, String> {
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, PatternError> {
         Ok(LineFilter {
             include: compile_all(include, "include")?,
             exclude: compile_all(exclude, "exclude")?,
@@ -755,9 +773,13 @@ echo \"@@herd:from $s\";{ dd bs=1 skip=$s count=0;head -c 65536;}<\"$f\""
         assert_eq!(all.matching("anything"), Some(0));
         assert_eq!(all.matching("ignore me"), None);
 
-        let e = LineFilter::new(&["ok".into(), "(".into()], &[]).unwrap_err();
+        let e = LineFilter::new(&["ok".into(), "(".into()], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("include pattern 2 \"(\""), "{e}");
-        let e = LineFilter::new(&[], &["[z-a]".into()]).unwrap_err();
+        let e = LineFilter::new(&[], &["[z-a]".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("exclude pattern 1"), "{e}");
 
         let many: Vec<String> = (0..250)

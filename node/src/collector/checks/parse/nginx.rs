@@ -65,6 +65,16 @@ pub struct StubStatus {
 /// error page or a login form, short enough for an event message.
 const EXCERPT_CHARS: usize = 80;
 
+/// A page that is not a stub_status page, or one with a value that is not a number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StubStatusError {
+    /// `excerpt`: the start of the page, quoted.
+    #[error("not an nginx stub_status page: {excerpt}")]
+    NotAPage { excerpt: String },
+    #[error("stub_status: {name} is not a number: {token:?}")]
+    NotANumber { name: String, token: String },
+}
+
 /// Reads a stub_status page, e.g.
 ///
 /// ```text
@@ -73,24 +83,24 @@ const EXCERPT_CHARS: usize = 80;
 ///  16630948 16630948 31070465
 /// Reading: 6 Writing: 179 Waiting: 106
 /// ```
-pub fn parse_stub_status(text: &[u8]) -> Result<StubStatus, String> {
+pub fn parse_stub_status(text: &[u8]) -> Result<StubStatus, StubStatusError> {
     let text = String::from_utf8_lossy(text);
     let tokens: Vec<&str> = text.split_whitespace().collect();
-    let not_a_page = || {
-        format!(
-            "not an nginx stub_status page: {}",
-            quote_excerpt(text.trim(), EXCERPT_CHARS)
-        )
+    let not_a_page = || StubStatusError::NotAPage {
+        excerpt: quote_excerpt(text.trim(), EXCERPT_CHARS),
+    };
+    let not_a_number = |name: &str, tok: &str| StubStatusError::NotANumber {
+        name: name.to_string(),
+        token: tok.to_string(),
     };
 
-    let number_after = |label: &[&str], name: &str| -> Result<u64, String> {
+    let number_after = |label: &[&str], name: &str| -> Result<u64, StubStatusError> {
         let at = tokens
             .windows(label.len())
             .position(|w| w == label)
             .ok_or_else(not_a_page)?;
         let tok = tokens.get(at + label.len()).copied().unwrap_or("");
-        tok.parse::<u64>()
-            .map_err(|_| format!("stub_status: {name} is not a number: {tok:?}"))
+        tok.parse::<u64>().map_err(|_| not_a_number(name, tok))
     };
 
     let active = number_after(&["Active", "connections:"], "active connections")?;
@@ -109,10 +119,9 @@ pub fn parse_stub_status(text: &[u8]) -> Result<StubStatus, String> {
         .iter()
         .skip(at + COUNTER_HEADER.len())
         .skip_while(|t| !t.starts_with(|c: char| c.is_ascii_digit()));
-    let mut counter = |name: &str| -> Result<u64, String> {
+    let mut counter = |name: &str| -> Result<u64, StubStatusError> {
         let tok = rest.next().copied().unwrap_or("");
-        tok.parse::<u64>()
-            .map_err(|_| format!("stub_status: {name} is not a number: {tok:?}"))
+        tok.parse::<u64>().map_err(|_| not_a_number(name, tok))
     };
     let accepts = counter("accepts")?;
     let handled = counter("handled")?;
@@ -246,9 +255,22 @@ fn is_var_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 
+/// An nginx `log_format` that cannot be compiled; `at` is the byte of the `$`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LogFormatError {
+    #[error("log format longer than {MAX_FORMAT_LEN} bytes ({len} bytes)")]
+    TooLong { len: usize },
+    #[error("unclosed ${{ at byte {at} of the log format")]
+    Unclosed { at: usize },
+    #[error("invalid variable name after $ at byte {at} of the log format")]
+    BadName { at: usize },
+    #[error("log format: {0}")]
+    Regex(regex::Error),
+}
+
 /// Splits a format into literal text and `$name` / `${name}` variables, the
 /// way nginx's script compiler does.
-fn split_format(fmt: &str) -> Result<Vec<Part<'_>>, String> {
+fn split_format(fmt: &str) -> Result<Vec<Part<'_>>, LogFormatError> {
     let mut parts = Vec::new();
     let mut rest = fmt;
     while let Some(dollar) = rest.find('$') {
@@ -260,7 +282,7 @@ fn split_format(fmt: &str) -> Result<Vec<Part<'_>>, String> {
         let (name, consumed) = if let Some(braced) = after.strip_prefix('{') {
             let close = braced
                 .find('}')
-                .ok_or_else(|| format!("unclosed ${{ at byte {dollar} of the log format"))?;
+                .ok_or(LogFormatError::Unclosed { at: dollar })?;
             let name = braced.get(..close).unwrap_or("");
             (name, 1 + close + 2)
         } else {
@@ -268,9 +290,7 @@ fn split_format(fmt: &str) -> Result<Vec<Part<'_>>, String> {
             (after.get(..len).unwrap_or(""), 1 + len)
         };
         if name.is_empty() || !name.chars().all(is_var_char) {
-            return Err(format!(
-                "invalid variable name after $ at byte {dollar} of the log format"
-            ));
+            return Err(LogFormatError::BadName { at: dollar });
         }
         parts.push(Part::Var(name));
         rest = tail.get(consumed..).unwrap_or("");
@@ -284,12 +304,9 @@ fn split_format(fmt: &str) -> Result<Vec<Part<'_>>, String> {
 impl LogFormat {
     /// Compiles an nginx `log_format` string (as nginx joins its quoted
     /// pieces, without the `escape=` parameter).
-    pub fn compile(fmt: &str) -> Result<LogFormat, String> {
+    pub fn compile(fmt: &str) -> Result<LogFormat, LogFormatError> {
         if fmt.len() > MAX_FORMAT_LEN {
-            return Err(format!(
-                "log format longer than {MAX_FORMAT_LEN} bytes ({} bytes)",
-                fmt.len()
-            ));
+            return Err(LogFormatError::TooLong { len: fmt.len() });
         }
         let parts = split_format(fmt)?;
         let mut pattern = String::from("^");
@@ -324,7 +341,7 @@ impl LogFormat {
             }
         }
         pattern.push('$');
-        let regex = Regex::new(&pattern).map_err(|e| format!("log format: {e}"))?;
+        let regex = Regex::new(&pattern).map_err(LogFormatError::Regex)?;
         lf.regex = Some(regex);
         Ok(lf)
     }
@@ -707,19 +724,19 @@ mod tests {
         assert_eq!((s.accepts, s.handled, s.requests), (10, 10, 20));
 
         let html = b"<html><head><title>404 Not Found</title></head></html>";
-        let e = parse_stub_status(html).unwrap_err();
+        let e = parse_stub_status(html).unwrap_err().to_string();
         assert!(
             e.contains("not an nginx stub_status page") && e.contains("404"),
             "{e}"
         );
         assert!(parse_stub_status(b"").is_err());
         let bad = b"Active connections: x\nserver accepts handled requests\n 1 2 3\nReading: 0 Writing: 1 Waiting: 0\n";
-        let e = parse_stub_status(bad).unwrap_err();
+        let e = parse_stub_status(bad).unwrap_err().to_string();
         assert!(e.contains("active connections"), "{e}");
         let cut = b"Active connections: 1\nserver accepts handled requests\n 1 2";
         assert!(parse_stub_status(cut).is_err());
         let cut2 = b"Active connections: 1\nserver accepts handled requests\n 1 2\nReading: 0 Writing: 1 Waiting: 0\n";
-        let e = parse_stub_status(cut2).unwrap_err();
+        let e = parse_stub_status(cut2).unwrap_err().to_string();
         assert!(e.contains("requests"), "{e}");
     }
 
@@ -942,7 +959,7 @@ mod tests {
             .is_some());
 
         for bad in ["$", "a $ b", "${status", "${}", "$-x", "${a b}"] {
-            let e = LogFormat::compile(bad).unwrap_err();
+            let e = LogFormat::compile(bad).unwrap_err().to_string();
             assert!(e.contains("log format"), "{bad}: {e}");
         }
         assert!(LogFormat::compile(&"x".repeat(MAX_FORMAT_LEN + 1)).is_err());
