@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::action::{self, Actions};
 use super::engine::{Engine, Transition};
-use crate::config::rules::{effective_rules, RuleSpec};
+use crate::config::rules::{effective_rules, Action, RuleSpec};
 use crate::config::FleetSpec;
 use crate::model::StateBoard;
 use crate::model::{now_ms, Alert, Event, EventKind, Notification, NotifyKind, Sample, Severity};
@@ -202,6 +202,9 @@ struct Ctx {
     owned: OwnedRx,
 }
 
+/// The rules task: starts from the stored alerts and the spec in force, then
+/// follows changes of the spec and ownership, takes samples, events and acks,
+/// and ticks the engine's timers; every transition is recorded as it happens.
 pub async fn run(
     handle: RulesHandle,
     mut rx: mpsc::Receiver<Input>,
@@ -211,35 +214,7 @@ pub async fn run(
     transports: Transports,
     cancel: CancellationToken,
 ) {
-    let store = handle.store.clone();
-    let restored = tokio::task::spawn_blocking(move || store.alerts())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    let current = owned.borrow_and_update().clone();
-    let rules = effective_rules(&current.spec.rules);
-    let active: Vec<_> = current.active().cloned().collect();
-    let mut engine = Engine::new(rules.clone(), &active, restored);
-    // Before any spec is applied there is nothing to deliver: the outbox waits for
-    // the channels of a real spec (an entry queued before a restart must not meet
-    // an empty channel list and be given up).
-    if current.spec_version > 0 {
-        notifier.configure(&current.spec.channels).await;
-    }
-    let mut ctx = Ctx {
-        handle,
-        transports,
-        actions: Arc::new(Actions::default()),
-        notifier,
-        spec: current.spec.clone(),
-        rules: rules.into_iter().map(|r| (r.name.clone(), r)).collect(),
-        states,
-        seen_state: HashMap::new(),
-        owned: owned.clone(),
-    };
-    take_over_notices(&ctx, &current.notices).await;
-    publish(&ctx, &engine);
+    let (mut ctx, mut engine) = start(handle, &mut owned, notifier, states, transports).await;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -250,63 +225,12 @@ pub async fn run(
                     break;
                 }
                 let current = owned.borrow_and_update().clone();
-                let rules = effective_rules(&current.spec.rules);
-                // Paused targets raise no alert. Firing alerts of targets paused or
-                // removed, or of rules removed, end with a RESOLVED that says why;
-                // those of targets that moved to another node end here silently
-                // (the new owner continues them).
-                let firing: HashMap<String, Alert> = engine
-                    .alerts()
-                    .into_iter()
-                    .filter(|a| a.state.is_firing())
-                    .map(|a| (a.id.clone(), a))
-                    .collect();
-                let active: Vec<_> = current.active().cloned().collect();
-                let mut dropped = engine.reconfigure(rules.clone(), &active);
-                let ended = if current.spec_unknown {
-                    Vec::new()
-                } else {
-                    ended_alerts(&firing, &dropped, &current, &rules)
-                };
-                if !ended.is_empty() {
-                    dropped.retain(|id| !ended.iter().any(|(a, _)| &a.id == id));
-                    end_visibly(&ctx, &mut engine, ended).await;
-                }
-                // Alerts of targets taken over continue where their last owner left them.
-                let adopted = engine.adopt(current.alerts.clone());
-                if adopted > 0 {
-                    tracing::info!(adopted, "continuing alerts of targets taken over");
-                }
-                ctx.rules = rules.into_iter().map(|r| (r.name.clone(), r)).collect();
-                ctx.spec = current.spec.clone();
-                if current.spec_version > 0 {
-                    ctx.notifier.configure(&current.spec.channels).await;
-                }
-                take_over_notices(&ctx, &current.notices).await;
-                if !dropped.is_empty() {
-                    let batch = AlertingBatch { deleted: dropped, ..Default::default() };
-                    if let Err(e) = ctx.handle.store.alerting(batch).await {
-                        tracing::error!(error = %e, "cannot forget alerts of removed rules or targets");
-                    }
-                }
+                follow_owned(&mut ctx, &mut engine, &current).await;
                 Vec::new()
             }
             input = rx.recv() => match input {
                 None => break,
-                Some(Input::Samples(samples)) => samples.iter().flat_map(|s| engine.on_sample(s)).collect(),
-                Some(Input::Event(e)) => engine.on_event(&e),
-                Some(Input::Ack { id, by, reply }) => {
-                    let acked = engine.ack(&id, &by);
-                    if let Some(a) = &acked {
-                        let batch = AlertingBatch { alerts: vec![a.clone()], ..Default::default() };
-                        if let Err(e) = ctx.handle.store.alerting(batch).await {
-                            tracing::error!(error = %e, "cannot store an ack");
-                        }
-                        ctx.handle.replicate(AlertDelta { upserts: vec![a.clone()], ..Default::default() });
-                    }
-                    let _ = reply.send(acked);
-                    Vec::new()
-                }
+                Some(input) => take_input(&ctx, &mut engine, input).await,
             },
             _ = tick.tick() => {
                 let now = now_ms();
@@ -319,6 +243,133 @@ pub async fn run(
             record(&ctx, transitions).await;
         }
         publish(&ctx, &engine);
+    }
+}
+
+/// The engine, from the stored alerts and the spec in force, and the task's
+/// state; the outbox gets the spec's channels and the notices taken over.
+async fn start(
+    handle: RulesHandle,
+    owned: &mut OwnedRx,
+    notifier: Arc<dyn Outbox>,
+    states: StateBoard,
+    transports: Transports,
+) -> (Ctx, Engine) {
+    let store = handle.store.clone();
+    let restored = tokio::task::spawn_blocking(move || store.alerts())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let current = owned.borrow_and_update().clone();
+    let rules = effective_rules(&current.spec.rules);
+    let active: Vec<_> = current.active().cloned().collect();
+    let engine = Engine::new(rules.clone(), &active, restored);
+    // Before any spec is applied there is nothing to deliver: the outbox waits for
+    // the channels of a real spec (an entry queued before a restart must not meet
+    // an empty channel list and be given up).
+    if current.spec_version > 0 {
+        notifier.configure(&current.spec.channels).await;
+    }
+    let ctx = Ctx {
+        handle,
+        transports,
+        actions: Arc::new(Actions::default()),
+        notifier,
+        spec: current.spec.clone(),
+        rules: rules.into_iter().map(|r| (r.name.clone(), r)).collect(),
+        states,
+        seen_state: HashMap::new(),
+        owned: owned.clone(),
+    };
+    take_over_notices(&ctx, &current.notices).await;
+    publish(&ctx, &engine);
+    (ctx, engine)
+}
+
+/// A new spec or ownership: the engine follows it, alerts of targets taken over
+/// continue, the outbox gets the spec's channels and the notices taken over, and
+/// the alerts the engine dropped are forgotten.
+async fn follow_owned(ctx: &mut Ctx, engine: &mut Engine, current: &crate::ownership::Owned) {
+    let rules = effective_rules(&current.spec.rules);
+    let dropped = reconfigure(ctx, engine, current, &rules).await;
+    // Alerts of targets taken over continue where their last owner left them.
+    let adopted = engine.adopt(current.alerts.clone());
+    if adopted > 0 {
+        tracing::info!(adopted, "continuing alerts of targets taken over");
+    }
+    ctx.rules = rules.into_iter().map(|r| (r.name.clone(), r)).collect();
+    ctx.spec = current.spec.clone();
+    if current.spec_version > 0 {
+        ctx.notifier.configure(&current.spec.channels).await;
+    }
+    take_over_notices(ctx, &current.notices).await;
+    if !dropped.is_empty() {
+        let batch = AlertingBatch {
+            deleted: dropped,
+            ..Default::default()
+        };
+        if let Err(e) = ctx.handle.store.alerting(batch).await {
+            tracing::error!(error = %e, "cannot forget alerts of removed rules or targets");
+        }
+    }
+}
+
+/// Gives the engine the new rules and active targets. Paused targets raise no
+/// alert. Firing alerts of targets paused or removed, or of rules removed, end
+/// with a RESOLVED that says why; those of targets that moved to another node end
+/// here silently (the new owner continues them). Returns the ids of the alerts
+/// dropped silently.
+async fn reconfigure(
+    ctx: &Ctx,
+    engine: &mut Engine,
+    current: &crate::ownership::Owned,
+    rules: &[RuleSpec],
+) -> Vec<String> {
+    let firing: HashMap<String, Alert> = engine
+        .alerts()
+        .into_iter()
+        .filter(|a| a.state.is_firing())
+        .map(|a| (a.id.clone(), a))
+        .collect();
+    let active: Vec<_> = current.active().cloned().collect();
+    let mut dropped = engine.reconfigure(rules.to_vec(), &active);
+    let ended = if current.spec_unknown {
+        Vec::new()
+    } else {
+        ended_alerts(&firing, &dropped, current, rules)
+    };
+    if !ended.is_empty() {
+        dropped.retain(|id| !ended.iter().any(|(a, _)| &a.id == id));
+        end_visibly(ctx, engine, ended).await;
+    }
+    dropped
+}
+
+/// Feeds one input to the engine; an ack is stored and sent to the herd, and
+/// answered.
+async fn take_input(ctx: &Ctx, engine: &mut Engine, input: Input) -> Vec<Transition> {
+    match input {
+        Input::Samples(samples) => samples.iter().flat_map(|s| engine.on_sample(s)).collect(),
+        Input::Event(e) => engine.on_event(&e),
+        Input::Ack { id, by, reply } => {
+            let acked = engine.ack(&id, &by);
+            if let Some(a) = &acked {
+                let batch = AlertingBatch {
+                    alerts: vec![a.clone()],
+                    ..Default::default()
+                };
+                if let Err(e) = ctx.handle.store.alerting(batch).await {
+                    tracing::error!(error = %e, "cannot store an ack");
+                }
+                ctx.handle.replicate(AlertDelta {
+                    upserts: vec![a.clone()],
+                    ..Default::default()
+                });
+            }
+            let _ = reply.send(acked);
+            Vec::new()
+        }
     }
 }
 
@@ -523,51 +574,45 @@ async fn end_visibly(ctx: &Ctx, engine: &mut Engine, ended: Vec<(Alert, String)>
     record(ctx, transitions).await;
 }
 
+/// An action to run after its transition is stored: the action, its alert, and
+/// the keys of the notifications held until it ends.
+type Deferred = (Action, Alert, Vec<String>);
+
+/// Records transitions in one store transaction with their notifications, sends
+/// the alert changes to the herd, wakes the outbox, and starts the actions.
 async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
     let now = now_ms();
+    let (mut batch, deferred) = transition_batch(ctx, transitions, now);
+    mark_owner_sent(ctx, &mut batch);
+    let wake = !batch.outbox.is_empty();
+    let delta = herd_delta(&batch);
+    if let Err(e) = ctx.handle.store.alerting(batch).await {
+        tracing::error!(error = %e, "cannot store alert transitions");
+        return;
+    }
+    ctx.handle.replicate(delta);
+    if wake {
+        ctx.notifier.wake();
+    }
+    for (a, alert, keys) in deferred {
+        spawn_action(ctx, a, alert, keys);
+    }
+}
+
+/// The store batch of `transitions`: each one's record, its alert and its
+/// notifications (unless silenced or routed nowhere); with the actions they start.
+fn transition_batch(
+    ctx: &Ctx,
+    transitions: Vec<Transition>,
+    now: i64,
+) -> (AlertingBatch, Vec<Deferred>) {
     let silences = ctx.handle.silences();
     let mut batch = AlertingBatch::default();
     let mut deferred = Vec::new();
     for t in transitions {
-        let mut suppressed = None;
-        if let Some(kind) = t.notify {
-            let rule = ctx.rules.get(&t.alert.rule);
-            let channels = route(&ctx.spec, rule, t.alert.severity);
-            let mut entries = Vec::new();
-            if let Some(s) = silences.iter().find(|s| s.covers(&t.alert, now)) {
-                suppressed = Some(format!("silenced by {} ({})", s.id, s.reason));
-            } else if channels.is_empty() {
-                suppressed = Some("no channel routes this alert".into());
-            } else {
-                entries = outbox_entries(&ctx.spec, channels, &t.alert, kind, t.ts_ms, now);
-            }
-            // Actions are remediation, not notification: like event handlers, they run
-            // whether or not a channel routes or a silence mutes the alert.
-            match rule
-                .and_then(|r| r.action.clone())
-                .filter(|a| action::applies(a, kind))
-            {
-                // The notifications are queued at once, held until the action
-                // ended (at most its timeout and a margin), so that its result is
-                // in them; a node that dies or is fenced meanwhile loses none (the
-                // herd has them, and they go out when the hold ends).
-                Some(a) => {
-                    let hold_until = now + action::hold_ms(&a);
-                    let mut entries = entries;
-                    for e in &mut entries {
-                        e.not_before_ms = e.not_before_ms.max(hold_until);
-                    }
-                    let keys = entries
-                        .iter()
-                        .map(|e| e.notification.idempotency_key.clone())
-                        .collect::<Vec<_>>();
-                    batch.outbox.extend(entries);
-                    deferred.push((a, t.alert.clone(), keys));
-                }
-                None => batch.outbox.extend(entries),
-            }
-            tracing::info!(alert = %t.alert.id, rule = %t.alert.rule, target_name = %t.alert.target, kind = kind.as_str(), suppressed = ?suppressed, "alert transition");
-        }
+        let suppressed = t.notify.and_then(|kind| {
+            queue_notifications(ctx, &t, kind, &silences, now, &mut batch, &mut deferred)
+        });
         batch.transitions.push(TransitionRecord {
             alert_id: t.alert.id.clone(),
             rule: t.alert.rule.clone(),
@@ -584,20 +629,77 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
         // recorded as delivered and be dropped.
         batch.alerts.push(t.alert);
     }
+    (batch, deferred)
+}
+
+/// Queues a transition's notifications in `batch` (held until its action ends,
+/// if it has one, which goes to `deferred`); returns why none were queued, if so.
+fn queue_notifications(
+    ctx: &Ctx,
+    t: &Transition,
+    kind: NotifyKind,
+    silences: &[Silence],
+    now: i64,
+    batch: &mut AlertingBatch,
+    deferred: &mut Vec<Deferred>,
+) -> Option<String> {
+    let mut suppressed = None;
+    let rule = ctx.rules.get(&t.alert.rule);
+    let channels = route(&ctx.spec, rule, t.alert.severity);
+    let mut entries = Vec::new();
+    if let Some(s) = silences.iter().find(|s| s.covers(&t.alert, now)) {
+        suppressed = Some(format!("silenced by {} ({})", s.id, s.reason));
+    } else if channels.is_empty() {
+        suppressed = Some("no channel routes this alert".into());
+    } else {
+        entries = outbox_entries(&ctx.spec, channels, &t.alert, kind, t.ts_ms, now);
+    }
+    // Actions are remediation, not notification: like event handlers, they run
+    // whether or not a channel routes or a silence mutes the alert.
+    match rule
+        .and_then(|r| r.action.clone())
+        .filter(|a| action::applies(a, kind))
+    {
+        // The notifications are queued at once, held until the action
+        // ended (at most its timeout and a margin), so that its result is
+        // in them; a node that dies or is fenced meanwhile loses none (the
+        // herd has them, and they go out when the hold ends).
+        Some(a) => {
+            let hold_until = now + action::hold_ms(&a);
+            for e in &mut entries {
+                e.not_before_ms = e.not_before_ms.max(hold_until);
+            }
+            let keys = entries
+                .iter()
+                .map(|e| e.notification.idempotency_key.clone())
+                .collect::<Vec<_>>();
+            batch.outbox.extend(entries);
+            deferred.push((a, t.alert.clone(), keys));
+        }
+        None => batch.outbox.extend(entries),
+    }
+    tracing::info!(alert = %t.alert.id, rule = %t.alert.rule, target_name = %t.alert.target, kind = kind.as_str(), suppressed = ?suppressed, "alert transition");
+    suppressed
+}
+
+/// In a herd the owner of the target sends; a RESOLVED for a target that left
+/// the fleet has no owner: the node that held the alert sends it as its own.
+fn mark_owner_sent(ctx: &Ctx, batch: &mut AlertingBatch) {
     let herd = ctx.handle.in_herd();
-    // In a herd the owner of the target sends; a RESOLVED for a target that left
-    // the fleet has no owner: the node that held the alert sends it as its own.
     let spec = ctx.owned.borrow().spec.clone();
     for e in batch.outbox.iter_mut() {
         if herd && !left_the_fleet(&spec, &e.notification.alert.target) {
             e.sender = Sender::Owner;
         }
     }
-    let wake = !batch.outbox.is_empty();
-    let delta = AlertDelta {
+}
+
+/// The alert changes of `batch` for the herd, with the entries an owner sends
+/// (what the herd hands over to a new owner).
+fn herd_delta(batch: &AlertingBatch) -> AlertDelta {
+    AlertDelta {
         upserts: batch.alerts.clone(),
         deleted: batch.deleted.clone(),
-        // What the herd hands over to a new owner: entries an owner sends.
         queued: batch
             .outbox
             .iter()
@@ -605,76 +707,75 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
             .cloned()
             .collect(),
         delivered: Vec::new(),
+    }
+}
+
+/// Runs an action in a task of its own, once the herd recorded its transition
+/// and only while this node still owns the target; then its result goes into an
+/// event and the notifications held for it.
+fn spawn_action(ctx: &Ctx, a: Action, alert: Alert, keys: Vec<String>) {
+    let (actions, transports, store, notifier) = (
+        ctx.actions.clone(),
+        ctx.transports.clone(),
+        ctx.handle.store.clone(),
+        ctx.notifier.clone(),
+    );
+    let rules = ctx.handle.clone();
+    let owned = ctx.owned.clone();
+    tokio::spawn(async move {
+        // Checked against the live state right before it runs: a node fenced
+        // or no longer the owner since the transition runs nothing.
+        let mine = || {
+            let now = owned.borrow();
+            !now.fenced && now.active().any(|t| t.name == alert.target)
+        };
+        let recorded = wait_until_recorded(&rules, &alert, &mine).await;
+        let still_mine = mine();
+        let result = if still_mine && recorded {
+            actions.run(&a, &alert, &transports, &store).await
+        } else if !still_mine {
+            tracing::warn!(alert = %alert.id, target_name = %alert.target, "action not run: this node is fenced or no longer owns the target");
+            None
+        } else {
+            tracing::warn!(alert = %alert.id, target_name = %alert.target, "action not run: the herd did not record its transition within {RECORD_WAIT:?} (this node cannot reach the leader; the target's next owner redoes it)");
+            Some(format!(
+                "action of {} on {} not run: the herd did not record the transition",
+                alert.rule, alert.target
+            ))
+        };
+        if let Some(line) = &result {
+            tracing::info!(alert = %alert.id, result = %line, "remediation action");
+            let e = Event {
+                ts_ms: now_ms(),
+                target: alert.target.clone(),
+                kind: EventKind::ActionRun,
+                message: line.clone(),
+            };
+            rules.event(&e);
+            store.event(e).await;
+        }
+        release_held(&store, &keys, result.as_deref()).await;
+        notifier.wake();
+    });
+}
+
+/// In a herd, the transition is recorded first: a node cut from the leader that
+/// ran it unrecorded would see the target's next owner redo the transition and
+/// run it again. Waits up to RECORD_WAIT, while `mine` holds; true once recorded
+/// (at once outside a herd).
+async fn wait_until_recorded(rules: &RulesHandle, alert: &Alert, mine: &impl Fn() -> bool) -> bool {
+    let Some(read) = &rules.recorded else {
+        return true;
     };
-    if let Err(e) = ctx.handle.store.alerting(batch).await {
-        tracing::error!(error = %e, "cannot store alert transitions");
-        return;
-    }
-    ctx.handle.replicate(delta);
-    if wake {
-        ctx.notifier.wake();
-    }
-    for (a, alert, keys) in deferred {
-        let (actions, transports, store, notifier) = (
-            ctx.actions.clone(),
-            ctx.transports.clone(),
-            ctx.handle.store.clone(),
-            ctx.notifier.clone(),
-        );
-        let rules = ctx.handle.clone();
-        let owned = ctx.owned.clone();
-        tokio::spawn(async move {
-            // Checked against the live state right before it runs: a node fenced
-            // or no longer the owner since the transition runs nothing.
-            let mine = || {
-                let now = owned.borrow();
-                !now.fenced && now.active().any(|t| t.name == alert.target)
-            };
-            // In a herd, the transition is recorded first: a node cut from the
-            // leader that ran it unrecorded would see the target's next owner redo
-            // the transition and run it again.
-            let recorded = match &rules.recorded {
-                None => true,
-                Some(read) => {
-                    let deadline = tokio::time::Instant::now() + RECORD_WAIT;
-                    loop {
-                        if read(&alert.id).is_some_and(|n| n >= alert.transitions) {
-                            break true;
-                        }
-                        if !mine() || tokio::time::Instant::now() >= deadline {
-                            break false;
-                        }
-                        tokio::time::sleep(RECORD_POLL).await;
-                    }
-                }
-            };
-            let still_mine = mine();
-            let result = if still_mine && recorded {
-                actions.run(&a, &alert, &transports, &store).await
-            } else if !still_mine {
-                tracing::warn!(alert = %alert.id, target_name = %alert.target, "action not run: this node is fenced or no longer owns the target");
-                None
-            } else {
-                tracing::warn!(alert = %alert.id, target_name = %alert.target, "action not run: the herd did not record its transition within {RECORD_WAIT:?} (this node cannot reach the leader; the target's next owner redoes it)");
-                Some(format!(
-                    "action of {} on {} not run: the herd did not record the transition",
-                    alert.rule, alert.target
-                ))
-            };
-            if let Some(line) = &result {
-                tracing::info!(alert = %alert.id, result = %line, "remediation action");
-                let e = Event {
-                    ts_ms: now_ms(),
-                    target: alert.target.clone(),
-                    kind: EventKind::ActionRun,
-                    message: line.clone(),
-                };
-                rules.event(&e);
-                store.event(e).await;
-            }
-            release_held(&store, &keys, result.as_deref()).await;
-            notifier.wake();
-        });
+    let deadline = tokio::time::Instant::now() + RECORD_WAIT;
+    loop {
+        if read(&alert.id).is_some_and(|n| n >= alert.transitions) {
+            return true;
+        }
+        if !mine() || tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(RECORD_POLL).await;
     }
 }
 
