@@ -399,17 +399,70 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
     })?;
     // (byte offset, key, message)
     let mut errors: Vec<(usize, String, String)> = Vec::new();
-    let mut raw_targets: Vec<&Spanned<DeValue>> = Vec::new();
-    let mut raw_rules: Vec<&Spanned<DeValue>> = Vec::new();
-    let mut raw_channels: Vec<&Spanned<DeValue>> = Vec::new();
-    let mut routes = Routes::default();
-    let mut routes_at = 0;
-    for (key, value) in root.get_ref() {
+    let sections = sections(root.get_ref(), &mut errors);
+    let targets: Vec<Item<TargetSpec>> = items("target", &sections.targets, &mut errors);
+    let rules: Vec<Item<RuleSpec>> = items("rule", &sections.rules, &mut errors);
+    let channels: Vec<Item<ChannelSpec>> = tagged_items("channel", &sections.channels, &mut errors);
+
+    let specs: Vec<TargetSpec> = targets.iter().map(|t| t.spec.clone()).collect();
+    check_targets(&targets, &specs, &mut errors);
+    let channel_names = check_channels(&channels, &mut errors);
+    check_routes(
+        &sections.routes,
+        sections.routes_at,
+        &channel_names,
+        &mut errors,
+    );
+    check_rules(&rules, &channel_names, &mut errors);
+
+    if errors.is_empty() {
+        Ok(FleetSpec {
+            targets: specs,
+            rules: rules.into_iter().map(|r| r.spec).collect(),
+            channels: channels.into_iter().map(|c| c.spec).collect(),
+            routes: sections.routes,
+        })
+    } else {
+        errors.sort_by_key(|e| e.0);
+        Err(ConfigErrors(
+            errors
+                .into_iter()
+                .map(|(offset, key, message)| err(Some(offset), key, message))
+                .collect(),
+        ))
+    }
+}
+
+/// The top-level sections of a fleet spec: the items of the array sections, not
+/// yet deserialized, and `[routes]`.
+struct Sections<'r, 'i> {
+    targets: Vec<&'r Spanned<DeValue<'i>>>,
+    rules: Vec<&'r Spanned<DeValue<'i>>>,
+    channels: Vec<&'r Spanned<DeValue<'i>>>,
+    routes: Routes,
+    /// Where `[routes]` starts, for the errors of its channel names.
+    routes_at: usize,
+}
+
+/// Sorts the top-level keys into their sections; a section of the wrong shape or
+/// an unknown key is an error.
+fn sections<'r, 'i>(
+    root: &'r DeTable<'i>,
+    errors: &mut Vec<(usize, String, String)>,
+) -> Sections<'r, 'i> {
+    let mut out = Sections {
+        targets: Vec::new(),
+        rules: Vec::new(),
+        channels: Vec::new(),
+        routes: Routes::default(),
+        routes_at: 0,
+    };
+    for (key, value) in root {
         let name = key.get_ref().as_ref();
         let into = match name {
-            "target" => Some(&mut raw_targets),
-            "rule" => Some(&mut raw_rules),
-            "channel" => Some(&mut raw_channels),
+            "target" => Some(&mut out.targets),
+            "rule" => Some(&mut out.rules),
+            "channel" => Some(&mut out.channels),
             _ => None,
         };
         if let Some(into) = into {
@@ -425,9 +478,9 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
         }
         match name {
             "routes" => {
-                routes_at = key.span().start;
+                out.routes_at = key.span().start;
                 match Routes::deserialize(ValueDeserializer::from(value.clone())) {
-                    Ok(r) => routes = r,
+                    Ok(r) => out.routes = r,
                     Err(e) => errors.push((
                         e.span().unwrap_or(value.span()).start,
                         "routes".into(),
@@ -442,12 +495,16 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
             )),
         }
     }
-    let targets: Vec<Item<TargetSpec>> = items("target", &raw_targets, &mut errors);
-    let rules: Vec<Item<RuleSpec>> = items("rule", &raw_rules, &mut errors);
-    let channels: Vec<Item<ChannelSpec>> = tagged_items("channel", &raw_channels, &mut errors);
+    out
+}
 
-    let specs: Vec<TargetSpec> = targets.iter().map(|t| t.spec.clone()).collect();
-    for p in validate(&specs) {
+/// The targets' problems (`validate`), each at the field (or list entry) at fault.
+fn check_targets(
+    targets: &[Item<TargetSpec>],
+    specs: &[TargetSpec],
+    errors: &mut Vec<(usize, String, String)>,
+) {
+    for p in validate(specs) {
         let t = &targets[p.target];
         let key = match (p.field, p.index) {
             (Some(f), Some(i)) => format!("{}.{f}[{i}]", t.label),
@@ -467,9 +524,16 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
         };
         errors.push((offset, key, p.message));
     }
+}
 
+/// The channels' own problems, names used twice, fallbacks to no channel and
+/// fallback loops; returns the channel names.
+fn check_channels<'a>(
+    channels: &'a [Item<ChannelSpec>],
+    errors: &mut Vec<(usize, String, String)>,
+) -> BTreeSet<&'a str> {
     let mut channel_names: BTreeSet<&str> = BTreeSet::new();
-    for c in &channels {
+    for c in channels {
         for problem in c.spec.validate() {
             errors.push((at(c, None), c.label.clone(), problem));
         }
@@ -481,7 +545,7 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
             ));
         }
     }
-    for c in &channels {
+    for c in channels {
         for f in &c.spec.delivery().fallback {
             if !channel_names.contains(f.as_str()) {
                 errors.push((
@@ -491,7 +555,7 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
                 ));
             }
         }
-        if let Some(cycle) = fallback_cycle(c.spec.name(), &channels) {
+        if let Some(cycle) = fallback_cycle(c.spec.name(), channels) {
             errors.push((
                 at(c, Some("fallback")),
                 format!("{}.fallback", c.label),
@@ -499,6 +563,16 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
             ));
         }
     }
+    channel_names
+}
+
+/// Routes to no channel (their line is that of `[routes]`).
+fn check_routes(
+    routes: &Routes,
+    routes_at: usize,
+    channel_names: &BTreeSet<&str>,
+    errors: &mut Vec<(usize, String, String)>,
+) {
     for (severity, list) in [
         ("default", &routes.default),
         ("critical", &routes.critical),
@@ -516,8 +590,16 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
             }
         }
     }
+}
+
+/// The rules' own problems, names used twice, and channels that do not exist.
+fn check_rules(
+    rules: &[Item<RuleSpec>],
+    channel_names: &BTreeSet<&str>,
+    errors: &mut Vec<(usize, String, String)>,
+) {
     let mut rule_names = BTreeSet::new();
-    for r in &rules {
+    for r in rules {
         for problem in r.spec.validate() {
             errors.push((at(r, None), r.label.clone(), problem));
         }
@@ -537,23 +619,6 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
                 ));
             }
         }
-    }
-
-    if errors.is_empty() {
-        Ok(FleetSpec {
-            targets: specs,
-            rules: rules.into_iter().map(|r| r.spec).collect(),
-            channels: channels.into_iter().map(|c| c.spec).collect(),
-            routes,
-        })
-    } else {
-        errors.sort_by_key(|e| e.0);
-        Err(ConfigErrors(
-            errors
-                .into_iter()
-                .map(|(offset, key, message)| err(Some(offset), key, message))
-                .collect(),
-        ))
     }
 }
 
