@@ -17,7 +17,7 @@ use std::fmt;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use super::{check_status, payload, read_secret, HttpTarget, SendError};
+use super::{check_status, payload, read_secret, ChannelError, HttpTarget, SendError};
 use crate::config::channels::AsanaChannel;
 use crate::model::Notification;
 use crate::transport::http::parse_url;
@@ -37,24 +37,25 @@ pub(super) struct Asana {
 }
 
 impl Asana {
-    pub(super) fn build(spec: &AsanaChannel) -> Result<Asana, String> {
+    pub(super) fn build(spec: &AsanaChannel) -> Result<Asana, ChannelError> {
         let token = read_secret(&spec.token, "token")?;
         ::http::HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| "token has characters not allowed in a header".to_string())?;
+            .map_err(|_| ChannelError::TokenNotHeaderSafe)?;
         let base_url = spec
             .base_url
             .as_deref()
             .unwrap_or(DEFAULT_BASE_URL)
             .trim_end_matches('/')
             .to_string();
-        parse_url(&base_url)
-            .map_err(|_| format!("base_url {base_url:?} is not a valid http(s) URL"))?;
+        parse_url(&base_url).map_err(|_| ChannelError::BadBaseUrl {
+            base_url: base_url.clone(),
+        })?;
         let url = format!("{base_url}/tasks");
         let target = HttpTarget::new(&url, &format!("url {url:?}"))?;
         let project = spec.project.clone().filter(|p| !p.trim().is_empty());
         let workspace = spec.workspace.clone().filter(|w| !w.trim().is_empty());
         if project.is_none() && workspace.is_none() {
-            return Err("set project, workspace or both".into());
+            return Err(ChannelError::NoProjectOrWorkspace);
         }
         Ok(Asana {
             token,

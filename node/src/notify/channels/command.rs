@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::{payload, SendError};
+use super::{payload, ChannelError, SendError};
 use crate::config::channels::CommandChannel;
 use crate::model::Notification;
 
@@ -24,7 +24,7 @@ pub(super) struct Command {
 }
 
 impl Command {
-    pub(super) fn build(spec: &CommandChannel) -> Result<Command, String> {
+    pub(super) fn build(spec: &CommandChannel) -> Result<Command, ChannelError> {
         Ok(Command {
             command: spec.command.clone(),
         })

@@ -17,7 +17,7 @@ use lettre::transport::smtp::extension::ClientId;
 use lettre::Message;
 use tokio::time::Instant;
 
-use super::{header_safe, payload, read_secret, remaining, SendError};
+use super::{header_safe, payload, read_secret, remaining, ChannelError, SendError};
 use crate::config::channels::{EmailChannel, SmtpTls};
 use crate::model::Notification;
 
@@ -37,35 +37,43 @@ pub(super) struct Email {
 }
 
 impl Email {
-    pub(super) fn build(spec: &EmailChannel) -> Result<Email, String> {
+    pub(super) fn build(spec: &EmailChannel) -> Result<Email, ChannelError> {
         let default_port = match spec.tls {
             SmtpTls::Starttls => 587,
             SmtpTls::Tls => 465,
             SmtpTls::None => 25,
         };
-        let (host, port) = crate::model::net::parse_host_port(&spec.smtp, default_port)
-            .map_err(|_| format!("smtp {:?} must be host or host:port", spec.smtp))?;
+        let (host, port) =
+            crate::model::net::parse_host_port(&spec.smtp, default_port).map_err(|_| {
+                ChannelError::BadSmtp {
+                    smtp: spec.smtp.clone(),
+                }
+            })?;
         let tls_params = match spec.tls {
             SmtpTls::None => None,
-            SmtpTls::Starttls | SmtpTls::Tls => Some(
-                TlsParameters::new(host.clone())
-                    .map_err(|e| format!("TLS settings for {host}: {e}"))?,
-            ),
+            SmtpTls::Starttls | SmtpTls::Tls => Some(TlsParameters::new(host.clone()).map_err(
+                |e| ChannelError::SmtpTls {
+                    host: host.clone(),
+                    reason: e.to_string(),
+                },
+            )?),
         };
-        let from: Mailbox = spec
-            .from
-            .parse()
-            .map_err(|e| format!("from {:?} is not an address: {e}", spec.from))?;
+        let from: Mailbox = spec.from.parse().map_err(|e| ChannelError::BadFrom {
+            from: spec.from.clone(),
+            reason: format!("{e}"),
+        })?;
         let to = spec
             .to
             .iter()
             .map(|t| {
-                t.parse::<Mailbox>()
-                    .map_err(|e| format!("to {t:?} is not an address: {e}"))
+                t.parse::<Mailbox>().map_err(|e| ChannelError::BadTo {
+                    to: t.clone(),
+                    reason: format!("{e}"),
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         if to.is_empty() {
-            return Err("to needs at least one address".into());
+            return Err(ChannelError::NoRecipient);
         }
         let credentials = match (&spec.username, &spec.password) {
             (Some(user), Some(secret)) => Some(Credentials::new(
@@ -73,7 +81,7 @@ impl Email {
                 read_secret(secret, "password")?,
             )),
             (None, None) => None,
-            _ => return Err("username and password go together".into()),
+            _ => return Err(ChannelError::UserWithoutPassword),
         };
         Ok(Email {
             host,

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::channels::ChannelSpec;
+use crate::config::channels::{ChannelSpec, SecretError};
 use crate::model::Notification;
-use crate::transport::http::{self, HttpError, Request, Response, Tls, Via};
+use crate::transport::http::{self, HttpError, Request, Response, Tls, TlsSetupError, Via};
 
 mod asana;
 mod command;
@@ -59,17 +59,74 @@ enum Kind {
     Nats(nats::Nats),
 }
 
+/// Why a channel cannot be built: the setting and what is wrong with it, never a
+/// secret's value.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// What the spec's validation found, joined.
+    #[error("{}", .0.join("; "))]
+    Invalid(Vec<String>),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// `what`: the secret's setting (`token`, `url`, `password`).
+    #[error("{what} is empty")]
+    EmptySecret { what: String },
+    /// `shown`: how the URL may be shown (itself, or a redacted form).
+    #[error("{shown} is not a valid http(s) URL")]
+    BadUrl { shown: String },
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error("base_url {base_url:?} is not a valid http(s) URL")]
+    BadBaseUrl { base_url: String },
+    #[error("the token has characters not allowed in a URL")]
+    TokenNotUrlSafe,
+    #[error("token has characters not allowed in a header")]
+    TokenNotHeaderSafe,
+    #[error("header name {name:?} is not valid")]
+    BadHeaderName { name: String },
+    #[error("the value of header {name:?} is not valid")]
+    BadHeaderValue { name: String },
+    #[error("smtp {smtp:?} must be host or host:port")]
+    BadSmtp { smtp: String },
+    #[error("TLS settings for {host}: {reason}")]
+    SmtpTls { host: String, reason: String },
+    #[error("from {from:?} is not an address: {reason}")]
+    BadFrom { from: String, reason: String },
+    #[error("to {to:?} is not an address: {reason}")]
+    BadTo { to: String, reason: String },
+    #[error("to needs at least one address")]
+    NoRecipient,
+    #[error("username and password go together")]
+    UserWithoutPassword,
+    #[error("set project, workspace or both")]
+    NoProjectOrWorkspace,
+    #[error("url is not a valid NATS server URL: {reason}")]
+    BadNatsUrl { reason: String },
+    #[error("subject {subject:?} must be a plain subject (no spaces or wildcards)")]
+    BadSubject { subject: String },
+    #[error(
+        "stream {stream:?} is not a valid stream name (no spaces, '.', '*', '>', '/' or '\\')"
+    )]
+    BadStream { stream: String },
+}
+
 impl Channel {
     /// Reads the secrets and prepares the transport. The error names the channel and
     /// what is wrong (e.g. "channel ops-mail: environment variable SMTP_PASS is not
-    /// set"), never a secret's value. Needs no async runtime.
+    /// set"), never a secret's value; it is the text the notifier reports for a
+    /// broken channel. Needs no async runtime.
     pub fn build(spec: &ChannelSpec) -> Result<Channel, String> {
         let name = spec.name().to_string();
+        let kind = Self::build_kind(spec).map_err(|e| format!("channel {name}: {e}"))?;
+        Ok(Channel { name, kind })
+    }
+
+    fn build_kind(spec: &ChannelSpec) -> Result<Kind, ChannelError> {
         let problems = spec.validate();
         if !problems.is_empty() {
-            return Err(format!("channel {name}: {}", problems.join("; ")));
+            return Err(ChannelError::Invalid(problems));
         }
-        let kind = match spec {
+        match spec {
             ChannelSpec::Email(e) => email::Email::build(e).map(Kind::Email),
             ChannelSpec::Webhook(w) => webhook::Webhook::build(w).map(Kind::Webhook),
             ChannelSpec::Slack(s) => slack::Slack::build(s).map(Kind::Slack),
@@ -78,8 +135,6 @@ impl Channel {
             ChannelSpec::Asana(a) => asana::Asana::build(a).map(Kind::Asana),
             ChannelSpec::Nats(n) => nats::Nats::build(n).map(Kind::Nats),
         }
-        .map_err(|e| format!("channel {name}: {e}"))?;
-        Ok(Channel { name, kind })
     }
 
     #[cfg(test)]
@@ -153,10 +208,15 @@ impl fmt::Display for Channel {
 }
 
 /// Reads a secret for `build`, refusing an empty one.
-fn read_secret(secret: &crate::config::channels::Secret, what: &str) -> Result<String, String> {
-    let value = secret.read().map_err(|e| e.to_string())?;
+fn read_secret(
+    secret: &crate::config::channels::Secret,
+    what: &str,
+) -> Result<String, ChannelError> {
+    let value = secret.read()?;
     if value.is_empty() {
-        return Err(format!("{what} is empty"));
+        return Err(ChannelError::EmptySecret {
+            what: what.to_string(),
+        });
     }
     Ok(value)
 }
@@ -204,10 +264,11 @@ struct HttpTarget {
 
 impl HttpTarget {
     /// `shown` is how errors name the URL (the URL itself, or a redacted form).
-    fn new(url: &str, shown: &str) -> Result<HttpTarget, String> {
-        let (uri, _, _, _) =
-            http::parse_url(url).map_err(|_| format!("{shown} is not a valid http(s) URL"))?;
-        let tls = Tls::new(true, None).map_err(|e| e.to_string())?;
+    fn new(url: &str, shown: &str) -> Result<HttpTarget, ChannelError> {
+        let (uri, _, _, _) = http::parse_url(url).map_err(|_| ChannelError::BadUrl {
+            shown: shown.to_string(),
+        })?;
+        let tls = Tls::new(true, None)?;
         Ok(HttpTarget { uri, tls })
     }
 

@@ -31,7 +31,7 @@ use async_nats::{ClientError, ConnectErrorKind, ConnectOptions, Event, ServerAdd
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{payload, read_secret, redact, remaining, SendError};
+use super::{payload, read_secret, redact, remaining, ChannelError, SendError};
 use crate::config::channels::NatsChannel;
 use crate::model::Notification;
 
@@ -67,11 +67,13 @@ struct Conn {
 }
 
 impl Nats {
-    pub(super) fn build(spec: &NatsChannel) -> Result<Nats, String> {
-        let addr: ServerAddr = spec
+    pub(super) fn build(spec: &NatsChannel) -> Result<Nats, ChannelError> {
+        let addr = spec
             .url
-            .parse()
-            .map_err(|e| format!("url is not a valid NATS server URL: {e}"))?;
+            .parse::<ServerAddr>()
+            .map_err(|e| ChannelError::BadNatsUrl {
+                reason: e.to_string(),
+            })?;
         let host = addr.host();
         let shown = if host.contains(':') {
             format!("{}://[{host}]:{}", addr.scheme(), addr.port())
@@ -85,10 +87,9 @@ impl Nats {
             || subject.ends_with('.')
             || subject.contains("..")
         {
-            return Err(format!(
-                "subject {:?} must be a plain subject (no spaces or wildcards)",
-                spec.subject
-            ));
+            return Err(ChannelError::BadSubject {
+                subject: spec.subject.clone(),
+            });
         }
         let stream = match &spec.stream {
             Some(s) => {
@@ -99,9 +100,7 @@ impl Nats {
                             || matches!(c, '.' | '*' | '>' | '/' | '\\')
                     })
                 {
-                    return Err(format!(
-                        "stream {s:?} is not a valid stream name (no spaces, '.', '*', '>', '/' or '\\')"
-                    ));
+                    return Err(ChannelError::BadStream { stream: s.clone() });
                 }
                 Some(s.clone())
             }

@@ -4,7 +4,7 @@ use std::fmt;
 
 use tokio::time::Instant;
 
-use super::{check_status, payload, read_secret, HttpTarget, SendError};
+use super::{check_status, payload, read_secret, ChannelError, HttpTarget, SendError};
 use crate::config::channels::SlackChannel;
 use crate::model::Notification;
 
@@ -17,7 +17,7 @@ pub(super) struct Slack {
 }
 
 impl Slack {
-    pub(super) fn build(spec: &SlackChannel) -> Result<Slack, String> {
+    pub(super) fn build(spec: &SlackChannel) -> Result<Slack, ChannelError> {
         let url = read_secret(&spec.url, "url")?;
         let target = HttpTarget::new(&url, "url (from the secret)")?;
         Ok(Slack { url, target })

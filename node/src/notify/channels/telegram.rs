@@ -4,7 +4,9 @@ use std::fmt;
 
 use tokio::time::Instant;
 
-use super::{body_snippet, check_status, payload, read_secret, redact, HttpTarget, SendError};
+use super::{
+    body_snippet, check_status, payload, read_secret, redact, ChannelError, HttpTarget, SendError,
+};
 use crate::config::channels::TelegramChannel;
 use crate::model::Notification;
 use crate::transport::http::parse_url;
@@ -21,7 +23,7 @@ pub(super) struct Telegram {
 }
 
 impl Telegram {
-    pub(super) fn build(spec: &TelegramChannel) -> Result<Telegram, String> {
+    pub(super) fn build(spec: &TelegramChannel) -> Result<Telegram, ChannelError> {
         let token = read_secret(&spec.token, "token")?;
         let base_url = spec
             .base_url
@@ -29,10 +31,11 @@ impl Telegram {
             .unwrap_or(DEFAULT_BASE_URL)
             .trim_end_matches('/')
             .to_string();
-        parse_url(&base_url)
-            .map_err(|_| format!("base_url {base_url:?} is not a valid http(s) URL"))?;
+        parse_url(&base_url).map_err(|_| ChannelError::BadBaseUrl {
+            base_url: base_url.clone(),
+        })?;
         let url = format!("{base_url}/bot{token}/sendMessage");
-        parse_url(&url).map_err(|_| "the token has characters not allowed in a URL".to_string())?;
+        parse_url(&url).map_err(|_| ChannelError::TokenNotUrlSafe)?;
         let target = HttpTarget::new(&url, "the sendMessage URL")?;
         // A numeric id goes as a number, a "@channel" name as a string.
         let chat_id = match spec.chat_id.trim().parse::<i64>() {

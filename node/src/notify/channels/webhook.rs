@@ -4,7 +4,7 @@ use std::fmt;
 
 use tokio::time::Instant;
 
-use super::{check_status, header_safe, payload, read_secret, HttpTarget, SendError};
+use super::{check_status, header_safe, payload, read_secret, ChannelError, HttpTarget, SendError};
 use crate::config::channels::{WebhookChannel, WebhookFormat};
 use crate::model::Notification;
 
@@ -16,21 +16,21 @@ pub(super) struct Webhook {
 }
 
 impl Webhook {
-    pub(super) fn build(spec: &WebhookChannel) -> Result<Webhook, String> {
+    pub(super) fn build(spec: &WebhookChannel) -> Result<Webhook, ChannelError> {
         let target = HttpTarget::new(&spec.url, &format!("url {:?}", spec.url))?;
         let mut headers = Vec::new();
         for (name, value) in &spec.headers {
             ::http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("header name {name:?} is not valid"))?;
+                .map_err(|_| ChannelError::BadHeaderName { name: name.clone() })?;
             ::http::HeaderValue::from_str(value)
-                .map_err(|_| format!("the value of header {name:?} is not valid"))?;
+                .map_err(|_| ChannelError::BadHeaderValue { name: name.clone() })?;
             headers.push((name.clone(), value.clone()));
         }
         let token = match &spec.token {
             Some(s) => {
                 let t = read_secret(s, "token")?;
                 ::http::HeaderValue::from_str(&format!("Bearer {t}"))
-                    .map_err(|_| "token has characters not allowed in a header".to_string())?;
+                    .map_err(|_| ChannelError::TokenNotHeaderSafe)?;
                 Some(t)
             }
             None => None,
