@@ -16,8 +16,8 @@ pub enum AddressError {
     BadPort { address: String, port: String },
 }
 
-/// Callers that keep a problem as text (`?` in a function returning
-/// `Result<_, String>`) get the same message as before.
+/// For callers that still keep a problem as text (`?` in a function whose error
+/// is a `String`, such as the collector's transport setup): the same message.
 impl From<AddressError> for String {
     fn from(e: AddressError) -> String {
         e.to_string()
