@@ -147,6 +147,7 @@ fn the_herd_port_refuses_every_call_without_the_herd_credential() {
         from_addr: "127.0.0.1:1".into(),
         ownership_version: u64::MAX,
         acting_version: u64::MAX,
+        last_log_index: u64::MAX,
     };
     let e = rt.block_on(c.beat(with(beat, None, None))).unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");

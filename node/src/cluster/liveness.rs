@@ -46,6 +46,13 @@ pub struct Liveness {
     applied: AtomicU64,
     /// Whether this node is fenced (acts on no map), as its owner view last said.
     fenced: std::sync::atomic::AtomicBool,
+    /// The index of the last entry of this node's Raft log (sent in beats).
+    log_index: AtomicU64,
+    /// The last log index each peer's latest beat said it had.
+    peer_logs: Mutex<HashMap<NodeId, u64>>,
+    /// When this node last took an AppendEntries call from a leader (openraft's
+    /// own clock of the leader's lease starts there too).
+    leader_heard: Mutex<Option<Instant>>,
 }
 
 impl Liveness {
@@ -57,6 +64,9 @@ impl Liveness {
             acked: Mutex::new(HashMap::new()),
             applied: AtomicU64::new(0),
             fenced: std::sync::atomic::AtomicBool::new(true),
+            log_index: AtomicU64::new(0),
+            peer_logs: Mutex::new(HashMap::new()),
+            leader_heard: Mutex::new(None),
         })
     }
 
@@ -81,6 +91,40 @@ impl Liveness {
         }
         let mut h = self.heard.lock().unwrap_or_else(|p| p.into_inner());
         h.insert(node, (Instant::now(), version, acting));
+    }
+
+    /// Records the index of the last entry of this node's Raft log.
+    pub fn set_log_index(&self, index: u64) {
+        self.log_index.store(index, Ordering::Relaxed);
+    }
+
+    pub fn log_index(&self) -> u64 {
+        self.log_index.load(Ordering::Relaxed)
+    }
+
+    /// Records the last log index `node`'s beat said it had (0: not said).
+    pub fn heard_log(&self, node: NodeId, index: u64) {
+        let mut l = self.peer_logs.lock().unwrap_or_else(|p| p.into_inner());
+        l.insert(node, index);
+    }
+
+    /// The last log index `node` said it had, 0 when unknown.
+    pub fn log_index_of(&self, node: NodeId) -> u64 {
+        let l = self.peer_logs.lock().unwrap_or_else(|p| p.into_inner());
+        l.get(&node).copied().unwrap_or(0)
+    }
+
+    /// Records that a leader's AppendEntries (entries or a heartbeat) was taken now.
+    pub fn leader_heard_now(&self) {
+        let mut t = self.leader_heard.lock().unwrap_or_else(|p| p.into_inner());
+        *t = Some(Instant::now());
+    }
+
+    /// How long since a leader's AppendEntries was last taken (since this node
+    /// started when none was).
+    pub fn leader_silent_for(&self) -> Duration {
+        let t = self.leader_heard.lock().unwrap_or_else(|p| p.into_inner());
+        t.unwrap_or(self.started).elapsed()
     }
 
     /// Records whether this node is fenced (its owner view says so).
@@ -250,7 +294,7 @@ pub async fn beat_members(
                             &node.addr,
                             liveness.id(),
                             &from_addr,
-                            (liveness.applied(), liveness.acting()),
+                            (liveness.applied(), liveness.acting(), liveness.log_index()),
                             timeout,
                         )
                         .await

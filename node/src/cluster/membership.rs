@@ -124,7 +124,11 @@ impl ClusterNode {
                 &address,
                 self.id(),
                 self.addr(),
-                (self.liveness().applied(), self.liveness().acting()),
+                (
+                    self.liveness().applied(),
+                    self.liveness().acting(),
+                    self.liveness().log_index(),
+                ),
                 PROBE_TIMEOUT,
             )
             .await

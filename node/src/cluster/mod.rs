@@ -3,6 +3,7 @@
 pub mod bootstrap;
 pub mod controller;
 pub mod credential;
+mod election;
 mod fleet_state;
 pub mod keylog;
 pub mod liveness;

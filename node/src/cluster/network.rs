@@ -194,7 +194,7 @@ impl Peers {
         addr: &str,
         from: NodeId,
         from_addr: &str,
-        (ownership_version, acting_version): (u64, u64),
+        (ownership_version, acting_version, last_log_index): (u64, u64, u64),
         timeout: Duration,
     ) -> Result<(NodeId, bool, u64), Status> {
         let beat = BeatRequest {
@@ -202,6 +202,7 @@ impl Peers {
             from_addr: from_addr.to_string(),
             ownership_version,
             acting_version,
+            last_log_index,
         };
         let r = self
             .unary(

@@ -391,22 +391,33 @@ impl ClusterNode {
         m.membership_config.membership().voter_ids().collect()
     }
 
-    /// Beats every member each `interval` until `cancel` (see [`Liveness`]).
-    /// This node's beats to the other members, until `cancel`.
+    /// This node's beats to the other members each `interval` (see
+    /// [`Liveness`]), and the election it starts when the leader falls silent (see
+    /// `election.rs`), until `cancel`.
     pub fn beats(
         &self,
         interval: Duration,
         cancel: tokio_util::sync::CancellationToken,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let me = self.clone();
-        super::liveness::beat_members(
+        let beats = super::liveness::beat_members(
             self.liveness.clone(),
             self.peers.clone(),
             self.addr.clone(),
             move || me.members(),
             interval,
+            cancel.clone(),
+        );
+        let elections = super::election::run(
+            self.raft.clone(),
+            self.liveness.clone(),
+            self.config.heartbeat,
+            self.config.election_max,
             cancel,
-        )
+        );
+        async move {
+            tokio::join!(beats, elections);
+        }
     }
 
     pub fn id(&self) -> NodeId {

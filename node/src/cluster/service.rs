@@ -18,7 +18,9 @@ use herd_proto::v1::{
     JoinReply, JoinRequest, NotLeader, RaftReply, RaftRequest, SnapshotChunk,
 };
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use openraft::Raft;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -162,6 +164,7 @@ impl RaftRpc for RaftService {
             .any(|(id, _)| *id == from);
         if member {
             liveness.heard(from, beat.ownership_version, beat.acting_version);
+            liveness.heard_log(from, beat.last_log_index);
         }
         Ok(Response::new(BeatReply {
             id: liveness.id(),
@@ -181,6 +184,9 @@ impl RaftRpc for RaftService {
             caller.must_be(leader, "AppendEntries")?;
         }
         let res = self.raft().append_entries(rpc).await;
+        if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.node.liveness().leader_heard_now();
+        }
         reply("AppendEntries result", &res)
     }
 
