@@ -35,6 +35,17 @@ const GATE_RETRY_MS: i64 = 200;
 /// was fenced for a moment), at most this often.
 const REPORT_AGAIN_MS: i64 = 2_000;
 
+/// Why [`Notifier::send_direct`] did not deliver its notification.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectSendError {
+    /// The channel is not in the fleet spec, or it could not be built.
+    #[error("no channel {channel:?} is built here")]
+    NotBuilt { channel: String },
+    /// The channel's one attempt failed.
+    #[error(transparent)]
+    Send(#[from] SendError),
+}
+
 /// What the herd says of a replicated entry that is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
@@ -547,23 +558,24 @@ impl Notifier {
     /// Sends `n` through its channel at once, bypassing the outbox (and the fence):
     /// for the one notice a node without quorum sends on its own. One attempt,
     /// bounded by the channel's timeout.
-    pub async fn send_direct(&self, n: Notification) -> Result<(), String> {
+    pub async fn send_direct(&self, n: Notification) -> Result<(), DirectSendError> {
         let built = self
             .channels
             .read()
             .ok()
             .and_then(|c| c.get(&n.channel).cloned())
-            .ok_or_else(|| format!("no channel {:?} is built here", n.channel))?;
+            .ok_or_else(|| DirectSendError::NotBuilt {
+                channel: n.channel.clone(),
+            })?;
         let timeout = built
             .delivery
             .timeout
             .unwrap_or(crate::config::channels::DEFAULT_TIMEOUT)
             .get();
-        built
+        Ok(built
             .channel
             .send(std::slice::from_ref(&n), timeout)
-            .await
-            .map_err(|e| e.to_string())
+            .await?)
     }
 
     /// The age limit of a channel's notifications, in ms.
