@@ -272,7 +272,7 @@ impl Notifier {
                 }
                 Err(why) => {
                     tracing::error!(channel = spec.name(), error = %why, "channel cannot be built");
-                    broken.insert(spec.name().to_string(), why);
+                    broken.insert(spec.name().to_string(), why.to_string());
                 }
             }
         }

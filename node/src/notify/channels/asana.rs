@@ -359,10 +359,14 @@ mod tests {
         assert!(shown.contains("https://app.asana.com/api/1.0"), "{shown}");
         assert!(!shown.contains("t0k3n"), "{shown}");
 
-        let e = Channel::build(&spec(None, None, None, &dir)).unwrap_err();
+        let e = Channel::build(&spec(None, None, None, &dir))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("channel asana: "), "{e}");
         assert!(e.contains("project"), "{e}");
-        let e = Channel::build(&spec(Some("ftp://x"), Some("1"), None, &dir)).unwrap_err();
+        let e = Channel::build(&spec(Some("ftp://x"), Some("1"), None, &dir))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("base_url"), "{e}");
 
         let path = dir.path().join("bad-token");
@@ -371,7 +375,7 @@ mod tests {
         if let ChannelSpec::Asana(a) = &mut s {
             a.token.file = Some(path.display().to_string());
         }
-        let e = Channel::build(&s).unwrap_err();
+        let e = Channel::build(&s).unwrap_err().to_string();
         assert!(e.contains("token"), "{e}");
         assert!(!e.contains("abc"), "{e}");
     }

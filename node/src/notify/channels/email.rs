@@ -655,7 +655,8 @@ while True:
                 },
             )),
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             e,
             "channel ops-mail: environment variable HERD_TEST_SMTP_PASS_UNSET_93 is not set"
@@ -710,6 +711,7 @@ while True:
         }
         assert!(Channel::build(&s)
             .unwrap_err()
+            .to_string()
             .starts_with("channel ops-mail: "));
 
         // starttls and tls build their TLS settings without a runtime.

@@ -110,15 +110,28 @@ pub enum ChannelError {
     BadStream { stream: String },
 }
 
+/// A channel that cannot be built: its name and why. Shown as "channel NAME:
+/// WHY", the text the notifier reports for a broken channel.
+#[derive(Debug, thiserror::Error)]
+#[error("channel {channel}: {source}")]
+pub struct BuildError {
+    pub channel: String,
+    pub source: ChannelError,
+}
+
 impl Channel {
     /// Reads the secrets and prepares the transport. The error names the channel and
     /// what is wrong (e.g. "channel ops-mail: environment variable SMTP_PASS is not
-    /// set"), never a secret's value; it is the text the notifier reports for a
-    /// broken channel. Needs no async runtime.
-    pub fn build(spec: &ChannelSpec) -> Result<Channel, String> {
+    /// set"), never a secret's value. Needs no async runtime.
+    pub fn build(spec: &ChannelSpec) -> Result<Channel, BuildError> {
         let name = spec.name().to_string();
-        let kind = Self::build_kind(spec).map_err(|e| format!("channel {name}: {e}"))?;
-        Ok(Channel { name, kind })
+        match Self::build_kind(spec) {
+            Ok(kind) => Ok(Channel { name, kind }),
+            Err(source) => Err(BuildError {
+                channel: name,
+                source,
+            }),
+        }
     }
 
     fn build_kind(spec: &ChannelSpec) -> Result<Kind, ChannelError> {
@@ -592,7 +605,7 @@ mod tests {
                 file: None,
             },
         );
-        let err = Channel::build(&spec).unwrap_err();
+        let err = Channel::build(&spec).unwrap_err().to_string();
         assert_eq!(
             err,
             "channel ops-slack: environment variable HERD_TEST_SURELY_UNSET_VAR_71 is not set"
@@ -654,7 +667,7 @@ mod tests {
                 file: Some("/nonexistent/herd/slack-url".into()),
             },
         );
-        let err = Channel::build(&spec).unwrap_err();
+        let err = Channel::build(&spec).unwrap_err().to_string();
         assert!(err.starts_with("channel s: "), "{err}");
         assert!(err.contains("/nonexistent/herd/slack-url"), "{err}");
     }
@@ -662,7 +675,7 @@ mod tests {
     #[test]
     fn invalid_spec_is_refused_with_the_channel_name() {
         let spec = slack_spec("bad", Secret::default());
-        let err = Channel::build(&spec).unwrap_err();
+        let err = Channel::build(&spec).unwrap_err().to_string();
         assert!(err.starts_with("channel bad: "), "{err}");
     }
 

@@ -659,16 +659,20 @@ mod tests {
 
         for stream in ["a.b", "has space", "x*", ""] {
             let e = Channel::build(&spec("nats://127.0.0.1:4222", "s", Some(stream), None))
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with("channel bus: "), "{e}");
             assert!(e.contains("stream"), "{e}");
         }
         for subject in ["a..b", ".a", "a."] {
-            let e =
-                Channel::build(&spec("nats://127.0.0.1:4222", subject, None, None)).unwrap_err();
+            let e = Channel::build(&spec("nats://127.0.0.1:4222", subject, None, None))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("subject"), "{e}");
         }
-        let e = Channel::build(&spec("http://127.0.0.1:4222", "s", None, None)).unwrap_err();
+        let e = Channel::build(&spec("http://127.0.0.1:4222", "s", None, None))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("url"), "{e}");
         let e = Channel::build(&spec(
             "nats://127.0.0.1:4222",
@@ -676,7 +680,8 @@ mod tests {
             None,
             Some(Path::new("/nonexistent/herd/nats-token")),
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("/nonexistent/herd/nats-token"), "{e}");
     }
 }

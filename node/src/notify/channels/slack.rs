@@ -192,7 +192,8 @@ mod tests {
             group_window: None,
             max_age: None,
         }))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(!e.contains("s3cr3tpart"), "{e}");
         assert!(e.starts_with("channel slack: url"), "{e}");
     }

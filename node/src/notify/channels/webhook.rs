@@ -282,7 +282,7 @@ mod tests {
         if let ChannelSpec::Webhook(w) = &mut s {
             w.headers.insert("bad header".into(), "x".into());
         }
-        let e = Channel::build(&s).unwrap_err();
+        let e = Channel::build(&s).unwrap_err().to_string();
         assert!(e.contains("bad header"), "{e}");
     }
 }
