@@ -213,8 +213,8 @@ impl CheckLoop {
         };
         let runner = match Runner::new(&check, &runner_ctx) {
             Ok(r) => r,
-            Err(message) => {
-                record_event(&ctx, &spec.name, EventKind::CheckError, message).await;
+            Err(e) => {
+                record_event(&ctx, &spec.name, EventKind::CheckError, e.to_string()).await;
                 return None;
             }
         };

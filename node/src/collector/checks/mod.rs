@@ -172,13 +172,9 @@ pub enum Runner {
 }
 
 impl Runner {
-    /// The runner of a check, or why it cannot be made, as the text the target's
-    /// loop records as a check error event.
-    pub fn new(spec: &CheckSpec, ctx: &RunnerCtx<'_>) -> Result<Self, String> {
-        Self::build(spec, ctx).map_err(|e| e.to_string())
-    }
-
-    fn build(spec: &CheckSpec, ctx: &RunnerCtx<'_>) -> Result<Self, CheckSetupError> {
+    /// The runner of a check, or why it cannot be made (its text is what the
+    /// target's loop records as a check error event).
+    pub fn new(spec: &CheckSpec, ctx: &RunnerCtx<'_>) -> Result<Self, CheckSetupError> {
         let name = spec.name();
         Ok(match spec {
             CheckSpec::Vitals(_) => Runner::Vitals(vitals::VitalsState::default()),
