@@ -12,6 +12,7 @@ use super::link::{Link, Transition};
 use super::{CheckState, CollectorCtx, TargetStatus};
 use crate::config::fleet::parse_address;
 use crate::config::{expand_home, CheckSpec, TargetSpec, TransportKind};
+use crate::model::net::AddressError;
 use crate::model::{now_ms, Event, EventKind, Labels, Sample};
 use crate::store::RollupPoint;
 use crate::transport::{
@@ -27,7 +28,8 @@ const REPEAT_ERROR_AFTER: Duration = Duration::from_secs(600);
 /// Consecutive command timeouts after which the session is presumed hung and reset.
 const TIMEOUTS_BEFORE_RESET: u32 = 2;
 
-fn build_transport(spec: &TargetSpec, ctx: &CollectorCtx) -> Result<Transport, String> {
+/// The target's transport; an SSH target's address may be wrong.
+fn build_transport(spec: &TargetSpec, ctx: &CollectorCtx) -> Result<Transport, AddressError> {
     match spec.transport {
         TransportKind::Local => Ok(Transport::Local(LocalTransport)),
         TransportKind::Ssh => {
@@ -79,9 +81,9 @@ pub async fn run_target(
     }
     let transport = match build_transport(&spec, &ctx) {
         Ok(t) => Arc::new(t),
-        Err(message) => {
-            tracing::error!(target_name = %name, error = %message, "cannot build transport");
-            record_event(&ctx, &name, EventKind::CheckError, message).await;
+        Err(e) => {
+            tracing::error!(target_name = %name, error = %e, "cannot build transport");
+            record_event(&ctx, &name, EventKind::CheckError, e.to_string()).await;
             cancel.cancelled().await;
             return;
         }

@@ -16,14 +16,6 @@ pub enum AddressError {
     BadPort { address: String, port: String },
 }
 
-/// For callers that still keep a problem as text (`?` in a function whose error
-/// is a `String`, such as the collector's transport setup): the same message.
-impl From<AddressError> for String {
-    fn from(e: AddressError) -> String {
-        e.to_string()
-    }
-}
-
 /// What is wrong with an http(s) URL given in config field `field`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
