@@ -27,6 +27,12 @@ pub const UNKNOWN: &str = "unknown";
 /// databases use longer private codes).
 const MAX_CODE_LEN: usize = 8;
 
+/// Bytes [`GeoDb::from_bytes`] cannot read as a database.
+#[cfg(test)]
+#[derive(Debug, thiserror::Error)]
+#[error("not a MaxMind DB: {0}")]
+pub struct NotAGeoDb(maxminddb::MaxMindDbError);
+
 /// A MaxMind-format database in memory.
 pub struct GeoDb {
     reader: Reader<Vec<u8>>,
@@ -40,10 +46,10 @@ impl GeoDb {
     /// Reads a database from its bytes (tests; the check opens the file with
     /// `Reader::open_readfile`).
     #[cfg(test)]
-    pub fn from_bytes(bytes: Vec<u8>) -> Result<GeoDb, String> {
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<GeoDb, NotAGeoDb> {
         Reader::from_source(bytes)
             .map(GeoDb::new)
-            .map_err(|e| format!("not a MaxMind DB: {e}"))
+            .map_err(NotAGeoDb)
     }
 
     /// `database_type` of the metadata, e.g. "GeoLite2-Country".
@@ -219,7 +225,9 @@ mod tests {
         assert_eq!(db.country("127.0.0.200"), None, "too long");
         assert_eq!(db.country("10.0.0.1"), None, "country is not a map");
 
-        let e = GeoDb::from_bytes(b"not a database at all".to_vec()).unwrap_err();
+        let e = GeoDb::from_bytes(b"not a database at all".to_vec())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a MaxMind DB"), "{e}");
         let mut cut = testdb::sample(6);
         cut.truncate(40);
