@@ -699,3 +699,54 @@ fn ssh_agent_auth_and_hashed_known_hosts() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// A node that cannot start says why and ends: a bad `--fleet` is refused before
+/// anything starts, like `herd check` (exit 2, errors by line); a `node.http` port
+/// that is taken ends the start with exit 1, naming the address.
+#[test]
+fn a_node_that_cannot_start_says_why_and_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = format!("127.0.0.1:{}", herd_tests::free_port());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = taken.local_addr().unwrap().to_string();
+    let config = dir.path().join("herd.toml");
+    let write = |http: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[node]\nid = 1\ngrpc = \"{grpc}\"\nhttp = \"{http}\"\ndata_dir = \"{}\"\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap()
+    };
+    write(&http);
+    let config_s = config.display().to_string();
+
+    phase!("a bad --fleet: exit 2 with the line, nothing started");
+    let bad = dir.path().join("fleet.toml");
+    std::fs::write(&bad, local_target("a", "soon")).unwrap();
+    let out = herd_cli(
+        &[
+            "node",
+            "--config",
+            &config_s,
+            "--fleet",
+            &bad.display().to_string(),
+        ],
+        SECS(30),
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("fleet.toml:4: target[0] (a).interval"), "{err}");
+
+    phase!("node.http taken: exit 1 naming it");
+    let out = herd_cli(&["node", "--config", &config_s], SECS(60));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on node.http {http}")),
+        "{err}"
+    );
+    drop(taken);
+}

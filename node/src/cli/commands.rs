@@ -111,8 +111,13 @@ pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError>
 }
 
 async fn run_node(cfg: NodeConfig, fleet: Option<&Path>) -> Result<(), CliError> {
+    // A bad --fleet is refused before anything starts, as `herd check` would.
     let initial = match fleet {
-        Some(path) => Some(read_fleet(path)?),
+        Some(path) => {
+            let (text, source) = read_fleet(path)?;
+            parse_or_usage(&text, &source)?;
+            Some((text, source))
+        }
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(&cfg.node.grpc)
@@ -134,23 +139,24 @@ fn read_fleet(path: &Path) -> Result<(String, String), CliError> {
 
 fn check(path: &Path) -> Result<(), CliError> {
     let (text, source) = read_fleet(path)?;
-    match parse_fleet(&text, &source) {
-        Ok(spec) => {
-            println!(
-                "{source}: ok, {} target{}",
-                spec.targets.len(),
-                if spec.targets.len() == 1 { "" } else { "s" }
-            );
-            Ok(())
-        }
-        Err(errors) => {
-            let n = errors.0.len();
-            Err(CliError::Usage(format!(
-                "{errors}\n{n} error{} in {source}",
-                if n == 1 { "" } else { "s" }
-            )))
-        }
-    }
+    let spec = parse_or_usage(&text, &source)?;
+    println!(
+        "{source}: ok, {} target{}",
+        spec.targets.len(),
+        if spec.targets.len() == 1 { "" } else { "s" }
+    );
+    Ok(())
+}
+
+/// The fleet spec in `text`, or every error in it by line (exit 2).
+fn parse_or_usage(text: &str, source: &str) -> Result<crate::config::FleetSpec, CliError> {
+    parse_fleet(text, source).map_err(|errors| {
+        let n = errors.0.len();
+        CliError::Usage(format!(
+            "{errors}\n{n} error{} in {source}",
+            if n == 1 { "" } else { "s" }
+        ))
+    })
 }
 
 async fn client(target: &Target) -> Result<Client, CliError> {

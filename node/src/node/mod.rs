@@ -18,15 +18,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::auth::TokenError;
 use crate::api::{HerdApi, NodeIdentity};
 use crate::cluster::controller::{self, ControllerConfig};
+use crate::cluster::node::ClusterError;
 use crate::cluster::node::{ClusterConfig, ClusterNode};
 use crate::cluster::types::NodeRecord;
+use crate::cluster::ApplyError;
 use crate::cluster::FleetState;
 use crate::collector::stats::ScrapeStats;
 use crate::collector::{CollectorCtx, StateBoard, StatusBoard};
@@ -34,8 +36,8 @@ use crate::config::{expand_home, NodeConfig};
 use crate::notify::worker::Notifier;
 use crate::ownership::{self, OwnedRx, OwnedTx};
 use crate::rules::runner::{AlertDelta, Input, RulesHandle};
-use crate::store::{Store, StoreOptions};
-use crate::tls::NodeTls;
+use crate::store::{Store, StoreError, StoreOptions};
+use crate::tls::{NodeTls, TlsError};
 use crate::transport::{SshSettings, Transports};
 
 mod initial;
@@ -57,6 +59,39 @@ const HERD_TASKS_DEADLINE: Duration = Duration::from_secs(3);
 const NOTIFY_STOP_DEADLINE: Duration = Duration::from_secs(3);
 const RULES_STOP_DEADLINE: Duration = Duration::from_secs(2);
 const COLLECTOR_STOP_DEADLINE: Duration = Duration::from_secs(8);
+
+/// Why a node could not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("opening the store in {dir}: {source}")]
+    Store {
+        dir: String,
+        source: Box<StoreError>,
+    },
+    #[error("the gRPC listener's address: {0}")]
+    GrpcAddress(std::io::Error),
+    #[error("cannot listen on node.http {addr}: {source}")]
+    Http {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("starting Raft in {dir}: {source}")]
+    Raft {
+        dir: String,
+        source: Box<ClusterError>,
+    },
+    #[error("TLS settings of the gRPC server: {0}")]
+    GrpcTls(tonic::transport::Error),
+    #[error("cannot apply the initial fleet spec: {0}")]
+    InitialFleet(Box<ApplyError>),
+    /// The store's last commit failed while stopping (what it lost is named).
+    #[error("{0}")]
+    StoreClose(String),
+}
 
 /// A running node's handles, for the demo and tests in-process.
 pub struct Running {
@@ -101,18 +136,22 @@ struct Once {
 
 impl Node {
     /// Builds every part on `listener`; an error names what could not start.
-    pub async fn build(cfg: NodeConfig, listener: TcpListener) -> anyhow::Result<Node> {
+    pub async fn build(cfg: NodeConfig, listener: TcpListener) -> Result<Node, NodeError> {
         os::raise_open_files_limit();
         let token = match &cfg.node.api_token_file {
-            Some(path) => Some(crate::api::auth::read_token(path).map_err(anyhow::Error::msg)?),
+            Some(path) => Some(crate::api::auth::read_token(path)?),
             None => None,
         };
-        let tls = crate::tls::load(&cfg.tls).map_err(anyhow::Error::msg)?;
+        let tls = crate::tls::load(&cfg.tls)?;
         let store = open_store(&cfg)?;
-        let addr = listener.local_addr()?;
-        let http_listener = TcpListener::bind(&cfg.node.http)
-            .await
-            .with_context(|| format!("cannot listen on node.http {}", cfg.node.http))?;
+        let addr = listener.local_addr().map_err(NodeError::GrpcAddress)?;
+        let http_listener =
+            TcpListener::bind(&cfg.node.http)
+                .await
+                .map_err(|source| NodeError::Http {
+                    addr: cfg.node.http.clone(),
+                    source,
+                })?;
         let cluster = start_raft(&cfg, addr, tls.as_ref()).await?;
         let fleet = FleetState::new(cluster.clone(), store.clone());
         let replicate = tokio::sync::mpsc::unbounded_channel();
@@ -153,31 +192,21 @@ impl Node {
 
     /// Runs the node until `shutdown` resolves. `initial` (fleet text and its
     /// source name) is applied when the node has no spec stored yet. `on_ready`
-    /// gets the node's handles once everything is up.
+    /// gets the node's handles once everything is up. A part that cannot start
+    /// stops the ones already started, in reverse order, before the error returns.
     pub async fn run(
         self,
         initial: Option<(String, String)>,
         shutdown: impl Future<Output = ()> + Send + 'static,
         on_ready: impl FnOnce(Running) + Send,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), NodeError> {
         let Node { wiring: w, once } = self;
         let mut parts = Parts::default();
-        // Parts in start order; they stop in reverse (see the table above).
-        w.close_store_last(&mut parts); // 1
-        w.stop_raft(&mut parts); // 2
-        let api = Arc::new(w.herd_api());
-        w.serve_http(&mut parts, api.clone(), once.http_listener)?; // 3
-        w.serve_grpc(&mut parts, api, once.listener)?; // 3
-        w.flush_store_before_the_api_goes(&mut parts); // 4
-        let herd = w.start_herd_tasks(&mut parts, once.owned_tx, once.replicate); // 5
-        if let Err(e) = w.apply_initial_fleet(&mut parts, initial, herd).await {
-            parts.stop().await;
+        if let Err(e) = w.start(&mut parts, once, initial).await {
+            let report = parts.stop().await;
+            let _ = stopped(report);
             return Err(e);
         }
-        w.start_outbox(&mut parts); // 6
-        w.start_rules(&mut parts, once.rules_rx); // 7
-        w.start_collectors(&mut parts, once.collectors); // 8
-
         tracing::info!(
             node = w.cfg.node.id,
             grpc = %w.addr,
@@ -196,7 +225,7 @@ impl Node {
 }
 
 /// Opens the node's store in its data directory.
-fn open_store(cfg: &NodeConfig) -> anyhow::Result<Store> {
+fn open_store(cfg: &NodeConfig) -> Result<Store, NodeError> {
     let data_dir = &cfg.node.data_dir;
     Store::open(
         data_dir,
@@ -206,7 +235,10 @@ fn open_store(cfg: &NodeConfig) -> anyhow::Result<Store> {
             chunk_samples: cfg.store.chunk_samples,
         },
     )
-    .with_context(|| format!("opening the store in {}", data_dir.display()))
+    .map_err(|source| NodeError::Store {
+        dir: data_dir.display().to_string(),
+        source: Box::new(source),
+    })
 }
 
 /// Starts Raft with the `[cluster]` timings, reachable at `addr`.
@@ -214,7 +246,7 @@ async fn start_raft(
     cfg: &NodeConfig,
     addr: SocketAddr,
     tls: Option<&NodeTls>,
-) -> anyhow::Result<ClusterNode> {
+) -> Result<ClusterNode, NodeError> {
     let c = &cfg.cluster;
     let data_dir = &cfg.node.data_dir;
     ClusterNode::start(
@@ -233,7 +265,10 @@ async fn start_raft(
         },
     )
     .await
-    .with_context(|| format!("starting Raft in {}", data_dir.display()))
+    .map_err(|source| NodeError::Raft {
+        dir: data_dir.display().to_string(),
+        source: Box::new(source),
+    })
 }
 
 /// The rules' input channel; alert changes go to the herd's replication, and the
@@ -277,7 +312,7 @@ fn collector_ctx(cfg: &NodeConfig, store: &Store, rules: &RulesHandle) -> Collec
 
 /// What the node returns once its parts have stopped: an error only when the
 /// store's last commit failed; everything else that went wrong is logged.
-fn stopped(report: StopReport) -> anyhow::Result<()> {
+fn stopped(report: StopReport) -> Result<(), NodeError> {
     if !report.aborted.is_empty() {
         tracing::warn!(tasks = ?report.aborted, "did not stop within their part's deadline; aborted");
     }
@@ -289,7 +324,7 @@ fn stopped(report: StopReport) -> anyhow::Result<()> {
         return Ok(());
     }
     match report.failed.iter().find(|f| f.starts_with("store close")) {
-        Some(f) => Err(anyhow::anyhow!("{f}")),
+        Some(f) => Err(NodeError::StoreClose(f.clone())),
         None => {
             tracing::warn!("stopped; see above for what did not stop cleanly");
             Ok(())
@@ -298,6 +333,27 @@ fn stopped(report: StopReport) -> anyhow::Result<()> {
 }
 
 impl Wiring {
+    /// Starts the parts in order; they stop in reverse (see the table above).
+    async fn start(
+        &self,
+        parts: &mut Parts,
+        once: Once,
+        initial: Option<(String, String)>,
+    ) -> Result<(), NodeError> {
+        self.close_store_last(parts); // 1
+        self.stop_raft(parts); // 2
+        let api = Arc::new(self.herd_api());
+        self.serve_http(parts, api.clone(), once.http_listener); // 3
+        self.serve_grpc(parts, api, once.listener)?; // 3
+        self.flush_store_before_the_api_goes(parts); // 4
+        let herd = self.start_herd_tasks(parts, once.owned_tx, once.replicate); // 5
+        self.apply_initial_fleet(parts, initial, herd).await?;
+        self.start_outbox(parts); // 6
+        self.start_rules(parts, once.rules_rx); // 7
+        self.start_collectors(parts, once.collectors); // 8
+        Ok(())
+    }
+
     /// 1. The store: its last commit when everything else has stopped.
     fn close_store_last(&self, parts: &mut Parts) {
         let closing = self.store.clone();
@@ -343,13 +399,11 @@ impl Wiring {
     }
 
     /// 3. The HTTP face, on `node.http`.
-    fn serve_http(
-        &self,
-        parts: &mut Parts,
-        api: Arc<HerdApi>,
-        http_listener: TcpListener,
-    ) -> anyhow::Result<()> {
-        let http_addr = http_listener.local_addr()?;
+    fn serve_http(&self, parts: &mut Parts, api: Arc<HerdApi>, http_listener: TcpListener) {
+        let http_addr = http_listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| self.cfg.node.http.clone());
         let http_stop = parts.start("http", API_STOP_DEADLINE);
         let face = crate::api::http::HttpFace::new(api, self.token.as_deref());
         parts.spawn("http server", async move {
@@ -360,7 +414,6 @@ impl Wiring {
             }
         });
         tracing::info!(http = %http_addr, "HTTP API listening");
-        Ok(())
     }
 
     /// 3. gRPC: the client API and the herd's Raft service on one port. A client
@@ -371,12 +424,12 @@ impl Wiring {
         parts: &mut Parts,
         api: Arc<HerdApi>,
         listener: TcpListener,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), NodeError> {
         let mut builder = tonic::transport::Server::builder();
         if let Some(t) = &self.tls {
             builder = builder
                 .tls_config(t.server.clone())
-                .context("TLS settings of the gRPC server")?;
+                .map_err(NodeError::GrpcTls)?;
         }
         let grpc = parts.start("grpc", API_STOP_DEADLINE);
         let serve = builder
@@ -539,12 +592,12 @@ impl Wiring {
         parts: &mut Parts,
         initial: Option<(String, String)>,
         herd: CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), NodeError> {
         let alone = self.cfg.cluster.peers.is_empty();
         match initial {
             Some((text, source)) if alone && self.fleet.current().0 == 0 => {
                 if let Err(e) = self.fleet.apply(&text, &source).await {
-                    return Err(anyhow::anyhow!("cannot apply the initial fleet spec: {e}"));
+                    return Err(NodeError::InitialFleet(Box::new(e)));
                 }
             }
             Some(_) if alone => {}
