@@ -738,7 +738,10 @@ fn a_node_that_cannot_start_says_why_and_ends() {
     );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("fleet.toml:4: target[0] (a).interval"), "{err}");
+    assert!(
+        err.contains("fleet.toml:4: target[0] (a).interval"),
+        "{err}"
+    );
 
     phase!("node.http taken: exit 1 naming it");
     let out = herd_cli(&["node", "--config", &config_s], SECS(60));
