@@ -279,6 +279,19 @@ impl Herd {
         run_bounded(&mut cmd, CLI_TIMEOUT)
     }
 
+    /// Starts `herd --node ADDR ARGS...` that streams (`herd watch`); its lines
+    /// are read as they come, its stderr goes to `cli-stream.err` in the node's dir.
+    pub fn cli_stream(&self, args: &[&str]) -> crate::process::LineStream {
+        let mut cmd = Command::new(crate::herd_bin());
+        cmd.arg("--node").arg(self.addr());
+        if self.opts.api_token.is_some() {
+            cmd.arg("--token-file").arg(self.token_path());
+        }
+        cmd.args(args);
+        clean_env(&mut cmd);
+        crate::process::LineStream::spawn(&mut cmd, &self.dir().join("cli-stream.err"))
+    }
+
     /// Like [`Herd::cli`], but panics unless it exits 0; returns stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);

@@ -161,3 +161,90 @@ pub fn generate_key(path: &Path, comment: &str) -> String {
         .trim()
         .to_string()
 }
+
+/// A child whose standard output is read line by line as it comes (a stream such
+/// as `herd watch` or `curl -N`); killed when dropped.
+pub struct LineStream {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    what: String,
+}
+
+impl LineStream {
+    /// Spawns `cmd` with stdout piped and stderr appended to `stderr`.
+    pub fn spawn(cmd: &mut Command, stderr: &Path) -> LineStream {
+        use std::io::BufRead;
+        let what = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(append(stderr))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {what}: {e}"));
+        let out = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        LineStream {
+            child,
+            lines,
+            seen: Vec::new(),
+            what,
+        }
+    }
+
+    /// The first line from now on that `pick` accepts, within `timeout`; panics
+    /// (showing every line read so far) when none comes.
+    pub fn expect<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut pick: impl FnMut(&str) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = pick(&line);
+                    self.seen.push(line);
+                    if let Some(v) = found {
+                        return v;
+                    }
+                }
+                Err(_) => panic!(
+                    "{what}: not seen within {timeout:?} from {}; it printed:\n{}",
+                    self.what,
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Whether the child has ended.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Every line read so far (by [`LineStream::expect`]), plus what is waiting.
+    pub fn all(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+}
+
+impl Drop for LineStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -5,8 +5,12 @@
 use std::process::Command;
 use std::time::Duration;
 
-use herd_tests::process::run_bounded;
-use herd_tests::{local_target, phase, wait_for, Herd, HerdOptions};
+use herd_tests::files::WatchedFiles;
+use herd_tests::process::{run_bounded, LineStream};
+use herd_tests::{
+    local_target, local_target_with, phase, toml_str, wait_for, wait_until, Cluster, Herd,
+    HerdOptions,
+};
 use serde_json::Value;
 
 const TOKEN: &str = "faces-test-token-51c9";
@@ -92,6 +96,8 @@ fn rest_answers_what_the_cli_answers_and_refuses_clearly() {
     );
     let a = curl(&herd, "GET", "/herd/v1/status", Some("wrong"), None);
     error_of(&a, 401, "a wrong token");
+    let a = curl(&herd, "GET", "/herd/v1/watch", None, None);
+    error_of(&a, 401, "the event stream without a token");
 
     phase!("status: the document `herd status --json` prints");
     wait_for(BOUND, "box is scraped", || {
@@ -385,4 +391,149 @@ fn metrics_pass_promtool_and_say_what_the_node_does() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The JSON document of a `herd watch --json` line or an SSE `data:` line that
+/// `pick` accepts.
+fn change_where(line: &str, pick: impl Fn(&Value) -> bool) -> Option<Value> {
+    let doc: Value =
+        serde_json::from_str(line.strip_prefix("data:").unwrap_or(line).trim()).ok()?;
+    pick(&doc).then_some(doc)
+}
+
+/// Waits until the `nth` `herd watch` started on `herd` says it is watching,
+/// then one more second for its streams from the other members to open.
+fn wait_watching(herd: &Herd, nth: usize) {
+    let err = herd.dir().join("cli-stream.err");
+    wait_until(BOUND, "herd watch is connected", || {
+        std::fs::read_to_string(&err).is_ok_and(|t| t.matches("watching").count() >= nth)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+}
+
+#[test]
+fn watch_streams_the_herds_changes_to_the_cli_and_as_server_sent_events() {
+    let files = WatchedFiles::new("watch");
+    let fleet_names: Vec<String> = (0..4).map(|i| format!("w-{i}")).collect();
+    phase!("three nodes, four local targets with a file_fresh check and a rule on it");
+    let mut cluster = Cluster::start(3, HerdOptions::default());
+    let mut text = String::new();
+    for name in &fleet_names {
+        files.create(name);
+        let check = format!(
+            "{{ kind = \"file_fresh\", path = {}, max_age = \"1h\" }}",
+            toml_str(&files.path(name).display().to_string())
+        );
+        text.push_str(&local_target_with(name, &[check]));
+    }
+    text.push_str(
+        "[[rule]]\nname = \"stale\"\ncheck = \"file_fresh\"\nkind = \"range\"\nfor = \"0s\"\n\
+         severity = \"critical\"\n",
+    );
+    cluster.apply(1, &text);
+    cluster.wait_until_all_owned_and_scraped(&fleet_names, 5.0, BOUND);
+
+    phase!("`herd watch --json` and an SSE stream of alerts on node 1");
+    let watcher = cluster.node(1);
+    let mut cli = watcher.cli_stream(&["watch", "--json"]);
+    let mut sse = LineStream::spawn(
+        Command::new("curl").args([
+            "-s",
+            "-N",
+            "--max-time",
+            "120",
+            &format!("http://{}/herd/v1/watch?kind=alert", watcher.http_addr()),
+        ]),
+        &watcher.dir().join("curl-sse.err"),
+    );
+    wait_watching(watcher, 1);
+
+    phase!("a target another node owns goes stale: its event and alert reach node 1's streams");
+    let s = cluster.status();
+    let (owner, target) = fleet_names
+        .iter()
+        .find_map(|t| match s.target(t).and_then(|v| v.owner) {
+            Some(o) if o != 1 => Some((o, t.clone())),
+            _ => None,
+        })
+        .expect("nodes 2 and 3 own some of the four targets");
+    files.remove(&target);
+    let is = |kind: &'static str, target: String| {
+        move |d: &Value| d["kind"] == kind && d["target"] == target.as_str()
+    };
+    let event = cli.expect(BOUND, "the check_status event", |l| {
+        change_where(l, |d| {
+            is("event", target.clone())(d) && d["what"] == "check_status"
+        })
+    });
+    assert_eq!(event["node"], owner, "seen by the owner: {event}");
+    let alert = cli.expect(BOUND, "the alert firing", |l| {
+        change_where(l, |d| is("alert", target.clone())(d) && d["to"] == "firing")
+    });
+    assert_eq!(alert["node"], owner, "{alert}");
+    assert_eq!(alert["rule"], "stale", "{alert}");
+    sse.expect(BOUND, "the SSE event line", |l| {
+        (l == "event: alert").then_some(())
+    });
+    let over_sse = sse.expect(BOUND, "the SSE data of the alert", |l| {
+        change_where(l, |d| is("alert", target.clone())(d) && d["to"] == "firing")
+    });
+    assert_eq!(over_sse["alert_id"], alert["alert_id"]);
+
+    phase!(
+        "the owner is killed: a gap, then node down and its targets moving, in the CLI's stream"
+    );
+    let moved = cluster.status().owned_by(owner);
+    cluster.kill9(owner);
+    // In any order: the gap, node down (the leader's record), each target moving.
+    let mut missing: Vec<String> = vec!["gap".into(), "node down".into()];
+    missing.extend(moved.iter().map(|t| format!("move of {t}")));
+    cli.expect(BOUND, "the gap, node down and every move", |l| {
+        let d: Value = serde_json::from_str(l).ok()?;
+        let seen = match d["kind"].as_str()? {
+            "gap" if d["subject_node"] == owner && d["what"] == "missing" => "gap".to_string(),
+            "node" if d["subject_node"] == owner && d["what"] == "down" => "node down".to_string(),
+            "owner" if d["from_node"] == owner => {
+                assert!(d["to_node"].as_u64().is_some_and(|n| n != owner), "{d}");
+                format!("move of {}", d["target"].as_str()?)
+            }
+            _ => return None,
+        };
+        missing.retain(|m| *m != seen);
+        missing.is_empty().then_some(())
+    });
+
+    phase!("filters: a bad kind is refused by name (exit 2); --count ends the watch");
+    let watcher = cluster.node(1);
+    let out = watcher.cli(&["watch", "--kind", "alerts"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let a = get(watcher, "/herd/v1/watch?kind=alerts");
+    let e = error_of(&a, 400, "an unknown kind of change");
+    assert!(
+        e["message"].as_str().unwrap_or_default().contains("alerts"),
+        "{e}"
+    );
+    let mut once = watcher.cli_stream(&[
+        "watch", "--local", "--kind", "event", "--count", "1", "--json",
+    ]);
+    wait_watching(watcher, 2);
+    let mine = cluster
+        .status()
+        .owned_among(1, &fleet_names)
+        .into_iter()
+        .next()
+        .expect("node 1 owns a fleet target");
+    files.remove(&mine);
+    let first = once.expect(BOUND, "one event", |l| {
+        change_where(l, |d| d["kind"] == "event")
+    });
+    assert_eq!(
+        first["node"], 1,
+        "--local: node 1's own changes only: {first}"
+    );
+    eprintln!("    --count 1 printed {first}");
+    wait_until(BOUND, "herd watch --count 1 ends", || {
+        once.all();
+        once.exited()
+    });
 }

@@ -14,6 +14,7 @@ use tonic::{Request, Status};
 
 use super::grpc::HerdApi;
 use crate::cluster::types::{ClusterState, NodeId};
+use crate::cluster::FleetState;
 
 /// Bound on one call to another node during a fan-out.
 const FAN_OUT_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -22,24 +23,36 @@ const FAN_OUT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// a join failed rather than its own deadline.
 const JOIN_BUDGET: Duration = Duration::from_secs(25);
 
+/// A client of the node at `addr` on the herd's shared peer channels.
+pub(super) fn peer_client(fleet: &FleetState, addr: &str) -> Result<HerdClient<Channel>, Status> {
+    let ch = fleet.cluster().peers().channel_to(addr)?;
+    Ok(HerdClient::new(ch).max_decoding_message_size(crate::cluster::network::MAX_MESSAGE_BYTES))
+}
+
+/// A request to another node: this node's token, and a deadline unless it is a
+/// stream that lasts as long as its caller.
+pub(super) fn outbound<T>(token: Option<&str>, msg: T, timeout: Option<Duration>) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Some(timeout) = timeout {
+        r.set_timeout(timeout);
+    }
+    if let Some(t) = token {
+        if let Ok(v) = format!("Bearer {t}").parse() {
+            r.metadata_mut().insert("authorization", v);
+        }
+    }
+    r
+}
+
 impl HerdApi {
     /// A client of the node at `addr` on the shared peer channels.
     fn peer(&self, addr: &str) -> Result<HerdClient<Channel>, Status> {
-        let ch = self.fleet.cluster().peers().channel_to(addr)?;
-        Ok(HerdClient::new(ch)
-            .max_decoding_message_size(crate::cluster::network::MAX_MESSAGE_BYTES))
+        peer_client(&self.fleet, addr)
     }
 
     /// A request to another node: this node's token, a deadline.
     fn outbound<T>(&self, msg: T, timeout: Duration) -> Request<T> {
-        let mut r = Request::new(msg);
-        r.set_timeout(timeout);
-        if let Some(t) = &self.token {
-            if let Ok(v) = format!("Bearer {t}").parse() {
-                r.metadata_mut().insert("authorization", v);
-            }
-        }
-        r
+        outbound(self.token.as_deref(), msg, Some(timeout))
     }
 
     fn members(&self) -> Vec<(NodeId, BasicNode)> {

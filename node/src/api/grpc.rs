@@ -411,6 +411,22 @@ impl pb::herd_server::Herd for HerdApi {
         }))
     }
 
+    type WatchStream = super::watch::ChangeStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let stream = super::watch::start(
+            self.node.id,
+            self.store.feed(),
+            self.fleet.clone(),
+            self.token.clone(),
+            req.into_inner(),
+        )?;
+        Ok(Response::new(stream))
+    }
+
     async fn resume(
         &self,
         req: Request<pb::ResumeRequest>,

@@ -19,6 +19,7 @@
 //! | `POST /herd/v1/targets/{name}/pause[?for=1h][&reason=R][&by=NAME]` | Pause |
 //! | `POST /herd/v1/targets/{name}/resume` | Resume |
 //! | `POST /herd/v1/apply[?source=NAME]` with the fleet TOML as the body | Apply |
+//! | `GET /herd/v1/watch[?target=T][&kind=event\|alert\|owner\|node]...[&local=true]` | Watch, as server-sent events |
 //! | `GET /metrics` | this node's health, Prometheus text format ([`super::metrics`]) |
 //!
 //! Errors are `{"error": {"status", "code", "message", "items"?}}`: 400 bad input
@@ -91,6 +92,7 @@ pub fn router(face: Arc<HttpFace>) -> Router {
         .route("/herd/v1/targets/{name}/pause", post(pause))
         .route("/herd/v1/targets/{name}/resume", post(resume))
         .route("/herd/v1/apply", post(apply))
+        .route("/herd/v1/watch", get(watch))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -410,6 +412,41 @@ async fn events(State(f): State<Arc<HttpFace>>, h: HeaderMap, RawQuery(q): RawQu
             .into_inner();
         Ok(Json(json::events_json(&r)))
     }
+}
+
+/// Seconds between the comments that keep an idle event stream (and the proxies
+/// on its way) open.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The changes as server-sent events: `event:` the kind, `data:` the document
+/// `herd watch --json` prints, until the client hangs up.
+async fn watch(
+    State(f): State<Arc<HttpFace>>,
+    h: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let p = check(&f, &h, q)?;
+    let req = pb::WatchRequest {
+        local_only: p.flag("local")?,
+        target: p.get("target").unwrap_or_default().to_string(),
+        kinds: p
+            .all("kind")
+            .flat_map(|k| k.split(','))
+            .filter(|k| !k.is_empty())
+            .map(str::to_string)
+            .collect(),
+    };
+    let stream = f.api.watch(Request::new(req)).await?.into_inner();
+    let events = tokio_stream::StreamExt::map(stream, |c| {
+        c.map(|c| {
+            axum::response::sse::Event::default()
+                .event(c.kind.clone())
+                .data(json::change_json(&c).to_string())
+        })
+    });
+    Ok(axum::response::sse::Sse::new(events)
+        .keep_alive(axum::response::sse::KeepAlive::new().interval(SSE_KEEP_ALIVE))
+        .into_response())
 }
 
 async fn silences(State(f): State<Arc<HttpFace>>, h: HeaderMap, RawQuery(q): RawQuery) -> Answer {

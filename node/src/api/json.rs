@@ -113,3 +113,53 @@ pub fn events_json(r: &pb::EventsReply) -> Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+/// One change of `Watch`: what `herd watch --json` prints per line and what the
+/// HTTP event stream sends as an event's data. Only the fields of its kind appear.
+pub fn change_json(c: &pb::Change) -> Value {
+    let mut v = json!({ "ts_ms": c.ts_ms, "kind": c.kind, "node": c.node });
+    let o = v.as_object_mut().expect("an object");
+    let mut put = |k: &str, val: Value| {
+        o.insert(k.to_string(), val);
+    };
+    match c.kind.as_str() {
+        "event" => {
+            put("target", json!(c.target));
+            put("what", json!(c.what));
+            put("message", json!(c.message));
+        }
+        "alert" => {
+            put("target", json!(c.target));
+            put("alert_id", json!(c.alert_id));
+            put("rule", json!(c.rule));
+            put("from", json!(c.from));
+            put("to", json!(c.to));
+            if !c.message.is_empty() {
+                put("suppressed", json!(c.message));
+            }
+        }
+        "owner" => {
+            put("target", json!(c.target));
+            put(
+                "from_node",
+                (c.from_node != 0).then_some(c.from_node).into(),
+            );
+            put("to_node", (c.to_node != 0).then_some(c.to_node).into());
+        }
+        "node" => {
+            put("subject_node", json!(c.subject_node));
+            put("what", json!(c.what));
+            put("message", json!(c.message));
+        }
+        "gap" => {
+            put("subject_node", json!(c.subject_node));
+            put("what", json!(c.what));
+            put("message", json!(c.message));
+        }
+        _ => {
+            put("count", json!(c.count));
+            put("message", json!(c.message));
+        }
+    }
+    v
+}

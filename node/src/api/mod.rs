@@ -6,5 +6,6 @@ mod grpc;
 pub mod http;
 pub mod json;
 mod metrics;
+mod watch;
 
 pub use grpc::{HerdApi, NodeIdentity};

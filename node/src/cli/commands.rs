@@ -107,6 +107,20 @@ pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError>
             limit,
             json,
         } => events(node, target.as_deref(), &since, limit, json).await,
+        Command::Watch {
+            target,
+            kinds,
+            local,
+            count,
+            json,
+        } => {
+            let req = pb::WatchRequest {
+                local_only: local,
+                target: target.unwrap_or_default(),
+                kinds,
+            };
+            watch(node, req, count, json).await
+        }
     }
 }
 
@@ -160,6 +174,12 @@ fn parse_or_usage(text: &str, source: &str) -> Result<crate::config::FleetSpec, 
 }
 
 async fn client(target: &Target) -> Result<Client, CliError> {
+    connect(target, Some(CALL_TIMEOUT)).await
+}
+
+/// A client of the node; `call_timeout`: the bound on each call (none for a
+/// stream that lasts until the user stops it).
+async fn connect(target: &Target, call_timeout: Option<Duration>) -> Result<Client, CliError> {
     let node = target.node.as_str();
     let scheme = if target.tls.is_some() {
         "https"
@@ -173,8 +193,10 @@ async fn client(target: &Target) -> Result<Client, CliError> {
     };
     let mut endpoint = Channel::from_shared(url)
         .map_err(|e| CliError::Usage(format!("--node {node:?} is not an address: {e}")))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT);
+        .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(t) = call_timeout {
+        endpoint = endpoint.timeout(t);
+    }
     if let Some(tls) = &target.tls {
         endpoint = endpoint
             .tls_config(tls.clone())
@@ -556,6 +578,50 @@ async fn events(
         println!("{}", output::events_json(&reply));
     } else {
         print!("{}", output::events_table(&reply));
+    }
+    Ok(())
+}
+
+/// Prints each change as it comes, until `count` of them or the stream ends
+/// (the node stopped: an error, exit 1).
+async fn watch(
+    node: &Target,
+    req: pb::WatchRequest,
+    count: Option<u64>,
+    json: bool,
+) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut stream = connect(node, None)
+        .await?
+        .watch(req)
+        .await
+        .map_err(|s| call_error(node, s))?
+        .into_inner();
+    eprintln!("watching the changes {} sees (Ctrl-C to stop)", node.node);
+    let mut seen = 0u64;
+    let stdout = std::io::stdout();
+    while count.is_none_or(|c| seen < c) {
+        let change = match stream.message().await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return Err(CliError::Failure(format!(
+                    "{}: the node ended the stream (is it stopping?)",
+                    node.node
+                )))
+            }
+            Err(s) => return Err(call_error(node, s)),
+        };
+        let line = if json {
+            output::change_json(&change).to_string()
+        } else {
+            output::change_line(&change)
+        };
+        let mut out = stdout.lock();
+        // A closed pipe (`herd watch | head`) ends the watch quietly.
+        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+            return Ok(());
+        }
+        seen += 1;
     }
     Ok(())
 }

@@ -149,6 +149,24 @@ pub enum Command {
     },
     /// Make a CA and node certificates for mTLS between the nodes of a new herd.
     Certs(certs::CertsArgs),
+    /// What changes, as it happens, one line per change until interrupted: events,
+    /// alert transitions, ownership moves, nodes down and up, from the whole herd.
+    Watch {
+        /// Only this target's changes.
+        target: Option<String>,
+        /// Only this kind: event, alert, owner or node (repeatable).
+        #[arg(long = "kind", value_parser = ["event", "alert", "owner", "node"])]
+        kinds: Vec<String>,
+        /// Only the changes this node sees itself (no fan-out to the other members).
+        #[arg(long)]
+        local: bool,
+        /// End after this many changes (gaps and lags count too).
+        #[arg(long)]
+        count: Option<u64>,
+        /// One JSON document per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Recent events: targets down and up, host key problems, check errors.
     Events {
         /// Only this target.

@@ -4,7 +4,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use herd_proto::v1 as pb;
 
 pub use crate::api::json::{
-    alerts_json, events_json, query_json, rollup_json, silences_json, status_json,
+    alerts_json, change_json, events_json, query_json, rollup_json, silences_json, status_json,
 };
 
 /// Characters of a check's detail shown in the status table (JSON has it whole).
@@ -394,6 +394,46 @@ pub fn events_table(r: &pb::EventsReply) -> String {
         })
         .collect();
     table(&["TIME", "TARGET", "KIND", "MESSAGE"], &rows)
+}
+
+/// One change of `herd watch` as a line: time, node, kind, then what it says.
+pub fn change_line(c: &pb::Change) -> String {
+    let what = match c.kind.as_str() {
+        "event" => format!("{}  {}  {}", c.target, c.what, c.message),
+        "alert" => {
+            let mut s = format!("{}  {}  {} -> {}", c.target, c.alert_id, c.from, c.to);
+            if !c.message.is_empty() {
+                s.push_str(&format!("  (no notification: {})", c.message));
+            }
+            s
+        }
+        "owner" => {
+            let node = |n: u64| {
+                if n == 0 {
+                    "nobody".to_string()
+                } else {
+                    format!("node {n}")
+                }
+            };
+            format!("{}  {} -> {}", c.target, node(c.from_node), node(c.to_node))
+        }
+        "node" | "gap" => {
+            let mut s = format!("node {}  {}", c.subject_node, c.what);
+            if !c.message.is_empty() {
+                s.push_str("  ");
+                s.push_str(&c.message);
+            }
+            s
+        }
+        _ => c.message.clone(),
+    };
+    format!(
+        "{}  node {}  {:<6}  {}",
+        time(c.ts_ms),
+        c.node,
+        c.kind,
+        what.trim_end()
+    )
 }
 
 #[cfg(test)]

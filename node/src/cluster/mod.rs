@@ -1,6 +1,7 @@
 //! The herd: Raft (openraft) types, the redb log and state machine, the tonic
 //! network, liveness and leases, and the controller that assigns targets.
 pub mod bootstrap;
+pub mod changes;
 pub mod controller;
 pub mod credential;
 mod election;

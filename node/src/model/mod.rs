@@ -1,5 +1,6 @@
 //! Plain data shared by every layer: no I/O here.
 mod alert;
+pub mod change;
 pub mod net;
 mod node;
 mod pattern;

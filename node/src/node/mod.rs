@@ -565,7 +565,8 @@ impl Wiring {
         );
     }
 
-    /// 5. The quorum watch and the end of timed pauses.
+    /// 5. The quorum watch, the end of timed pauses, and the herd's changes on the
+    ///    node's feed (for `herd watch`).
     fn spawn_watches(&self, parts: &mut Parts, herd: &CancellationToken) {
         let c = &self.cfg.cluster;
         parts.spawn(
@@ -583,6 +584,14 @@ impl Wiring {
             ),
         );
         parts.spawn("pauses", expire_pauses(self.fleet.clone(), herd.clone()));
+        parts.spawn(
+            "herd changes",
+            crate::cluster::changes::follow(
+                self.cluster.state(),
+                self.store.feed().clone(),
+                herd.clone(),
+            ),
+        );
     }
 
     /// 5. The initial fleet spec, when the node has none stored: at once alone,

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use redb::Database;
 
+use crate::model::change::Feed;
 use crate::model::{Event, Sample};
 pub use query::SeriesPoints;
 
@@ -128,6 +129,8 @@ pub struct Store {
     tx: SyncSender<WriteOp>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
     pub stats: Arc<StoreStats>,
+    /// Where committed events and alert transitions are published.
+    feed: Feed,
 }
 
 impl Store {
@@ -146,7 +149,8 @@ impl Store {
             .samples_written
             .store(state.samples_written, Ordering::Relaxed);
         let (tx, rx) = sync_channel(QUEUE_DEPTH);
-        let w = writer::Writer::new(db.clone(), state, options, stats.clone());
+        let feed = Feed::default();
+        let w = writer::Writer::new(db.clone(), state, options, stats.clone(), feed.clone());
         let handle = std::thread::Builder::new()
             .name("herd-store".into())
             .spawn(move || w.run(rx))?;
@@ -156,7 +160,14 @@ impl Store {
             tx,
             writer: Arc::new(Mutex::new(Some(handle))),
             stats,
+            feed,
         })
+    }
+
+    /// The node's feed of changes: the store publishes what it committed; others
+    /// (the cluster) publish to the same feed.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
     }
 
     /// Queues samples without waiting. Returns false (and counts them dropped) when

@@ -18,6 +18,7 @@ use super::tables::{
     self, ALERTS, CHUNKS, EVENTS, META, OUTBOX, ROLLUPS, SENT, SERIES_INDEX, TRANSITIONS,
 };
 use super::{AlertingBatch, OutboxChange, RollupPoint, StoreOptions, StoreStats, WriteOp};
+use crate::model::change::{Change, Feed};
 use crate::model::{now_ms, Event, Sample};
 
 /// Commit early when this many samples are waiting, whatever the interval.
@@ -76,6 +77,8 @@ pub struct Writer {
     waiting: Vec<Sender<Result<(), String>>>,
     pending_samples: usize,
     samples_written: u64,
+    /// Told what each commit made durable (events, alert transitions).
+    feed: Feed,
 }
 
 impl Writer {
@@ -84,6 +87,7 @@ impl Writer {
         state: tables::LoadedState,
         options: StoreOptions,
         stats: Arc<StoreStats>,
+        feed: Feed,
     ) -> Self {
         Writer {
             db,
@@ -108,6 +112,7 @@ impl Writer {
             waiting: Vec::new(),
             pending_samples: 0,
             samples_written: state.samples_written,
+            feed,
         }
     }
 
@@ -246,6 +251,7 @@ impl Writer {
                     let horizon = now_ms().saturating_sub(ROLLUP_KEEP_MS);
                     self.rollups.retain(|k, _| k.2 >= horizon);
                     self.closing.clear();
+                    self.publish_committed();
                     self.events.clear();
                     self.quiet_meta.clear();
                     self.new_series.clear();
@@ -280,6 +286,26 @@ impl Writer {
                 None => Ok(()),
                 Some(e) => Err(e.clone()),
             });
+        }
+    }
+
+    /// Publishes the events and alert transitions the last commit made durable.
+    fn publish_committed(&self) {
+        for e in &self.events {
+            self.feed.publish(Change::Event(e.clone()));
+        }
+        for (batch, _) in &self.alerting {
+            for t in &batch.transitions {
+                self.feed.publish(Change::Alert {
+                    ts_ms: t.ts_ms,
+                    target: t.target.clone(),
+                    alert_id: t.alert_id.clone(),
+                    rule: t.rule.clone(),
+                    from: t.from,
+                    to: t.to,
+                    suppressed: t.suppressed.clone(),
+                });
+            }
         }
     }
 
