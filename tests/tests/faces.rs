@@ -98,6 +98,19 @@ fn rest_answers_what_the_cli_answers_and_refuses_clearly() {
     error_of(&a, 401, "a wrong token");
     let a = curl(&herd, "GET", "/herd/v1/watch", None, None);
     error_of(&a, 401, "the event stream without a token");
+    let a = curl(&herd, "GET", "/api/v1/query?query=1", None, None);
+    assert_eq!(
+        a.code, 401,
+        "the Prometheus API without a token: {}",
+        a.body
+    );
+    assert_eq!(a.body["errorType"], "unauthorized", "{}", a.body);
+    let a = curl(&herd, "GET", "/api/v1/query?query=1%2B1", Some(TOKEN), None);
+    assert_eq!(
+        a.body["data"]["result"][1], "2",
+        "with the token: {}",
+        a.body
+    );
 
     phase!("status: the document `herd status --json` prints");
     wait_for(BOUND, "box is scraped", || {
@@ -536,4 +549,168 @@ fn watch_streams_the_herds_changes_to_the_cli_and_as_server_sent_events() {
         once.all();
         once.exited()
     });
+}
+
+/// `promtool query SUBCOMMAND ARGS...` against `herd`'s HTTP face; its stdout.
+fn promtool(herd: &Herd, sub: &str, args: &[&str]) -> String {
+    let mut cmd = Command::new("promtool");
+    cmd.args(["query", sub]);
+    cmd.args(args.iter().filter(|a| a.starts_with("--")));
+    cmd.arg(format!("http://{}", herd.http_addr()));
+    cmd.args(args.iter().filter(|a| !a.starts_with("--")));
+    let out = run_bounded(&mut cmd, Duration::from_secs(30));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "promtool query {sub} {args:?} failed ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `promtool query instant -o json`: (the value of label `by`, value) per sample.
+fn instant(herd: &Herd, expr: &str, by: &str) -> Vec<(String, f64)> {
+    let text = promtool(herd, "instant", &["-o", "json", expr]);
+    let doc: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("promtool printed no JSON for {expr} ({e}): {text}"));
+    let mut out: Vec<(String, f64)> = doc
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["metric"][by].as_str().unwrap_or_default().to_string(),
+                s["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn the_prometheus_api_answers_promtool_from_every_node_of_a_herd() {
+    let files = WatchedFiles::new("prom");
+    let names: Vec<String> = (0..3).map(|i| format!("p-{i}")).collect();
+    phase!("three nodes; three local targets whose command check prints a value the test set");
+    let cluster = Cluster::start(3, HerdOptions::default());
+    let mut text = String::new();
+    for (i, name) in names.iter().enumerate() {
+        let path = files.secret(name, &format!("OK | v={}", (i + 1) * 10));
+        let check = format!(
+            "{{ kind = \"command\", name = \"val\", command = {} }}",
+            toml_str(&format!("cat {path}"))
+        );
+        text.push_str(&local_target_with(name, &[check]));
+    }
+    cluster.apply(1, &text);
+    cluster.wait_until_all_owned_and_scraped(&names, 5.0, BOUND);
+    let owners = cluster.status().owners();
+    eprintln!("    owners: {owners:?}");
+
+    phase!("instant queries on each node see every target's value, whoever owns it");
+    let selector = r#"herd_command_perf{check="val",label="v"}"#;
+    for id in cluster.ids() {
+        let node = cluster.node(id);
+        let got = wait_for(BOUND, "three values", || {
+            let v = instant(node, selector, "target");
+            (v.len() == 3).then_some(v)
+        });
+        assert_eq!(
+            got,
+            vec![
+                ("p-0".into(), 10.0),
+                ("p-1".into(), 20.0),
+                ("p-2".into(), 30.0)
+            ],
+            "node {id}"
+        );
+    }
+    let node = cluster.node(1);
+    assert_eq!(
+        instant(node, &format!("sum({selector})"), "x"),
+        vec![(String::new(), 60.0)]
+    );
+    assert_eq!(
+        instant(
+            node,
+            &format!("max by (target) ({selector}) > 15"),
+            "target"
+        ),
+        vec![("p-1".into(), 20.0), ("p-2".into(), 30.0)]
+    );
+    assert_eq!(
+        instant(
+            node,
+            &format!(r#"{selector} / on(target) herd_command_perf{{label="v",target="p-2"}}"#),
+            "target"
+        ),
+        vec![("p-2".into(), 1.0)]
+    );
+    assert_eq!(
+        instant(
+            node,
+            &format!("avg_over_time({selector}[1m]) * 2"),
+            "target"
+        ),
+        vec![
+            ("p-0".into(), 20.0),
+            ("p-1".into(), 40.0),
+            ("p-2".into(), 60.0)
+        ]
+    );
+
+    phase!("a range query: a point every 2 s, each the value the test set");
+    let now = herd_tests::now_ms() / 1000;
+    let start = (now - 10).to_string();
+    let end = now.to_string();
+    let text = promtool(
+        node,
+        "range",
+        &[
+            "-o",
+            "json",
+            &format!("--start={start}"),
+            &format!("--end={end}"),
+            "--step=2s",
+            &format!(r#"herd_command_perf{{target="p-1",label="v"}}"#),
+        ],
+    );
+    let doc: Value = serde_json::from_str(&text).expect("JSON");
+    let values = doc[0]["values"].as_array().expect("one series");
+    assert!(values.len() >= 4, "{text}");
+    assert!(values.iter().all(|v| v[1] == "20"), "{text}");
+
+    phase!("series, labels and label values");
+    let series = promtool(node, "series", &[r#"--match=herd_command_perf{label="v"}"#]);
+    for name in &names {
+        assert!(series.contains(&format!("target=\"{name}\"")), "{series}");
+    }
+    let targets = promtool(node, "labels", &["target"]);
+    for name in &names {
+        assert!(targets.lines().any(|l| l.trim() == name), "{targets}");
+    }
+
+    phase!("bad queries: Prometheus' errors");
+    let a = curl(node, "GET", "/api/v1/query?query=sum(", None, None);
+    assert_eq!(a.code, 400, "{}", a.body);
+    assert_eq!(a.body["status"], "error");
+    assert_eq!(a.body["errorType"], "bad_data");
+    let q = "/api/v1/query?query=histogram_quantile(0.9,herd_command_perf)";
+    let a = curl(node, "GET", q, None, None);
+    assert_eq!(a.body["errorType"], "bad_data", "{}", a.body);
+    assert!(
+        a.body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("histogram_quantile"),
+        "{}",
+        a.body
+    );
+    let a = curl(node, "GET", "/api/v1/series", None, None);
+    assert_eq!(a.code, 400, "no match[]: {}", a.body);
 }

@@ -263,6 +263,40 @@ impl HerdApi {
         Ok(merge_replies(q, replies, gaps))
     }
 
+    /// Series by label matchers from every node, merged; a node that does not
+    /// answer is a gap.
+    pub(super) async fn herd_select(
+        &self,
+        q: pb::SelectRequest,
+    ) -> Result<pb::SelectReply, Status> {
+        let local = pb::SelectRequest {
+            local_only: true,
+            ..q.clone()
+        };
+        let others = self.fan_out(
+            local.clone(),
+            |_| true,
+            |mut c, r| async move { c.select(r).await },
+        );
+        let mine = super::prom::select::local(self, &local);
+        let (mine, others) = tokio::join!(mine, others);
+        let mut replies = vec![mine?];
+        let mut gaps = Vec::new();
+        for (id, res) in others {
+            match res {
+                Ok(r) => replies.push(r),
+                Err(s) if s.code() == tonic::Code::InvalidArgument => return Err(s),
+                Err(s) => gaps.push(pb::Gap {
+                    from_ms: q.from_ms,
+                    to_ms: q.to_ms,
+                    reason: format!("node {id} did not answer: {}", s.message()),
+                    node: id,
+                }),
+            }
+        }
+        Ok(super::prom::select::merge(replies, gaps))
+    }
+
     /// Adds the alerts this node does not hold: those of targets other nodes own
     /// (as the herd last recorded them) and the peers that are down.
     pub(super) fn herd_alerts(&self, alerts: &mut Vec<pb::AlertInfo>) {

@@ -411,6 +411,19 @@ impl pb::herd_server::Herd for HerdApi {
         }))
     }
 
+    async fn select(
+        &self,
+        req: Request<pb::SelectRequest>,
+    ) -> Result<Response<pb::SelectReply>, Status> {
+        let q = req.into_inner();
+        let reply = if q.local_only {
+            super::prom::select::local(self, &q).await?
+        } else {
+            self.herd_select(q).await?
+        };
+        Ok(Response::new(reply))
+    }
+
     type WatchStream = super::watch::ChangeStream;
 
     async fn watch(

@@ -20,6 +20,7 @@
 //! | `POST /herd/v1/targets/{name}/resume` | Resume |
 //! | `POST /herd/v1/apply[?source=NAME]` with the fleet TOML as the body | Apply |
 //! | `GET /herd/v1/watch[?target=T][&kind=event\|alert\|owner\|node]...[&local=true]` | Watch, as server-sent events |
+//! | `GET/POST /api/v1/query`, `query_range`, `series`, `labels`, `GET /api/v1/label/{name}/values`, `metadata` | the Prometheus HTTP API ([`super::prom`]) over Select |
 //! | `GET /metrics` | this node's health, Prometheus text format ([`super::metrics`]) |
 //!
 //! Errors are `{"error": {"status", "code", "message", "items"?}}`: 400 bad input
@@ -67,7 +68,7 @@ impl HttpFace {
         })
     }
 
-    fn authorized(&self, headers: &HeaderMap) -> bool {
+    pub(super) fn authorized(&self, headers: &HeaderMap) -> bool {
         let Some(expected) = &self.expected else {
             return true;
         };
@@ -94,6 +95,7 @@ pub fn router(face: Arc<HttpFace>) -> Router {
         .route("/herd/v1/apply", post(apply))
         .route("/herd/v1/watch", get(watch))
         .route("/metrics", get(metrics))
+        .merge(super::prom::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(face)

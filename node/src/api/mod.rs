@@ -6,6 +6,7 @@ mod grpc;
 pub mod http;
 pub mod json;
 mod metrics;
+mod prom;
 mod watch;
 
 pub use grpc::{HerdApi, NodeIdentity};

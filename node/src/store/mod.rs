@@ -20,7 +20,7 @@ use std::time::Duration;
 use redb::Database;
 
 use crate::model::change::Feed;
-use crate::model::{Event, Sample};
+use crate::model::{Event, Labels, Sample};
 pub use query::SeriesPoints;
 
 /// Operations queued between the writer and everyone else. Bounded so that an
@@ -349,6 +349,17 @@ impl Store {
     }
 
     /// Events newest first, optionally of one target, at most `limit`.
+    /// Named series across targets and metrics (see [`query::select`]).
+    pub fn select(
+        &self,
+        target: Option<&str>,
+        wanted: &dyn Fn(&str, &str, &Labels) -> bool,
+        range_ms: (i64, i64),
+        points: bool,
+    ) -> Result<Vec<query::NamedSeries>, StoreError> {
+        query::select(&self.db, target, wanted, range_ms, points).map_err(|e| self.db_err(e))
+    }
+
     pub fn events(
         &self,
         target: Option<&str>,

@@ -90,30 +90,101 @@ pub fn query(
     let chunks = r.open_table(CHUNKS)?;
     let mut out = Vec::new();
     for (id, labels) in matching_series(&index, target, metric, matchers)? {
-        let mut points = Vec::new();
-        let start = from_ms.saturating_sub(MAX_CHUNK_SPAN_MS);
-        for chunk in chunks.range((id, start)..=(id, to_ms))? {
-            let (_, bytes) = chunk?;
-            let bytes = bytes.value();
-            match codec::header(bytes) {
-                Ok(h) if h.last_ts < from_ms => continue,
-                _ => {}
-            }
-            match codec::decode(bytes) {
-                Ok(decoded) => points.extend(
-                    decoded
-                        .into_iter()
-                        .filter(|(ts, _)| *ts >= from_ms && *ts <= to_ms),
-                ),
-                Err(e) => {
-                    tracing::warn!(target_name = target, metric, series = id, error = %e, "skipping unreadable chunk")
-                }
-            }
-        }
+        let points = read_points(&chunks, id, from_ms, to_ms, (target, metric))?;
         if !points.is_empty() {
-            points.sort_by_key(|p| p.0);
             out.push(SeriesPoints { labels, points });
         }
+    }
+    Ok(out)
+}
+
+/// The points of series `id` in `[from_ms, to_ms]`, sorted by time; an unreadable
+/// chunk is skipped with a warning naming the series (`what`: target, metric).
+fn read_points(
+    chunks: &impl ReadableTable<(u64, i64), &'static [u8]>,
+    id: u64,
+    from_ms: i64,
+    to_ms: i64,
+    (target, metric): (&str, &str),
+) -> Result<Vec<(i64, f64)>, redb::Error> {
+    let mut points = Vec::new();
+    let start = from_ms.saturating_sub(MAX_CHUNK_SPAN_MS);
+    for chunk in chunks.range((id, start)..=(id, to_ms))? {
+        let (_, bytes) = chunk?;
+        let bytes = bytes.value();
+        match codec::header(bytes) {
+            Ok(h) if h.last_ts < from_ms => continue,
+            _ => {}
+        }
+        match codec::decode(bytes) {
+            Ok(decoded) => points.extend(
+                decoded
+                    .into_iter()
+                    .filter(|(ts, _)| *ts >= from_ms && *ts <= to_ms),
+            ),
+            Err(e) => {
+                tracing::warn!(target_name = target, metric, series = id, error = %e, "skipping unreadable chunk")
+            }
+        }
+    }
+    points.sort_by_key(|p| p.0);
+    Ok(points)
+}
+
+/// A series with its names: what [`select`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedSeries {
+    pub target: String,
+    pub metric: String,
+    pub labels: Labels,
+    pub points: Vec<(i64, f64)>,
+}
+
+/// Every series `wanted` accepts (by target, metric and labels), only `target`'s
+/// when given (a prefix scan of the index, not a walk of all of it). With
+/// `points`, each with its points in `[from_ms, to_ms]` and only those that have
+/// some; without, every series the store knows, with no points.
+pub fn select(
+    db: &Database,
+    target: Option<&str>,
+    wanted: &dyn Fn(&str, &str, &Labels) -> bool,
+    (from_ms, to_ms): (i64, i64),
+    points: bool,
+) -> Result<Vec<NamedSeries>, redb::Error> {
+    let r = db.begin_read()?;
+    let index = r.open_table(SERIES_INDEX)?;
+    let chunks = r.open_table(CHUNKS)?;
+    let prefix = target.map(|t| format!("{t}\0")).unwrap_or_default();
+    let mut out = Vec::new();
+    for entry in index.range(prefix.as_str()..)? {
+        let (key, id) = entry?;
+        let key = key.value();
+        if !key.starts_with(prefix.as_str()) {
+            break;
+        }
+        let mut parts = key.splitn(3, '\0');
+        let (Some(t), Some(m), Some(l)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let labels: Labels = serde_json::from_str(l).unwrap_or_default();
+        if !wanted(t, m, &labels) {
+            continue;
+        }
+        let pts = if points {
+            let pts = read_points(&chunks, id.value(), from_ms, to_ms, (t, m))?;
+            if pts.is_empty() {
+                continue;
+            }
+            pts
+        } else {
+            Vec::new()
+        };
+        out.push(NamedSeries {
+            target: t.to_string(),
+            metric: m.to_string(),
+            labels,
+            points: pts,
+        });
     }
     Ok(out)
 }
