@@ -148,6 +148,8 @@ fn the_herd_port_refuses_every_call_without_the_herd_credential() {
         ownership_version: u64::MAX,
         acting_version: u64::MAX,
         last_log_index: u64::MAX,
+        boot: 1,
+        seq: u64::MAX,
     };
     let e = rt.block_on(c.beat(with(beat, None, None))).unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");

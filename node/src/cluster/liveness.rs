@@ -53,6 +53,21 @@ pub struct Liveness {
     /// When this node last took an AppendEntries call from a leader (openraft's
     /// own clock of the leader's lease starts there too).
     leader_heard: Mutex<Option<Instant>>,
+    /// This process's random id and its beats so far (sent in beats).
+    boot: u64,
+    seq: AtomicU64,
+    /// The newest beat taken from each peer: its process and sequence number.
+    last_beat: Mutex<HashMap<NodeId, (u64, u64)>>,
+}
+
+/// What a beat says of its sender.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BeatState {
+    pub applied: u64,
+    pub acting: u64,
+    pub log_index: u64,
+    pub boot: u64,
+    pub seq: u64,
 }
 
 impl Liveness {
@@ -67,7 +82,40 @@ impl Liveness {
             log_index: AtomicU64::new(0),
             peer_logs: Mutex::new(HashMap::new()),
             leader_heard: Mutex::new(None),
+            boot: rand::random::<u64>().max(1),
+            seq: AtomicU64::new(0),
+            last_beat: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// What the next beat says: this node's versions, log and a new sequence number.
+    pub fn beat_state(&self) -> BeatState {
+        BeatState {
+            applied: self.applied(),
+            acting: self.acting(),
+            log_index: self.log_index(),
+            boot: self.boot,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+
+    /// Whether a beat of `node` (its process `boot`, number `seq`) is newer than
+    /// every beat taken from that process so far; if so it is remembered. A beat
+    /// that waited in a connection cut by a partition and came through later is
+    /// not: what it says (its versions, that it is alive) is old news. A node that
+    /// predates the fields (`boot` 0) is always taken.
+    pub fn fresh_beat(&self, node: NodeId, boot: u64, seq: u64) -> bool {
+        if boot == 0 {
+            return true;
+        }
+        let mut last = self.last_beat.lock().unwrap_or_else(|p| p.into_inner());
+        match last.get(&node) {
+            Some(&(b, s)) if b == boot && s >= seq => false,
+            _ => {
+                last.insert(node, (boot, seq));
+                true
+            }
+        }
     }
 
     /// Records the ownership version this node has applied (sent in beats).
@@ -155,11 +203,20 @@ impl Liveness {
         if node == self.id {
             return;
         }
-        let acting = self.acting_of(node).unwrap_or(0);
-        self.heard(node, version, acting);
-        let mut a = self.acked.lock().unwrap_or_else(|p| p.into_inner());
-        let at = a.entry(node).or_insert(sent);
-        *at = (*at).max(sent);
+        let newest = {
+            let mut a = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+            let at = a.entry(node).or_insert(sent);
+            let newest = sent >= *at;
+            *at = (*at).max(sent);
+            newest
+        };
+        // The answer to an older beat than one already answered (it waited in a
+        // cut connection) is lease credit as of its send time, but its version is
+        // old news.
+        if newest {
+            let acting = self.acting_of(node).unwrap_or(0);
+            self.heard(node, version, acting);
+        }
     }
 
     /// Credits `node` with a sign of life and an answered beat now, keeping the
@@ -294,7 +351,7 @@ pub async fn beat_members(
                             &node.addr,
                             liveness.id(),
                             &from_addr,
-                            (liveness.applied(), liveness.acting(), liveness.log_index()),
+                            liveness.beat_state(),
                             timeout,
                         )
                         .await
@@ -324,6 +381,45 @@ pub async fn beat_members(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_beat_of_the_same_process_is_not_news() {
+        let l = Liveness::new(1);
+        assert!(l.fresh_beat(2, 77, 5));
+        assert!(!l.fresh_beat(2, 77, 5), "the same beat twice");
+        assert!(
+            !l.fresh_beat(2, 77, 3),
+            "an older beat that waited in a cut connection"
+        );
+        assert!(l.fresh_beat(2, 77, 6));
+        assert!(
+            l.fresh_beat(2, 88, 1),
+            "a restarted process starts its count again"
+        );
+        assert!(
+            l.fresh_beat(3, 0, 0) && l.fresh_beat(3, 0, 0),
+            "a node without the fields"
+        );
+        let a = l.beat_state();
+        let b = l.beat_state();
+        assert_eq!((a.boot, a.seq + 1), (b.boot, b.seq));
+        assert_ne!(a.boot, 0);
+    }
+
+    #[test]
+    fn the_answer_to_an_older_beat_credits_the_lease_but_says_no_version() {
+        let l = Liveness::new(1);
+        let old = Instant::now();
+        let new = old + Duration::from_millis(500);
+        l.acked(2, new, 21);
+        l.acked(2, old, 20);
+        assert_eq!(
+            l.heard.lock().unwrap()[&2].1,
+            21,
+            "the newer answer's version stays"
+        );
+        assert_eq!(l.acked.lock().unwrap()[&2], new);
+    }
 
     #[test]
     fn lease_needs_a_majority_of_voters() {

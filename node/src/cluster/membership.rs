@@ -124,11 +124,7 @@ impl ClusterNode {
                 &address,
                 self.id(),
                 self.addr(),
-                (
-                    self.liveness().applied(),
-                    self.liveness().acting(),
-                    self.liveness().log_index(),
-                ),
+                self.liveness().beat_state(),
                 PROBE_TIMEOUT,
             )
             .await

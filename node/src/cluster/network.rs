@@ -194,15 +194,17 @@ impl Peers {
         addr: &str,
         from: NodeId,
         from_addr: &str,
-        (ownership_version, acting_version, last_log_index): (u64, u64, u64),
+        state: super::liveness::BeatState,
         timeout: Duration,
     ) -> Result<(NodeId, bool, u64), Status> {
         let beat = BeatRequest {
             from,
             from_addr: from_addr.to_string(),
-            ownership_version,
-            acting_version,
-            last_log_index,
+            ownership_version: state.applied,
+            acting_version: state.acting,
+            last_log_index: state.log_index,
+            boot: state.boot,
+            seq: state.seq,
         };
         let r = self
             .unary(

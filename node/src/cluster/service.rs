@@ -162,7 +162,10 @@ impl RaftRpc for RaftService {
             .membership()
             .nodes()
             .any(|(id, _)| *id == from);
-        if member {
+        // A late beat (it waited in a connection a partition cut) is answered, but
+        // what it says is old: taken as news it could make a fenced peer look
+        // current, or a current one look behind.
+        if member && liveness.fresh_beat(from, beat.boot, beat.seq) {
             liveness.heard(from, beat.ownership_version, beat.acting_version);
             liveness.heard_log(from, beat.last_log_index);
         }
