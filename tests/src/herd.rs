@@ -269,6 +269,11 @@ impl Herd {
 
     /// Runs `herd --node ADDR ARGS...` (bounded) and returns its output.
     pub fn cli(&self, args: &[&str]) -> Output {
+        run_bounded(&mut self.cli_command(args), CLI_TIMEOUT)
+    }
+
+    /// `herd --node ADDR [--token-file F] ARGS...` in a clean environment.
+    fn cli_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(crate::herd_bin());
         cmd.arg("--node").arg(self.addr());
         if self.opts.api_token.is_some() {
@@ -276,20 +281,16 @@ impl Herd {
         }
         cmd.args(args);
         clean_env(&mut cmd);
-        run_bounded(&mut cmd, CLI_TIMEOUT)
+        cmd
     }
 
     /// Starts `herd --node ADDR ARGS...` that streams (`herd watch`); its lines
     /// are read as they come, its stderr goes to `cli-stream.err` in the node's dir.
     pub fn cli_stream(&self, args: &[&str]) -> crate::process::LineStream {
-        let mut cmd = Command::new(crate::herd_bin());
-        cmd.arg("--node").arg(self.addr());
-        if self.opts.api_token.is_some() {
-            cmd.arg("--token-file").arg(self.token_path());
-        }
-        cmd.args(args);
-        clean_env(&mut cmd);
-        crate::process::LineStream::spawn(&mut cmd, &self.dir().join("cli-stream.err"))
+        crate::process::LineStream::spawn(
+            &mut self.cli_command(args),
+            &self.dir().join("cli-stream.err"),
+        )
     }
 
     /// Like [`Herd::cli`], but panics unless it exits 0; returns stdout.

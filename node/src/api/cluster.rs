@@ -249,12 +249,7 @@ impl HerdApi {
                 // The target is unknown there too: nothing to add.
                 Err(s) if s.code() == tonic::Code::NotFound => {}
                 Err(s) if s.code() == tonic::Code::InvalidArgument => return Err(s),
-                Err(s) => gaps.push(pb::Gap {
-                    from_ms: q.from_ms,
-                    to_ms: q.to_ms,
-                    reason: format!("node {id} did not answer: {}", s.message()),
-                    node: id,
-                }),
+                Err(s) => gaps.push(unanswered(id, &s, (q.from_ms, q.to_ms))),
             }
         }
         if replies.is_empty() && gaps.is_empty() {
@@ -286,12 +281,7 @@ impl HerdApi {
             match res {
                 Ok(r) => replies.push(r),
                 Err(s) if s.code() == tonic::Code::InvalidArgument => return Err(s),
-                Err(s) => gaps.push(pb::Gap {
-                    from_ms: q.from_ms,
-                    to_ms: q.to_ms,
-                    reason: format!("node {id} did not answer: {}", s.message()),
-                    node: id,
-                }),
+                Err(s) => gaps.push(unanswered(id, &s, (q.from_ms, q.to_ms))),
             }
         }
         Ok(super::prom::select::merge(replies, gaps))
@@ -694,6 +684,16 @@ where
 
 /// Merges the answers of several nodes: series by labels with points in time
 /// order (one point per timestamp), rollup buckets by time.
+/// The gap a node that did not answer leaves in a range.
+fn unanswered(id: NodeId, s: &Status, (from_ms, to_ms): (i64, i64)) -> pb::Gap {
+    pb::Gap {
+        from_ms,
+        to_ms,
+        reason: format!("node {id} did not answer: {}", s.message()),
+        node: id,
+    }
+}
+
 fn merge_replies(
     q: pb::QueryRequest,
     replies: Vec<pb::QueryReply>,
@@ -740,10 +740,7 @@ fn merge_replies(
             .into_iter()
             .map(|(labels, pts)| pb::Series {
                 labels: labels.into_iter().collect(),
-                points: pts
-                    .into_iter()
-                    .map(|(ts_ms, value)| pb::Point { ts_ms, value })
-                    .collect(),
+                points: super::grpc::points_pb(pts),
             })
             .collect(),
         gaps,

@@ -22,6 +22,14 @@ const MAX_EVENTS: u32 = 10_000;
 /// Largest fleet spec accepted over the API.
 const MAX_SPEC_BYTES: usize = 8 * 1024 * 1024;
 
+/// Points as the API sends them.
+pub(super) fn points_pb(points: impl IntoIterator<Item = (i64, f64)>) -> Vec<pb::Point> {
+    points
+        .into_iter()
+        .map(|(ts_ms, value)| pb::Point { ts_ms, value })
+        .collect()
+}
+
 /// Who this node is, for `herd status`.
 #[derive(Debug, Clone)]
 pub struct NodeIdentity {
@@ -213,11 +221,7 @@ impl pb::herd_server::Herd for HerdApi {
                 .into_iter()
                 .map(|s| pb::Series {
                     labels: s.labels.into_iter().collect(),
-                    points: s
-                        .points
-                        .into_iter()
-                        .map(|(ts_ms, value)| pb::Point { ts_ms, value })
-                        .collect(),
+                    points: points_pb(s.points),
                 })
                 .collect(),
             gaps: Vec::new(),

@@ -146,12 +146,7 @@ pub fn change_json(c: &pb::Change) -> Value {
             );
             put("to_node", (c.to_node != 0).then_some(c.to_node).into());
         }
-        "node" => {
-            put("subject_node", json!(c.subject_node));
-            put("what", json!(c.what));
-            put("message", json!(c.message));
-        }
-        "gap" => {
+        "node" | "gap" => {
             put("subject_node", json!(c.subject_node));
             put("what", json!(c.what));
             put("message", json!(c.message));

@@ -342,18 +342,10 @@ impl Evaluator {
                 )))
             }
         };
+        // by (...) / without (...): the labels a vector is matched on; neither: one group.
         let key = |l: &PromLabels| -> PromLabels {
             match &a.modifier {
-                Some(LabelModifier::Include(by)) => l
-                    .iter()
-                    .filter(|(k, _)| by.labels.contains(k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                Some(LabelModifier::Exclude(without)) => l
-                    .iter()
-                    .filter(|(k, _)| *k != NAME_LABEL && !without.labels.contains(k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                Some(_) => signature(l, &a.modifier),
                 None => PromLabels::new(),
             }
         };

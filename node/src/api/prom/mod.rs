@@ -417,7 +417,14 @@ async fn known_series(
     p: &Params,
     required: bool,
 ) -> Result<(Vec<PromLabels>, Vec<String>), PromError> {
-    let sets = match_sets(p, required)?;
+    series_of(f, match_sets(p, required)?).await
+}
+
+/// The series the herd knows that `sets` select (without their points).
+async fn series_of(
+    f: &HttpFace,
+    sets: Vec<pb::MatcherSet>,
+) -> Result<(Vec<PromLabels>, Vec<String>), PromError> {
     let reply = f
         .api
         .select(Request::new(pb::SelectRequest {
@@ -492,22 +499,10 @@ async fn metadata(State(f): State<Arc<HttpFace>>, h: HeaderMap, RawQuery(q): Raw
         ),
         None => None,
     };
-    let reply = f
-        .api
-        .select(Request::new(pb::SelectRequest {
-            sets,
-            from_ms: i64::MIN,
-            to_ms: i64::MAX,
-            local_only: false,
-            names_only: true,
-        }))
-        .await?
-        .into_inner();
-    let warnings = gaps(&reply);
-    let names: BTreeSet<String> = reply
-        .series
+    let (series, warnings) = series_of(&f, sets).await?;
+    let names: BTreeSet<String> = series
         .into_iter()
-        .filter_map(|s| s.labels.get(NAME_LABEL).cloned())
+        .filter_map(|mut s| s.remove(NAME_LABEL))
         .collect();
     let doc: serde_json::Map<String, Json_> = names
         .into_iter()

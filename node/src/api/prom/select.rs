@@ -8,6 +8,7 @@ use tonic::Status;
 
 use super::names::{metric_name, prom_labels, PromLabels, NAME_LABEL, TARGET_LABEL};
 use crate::api::error::blocking;
+use crate::api::grpc::points_pb;
 use crate::api::HerdApi;
 use crate::model::Labels;
 
@@ -130,11 +131,7 @@ pub async fn local(api: &HerdApi, req: &pb::SelectRequest) -> Result<pb::SelectR
                 labels: prom_labels(&s.target, &s.metric, &s.labels)
                     .into_iter()
                     .collect(),
-                points: s
-                    .points
-                    .into_iter()
-                    .map(|(ts_ms, value)| pb::Point { ts_ms, value })
-                    .collect(),
+                points: points_pb(s.points),
             })
             .collect(),
         gaps: Vec::new(),
@@ -162,10 +159,7 @@ pub fn merge(replies: Vec<pb::SelectReply>, gaps: Vec<pb::Gap>) -> pb::SelectRep
                 points.dedup_by_key(|p| p.0);
                 pb::PromSeries {
                     labels: labels.into_iter().collect(),
-                    points: points
-                        .into_iter()
-                        .map(|(ts_ms, value)| pb::Point { ts_ms, value })
-                        .collect(),
+                    points: points_pb(points),
                 }
             })
             .collect(),
