@@ -7,6 +7,8 @@
 //! The data comes from the herd's `Select` call (every member's store, merged;
 //! a member that does not answer is a `warnings` entry); names follow
 //! [`names`]; PromQL is parsed by promql-parser and evaluated by [`eval`].
+#[cfg(test)]
+mod bench;
 pub mod eval;
 pub mod names;
 pub mod select;
@@ -243,6 +245,38 @@ fn gaps(reply: &pb::SelectReply) -> Vec<String> {
     reply.gaps.iter().map(|g| g.reason.clone()).collect()
 }
 
+/// Parses a query.
+pub fn parse_query(text: &str) -> Result<Expr, PromError> {
+    parse(text).map_err(|e| bad_data(format!("invalid parameter \"query\": {e}")))
+}
+
+/// What an expression's selectors read to evaluate it over `[start, end]`; none
+/// when it reads no series. Refuses what Herd does not evaluate.
+pub fn select_request(
+    expr: &Expr,
+    start: i64,
+    end: i64,
+) -> Result<Option<pb::SelectRequest>, PromError> {
+    let sels = eval::selectors(expr)?;
+    if sels.is_empty() {
+        return Ok(None);
+    }
+    let back = sels.iter().map(|s| s.1).max().unwrap_or(0);
+    let ahead = sels.iter().map(|s| s.2).max().unwrap_or(0);
+    Ok(Some(pb::SelectRequest {
+        sets: sels.iter().flat_map(|(vs, _, _)| to_pb(vs)).collect(),
+        from_ms: start - back,
+        to_ms: end + ahead.max(0),
+        local_only: false,
+        names_only: false,
+    }))
+}
+
+/// The evaluator of what a `Select` answered.
+pub fn evaluator(reply: pb::SelectReply) -> Evaluator {
+    Evaluator::new(reply.series.into_iter().map(from_pb).collect())
+}
+
 /// Parses `text`, fetches what its selectors read around `[start, end]` from the
 /// herd, and returns an evaluator for it with the warnings of the fetch.
 async fn prepare(
@@ -251,28 +285,40 @@ async fn prepare(
     start: i64,
     end: i64,
 ) -> Result<(Expr, Evaluator, Vec<String>), PromError> {
-    let expr = parse(text).map_err(|e| bad_data(format!("invalid parameter \"query\": {e}")))?;
-    let sels = eval::selectors(&expr)?;
-    if sels.is_empty() {
+    let expr = parse_query(text)?;
+    let Some(req) = select_request(&expr, start, end)? else {
         return Ok((expr, Evaluator::new(Vec::new()), Vec::new()));
-    }
-    let back = sels.iter().map(|s| s.1).max().unwrap_or(0);
-    let ahead = sels.iter().map(|s| s.2).max().unwrap_or(0);
-    let sets = sels.iter().flat_map(|(vs, _, _)| to_pb(vs)).collect();
-    let reply = f
-        .api
-        .select(Request::new(pb::SelectRequest {
-            sets,
-            from_ms: start - back,
-            to_ms: end + ahead.max(0),
-            local_only: false,
-            names_only: false,
-        }))
-        .await?
-        .into_inner();
+    };
+    let reply = f.api.select(Request::new(req)).await?.into_inner();
     let warnings = gaps(&reply);
-    let data = reply.series.into_iter().map(from_pb).collect();
-    Ok((expr, Evaluator::new(data), warnings))
+    Ok((expr, evaluator(reply), warnings))
+}
+
+/// The value of `expr` at every step of `[start, end]`, by series.
+pub fn eval_range(
+    ev: &Evaluator,
+    expr: &Expr,
+    (start, end, step): (i64, i64, i64),
+) -> Result<BTreeMap<PromLabels, Vec<(i64, f64)>>, PromError> {
+    let mut out: BTreeMap<PromLabels, Vec<(i64, f64)>> = BTreeMap::new();
+    let mut t = start;
+    while t <= end {
+        match ev.eval(expr, t)? {
+            Value::Scalar(x) => out.entry(PromLabels::new()).or_default().push((t, x)),
+            Value::Vector(samples) => {
+                for (l, x) in samples {
+                    out.entry(l).or_default().push((t, x));
+                }
+            }
+            _ => {
+                return Err(bad_data(
+                    "invalid expression type for range query, must be Scalar or instant Vector",
+                ))
+            }
+        }
+        t += step;
+    }
+    Ok(out)
 }
 
 /// A sample value as Prometheus writes it.
@@ -356,24 +402,7 @@ async fn query_range(
         ));
     }
     let (expr, ev, warnings) = prepare(&f, text, start, end).await?;
-    let mut out: BTreeMap<PromLabels, Vec<(i64, f64)>> = BTreeMap::new();
-    let mut t = start;
-    while t <= end {
-        match ev.eval(&expr, t)? {
-            Value::Scalar(x) => out.entry(PromLabels::new()).or_default().push((t, x)),
-            Value::Vector(samples) => {
-                for (l, x) in samples {
-                    out.entry(l).or_default().push((t, x));
-                }
-            }
-            _ => {
-                return Err(bad_data(
-                    "invalid expression type for range query, must be Scalar or instant Vector",
-                ))
-            }
-        }
-        t += step;
-    }
+    let out = eval_range(&ev, &expr, (start, end, step))?;
     let result: Vec<Json_> = out
         .into_iter()
         .map(|(l, pts)| json!({

@@ -11,6 +11,7 @@ use crate::api::error::blocking;
 use crate::api::grpc::points_pb;
 use crate::api::HerdApi;
 use crate::model::Labels;
+use crate::store::{Store, StoreError};
 
 /// One compiled label matcher.
 #[derive(Debug, Clone)]
@@ -79,7 +80,7 @@ pub fn set_matches(set: &[Matcher], labels: &PromLabels) -> bool {
         .all(|m| m.matches(labels.get(&m.name).map(String::as_str)))
 }
 
-fn compile(sets: &[pb::MatcherSet]) -> Result<Vec<Vec<Matcher>>, Status> {
+pub fn compile(sets: &[pb::MatcherSet]) -> Result<Vec<Vec<Matcher>>, Status> {
     sets.iter()
         .map(|s| s.matchers.iter().map(Matcher::of).collect())
         .collect::<Result<_, _>>()
@@ -88,7 +89,18 @@ fn compile(sets: &[pb::MatcherSet]) -> Result<Vec<Vec<Matcher>>, Status> {
 
 /// This node's series for the request.
 pub async fn local(api: &HerdApi, req: &pb::SelectRequest) -> Result<pb::SelectReply, Status> {
+    let (store, req) = (api.store.clone(), req.clone());
     let sets = compile(&req.sets)?;
+    blocking(move || from_store(&store, &sets, &req)).await
+}
+
+/// The series of `store` that any of `sets` selects (blocking: run it off the
+/// async workers).
+pub fn from_store(
+    store: &Store,
+    sets: &[Vec<Matcher>],
+    req: &pb::SelectRequest,
+) -> Result<pb::SelectReply, StoreError> {
     if sets.is_empty() {
         return Ok(pb::SelectReply::default());
     }
@@ -102,28 +114,23 @@ pub async fn local(api: &HerdApi, req: &pb::SelectRequest) -> Result<pb::SelectR
         })
         .collect();
     let only = match targets.first() {
-        Some(Some(t)) if targets.iter().all(|x| x == &Some(*t)) => Some(t.to_string()),
+        Some(Some(t)) if targets.iter().all(|x| x == &Some(*t)) => Some(*t),
         _ => None,
     };
-    let store = api.store.clone();
-    let (range, points) = ((req.from_ms, req.to_ms), !req.names_only);
-    let found = blocking(move || {
-        let wanted = |t: &str, m: &str, l: &Labels| {
-            // The name first: most series fail there, before their labels are mapped.
-            let name = metric_name(m);
-            let names_ok = sets.iter().any(|set| {
-                set.iter()
-                    .filter(|x| x.name == NAME_LABEL)
-                    .all(|x| x.matches(Some(&name)))
-            });
-            names_ok
-                && sets
-                    .iter()
-                    .any(|set| set_matches(set, &prom_labels(t, m, l)))
-        };
-        store.select(only.as_deref(), &wanted, range, points)
-    })
-    .await?;
+    let wanted = |t: &str, m: &str, l: &Labels| {
+        // The name first: most series fail there, before their labels are mapped.
+        let name = metric_name(m);
+        let names_ok = sets.iter().any(|set| {
+            set.iter()
+                .filter(|x| x.name == NAME_LABEL)
+                .all(|x| x.matches(Some(&name)))
+        });
+        names_ok
+            && sets
+                .iter()
+                .any(|set| set_matches(set, &prom_labels(t, m, l)))
+    };
+    let found = store.select(only, &wanted, (req.from_ms, req.to_ms), !req.names_only)?;
     Ok(pb::SelectReply {
         series: found
             .into_iter()
