@@ -48,9 +48,6 @@ pub use os::{current_user, signals};
 use parts::{Parts, StopReport};
 
 /// How often pauses with an end are checked.
-/// Ping interval of the gRPC server's HTTP/2 connections, and how long an answer
-/// may take before the connection is closed.
-const GRPC_KEEPALIVE: Duration = Duration::from_secs(5);
 const PAUSE_CHECK: Duration = Duration::from_secs(1);
 
 /// Each part's deadline when the node stops (see the table above).
@@ -428,11 +425,7 @@ impl Wiring {
         api: Arc<HerdApi>,
         listener: TcpListener,
     ) -> Result<(), NodeError> {
-        // Connections that went dead (a partition, a vanished `herd watch`) are
-        // closed rather than kept: what waited in them is not taken late.
-        let mut builder = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(GRPC_KEEPALIVE))
-            .http2_keepalive_timeout(Some(GRPC_KEEPALIVE));
+        let mut builder = tonic::transport::Server::builder();
         if let Some(t) = &self.tls {
             builder = builder
                 .tls_config(t.server.clone())
