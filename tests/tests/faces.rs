@@ -677,7 +677,7 @@ fn the_prometheus_api_answers_promtool_from_every_node_of_a_herd() {
             &format!("--start={start}"),
             &format!("--end={end}"),
             "--step=2s",
-            &format!(r#"herd_command_perf{{target="p-1",label="v"}}"#),
+            r#"herd_command_perf{target="p-1",label="v"}"#,
         ],
     );
     let doc: Value = serde_json::from_str(&text).expect("JSON");
