@@ -665,24 +665,25 @@ fn the_prometheus_api_answers_promtool_from_every_node_of_a_herd() {
     );
 
     phase!("a range query: a point every 2 s, each the value the test set");
-    let now = herd_tests::now_ms() / 1000;
-    let start = (now - 10).to_string();
-    let end = now.to_string();
-    let text = promtool(
-        node,
-        "range",
-        &[
-            "-o",
-            "json",
-            &format!("--start={start}"),
-            &format!("--end={end}"),
-            "--step=2s",
-            r#"herd_command_perf{target="p-1",label="v"}"#,
-        ],
-    );
-    let doc: Value = serde_json::from_str(&text).expect("JSON");
-    let values = doc[0]["values"].as_array().expect("one series");
-    assert!(values.len() >= 4, "{text}");
+    // The target has been scraped for a few seconds only: wait for 10 s of history.
+    let (text, values) = wait_for(BOUND, "a 10 s range with a point every 2 s", || {
+        let now = herd_tests::now_ms() / 1000;
+        let text = promtool(
+            node,
+            "range",
+            &[
+                "-o",
+                "json",
+                &format!("--start={}", now - 10),
+                &format!("--end={now}"),
+                "--step=2s",
+                r#"herd_command_perf{target="p-1",label="v"}"#,
+            ],
+        );
+        let doc: Value = serde_json::from_str(&text).expect("JSON");
+        let values = doc[0]["values"].as_array().cloned().unwrap_or_default();
+        (values.len() == 6).then_some((text, values))
+    });
     assert!(values.iter().all(|v| v[1] == "20"), "{text}");
 
     phase!("series, labels and label values");
@@ -694,6 +695,80 @@ fn the_prometheus_api_answers_promtool_from_every_node_of_a_herd() {
     for name in &names {
         assert!(targets.lines().any(|l| l.trim() == name), "{targets}");
     }
+
+    phase!("a real Prometheus scrapes node 1's /federate and holds every target's value");
+    let prom_dir = tempfile::tempdir().expect("a temp dir");
+    let port = herd_tests::free_port();
+    let config = prom_dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: herd\n    \
+             honor_labels: true\n    metrics_path: /federate\n    \
+             params: {{ 'match[]': ['{{__name__=\"herd_command_perf\"}}'] }}\n    \
+             static_configs: [{{ targets: ['{}'] }}]\n",
+            node.http_addr()
+        ),
+    )
+    .expect("writing prometheus.yml");
+    let mut prometheus = herd_tests::process::spawn_logged(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                prom_dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+        &prom_dir.path().join("prometheus.out"),
+        &prom_dir.path().join("prometheus.err"),
+    );
+    let prom_url = format!("http://127.0.0.1:{port}");
+    let federated = wait_for(
+        Duration::from_secs(60),
+        "Prometheus holds the federated values",
+        || {
+            let mut cmd = Command::new("promtool");
+            cmd.args([
+                "query",
+                "instant",
+                "-o",
+                "json",
+                &prom_url,
+                r#"herd_command_perf{label="v"}"#,
+            ]);
+            let out = run_bounded(&mut cmd, Duration::from_secs(20));
+            let doc: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let mut got: Vec<(String, String)> = doc
+                .as_array()?
+                .iter()
+                .map(|s| {
+                    (
+                        s["metric"]["target"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        s["value"][1].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            got.sort();
+            (got.len() == 3).then_some(got)
+        },
+    );
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    assert_eq!(
+        federated,
+        vec![
+            ("p-0".to_string(), "10".to_string()),
+            ("p-1".to_string(), "20".to_string()),
+            ("p-2".to_string(), "30".to_string())
+        ],
+        "{}",
+        std::fs::read_to_string(prom_dir.path().join("prometheus.err")).unwrap_or_default()
+    );
+    let a = curl(node, "GET", "/federate", None, None);
+    assert_eq!(a.code, 400, "no match[]: {}", a.body);
 
     phase!("bad queries: Prometheus' errors");
     let a = curl(node, "GET", "/api/v1/query?query=sum(", None, None);

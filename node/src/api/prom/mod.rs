@@ -1,7 +1,7 @@
 //! The Prometheus HTTP API on `node.http`, so that Grafana, promtool and other
 //! Prometheus clients read Herd's series as they are: `/api/v1/query`,
 //! `/api/v1/query_range`, `/api/v1/series`, `/api/v1/labels`,
-//! `/api/v1/label/{name}/values` and `/api/v1/metadata`, with Prometheus' request
+//! `/api/v1/label/{name}/values`, `/api/v1/metadata` and `/federate`, with Prometheus' request
 //! parameters (query string or form body), answers and errors.
 //!
 //! The data comes from the herd's `Select` call (every member's store, merged;
@@ -46,6 +46,7 @@ pub fn routes() -> Router<Arc<HttpFace>> {
         .route("/api/v1/labels", get(labels).post(labels))
         .route("/api/v1/label/{name}/values", get(label_values))
         .route("/api/v1/metadata", get(metadata))
+        .route("/federate", get(federate))
 }
 
 // ---------------------------------------------------------------------------------
@@ -544,9 +545,104 @@ async fn metadata(State(f): State<Arc<HttpFace>>, h: HeaderMap, RawQuery(q): Raw
     Ok(success(Json_::Object(doc), warnings))
 }
 
+/// How far back `/federate` looks for a series' latest sample (as an instant query).
+const FEDERATE_LOOKBACK_MS: i64 = eval::LOOKBACK_MS;
+
+/// The latest sample of every series `match[]` selects, in the Prometheus text
+/// format with timestamps, for a Prometheus to scrape (`honor_labels: true`).
+async fn federate(
+    State(f): State<Arc<HttpFace>>,
+    h: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, PromError> {
+    let p = Params::read(&f, &h, q, &Bytes::new())?;
+    let now = crate::model::now_ms();
+    let reply = f
+        .api
+        .select(Request::new(pb::SelectRequest {
+            sets: match_sets(&p, true)?,
+            from_ms: now - FEDERATE_LOOKBACK_MS,
+            to_ms: now,
+            local_only: false,
+            names_only: false,
+        }))
+        .await?
+        .into_inner();
+    let mut latest: Vec<(PromLabels, (i64, f64))> = reply
+        .series
+        .into_iter()
+        .filter_map(|s| {
+            let last = s.points.last().map(|p| (p.ts_ms, p.value))?;
+            Some((s.labels.into_iter().collect(), last))
+        })
+        .collect();
+    latest.sort_by(|a, b| (a.0.get(NAME_LABEL), &a.0).cmp(&(b.0.get(NAME_LABEL), &b.0)));
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        exposition(&latest),
+    )
+        .into_response())
+}
+
+/// Series in the Prometheus text format: a `# TYPE` line per name, then one line
+/// per series with its value and timestamp (ms). `series` is sorted by name.
+pub fn exposition(series: &[(PromLabels, (i64, f64))]) -> String {
+    let escape = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let mut out = String::new();
+    let mut last_name: Option<&str> = None;
+    for (labels, (ts, v)) in series {
+        let name = labels.get(NAME_LABEL).map(String::as_str).unwrap_or("");
+        if last_name != Some(name) {
+            out.push_str(&format!("# TYPE {name} untyped\n"));
+            last_name = Some(name);
+        }
+        let pairs: Vec<String> = labels
+            .iter()
+            .filter(|(k, _)| *k != NAME_LABEL)
+            .map(|(k, val)| format!("{k}=\"{}\"", escape(val)))
+            .collect();
+        out.push_str(&format!(
+            "{name}{{{}}} {} {ts}\n",
+            pairs.join(","),
+            fmt_value(*v)
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn federation_writes_the_text_format() {
+        let l = |pairs: &[(&str, &str)]| -> PromLabels {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let text = exposition(&[
+            (l(&[("__name__", "herd_a"), ("target", "w\"1")]), (5, 1.5)),
+            (
+                l(&[("__name__", "herd_a"), ("target", "w2")]),
+                (6, f64::NAN),
+            ),
+            (l(&[("__name__", "herd_b"), ("target", "w1")]), (7, 2.0)),
+        ]);
+        assert_eq!(
+            text,
+            "# TYPE herd_a untyped\nherd_a{target=\"w\\\"1\"} 1.5 5\nherd_a{target=\"w2\"} NaN 6\n\
+             # TYPE herd_b untyped\nherd_b{target=\"w1\"} 2 7\n"
+        );
+    }
 
     #[test]
     fn times_steps_and_values_read_and_write_as_prometheus_does() {
