@@ -20,7 +20,7 @@
 //! | `POST /herd/v1/targets/{name}/resume` | Resume |
 //! | `POST /herd/v1/apply[?source=NAME]` with the fleet TOML as the body | Apply |
 //! | `GET /herd/v1/watch[?target=T][&kind=event\|alert\|owner\|node]...[&local=true]` | Watch, as server-sent events |
-//! | `GET/POST /api/v1/query`, `query_range`, `series`, `labels`, `GET /api/v1/label/{name}/values`, `metadata` | the Prometheus HTTP API ([`super::prom`]) over Select |
+//! | `GET/POST /api/v1/query`, `query_range`, `series`, `labels`, `GET /api/v1/label/{name}/values`, `metadata`, `GET /federate` | the Prometheus HTTP API ([`super::prom`]) over Select |
 //! | `GET /metrics` | this node's health, Prometheus text format ([`super::metrics`]) |
 //!
 //! Errors are `{"error": {"status", "code", "message", "items"?}}`: 400 bad input
