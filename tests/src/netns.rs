@@ -432,6 +432,27 @@ impl NetNode {
         log_tail(&self.log_path(), lines)
     }
 
+    /// Writes the stacks of every thread of the running node (gdb) to `threads.txt`
+    /// in its dir, which a failed test keeps: a node that hangs can be read later.
+    fn dump_threads(&self) {
+        let Some(pid) = self.pid() else { return };
+        let pid = pid.to_string();
+        // Bounded by coreutils' timeout: this runs while a test unwinds, where a
+        // panic (or a hang) would lose the report.
+        let args = [
+            "30",
+            "gdb",
+            "-p",
+            &pid,
+            "-batch",
+            "-ex",
+            "thread apply all bt",
+        ];
+        if let Ok(out) = Command::new("timeout").args(args).output() {
+            let _ = std::fs::write(self.dir.path().join("threads.txt"), out.stdout);
+        }
+    }
+
     pub fn dump_logs(&self) {
         eprintln!(
             "----- herd node {} at {}{} ({}), last lines -----\n{}\n-----",
@@ -700,6 +721,9 @@ impl NetNode {
 
 impl Drop for NetNode {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_threads();
+        }
         self.kill9();
         if std::thread::panicking() {
             self.dump_logs();
