@@ -51,7 +51,7 @@ pub type StatusBoard = Arc<RwLock<BTreeMap<String, TargetStatus>>>;
 /// target's own SSH session.
 pub use crate::transport::Transports;
 
-/// What every target task needs; built once by the node (`crate::node`).
+/// What every target task needs; built once by the node's wiring.
 pub struct CollectorCtx {
     pub store: Store,
     pub ssh: Arc<SshSettings>,
