@@ -155,7 +155,7 @@ pub enum Command {
         /// Only this target's changes.
         target: Option<String>,
         /// Only this kind: event, alert, owner or node (repeatable).
-        #[arg(long = "kind", value_parser = ["event", "alert", "owner", "node"])]
+        #[arg(long = "kind", value_parser = crate::model::change::CHANGE_KINDS)]
         kinds: Vec<String>,
         /// Only the changes this node sees itself (no fan-out to the other members).
         #[arg(long)]

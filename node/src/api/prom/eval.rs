@@ -135,11 +135,17 @@ fn check_selector(vs: &VectorSelector) -> Result<(), EvalError> {
     Ok(())
 }
 
+/// Whether a series is one `vs` selects (what [`selector_sets`] says, read in
+/// place: this runs for every series at every step).
 fn selects(vs: &VectorSelector, labels: &PromLabels) -> bool {
-    selector_sets(vs).iter().any(|set| {
-        set.iter()
-            .all(|m| m.is_match(labels.get(&m.name).map(String::as_str).unwrap_or("")))
-    })
+    let value = |name: &str| labels.get(name).map(String::as_str).unwrap_or("");
+    let all = |set: &[PMatcher]| set.iter().all(|m| m.is_match(value(&m.name)));
+    vs.name.as_ref().is_none_or(|n| value(NAME_LABEL) == n)
+        && if vs.matchers.or_matchers.is_empty() {
+            all(&vs.matchers.matchers)
+        } else {
+            vs.matchers.or_matchers.iter().any(|set| all(set))
+        }
 }
 
 /// Evaluates expressions over the series fetched for them.
@@ -706,12 +712,12 @@ fn vector_vector(
             )));
         }
     }
-    let mut seen: HashMap<PromLabels, ()> = HashMap::new();
+    let mut seen: std::collections::HashSet<PromLabels> = std::collections::HashSet::new();
     let mut out = Vec::new();
     for (labels, x) in l {
         let sig = signature(&labels, matching);
         let Some(&y) = right.get(&sig) else { continue };
-        if seen.insert(sig.clone(), ()).is_some() {
+        if !seen.insert(sig.clone()) {
             return Err(EvalError::Execution(format!(
                 "many-to-many matching not allowed: the left side of {op} has several series for one label set"
             )));

@@ -125,10 +125,11 @@ pub fn from_store(
                 .filter(|x| x.name == NAME_LABEL)
                 .all(|x| x.matches(Some(&name)))
         });
-        names_ok
-            && sets
-                .iter()
-                .any(|set| set_matches(set, &prom_labels(t, m, l)))
+        if !names_ok {
+            return false;
+        }
+        let labels = prom_labels(t, m, l);
+        sets.iter().any(|set| set_matches(set, &labels))
     };
     let found = store.select(only, &wanted, (req.from_ms, req.to_ms), !req.names_only)?;
     Ok(pb::SelectReply {
