@@ -18,9 +18,11 @@ mod sshd;
 mod wait;
 
 pub mod bench;
+pub mod browser;
 pub mod certs;
 pub mod chaos;
 pub mod cluster;
+pub mod demo;
 pub mod files;
 pub mod mmdb;
 pub mod nats;

@@ -344,7 +344,8 @@ fn collect_parts(headers: &[(String, String)], body: &str, out: &mut Vec<Part>) 
     });
 }
 
-fn base64_decode(text: &str) -> Vec<u8> {
+/// Standard base64, as mail bodies and WebDriver screenshots carry it.
+pub fn base64_decode(text: &str) -> Vec<u8> {
     let value = |c: u8| -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => (c - b'A') as u32,

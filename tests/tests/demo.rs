@@ -1,56 +1,17 @@
 //! `herd demo`, the main job: three real processes form a herd on 127.0.0.1, watch
 //! this machine, survive the kill of a node, and all stop on Ctrl-C.
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command};
 use std::time::Duration;
 
-use herd_tests::free_port;
-use herd_tests::process::{descendants, kill_tree, signal, spawn_logged, wait_exit};
+use herd_tests::demo::Demo;
+use herd_tests::herd_bin;
+use herd_tests::process::{descendants, signal, wait_exit};
 use herd_tests::wait_for;
-use herd_tests::{herd_bin, herd_cli};
-use serde_json::Value;
 
 /// Generous bounds that only catch hangs.
 const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
-const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Three consecutive free ports on 127.0.0.1 (the demo takes P, P+1, P+2).
-fn three_free_ports() -> u16 {
-    for _ in 0..200 {
-        let first = free_port();
-        if first > 65_000 {
-            continue;
-        }
-        if (1..3).all(|i| TcpListener::bind(("127.0.0.1", first + i)).is_ok()) {
-            return first;
-        }
-    }
-    panic!("no three consecutive free ports on 127.0.0.1");
-}
-
-/// Kills the demo and its children if the test fails half-way.
-struct Demo {
-    child: Child,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            kill_tree(&mut self.child);
-        }
-    }
-}
-
-fn status(addr: &str) -> Option<Value> {
-    let out = herd_cli(&["--node", addr, "status", "--json"], CLI_TIMEOUT);
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
 
 /// The pids of the demo's nodes 2 and 3, from its first lines.
 fn child_pids(stdout: &Path) -> Option<Vec<i32>> {
@@ -78,40 +39,15 @@ fn alive(pid: i32) -> bool {
 #[test]
 fn demo_forms_a_herd_takes_over_and_stops_cleanly() {
     herd_bin();
-    let dir = tempfile::tempdir().unwrap();
-    let port = three_free_ports();
-    let addr = format!("127.0.0.1:{port}");
-    let (out, err) = (dir.path().join("demo.out"), dir.path().join("demo.err"));
-    let child = spawn_logged(
-        Command::new(herd_bin())
-            .arg("demo")
-            .arg("--grpc")
-            .arg(&addr)
-            .arg("--http")
-            .arg(format!("127.0.0.1:{}", three_free_ports()))
-            .arg("--data-dir")
-            .arg(dir.path().join("herd-demo"))
-            .arg("--interval")
-            .arg("1s")
-            .current_dir(dir.path()),
-        &out,
-        &err,
-    );
-    let mut demo = Demo { child };
-    let show = || {
-        format!(
-            "stdout:\n{}\nstderr:\n{}",
-            std::fs::read_to_string(&out).unwrap_or_default(),
-            std::fs::read_to_string(&err).unwrap_or_default()
-        )
-    };
+    let mut demo = Demo::start("1s");
+    let out = demo.out.clone();
 
     // Three nodes, all alive, one leader, and the machine scraped.
     let pids = wait_for(FORM_TIMEOUT, "the demo to print its nodes", || {
         child_pids(&out)
     });
     let formed = wait_for(FORM_TIMEOUT, "a herd of 3 watching this machine", || {
-        let s = status(&addr)?;
+        let s = demo.status()?;
         let nodes = s["nodes"].as_array()?;
         let all_alive = nodes.len() == 3 && nodes.iter().all(|n| n["alive"] == true);
         let local = s["targets"]
@@ -131,7 +67,7 @@ fn demo_forms_a_herd_takes_over_and_stops_cleanly() {
         assert!(
             names.contains(&machine),
             "{machine} missing: {names:?}\n{}",
-            show()
+            demo.show()
         );
     }
     // The printed kill line names node 2's pid.
@@ -139,13 +75,13 @@ fn demo_forms_a_herd_takes_over_and_stops_cleanly() {
     assert!(
         stdout.contains(&format!("kill -9 {}", pids[0])),
         "{}",
-        show()
+        demo.show()
     );
 
     // Kill node 2: its targets go to nodes 1 and 3.
     signal(pids[0], libc::SIGKILL);
     wait_for(TAKEOVER_TIMEOUT, "node 2's targets to move", || {
-        let s = status(&addr)?;
+        let s = demo.status()?;
         let node2 = s["nodes"]
             .as_array()?
             .iter()
@@ -166,8 +102,8 @@ fn demo_forms_a_herd_takes_over_and_stops_cleanly() {
     // Ctrl-C: exit 0, node 3 (the surviving child) stops too.
     signal(demo.child.id() as i32, libc::SIGINT);
     let status = wait_exit(&mut demo.child, EXIT_TIMEOUT)
-        .unwrap_or_else(|| panic!("the demo did not stop on SIGINT\n{}", show()));
-    assert!(status.success(), "demo exit {status:?}\n{}", show());
+        .unwrap_or_else(|| panic!("the demo did not stop on SIGINT\n{}", demo.show()));
+    assert!(status.success(), "demo exit {status:?}\n{}", demo.show());
     wait_for(EXIT_TIMEOUT, "node 3 to stop with the demo", || {
         (!alive(pids[1])).then_some(())
     });

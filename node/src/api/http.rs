@@ -8,7 +8,7 @@
 //!
 //! | route | gRPC method |
 //! |---|---|
-//! | `GET /herd/v1/status[?local=true]` | Status |
+//! | `GET /herd/v1/status[?local=true][&target=PART][&state=up\|down\|unscraped\|paused\|failing][&owner=N][&offset=N][&limit=N]` | Status (targets filtered and paged on the node; `page` says how many) |
 //! | `GET /herd/v1/query?target=T&metric=M[&since=1h][&from=MS&to=MS][&label=K=V]...[&rollup=minute\|hour][&local=true]` | Query |
 //! | `GET /herd/v1/alerts[?history=24h][&limit=N]` | Alerts |
 //! | `POST /herd/v1/alerts/{id}/ack[?by=NAME]` | Ack |
@@ -22,6 +22,7 @@
 //! | `GET /herd/v1/watch[?target=T][&kind=event\|alert\|owner\|node]...[&local=true]` | Watch, as server-sent events |
 //! | `GET/POST /api/v1/query`, `query_range`, `series`, `labels`, `GET /api/v1/label/{name}/values`, `metadata`, `GET /federate` | the Prometheus HTTP API ([`super::prom`]) over Select |
 //! | `GET /metrics` | this node's health, Prometheus text format ([`super::metrics`]) |
+//! | `GET /`, `/ui/*` | the dashboard ([`super::dashboard`]; no data, no token needed) |
 //!
 //! Errors are `{"error": {"status", "code", "message", "items"?}}`: 400 bad input
 //! (`items`: one line per problem the node found, `file:line: key: message` for a
@@ -96,6 +97,7 @@ pub fn router(face: Arc<HttpFace>) -> Router {
         .route("/herd/v1/watch", get(watch))
         .route("/metrics", get(metrics))
         .merge(super::prom::routes())
+        .merge(super::dashboard::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(face)
@@ -297,12 +299,120 @@ async fn status(State(f): State<Arc<HttpFace>>, h: HeaderMap, RawQuery(q): RawQu
     {
         let p = check(&f, &h, q)?;
         let local_only = p.flag("local")?;
-        let r = f
+        let page = TargetPage::parse(&p)?;
+        let mut r = f
             .api
             .status(Request::new(pb::StatusRequest { local_only }))
             .await?
             .into_inner();
-        Ok(Json(json::status_json(&r)))
+        let machines = json::machines_json(&r.targets);
+        let summary = page.apply(&mut r.targets);
+        let mut doc = json::status_json(&r);
+        doc["page"] = summary;
+        doc["machines"] = machines;
+        Ok(Json(doc))
+    }
+}
+
+/// Which of the herd's targets a status answer lists: the dashboard's filter and
+/// pager (`target=` a case-insensitive part of the name, `state=`, `owner=`,
+/// `offset=`, `limit=`), applied on the node so a page of a 10,000-target herd
+/// stays small. Without them, every target.
+struct TargetPage {
+    name: Option<String>,
+    state: Option<TargetState>,
+    owner: Option<u64>,
+    offset: usize,
+    limit: Option<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum TargetState {
+    Up,
+    Down,
+    Unscraped,
+    Paused,
+    Failing,
+}
+
+impl TargetState {
+    const NAMES: [(&'static str, TargetState); 5] = [
+        ("up", TargetState::Up),
+        ("down", TargetState::Down),
+        ("unscraped", TargetState::Unscraped),
+        ("paused", TargetState::Paused),
+        ("failing", TargetState::Failing),
+    ];
+
+    fn of(self, t: &pb::TargetInfo) -> bool {
+        match self {
+            TargetState::Up => t.up == 1,
+            TargetState::Down => t.up == 0,
+            TargetState::Unscraped => t.up < 0,
+            TargetState::Paused => t.paused.is_some(),
+            TargetState::Failing => t.checks.iter().any(|c| c.status != "ok"),
+        }
+    }
+}
+
+impl TargetPage {
+    fn parse(p: &Params) -> Result<TargetPage, ApiError> {
+        let state = match p.get("state").filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => Some(
+                TargetState::NAMES
+                    .iter()
+                    .find(|(n, _)| *n == s)
+                    .map(|(_, st)| *st)
+                    .ok_or_else(|| {
+                        ApiError::bad(format!(
+                            "parameter state: {s:?} is not one of up, down, unscraped, paused, failing"
+                        ))
+                    })?,
+            ),
+        };
+        Ok(TargetPage {
+            name: p
+                .get("target")
+                .filter(|s| !s.is_empty())
+                .map(str::to_lowercase),
+            state,
+            owner: p.number("owner")?,
+            offset: p.number("offset")?.unwrap_or(0),
+            limit: p.number("limit")?,
+        })
+    }
+
+    /// Keeps the page's targets (sorted by name) and says how many there were of
+    /// each state in the whole herd and how many matched.
+    fn apply(&self, targets: &mut Vec<pb::TargetInfo>) -> Value {
+        let mut counts = serde_json::Map::new();
+        for (name, st) in TargetState::NAMES {
+            counts.insert(
+                name.into(),
+                json!(targets.iter().filter(|t| st.of(t)).count()),
+            );
+        }
+        let total = targets.len();
+        targets.retain(|t| {
+            self.name
+                .as_ref()
+                .is_none_or(|n| t.name.to_lowercase().contains(n.as_str()))
+                && self.state.is_none_or(|s| s.of(t))
+                && self.owner.is_none_or(|o| t.owner == o)
+        });
+        targets.sort_by(|a, b| a.name.cmp(&b.name));
+        let matched = targets.len();
+        let end = self
+            .limit
+            .map_or(matched, |l| self.offset.saturating_add(l).min(matched));
+        let start = self.offset.min(end);
+        targets.truncate(end);
+        targets.drain(..start);
+        json!({
+            "total": total, "matched": matched, "offset": start, "count": targets.len(),
+            "states": counts,
+        })
     }
 }
 
@@ -622,6 +732,76 @@ mod tests {
             ApiError::from(tonic::Status::unavailable("no leader")).status,
             StatusCode::SERVICE_UNAVAILABLE
         );
+    }
+
+    fn target(name: &str, up: i32, owner: u64, failing: bool) -> pb::TargetInfo {
+        pb::TargetInfo {
+            name: name.into(),
+            up,
+            owner,
+            checks: vec![pb::CheckInfo {
+                name: "c".into(),
+                status: if failing { "critical" } else { "ok" }.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn page(q: &str, targets: &mut Vec<pb::TargetInfo>) -> Result<Value, ApiError> {
+        Ok(TargetPage::parse(&Params::parse(Some(q.into())))?.apply(targets))
+    }
+
+    #[test]
+    fn a_status_page_filters_sorts_and_counts_the_whole_herd() {
+        let all = || {
+            let mut v: Vec<_> = (0..120)
+                .map(|i| {
+                    target(
+                        &format!("web-{i:03}"),
+                        i32::from(i % 10 != 0),
+                        1 + i % 3,
+                        i % 7 == 0,
+                    )
+                })
+                .collect();
+            v.push(target("DB-1", -1, 2, false));
+            v.reverse();
+            v
+        };
+        let mut t = all();
+        let p = page("target=WEB-1&limit=5&offset=3", &mut t).unwrap();
+        assert_eq!(p["total"], 121);
+        assert_eq!(p["matched"], 20, "web-100..119 match, case-insensitively");
+        assert_eq!(p["states"]["down"], 12);
+        assert_eq!(p["states"]["unscraped"], 1);
+        let names: Vec<_> = t.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["web-103", "web-104", "web-105", "web-106", "web-107"]
+        );
+
+        let mut t = all();
+        let p = page("state=down&owner=1", &mut t).unwrap();
+        assert!(t.iter().all(|t| t.up == 0 && t.owner == 1));
+        assert_eq!(p["matched"], t.len());
+        assert_eq!(p["count"], t.len());
+
+        let mut t = all();
+        let p = page("state=failing&offset=500&limit=10", &mut t).unwrap();
+        assert!(t.is_empty());
+        assert_eq!(p["matched"], 18);
+        assert_eq!(p["count"], 0);
+
+        let mut t = all();
+        assert_eq!(
+            page("", &mut t).unwrap()["count"],
+            121,
+            "no parameter: every target"
+        );
+        let e = page("state=sleepy", &mut all()).unwrap_err();
+        assert!(e.message.contains("sleepy"), "{}", e.message);
+        assert!(page("limit=-1", &mut all()).is_err());
     }
 
     #[test]

@@ -38,10 +38,28 @@ pub fn status_json(r: &pb::StatusReply) -> Value {
                 "name": c.name, "kind": c.kind, "status": c.status, "detail": c.detail, "ts_ms": c.ts_ms,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "machines": machines_json(&r.targets),
         "alerts": r.alerts,
         "spec_version": r.spec_version,
         "store": { "bytes": r.store_bytes, "samples": r.store_samples },
     })
+}
+
+/// Who watches whose machine: each machine target (`herd-node-N`) of `targets`,
+/// the node it watches and the node that owns (scrapes) it.
+pub fn machines_json(targets: &[pb::TargetInfo]) -> Value {
+    targets
+        .iter()
+        .filter_map(|t| {
+            crate::ownership::machines::watched_node(&t.name).map(|node| {
+                json!({
+                    "target": t.name, "node": node,
+                    "watched_by": (t.owner != 0).then_some(t.owner),
+                    "up": match t.up { 1 => json!(true), 0 => json!(false), _ => Value::Null },
+                })
+            })
+        })
+        .collect()
 }
 
 pub fn query_json(r: &pb::QueryReply) -> Value {

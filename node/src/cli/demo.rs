@@ -36,6 +36,8 @@ const DEMO_NODES: u64 = 3;
 struct Child {
     id: u64,
     addr: String,
+    /// Its HTTP face (the dashboard).
+    http: String,
     log: PathBuf,
     child: tokio::process::Child,
 }
@@ -90,6 +92,7 @@ fn spawn_child(id: u64, addr: &str, http: &str, dir: &Path) -> Result<Child, Cli
     Ok(Child {
         id,
         addr: addr.to_string(),
+        http: http.to_string(),
         log,
         child,
     })
@@ -218,6 +221,14 @@ pub async fn run(data_dir: &Path, grpc: &str, http: &str, interval: &str) -> Res
             data_dir.display()
         );
         println!("watching this machine as target \"{DEMO_TARGET}\" (local transport) every {interval}, and each node's machine (herd-node-N) from the next node\n");
+        println!(
+            "dashboard: http://{http_owned}/   (every node serves it: {})\n",
+            children_ref
+                .iter()
+                .map(|c| format!("http://{}/", c.http))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         println!("in another terminal:");
         println!("  herd{node_flag} status");
         if let Some(c) = children_ref.first() {
