@@ -238,6 +238,13 @@ struct FleetRow {
     busy_time_pct: f64,
     /// How the node's CPU was read: "schedstat" (ns) or "stat" (ticks).
     cpu_source: &'static str,
+    /// The dashboard's target page (`/herd/v1/status?limit=50`, over HTTP with curl)
+    /// and the whole status document: latency p50/p99 and bytes.
+    page_p50_ms: f64,
+    page_p99_ms: f64,
+    page_bytes: u64,
+    status_all_p50_ms: f64,
+    status_all_bytes: u64,
     stop_s: f64,
     stop_status: String,
     errors: Vec<String>,
@@ -288,6 +295,11 @@ impl FleetRow {
             "store_commits_per_s": self.commits_per_s,
             "fake_fleet_cpu_ms_per_scrape": self.fake_cpu_ms_per_scrape,
             "rates_ok": self.rates_ok,
+            "dashboard_page_p50_ms": self.page_p50_ms,
+            "dashboard_page_p99_ms": self.page_p99_ms,
+            "dashboard_page_bytes": self.page_bytes,
+            "status_all_targets_p50_ms": self.status_all_p50_ms,
+            "status_all_targets_bytes": self.status_all_bytes,
             "stop_s": self.stop_s,
             "stop_status": self.stop_status,
             "errors": self.errors,
@@ -510,6 +522,24 @@ fn bench_fleet(rt: &tokio::runtime::Runtime, n: usize, opts: &Options) -> FleetR
             "{probe}: {cpu_points} cpu.used_pct and {net_points} net.rx_bytes_per_s points"
         ));
     }
+
+    progress(&format!(
+        "fleet {n}: the dashboard's page of 50 targets, 30 times"
+    ));
+    match http_latency(&herd.http_addr(), "/herd/v1/status?limit=50&state=up", 30) {
+        Ok((p50, p99, bytes)) => {
+            (row.page_p50_ms, row.page_p99_ms, row.page_bytes) = (p50, p99, bytes)
+        }
+        Err(e) => row.errors.push(e),
+    }
+    match http_latency(&herd.http_addr(), "/herd/v1/status", 5) {
+        Ok((p50, _, bytes)) => (row.status_all_p50_ms, row.status_all_bytes) = (p50, bytes),
+        Err(e) => row.errors.push(e),
+    }
+    progress(&format!(
+        "fleet {n}: dashboard page p50 {:.1} ms, p99 {:.1} ms, {} bytes (whole status: {:.1} ms, {} bytes)",
+        row.page_p50_ms, row.page_p99_ms, row.page_bytes, row.status_all_p50_ms, row.status_all_bytes
+    ));
 
     progress(&format!("fleet {n}: stopping the node (SIGTERM)"));
     let stopping = Instant::now();
@@ -1295,6 +1325,46 @@ fn machine() -> Value {
 
 // ---------------------------------------------------------------------------
 // gRPC
+
+/// `calls` GETs of `path` with the real curl: p50 and p99 of their total time, and
+/// the size of the last answer.
+fn http_latency(addr: &str, path: &str, calls: usize) -> Result<(f64, f64, u64), String> {
+    let mut times = Vec::with_capacity(calls);
+    let mut bytes = 0;
+    for _ in 0..calls {
+        let out = herd_tests::process::run_bounded(
+            std::process::Command::new("curl")
+                .args([
+                    "-s",
+                    "-S",
+                    "--max-time",
+                    "30",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code} %{time_total} %{size_download}",
+                ])
+                .arg(format!("http://{addr}{path}")),
+            Duration::from_secs(40),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut it = text.split_whitespace();
+        let (code, secs, size) = (it.next(), it.next(), it.next());
+        if code != Some("200") {
+            return Err(format!(
+                "GET {path}: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        times.push(secs.and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0) * 1000.0);
+        bytes = size.and_then(|s| s.parse().ok()).unwrap_or(0);
+    }
+    Ok((
+        percentile(&mut times, 50.0),
+        percentile(&mut times, 99.0),
+        bytes,
+    ))
+}
 
 fn status(rt: &tokio::runtime::Runtime, addr: &str) -> Result<StatusReply, String> {
     rt.block_on(node_status(addr, true, RPC_TIMEOUT))

@@ -8,8 +8,8 @@ use std::time::Duration;
 use herd_tests::files::WatchedFiles;
 use herd_tests::process::{run_bounded, LineStream};
 use herd_tests::{
-    local_target, local_target_with, phase, toml_str, wait_for, wait_until, Cluster, Herd,
-    HerdOptions,
+    local_target, local_target_with, phase, ssh_target, toml_str, wait_for, wait_until, Cluster,
+    Herd, HerdOptions, HttpReceiver, Sshd,
 };
 use serde_json::Value;
 
@@ -126,8 +126,32 @@ fn rest_answers_what_the_cli_answers_and_refuses_clearly() {
             .map(|o| o.keys().cloned().collect::<Vec<_>>())
             .unwrap_or_default()
     };
-    assert_eq!(keys(&a.body), keys(&cli), "same document shape as the CLI");
+    let mut http_keys = keys(&a.body);
+    http_keys.retain(|k| k != "page");
+    assert_eq!(
+        http_keys,
+        keys(&cli),
+        "the CLI's document, plus the page it lists"
+    );
+    assert_eq!(a.body["page"]["total"], 1, "{}", a.body["page"]);
+    assert_eq!(a.body["page"]["states"]["up"], 1, "{}", a.body["page"]);
     assert_eq!(a.body["node_id"], cli["node_id"]);
+    let a2 = get(&herd, "/herd/v1/status?target=nothing-like-it&limit=10");
+    assert_eq!(a2.body["targets"], serde_json::json!([]), "{}", a2.body);
+    assert_eq!(a2.body["page"]["matched"], 0);
+    assert_eq!(a2.body["page"]["total"], 1);
+    let a2 = curl(
+        &herd,
+        "GET",
+        "/herd/v1/status?state=asleep",
+        Some(TOKEN),
+        None,
+    );
+    let e = error_of(&a2, 400, "a state that does not exist");
+    assert!(
+        e["message"].as_str().unwrap_or_default().contains("asleep"),
+        "{e}"
+    );
     let names: Vec<&str> = a.body["targets"]
         .as_array()
         .unwrap()
@@ -353,24 +377,100 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 
 #[test]
 fn metrics_pass_promtool_and_say_what_the_node_does() {
-    let herd = Herd::start(
-        HerdOptions::default()
-            .api_token(TOKEN)
-            .fleet(local_target("box", "1s")),
+    // A target over a real sshd, a rule that fires on box at once, and two webhook
+    // channels: one to a real receiver, one to a closed port with one attempt.
+    let mut sshd = Sshd::start();
+    let hook = HttpReceiver::start();
+    let down = HttpReceiver::start_down();
+    let fleet = format!(
+        "{}{}[[rule]]\nname = \"cpu-seen\"\ntargets = [\"box\"]\nmetric = \"cpu.used_pct\"\n\
+         kind = \"range\"\nmax = -1\nchannels = [\"hook\", \"dead\"]\n\n\
+         [[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\ngroup_window = \"0s\"\n\n\
+         [[channel]]\nname = \"dead\"\nkind = \"webhook\"\nurl = \"{}\"\ngroup_window = \"0s\"\n\
+         max_attempts = 1\ntimeout = \"2s\"\n\n",
+        local_target("box", "1s"),
+        ssh_target("remote", &sshd.address(), "1s"),
+        hook.url("/hook"),
+        down.url("/hook"),
     );
+    let herd = Herd::start(HerdOptions::with_sshd(&sshd).api_token(TOKEN).fleet(fleet));
     phase!("/metrics needs the token like every route");
     let (code, _) = curl_text(&herd, "/metrics", None);
     assert_eq!(code, 401);
 
     phase!("/metrics: the node's own health");
-    let text = wait_for(BOUND, "/metrics shows box up", || {
-        let (code, text) = curl_text(&herd, "/metrics", Some(TOKEN));
-        assert_eq!(code, 200, "{text}");
-        (sample(&text, "herd_target_up{target=\"box\"}") == Some(1.0)).then_some(text)
-    });
+    let text = wait_for(
+        BOUND,
+        "/metrics shows box and remote up, a notification delivered and one given up",
+        || {
+            let (code, text) = curl_text(&herd, "/metrics", Some(TOKEN));
+            assert_eq!(code, 200, "{text}");
+            (sample(&text, "herd_target_up{target=\"box\"}") == Some(1.0)
+                && sample(&text, "herd_target_up{target=\"remote\"}") == Some(1.0)
+                && sample(
+                    &text,
+                    "herd_notifications_delivered_total{channel=\"hook\"}",
+                ) == Some(1.0)
+                && sample(&text, "herd_notifications_given_up_total{channel=\"dead\"}")
+                    == Some(1.0))
+            .then_some(text)
+        },
+    );
     eprintln!("{text}");
     assert_eq!(sample(&text, "herd_up"), Some(1.0), "{text}");
-    assert_eq!(sample(&text, "herd_targets_owned"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "herd_targets_owned"), Some(2.0), "{text}");
+    assert_eq!(
+        hook.accepted().len(),
+        1,
+        "the receiver got the one notification"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "herd_notification_attempts_failed_total{channel=\"dead\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "herd_notification_attempts_failed_total{channel=\"hook\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "herd_ssh_sessions_open"),
+        Some(1.0),
+        "one session to remote: {text}"
+    );
+    assert_eq!(
+        sample(&text, "herd_ssh_connects_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "herd_ssh_reconnects_total"),
+        Some(0.0),
+        "{text}"
+    );
+
+    phase!("sshd killed and back: a connect failure, then a reconnect, one session again");
+    sshd.stop();
+    wait_for(BOUND, "a failed SSH connect counted", || {
+        let (_, text) = curl_text(&herd, "/metrics", Some(TOKEN));
+        sample(&text, "herd_ssh_connect_failures_total")
+            .filter(|n| *n >= 1.0)
+            .map(|_| ())
+    });
+    sshd.restart();
+    let text = wait_for(BOUND, "a reconnect counted", || {
+        let (_, text) = curl_text(&herd, "/metrics", Some(TOKEN));
+        (sample(&text, "herd_ssh_reconnects_total") == Some(1.0)
+            && sample(&text, "herd_ssh_sessions_open") == Some(1.0))
+        .then_some(text)
+    });
     assert_eq!(
         sample(&text, "herd_raft_is_leader"),
         Some(1.0),
@@ -706,8 +806,15 @@ fn the_prometheus_api_answers_promtool_from_every_node_of_a_herd() {
             "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: herd\n    \
              honor_labels: true\n    metrics_path: /federate\n    \
              params: {{ 'match[]': ['{{__name__=\"herd_command_perf\"}}'] }}\n    \
-             static_configs: [{{ targets: ['{}'] }}]\n",
-            node.http_addr()
+             static_configs: [{{ targets: ['{}'] }}]\n  \
+             - job_name: herd-nodes\n    static_configs: [{{ targets: [{}] }}]\n",
+            node.http_addr(),
+            cluster
+                .ids()
+                .iter()
+                .map(|id| format!("'{}'", cluster.node(*id).http_addr()))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     )
     .expect("writing prometheus.yml");
@@ -755,6 +862,57 @@ fn the_prometheus_api_answers_promtool_from_every_node_of_a_herd() {
             (got.len() == 3).then_some(got)
         },
     );
+    phase!("the same Prometheus scrapes every node's /metrics: one leader, beat round trips");
+    let prom_query = |expr: &str| -> Option<Vec<(String, f64)>> {
+        let out = run_bounded(
+            Command::new("promtool").args(["query", "instant", "-o", "json", &prom_url, expr]),
+            Duration::from_secs(20),
+        );
+        let doc: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let mut got: Vec<(String, f64)> = doc
+            .as_array()?
+            .iter()
+            .map(|s| {
+                (
+                    s["metric"]["instance"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    s["value"][1]
+                        .as_str()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(f64::NAN),
+                )
+            })
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(got)
+    };
+    let ups = wait_for(
+        Duration::from_secs(60),
+        "three nodes scraped by Prometheus",
+        || {
+            prom_query(r#"up{job="herd-nodes"}"#)
+                .filter(|v| v.len() == 3 && v.iter().all(|(_, x)| *x == 1.0))
+        },
+    );
+    eprintln!("    up: {ups:?}");
+    let leaders = prom_query(r#"sum(herd_raft_is_leader{job="herd-nodes"})"#).unwrap_or_default();
+    assert_eq!(
+        leaders.first().map(|l| l.1),
+        Some(1.0),
+        "one leader: {leaders:?}"
+    );
+    let rtts = wait_for(
+        Duration::from_secs(30),
+        "beat round trips of every pair",
+        || prom_query(r#"herd_peer_beat_rtt_seconds{job="herd-nodes"}"#).filter(|v| v.len() == 6),
+    );
+    assert!(
+        rtts.iter().all(|(_, s)| *s >= 0.0 && *s < 5.0),
+        "round trips in seconds: {rtts:?}"
+    );
+
     let _ = prometheus.kill();
     let _ = prometheus.wait();
     assert_eq!(

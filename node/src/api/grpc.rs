@@ -46,6 +46,8 @@ pub struct HerdApi {
     pub stats: Arc<ScrapeStats>,
     pub states: StateBoard,
     pub rules: RulesHandle,
+    /// The outbox's sender (its per-channel counts, for /metrics).
+    pub notifier: Arc<crate::notify::worker::Notifier>,
     /// This node's API token, presented when it calls the other nodes' API.
     pub token: Option<String>,
     pub failover_after: std::time::Duration,

@@ -266,6 +266,73 @@ pub async fn render(api: &HerdApi) -> Result<String, tonic::Status> {
             .collect(),
     );
 
+    labelled(
+        &mut r,
+        "peer_beat_rtt_seconds",
+        "Per other member: round trip of the newest beat it answered",
+        peers
+            .iter()
+            .filter_map(|n| {
+                liveness
+                    .beat_rtt(n.id)
+                    .map(|d| (one("peer", n.id), d.as_secs_f64()))
+            })
+            .collect(),
+    );
+
+    // SSH sessions of the targets this node scrapes.
+    let ssh = &crate::transport::SSH_COUNTERS;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    gauge(
+        &mut r,
+        "ssh_sessions_open",
+        "SSH sessions this node holds to its targets",
+        load(&ssh.open) as f64,
+    );
+    counter(
+        &mut r,
+        "ssh_connects",
+        "SSH sessions set up since start",
+        load(&ssh.connects),
+    );
+    counter(
+        &mut r,
+        "ssh_reconnects",
+        "SSH sessions set up again for a target that had one (it broke or was closed) since start",
+        load(&ssh.reconnects),
+    );
+    counter(
+        &mut r,
+        "ssh_connect_failures",
+        "SSH connections that failed (refused, timeout, authentication, host key) since start",
+        load(&ssh.connect_failures),
+    );
+
+    // Notifications per channel.
+    let sends = api.notifier.channel_counts();
+    let per_channel = |f: fn(&crate::notify::worker::ChannelCounts) -> u64| {
+        let family = Family::<Labels, Counter>::default();
+        for (channel, c) in &sends {
+            family.get_or_create(&one("channel", channel)).inc_by(f(c));
+        }
+        family
+    };
+    r.register(
+        "notifications_delivered",
+        "Notifications a channel accepted since start",
+        per_channel(|c| c.delivered),
+    );
+    r.register(
+        "notification_attempts_failed",
+        "Send attempts that failed (retried or given up) since start",
+        per_channel(|c| c.failed_attempts),
+    );
+    r.register(
+        "notifications_given_up",
+        "Notifications given up after their channel's last attempt since start",
+        per_channel(|c| c.given_up),
+    );
+
     let mut out = String::new();
     encode(&mut out, &r).map_err(|e| tonic::Status::internal(format!("encoding metrics: {e}")))?;
     Ok(out)

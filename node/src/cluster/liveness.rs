@@ -58,6 +58,8 @@ pub struct Liveness {
     seq: AtomicU64,
     /// The newest beat taken from each peer: its process and sequence number.
     last_beat: Mutex<HashMap<NodeId, (u64, u64)>>,
+    /// The round trip of the newest beat each peer answered (for /metrics).
+    rtt: Mutex<HashMap<NodeId, Duration>>,
 }
 
 /// What a beat says of its sender.
@@ -85,6 +87,7 @@ impl Liveness {
             boot: rand::random::<u64>().max(1),
             seq: AtomicU64::new(0),
             last_beat: Mutex::new(HashMap::new()),
+            rtt: Mutex::new(HashMap::new()),
         })
     }
 
@@ -216,7 +219,15 @@ impl Liveness {
         if newest {
             let acting = self.acting_of(node).unwrap_or(0);
             self.heard(node, version, acting);
+            let mut r = self.rtt.lock().unwrap_or_else(|p| p.into_inner());
+            r.insert(node, sent.elapsed());
         }
+    }
+
+    /// The round trip of the newest beat `node` answered.
+    pub fn beat_rtt(&self, node: NodeId) -> Option<Duration> {
+        let r = self.rtt.lock().unwrap_or_else(|p| p.into_inner());
+        r.get(&node).copied()
     }
 
     /// Credits `node` with a sign of life and an answered beat now, keeping the

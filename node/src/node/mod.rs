@@ -392,6 +392,7 @@ impl Wiring {
             stats: self.stats.clone(),
             states: self.states.clone(),
             rules: self.rules.clone(),
+            notifier: self.notifier.clone(),
             token: self.token.clone(),
             failover_after: c.failover_after.get(),
             lease: c.lease.get(),

@@ -182,6 +182,19 @@ pub struct Notifier {
     waiting_on_herd: std::sync::atomic::AtomicBool,
     /// When waiting entries were last handed to the herd again (Unix ms).
     reported_again_ms: std::sync::atomic::AtomicI64,
+    /// What each channel did since the node started (for /metrics).
+    counts: Mutex<BTreeMap<String, ChannelCounts>>,
+}
+
+/// Notifications of one channel since the node started.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct ChannelCounts {
+    /// Delivered (the channel accepted them).
+    pub delivered: u64,
+    /// Attempts that failed (each retried or given up).
+    pub failed_attempts: u64,
+    /// Given up after the channel's last attempt (its fallback, if any, queued).
+    pub given_up: u64,
 }
 
 pub use crate::store::alerting::idempotency_key;
@@ -199,6 +212,7 @@ impl Notifier {
             herd: std::sync::OnceLock::new(),
             waiting_on_herd: std::sync::atomic::AtomicBool::new(false),
             reported_again_ms: std::sync::atomic::AtomicI64::new(0),
+            counts: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -465,11 +479,31 @@ impl Notifier {
             let Ok((group, built, result)) = joined else {
                 continue;
             };
+            self.count(&group, |c| match &result {
+                Ok(()) => c.delivered += 1,
+                Err(_) => c.failed_attempts += 1,
+            });
             match result {
                 Ok(()) => round.delivered(group),
                 Err(err) => self.retry_or_give_up(group, &built, &err, round).await,
             }
         }
+    }
+
+    /// Counts each entry of `group` for its channel.
+    fn count(&self, group: &Group, mut f: impl FnMut(&mut ChannelCounts)) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, e) in group {
+            f(counts.entry(e.notification.channel.clone()).or_default());
+        }
+    }
+
+    /// What each channel did since the node started, by channel name.
+    pub fn channel_counts(&self) -> BTreeMap<String, ChannelCounts> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A failed send: each entry of its group waits for its next attempt, or, once
@@ -572,10 +606,16 @@ impl Notifier {
             .timeout
             .unwrap_or(crate::config::channels::DEFAULT_TIMEOUT)
             .get();
-        Ok(built
-            .channel
-            .send(std::slice::from_ref(&n), timeout)
-            .await?)
+        let result = built.channel.send(std::slice::from_ref(&n), timeout).await;
+        {
+            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            let c = counts.entry(n.channel.clone()).or_default();
+            match &result {
+                Ok(()) => c.delivered += 1,
+                Err(_) => c.failed_attempts += 1,
+            }
+        }
+        Ok(result?)
     }
 
     /// The age limit of a channel's notifications, in ms.
@@ -630,6 +670,12 @@ impl Notifier {
     /// event when none is left.
     async fn give_up(&self, seq: u64, e: OutboxEntry, why: &str, change: &mut OutboxChange) {
         change.remove.push(seq);
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(e.notification.channel.clone())
+            .or_default()
+            .given_up += 1;
         let mut fallbacks = e.fallbacks.clone();
         if fallbacks.is_empty() {
             tracing::error!(channel = %e.notification.channel, key = %e.notification.idempotency_key, reason = why, "notification given up");

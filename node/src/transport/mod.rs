@@ -7,7 +7,7 @@ mod ssh;
 use std::time::Duration;
 
 pub use local::LocalTransport;
-pub use ssh::{SshAuth, SshSettings, SshTarget, SshTransport};
+pub use ssh::{SshAuth, SshSettings, SshTarget, SshTransport, SSH_COUNTERS};
 
 /// What a command printed and how it ended.
 #[derive(Debug, Clone, Default)]

@@ -2,6 +2,7 @@
 //! command, at most `max_channels` at once. Host keys are checked against
 //! known_hosts (plain, hashed and `[host]:port` entries); a changed key is refused.
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -148,14 +149,46 @@ impl client::Handler for Client {
     }
 }
 
+/// What every SSH transport of this process has done: for `/metrics`.
+#[derive(Debug, Default)]
+pub struct SshCounters {
+    /// Sessions set up (the first of a target and every one after it).
+    pub connects: AtomicU64,
+    /// Sessions set up by a transport that had one before (it broke or was closed).
+    pub reconnects: AtomicU64,
+    /// Connections that failed (refused, timed out, authentication, host key).
+    pub connect_failures: AtomicU64,
+    /// Sessions held now.
+    pub open: AtomicU64,
+}
+
+/// The counters of this process's SSH transports.
+pub static SSH_COUNTERS: SshCounters = SshCounters {
+    connects: AtomicU64::new(0),
+    reconnects: AtomicU64::new(0),
+    connect_failures: AtomicU64::new(0),
+    open: AtomicU64::new(0),
+};
+
 /// The transport of one target.
 pub struct SshTransport {
     target: SshTarget,
     settings: Arc<SshSettings>,
+    /// The session held (counted in [`SSH_COUNTERS`]`.open` while it is here).
     session: tokio::sync::Mutex<Option<Arc<Handle<Client>>>>,
+    /// Whether this transport ever had a session (its next one is a reconnect).
+    connected_before: AtomicBool,
     channels: Semaphore,
     /// A host key recorded by accept-new during the last connect, to report once.
     learned: Mutex<Option<String>>,
+}
+
+impl Drop for SshTransport {
+    fn drop(&mut self) {
+        if self.session.get_mut().take().is_some() {
+            SSH_COUNTERS.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl SshTransport {
@@ -165,6 +198,7 @@ impl SshTransport {
             target,
             settings,
             session: tokio::sync::Mutex::new(None),
+            connected_before: AtomicBool::new(false),
             channels,
             learned: Mutex::new(None),
         }
@@ -234,6 +268,7 @@ impl SshTransport {
     pub async fn disconnect(&self) {
         let old = self.session.lock().await.take();
         if let Some(handle) = old {
+            SSH_COUNTERS.open.fetch_sub(1, Ordering::Relaxed);
             let _ = handle
                 .disconnect(russh::Disconnect::ByApplication, "herd closing", "en")
                 .await;
@@ -247,8 +282,23 @@ impl SshTransport {
                 return Ok(h.clone());
             }
         }
-        *guard = None;
-        let handle = Arc::new(self.connect().await?);
+        if guard.take().is_some() {
+            SSH_COUNTERS.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        let handle = match self.connect().await {
+            Ok(h) => Arc::new(h),
+            Err(e) => {
+                SSH_COUNTERS
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        SSH_COUNTERS.connects.fetch_add(1, Ordering::Relaxed);
+        SSH_COUNTERS.open.fetch_add(1, Ordering::Relaxed);
+        if self.connected_before.swap(true, Ordering::Relaxed) {
+            SSH_COUNTERS.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
         *guard = Some(handle.clone());
         Ok(handle)
     }
