@@ -1,4 +1,5 @@
-//! TLS on the gRPC port: mutual between nodes, server-side for clients.
+//! TLS on the gRPC port (mutual between nodes, server-side for clients) and on the
+//! HTTP face (server-side; callers present the API token).
 //!
 //! Every node holds a certificate signed by the herd's CA (`herd certs`), used both as
 //! the server certificate of its gRPC port and as the client certificate it presents
@@ -104,6 +105,9 @@ pub struct NodeTls {
     pub server: ServerTlsConfig,
     /// Trusts the CA only and presents the node's certificate.
     pub client: ClientTlsConfig,
+    /// The HTTP face's HTTPS: the node's certificate, no client certificate asked
+    /// (callers present the API token), HTTP/1.1.
+    pub http: Arc<rustls::ServerConfig>,
 }
 
 /// Loads the `[tls]` section: `None` when it is empty (plain gRPC).
@@ -122,8 +126,27 @@ pub fn load(tls: &TlsSection) -> Result<Option<NodeTls>, TlsError> {
     let ca = read_certs("tls.ca", ca_path)?;
     let cert = read_certs("tls.cert", cert_path)?;
     let key = read_key("tls.key", key_path)?;
-    check_key(&cert.ders, key.der, cert_path, key_path, "tls.key")?;
+    check_key(
+        &cert.ders,
+        key.der.clone_key(),
+        cert_path,
+        key_path,
+        "tls.key",
+    )?;
     check_node_cert(&ca.ders, &cert.ders, ca_path, cert_path)?;
+    let mut http = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .and_then(|b| {
+            b.with_no_client_auth()
+                .with_single_cert(cert.ders.clone(), key.der)
+        })
+        .map_err(|e| TlsError::KeyMismatch {
+            key: "tls.key".into(),
+            key_path: key_path.clone(),
+            cert_path: cert_path.clone(),
+            reason: e.to_string(),
+        })?;
+    http.alpn_protocols = vec![b"http/1.1".to_vec()];
 
     let identity = Identity::from_pem(&cert.pem, &key.pem);
     let ca = Certificate::from_pem(&ca.pem);
@@ -134,6 +157,7 @@ pub fn load(tls: &TlsSection) -> Result<Option<NodeTls>, TlsError> {
             .client_auth_optional(true)
             .timeout(HANDSHAKE_TIMEOUT),
         client: ClientTlsConfig::new().ca_certificate(ca).identity(identity),
+        http: Arc::new(http),
     }))
 }
 

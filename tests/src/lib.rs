@@ -14,6 +14,7 @@ mod fleet;
 mod herd;
 mod ports;
 pub mod process;
+pub mod prometheus;
 mod sshd;
 mod wait;
 

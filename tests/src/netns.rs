@@ -411,6 +411,17 @@ impl NetNode {
         self.dir.path()
     }
 
+    /// `ip:port` of its HTTP face (`node.http` is port 0: the log names the port).
+    pub fn http_addr(&self) -> Option<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("HTTP API listening"))
+            .find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                Some(v["fields"]["http"].as_str()?.to_string())
+            })
+    }
+
     fn token_path(&self) -> PathBuf {
         self.dir.path().join("api-token")
     }

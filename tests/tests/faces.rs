@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use herd_tests::files::WatchedFiles;
 use herd_tests::process::{run_bounded, LineStream};
+use herd_tests::prometheus::Prometheus;
 use herd_tests::{
     local_target, local_target_with, phase, ssh_target, toml_str, wait_for, wait_until, Cluster,
     Herd, HerdOptions, HttpReceiver, Sshd,
@@ -797,134 +798,79 @@ fn the_prometheus_api_answers_promtool_from_every_node_of_a_herd() {
     }
 
     phase!("a real Prometheus scrapes node 1's /federate and holds every target's value");
-    let prom_dir = tempfile::tempdir().expect("a temp dir");
-    let port = herd_tests::free_port();
-    let config = prom_dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: herd\n    \
-             honor_labels: true\n    metrics_path: /federate\n    \
-             params: {{ 'match[]': ['{{__name__=\"herd_command_perf\"}}'] }}\n    \
-             static_configs: [{{ targets: ['{}'] }}]\n  \
-             - job_name: herd-nodes\n    static_configs: [{{ targets: [{}] }}]\n",
-            node.http_addr(),
-            cluster
-                .ids()
-                .iter()
-                .map(|id| format!("'{}'", cluster.node(*id).http_addr()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    )
-    .expect("writing prometheus.yml");
-    let mut prometheus = herd_tests::process::spawn_logged(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                prom_dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
-        &prom_dir.path().join("prometheus.out"),
-        &prom_dir.path().join("prometheus.err"),
-    );
-    let prom_url = format!("http://127.0.0.1:{port}");
+    let nodes = cluster
+        .ids()
+        .iter()
+        .map(|id| format!("'{}'", cluster.node(*id).http_addr()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let prometheus = Prometheus::start(&format!(
+        "  - job_name: herd\n    honor_labels: true\n    metrics_path: /federate\n    \
+         params: {{ 'match[]': ['{{__name__=\"herd_command_perf\"}}'] }}\n    \
+         static_configs: [{{ targets: ['{}'] }}]\n  \
+         - job_name: herd-nodes\n    static_configs: [{{ targets: [{nodes}] }}]\n",
+        node.http_addr(),
+    ));
+    let by = |v: Vec<(Value, f64)>, label: &str| -> Vec<(String, f64)> {
+        let mut got: Vec<(String, f64)> = v
+            .into_iter()
+            .map(|(m, x)| (m[label].as_str().unwrap_or_default().to_string(), x))
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        got
+    };
     let federated = wait_for(
         Duration::from_secs(60),
         "Prometheus holds the federated values",
         || {
-            let mut cmd = Command::new("promtool");
-            cmd.args([
-                "query",
-                "instant",
-                "-o",
-                "json",
-                &prom_url,
-                r#"herd_command_perf{label="v"}"#,
-            ]);
-            let out = run_bounded(&mut cmd, Duration::from_secs(20));
-            let doc: Value = serde_json::from_slice(&out.stdout).ok()?;
-            let mut got: Vec<(String, String)> = doc
-                .as_array()?
-                .iter()
-                .map(|s| {
-                    (
-                        s["metric"]["target"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string(),
-                        s["value"][1].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect();
-            got.sort();
+            let got = by(
+                prometheus.query(r#"herd_command_perf{label="v"}"#)?,
+                "target",
+            );
             (got.len() == 3).then_some(got)
         },
     );
+    assert_eq!(
+        federated,
+        vec![
+            ("p-0".to_string(), 10.0),
+            ("p-1".to_string(), 20.0),
+            ("p-2".to_string(), 30.0)
+        ],
+        "{}",
+        prometheus.log()
+    );
+
     phase!("the same Prometheus scrapes every node's /metrics: one leader, beat round trips");
-    let prom_query = |expr: &str| -> Option<Vec<(String, f64)>> {
-        let out = run_bounded(
-            Command::new("promtool").args(["query", "instant", "-o", "json", &prom_url, expr]),
-            Duration::from_secs(20),
-        );
-        let doc: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let mut got: Vec<(String, f64)> = doc
-            .as_array()?
-            .iter()
-            .map(|s| {
-                (
-                    s["metric"]["instance"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    s["value"][1]
-                        .as_str()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(f64::NAN),
-                )
-            })
-            .collect();
-        got.sort_by(|a, b| a.0.cmp(&b.0));
-        Some(got)
-    };
     let ups = wait_for(
         Duration::from_secs(60),
         "three nodes scraped by Prometheus",
         || {
-            prom_query(r#"up{job="herd-nodes"}"#)
-                .filter(|v| v.len() == 3 && v.iter().all(|(_, x)| *x == 1.0))
+            let v = by(prometheus.query(r#"up{job="herd-nodes"}"#)?, "instance");
+            (v.len() == 3 && v.iter().all(|(_, x)| *x == 1.0)).then_some(v)
         },
     );
     eprintln!("    up: {ups:?}");
-    let leaders = prom_query(r#"sum(herd_raft_is_leader{job="herd-nodes"})"#).unwrap_or_default();
+    let leaders = prometheus
+        .query(r#"sum(herd_raft_is_leader{job="herd-nodes"})"#)
+        .unwrap_or_default();
     assert_eq!(
         leaders.first().map(|l| l.1),
         Some(1.0),
         "one leader: {leaders:?}"
     );
-    let rtts = wait_for(
-        Duration::from_secs(30),
-        "beat round trips of every pair",
-        || prom_query(r#"herd_peer_beat_rtt_seconds{job="herd-nodes"}"#).filter(|v| v.len() == 6),
-    );
+    let rtts = wait_for(BOUND, "beat round trips of every pair", || {
+        let v = by(
+            prometheus.query(r#"herd_peer_beat_rtt_seconds{job="herd-nodes"}"#)?,
+            "instance",
+        );
+        (v.len() == 6).then_some(v)
+    });
     assert!(
         rtts.iter().all(|(_, s)| *s >= 0.0 && *s < 5.0),
         "round trips in seconds: {rtts:?}"
     );
-
-    let _ = prometheus.kill();
-    let _ = prometheus.wait();
-    assert_eq!(
-        federated,
-        vec![
-            ("p-0".to_string(), "10".to_string()),
-            ("p-1".to_string(), "20".to_string()),
-            ("p-2".to_string(), "30".to_string())
-        ],
-        "{}",
-        std::fs::read_to_string(prom_dir.path().join("prometheus.err")).unwrap_or_default()
-    );
+    drop(prometheus);
     let a = curl(node, "GET", "/federate", None, None);
     assert_eq!(a.code, 400, "no match[]: {}", a.body);
 

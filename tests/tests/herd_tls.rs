@@ -469,6 +469,66 @@ fn cli_without_the_herds_ca_fails_with_exit_1_and_says_why() {
     );
 }
 
+/// `curl ARGS URL`: exit code, and what it printed (body then `\n` and the status).
+fn curl(args: &[&str], url: &str) -> (i32, String) {
+    let out = herd_tests::process::run_bounded(
+        std::process::Command::new("curl")
+            .args(["-s", "-S", "--max-time", "20", "-w", "\n%{http_code}"])
+            .args(args)
+            .arg(url),
+        Duration::from_secs(30),
+    );
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn the_http_face_speaks_https_with_the_node_certificate() {
+    let (herd, pki) = tls_herd(&[1]);
+    herd.form(1);
+    let node = herd.node(1);
+    let http = wait_for(BOUND, "the log naming the HTTP port", || node.http_addr());
+    let ca = pki.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+
+    phase!("curl trusting the herd's CA: the status and the dashboard over HTTPS");
+    let (code, text) = curl(&["--cacert", ca], &format!("https://{http}/herd/v1/status"));
+    assert_eq!(code, 0, "{text}");
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    assert_eq!(status.trim(), "200", "{text}");
+    let doc: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    assert_eq!(doc["node_id"], 1, "{doc}");
+    let (code, text) = curl(&["--cacert", ca], &format!("https://{http}/"));
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("<title>Herd</title>"), "{text}");
+
+    phase!("without the CA the certificate is refused; plain HTTP gets no answer");
+    let (code, text) = curl(&[], &format!("https://{http}/herd/v1/status"));
+    assert_eq!(
+        code, 60,
+        "curl's 'peer certificate cannot be authenticated': {text}"
+    );
+    let (code, text) = curl(&[], &format!("http://{http}/herd/v1/status"));
+    assert_ne!(code, 0, "plain HTTP to the HTTPS port: {text}");
+    assert!(!text.contains("node_id"), "{text}");
+
+    phase!("a real Prometheus scrapes /metrics over HTTPS, trusting the herd's CA");
+    let prometheus = herd_tests::prometheus::Prometheus::start(&format!(
+        "  - job_name: herd\n    scheme: https\n    tls_config: {{ ca_file: '{ca}' }}\n    \
+         static_configs: [{{ targets: ['{http}'] }}]\n"
+    ));
+    let up = wait_for(
+        Duration::from_secs(60),
+        "Prometheus scraping node 1",
+        || {
+            let v = prometheus.query("herd_up")?;
+            (v.len() == 1 && v[0].1 == 1.0).then_some(v)
+        },
+    );
+    assert_eq!(up[0].0["instance"], http.as_str(), "{up:?}");
+}
+
 #[test]
 fn raft_calls_without_a_node_certificate_are_refused() {
     let (herd, pki) = tls_herd(&[1]);

@@ -100,8 +100,8 @@ pub struct NodeSection {
     /// gRPC address: the client API (and Raft traffic once the herd exists).
     pub grpc: String,
     /// The HTTP face: REST JSON (`/herd/v1/...`), under the API token. Port 0 takes
-    /// a free port (the log names it). Beyond loopback it needs `api_token_file`,
-    /// and with `[tls]` it must stay on loopback (HTTPS is not built yet).
+    /// a free port (the log names it). Beyond loopback it needs `api_token_file`.
+    /// With `[tls]` it speaks HTTPS with the node's certificate.
     pub http: String,
     /// Where the node's redb files live.
     pub data_dir: PathBuf,
@@ -401,13 +401,6 @@ impl NodeConfig {
                      holders of the token can use the API"
                 ),
             )),
-            Ok(a) if !a.ip().is_loopback() && self.tls.is_set() => p.push((
-                "node.http",
-                format!(
-                    "node.http {a} listens beyond loopback, and the HTTP face does not speak \
-                     TLS yet: with [tls], keep node.http on loopback (e.g. 127.0.0.1:7481)"
-                ),
-            )),
             Ok(_) => {}
         }
         if self.node.data_dir.as_os_str().is_empty() {
@@ -694,20 +687,25 @@ mod tests {
     }
 
     #[test]
-    fn http_beyond_loopback_needs_a_token_and_no_tls() {
+    fn http_beyond_loopback_needs_a_token() {
         let mut c = NodeConfig::default();
         c.node.http = "0.0.0.0:7481".into();
         let keys: Vec<_> = c.validate().into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["node.api_token_file"]);
         c.node.api_token_file = Some("/etc/herd/token".into());
         assert!(c.validate().is_empty());
+        // With [tls] the HTTP face speaks HTTPS: beyond loopback too.
         c.tls.ca = Some("ca.pem".into());
         c.tls.cert = Some("node.pem".into());
         c.tls.key = Some("node.key".into());
-        let keys: Vec<_> = c.validate().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["node.http"]);
-        c.node.http = "127.0.0.1:0".into();
         assert!(c.validate().is_empty());
+        c.node.api_token_file = None;
+        let keys: Vec<_> = c.validate().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            ["node.api_token_file"],
+            "TLS is no substitute for the token"
+        );
     }
 
     #[test]

@@ -407,14 +407,21 @@ impl Wiring {
             .unwrap_or_else(|_| self.cfg.node.http.clone());
         let http_stop = parts.start("http", API_STOP_DEADLINE);
         let face = crate::api::http::HttpFace::new(api, self.token.as_deref());
+        let router = crate::api::http::router(face);
+        let https = self.tls.as_ref().map(|t| t.http.clone());
+        let scheme = if https.is_some() { "https" } else { "http" };
         parts.spawn("http server", async move {
-            let serving =
-                crate::api::http::serve(http_listener, crate::api::http::router(face), http_stop);
-            if let Err(e) = serving.await {
+            let served = match https {
+                Some(tls) => {
+                    crate::api::http::serve_tls(http_listener, router, tls, http_stop).await
+                }
+                None => crate::api::http::serve(http_listener, router, http_stop).await,
+            };
+            if let Err(e) = served {
                 tracing::warn!(error = %e, "the HTTP face ended with an error");
             }
         });
-        tracing::info!(http = %http_addr, "HTTP API listening");
+        tracing::info!(http = %http_addr, url = %format!("{scheme}://{http_addr}/"), "HTTP API listening");
     }
 
     /// 3. gRPC: the client API and the herd's Raft service on one port. A client
