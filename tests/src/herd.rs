@@ -376,6 +376,28 @@ impl Herd {
         path
     }
 
+    /// The node's process id while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// The node's `/metrics` text (asked with the real curl, with its token).
+    pub fn metrics_text(&self) -> String {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "--max-time", "10"]);
+        if let Some(t) = &self.opts.api_token {
+            cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+        }
+        cmd.arg(format!("http://{}/metrics", self.http_addr()));
+        let out = crate::process::run_bounded(&mut cmd, Duration::from_secs(20));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The value of the sample `name` (labels as written) in `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        metric_sample(&self.metrics_text(), name)
+    }
+
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -551,4 +573,10 @@ fn clean_env(cmd: &mut Command) {
             cmd.env_remove(key);
         }
     }
+}
+
+/// The value of the sample `name` (with its labels as written) in exposition text.
+pub fn metric_sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -37,7 +37,7 @@ pub mod unix_socket;
 use std::path::PathBuf;
 
 pub use fleet::{local_target, local_target_with, ssh_target, ssh_target_with, toml_str};
-pub use herd::{herd_cli, Herd, HerdOptions};
+pub use herd::{herd_cli, metric_sample, Herd, HerdOptions};
 pub use ports::free_port;
 pub use process::{generate_key, log_tail};
 pub use sshd::{Sshd, SSH_USER};

@@ -370,11 +370,7 @@ fn curl_text(herd: &Herd, path: &str, token: Option<&str>) -> (u16, String) {
     )
 }
 
-/// The value of the sample `name` (with its labels as written) in exposition text.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
+use herd_tests::metric_sample as sample;
 
 #[test]
 fn metrics_pass_promtool_and_say_what_the_node_does() {

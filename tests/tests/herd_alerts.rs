@@ -986,3 +986,80 @@ fn ack_and_silence_from_any_node() {
         alert_by_id(&alerts(&cluster, c), &alert_id).is_some_and(|a| state(&a) == "resolved")
     });
 }
+
+/// The lines of the file a node-side action appends to.
+fn action_runs(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn max_per_hour_counts_action_runs_across_the_herd() {
+    let files = Files::new("herd-actions-");
+    let log = files.path("runs.log");
+    let target = "act-1".to_string();
+    files.create(&target);
+    let mut cluster = Cluster::start(3, HerdOptions::default());
+    let fleet = format!(
+        "{}[[rule]]\nname = \"fix\"\ncheck = \"{CHECK}\"\nkind = \"range\"\nfor = \"0s\"\n\
+         action = {{ run = {}, on = \"firing\", where = \"node\", max_per_hour = 1 }}\n\n",
+        fresh_target(&target, &files),
+        herd_tests::toml_str(&format!("echo ran >> {}", log.display()))
+    );
+    cluster.apply(1, &fleet);
+    cluster.wait_until_all_owned_and_scraped(std::slice::from_ref(&target), FRESH_S, SCRAPE_BOUND);
+    let first = cluster
+        .status()
+        .target(&target)
+        .and_then(|t| t.owner)
+        .expect("an owner");
+
+    phase!("the file vanishes: the alert fires on node {first}, its action runs once");
+    files.remove(&target);
+    wait_until(BOUND, "the action ran", || action_runs(&log) == 1);
+    phase!("the file is back: resolved");
+    files.create(&target);
+    wait_for(BOUND, "the alert resolved", || {
+        let text = cluster.node(first).cli_ok(&["alerts", "--json"]);
+        let v: Value = serde_json::from_str(&text).ok()?;
+        v["alerts"]
+            .as_array()?
+            .iter()
+            .filter(|a| a["rule"] == "fix")
+            .all(|a| a["state"] == "resolved")
+            .then_some(())
+    });
+
+    phase!("kill -9 node {first}: the target moves; the file vanishes again");
+    let killed_at = cluster.kill9(first);
+    let second = wait_for(BOUND, "the target owned by a survivor and scraped", || {
+        let s = cluster.status();
+        let t = s.target(&target)?;
+        let owner = t
+            .owner
+            .filter(|o| *o != first && s.alive_ids().contains(o))?;
+        let ts = check_of(&s, &target, CHECK)?["ts_ms"].as_i64()?;
+        (ts > killed_at).then_some(owner)
+    });
+    files.remove(&target);
+    let refused = wait_for(BOUND, "the second firing's action refused", || {
+        cluster
+            .node(second)
+            .events_of(&target, "action_run")
+            .into_iter()
+            .filter_map(|e| e["message"].as_str().map(str::to_string))
+            .find(|m| m.contains("not run"))
+    });
+    eprintln!("    node {second}: {refused}");
+    assert!(
+        refused.contains("in the herd") && refused.contains("max_per_hour = 1"),
+        "the herd-wide limit says why: {refused}"
+    );
+    std::thread::sleep(QUIET);
+    assert_eq!(
+        action_runs(&log),
+        1,
+        "node {second} did not run it again (max_per_hour = 1 across the herd)"
+    );
+}

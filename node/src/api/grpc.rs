@@ -62,7 +62,13 @@ impl pb::herd_server::Herd for HerdApi {
     ) -> Result<Response<pb::StatusReply>, Status> {
         let local_only = req.into_inner().local_only;
         let now = now_ms();
+        // A fenced node scrapes nothing: its parked targets are not listed as its own.
+        let fenced = self.fleet.cluster().liveness().is_fenced();
         let mut targets: Vec<pb::TargetInfo> = match self.board.read() {
+            Ok(board) if fenced => {
+                drop(board);
+                Vec::new()
+            }
             Ok(board) => board
                 .iter()
                 .map(|(name, s)| pb::TargetInfo {

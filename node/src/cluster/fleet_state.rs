@@ -369,6 +369,9 @@ impl FleetState {
         let mut last_version = 0u64;
         let mut prev_owners: BTreeMap<String, NodeId> = BTreeMap::new();
         let mut was_fenced: Option<bool> = None;
+        // Since when the lease has been lost: within PARK_GRACE the view keeps the
+        // targets, parked (a blip keeps sessions and alert state; nothing acts).
+        let mut fenced_since: Option<std::time::Instant> = None;
         // The alerts handed over are read when ownership, spec or fencing change
         // only: the owner's own alert updates must not make a new view each time.
         let mut snapshot_of = (u64::MAX, u64::MAX, false);
@@ -376,7 +379,7 @@ impl FleetState {
         let mut notices = Vec::new();
         // The view is recomputed only when its inputs change (a fleet of thousands
         // of targets is not copied ten times a second for nothing).
-        let mut computed_for: Option<(Arc<ClusterState>, bool, BTreeSet<String>)> = None;
+        let mut computed_for: Option<ViewInputs> = None;
         // When this node first applied the current ownership version: gained
         // targets are held at most HOLD_MAX from then.
         let mut version_since = std::time::Instant::now();
@@ -408,11 +411,19 @@ impl FleetState {
             self.node.liveness().set_fenced(fenced);
             if was_fenced != Some(fenced) {
                 if fenced && was_fenced.is_some() {
-                    tracing::warn!(node = me, "lease lost: no majority heard within the lease; stopping scrapes and notifications");
+                    tracing::warn!(node = me, grace = ?PARK_GRACE, "lease lost: no majority heard within the lease; scrapes, rules and notifications stop now, sessions and alert state are kept for the grace");
+                    fenced_since = Some(std::time::Instant::now());
                 } else if !fenced && was_fenced == Some(true) {
                     tracing::info!(node = me, "lease valid again");
                 }
+                if !fenced {
+                    fenced_since = None;
+                }
                 was_fenced = Some(fenced);
+            }
+            let parked = fenced && fenced_since.is_some_and(|t| t.elapsed() < PARK_GRACE);
+            if fenced && !parked && fenced_since.take().is_some() {
+                tracing::warn!(node = me, "lease still lost after the grace: closing sessions and dropping alert state of this node's targets (the herd keeps them)");
             }
             // Another member still heard that acts on an older map than this
             // node applied may still scrape what this node now takes up.
@@ -434,15 +445,17 @@ impl FleetState {
                 };
             let held = held_targets(me, &state, &acted, !behind.is_empty());
             let unchanged = computed_for.as_ref().is_some_and(|(st, f, h)| {
-                *f == fenced && *h == held && same_view_inputs(st, &state)
+                *f == (fenced, parked) && *h == held && same_view_inputs(st, &state)
             });
             if !unchanged {
                 if !held.is_empty() {
                     tracing::debug!(held = ?held, behind = ?behind, "targets taken up held until every member heard acts on this map or none");
                 }
-                computed_for = Some((state.clone(), fenced, held.clone()));
+                computed_for = Some((state.clone(), (fenced, parked), held.clone()));
                 let (version, spec) = self.spec_of(&state);
-                let mut view = owned_view(me, &state, version, &spec, &prev_owners, fenced);
+                let mut view =
+                    owned_view(me, &state, version, &spec, &prev_owners, fenced && !parked);
+                view.fenced = fenced;
                 view.spec_unknown = !self.spec_known();
                 let key = (state.ownership_version, version, fenced);
                 if key != snapshot_of {
@@ -456,7 +469,13 @@ impl FleetState {
                 // After the snapshot: what the herd handed over stays whole, and a
                 // target released from its hold gets its alerts with it.
                 view.hold(&held);
-                acted = view.targets.iter().map(|t| t.name.clone()).collect();
+                // Parked targets are not acted for: back from a fence, a target is
+                // taken up again like any other.
+                acted = if view.fenced {
+                    BTreeSet::new()
+                } else {
+                    view.targets.iter().map(|t| t.name.clone()).collect()
+                };
                 let current = owned.borrow().clone();
                 if *current != view {
                     let _ = owned.send(Arc::new(view));
@@ -481,6 +500,16 @@ impl FleetState {
 /// applied, and then says it acts on none, within a beat interval or two. Held at
 /// most this many leases after the map was applied.
 const HOLD_MAX_LEASES: u32 = 2;
+
+/// What a published view was computed from: the applied state, (fenced, parked)
+/// and the targets held.
+type ViewInputs = (Arc<ClusterState>, (bool, bool), BTreeSet<String>);
+
+/// How long a node whose lease is lost keeps its targets parked: SSH sessions
+/// open and alert state in memory, nothing scraped, evaluated, notified or run.
+/// A blip shorter than this resumes without a reconnect storm; a longer loss
+/// closes everything (the herd has moved the targets by then).
+pub const PARK_GRACE: Duration = Duration::from_secs(10);
 
 /// The targets `state` gives `me` that it did not act for (`acted`), when another
 /// member may act on an older map (`behind`) (pure).

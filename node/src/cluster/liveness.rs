@@ -183,6 +183,11 @@ impl Liveness {
         self.fenced.store(fenced, Ordering::Relaxed);
     }
 
+    /// Whether this node is fenced (its lease is not valid), as last computed.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
     /// The ownership version this node acts on: the applied one, or `u64::MAX`
     /// while it is fenced (none).
     pub fn acting(&self) -> u64 {

@@ -103,7 +103,37 @@ pub enum Command {
     HerdId {
         id: String,
     },
+    /// A node asks to run a remediation action: granted at most once per `key`
+    /// (an alert transition) and at most `max_per_hour` per (rule, target) in the
+    /// whole herd, counted at `at_ms` (the proposer's clock). `nonce` tells the
+    /// same request retried (granted again) from another node's (refused).
+    ActionRun {
+        key: String,
+        rule: String,
+        target: String,
+        at_ms: i64,
+        max_per_hour: u32,
+        nonce: u64,
+        node: NodeId,
+    },
 }
+
+/// A remediation action run the herd granted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionRunRecord {
+    pub rule: String,
+    pub target: String,
+    pub at_ms: i64,
+    pub nonce: u64,
+    pub node: NodeId,
+}
+
+/// How long granted action runs are kept (their keys refuse a second run; the
+/// last hour's count the rate).
+pub const ACTION_RUNS_KEPT_MS: i64 = 24 * 3_600_000;
+const HOUR_MS: i64 = 3_600_000;
+/// What [`CommandResponse::refused`] says when the key was granted to another request.
+pub const ACTION_ALREADY_RUN: &str = "already run for this transition";
 
 /// The parts the state is stored in: an applied batch rewrites only the parts its
 /// commands change (alert updates do not rewrite a large fleet spec).
@@ -137,6 +167,9 @@ impl Command {
 pub struct CommandResponse {
     /// The version the command produced (spec or ownership), when it made one.
     pub version: u64,
+    /// Why the command was refused, for those that can be (an action run).
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 /// A node's health record.
@@ -192,6 +225,9 @@ pub struct ClusterState {
     /// are refused.
     #[serde(default)]
     pub herd_id: Option<String>,
+    /// Remediation action runs granted in the last [`ACTION_RUNS_KEPT_MS`], by key.
+    #[serde(default)]
+    pub action_runs: BTreeMap<String, ActionRunRecord>,
 }
 
 /// How long a node waits for the herd to record an alert notification it queued
@@ -271,7 +307,61 @@ impl ClusterState {
             Command::Resume { target } => self.resume(target),
             Command::HerdId { id } => self.set_herd_id(id),
             Command::ExpirePauses { now_ms } => self.expire_pauses(*now_ms),
+            Command::ActionRun {
+                key,
+                rule,
+                target,
+                at_ms,
+                max_per_hour,
+                nonce,
+                node,
+            } => self.claim_action(
+                key,
+                ActionRunRecord {
+                    rule: rule.clone(),
+                    target: target.clone(),
+                    at_ms: *at_ms,
+                    nonce: *nonce,
+                    node: *node,
+                },
+                *max_per_hour,
+            ),
         }
+    }
+
+    /// Grants an action run: once per key, `max_per_hour` per (rule, target).
+    fn claim_action(
+        &mut self,
+        key: &str,
+        run: ActionRunRecord,
+        max_per_hour: u32,
+    ) -> CommandResponse {
+        let at = run.at_ms;
+        self.action_runs
+            .retain(|_, r| r.at_ms > at - ACTION_RUNS_KEPT_MS);
+        let refused = |why: String| CommandResponse {
+            refused: Some(why),
+            ..Default::default()
+        };
+        if let Some(r) = self.action_runs.get(key) {
+            return if r.nonce == run.nonce {
+                CommandResponse::default()
+            } else {
+                refused(ACTION_ALREADY_RUN.to_string())
+            };
+        }
+        let recent = self
+            .action_runs
+            .values()
+            .filter(|r| r.rule == run.rule && r.target == run.target && r.at_ms > at - HOUR_MS)
+            .count();
+        if recent >= max_per_hour as usize {
+            return refused(format!(
+                "{recent} runs in the last hour in the herd (max_per_hour = {max_per_hour})"
+            ));
+        }
+        self.action_runs.insert(key.to_string(), run);
+        CommandResponse::default()
     }
 
     /// A new fleet spec; its version is the answer.
@@ -281,6 +371,7 @@ impl ClusterState {
         self.spec_source = source.to_string();
         CommandResponse {
             version: self.spec_version,
+            ..Default::default()
         }
     }
 
@@ -295,6 +386,7 @@ impl ClusterState {
         });
         CommandResponse {
             version: self.ownership_version,
+            ..Default::default()
         }
     }
 
@@ -362,6 +454,7 @@ impl ClusterState {
         if was_up == health.up && before.is_some() {
             return CommandResponse {
                 version: transitions,
+                ..Default::default()
             };
         }
         let transitions = if was_up == health.up {
@@ -378,6 +471,7 @@ impl ClusterState {
         );
         CommandResponse {
             version: transitions,
+            ..Default::default()
         }
     }
 
@@ -405,6 +499,7 @@ impl ClusterState {
     fn remove_silence(&mut self, id: &str) -> CommandResponse {
         CommandResponse {
             version: u64::from(self.silences.remove(id).is_some()),
+            ..Default::default()
         }
     }
 
@@ -432,6 +527,7 @@ impl ClusterState {
     fn resume(&mut self, target: &str) -> CommandResponse {
         CommandResponse {
             version: u64::from(self.pauses.remove(target).is_some()),
+            ..Default::default()
         }
     }
 
@@ -450,6 +546,7 @@ impl ClusterState {
             .retain(|_, p| p.until_ms.is_none_or(|u| u > now_ms));
         CommandResponse {
             version: (before - self.pauses.len()) as u64,
+            ..Default::default()
         }
     }
 }
@@ -726,6 +823,63 @@ pub(crate) mod tests {
         assert!(s.pauses.contains_key("b"));
         assert_eq!(s.apply(&Command::Resume { target: "b".into() }).version, 1);
         assert_eq!(s.apply(&Command::Resume { target: "b".into() }).version, 0);
+    }
+
+    #[test]
+    fn action_runs_are_granted_once_per_key_and_max_per_hour_herd_wide() {
+        let mut s = ClusterState::default();
+        let run = |key: &str, target: &str, at_ms: i64, nonce: u64, node: u64| Command::ActionRun {
+            key: key.into(),
+            rule: "fix".into(),
+            target: target.into(),
+            at_ms,
+            max_per_hour: 2,
+            nonce,
+            node,
+        };
+        let h = 3_600_000;
+        assert_eq!(s.apply(&run("a:1:action", "t", 10 * h, 7, 1)).refused, None);
+        assert_eq!(
+            s.apply(&run("a:1:action", "t", 10 * h, 7, 1)).refused,
+            None,
+            "the same request retried is granted again"
+        );
+        assert_eq!(
+            s.apply(&run("a:1:action", "t", 10 * h + 5, 8, 2))
+                .refused
+                .as_deref(),
+            Some(ACTION_ALREADY_RUN),
+            "another node's request for the same transition"
+        );
+        assert_eq!(
+            s.apply(&run("a:3:action", "t", 10 * h + 10, 9, 2)).refused,
+            None
+        );
+        let third = s.apply(&run("a:5:action", "t", 10 * h + 20, 10, 3));
+        assert!(
+            third
+                .refused
+                .as_deref()
+                .is_some_and(|w| w.contains("max_per_hour = 2")),
+            "{third:?}"
+        );
+        assert_eq!(
+            s.apply(&run("b:1:action", "other", 10 * h + 20, 11, 3))
+                .refused,
+            None,
+            "the rate is per (rule, target)"
+        );
+        assert_eq!(
+            s.apply(&run("a:7:action", "t", 11 * h + 1, 12, 1)).refused,
+            None,
+            "an hour later"
+        );
+        s.apply(&run("c:1:action", "x", 40 * h, 13, 1));
+        assert_eq!(
+            s.action_runs.keys().collect::<Vec<_>>(),
+            ["c:1:action"],
+            "runs older than a day are forgotten"
+        );
     }
 }
 

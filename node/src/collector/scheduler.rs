@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,6 +33,9 @@ pub struct Scheduler {
     ctx: Arc<CollectorCtx>,
     tasks: HashMap<String, Running>,
     tracker: TaskTracker,
+    /// True while this node is fenced: every task keeps its session and skips its
+    /// ticks (parked) until the lease is back or the task is stopped.
+    parked: watch::Sender<bool>,
 }
 
 impl Scheduler {
@@ -40,10 +44,14 @@ impl Scheduler {
             ctx,
             tasks: HashMap::new(),
             tracker: TaskTracker::new(),
+            parked: watch::channel(false).0,
         }
     }
 
     pub fn reconcile(&mut self, owned: &Owned) -> Reconciled {
+        // Parked first: no task scrapes from the moment the lease is lost.
+        self.parked
+            .send_if_modified(|p| std::mem::replace(p, owned.fenced) != owned.fenced);
         let mut report = Reconciled::default();
         let wanted: HashMap<&str, &TargetSpec> =
             owned.active().map(|t| (t.name.as_str(), t)).collect();
@@ -109,6 +117,7 @@ impl Scheduler {
             spec.clone(),
             self.ctx.clone(),
             at_once,
+            self.parked.subscribe(),
             cancel.clone(),
         ));
         self.tasks.insert(

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +66,7 @@ pub async fn run_target(
     spec: TargetSpec,
     ctx: Arc<CollectorCtx>,
     at_once: bool,
+    parked: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
     let name = spec.name.clone();
@@ -107,6 +109,7 @@ pub async fn run_target(
             transport.clone(),
             link.clone(),
             ctx.clone(),
+            parked.clone(),
             cancel.clone(),
         ));
     }
@@ -135,6 +138,7 @@ async fn check_loop(
     transport: Arc<Transport>,
     link: SharedLink,
     ctx: Arc<CollectorCtx>,
+    mut parked: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
     let Some(mut lp) = CheckLoop::new(spec, check, emits_up, transport, link, ctx).await else {
@@ -146,7 +150,25 @@ async fn check_loop(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
-        let Some(mut run) = lp.run_once(next, &cancel).await else {
+        if *parked.borrow_and_update() {
+            // Fenced: no scrape until the lease is back; then at once (the ticks
+            // missed meanwhile are not run twice).
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                back = parked.wait_for(|p| !*p) => if back.is_err() { return },
+            }
+            next = next.max(Instant::now());
+        }
+        // The lease lost mid-scrape: what it finds is not this node's to record
+        // (another node may own the target by now).
+        let run = tokio::select! {
+            run = lp.run_once(next, &cancel) => run,
+            _ = parked.wait_for(|p| *p) => {
+                next = next_tick(next, lp.interval);
+                continue;
+            }
+        };
+        let Some(mut run) = run else {
             return;
         };
         lp.judge_status(&mut run);

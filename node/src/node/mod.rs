@@ -27,7 +27,7 @@ use crate::api::{HerdApi, NodeIdentity};
 use crate::cluster::controller::{self, ControllerConfig};
 use crate::cluster::node::ClusterError;
 use crate::cluster::node::{ClusterConfig, ClusterNode};
-use crate::cluster::types::NodeRecord;
+use crate::cluster::types::{Command, NodeRecord, ACTION_ALREADY_RUN};
 use crate::cluster::ApplyError;
 use crate::cluster::FleetState;
 use crate::collector::stats::ScrapeStats;
@@ -35,6 +35,7 @@ use crate::collector::{CollectorCtx, StateBoard, StatusBoard};
 use crate::config::{expand_home, NodeConfig};
 use crate::notify::worker::Notifier;
 use crate::ownership::{self, OwnedRx, OwnedTx};
+use crate::rules::action::{ActionClaim, Claim};
 use crate::rules::runner::{AlertDelta, Input, RulesHandle};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::tls::{NodeTls, TlsError};
@@ -281,7 +282,33 @@ fn rules_channel(
     let applied = cluster.state();
     let recorded: crate::rules::runner::Recorded =
         Arc::new(move |id: &str| applied.borrow().alerts.get(id).map(|a| a.transitions));
-    crate::rules::runner::channel(store, Some(replicate.clone()), Some(recorded))
+    let node = cluster.clone();
+    let claim: crate::rules::action::ClaimAction = Arc::new(move |c: ActionClaim| {
+        let node = node.clone();
+        Box::pin(async move {
+            if !node.in_herd() {
+                return None;
+            }
+            let asked = Command::ActionRun {
+                key: c.key,
+                rule: c.rule,
+                target: c.target,
+                at_ms: c.at_ms,
+                max_per_hour: c.max_per_hour,
+                nonce: rand::random(),
+                node: node.id(),
+            };
+            Some(match node.write(asked).await {
+                Ok(r) => match r.refused {
+                    None => Claim::Granted,
+                    Some(why) if why == ACTION_ALREADY_RUN => Claim::AlreadyRun,
+                    Some(why) => Claim::Refused(why),
+                },
+                Err(e) => Claim::Refused(format!("the herd did not record the run ({e})")),
+            })
+        })
+    });
+    crate::rules::runner::channel(store, Some(replicate.clone()), Some(recorded), Some(claim))
 }
 
 /// The collectors' settings (`[ssh]`) and fresh boards, which the API and the

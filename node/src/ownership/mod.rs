@@ -1,7 +1,7 @@
 //! "What this node owns now": a value the collectors and the rules reconcile
 //! against. It is computed from the applied Raft state (spec, ownership map,
 //! pauses, replicated alerts) and this node's lease: a node whose lease is not
-//! valid owns nothing (it is fenced), whatever its map says.
+//! valid acts for nothing (it is fenced), whatever its map says.
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -32,7 +32,10 @@ pub struct Owned {
     pub notices: Vec<crate::store::alerting::OutboxEntry>,
     /// Targets taken over from another node: scraped at once, not at a random phase.
     pub gained: BTreeSet<String>,
-    /// True while the lease is not valid: nothing is owned, nothing is notified.
+    /// True while the lease is not valid: nothing is scraped, evaluated, notified
+    /// or run. For a short while (the park grace) `targets` still lists what the
+    /// map gives this node, so that sessions and alert state survive a blip; after
+    /// it, a fenced view owns nothing.
     pub fenced: bool,
     /// The applied spec does not parse on this node and none did before: the empty
     /// spec here says nothing about what the fleet is (no alert ends for it).

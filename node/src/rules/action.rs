@@ -40,6 +40,37 @@ pub fn applies(action: &Action, kind: NotifyKind) -> bool {
     )
 }
 
+/// A run of an action the herd is asked to grant (in a herd, before it runs).
+#[derive(Debug, Clone)]
+pub struct ActionClaim {
+    /// The transition's key (`ALERT:TRANSITIONS:action`).
+    pub key: String,
+    pub rule: String,
+    pub target: String,
+    pub at_ms: i64,
+    pub max_per_hour: u32,
+}
+
+/// The herd's answer to an [`ActionClaim`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    Granted,
+    /// Another request was granted this transition: not run again, silently.
+    AlreadyRun,
+    /// Not run, and why (the herd-wide rate, or the herd could not be asked).
+    Refused(String),
+}
+
+/// Asks the herd to grant a run; `None` while the node is in no herd (the run is
+/// then counted on this node alone).
+pub type ClaimAction = std::sync::Arc<
+    dyn Fn(
+            ActionClaim,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Claim>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Runs actions and remembers their rate per (rule, target).
 #[derive(Default)]
 pub struct Actions {
@@ -56,6 +87,7 @@ impl Actions {
         alert: &Alert,
         transports: &Transports,
         store: &Store,
+        claim: Option<&ClaimAction>,
     ) -> Option<String> {
         let key = format!("{}:{}:action", alert.id, alert.transitions);
         let check = store.clone();
@@ -70,7 +102,31 @@ impl Actions {
         }
         let now = now_ms();
         let max = action.max_per_hour.unwrap_or(DEFAULT_MAX_PER_HOUR) as usize;
-        let limited = {
+        let not_run = |why: &str| {
+            Some(format!(
+                "action of {} on {} not run: {why}",
+                alert.rule, alert.target
+            ))
+        };
+        // In a herd the herd grants the run: once per transition and max_per_hour
+        // across every node that owned the target in the last hour.
+        let mut granted = false;
+        if let Some(claim) = claim {
+            let asked = ActionClaim {
+                key: key.clone(),
+                rule: alert.rule.clone(),
+                target: alert.target.clone(),
+                at_ms: now,
+                max_per_hour: max as u32,
+            };
+            match claim(asked).await {
+                Some(Claim::Granted) => granted = true,
+                Some(Claim::AlreadyRun) => return None,
+                Some(Claim::Refused(why)) => return not_run(&why),
+                None => {}
+            }
+        }
+        let limited = !granted && {
             let mut runs = self.runs.lock().ok()?;
             let q = runs
                 .entry((alert.rule.clone(), alert.target.clone()))
@@ -86,10 +142,7 @@ impl Actions {
             }
         };
         if limited {
-            return Some(format!(
-                "action of {} on {} not run: {max} runs in the last hour (max_per_hour)",
-                alert.rule, alert.target
-            ));
+            return not_run(&format!("{max} runs in the last hour (max_per_hour)"));
         }
         // Recorded before running: at most once per transition, even across a crash.
         let mark = OutboxChange {
@@ -97,10 +150,7 @@ impl Actions {
             ..Default::default()
         };
         if let Err(e) = store.outbox_change(mark).await {
-            return Some(format!(
-                "action of {} on {} not run: {e}",
-                alert.rule, alert.target
-            ));
+            return not_run(&e.to_string());
         }
         let timeout = action.timeout.map(|t| t.get()).unwrap_or(DEFAULT_TIMEOUT);
         let result = match action.location {

@@ -55,6 +55,9 @@ pub struct RulesHandle {
     /// How many transitions of an alert the herd has recorded (its applied state):
     /// an action runs only once the herd recorded its transition.
     recorded: Option<Recorded>,
+    /// In a herd, the herd grants each action run (once per transition,
+    /// max_per_hour herd-wide).
+    claim: Option<super::action::ClaimAction>,
 }
 
 /// Reads the transition count of an alert (by id) in the herd's applied state.
@@ -172,6 +175,7 @@ pub fn channel(
     store: &Store,
     replicate: Option<mpsc::UnboundedSender<AlertDelta>>,
     recorded: Option<Recorded>,
+    claim: Option<super::action::ClaimAction>,
 ) -> (RulesHandle, mpsc::Receiver<Input>) {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let handle = RulesHandle {
@@ -183,6 +187,7 @@ pub fn channel(
         loss_logged_ms: Arc::default(),
         replicate,
         recorded,
+        claim,
     };
     (handle, rx)
 }
@@ -233,10 +238,16 @@ pub async fn run(
                 Some(input) => take_input(&ctx, &mut engine, input).await,
             },
             _ = tick.tick() => {
-                let now = now_ms();
-                let mut t = state_changes(&mut ctx, &mut engine, now);
-                t.extend(engine.tick(now));
-                t
+                // Fenced (parked within the grace): the timers wait; nothing here
+                // may fire, resolve or notify for targets another node may own.
+                if ctx.owned.borrow().fenced {
+                    Vec::new()
+                } else {
+                    let now = now_ms();
+                    let mut t = state_changes(&mut ctx, &mut engine, now);
+                    t.extend(engine.tick(now));
+                    t
+                }
             }
         };
         if !transitions.is_empty() {
@@ -291,6 +302,12 @@ async fn start(
 /// continue, the outbox gets the spec's channels and the notices taken over, and
 /// the alerts the engine dropped are forgotten.
 async fn follow_owned(ctx: &mut Ctx, engine: &mut Engine, current: &crate::ownership::Owned) {
+    // Parked (fenced, within the grace): the engine keeps its alerts as they are;
+    // nothing ends, starts or is handed over until the lease is back or the grace
+    // is over.
+    if current.fenced && !current.targets.is_empty() {
+        return;
+    }
     let rules = effective_rules(&current.spec.rules);
     let dropped = reconfigure(ctx, engine, current, &rules).await;
     // Alerts of targets taken over continue where their last owner left them.
@@ -349,6 +366,11 @@ async fn reconfigure(
 /// Feeds one input to the engine; an ack is stored and sent to the herd, and
 /// answered.
 async fn take_input(ctx: &Ctx, engine: &mut Engine, input: Input) -> Vec<Transition> {
+    // Fenced (parked): samples and events of scrapes from before the fence are
+    // not evaluated; the node scrapes again when its lease is back.
+    if matches!(input, Input::Samples(_) | Input::Event(_)) && ctx.owned.borrow().fenced {
+        return Vec::new();
+    }
     match input {
         Input::Samples(samples) => samples.iter().flat_map(|s| engine.on_sample(s)).collect(),
         Input::Event(e) => engine.on_event(&e),
@@ -732,7 +754,9 @@ fn spawn_action(ctx: &Ctx, a: Action, alert: Alert, keys: Vec<String>) {
         let recorded = wait_until_recorded(&rules, &alert, &mine).await;
         let still_mine = mine();
         let result = if still_mine && recorded {
-            actions.run(&a, &alert, &transports, &store).await
+            actions
+                .run(&a, &alert, &transports, &store, rules.claim.as_ref())
+                .await
         } else if !still_mine {
             tracing::warn!(alert = %alert.id, target_name = %alert.target, "action not run: this node is fenced or no longer owns the target");
             None
@@ -838,7 +862,7 @@ mod tests {
             chunk_samples: 240,
         };
         let store = Store::open(dir.path(), options).unwrap();
-        let (handle, _rx) = channel(&store, None, None);
+        let (handle, _rx) = channel(&store, None, None, None);
         let e = Event {
             ts_ms: 1,
             target: "t".into(),

@@ -26,7 +26,7 @@ use redb::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::types::{ClusterState, NodeHealth, NodeId, NodeRecord, Part};
+use super::types::{ActionRunRecord, ClusterState, NodeHealth, NodeId, NodeRecord, Part};
 
 mod log;
 mod sm;
@@ -246,6 +246,7 @@ struct RestRef<'a> {
     draining: &'a std::collections::BTreeSet<NodeId>,
     silences: &'a std::collections::BTreeMap<String, crate::store::alerting::Silence>,
     herd_id: &'a Option<String>,
+    action_runs: &'a std::collections::BTreeMap<String, ActionRunRecord>,
 }
 
 #[derive(Deserialize)]
@@ -258,6 +259,8 @@ struct Rest {
     silences: std::collections::BTreeMap<String, crate::store::alerting::Silence>,
     #[serde(default)]
     herd_id: Option<String>,
+    #[serde(default)]
+    action_runs: std::collections::BTreeMap<String, ActionRunRecord>,
 }
 
 /// Stores `parts` of `state`.
@@ -283,6 +286,7 @@ fn put_state(
         draining,
         silences,
         herd_id,
+        action_runs,
     } = state;
     for part in parts {
         match part {
@@ -319,6 +323,7 @@ fn put_state(
                     draining,
                     silences,
                     herd_id,
+                    action_runs,
                 },
             )?,
         }
@@ -355,6 +360,7 @@ where
         s.draining = r.draining;
         s.silences = r.silences;
         s.herd_id = r.herd_id;
+        s.action_runs = r.action_runs;
     }
     Ok(s)
 }
