@@ -23,6 +23,11 @@ pub const MAX_INTERVAL: HumanDuration = HumanDuration::from_secs(24 * 3600);
 /// SSH port when an address names none.
 pub const DEFAULT_SSH_PORT: u16 = 22;
 
+/// The grammar of fleet specs this build reads: a spec that says `version = N`
+/// with a larger N was written for a newer Herd and is refused whole (with a
+/// clear error), rather than read in part.
+pub const GRAMMAR_VERSION: i64 = 1;
+
 /// The whole fleet as applied with `herd apply`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct FleetSpec {
@@ -477,6 +482,29 @@ fn sections<'r, 'i>(
             continue;
         }
         match name {
+            "version" => match value.get_ref() {
+                DeValue::Integer(i) => match i.to_string().parse::<i64>() {
+                    Ok(v) if (1..=GRAMMAR_VERSION).contains(&v) => {}
+                    Ok(v) if v > GRAMMAR_VERSION => errors.push((
+                        value.span().start,
+                        "version".into(),
+                        format!(
+                            "this spec is written in fleet grammar version {v}; this herd reads \
+                             version {GRAMMAR_VERSION} and older: upgrade every node first"
+                        ),
+                    )),
+                    _ => errors.push((
+                        value.span().start,
+                        "version".into(),
+                        format!("must be a grammar version from 1 to {GRAMMAR_VERSION}"),
+                    )),
+                },
+                _ => errors.push((
+                    value.span().start,
+                    "version".into(),
+                    format!("must be an integer (the fleet grammar version, {GRAMMAR_VERSION})"),
+                )),
+            },
             "routes" => {
                 out.routes_at = key.span().start;
                 match Routes::deserialize(ValueDeserializer::from(value.clone())) {
@@ -491,7 +519,8 @@ fn sections<'r, 'i>(
             _ => errors.push((
                 key.span().start,
                 name.to_string(),
-                "unknown key; expected [[target]], [[rule]], [[channel]] or [routes]".into(),
+                "unknown key; expected version, [[target]], [[rule]], [[channel]] or [routes]"
+                    .into(),
             )),
         }
     }
@@ -770,5 +799,32 @@ mod example_tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let spec = super::parse_fleet(&text, "fleet.toml.example").unwrap();
         assert_eq!(spec.targets.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod grammar_tests {
+    use super::*;
+
+    const TARGET: &str = "[[target]]\nname = \"a\"\ntransport = \"local\"\n";
+
+    #[test]
+    fn a_spec_may_say_its_grammar_version_and_a_newer_one_is_refused_whole() {
+        assert!(parse_fleet(&format!("version = 1\n{TARGET}"), "f.toml").is_ok());
+        assert!(parse_fleet(TARGET, "f.toml").is_ok(), "version is optional");
+        let e = parse_fleet(&format!("# fleet\nversion = 2\n{TARGET}"), "f.toml").unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e:?}");
+        assert_eq!(e.0[0].key, "version");
+        assert_eq!(e.0[0].line, Some(2));
+        assert!(e.0[0].message.contains("version 2"), "{}", e.0[0].message);
+        assert!(
+            e.0[0].message.contains("upgrade every node"),
+            "{}",
+            e.0[0].message
+        );
+        for bad in ["version = 0", "version = \"1\""] {
+            let e = parse_fleet(&format!("{bad}\n{TARGET}"), "f.toml").unwrap_err();
+            assert_eq!(e.0[0].key, "version", "{bad}: {e:?}");
+        }
     }
 }
