@@ -35,6 +35,7 @@
 //! | `cut-from-leader` | partial: the victim cut from the leader only; both still reach the third node |
 //! | `one-way-to-leader`, `one-way-from-leader` | what one side sends the other is lost, for 4 s |
 //! | `restart` | SIGTERM (the ordered stop), started again at once |
+//! | `rolling-restart` | every node in turn, the leader last, each restarted like `restart` once the herd settled after the one before |
 //! | `apply-during-cut` | the victim cut from both others; an apply through the leader meanwhile |
 //!
 //! **What is checked after each round** (from every node's own store, `Query` with
@@ -54,8 +55,8 @@
 //! Per fault kind it measures the takeover (the first sample of an orphaned target
 //! by another node, minus the fault's start) and the longest hole.
 //!
-//! Faults not built yet: a clock step on one node (`faketime`) and rolling restarts
-//! of every node in one round; the table says which kinds ran.
+//! Faults not built yet: a clock step on one node (`faketime`); the table says which
+//! kinds ran.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -110,6 +111,7 @@ pub enum Fault {
     OneWayToLeader,
     OneWayFromLeader,
     Restart,
+    RollingRestart,
     ApplyDuringCut,
 }
 
@@ -128,6 +130,7 @@ impl Fault {
             Fault::OneWayToLeader,
             Fault::OneWayFromLeader,
             Fault::Restart,
+            Fault::RollingRestart,
             Fault::ApplyDuringCut,
         ]);
         v
@@ -145,6 +148,7 @@ impl Fault {
             Fault::OneWayToLeader => "one-way-to-leader".into(),
             Fault::OneWayFromLeader => "one-way-from-leader".into(),
             Fault::Restart => "restart".into(),
+            Fault::RollingRestart => "rolling-restart".into(),
             Fault::ApplyDuringCut => "apply-during-cut".into(),
         }
     }
@@ -966,6 +970,28 @@ fn inject(
             rig.node_mut(victim).stop();
             flip_now(rig);
             rig.node_mut(victim).restart()?;
+        }
+        Fault::RollingRestart => {
+            // Every node in turn (the victim first, the leader last), each once the
+            // herd has settled again after the one before: an upgrade's restarts.
+            let mut order: Vec<u64> = rig
+                .nodes
+                .keys()
+                .copied()
+                .filter(|&id| id != leader && id != victim)
+                .collect();
+            order.insert(0, victim);
+            if victim != leader {
+                order.push(leader);
+            }
+            for (i, id) in order.into_iter().enumerate() {
+                rig.node_mut(id).stop();
+                if i == 0 {
+                    flip_now(rig);
+                }
+                rig.node_mut(id).restart()?;
+                rig.wait_settled()?;
+            }
         }
         Fault::ApplyDuringCut => {
             for &o in &others {

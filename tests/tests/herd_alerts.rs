@@ -1063,3 +1063,110 @@ fn max_per_hour_counts_action_runs_across_the_herd() {
         "node {second} did not run it again (max_per_hour = 1 across the herd)"
     );
 }
+
+/// The `log_match` events of `target` in the stores of the live nodes (events are
+/// kept by the node that saw them), by line.
+fn log_lines(cluster: &Cluster, target: &str) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for id in cluster.live_nodes() {
+        for e in cluster.node(id).events_of(target, "log_match") {
+            if let Some(m) = e["message"].as_str() {
+                let line = m.rsplit(": ").next().unwrap_or(m).to_string();
+                *seen.entry(line).or_insert(0) += 1;
+            }
+        }
+    }
+    seen
+}
+
+fn append(path: &std::path::Path, line: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .expect("the log");
+    writeln!(f, "{line}").expect("appending");
+}
+
+#[test]
+fn a_new_owner_continues_a_log_where_the_last_one_stopped() {
+    let files = Files::new("herd-tails-");
+    let log = files.path("app.log");
+    std::fs::write(&log, "before the herd watched\n").unwrap();
+    let target = "tail-1".to_string();
+    let mut cluster = Cluster::start(3, HerdOptions::default());
+    cluster.apply(
+        1,
+        &format!(
+            "[[target]]\nname = \"{target}\"\ntransport = \"local\"\ninterval = \"1s\"\nchecks = [\n  \
+             {{ kind = \"log\", name = \"app\", path = \"{}\", include = [\"ERROR\"] }},\n]\n\n",
+            log.display()
+        ),
+    );
+    cluster.wait_until_all_owned_and_scraped(std::slice::from_ref(&target), FRESH_S, SCRAPE_BOUND);
+    let first = cluster
+        .status()
+        .target(&target)
+        .and_then(|t| t.owner)
+        .expect("an owner");
+
+    phase!("node {first} reads ERROR one; the herd records where it stopped");
+    append(&log, "ERROR one");
+    wait_for(BOUND, "ERROR one reported", || {
+        log_lines(&cluster, &target)
+            .contains_key("ERROR one")
+            .then_some(())
+    });
+    // The position goes to the herd within a second of the read.
+    std::thread::sleep(Duration::from_secs(2));
+
+    phase!("kill -9 node {first}; ERROR two is written while nobody watches");
+    let killed_at = cluster.kill9(first);
+    append(&log, "ERROR two");
+    let second = wait_for(BOUND, "the target owned by a survivor and scraped", || {
+        let s = cluster.status();
+        let t = s.target(&target)?;
+        let owner = t
+            .owner
+            .filter(|o| *o != first && s.alive_ids().contains(o))?;
+        let age = t.last_scrape_age_s?;
+        (now_ms() - (age * 1000.0) as i64 > killed_at).then_some(owner)
+    });
+    let seen = wait_for(BOUND, &format!("node {second} reports ERROR two"), || {
+        let seen = log_lines(&cluster, &target);
+        seen.contains_key("ERROR two").then_some(seen)
+    });
+    // Node {first}'s own events are out of reach while it is down: a survivor's
+    // "ERROR one" would be a line read twice.
+    assert_eq!(
+        seen.get("ERROR one"),
+        None,
+        "not read again by node {second}: {seen:?}"
+    );
+    assert!(!seen.contains_key("before the herd watched"), "{seen:?}");
+
+    phase!("node {first} comes back; whoever owns the target then, nothing is read twice");
+    cluster.restart(first);
+    append(&log, "ERROR three");
+    wait_for(
+        BOUND,
+        "ERROR three reported, node {first} answering",
+        || {
+            let seen = log_lines(&cluster, &target);
+            (seen.contains_key("ERROR three") && seen.contains_key("ERROR one")).then_some(())
+        },
+    );
+    std::thread::sleep(QUIET);
+    let seen = log_lines(&cluster, &target).into_iter().collect::<Vec<_>>();
+    assert_eq!(
+        seen,
+        [
+            ("ERROR one".to_string(), 1),
+            ("ERROR three".to_string(), 1),
+            ("ERROR two".to_string(), 1)
+        ],
+        "each line once, none skipped (before: {:?})",
+        seen
+    );
+}

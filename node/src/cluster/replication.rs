@@ -140,3 +140,91 @@ pub async fn replicate_alerts(
         }
     }
 }
+
+/// How often the owners' new tail positions go to the herd (one Raft entry for
+/// all that changed): a new owner re-reads at most this much of a log.
+const TAILS_EVERY: Duration = Duration::from_secs(1);
+
+/// The herd's copy of the checks' tail positions for the collectors: read from the
+/// applied state, written through [`replicate_tails`].
+pub struct HerdTails {
+    state: tokio::sync::watch::Receiver<Arc<super::types::ClusterState>>,
+    tx: tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)>,
+}
+
+impl HerdTails {
+    pub fn new(
+        cluster: &ClusterNode,
+    ) -> (
+        Arc<HerdTails>,
+        tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (
+            Arc::new(HerdTails {
+                state: cluster.state(),
+                tx,
+            }),
+            rx,
+        )
+    }
+}
+
+impl crate::model::HerdMarks for HerdTails {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.state
+            .borrow()
+            .tails
+            .get(key)
+            .map(|m| m.value.clone().into_bytes())
+    }
+
+    fn put(&self, key: &str, value: &[u8]) {
+        let _ = self.tx.send((key.to_string(), value.to_vec()));
+    }
+}
+
+/// Commits the newest tail position of each key every [`TAILS_EVERY`], while this
+/// node holds its lease and is in a herd (a fenced node's positions are not the
+/// herd's: the next owner continues from the last ones recorded).
+pub async fn replicate_tails(
+    cluster: ClusterNode,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    owned: ownership::OwnedRx,
+    cancel: CancellationToken,
+) {
+    let mut pending: std::collections::BTreeMap<String, super::types::TailMark> =
+        Default::default();
+    let mut tick = tokio::time::interval(TAILS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            got = rx.recv() => match got {
+                None => return,
+                Some((key, value)) => {
+                    pending.insert(key, super::types::TailMark {
+                        value: String::from_utf8_lossy(&value).into_owned(),
+                        at_ms: crate::model::now_ms(),
+                    });
+                }
+            },
+            _ = tick.tick() => {
+                if pending.is_empty() || owned.borrow().fenced || !cluster.in_herd() {
+                    if !cluster.in_herd() {
+                        pending.clear();
+                    }
+                    continue;
+                }
+                let marks: Vec<_> = std::mem::take(&mut pending).into_iter().collect();
+                if let Err(e) = cluster.write(Command::Tails { marks: marks.clone() }).await {
+                    tracing::debug!(error = %e, "tail positions not recorded in the herd yet; retrying");
+                    // Newer positions that arrived meanwhile win.
+                    for (k, m) in marks {
+                        pending.entry(k).or_insert(m);
+                    }
+                }
+            }
+        }
+    }
+}

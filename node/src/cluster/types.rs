@@ -107,6 +107,12 @@ pub enum Command {
     /// (an alert transition) and at most `max_per_hour` per (rule, target) in the
     /// whole herd, counted at `at_ms` (the proposer's clock). `nonce` tells the
     /// same request retried (granted again) from another node's (refused).
+    /// Where checks that tail files stopped (log, nginx, json_state), by the key
+    /// they persist under: a new owner continues from there. A mark older than the
+    /// one recorded (by `at_ms`, the writer's clock) is ignored.
+    Tails {
+        marks: Vec<(String, TailMark)>,
+    },
     ActionRun {
         key: String,
         rule: String,
@@ -117,6 +123,17 @@ pub enum Command {
         node: NodeId,
     },
 }
+
+/// A check's persisted position (a log tail's file and offset, as JSON) as the
+/// target's owner last told the herd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TailMark {
+    pub value: String,
+    pub at_ms: i64,
+}
+
+/// Marks kept at most (the oldest are forgotten first).
+pub const MAX_TAIL_MARKS: usize = 100_000;
 
 /// A remediation action run the herd granted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,6 +245,9 @@ pub struct ClusterState {
     /// Remediation action runs granted in the last [`ACTION_RUNS_KEPT_MS`], by key.
     #[serde(default)]
     pub action_runs: BTreeMap<String, ActionRunRecord>,
+    /// Checks' positions in the files they tail, by key ([`Command::Tails`]).
+    #[serde(default)]
+    pub tails: BTreeMap<String, TailMark>,
 }
 
 /// How long a node waits for the herd to record an alert notification it queued
@@ -307,6 +327,7 @@ impl ClusterState {
             Command::Resume { target } => self.resume(target),
             Command::HerdId { id } => self.set_herd_id(id),
             Command::ExpirePauses { now_ms } => self.expire_pauses(*now_ms),
+            Command::Tails { marks } => self.record_tails(marks),
             Command::ActionRun {
                 key,
                 rule,
@@ -327,6 +348,30 @@ impl ClusterState {
                 *max_per_hour,
             ),
         }
+    }
+
+    /// Newer tail marks replace older ones; beyond MAX_TAIL_MARKS the oldest go.
+    fn record_tails(&mut self, marks: &[(String, TailMark)]) -> CommandResponse {
+        for (key, mark) in marks {
+            match self.tails.get(key) {
+                Some(m) if m.at_ms > mark.at_ms => {}
+                _ => {
+                    self.tails.insert(key.clone(), mark.clone());
+                }
+            }
+        }
+        if self.tails.len() > MAX_TAIL_MARKS {
+            let mut ages: Vec<(i64, String)> = self
+                .tails
+                .iter()
+                .map(|(k, m)| (m.at_ms, k.clone()))
+                .collect();
+            ages.sort();
+            for (_, k) in ages.into_iter().take(self.tails.len() - MAX_TAIL_MARKS) {
+                self.tails.remove(&k);
+            }
+        }
+        CommandResponse::default()
     }
 
     /// Grants an action run: once per key, `max_per_hour` per (rule, target).
@@ -823,6 +868,30 @@ pub(crate) mod tests {
         assert!(s.pauses.contains_key("b"));
         assert_eq!(s.apply(&Command::Resume { target: "b".into() }).version, 1);
         assert_eq!(s.apply(&Command::Resume { target: "b".into() }).version, 0);
+    }
+
+    #[test]
+    fn tail_marks_keep_the_newest_per_key() {
+        let mut s = ClusterState::default();
+        let mark = |value: &str, at_ms| TailMark {
+            value: value.into(),
+            at_ms,
+        };
+        s.apply(&Command::Tails {
+            marks: vec![("k".into(), mark("a", 10)), ("j".into(), mark("x", 5))],
+        });
+        s.apply(&Command::Tails {
+            marks: vec![("k".into(), mark("old", 9))],
+        });
+        assert_eq!(
+            s.tails["k"].value, "a",
+            "an older mark (a late writer) is ignored"
+        );
+        s.apply(&Command::Tails {
+            marks: vec![("k".into(), mark("b", 11))],
+        });
+        assert_eq!(s.tails["k"].value, "b");
+        assert_eq!(s.tails["j"].value, "x");
     }
 
     #[test]

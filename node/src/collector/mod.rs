@@ -67,4 +67,6 @@ pub struct CollectorCtx {
     /// Where samples and events go for rule evaluation (None: no rules, in tests).
     pub rules: Option<Arc<dyn crate::model::InputSink>>,
     pub transports: Transports,
+    /// The herd's copy of the log tails' positions (None: no herd, in tests).
+    pub marks: Option<Arc<dyn crate::model::HerdMarks>>,
 }

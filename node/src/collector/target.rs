@@ -232,6 +232,7 @@ impl CheckLoop {
             .min(interval);
         let runner_ctx = RunnerCtx {
             store: &ctx.store,
+            marks: ctx.marks.as_deref(),
             target: &spec.name,
             states: &ctx.states,
         };
@@ -504,6 +505,13 @@ impl CheckLoop {
         if let Some(rules) = &ctx.rules {
             for e in &events {
                 rules.event(e);
+            }
+        }
+        if let Some(marks) = &ctx.marks {
+            for (key, value) in &run.outcome.persist {
+                if super::checks::tail::is_tail_key(key) {
+                    marks.put(key, value);
+                }
             }
         }
         ctx.store

@@ -12,7 +12,7 @@ pub use alert::{Alert, AlertState, Notification, NotifyKind, Severity};
 pub use node::{NodeId, NodeRecord, MACHINE_PREFIX};
 pub use pattern::{fnv1a64, glob_match, FNV_OFFSET};
 pub use retry::{Retry, RetryPolicy};
-pub use sample::{now_ms, Event, EventKind, InputSink, Labels, Measurement, Sample};
+pub use sample::{now_ms, Event, EventKind, HerdMarks, InputSink, Labels, Measurement, Sample};
 
 /// json_state trees: target → check name → (the runner instance that owns the
 /// entry, tree). The instance lets an old runner that stops after its replacement

@@ -117,3 +117,14 @@ pub trait InputSink: Send + Sync {
     fn samples(&self, samples: &[Sample]);
     fn event(&self, e: &Event);
 }
+
+/// The herd's copy of what checks persist to continue where they stopped (a log
+/// tail's file position), by the same key as in the node's store: a new owner of a
+/// target continues from the last position the herd recorded. The node's wiring
+/// connects it to the herd's replicated state.
+pub trait HerdMarks: Send + Sync {
+    /// The herd's latest value of `key`, if it has one.
+    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    /// This node's new value of `key` (recorded with the herd's next batch).
+    fn put(&self, key: &str, value: &[u8]);
+}

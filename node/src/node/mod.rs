@@ -131,6 +131,8 @@ struct Once {
     http_listener: TcpListener,
     rules_rx: tokio::sync::mpsc::Receiver<Input>,
     replicate: (UnboundedSender<AlertDelta>, UnboundedReceiver<AlertDelta>),
+    /// The collectors' new tail positions, for the herd.
+    tails_rx: UnboundedReceiver<(String, Vec<u8>)>,
     owned_tx: OwnedTx,
     collectors: Arc<CollectorCtx>,
 }
@@ -161,7 +163,8 @@ impl Node {
         // The stored spec, ownership and alerts from the first moment: the rules task
         // and the outbox must not start from an empty spec after a restart.
         let _ = owned_tx.send(Arc::new(fleet.view_now(cfg.cluster.lease.get())));
-        let collectors = Arc::new(collector_ctx(&cfg, &store, &rules));
+        let (tails, tails_rx) = crate::cluster::replication::HerdTails::new(&cluster);
+        let collectors = Arc::new(collector_ctx(&cfg, &store, &rules, tails));
         let notifier = Notifier::new(store.clone());
         Ok(Node {
             wiring: Wiring {
@@ -185,6 +188,7 @@ impl Node {
                 http_listener,
                 rules_rx,
                 replicate,
+                tails_rx,
                 owned_tx,
                 collectors,
             },
@@ -313,7 +317,12 @@ fn rules_channel(
 
 /// The collectors' settings (`[ssh]`) and fresh boards, which the API and the
 /// rules share with them.
-fn collector_ctx(cfg: &NodeConfig, store: &Store, rules: &RulesHandle) -> CollectorCtx {
+fn collector_ctx(
+    cfg: &NodeConfig,
+    store: &Store,
+    rules: &RulesHandle,
+    marks: Arc<dyn crate::model::HerdMarks>,
+) -> CollectorCtx {
     let ssh = &cfg.ssh;
     CollectorCtx {
         store: store.clone(),
@@ -334,6 +343,7 @@ fn collector_ctx(cfg: &NodeConfig, store: &Store, rules: &RulesHandle) -> Collec
         states: Arc::new(RwLock::new(Default::default())),
         rules: Some(Arc::new(rules.clone())),
         transports: Arc::new(RwLock::new(Default::default())),
+        marks: Some(marks),
     }
 }
 
@@ -373,7 +383,7 @@ impl Wiring {
         self.serve_http(parts, api.clone(), once.http_listener); // 3
         self.serve_grpc(parts, api, once.listener)?; // 3
         self.flush_store_before_the_api_goes(parts); // 4
-        let herd = self.start_herd_tasks(parts, once.owned_tx, once.replicate); // 5
+        let herd = self.start_herd_tasks(parts, once.owned_tx, once.replicate, once.tails_rx); // 5
         self.apply_initial_fleet(parts, initial, herd).await?;
         self.start_outbox(parts); // 6
         self.start_rules(parts, once.rules_rx); // 7
@@ -504,10 +514,20 @@ impl Wiring {
         parts: &mut Parts,
         owned_tx: OwnedTx,
         replicate: (UnboundedSender<AlertDelta>, UnboundedReceiver<AlertDelta>),
+        tails_rx: UnboundedReceiver<(String, Vec<u8>)>,
     ) -> CancellationToken {
         let herd = parts.start("herd tasks", HERD_TASKS_DEADLINE);
         self.spawn_membership(parts, owned_tx, &herd);
         self.spawn_alert_followers(parts, replicate, &herd);
+        parts.spawn(
+            "tail replication",
+            crate::cluster::replication::replicate_tails(
+                self.cluster.clone(),
+                tails_rx,
+                self.owned_rx.clone(),
+                herd.clone(),
+            ),
+        );
         self.spawn_watches(parts, &herd);
         herd
     }

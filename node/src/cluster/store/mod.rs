@@ -26,7 +26,7 @@ use redb::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::types::{ActionRunRecord, ClusterState, NodeHealth, NodeId, NodeRecord, Part};
+use super::types::{ActionRunRecord, ClusterState, NodeHealth, NodeId, NodeRecord, Part, TailMark};
 
 mod log;
 mod sm;
@@ -247,6 +247,7 @@ struct RestRef<'a> {
     silences: &'a std::collections::BTreeMap<String, crate::store::alerting::Silence>,
     herd_id: &'a Option<String>,
     action_runs: &'a std::collections::BTreeMap<String, ActionRunRecord>,
+    tails: &'a std::collections::BTreeMap<String, TailMark>,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +262,8 @@ struct Rest {
     herd_id: Option<String>,
     #[serde(default)]
     action_runs: std::collections::BTreeMap<String, ActionRunRecord>,
+    #[serde(default)]
+    tails: std::collections::BTreeMap<String, TailMark>,
 }
 
 /// Stores `parts` of `state`.
@@ -287,6 +290,7 @@ fn put_state(
         silences,
         herd_id,
         action_runs,
+        tails,
     } = state;
     for part in parts {
         match part {
@@ -324,6 +328,7 @@ fn put_state(
                     silences,
                     herd_id,
                     action_runs,
+                    tails,
                 },
             )?,
         }
@@ -361,6 +366,7 @@ where
         s.silences = r.silences;
         s.herd_id = r.herd_id;
         s.action_runs = r.action_runs;
+        s.tails = r.tails;
     }
     Ok(s)
 }

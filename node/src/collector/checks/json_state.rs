@@ -50,14 +50,11 @@ impl JsonStateState {
     pub fn new(
         c: &JsonStateCheck,
         name: &str,
-        store: &Store,
-        target: &str,
-        board: StateBoard,
+        ctx: &super::RunnerCtx<'_>,
     ) -> Result<Self, CheckSetupError> {
+        let (store, target, board) = (ctx.store, ctx.target, ctx.states.clone());
         let source = match (&c.path, &c.docker_label) {
-            (Some(path), None) => {
-                Source::File(Tail::load(store, target, name, path, DEFAULT_MAX_BYTES))
-            }
+            (Some(path), None) => Source::File(Tail::load(ctx, name, path, DEFAULT_MAX_BYTES)),
             (None, Some(label)) => Source::Docker {
                 label: label.clone(),
                 since: None,
@@ -274,6 +271,7 @@ mod tests {
     use std::sync::{Arc, RwLock};
     use std::time::Duration;
 
+    use super::super::RunnerCtx;
     use super::*;
     use crate::store::StoreOptions;
 
@@ -303,7 +301,17 @@ mod tests {
             .put_meta("state\0web-1\0app", b"{not json".to_vec())
             .await
             .unwrap();
-        let mut s = JsonStateState::new(&c, "app", &store, "web-1", board.clone()).unwrap();
+        let mut s = JsonStateState::new(
+            &c,
+            "app",
+            &RunnerCtx {
+                store: &store,
+                marks: None,
+                target: "web-1",
+                states: &board,
+            },
+        )
+        .unwrap();
         let why = s
             .load_failure
             .take()
@@ -322,7 +330,17 @@ mod tests {
             .put_meta("state\0web-1\0good", br#"{"a":{"b":1}}"#.to_vec())
             .await
             .unwrap();
-        let good = JsonStateState::new(&c, "good", &store, "web-1", board.clone()).unwrap();
+        let good = JsonStateState::new(
+            &c,
+            "good",
+            &RunnerCtx {
+                store: &store,
+                marks: None,
+                target: "web-1",
+                states: &board,
+            },
+        )
+        .unwrap();
         assert!(good.load_failure.is_none());
         assert_eq!(good.tree.leaf_count(), 1);
     }
@@ -336,7 +354,17 @@ mod tests {
             .put_meta("state\0web-1\0app", br#"{"up":true}"#.to_vec())
             .await
             .unwrap();
-        let s = JsonStateState::new(&check("/x"), "app", &store, "web-1", board.clone()).unwrap();
+        let s = JsonStateState::new(
+            &check("/x"),
+            "app",
+            &RunnerCtx {
+                store: &store,
+                marks: None,
+                target: "web-1",
+                states: &board,
+            },
+        )
+        .unwrap();
         let poisoner = board.clone();
         let _ = std::thread::spawn(move || {
             let _guard = poisoner.write().unwrap();

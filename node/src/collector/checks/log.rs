@@ -6,7 +6,6 @@ use super::tail::Tail;
 use super::{CheckError, CheckSetupError, Env, Outcome, Status};
 use crate::config::checks::LogCheck;
 use crate::model::{EventKind, Measurement};
-use crate::store::Store;
 
 pub struct LogState {
     tail: Tail,
@@ -18,17 +17,10 @@ impl LogState {
     pub fn new(
         c: &LogCheck,
         name: &str,
-        store: &Store,
-        target: &str,
+        ctx: &super::RunnerCtx<'_>,
     ) -> Result<Self, CheckSetupError> {
         Ok(LogState {
-            tail: Tail::load(
-                store,
-                target,
-                name,
-                &c.path,
-                c.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
-            ),
+            tail: Tail::load(ctx, name, &c.path, c.max_bytes.unwrap_or(DEFAULT_MAX_BYTES)),
             filter: LineFilter::new(&c.include, &c.exclude)?,
             max_lines: c.max_lines.unwrap_or(DEFAULT_MAX_LINES),
         })

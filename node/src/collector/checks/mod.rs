@@ -111,6 +111,8 @@ pub struct Outcome {
 /// What building a runner may need besides the check's spec.
 pub struct RunnerCtx<'a> {
     pub store: &'a crate::store::Store,
+    /// The herd's copy of persisted positions, preferred when newer (a takeover).
+    pub marks: Option<&'a dyn crate::model::HerdMarks>,
     pub target: &'a str,
     pub states: &'a crate::collector::StateBoard,
 }
@@ -188,20 +190,10 @@ impl Runner {
             CheckSpec::Prometheus(c) => {
                 Runner::Prometheus(Box::new(prometheus::PromState::new(c)?))
             }
-            CheckSpec::Log(c) => Runner::Log(Box::new(log::LogState::new(
-                c, name, ctx.store, ctx.target,
-            )?)),
-            CheckSpec::Nginx(c) => Runner::Nginx(Box::new(nginx::NginxState::new(
-                c, name, ctx.store, ctx.target,
-            )?)),
+            CheckSpec::Log(c) => Runner::Log(Box::new(log::LogState::new(c, name, ctx)?)),
+            CheckSpec::Nginx(c) => Runner::Nginx(Box::new(nginx::NginxState::new(c, name, ctx)?)),
             CheckSpec::JsonState(c) => {
-                Runner::JsonState(Box::new(json_state::JsonStateState::new(
-                    c,
-                    name,
-                    ctx.store,
-                    ctx.target,
-                    ctx.states.clone(),
-                )?))
+                Runner::JsonState(Box::new(json_state::JsonStateState::new(c, name, ctx)?))
             }
         })
     }

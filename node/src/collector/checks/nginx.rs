@@ -15,7 +15,6 @@ use super::tail::Tail;
 use super::{CheckError, CheckSetupError, Env, Outcome, Status};
 use crate::config::checks::NginxCheck;
 use crate::config::Vantage;
-use crate::store::Store;
 use crate::transport::http::{self, HttpError, Request, Tls, Via};
 use crate::transport::TunnelError;
 
@@ -56,8 +55,7 @@ impl NginxState {
     pub fn new(
         c: &NginxCheck,
         name: &str,
-        store: &Store,
-        target: &str,
+        ctx: &super::RunnerCtx<'_>,
     ) -> Result<Self, CheckSetupError> {
         let stub = match &c.status_url {
             Some(url) => {
@@ -78,10 +76,7 @@ impl NginxState {
                     Some(f) => LogFormat::compile(f).map_err(CheckSetupError::LogFormat)?,
                     None => LogFormat::default(),
                 };
-                Some((
-                    Tail::load(store, target, name, path, DEFAULT_MAX_BYTES),
-                    format,
-                ))
+                Some((Tail::load(ctx, name, path, DEFAULT_MAX_BYTES), format))
             }
             None => None,
         };
@@ -196,9 +191,11 @@ mod tests {
     use std::time::Duration;
 
     use super::super::parse::geoip::testdb;
+    use super::super::RunnerCtx;
     use super::*;
     use crate::config::TargetSpec;
     use crate::model::Measurement;
+    use crate::store::Store;
     use crate::store::StoreOptions;
     use crate::transport::{LocalTransport, Transport};
 
@@ -289,7 +286,17 @@ this line is not in the combined format
         let f = fixture();
         std::fs::write(&f.db, testdb::sample(6)).unwrap();
         let c = check(&f.log, Some(&f.db));
-        let mut state = NginxState::new(&c, "nginx", &f.store, &f.target.name).unwrap();
+        let mut state = NginxState::new(
+            &c,
+            "nginx",
+            &RunnerCtx {
+                store: &f.store,
+                marks: None,
+                target: &f.target.name,
+                states: &Default::default(),
+            },
+        )
+        .unwrap();
         // The first scrape starts at the log's end.
         let first = scrape(&f, &mut state, &c).await.unwrap();
         assert!(per_country(&first.measurements).is_empty());
@@ -330,7 +337,17 @@ this line is not in the combined format
 
         // Without geoip_db: the same statistics, no country labels, no error.
         let plain = check(&f.log, None);
-        let mut state = NginxState::new(&plain, "plain", &f.store, &f.target.name).unwrap();
+        let mut state = NginxState::new(
+            &plain,
+            "plain",
+            &RunnerCtx {
+                store: &f.store,
+                marks: None,
+                target: &f.target.name,
+                states: &Default::default(),
+            },
+        )
+        .unwrap();
         scrape(&f, &mut state, &plain).await.unwrap();
         append(&f.log, LOG);
         let out = scrape(&f, &mut state, &plain).await.unwrap();
@@ -348,7 +365,17 @@ this line is not in the combined format
     async fn unreadable_geoip_db_is_a_check_error_naming_the_path() {
         let f = fixture();
         let c = check(&f.log, Some(&f.db));
-        let mut state = NginxState::new(&c, "nginx", &f.store, &f.target.name).unwrap();
+        let mut state = NginxState::new(
+            &c,
+            "nginx",
+            &RunnerCtx {
+                store: &f.store,
+                marks: None,
+                target: &f.target.name,
+                states: &Default::default(),
+            },
+        )
+        .unwrap();
         let shown = f.db.display().to_string();
 
         // Missing.
@@ -385,18 +412,36 @@ this line is not in the combined format
         let f = fixture();
         let mut c = check(&f.log, Some(&f.db));
         c.log_format = Some("$status $body_bytes_sent".into());
-        let e = NginxState::new(&c, "nginx", &f.store, "web-1")
-            .err()
-            .unwrap()
-            .to_string();
+        let e = NginxState::new(
+            &c,
+            "nginx",
+            &RunnerCtx {
+                store: &f.store,
+                marks: None,
+                target: "web-1",
+                states: &Default::default(),
+            },
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(e.contains("$remote_addr"), "{e}");
         c.log_format = None;
         c.access_log = None;
         c.status_url = Some("http://127.0.0.1/nginx_status".into());
-        let e = NginxState::new(&c, "nginx", &f.store, "web-1")
-            .err()
-            .unwrap()
-            .to_string();
+        let e = NginxState::new(
+            &c,
+            "nginx",
+            &RunnerCtx {
+                store: &f.store,
+                marks: None,
+                target: "web-1",
+                states: &Default::default(),
+            },
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(e.contains("access_log"), "{e}");
     }
 }
