@@ -987,6 +987,33 @@ fn ack_and_silence_from_any_node() {
     });
 }
 
+/// Applies `fleet` (one fleet target, `target`) through node 1 and waits until it is
+/// owned and scraped; its owner.
+fn apply_one(cluster: &Cluster, fleet: &str, target: &str) -> u64 {
+    cluster.apply(1, fleet);
+    let names = [target.to_string()];
+    cluster.wait_until_all_owned_and_scraped(&names, FRESH_S, SCRAPE_BOUND);
+    cluster
+        .status()
+        .target(target)
+        .and_then(|t| t.owner)
+        .expect("an owner")
+}
+
+/// Waits until `target` is owned by a live node other than `dead` that scraped it
+/// after `after_ms`; that node.
+fn wait_moved(cluster: &Cluster, target: &str, dead: u64, after_ms: i64) -> u64 {
+    wait_for(BOUND, "the target owned by a survivor and scraped", || {
+        let s = cluster.status();
+        let t = s.target(target)?;
+        let owner = t
+            .owner
+            .filter(|o| *o != dead && s.alive_ids().contains(o))?;
+        let age = t.last_scrape_age_s?;
+        (now_ms() - (age * 1000.0) as i64 > after_ms).then_some(owner)
+    })
+}
+
 /// The lines of the file a node-side action appends to.
 fn action_runs(log: &std::path::Path) -> usize {
     std::fs::read_to_string(log)
@@ -1007,13 +1034,7 @@ fn max_per_hour_counts_action_runs_across_the_herd() {
         fresh_target(&target, &files),
         herd_tests::toml_str(&format!("echo ran >> {}", log.display()))
     );
-    cluster.apply(1, &fleet);
-    cluster.wait_until_all_owned_and_scraped(std::slice::from_ref(&target), FRESH_S, SCRAPE_BOUND);
-    let first = cluster
-        .status()
-        .target(&target)
-        .and_then(|t| t.owner)
-        .expect("an owner");
+    let first = apply_one(&cluster, &fleet, &target);
 
     phase!("the file vanishes: the alert fires on node {first}, its action runs once");
     files.remove(&target);
@@ -1033,15 +1054,7 @@ fn max_per_hour_counts_action_runs_across_the_herd() {
 
     phase!("kill -9 node {first}: the target moves; the file vanishes again");
     let killed_at = cluster.kill9(first);
-    let second = wait_for(BOUND, "the target owned by a survivor and scraped", || {
-        let s = cluster.status();
-        let t = s.target(&target)?;
-        let owner = t
-            .owner
-            .filter(|o| *o != first && s.alive_ids().contains(o))?;
-        let ts = check_of(&s, &target, CHECK)?["ts_ms"].as_i64()?;
-        (ts > killed_at).then_some(owner)
-    });
+    let second = wait_moved(&cluster, &target, first, killed_at);
     files.remove(&target);
     let refused = wait_for(BOUND, "the second firing's action refused", || {
         cluster
@@ -1096,20 +1109,12 @@ fn a_new_owner_continues_a_log_where_the_last_one_stopped() {
     std::fs::write(&log, "before the herd watched\n").unwrap();
     let target = "tail-1".to_string();
     let mut cluster = Cluster::start(3, HerdOptions::default());
-    cluster.apply(
-        1,
-        &format!(
-            "[[target]]\nname = \"{target}\"\ntransport = \"local\"\ninterval = \"1s\"\nchecks = [\n  \
-             {{ kind = \"log\", name = \"app\", path = \"{}\", include = [\"ERROR\"] }},\n]\n\n",
-            log.display()
-        ),
+    let fleet = format!(
+        "[[target]]\nname = \"{target}\"\ntransport = \"local\"\ninterval = \"1s\"\nchecks = [\n  \
+         {{ kind = \"log\", name = \"app\", path = \"{}\", include = [\"ERROR\"] }},\n]\n\n",
+        log.display()
     );
-    cluster.wait_until_all_owned_and_scraped(std::slice::from_ref(&target), FRESH_S, SCRAPE_BOUND);
-    let first = cluster
-        .status()
-        .target(&target)
-        .and_then(|t| t.owner)
-        .expect("an owner");
+    let first = apply_one(&cluster, &fleet, &target);
 
     phase!("node {first} reads ERROR one; the herd records where it stopped");
     append(&log, "ERROR one");
@@ -1124,15 +1129,7 @@ fn a_new_owner_continues_a_log_where_the_last_one_stopped() {
     phase!("kill -9 node {first}; ERROR two is written while nobody watches");
     let killed_at = cluster.kill9(first);
     append(&log, "ERROR two");
-    let second = wait_for(BOUND, "the target owned by a survivor and scraped", || {
-        let s = cluster.status();
-        let t = s.target(&target)?;
-        let owner = t
-            .owner
-            .filter(|o| *o != first && s.alive_ids().contains(o))?;
-        let age = t.last_scrape_age_s?;
-        (now_ms() - (age * 1000.0) as i64 > killed_at).then_some(owner)
-    });
+    let second = wait_moved(&cluster, &target, first, killed_at);
     let seen = wait_for(BOUND, &format!("node {second} reports ERROR two"), || {
         let seen = log_lines(&cluster, &target);
         seen.contains_key("ERROR two").then_some(seen)

@@ -301,17 +301,8 @@ mod tests {
             .put_meta("state\0web-1\0app", b"{not json".to_vec())
             .await
             .unwrap();
-        let mut s = JsonStateState::new(
-            &c,
-            "app",
-            &RunnerCtx {
-                store: &store,
-                marks: None,
-                target: "web-1",
-                states: &board,
-            },
-        )
-        .unwrap();
+        let mut s =
+            JsonStateState::new(&c, "app", &RunnerCtx::for_tests(&store, "web-1", &board)).unwrap();
         let why = s
             .load_failure
             .take()
@@ -330,17 +321,8 @@ mod tests {
             .put_meta("state\0web-1\0good", br#"{"a":{"b":1}}"#.to_vec())
             .await
             .unwrap();
-        let good = JsonStateState::new(
-            &c,
-            "good",
-            &RunnerCtx {
-                store: &store,
-                marks: None,
-                target: "web-1",
-                states: &board,
-            },
-        )
-        .unwrap();
+        let good = JsonStateState::new(&c, "good", &RunnerCtx::for_tests(&store, "web-1", &board))
+            .unwrap();
         assert!(good.load_failure.is_none());
         assert_eq!(good.tree.leaf_count(), 1);
     }
@@ -357,12 +339,7 @@ mod tests {
         let s = JsonStateState::new(
             &check("/x"),
             "app",
-            &RunnerCtx {
-                store: &store,
-                marks: None,
-                target: "web-1",
-                states: &board,
-            },
+            &RunnerCtx::for_tests(&store, "web-1", &board),
         )
         .unwrap();
         let poisoner = board.clone();

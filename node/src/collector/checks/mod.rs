@@ -117,6 +117,23 @@ pub struct RunnerCtx<'a> {
     pub states: &'a crate::collector::StateBoard,
 }
 
+#[cfg(test)]
+impl<'a> RunnerCtx<'a> {
+    /// A context outside any herd, for a check's tests.
+    pub fn for_tests(
+        store: &'a crate::store::Store,
+        target: &'a str,
+        states: &'a crate::collector::StateBoard,
+    ) -> RunnerCtx<'a> {
+        RunnerCtx {
+            store,
+            marks: None,
+            target,
+            states,
+        }
+    }
+}
+
 /// Why a check could not reach a verdict.
 #[derive(Debug)]
 pub enum CheckError {

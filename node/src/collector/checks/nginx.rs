@@ -216,6 +216,7 @@ this line is not in the combined format
     struct Fixture {
         _dir: tempfile::TempDir,
         store: Store,
+        states: crate::collector::StateBoard,
         target: TargetSpec,
         transport: Transport,
         log: std::path::PathBuf,
@@ -239,6 +240,7 @@ this line is not in the combined format
         let db = dir.path().join("country.mmdb");
         Fixture {
             store,
+            states: Default::default(),
             target,
             transport: Transport::Local(LocalTransport),
             log,
@@ -289,12 +291,7 @@ this line is not in the combined format
         let mut state = NginxState::new(
             &c,
             "nginx",
-            &RunnerCtx {
-                store: &f.store,
-                marks: None,
-                target: &f.target.name,
-                states: &Default::default(),
-            },
+            &RunnerCtx::for_tests(&f.store, &f.target.name, &f.states),
         )
         .unwrap();
         // The first scrape starts at the log's end.
@@ -340,12 +337,7 @@ this line is not in the combined format
         let mut state = NginxState::new(
             &plain,
             "plain",
-            &RunnerCtx {
-                store: &f.store,
-                marks: None,
-                target: &f.target.name,
-                states: &Default::default(),
-            },
+            &RunnerCtx::for_tests(&f.store, &f.target.name, &f.states),
         )
         .unwrap();
         scrape(&f, &mut state, &plain).await.unwrap();
@@ -368,12 +360,7 @@ this line is not in the combined format
         let mut state = NginxState::new(
             &c,
             "nginx",
-            &RunnerCtx {
-                store: &f.store,
-                marks: None,
-                target: &f.target.name,
-                states: &Default::default(),
-            },
+            &RunnerCtx::for_tests(&f.store, &f.target.name, &f.states),
         )
         .unwrap();
         let shown = f.db.display().to_string();
@@ -412,36 +399,14 @@ this line is not in the combined format
         let f = fixture();
         let mut c = check(&f.log, Some(&f.db));
         c.log_format = Some("$status $body_bytes_sent".into());
-        let e = NginxState::new(
-            &c,
-            "nginx",
-            &RunnerCtx {
-                store: &f.store,
-                marks: None,
-                target: "web-1",
-                states: &Default::default(),
-            },
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let ctx = RunnerCtx::for_tests(&f.store, "web-1", &f.states);
+        let refused = |c: &NginxCheck| NginxState::new(c, "nginx", &ctx).err().unwrap().to_string();
+        let e = refused(&c);
         assert!(e.contains("$remote_addr"), "{e}");
         c.log_format = None;
         c.access_log = None;
         c.status_url = Some("http://127.0.0.1/nginx_status".into());
-        let e = NginxState::new(
-            &c,
-            "nginx",
-            &RunnerCtx {
-                store: &f.store,
-                marks: None,
-                target: "web-1",
-                states: &Default::default(),
-            },
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let e = refused(&c);
         assert!(e.contains("access_log"), "{e}");
     }
 }
