@@ -44,6 +44,7 @@ use crate::transport::{SshSettings, Transports};
 mod initial;
 mod os;
 pub mod parts;
+mod sd_notify;
 
 pub use os::{current_user, signals};
 use parts::{Parts, StopReport};
@@ -222,11 +223,60 @@ impl Node {
             store: w.store.clone(),
             fleet: w.fleet.clone(),
         });
+        let systemd = sd_notify::SdNotify::from_env().map(std::sync::Arc::new);
+        let told = systemd.as_ref().map(|n| tell_systemd(n.clone(), &w));
 
         shutdown.await;
         tracing::info!("shutting down");
+        if let Some(n) = &systemd {
+            n.send("STOPPING=1");
+        }
+        if let Some(t) = told {
+            t.abort();
+        }
         stopped(parts.stop().await)
     }
+}
+
+/// How often readiness is looked at until the node is ready.
+const READY_POLL: Duration = Duration::from_millis(200);
+
+/// Tells systemd the node is ready — at once for a node alone (it must be reachable
+/// to be joined), else once it is in its herd and holds its lease (it has heard a
+/// majority and applied the herd's map) — then pings the watchdog while it runs.
+fn tell_systemd(n: Arc<sd_notify::SdNotify>, w: &Wiring) -> tokio::task::JoinHandle<()> {
+    let cluster = w.cluster.clone();
+    let needs_herd = !w.cfg.cluster.peers.is_empty() || cluster.in_herd();
+    let addr = w.addr;
+    tokio::spawn(async move {
+        let watchdog = sd_notify::watchdog_every();
+        loop {
+            let joined =
+                cluster.in_herd() && cluster.leader().is_some() && !cluster.liveness().is_fenced();
+            if !needs_herd || joined {
+                let how = if joined {
+                    "in its herd, lease held"
+                } else {
+                    "alone, waiting to be joined"
+                };
+                n.send(&format!("READY=1\nSTATUS=serving on {addr}, {how}"));
+                tracing::info!(how, "told systemd the node is ready");
+                break;
+            }
+            if watchdog.is_some() {
+                n.send("WATCHDOG=1");
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+        let Some(every) = watchdog else {
+            return;
+        };
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            n.send("WATCHDOG=1");
+        }
+    })
 }
 
 /// Opens the node's store in its data directory.
