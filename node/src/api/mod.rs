@@ -11,3 +11,6 @@ mod prom;
 mod watch;
 
 pub use grpc::{HerdApi, NodeIdentity};
+/// `cpu.used_pct` → `herd_cpu_used_pct`: the one mapping of Herd's names to the
+/// Prometheus API's (the CLI's export names series the same way).
+pub use prom::names::metric_name as prom_name;

@@ -18,7 +18,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the CLI waits for one answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-type Client = HerdClient<InterceptedService<Channel, SendToken>>;
+pub(super) type Client = HerdClient<InterceptedService<Channel, SendToken>>;
 
 /// Where the CLI finds its node and credentials.
 struct Target {
@@ -79,6 +79,37 @@ pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError>
                 rollup: rollup.as_deref(),
             };
             query(node, q, json).await
+        }
+        Command::Export {
+            targets,
+            metrics,
+            since,
+            until,
+            format,
+            out,
+        } => {
+            let args = super::export::ExportArgs {
+                targets: &targets,
+                metrics: &metrics,
+                from_ms: since_ms(&since)?,
+                to_ms: until_ms(&until)?,
+                format,
+            };
+            let mut client = connect(node, None).await?;
+            match out {
+                Some(path) => {
+                    let file = std::fs::File::create(&path).map_err(|e| {
+                        CliError::Failure(format!("cannot write {}: {e}", path.display()))
+                    })?;
+                    let mut w = std::io::BufWriter::new(file);
+                    super::export::export(&mut client, args, &mut w).await
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut w = std::io::BufWriter::new(stdout.lock());
+                    super::export::export(&mut client, args, &mut w).await
+                }
+            }
         }
         Command::State { target, path } => state(node, &target, path.as_deref()).await,
         Command::Alerts { history, json } => alerts(node, history.as_deref(), json).await,
@@ -358,6 +389,12 @@ async fn status(node: &Target, json: bool) -> Result<(), CliError> {
 
 fn since_ms(since: &str) -> Result<i64, CliError> {
     let d = parse_duration(since).map_err(|e| CliError::Usage(format!("--since: {e}")))?;
+    Ok(now_ms().saturating_sub(d.as_millis() as i64))
+}
+
+/// `--until`: a duration ago (`0s`: now).
+fn until_ms(until: &str) -> Result<i64, CliError> {
+    let d = parse_duration(until).map_err(|e| CliError::Usage(format!("--until: {e}")))?;
     Ok(now_ms().saturating_sub(d.as_millis() as i64))
 }
 

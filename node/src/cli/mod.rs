@@ -2,6 +2,7 @@
 pub mod certs;
 mod commands;
 mod demo;
+mod export;
 mod output;
 
 use std::path::PathBuf;
@@ -101,6 +102,27 @@ pub enum Command {
         rollup: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Samples of targets out of the herd, streamed: OpenMetrics text (what
+    /// `promtool tsdb create-blocks-from openmetrics` reads) or JSON lines.
+    Export {
+        /// Targets whose series to export.
+        #[arg(required = true)]
+        targets: Vec<String>,
+        /// Only this metric (repeatable): cpu.used_pct or herd_cpu_used_pct.
+        #[arg(long = "metric")]
+        metrics: Vec<String>,
+        /// From this long ago, e.g. 1h, 30d.
+        #[arg(long, default_value = "1h")]
+        since: String,
+        /// To this long ago (0s: now).
+        #[arg(long, default_value = "0s")]
+        until: String,
+        #[arg(long, value_enum, default_value = "openmetrics")]
+        format: export::ExportFormat,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// The json_state tree of a target (JSON), whole or at a dotted path.
     State {
