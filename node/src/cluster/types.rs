@@ -103,16 +103,16 @@ pub enum Command {
     HerdId {
         id: String,
     },
-    /// A node asks to run a remediation action: granted at most once per `key`
-    /// (an alert transition) and at most `max_per_hour` per (rule, target) in the
-    /// whole herd, counted at `at_ms` (the proposer's clock). `nonce` tells the
-    /// same request retried (granted again) from another node's (refused).
     /// Where checks that tail files stopped (log, nginx, json_state), by the key
     /// they persist under: a new owner continues from there. A mark older than the
     /// one recorded (by `at_ms`, the writer's clock) is ignored.
     Tails {
         marks: Vec<(String, TailMark)>,
     },
+    /// A node asks to run a remediation action: granted at most once per `key`
+    /// (an alert transition) and at most `max_per_hour` per (rule, target) in the
+    /// whole herd, counted at `at_ms` (the proposer's clock). `nonce` tells the
+    /// same request retried (granted again) from another node's (refused).
     ActionRun {
         key: String,
         rule: String,
@@ -159,11 +159,19 @@ pub enum Part {
     Spec,
     Owners,
     Alerts,
+    /// The tail marks: written by every owner once a second, so kept apart.
+    Tails,
     Rest,
 }
 
 impl Part {
-    pub const ALL: [Part; 4] = [Part::Spec, Part::Owners, Part::Alerts, Part::Rest];
+    pub const ALL: [Part; 5] = [
+        Part::Spec,
+        Part::Owners,
+        Part::Alerts,
+        Part::Tails,
+        Part::Rest,
+    ];
 }
 
 impl Command {
@@ -174,6 +182,7 @@ impl Command {
             // A new map also drops the alerts of targets that left it.
             Command::SetOwnership { .. } => &[Part::Owners, Part::Alerts],
             Command::Alerts { .. } => &[Part::Alerts],
+            Command::Tails { .. } => &[Part::Tails],
             _ => &[Part::Rest],
         }
     }

@@ -197,6 +197,17 @@ pub struct ChannelCounts {
     pub given_up: u64,
 }
 
+impl ChannelCounts {
+    /// One send of one notification: delivered, or a failed attempt.
+    fn attempt(&mut self, delivered: bool) {
+        if delivered {
+            self.delivered += 1;
+        } else {
+            self.failed_attempts += 1;
+        }
+    }
+}
+
 pub use crate::store::alerting::idempotency_key;
 
 impl Notifier {
@@ -479,10 +490,9 @@ impl Notifier {
             let Ok((group, built, result)) = joined else {
                 continue;
             };
-            self.count(&group, |c| match &result {
-                Ok(()) => c.delivered += 1,
-                Err(_) => c.failed_attempts += 1,
-            });
+            for (_, e) in &group {
+                self.tally(&e.notification.channel, |c| c.attempt(result.is_ok()));
+            }
             match result {
                 Ok(()) => round.delivered(group),
                 Err(err) => self.retry_or_give_up(group, &built, &err, round).await,
@@ -490,12 +500,10 @@ impl Notifier {
         }
     }
 
-    /// Counts each entry of `group` for its channel.
-    fn count(&self, group: &Group, mut f: impl FnMut(&mut ChannelCounts)) {
+    /// Counts something of `channel` (for /metrics).
+    fn tally(&self, channel: &str, f: impl FnOnce(&mut ChannelCounts)) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        for (_, e) in group {
-            f(counts.entry(e.notification.channel.clone()).or_default());
-        }
+        f(counts.entry(channel.to_string()).or_default());
     }
 
     /// What each channel did since the node started, by channel name.
@@ -607,14 +615,7 @@ impl Notifier {
             .unwrap_or(crate::config::channels::DEFAULT_TIMEOUT)
             .get();
         let result = built.channel.send(std::slice::from_ref(&n), timeout).await;
-        {
-            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-            let c = counts.entry(n.channel.clone()).or_default();
-            match &result {
-                Ok(()) => c.delivered += 1,
-                Err(_) => c.failed_attempts += 1,
-            }
-        }
+        self.tally(&n.channel, |c| c.attempt(result.is_ok()));
         Ok(result?)
     }
 
@@ -670,12 +671,7 @@ impl Notifier {
     /// event when none is left.
     async fn give_up(&self, seq: u64, e: OutboxEntry, why: &str, change: &mut OutboxChange) {
         change.remove.push(seq);
-        self.counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(e.notification.channel.clone())
-            .or_default()
-            .given_up += 1;
+        self.tally(&e.notification.channel, |c| c.given_up += 1);
         let mut fallbacks = e.fallbacks.clone();
         if fallbacks.is_empty() {
             tracing::error!(channel = %e.notification.channel, key = %e.notification.idempotency_key, reason = why, "notification given up");

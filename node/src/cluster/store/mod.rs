@@ -26,7 +26,7 @@ use redb::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::types::{ActionRunRecord, ClusterState, NodeHealth, NodeId, NodeRecord, Part, TailMark};
+use super::types::{ActionRunRecord, ClusterState, NodeHealth, NodeId, NodeRecord, Part};
 
 mod log;
 mod sm;
@@ -61,6 +61,7 @@ const KEY_STATE_ALERTS: &str = "state.alerts";
 /// Undelivered and delivered alert notifications (stored with the alerts).
 const KEY_STATE_NOTICES: &str = "state.notices";
 const KEY_STATE_REST: &str = "state.rest";
+const KEY_STATE_TAILS: &str = "state.tails";
 const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
 
@@ -247,7 +248,6 @@ struct RestRef<'a> {
     silences: &'a std::collections::BTreeMap<String, crate::store::alerting::Silence>,
     herd_id: &'a Option<String>,
     action_runs: &'a std::collections::BTreeMap<String, ActionRunRecord>,
-    tails: &'a std::collections::BTreeMap<String, TailMark>,
 }
 
 #[derive(Deserialize)]
@@ -262,8 +262,6 @@ struct Rest {
     herd_id: Option<String>,
     #[serde(default)]
     action_runs: std::collections::BTreeMap<String, ActionRunRecord>,
-    #[serde(default)]
-    tails: std::collections::BTreeMap<String, TailMark>,
 }
 
 /// Stores `parts` of `state`.
@@ -328,9 +326,9 @@ fn put_state(
                     silences,
                     herd_id,
                     action_runs,
-                    tails,
                 },
             )?,
+            Part::Tails => put_json(table, KEY_STATE_TAILS, "tail marks", tails)?,
         }
     }
     Ok(())
@@ -366,7 +364,9 @@ where
         s.silences = r.silences;
         s.herd_id = r.herd_id;
         s.action_runs = r.action_runs;
-        s.tails = r.tails;
+    }
+    if let Some(tails) = get_json(table, KEY_STATE_TAILS, "tail marks")? {
+        s.tails = tails;
     }
     Ok(s)
 }

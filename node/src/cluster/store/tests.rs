@@ -385,6 +385,15 @@ async fn every_part_of_the_state_survives_reopen() {
             pause,
         },
         Command::SilenceAdd { silence },
+        Command::Tails {
+            marks: vec![(
+                "tail\0web-1\0app\0/var/log/app.log".into(),
+                crate::cluster::types::TailMark {
+                    value: r#"{"inode":7,"offset":120}"#.into(),
+                    at_ms: 5,
+                },
+            )],
+        },
     ];
     // Every part is covered by some command above.
     let covered: BTreeSet<Part> = commands.iter().flat_map(|c| c.parts().to_vec()).collect();
