@@ -519,18 +519,24 @@ impl HerdApi {
             )
         })?;
         // The leader's log reaches this node a moment later.
+        // `wait_for` answers with a borrow of openraft's metrics: it is let go at
+        // once (`matches!`), since a borrow held while the reply below borrows them
+        // again deadlocks as soon as openraft waits to publish new metrics.
         let mut m = cluster.metrics();
-        let member = tokio::time::timeout_at(
-            deadline,
-            m.wait_for(|m| {
-                m.membership_config
-                    .membership()
-                    .nodes()
-                    .any(|(id, _)| *id == me)
-            }),
-        )
-        .await;
-        if !matches!(member, Ok(Ok(_))) {
+        let member = matches!(
+            tokio::time::timeout_at(
+                deadline,
+                m.wait_for(|m| {
+                    m.membership_config
+                        .membership()
+                        .nodes()
+                        .any(|(id, _)| *id == me)
+                }),
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        if !member {
             return Err(Status::deadline_exceeded(format!(
                 "the herd added node {me}, but the herd's log did not reach it within \
                 {JOIN_BUDGET:?} of the join: check that the other nodes reach {} (its node.grpc)",
