@@ -18,6 +18,7 @@ pub mod prometheus;
 mod sshd;
 mod wait;
 
+pub mod alertmanager;
 pub mod bench;
 pub mod browser;
 pub mod certs;

@@ -249,4 +249,17 @@ fn the_dashboard_asks_for_the_token_and_the_page_alone_gives_nothing_away() {
         browser.eval("return document.getElementById('token-form').hidden;"),
         true
     );
+
+    phase!("a link to one target (an alert's generatorURL) filters by it and opens it");
+    browser.eval("sessionStorage.clear(); return true;");
+    browser.goto("about:blank");
+    browser.goto(&format!("{url}#target=box&token={TOKEN}"));
+    browser.wait_eval(
+        PAGE_TIMEOUT,
+        "target box selected, its panel open, the filter set",
+        "const tr = document.querySelector('#targets tr.selected');
+         return tr && tr.dataset.target === 'box'
+           && !document.getElementById('target-panel').hidden
+           && document.getElementById('filter').value === 'box';",
+    );
 }

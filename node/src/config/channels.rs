@@ -182,6 +182,7 @@ pub enum ChannelSpec {
     Command(CommandChannel),
     Asana(AsanaChannel),
     Nats(NatsChannel),
+    Alertmanager(AlertmanagerChannel),
 }
 
 macro_rules! each {
@@ -194,6 +195,7 @@ macro_rules! each {
             ChannelSpec::Command($c) => $e,
             ChannelSpec::Asana($c) => $e,
             ChannelSpec::Nats($c) => $e,
+            ChannelSpec::Alertmanager($c) => $e,
         }
     };
 }
@@ -276,6 +278,29 @@ impl ChannelSpec {
                 }
                 if let Some(b) = &a.base_url {
                     p.extend(check_http_url("base_url", b).err().map(|e| e.to_string()));
+                }
+            }
+            ChannelSpec::Alertmanager(a) => {
+                if a.urls.is_empty() {
+                    p.push("urls needs at least one Alertmanager URL".into());
+                }
+                for u in &a.urls {
+                    p.extend(check_http_url("urls", u).err().map(|e| e.to_string()));
+                }
+                if a.resend
+                    .is_some_and(|r| r.get() < std::time::Duration::from_secs(1))
+                {
+                    p.push("resend must be 1s or more".into());
+                }
+                if let Some(u) = &a.external_url {
+                    p.extend(
+                        check_http_url("external_url", u)
+                            .err()
+                            .map(|e| e.to_string()),
+                    );
+                }
+                if let Some(s) = &a.token {
+                    p.extend(s.problems("token"));
                 }
             }
             ChannelSpec::Nats(n) => {
@@ -400,5 +425,37 @@ channel_struct! {
         stream: Option<String>,
         #[serde(default)]
         token: Option<Secret>,
+    }
+}
+
+channel_struct! {
+    /// Alertmanager as a receiver: alerts posted to `/api/v2/alerts` of every URL
+    /// (an HA pair gossips; one that takes them is enough), re-sent while firing
+    /// every `resend` so that Alertmanager keeps them active.
+    AlertmanagerChannel {
+        /// Alertmanager base URLs (`http://am-1:9093`); `/api/v2/alerts` is added.
+        urls: Vec<String>,
+        /// How often a firing alert is posted again (default 1m); each post says it
+        /// ends 4 × `resend` later unless posted again, as Prometheus does.
+        #[serde(default)]
+        resend: Option<HumanDuration>,
+        /// Base of each alert's `generatorURL` (default: the node's own HTTP face).
+        #[serde(default)]
+        external_url: Option<String>,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        /// Sent as `Authorization: Bearer ...`.
+        #[serde(default)]
+        token: Option<Secret>,
+    }
+}
+
+/// Default of `AlertmanagerChannel::resend`.
+pub const DEFAULT_AM_RESEND: HumanDuration = HumanDuration::from_secs(60);
+
+impl AlertmanagerChannel {
+    /// The re-send interval, default filled in.
+    pub fn resend(&self) -> std::time::Duration {
+        self.resend.unwrap_or(DEFAULT_AM_RESEND).get()
     }
 }

@@ -300,8 +300,8 @@ fn tagged_items<'r, 'i>(
     errors: &mut Vec<(usize, String, String)>,
 ) -> Vec<Item<'r, 'i, ChannelSpec>> {
     use super::channels::{
-        AsanaChannel, CommandChannel, EmailChannel, NatsChannel, SlackChannel, TelegramChannel,
-        WebhookChannel,
+        AlertmanagerChannel, AsanaChannel, CommandChannel, EmailChannel, NatsChannel, SlackChannel,
+        TelegramChannel, WebhookChannel,
     };
     let mut out = Vec::new();
     for (i, raw) in raws.iter().enumerate() {
@@ -335,13 +335,14 @@ fn tagged_items<'r, 'i>(
             "command" => de::<CommandChannel>(value).map(ChannelSpec::Command),
             "asana" => de::<AsanaChannel>(value).map(ChannelSpec::Asana),
             "nats" => de::<NatsChannel>(value).map(ChannelSpec::Nats),
+            "alertmanager" => de::<AlertmanagerChannel>(value).map(ChannelSpec::Alertmanager),
             other => {
                 let offset = kind_of.map(|k| k.span().start).unwrap_or(raw.span().start);
                 let why = if other.is_empty() {
-                    "missing `kind`: one of email, webhook, slack, telegram, command, asana, nats"
+                    "missing `kind`: one of email, webhook, slack, telegram, command, asana, nats, alertmanager"
                         .to_string()
                 } else {
-                    format!("unknown kind {other:?}: one of email, webhook, slack, telegram, command, asana, nats")
+                    format!("unknown kind {other:?}: one of email, webhook, slack, telegram, command, asana, nats, alertmanager")
                 };
                 errors.push((offset, format!("{label}.kind"), why));
                 continue;
@@ -699,6 +700,31 @@ fn item_label(section: &str, i: usize, raw: &Spanned<DeValue>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alertmanager_channel_parses_and_its_errors_name_the_key() {
+        let ok = "[[channel]]\nname = \"am\"\nkind = \"alertmanager\"\n\
+                  urls = [\"http://am-1:9093\", \"http://am-2:9093/\"]\n";
+        let spec = parse_fleet(ok, "f.toml").unwrap();
+        let ChannelSpec::Alertmanager(a) = &spec.channels[0] else {
+            panic!("{:?}", spec.channels[0]);
+        };
+        assert_eq!(a.urls.len(), 2);
+        assert_eq!(a.resend(), std::time::Duration::from_secs(60));
+        let bad = "[[channel]]\nname = \"am\"\nkind = \"alertmanager\"\nurls = []\n\
+                   resend = \"100ms\"\nexternal_url = \"ftp://x\"\n";
+        let all = parse_fleet(bad, "f.toml").unwrap_err().to_string();
+        assert!(all.contains("f.toml:1: channel[0] (am)"), "{all}");
+        assert!(
+            all.contains("urls needs at least one Alertmanager URL"),
+            "{all}"
+        );
+        assert!(all.contains("resend must be 1s or more"), "{all}");
+        assert!(all.contains("external_url"), "{all}");
+        let unknown = "[[channel]]\nname = \"x\"\nkind = \"pager\"\n";
+        let all = parse_fleet(unknown, "f.toml").unwrap_err().to_string();
+        assert!(all.contains("nats, alertmanager"), "{all}");
+    }
 
     #[test]
     fn minimal_target_gets_defaults() {

@@ -397,6 +397,24 @@ fn collector_ctx(
     }
 }
 
+/// `scheme://addr` as others reach it: a wildcard address (0.0.0.0, [::]) is
+/// replaced by the host's name.
+fn reachable_url(scheme: &str, addr: &str) -> String {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default();
+            if host.is_empty() {
+                format!("{scheme}://{addr}")
+            } else {
+                format!("{scheme}://{host}:{}", a.port())
+            }
+        }
+        _ => format!("{scheme}://{addr}"),
+    }
+}
+
 /// What the node returns once its parts have stopped: an error only when the
 /// store's last commit failed; everything else that went wrong is logged.
 fn stopped(report: StopReport) -> Result<(), NodeError> {
@@ -508,6 +526,7 @@ impl Wiring {
                 tracing::warn!(error = %e, "the HTTP face ended with an error");
             }
         });
+        crate::notify::channels::alertmanager::set_node_url(&reachable_url(scheme, &http_addr));
         tracing::info!(http = %http_addr, url = %format!("{scheme}://{http_addr}/"), "HTTP API listening");
     }
 

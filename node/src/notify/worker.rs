@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::channels::{Channel, SendError};
 use crate::config::channels::{ChannelSpec, Delivery, DEFAULT_MAX_AGE, DEFAULT_TIMEOUT};
-use crate::model::{now_ms, Event, EventKind, Notification, Retry};
+use crate::model::{now_ms, Event, EventKind, Notification, NotifyKind, Retry};
 use crate::store::alerting::OutboxEntry;
 use crate::store::{OutboxChange, Store};
 
@@ -184,6 +184,9 @@ pub struct Notifier {
     reported_again_ms: std::sync::atomic::AtomicI64,
     /// What each channel did since the node started (for /metrics).
     counts: Mutex<BTreeMap<String, ChannelCounts>>,
+    /// When each keep-alive channel (Alertmanager) was last told the firing
+    /// alerts (first seen: counted from then).
+    kept_alive: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// Notifications of one channel since the node started.
@@ -224,6 +227,7 @@ impl Notifier {
             waiting_on_herd: std::sync::atomic::AtomicBool::new(false),
             reported_again_ms: std::sync::atomic::AtomicI64::new(0),
             counts: Mutex::new(BTreeMap::new()),
+            kept_alive: Mutex::new(HashMap::new()),
         })
     }
 
@@ -323,6 +327,86 @@ impl Notifier {
 
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// The keep-alive channels (Alertmanager) with their re-send interval.
+    fn keep_alive_channels(&self) -> Vec<(String, Arc<Built>, Duration)> {
+        let Ok(channels) = self.channels.read() else {
+            return Vec::new();
+        };
+        channels
+            .iter()
+            .filter_map(|(name, b)| Some((name.clone(), b.clone(), b.channel.resend()?)))
+            .collect()
+    }
+
+    /// Whether a keep-alive channel is due (see [`Notifier::keep_alive`]).
+    pub fn keep_alive_due(&self) -> bool {
+        if self.is_fenced() {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        let mut last = self.kept_alive.lock().unwrap_or_else(|p| p.into_inner());
+        self.keep_alive_channels().iter().any(|(name, _, every)| {
+            now.saturating_duration_since(*last.entry(name.clone()).or_insert(now)) >= *every
+        })
+    }
+
+    /// Posts again, to each keep-alive channel that is due, the alerts of `firing`
+    /// routed to it that have fired for one interval at least (a new one went out
+    /// as its FIRING, through the outbox); the post says they end a few intervals
+    /// later unless posted again, so the receiver keeps them active as long as an
+    /// owner is alive to post. Not through the outbox: a post that fails is
+    /// covered by the next one. Nothing while fenced (another node may own the
+    /// targets now and posts them itself).
+    pub fn keep_alive(&self, firing: Vec<(crate::model::Alert, Vec<String>)>) {
+        if self.is_fenced() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let now_ms = now_ms();
+        for (name, built, every) in self.keep_alive_channels() {
+            {
+                let mut last = self.kept_alive.lock().unwrap_or_else(|p| p.into_inner());
+                let at = last.entry(name.clone()).or_insert(now);
+                if now.saturating_duration_since(*at) < every {
+                    continue;
+                }
+                *at = now;
+            }
+            let old_enough = now_ms - every.as_millis() as i64;
+            let group: Vec<Notification> = firing
+                .iter()
+                .filter(|(a, routes)| {
+                    routes.contains(&name) && a.active_since_ms.max(a.since_ms) <= old_enough
+                })
+                .map(|(a, _)| Notification {
+                    idempotency_key: String::new(),
+                    channel: name.clone(),
+                    kind: if a.flapping {
+                        NotifyKind::Flapping
+                    } else {
+                        NotifyKind::Firing
+                    },
+                    alert: a.clone(),
+                    ts_ms: now_ms,
+                })
+                .collect();
+            if group.is_empty() {
+                continue;
+            }
+            let timeout = built.delivery.timeout.unwrap_or(DEFAULT_TIMEOUT).get();
+            tokio::spawn(async move {
+                match built.channel.send(&group, timeout).await {
+                    Ok(()) => {
+                        tracing::debug!(channel = %name, alerts = group.len(), "firing alerts posted again")
+                    }
+                    Err(e) => {
+                        tracing::warn!(channel = %name, alerts = group.len(), error = %e, "could not post the firing alerts again; the next interval tries again")
+                    }
+                }
+            });
+        }
     }
 
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
@@ -727,6 +811,14 @@ impl crate::store::alerting::Outbox for Notifier {
 
     fn wake(&self) {
         Notifier::wake(self)
+    }
+
+    fn keep_alive_due(&self) -> bool {
+        Notifier::keep_alive_due(self)
+    }
+
+    fn keep_alive(&self, firing: Vec<(crate::model::Alert, Vec<String>)>) {
+        Notifier::keep_alive(self, firing)
     }
 }
 

@@ -246,6 +246,7 @@ pub async fn run(
                     let now = now_ms();
                     let mut t = state_changes(&mut ctx, &mut engine, now);
                     t.extend(engine.tick(now));
+                    keep_alive(&ctx, &engine, now);
                     t
                 }
             }
@@ -455,6 +456,25 @@ fn publish(ctx: &Ctx, engine: &Engine) {
     if let Ok(mut a) = ctx.handle.alerts.write() {
         *a = engine.alerts();
     }
+}
+
+/// Hands the outbox the firing alerts (not silenced) with their routes when a
+/// keep-alive channel (Alertmanager) is due to be told them again.
+fn keep_alive(ctx: &Ctx, engine: &Engine, now: i64) {
+    if !ctx.notifier.keep_alive_due() {
+        return;
+    }
+    let silences = ctx.handle.silences();
+    let firing = engine
+        .alerts()
+        .into_iter()
+        .filter(|a| a.state.is_firing() && !silences.iter().any(|s| s.covers(a, now)))
+        .map(|a| {
+            let routes = route(&ctx.spec, ctx.rules.get(&a.rule), a.severity);
+            (a, routes)
+        })
+        .collect();
+    ctx.notifier.keep_alive(firing);
 }
 
 /// Channels an alert goes to: its rule's, else its severity's route, else the default.

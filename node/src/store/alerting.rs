@@ -56,6 +56,14 @@ pub trait Outbox: Send + Sync {
     ) -> BoxFuture<'_, Result<usize, super::StoreError>>;
     /// Something was queued: look at the outbox now.
     fn wake(&self);
+    /// Whether a channel that keeps firing alerts alive (Alertmanager) is due to
+    /// be told them again.
+    fn keep_alive_due(&self) -> bool {
+        false
+    }
+    /// The firing alerts of the targets this node owns, each with the channels it
+    /// is routed to: posted again to the keep-alive channels that are due.
+    fn keep_alive(&self, _firing: Vec<(crate::model::Alert, Vec<String>)>) {}
 }
 
 /// `alert-id:transition:channel`, the idempotency key of a notification.

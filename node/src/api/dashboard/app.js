@@ -126,6 +126,11 @@ function askToken(why) {
 
 // A link with #token= opened in a tab that already shows the page.
 window.addEventListener("hashchange", () => {
+  const linked = linkedTarget();
+  if (linked) {
+    S.page = 0;
+    guarded(refreshStatus).then(() => selectTarget(linked));
+  }
   if (!/token=/.test(location.hash)) return;
   loadToken();
   $("token-form").hidden = true;
@@ -540,10 +545,25 @@ async function refreshAll() {
   await guarded(() => Promise.all([refreshStatus(), refreshAlerts(), refreshEvents()]));
 }
 
+// A link to one target (an Alertmanager alert's generatorURL): #target=NAME
+// filters the list by it and opens it.
+function linkedTarget() {
+  const m = location.hash.match(/(?:^#|&)target=([^&]*)/);
+  if (!m) return null;
+  const name = decodeURIComponent(m[1]);
+  S.filter = name;
+  $("filter").value = name;
+  return name;
+}
+
 function start() {
+  const linked = linkedTarget();
   loadToken();
   renderRanges();
-  refreshAll().then(() => { document.body.dataset.ready = "1"; });
+  refreshAll().then(() => {
+    if (linked) selectTarget(linked);
+    document.body.dataset.ready = "1";
+  });
   watch();
   setInterval(() => {
     if (document.hidden) return;

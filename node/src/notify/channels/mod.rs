@@ -16,6 +16,7 @@ use crate::config::channels::{ChannelSpec, SecretError};
 use crate::model::Notification;
 use crate::transport::http::{self, HttpError, Request, Response, Tls, TlsSetupError, Via};
 
+pub mod alertmanager;
 mod asana;
 mod command;
 mod email;
@@ -57,6 +58,7 @@ enum Kind {
     Command(command::Command),
     Asana(asana::Asana),
     Nats(nats::Nats),
+    Alertmanager(alertmanager::Alertmanager),
 }
 
 /// Why a channel cannot be built: the setting and what is wrong with it, never a
@@ -147,6 +149,9 @@ impl Channel {
             ChannelSpec::Command(c) => command::Command::build(c).map(Kind::Command),
             ChannelSpec::Asana(a) => asana::Asana::build(a).map(Kind::Asana),
             ChannelSpec::Nats(n) => nats::Nats::build(n).map(Kind::Nats),
+            ChannelSpec::Alertmanager(a) => {
+                alertmanager::Alertmanager::build(a).map(Kind::Alertmanager)
+            }
         }
     }
 
@@ -155,7 +160,8 @@ impl Channel {
         &self.name
     }
 
-    /// "email", "webhook", "slack", "telegram", "command", "asana" or "nats".
+    /// "email", "webhook", "slack", "telegram", "command", "asana", "nats" or
+    /// "alertmanager".
     pub fn kind(&self) -> &'static str {
         match self.kind {
             Kind::Email(_) => "email",
@@ -165,6 +171,15 @@ impl Channel {
             Kind::Command(_) => "command",
             Kind::Asana(_) => "asana",
             Kind::Nats(_) => "nats",
+            Kind::Alertmanager(_) => "alertmanager",
+        }
+    }
+
+    /// How often a firing alert is posted again: Alertmanager channels only.
+    pub fn resend(&self) -> Option<Duration> {
+        match &self.kind {
+            Kind::Alertmanager(a) => Some(a.resend()),
+            _ => None,
         }
     }
 
@@ -185,6 +200,7 @@ impl Channel {
                 Kind::Command(c) => c.send(group, deadline).await,
                 Kind::Asana(a) => a.send(group, deadline).await,
                 Kind::Nats(n) => n.send(group, deadline).await,
+                Kind::Alertmanager(a) => a.send(group, deadline).await,
             }
         };
         match tokio::time::timeout_at(deadline, work).await {
@@ -209,6 +225,7 @@ impl fmt::Debug for Channel {
             Kind::Command(c) => d.field("command", c),
             Kind::Asana(a) => d.field("asana", a),
             Kind::Nats(n) => d.field("nats", n),
+            Kind::Alertmanager(a) => d.field("alertmanager", a),
         };
         d.finish()
     }

@@ -159,8 +159,26 @@ pub fn alertmanager_document(receiver: &str, group: &[Notification]) -> Value {
 }
 
 fn am_alert(n: &Notification) -> Value {
-    let a = &n.alert;
     let resolved = n.kind == NotifyKind::Resolved;
+    let (labels, annotations, starts) = am_labels(n);
+    json!({
+        "status": if resolved { "resolved" } else { "firing" },
+        "labels": labels,
+        "annotations": annotations,
+        "startsAt": rfc3339_ms(starts),
+        "endsAt": if resolved { rfc3339_ms(n.ts_ms) } else { "0001-01-01T00:00:00Z".to_string() },
+        "generatorURL": "",
+        "fingerprint": n.alert.id,
+    })
+}
+
+/// An alert's labels (its rule's, `alertname`, `target`, `severity`), annotations
+/// (`summary`, `description`, `value`, and `flapping` on a FLAPPING) and start
+/// (Unix ms), as Alertmanager names them: one mapping for the webhook payload and
+/// for the alerts posted to Alertmanager. The labels are the alert's identity
+/// there (its fingerprint): nothing that differs between nodes is among them.
+fn am_labels(n: &Notification) -> (Map<String, Value>, Map<String, Value>, i64) {
+    let a = &n.alert;
     let mut labels = Map::new();
     for (k, v) in &a.labels {
         labels.insert(k.clone(), Value::from(v.as_str()));
@@ -180,15 +198,45 @@ fn am_alert(n: &Notification) -> Value {
     } else {
         a.since_ms
     };
-    json!({
-        "status": if resolved { "resolved" } else { "firing" },
-        "labels": labels,
-        "annotations": annotations,
-        "startsAt": rfc3339_ms(starts),
-        "endsAt": if resolved { rfc3339_ms(n.ts_ms) } else { "0001-01-01T00:00:00Z".to_string() },
-        "generatorURL": "",
-        "fingerprint": a.id,
-    })
+    (labels, annotations, starts)
+}
+
+/// The body of a POST to Alertmanager's `/api/v2/alerts`: one postable alert per
+/// notification. A firing (or flapping) alert ends at `now_ms + hold_ms` unless
+/// posted again by then; a resolved one ended when it resolved. `generator` is
+/// the base URL of the page that shows the target.
+pub fn alertmanager_api_alerts(
+    group: &[Notification],
+    now_ms: i64,
+    hold_ms: i64,
+    generator: &str,
+) -> Value {
+    let alerts: Vec<Value> = group
+        .iter()
+        .map(|n| {
+            let (labels, annotations, starts) = am_labels(n);
+            let ends = if n.kind == NotifyKind::Resolved {
+                n.ts_ms.max(starts)
+            } else {
+                now_ms + hold_ms
+            };
+            let mut alert = json!({
+                "labels": labels,
+                "annotations": annotations,
+                "startsAt": rfc3339_ms(starts),
+                "endsAt": rfc3339_ms(ends),
+            });
+            if !generator.is_empty() {
+                alert["generatorURL"] = Value::from(format!(
+                    "{}/#target={}",
+                    generator.trim_end_matches('/'),
+                    form_urlencoded::byte_serialize(n.alert.target.as_bytes()).collect::<String>()
+                ));
+            }
+            alert
+        })
+        .collect();
+    Value::Array(alerts)
 }
 
 #[cfg(test)]
@@ -245,6 +293,39 @@ mod tests {
         let back: Notification = serde_json::from_value(n.clone()).unwrap();
         assert_eq!(back, a);
         assert_eq!(doc["notifications"][1]["kind"], "resolved");
+    }
+
+    #[test]
+    fn alertmanager_api_alerts_shape() {
+        let f = notification("disk-full", "web 1", NotifyKind::Firing, 1);
+        let r = notification("disk-full", "web-2", NotifyKind::Resolved, 2);
+        let fl = notification("load", "web-3", NotifyKind::Flapping, 3);
+        let now = 1_700_000_100_000;
+        let doc = alertmanager_api_alerts(&[f, r, fl], now, 240_000, "http://n1:9090/");
+        let a = doc.as_array().unwrap();
+        assert_eq!(a.len(), 3);
+        // Labels: the rule's, then alertname, target, severity; no node in them.
+        assert_eq!(a[0]["labels"]["alertname"], "disk-full");
+        assert_eq!(a[0]["labels"]["target"], "web 1");
+        assert_eq!(a[0]["labels"]["severity"], "critical");
+        assert_eq!(a[0]["labels"]["mount"], "/");
+        assert_eq!(a[0]["annotations"]["value"], "93.5");
+        // Started when the alert became active; ends 4 intervals ahead unless posted again.
+        assert_eq!(a[0]["startsAt"], rfc3339_ms(1_700_000_000_000));
+        assert_eq!(a[0]["endsAt"], rfc3339_ms(now + 240_000));
+        assert_eq!(a[0]["generatorURL"], "http://n1:9090/#target=web+1");
+        assert!(
+            a[0].get("status").is_none(),
+            "postable alerts have no status"
+        );
+        // A resolved alert ends when it resolved.
+        assert_eq!(a[1]["endsAt"], rfc3339_ms(1_700_000_060_000));
+        assert_eq!(a[2]["annotations"]["flapping"], "true");
+        assert_eq!(a[2]["endsAt"], rfc3339_ms(now + 240_000));
+        // No base URL known: no generatorURL.
+        let doc =
+            alertmanager_api_alerts(&[notification("x", "y", NotifyKind::Firing, 1)], now, 1, "");
+        assert!(doc[0].get("generatorURL").is_none());
     }
 
     #[test]

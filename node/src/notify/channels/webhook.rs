@@ -5,7 +5,7 @@ use std::fmt;
 use tokio::time::Instant;
 
 use super::{check_status, header_safe, payload, read_secret, ChannelError, HttpTarget, SendError};
-use crate::config::channels::{WebhookChannel, WebhookFormat};
+use crate::config::channels::{Secret, WebhookChannel, WebhookFormat};
 use crate::model::Notification;
 
 pub(super) struct Webhook {
@@ -18,23 +18,7 @@ pub(super) struct Webhook {
 impl Webhook {
     pub(super) fn build(spec: &WebhookChannel) -> Result<Webhook, ChannelError> {
         let target = HttpTarget::new(&spec.url, &format!("url {:?}", spec.url))?;
-        let mut headers = Vec::new();
-        for (name, value) in &spec.headers {
-            ::http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| ChannelError::BadHeaderName { name: name.clone() })?;
-            ::http::HeaderValue::from_str(value)
-                .map_err(|_| ChannelError::BadHeaderValue { name: name.clone() })?;
-            headers.push((name.clone(), value.clone()));
-        }
-        let token = match &spec.token {
-            Some(s) => {
-                let t = read_secret(s, "token")?;
-                ::http::HeaderValue::from_str(&format!("Bearer {t}"))
-                    .map_err(|_| ChannelError::TokenNotHeaderSafe)?;
-                Some(t)
-            }
-            None => None,
-        };
+        let (headers, token) = headers_and_token(&spec.headers, &spec.token)?;
         Ok(Webhook {
             target,
             format: spec.format,
@@ -68,6 +52,34 @@ impl Webhook {
             .await?;
         check_status(&resp, &secrets)
     }
+}
+
+/// Header names and values.
+pub(super) type Headers = Vec<(String, String)>;
+
+/// Extra headers (checked) and the bearer token (read, checked) of an HTTP channel.
+pub(super) fn headers_and_token(
+    spec_headers: &std::collections::BTreeMap<String, String>,
+    spec_token: &Option<Secret>,
+) -> Result<(Headers, Option<String>), ChannelError> {
+    let mut headers = Vec::new();
+    for (name, value) in spec_headers {
+        ::http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| ChannelError::BadHeaderName { name: name.clone() })?;
+        ::http::HeaderValue::from_str(value)
+            .map_err(|_| ChannelError::BadHeaderValue { name: name.clone() })?;
+        headers.push((name.clone(), value.clone()));
+    }
+    let token = match spec_token {
+        Some(s) => {
+            let t = read_secret(s, "token")?;
+            ::http::HeaderValue::from_str(&format!("Bearer {t}"))
+                .map_err(|_| ChannelError::TokenNotHeaderSafe)?;
+            Some(t)
+        }
+        None => None,
+    };
+    Ok((headers, token))
 }
 
 impl fmt::Debug for Webhook {
