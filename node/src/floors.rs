@@ -18,6 +18,7 @@ pub const FLOORS: &[(&str, u8)] = &[
     ("ownership", 4),
     ("collector", 5),
     ("notify", 5),
+    ("remote_write", 5),
     ("rules", 5),
     ("cluster", 6),
     ("api", 7),

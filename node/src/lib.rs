@@ -12,6 +12,7 @@ pub(crate) mod model;
 pub(crate) mod node;
 pub(crate) mod notify;
 pub(crate) mod ownership;
+pub(crate) mod remote_write;
 pub(crate) mod rules;
 pub(crate) mod store;
 pub(crate) mod tls;

@@ -34,6 +34,7 @@ pub mod node_exporter;
 pub mod receiver;
 pub mod smtp;
 pub mod unix_socket;
+pub mod victoria;
 
 use std::path::PathBuf;
 

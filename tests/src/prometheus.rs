@@ -20,6 +20,55 @@ impl Prometheus {
     /// Starts Prometheus with `scrape_configs` (YAML, the list under that key,
     /// indented by two spaces) and a 1 s scrape interval.
     pub fn start(scrape_configs: &str) -> Prometheus {
+        Self::start_with(scrape_configs, &[])
+    }
+
+    /// A Prometheus that scrapes nothing and takes remote writes at
+    /// `/api/v1/write`.
+    pub fn receiver() -> Prometheus {
+        Self::start_with("  []\n", &["--web.enable-remote-write-receiver"])
+    }
+
+    /// Its remote-write URL (with [`Prometheus::receiver`]).
+    pub fn write_url(&self) -> String {
+        format!("{}/api/v1/write", self.url)
+    }
+
+    /// The raw samples (ms, value) of the series `selector` matches in the last
+    /// hour, per series (labels with `__name__`), asked with curl.
+    pub fn raw_samples(&self, selector: &str) -> Vec<(Value, Vec<(i64, f64)>)> {
+        let out = run_bounded(
+            Command::new("curl")
+                .args(["-s", "--max-time", "20"])
+                .arg(format!("{}/api/v1/query", self.url))
+                .arg("--data-urlencode")
+                .arg(format!("query={selector}[1h]")),
+            Duration::from_secs(30),
+        );
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        doc["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| {
+                let points = s["values"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|p| {
+                        let t = p.get(0)?.as_f64()?;
+                        let v = p.get(1)?.as_str()?.parse().ok()?;
+                        Some(((t * 1000.0).round() as i64, v))
+                    })
+                    .collect();
+                (s["metric"].clone(), points)
+            })
+            .collect()
+    }
+
+    fn start_with(scrape_configs: &str, extra: &[&str]) -> Prometheus {
         let dir = tempfile::tempdir().expect("a temp dir");
         let port = free_port();
         let config = dir.path().join("prometheus.yml");
@@ -35,7 +84,8 @@ impl Prometheus {
                     "--storage.tsdb.path={}",
                     dir.path().join("data").display()
                 ))
-                .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .args(extra),
             &dir.path().join("prometheus.out"),
             &dir.path().join("prometheus.err"),
         );

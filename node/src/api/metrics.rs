@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::blocking;
 use super::grpc::HerdApi;
@@ -331,6 +331,50 @@ pub async fn render(api: &HerdApi) -> Result<String, tonic::Status> {
         "notifications_given_up",
         "Notifications given up after their channel's last attempt since start",
         per_channel(|c| c.given_up),
+    );
+
+    // remote_write queues.
+    let remotes = api.store.all_remote_stats();
+    let per_remote = |f: fn(&crate::store::remote::RemoteStats) -> u64| {
+        let family = Family::<Labels, Counter>::default();
+        for (remote, st) in &remotes {
+            family.get_or_create(&one("remote", remote)).inc_by(f(st));
+        }
+        family
+    };
+    r.register(
+        "remote_write_sent_samples",
+        "Samples a remote_write receiver took since start",
+        per_remote(|s| s.sent_samples.load(Ordering::Relaxed)),
+    );
+    r.register(
+        "remote_write_dropped_full_samples",
+        "Samples dropped because the remote_write queue was full (the oldest) since start",
+        per_remote(|s| s.dropped_full.load(Ordering::Relaxed)),
+    );
+    r.register(
+        "remote_write_dropped_refused_samples",
+        "Samples a remote_write receiver refused for good (4xx) since start",
+        per_remote(|s| s.dropped_refused.load(Ordering::Relaxed)),
+    );
+    r.register(
+        "remote_write_failed_requests",
+        "remote_write requests that failed and were retried since start",
+        per_remote(|s| s.failed_requests.load(Ordering::Relaxed)),
+    );
+    labelled(
+        &mut r,
+        "remote_write_queue_bytes",
+        "Bytes waiting on disk for a remote_write receiver",
+        remotes
+            .iter()
+            .map(|(remote, st)| {
+                (
+                    one("remote", remote),
+                    st.queued_bytes.load(Ordering::Relaxed) as f64,
+                )
+            })
+            .collect(),
     );
 
     let mut out = String::new();

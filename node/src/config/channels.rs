@@ -49,7 +49,7 @@ impl Secret {
         }
     }
 
-    fn problems(&self, what: &str) -> Option<String> {
+    pub(crate) fn problems(&self, what: &str) -> Option<String> {
         match (&self.env, &self.file) {
             (Some(_), None) | (None, Some(_)) => None,
             _ => Some(format!("{what}: set exactly one of env and file")),

@@ -11,6 +11,7 @@ use super::channels::{ChannelSpec, Routes};
 use super::checks::{validate_check, CheckSpec, VitalsCheck};
 use super::duration::HumanDuration;
 use super::error::{line_of, ConfigError, ConfigErrors};
+use super::remote_write::RemoteWriteSpec;
 use super::rules::RuleSpec;
 use crate::model::net::AddressError;
 
@@ -35,6 +36,8 @@ pub struct FleetSpec {
     pub rules: Vec<RuleSpec>,
     pub channels: Vec<ChannelSpec>,
     pub routes: Routes,
+    /// `[[remote_write]]`: long-term stores each node feeds.
+    pub remote_write: Vec<super::remote_write::RemoteWriteSpec>,
 }
 
 /// How commands reach a target.
@@ -409,6 +412,8 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
     let targets: Vec<Item<TargetSpec>> = items("target", &sections.targets, &mut errors);
     let rules: Vec<Item<RuleSpec>> = items("rule", &sections.rules, &mut errors);
     let channels: Vec<Item<ChannelSpec>> = tagged_items("channel", &sections.channels, &mut errors);
+    let remotes: Vec<Item<RemoteWriteSpec>> =
+        items("remote_write", &sections.remote_write, &mut errors);
 
     let specs: Vec<TargetSpec> = targets.iter().map(|t| t.spec.clone()).collect();
     check_targets(&targets, &specs, &mut errors);
@@ -420,6 +425,7 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
         &mut errors,
     );
     check_rules(&rules, &channel_names, &mut errors);
+    check_remotes(&remotes, &mut errors);
 
     if errors.is_empty() {
         Ok(FleetSpec {
@@ -427,6 +433,7 @@ pub fn parse_fleet(text: &str, source: &str) -> Result<FleetSpec, ConfigErrors> 
             rules: rules.into_iter().map(|r| r.spec).collect(),
             channels: channels.into_iter().map(|c| c.spec).collect(),
             routes: sections.routes,
+            remote_write: remotes.into_iter().map(|r| r.spec).collect(),
         })
     } else {
         errors.sort_by_key(|e| e.0);
@@ -445,6 +452,7 @@ struct Sections<'r, 'i> {
     targets: Vec<&'r Spanned<DeValue<'i>>>,
     rules: Vec<&'r Spanned<DeValue<'i>>>,
     channels: Vec<&'r Spanned<DeValue<'i>>>,
+    remote_write: Vec<&'r Spanned<DeValue<'i>>>,
     routes: Routes,
     /// Where `[routes]` starts, for the errors of its channel names.
     routes_at: usize,
@@ -460,6 +468,7 @@ fn sections<'r, 'i>(
         targets: Vec::new(),
         rules: Vec::new(),
         channels: Vec::new(),
+        remote_write: Vec::new(),
         routes: Routes::default(),
         routes_at: 0,
     };
@@ -469,6 +478,7 @@ fn sections<'r, 'i>(
             "target" => Some(&mut out.targets),
             "rule" => Some(&mut out.rules),
             "channel" => Some(&mut out.channels),
+            "remote_write" => Some(&mut out.remote_write),
             _ => None,
         };
         if let Some(into) = into {
@@ -520,7 +530,8 @@ fn sections<'r, 'i>(
             _ => errors.push((
                 key.span().start,
                 name.to_string(),
-                "unknown key; expected version, [[target]], [[rule]], [[channel]] or [routes]"
+                "unknown key; expected version, [[target]], [[rule]], [[channel]], [routes] or \
+                 [[remote_write]]"
                     .into(),
             )),
         }
@@ -594,6 +605,23 @@ fn check_channels<'a>(
         }
     }
     channel_names
+}
+
+/// The remotes' own problems and names used twice.
+fn check_remotes(remotes: &[Item<RemoteWriteSpec>], errors: &mut Vec<(usize, String, String)>) {
+    let mut names = BTreeSet::new();
+    for r in remotes {
+        for problem in r.spec.validate() {
+            errors.push((at(r, None), r.label.clone(), problem));
+        }
+        if !names.insert(r.spec.name.as_str()) {
+            errors.push((
+                at(r, Some("name")),
+                format!("{}.name", r.label),
+                format!("remote_write name {:?} is used twice", r.spec.name),
+            ));
+        }
+    }
 }
 
 /// Routes to no channel (their line is that of `[routes]`).
@@ -724,6 +752,33 @@ mod tests {
         let unknown = "[[channel]]\nname = \"x\"\nkind = \"pager\"\n";
         let all = parse_fleet(unknown, "f.toml").unwrap_err().to_string();
         assert!(all.contains("nats, alertmanager"), "{all}");
+    }
+
+    #[test]
+    fn remote_write_parses_and_its_errors_name_the_item() {
+        let ok = "[[remote_write]]\nname = \"vm\"\nurl = \"http://vm:8428/api/v1/write\"\n\
+                  metrics = [\"cpu.*\"]\nlabels = { herd = \"eu-1\" }\n";
+        let spec = parse_fleet(ok, "f.toml").unwrap();
+        let r = &spec.remote_write[0];
+        assert!(r.selects("web-1", "cpu.used_pct"));
+        assert!(!r.selects("web-1", "disk.used_pct"));
+        assert_eq!(r.max_queue_bytes(), 256 * 1024 * 1024);
+        let bad = "[[remote_write]]\nname = \"vm\"\nurl = \"vm:8428\"\n\
+                   labels = { \"bad-name\" = \"x\", target = \"y\" }\nusername = \"u\"\n\
+                   max_samples_per_send = 0\n\n\
+                   [[remote_write]]\nname = \"vm\"\nurl = \"http://x\"\nqueue = 1\n";
+        let all = parse_fleet(bad, "f.toml").unwrap_err().to_string();
+        for want in [
+            "f.toml:1: remote_write[0] (vm)",
+            "url",
+            "\"bad-name\" is not a label name",
+            "\"target\" is set by Herd",
+            "username and password go together",
+            "max_samples_per_send must be 1 or more",
+            "remote_write[1] (vm).queue: unknown field",
+        ] {
+            assert!(all.contains(want), "{want:?} in:\n{all}");
+        }
     }
 
     #[test]

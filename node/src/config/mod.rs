@@ -6,6 +6,7 @@ mod duration;
 mod error;
 pub mod fleet;
 pub mod node;
+pub mod remote_write;
 pub mod rules;
 
 pub use checks::{CheckSpec, Vantage};

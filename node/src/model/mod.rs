@@ -4,6 +4,7 @@ pub mod change;
 pub mod net;
 mod node;
 mod pattern;
+pub mod prom_names;
 pub mod retry;
 mod sample;
 pub mod text;

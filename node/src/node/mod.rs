@@ -747,7 +747,13 @@ impl Wiring {
     /// 6. Notifications: the outbox.
     fn start_outbox(&self, parts: &mut Parts) {
         let notify = parts.start("notifications", NOTIFY_STOP_DEADLINE);
-        parts.spawn("outbox", self.notifier.clone().run(notify));
+        parts.spawn("outbox", self.notifier.clone().run(notify.clone()));
+        // remote_write stops with the notifications: what it had not sent waits
+        // in the store for the next start.
+        parts.spawn(
+            "remote write",
+            crate::remote_write::run(self.store.clone(), self.owned_rx.clone(), notify),
+        );
     }
 
     /// 7. Rules.

@@ -6,10 +6,12 @@
 pub mod alerting;
 pub mod codec;
 mod query;
+pub mod remote;
 pub mod rollup;
 mod tables;
 mod writer;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -81,6 +83,10 @@ pub(crate) enum WriteOp {
     Alerting(AlertingBatch, std::sync::mpsc::Sender<Result<(), String>>),
     /// Outbox changes after delivery attempts; the reply comes after the commit.
     Outbox(OutboxChange, std::sync::mpsc::Sender<Result<(), String>>),
+    /// The remote-write queues to fill from now on (queues of others are forgotten).
+    RemoteSinks(Vec<Arc<remote::RemoteSink>>),
+    /// The receiver took `name`'s entries up to this seq: delete them.
+    RemoteAck(String, u64),
     /// Commit now; the reply comes after the commit (an error when it failed).
     Flush(std::sync::mpsc::Sender<Result<(), String>>),
     /// Commit and stop; later operations fail with `Closed`.
@@ -131,6 +137,8 @@ pub struct Store {
     pub stats: Arc<StoreStats>,
     /// Where committed events and alert transitions are published.
     feed: Feed,
+    /// What each remote_write queue did (by remote name), for /metrics.
+    remote_stats: Arc<Mutex<BTreeMap<String, Arc<remote::RemoteStats>>>>,
 }
 
 impl Store {
@@ -161,6 +169,7 @@ impl Store {
             writer: Arc::new(Mutex::new(Some(handle))),
             stats,
             feed,
+            remote_stats: Arc::new(Mutex::new(BTreeMap::new())),
         })
     }
 
@@ -181,6 +190,48 @@ impl Store {
                 false
             }
         }
+    }
+
+    /// Sets the remote-write queues the writer fills from the next commit on; the
+    /// queues of remotes not among them are deleted.
+    pub async fn set_remote_sinks(&self, sinks: Vec<Arc<remote::RemoteSink>>) {
+        let tx = self.tx.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || tx.send(WriteOp::RemoteSinks(sinks)).is_ok()).await;
+    }
+
+    /// The counters of remote `name`'s queue (made on first use).
+    pub fn remote_stats(&self, name: &str) -> Arc<remote::RemoteStats> {
+        let mut all = self.remote_stats.lock().unwrap_or_else(|p| p.into_inner());
+        all.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Every remote's counters.
+    pub fn all_remote_stats(&self) -> Vec<(String, Arc<remote::RemoteStats>)> {
+        let all = self.remote_stats.lock().unwrap_or_else(|p| p.into_inner());
+        all.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The oldest entries of a remote's queue after seq `after` (all: `None`), up
+    /// to about `max_samples` samples.
+    pub async fn remote_oldest(
+        &self,
+        name: &str,
+        after: Option<u64>,
+        max_samples: usize,
+    ) -> Result<Vec<remote::QueuedBatch>, StoreError> {
+        let (db, name) = (self.db.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || remote::oldest(&db, &name, after, max_samples))
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// The receiver took `name`'s entries up to `seq`: they go with the next commit.
+    pub async fn remote_ack(&self, name: &str, seq: u64) {
+        let tx = self.tx.clone();
+        let op = WriteOp::RemoteAck(name.to_string(), seq);
+        let _ = tokio::task::spawn_blocking(move || tx.send(op).is_ok()).await;
     }
 
     /// Queues a rollup point without waiting (dropped and counted when the queue is full).

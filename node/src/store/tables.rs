@@ -42,6 +42,9 @@ pub struct LoadedState {
     pub samples_written: u64,
     pub next_outbox_seq: u64,
     pub next_transition_seq: u64,
+    /// Bytes in each remote-write queue, and the next seq of an entry.
+    pub remote_bytes: std::collections::HashMap<String, u64>,
+    pub next_remote_seq: u64,
 }
 
 /// Creates the tables if missing and loads the series index.
@@ -57,6 +60,7 @@ pub fn init(db: &Database) -> Result<LoadedState, redb::Error> {
         w.open_table(OUTBOX)?;
         w.open_table(SENT)?;
         w.open_table(META)?;
+        w.open_table(super::remote::REMOTE_QUEUE)?;
     }
     w.commit()?;
     let r = db.begin_read()?;
@@ -88,7 +92,11 @@ pub fn init(db: &Database) -> Result<LoadedState, redb::Error> {
         Some((k, _)) => k.value().1 + 1,
         None => 0,
     };
+    drop(r);
+    let (remote_bytes, next_remote_seq) = super::remote::load(db)?;
     Ok(LoadedState {
+        remote_bytes,
+        next_remote_seq,
         next_outbox_seq,
         next_transition_seq,
         series,

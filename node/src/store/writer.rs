@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableTable};
 
 use super::codec::{self, ChunkEncoder};
+use super::remote::RemoteSink;
 use super::rollup::{Agg, Granularity};
 use super::tables::{
     self, ALERTS, CHUNKS, EVENTS, META, OUTBOX, ROLLUPS, SENT, SERIES_INDEX, TRANSITIONS,
@@ -79,6 +80,19 @@ pub struct Writer {
     samples_written: u64,
     /// Told what each commit made durable (events, alert transitions).
     feed: Feed,
+    /// The remote-write queues filled with each commit's samples.
+    remote_sinks: Vec<Arc<RemoteSink>>,
+    /// Samples accepted since the last commit, while a remote is configured.
+    remote_samples: Vec<Sample>,
+    /// Entries for the next commit: (remote, seq, stored value).
+    remote_new: Vec<(Arc<RemoteSink>, u64, Vec<u8>)>,
+    remote_acks: Vec<(String, u64)>,
+    remote_forget: Vec<String>,
+    /// Bytes in each queue as of the last commit.
+    remote_bytes: HashMap<String, u64>,
+    /// What the commit being written leaves in each queue.
+    remote_bytes_after: Option<HashMap<String, u64>>,
+    next_remote_seq: u64,
 }
 
 impl Writer {
@@ -113,6 +127,14 @@ impl Writer {
             pending_samples: 0,
             samples_written: state.samples_written,
             feed,
+            remote_sinks: Vec::new(),
+            remote_samples: Vec::new(),
+            remote_new: Vec::new(),
+            remote_acks: Vec::new(),
+            remote_forget: Vec::new(),
+            remote_bytes: state.remote_bytes,
+            remote_bytes_after: None,
+            next_remote_seq: state.next_remote_seq,
         }
     }
 
@@ -137,6 +159,8 @@ impl Writer {
                 #[cfg(test)]
                 Ok(WriteOp::PutMeta(k, v, reply)) => self.meta.push((k, v, reply)),
                 Ok(WriteOp::Flush(reply)) => self.waiting.push(reply),
+                Ok(WriteOp::RemoteSinks(sinks)) => self.set_remote_sinks(sinks),
+                Ok(WriteOp::RemoteAck(name, seq)) => self.remote_acks.push((name, seq)),
                 Ok(WriteOp::Alerting(batch, reply)) => self.alerting.push((batch, reply)),
                 Ok(WriteOp::Outbox(change, reply)) => self.outbox_changes.push((change, reply)),
                 Ok(WriteOp::Shutdown(reply)) => {
@@ -223,11 +247,51 @@ impl Writer {
             head.enc.push(s.ts_ms, s.value);
             self.dirty.insert(id);
             self.pending_samples += 1;
+            if !self.remote_sinks.is_empty() {
+                self.remote_samples.push(s);
+            }
         }
     }
 
+    /// The remotes to fill from now on; queues of remotes no longer among them
+    /// are deleted with the next commit.
+    fn set_remote_sinks(&mut self, sinks: Vec<Arc<RemoteSink>>) {
+        let keep: HashSet<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
+        self.remote_forget.extend(
+            self.remote_bytes
+                .keys()
+                .filter(|n| !keep.contains(n.as_str()))
+                .cloned(),
+        );
+        for s in &sinks {
+            let held = self.remote_bytes.get(&s.name).copied().unwrap_or(0);
+            s.stats.queued_bytes.store(held, Ordering::Relaxed);
+        }
+        self.remote_sinks = sinks;
+    }
+
+    /// Encodes the samples since the last commit into each remote's next entry.
+    fn encode_remote(&mut self) {
+        if self.remote_samples.is_empty() {
+            return;
+        }
+        for sink in &self.remote_sinks {
+            if let Some((count, body)) = (sink.encode)(&self.remote_samples) {
+                let value = super::remote::entry_value(count, &body);
+                self.remote_new
+                    .push((sink.clone(), self.next_remote_seq, value));
+                self.next_remote_seq += 1;
+            }
+        }
+        self.remote_samples.clear();
+    }
+
     fn commit(&mut self) {
+        self.encode_remote();
         let nothing = self.dirty.is_empty()
+            && self.remote_new.is_empty()
+            && self.remote_acks.is_empty()
+            && self.remote_forget.is_empty()
             && self.dirty_rollups.is_empty()
             && self.closing.is_empty()
             && self.events.is_empty()
@@ -246,6 +310,7 @@ impl Writer {
                         .fetch_add(self.pending_samples as u64, Ordering::Relaxed);
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.pending_samples = 0;
+                    self.remote_committed();
                     self.dirty.clear();
                     self.dirty_rollups.clear();
                     let horizon = now_ms().saturating_sub(ROLLUP_KEEP_MS);
@@ -287,6 +352,20 @@ impl Writer {
                 Some(e) => Err(e.clone()),
             });
         }
+    }
+
+    /// The queues as the last commit left them.
+    fn remote_committed(&mut self) {
+        if let Some(after) = self.remote_bytes_after.take() {
+            for s in &self.remote_sinks {
+                let held = after.get(&s.name).copied().unwrap_or(0);
+                s.stats.queued_bytes.store(held, Ordering::Relaxed);
+            }
+            self.remote_bytes = after;
+        }
+        self.remote_new.clear();
+        self.remote_acks.clear();
+        self.remote_forget.clear();
     }
 
     /// Publishes the events and alert transitions the last commit made durable.
@@ -357,6 +436,18 @@ impl Writer {
                 self.next_event_seq += 1;
             }
             self.write_alerting(&txn)?;
+            if !(self.remote_new.is_empty()
+                && self.remote_acks.is_empty()
+                && self.remote_forget.is_empty())
+            {
+                self.remote_bytes_after = Some(super::remote::write(
+                    &txn,
+                    self.remote_bytes.clone(),
+                    &self.remote_acks,
+                    &self.remote_forget,
+                    &self.remote_new,
+                )?);
+            }
             let mut meta = txn.open_table(META)?;
             for (k, v) in &self.quiet_meta {
                 meta.insert(k.as_str(), v.as_slice())?;

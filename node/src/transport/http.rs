@@ -24,7 +24,7 @@ pub struct Request {
     pub method: http::Method,
     pub uri: http::Uri,
     pub headers: Vec<(String, String)>,
-    pub body: Option<String>,
+    pub body: Option<Bytes>,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub struct Response {
     pub body_cut: bool,
     /// From the start of the connection to the end of the body.
     pub elapsed: Duration,
+    /// A `Retry-After` in seconds (the date form is not read).
+    pub retry_after: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,7 +220,7 @@ async fn fetch_inner(req: &Request, via: Via<'_>, tls: &Tls) -> Result<Response,
     for (k, v) in &req.headers {
         builder = builder.header(k.as_str(), v.as_str());
     }
-    let body = Full::new(Bytes::from(req.body.clone().unwrap_or_default()));
+    let body = Full::new(req.body.clone().unwrap_or_default());
     let request = builder
         .body(body)
         .map_err(|e| HttpError::Protocol(format!("building the request: {e}")))?;
@@ -227,6 +229,12 @@ async fn fetch_inner(req: &Request, via: Via<'_>, tls: &Tls) -> Result<Response,
         .await
         .map_err(|e| HttpError::Protocol(e.to_string()))?;
     let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
     let mut body = response.into_body();
     let mut buf: Vec<u8> = Vec::new();
     let mut cut = false;
@@ -248,6 +256,7 @@ async fn fetch_inner(req: &Request, via: Via<'_>, tls: &Tls) -> Result<Response,
         body: Bytes::from(buf),
         body_cut: cut,
         elapsed: started.elapsed(),
+        retry_after,
     })
 }
 

@@ -10,7 +10,7 @@
 #[cfg(test)]
 mod bench;
 pub mod eval;
-pub mod names;
+pub use crate::model::prom_names as names;
 pub mod select;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -57,7 +57,7 @@ impl HttpState {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
-                body: c.body.clone(),
+                body: c.body.clone().map(Into::into),
             },
             tls: Tls::new(c.tls_verify, c.ca_file.as_deref())?,
             body_re,

@@ -328,7 +328,7 @@ impl HttpTarget {
             method: ::http::Method::POST,
             uri: self.uri.clone(),
             headers: all,
-            body: Some(body),
+            body: Some(body.into()),
         };
         http::fetch(&req, Via::Node, &self.tls, remaining(deadline))
             .await
@@ -703,6 +703,7 @@ mod tests {
             body: bytes::Bytes::from(body.to_string()),
             body_cut: false,
             elapsed: Duration::ZERO,
+            retry_after: None,
         };
         assert!(check_status(&resp(200, ""), &[]).is_ok());
         assert!(check_status(&resp(204, ""), &[]).is_ok());

@@ -1,4 +1,5 @@
-//! How Herd's series are named in the Prometheus API: the one mapping.
+//! How Herd's series are named in the Prometheus API, in remote_write and in
+//! `herd export`: the one mapping.
 //!
 //! A metric `cpu.used_pct` is `herd_cpu_used_pct`: `herd_` and the name with every
 //! character outside `[a-zA-Z0-9_]` made `_`. A series has the label `target` (the
@@ -8,7 +9,7 @@
 //! names of the series the store holds.
 use std::collections::BTreeMap;
 
-use crate::model::Labels;
+use super::Labels;
 
 /// Labels of a series as the Prometheus API shows them.
 pub type PromLabels = BTreeMap<String, String>;
