@@ -521,6 +521,21 @@ impl Cluster {
         self.status().owners()
     }
 
+    /// Waits until a status shows `target` owned by a node other than `from` (a
+    /// takeover after `from` was killed or cut); returns the new owner.
+    pub fn wait_owner_moved(&self, target: &str, from: u64, timeout: Duration) -> u64 {
+        wait_for(
+            timeout,
+            &format!("a node other than {from} owns {target}"),
+            || {
+                self.status()
+                    .target(target)
+                    .and_then(|t| t.owner)
+                    .filter(|&o| o != from)
+            },
+        )
+    }
+
     /// Waits until a status shows every target of `fleet_targets` (and every other
     /// target it lists, such as the `herd-node-N` ones) owned by a running node it
     /// shows alive and up, and each fleet target scraped within `max_age_s` (the

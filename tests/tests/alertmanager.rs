@@ -140,13 +140,7 @@ fn alerts_reach_alertmanager_stay_one_across_a_takeover_and_resolve_there() {
 
     phase!("kill -9 node {victim}: the new owner goes on posting the same alert");
     let killed_at = cluster.kill9(victim);
-    wait_until(BOUND, "a survivor owns the target", || {
-        cluster
-            .status()
-            .target(&target)
-            .and_then(|t| t.owner)
-            .is_some_and(|o| o != victim)
-    });
+    cluster.wait_owner_moved(&target, victim, BOUND);
     // An end later than the kill + 4 intervals was posted after the kill: by the
     // new owner.
     let posted_after = killed_at + 4 * RESEND_S * 1000;

@@ -118,13 +118,7 @@ fn nothing_is_lost_while_the_receiver_is_down_nor_when_the_owner_with_a_backlog_
     vm.down();
     std::thread::sleep(Duration::from_secs(4));
     let killed_at = cluster.kill9(victim);
-    wait_until(BOUND, "a survivor owns the target", || {
-        cluster
-            .status()
-            .target(&target)
-            .and_then(|t| t.owner)
-            .is_some_and(|o| o != victim)
-    });
+    cluster.wait_owner_moved(&target, victim, BOUND);
     std::thread::sleep(Duration::from_secs(3));
 
     phase!("VictoriaMetrics comes back, then node {victim}: every sample arrives");
