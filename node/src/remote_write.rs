@@ -28,7 +28,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::remote_write::RemoteWriteSpec;
-use crate::model::{prom_names, Sample};
+use crate::model::{prom_names, text, Sample};
 use crate::ownership::OwnedRx;
 use crate::store::remote::{RemoteSink, RemoteStats};
 use crate::store::Store;
@@ -104,13 +104,7 @@ impl Endpoint {
             ("x-prometheus-remote-write-version".into(), "0.1.0".into()),
         ];
         let mut secrets = Vec::new();
-        for (k, v) in &spec.headers {
-            ::http::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| format!("header name {k:?} is not valid"))?;
-            ::http::HeaderValue::from_str(v)
-                .map_err(|_| format!("the value of header {k:?} is not valid"))?;
-            headers.push((k.to_lowercase(), v.clone()));
-        }
+        headers.extend(http::checked_headers(&spec.headers).map_err(|e| e.to_string())?);
         if let Some(t) = &spec.token {
             let t = t.read().map_err(|e| format!("token: {e}"))?;
             headers.push(("authorization".into(), format!("Bearer {t}")));
@@ -138,14 +132,9 @@ impl Endpoint {
         })
     }
 
-    fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.secrets {
-            if !s.is_empty() {
-                out = out.replace(s.as_str(), "***");
-            }
-        }
-        out
+    fn redact(&self, what: &str) -> String {
+        let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+        text::redact(what, &secrets)
     }
 
     /// Posts one request; what became of it.
@@ -159,13 +148,17 @@ impl Endpoint {
         match http::fetch(&req, Via::Node, &self.tls, self.timeout).await {
             Ok(r) if (200..300).contains(&r.status) => Outcome::Taken,
             Ok(r) if r.status == 429 || r.status >= 500 || r.status == 408 => Outcome::Retry {
-                why: format!("HTTP {}: {}", r.status, self.redact(&snippet(&r.body))),
+                why: format!(
+                    "HTTP {}: {}",
+                    r.status,
+                    self.redact(&text::body_snippet(&r.body))
+                ),
                 after: r.retry_after,
             },
             Ok(r) => Outcome::Refused(format!(
                 "HTTP {}: {}",
                 r.status,
-                self.redact(&snippet(&r.body))
+                self.redact(&text::body_snippet(&r.body))
             )),
             Err(e) => Outcome::Retry {
                 why: self.redact(&e.to_string()),
@@ -182,17 +175,6 @@ enum Outcome {
         after: Option<Duration>,
     },
     Refused(String),
-}
-
-/// The start of a body as one short line.
-fn snippet(body: &[u8]) -> String {
-    String::from_utf8_lossy(body)
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(200)
-        .collect::<String>()
-        .trim()
-        .to_string()
 }
 
 /// Sends `name`'s queue until `cancel`.

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::channels::Secret;
 use super::duration::HumanDuration;
 use crate::model::net::check_http_url;
+use crate::model::prom_names;
 
 /// Default bound of a remote's queue on disk, in MiB.
 pub const DEFAULT_MAX_QUEUE_MB: u64 = 256;
@@ -98,7 +99,7 @@ impl RemoteWriteSpec {
                 .map(|e| e.to_string()),
         );
         for name in self.labels.keys() {
-            if !is_label_name(name) || name.starts_with("__") {
+            if !prom_names::is_label_name(name) || name.starts_with("__") {
                 p.push(format!(
                     "labels: {name:?} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)"
                 ));
@@ -129,13 +130,4 @@ impl RemoteWriteSpec {
         }
         p
     }
-}
-
-/// A Prometheus label name.
-pub fn is_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

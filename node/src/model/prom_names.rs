@@ -46,6 +46,15 @@ pub fn label_name(name: &str) -> String {
     s
 }
 
+/// Whether `name` is a valid Prometheus label name (`[a-zA-Z_][a-zA-Z0-9_]*`).
+pub fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// The labels of a series of `metric` of `target`, `__name__` among them.
 pub fn prom_labels(target: &str, metric: &str, labels: &Labels) -> PromLabels {
     let mut out: PromLabels = labels

@@ -48,6 +48,29 @@ pub fn quote_excerpt(s: &str, max: usize) -> String {
     }
 }
 
+/// `text` with every (non-empty) secret in it replaced by `***`: for errors that
+/// may echo a URL, a header or a body holding one.
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_string();
+    for s in secrets {
+        if !s.is_empty() {
+            out = out.replace(s, "***");
+        }
+    }
+    out
+}
+
+/// The start of an HTTP answer's body as one short line (200 characters, control
+/// characters made spaces), for error messages.
+pub fn body_snippet(body: &[u8]) -> String {
+    let line: String = String::from_utf8_lossy(body)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    line.trim().to_string()
+}
+
 /// Quotes `s` for POSIX sh: inside single quotes nothing is special but the
 /// quote itself, written as `'\''` (close, escaped quote, reopen).
 pub fn shell_quote(s: &str) -> String {

@@ -53,6 +53,30 @@ pub enum HttpError {
     Protocol(String),
 }
 
+/// A header of a fleet spec that HTTP cannot carry.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HeaderError {
+    #[error("header name {name:?} is not valid")]
+    Name { name: String },
+    #[error("the value of header {name:?} is not valid")]
+    Value { name: String },
+}
+
+/// The headers a spec names, each checked as HTTP would take it.
+pub fn checked_headers(
+    spec: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, HeaderError> {
+    let mut out = Vec::with_capacity(spec.len());
+    for (name, value) in spec {
+        http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| HeaderError::Name { name: name.clone() })?;
+        http::HeaderValue::from_str(value)
+            .map_err(|_| HeaderError::Value { name: name.clone() })?;
+        out.push((name.clone(), value.clone()));
+    }
+    Ok(out)
+}
+
 /// TLS settings of a check or channel that cannot be built: the `ca_file` and
 /// what is wrong with it.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -13,8 +13,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::channels::{ChannelSpec, SecretError};
+use crate::model::text::{body_snippet, redact};
 use crate::model::Notification;
-use crate::transport::http::{self, HttpError, Request, Response, Tls, TlsSetupError, Via};
+use crate::transport::http::{
+    self, HeaderError, HttpError, Request, Response, Tls, TlsSetupError, Via,
+};
 
 pub mod alertmanager;
 mod asana;
@@ -84,10 +87,8 @@ pub enum ChannelError {
     TokenNotUrlSafe,
     #[error("token has characters not allowed in a header")]
     TokenNotHeaderSafe,
-    #[error("header name {name:?} is not valid")]
-    BadHeaderName { name: String },
-    #[error("the value of header {name:?} is not valid")]
-    BadHeaderValue { name: String },
+    #[error(transparent)]
+    Header(#[from] HeaderError),
     #[error("smtp {smtp:?} must be host or host:port")]
     BadSmtp { smtp: String },
     #[error("TLS settings for {host}: {reason}")]
@@ -254,28 +255,6 @@ fn read_secret(
 /// Time left until `deadline` (zero when passed).
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
-}
-
-/// Replaces every secret in `text` by `***`.
-fn redact(text: &str, secrets: &[&str]) -> String {
-    let mut out = text.to_string();
-    for s in secrets {
-        if !s.is_empty() {
-            out = out.replace(s, "***");
-        }
-    }
-    out
-}
-
-/// The start of an answer's body as one short line, for error messages.
-fn body_snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let line: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(200)
-        .collect();
-    line.trim().to_string()
 }
 
 /// Keeps visible ASCII only, so data can go in an HTTP or mail header.

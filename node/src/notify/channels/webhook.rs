@@ -62,14 +62,7 @@ pub(super) fn headers_and_token(
     spec_headers: &std::collections::BTreeMap<String, String>,
     spec_token: &Option<Secret>,
 ) -> Result<(Headers, Option<String>), ChannelError> {
-    let mut headers = Vec::new();
-    for (name, value) in spec_headers {
-        ::http::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| ChannelError::BadHeaderName { name: name.clone() })?;
-        ::http::HeaderValue::from_str(value)
-            .map_err(|_| ChannelError::BadHeaderValue { name: name.clone() })?;
-        headers.push((name.clone(), value.clone()));
-    }
+    let headers = crate::transport::http::checked_headers(spec_headers)?;
     let token = match spec_token {
         Some(s) => {
             let t = read_secret(s, "token")?;
