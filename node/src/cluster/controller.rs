@@ -217,7 +217,7 @@ pub async fn run(
                 Command::NodeHealth { node: n, up, .. } => Some((*n, *up)),
                 _ => None,
             };
-            match node.write(cmd).await {
+            match node.write_as_leader(cmd).await {
                 Ok(r) => {
                     if let Some((n, up)) = health {
                         tracing::warn!(
@@ -564,13 +564,14 @@ async fn queue_peer_notices(
         deleted: Vec::new(),
         queued: fresh,
         delivered: Vec::new(),
+        fence: None,
     };
-    if let Err(e) = node.write(record).await {
+    if let Err(e) = node.write_as_leader(record).await {
         tracing::warn!(error = %e, "cannot record queued peer notices; retrying");
         return;
     }
     notifier.wake();
-    if let Err(e) = node.write(Command::Sent { keys }).await {
+    if let Err(e) = node.write_as_leader(Command::Sent { keys }).await {
         tracing::warn!(error = %e, "cannot mark peer notices queued (the next round records them again)");
     }
 }

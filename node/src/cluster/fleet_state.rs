@@ -695,6 +695,7 @@ mod tests {
             deleted: vec![],
             queued: vec![notice("x:1:c", "a", 1), notice("y:1:c", "b", 1)],
             delivered: vec![],
+            fence: None,
         });
         let before: BTreeMap<String, NodeId> = [("a".to_string(), 3)].into();
         let v = owned_view(1, &state, 1, &spec, &before, false);

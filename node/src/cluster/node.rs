@@ -567,6 +567,35 @@ impl ClusterNode {
         }
     }
 
+    /// Proposes a decision of this node as leader, and waits until it is applied:
+    /// never forwarded. A node that was leader and is not any more (paused past its
+    /// term, cut off, outvoted) must not have what it decided then committed by
+    /// the next leader: the error says it is not the leader, and the decision is
+    /// the next leader's to make again. An entry it appended in its own term is
+    /// committed in that term or not at all.
+    pub async fn write_as_leader(&self, cmd: Command) -> Result<CommandResponse, ClusterError> {
+        let timeout = self.config.write_timeout;
+        let res = tokio::time::timeout(timeout, self.raft.client_write(cmd))
+            .await
+            .map_err(|_| ClusterError::Timeout {
+                what: "leader's write",
+                timeout,
+                last: None,
+            })?;
+        match res {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ClusterError::NotLeader {
+                    node: self.id,
+                    leader: f.leader_id,
+                    addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(ClusterError::Rejected(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(ClusterError::Stopped(f.to_string())),
+        }
+    }
+
     /// Waits for news of a leader other than `tried` (whom this node knows as
     /// leader), at most one heartbeat and never past `deadline`.
     async fn wait_leader_news(

@@ -49,6 +49,8 @@ struct Pending {
     deleted: std::collections::BTreeSet<String>,
     queued: std::collections::BTreeMap<String, crate::store::alerting::OutboxEntry>,
     delivered: std::collections::BTreeSet<String>,
+    /// The ownership map the upserts and deletions were made under.
+    ownership_version: u64,
 }
 
 impl Pending {
@@ -59,7 +61,18 @@ impl Pending {
             && self.delivered.is_empty()
     }
 
-    fn merge(&mut self, d: AlertDelta) {
+    /// Takes `d` in, unless its alert changes were made under another ownership
+    /// map than those already here (then it waits for the next write: each write
+    /// is fenced by one map).
+    fn merge(&mut self, d: AlertDelta) -> Result<(), AlertDelta> {
+        let changes = !d.upserts.is_empty() || !d.deleted.is_empty();
+        if changes {
+            let mine = !self.upserts.is_empty() || !self.deleted.is_empty();
+            if mine && self.ownership_version != d.ownership_version {
+                return Err(d);
+            }
+            self.ownership_version = d.ownership_version;
+        }
         for a in d.upserts {
             self.deleted.remove(&a.id);
             self.upserts.insert(a.id.clone(), a);
@@ -73,14 +86,19 @@ impl Pending {
                 .insert(e.notification.idempotency_key.clone(), e);
         }
         self.delivered.extend(d.delivered);
+        Ok(())
     }
 
-    fn command(&self) -> Command {
+    fn command(&self, me: super::types::NodeId) -> Command {
         Command::Alerts {
             upserts: self.upserts.values().cloned().collect(),
             deleted: self.deleted.iter().cloned().collect(),
             queued: self.queued.values().cloned().collect(),
             delivered: self.delivered.iter().cloned().collect(),
+            fence: Some(super::types::AlertFence {
+                node: me,
+                ownership_version: self.ownership_version,
+            }),
         }
     }
 }
@@ -98,23 +116,38 @@ pub async fn replicate_alerts(
     cancel: CancellationToken,
 ) {
     let mut pending = Pending::default();
+    // A delta made under another ownership map than `pending`: the next write's.
+    let mut carry: Option<AlertDelta> = None;
+    let me = cluster.id();
     loop {
         if pending.is_empty() {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                d = rx.recv() => match d {
-                    None => return,
-                    Some(d) => pending.merge(d),
+            let d = match carry.take() {
+                Some(d) => d,
+                None => tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    d = rx.recv() => match d {
+                        None => return,
+                        Some(d) => d,
+                    },
                 },
-            }
+            };
+            // An empty `pending` takes any delta.
+            let _ = pending.merge(d);
         }
-        while let Ok(d) = rx.try_recv() {
-            pending.merge(d);
+        while carry.is_none() {
+            let Ok(d) = rx.try_recv() else { break };
+            if let Err(d) = pending.merge(d) {
+                carry = Some(d);
+            }
         }
         if owned.borrow().fenced {
             // What was delivered stays true; the rest is the next owner's to redo.
+            let mut delivered = std::mem::take(&mut pending.delivered);
+            if let Some(c) = carry.take() {
+                delivered.extend(c.delivered);
+            }
             pending = Pending {
-                delivered: std::mem::take(&mut pending.delivered),
+                delivered,
                 ..Default::default()
             };
             if !pending.is_empty() {
@@ -125,8 +158,13 @@ pub async fn replicate_alerts(
             }
             continue;
         }
-        match cluster.write(pending.command()).await {
-            Ok(_) => {
+        match cluster.write(pending.command(me)).await {
+            Ok(r) => {
+                if let Some(why) = r.refused {
+                    // The target moved (away, or away and back) since: its next
+                    // owner's history is the herd's, and this node follows it.
+                    tracing::warn!(refused = %why, "the herd refused alert changes made under an ownership map that is gone");
+                }
                 pending = Pending::default();
                 notifier.wake();
             }
@@ -226,5 +264,49 @@ pub async fn replicate_tails(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::types::tests::notice;
+
+    fn delta(version: u64, alert_key: Option<&str>, delivered: &[&str]) -> AlertDelta {
+        AlertDelta {
+            upserts: alert_key
+                .map(|k| vec![notice(k, "a", 1).notification.alert])
+                .unwrap_or_default(),
+            delivered: delivered.iter().map(|k| k.to_string()).collect(),
+            ownership_version: version,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn one_write_is_fenced_by_one_ownership_map() {
+        let mut p = Pending::default();
+        assert!(p.merge(delta(4, Some("x:1:c"), &[])).is_ok());
+        assert!(p.merge(delta(4, Some("y:1:c"), &[])).is_ok());
+        assert!(
+            p.merge(delta(0, None, &["z:1:c"])).is_ok(),
+            "deliveries go with any map"
+        );
+        let later = p.merge(delta(6, Some("w:1:c"), &[]));
+        assert!(
+            later.is_err(),
+            "a change under map 6 waits for the next write"
+        );
+        let Command::Alerts { upserts, fence, .. } = p.command(2) else {
+            panic!("an alerts command");
+        };
+        assert_eq!(upserts.len(), 2);
+        assert_eq!(
+            fence,
+            Some(crate::cluster::types::AlertFence {
+                node: 2,
+                ownership_version: 4
+            })
+        );
     }
 }

@@ -47,6 +47,13 @@ pub enum Command {
         queued: Vec<OutboxEntry>,
         #[serde(default)]
         delivered: Vec<String>,
+        /// Who proposed them, and under which ownership map: changes of a target
+        /// are taken only from its owner, and only when that owner's tenure began
+        /// at or before `fence.ownership_version` (a proposal made before the
+        /// target moved away, and committed late — a cut that delayed it, a
+        /// forward in flight — is refused). None: the leader's own notices.
+        #[serde(default)]
+        fence: Option<AlertFence>,
     },
     /// Idempotency keys of delivered notifications (no second send after a takeover).
     Sent {
@@ -188,6 +195,13 @@ impl Command {
     }
 }
 
+/// The proposer of an alert change and the ownership map it acted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertFence {
+    pub node: NodeId,
+    pub ownership_version: u64,
+}
+
 /// What applying a command returns to the proposer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CommandResponse {
@@ -228,6 +242,12 @@ pub struct ClusterState {
     pub spec_source: String,
     pub ownership_version: u64,
     pub owners: BTreeMap<String, NodeId>,
+    /// Per target, the ownership version at which its current owner got it (the
+    /// start of the owner's tenure): alert changes proposed under an older map
+    /// are refused ([`AlertFence`]), an outbox entry queued under an older tenure
+    /// and never recorded is not sent.
+    #[serde(default)]
+    pub tenure: BTreeMap<String, u64>,
     pub alerts: BTreeMap<String, Alert>,
     /// Alert notifications queued by the owner of their target and not delivered
     /// yet, by idempotency key: a new owner delivers them (bounded by MAX_NOTICES).
@@ -289,7 +309,21 @@ impl ClusterState {
         if !sender {
             return Gate::Drop;
         }
-        if !self.notices.contains_key(key) && now_ms - e.created_ms < NOTICE_COMMIT_GRACE_MS {
+        let recorded = self.notices.contains_key(key);
+        // Queued by the owner in an earlier tenure of the target and never
+        // recorded: the herd's history of the alert went on without it (another
+        // owner in between redid the transition under its own key).
+        if !recorded
+            && e.sender == Sender::Owner
+            && e.tenure > 0
+            && self
+                .tenure
+                .get(&e.notification.alert.target)
+                .is_some_and(|&t| t > e.tenure)
+        {
+            return Gate::Drop;
+        }
+        if !recorded && now_ms - e.created_ms < NOTICE_COMMIT_GRACE_MS {
             return Gate::Wait;
         }
         Gate::Send
@@ -305,7 +339,8 @@ impl ClusterState {
                 deleted,
                 queued,
                 delivered,
-            } => self.apply_alerts(upserts, deleted, queued, delivered),
+                fence,
+            } => self.apply_alerts(upserts, deleted, queued, delivered, *fence),
             Command::Sent { keys } => self.record_sent(keys),
             Command::NodeHealth {
                 node,
@@ -432,6 +467,13 @@ impl ClusterState {
     /// A new map of owners; its version is the answer.
     fn set_ownership(&mut self, owners: &BTreeMap<String, NodeId>) -> CommandResponse {
         self.ownership_version += 1;
+        let version = self.ownership_version;
+        self.tenure.retain(|t, _| owners.contains_key(t));
+        for (t, n) in owners {
+            if self.owners.get(t) != Some(n) || !self.tenure.contains_key(t) {
+                self.tenure.insert(t.clone(), version);
+            }
+        }
         self.owners = owners.clone();
         // Alerts of targets that left the fleet have nobody to continue them.
         self.alerts.retain(|_, a| owners.contains_key(&a.target));
@@ -445,22 +487,43 @@ impl ClusterState {
     }
 
     /// Alert changes, notices queued (unless delivered already) and notices
-    /// delivered; the oldest notices beyond MAX_NOTICES are forgotten.
+    /// delivered; the oldest notices beyond MAX_NOTICES are forgotten. With a
+    /// fence, what concerns a target is taken only from its current owner, made
+    /// within its current tenure (delivered keys are always true and kept); the
+    /// answer says how many changes were refused.
     fn apply_alerts(
         &mut self,
         upserts: &[Alert],
         deleted: &[String],
         queued: &[OutboxEntry],
         delivered: &[String],
+        fence: Option<AlertFence>,
     ) -> CommandResponse {
+        let mut refused = 0usize;
         for a in upserts {
-            self.alerts.insert(a.id.clone(), a.clone());
+            if self.within_tenure(fence, &a.target, None) {
+                self.alerts.insert(a.id.clone(), a.clone());
+            } else {
+                refused += 1;
+            }
         }
         for id in deleted {
-            self.alerts.remove(id);
+            let Some(target) = self.alerts.get(id).map(|a| a.target.clone()) else {
+                continue;
+            };
+            if self.within_tenure(fence, &target, None) {
+                self.alerts.remove(id);
+            } else {
+                refused += 1;
+            }
         }
         for e in queued {
             let key = &e.notification.idempotency_key;
+            let target = &e.notification.alert.target;
+            if e.sender == Sender::Owner && !self.within_tenure(fence, target, Some(e.tenure)) {
+                refused += 1;
+                continue;
+            }
             if !self.delivered.contains(key) {
                 self.notices.insert(key.clone(), e.clone());
             }
@@ -470,7 +533,34 @@ impl ClusterState {
             self.delivered.insert(key, MAX_DELIVERED_KEYS);
         }
         self.forget_oldest_notices();
-        CommandResponse::default()
+        CommandResponse {
+            refused: (refused > 0).then(|| {
+                format!("{refused} alert change(s) of targets that moved since they were made")
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Whether a change of `target` proposed under `fence` (an outbox entry's own
+    /// tenure in `entry_tenure`, when it has one) belongs to the target's current
+    /// tenure. No fence: the leader's own, taken as it is.
+    fn within_tenure(
+        &self,
+        fence: Option<AlertFence>,
+        target: &str,
+        entry_tenure: Option<u64>,
+    ) -> bool {
+        let Some(f) = fence else {
+            return true;
+        };
+        if self.owners.get(target) != Some(&f.node) {
+            return false;
+        }
+        let made_under = entry_tenure
+            .filter(|&t| t > 0)
+            .unwrap_or(f.ownership_version);
+        // 0: made before tenures were recorded (an upgrade); the owner decides.
+        made_under == 0 || self.tenure.get(target).is_none_or(|&t| t <= made_under)
     }
 
     /// Keeps at most MAX_NOTICES notices, forgetting the oldest first.
@@ -653,6 +743,7 @@ pub(crate) mod tests {
             deleted: vec![],
             queued: vec![notice("1:1:c", "a", 0), notice("2:1:c", "b", 0)],
             delivered: vec![],
+            fence: None,
         });
         s.apply(&Command::SetOwnership {
             owners: [("a".to_string(), 1)].into(),
@@ -693,6 +784,7 @@ pub(crate) mod tests {
             fallbacks: vec![],
             last_error: None,
             sender: Sender::Owner,
+            tenure: 0,
         }
     }
 
@@ -702,6 +794,7 @@ pub(crate) mod tests {
             deleted: vec![],
             queued: entries,
             delivered: delivered.iter().map(|k| k.to_string()).collect(),
+            fence: None,
         }
     }
 
@@ -769,6 +862,116 @@ pub(crate) mod tests {
             Gate::Drop,
             "delivered (by this node before a restart, or by another): never again"
         );
+    }
+
+    /// A state whose first map (version 1) is `owners`.
+    fn owned_by(owners: &[(&str, NodeId)]) -> ClusterState {
+        let mut s = ClusterState::default();
+        set_owners(&mut s, owners);
+        s
+    }
+
+    fn set_owners(s: &mut ClusterState, owners: &[(&str, NodeId)]) {
+        s.apply(&Command::SetOwnership {
+            owners: owners.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
+            reason: String::new(),
+        });
+    }
+
+    fn fenced(
+        node: NodeId,
+        version: u64,
+        upserts: Vec<Alert>,
+        queued: Vec<OutboxEntry>,
+    ) -> Command {
+        Command::Alerts {
+            upserts,
+            deleted: vec![],
+            queued,
+            delivered: vec!["done:1:c".into()],
+            fence: Some(AlertFence {
+                node,
+                ownership_version: version,
+            }),
+        }
+    }
+
+    #[test]
+    fn alert_changes_of_an_ended_tenure_are_refused_delivered_keys_kept() {
+        // The chaos run's case: node 1, cut one way from the leader, proposed a
+        // firing of `a` under map 1; the leader moved `a` to node 3 (map 2), node 3
+        // fired and resolved; node 1's proposal was committed after that.
+        let mut s = owned_by(&[("a", 1), ("b", 1)]);
+        let stale = notice("al:2:c", "a", 1_000);
+        let stale = OutboxEntry { tenure: 1, ..stale };
+        set_owners(&mut s, &[("a", 3), ("b", 1)]);
+        let mut theirs = notice("al:1:c", "a", 2_000).notification.alert;
+        theirs.id = "al".into();
+        assert_eq!(
+            s.apply(&fenced(3, 2, vec![theirs.clone()], vec![])).refused,
+            None
+        );
+        let mut late = stale.notification.alert.clone();
+        late.id = "al".into();
+        late.transitions = 2;
+        let r = s.apply(&fenced(1, 1, vec![late.clone()], vec![stale.clone()]));
+        assert!(r.refused.is_some_and(|w| w.starts_with("2 alert change")));
+        assert_eq!(s.alerts["al"], theirs, "node 3's history stands");
+        assert!(s.notices.is_empty(), "the stale notice is not the herd's");
+        assert!(
+            s.delivered.contains("done:1:c"),
+            "a delivery is always true"
+        );
+        // Away and back: node 1's new tenure begins at map 4; what it made under
+        // map 1 is still refused, what it makes under map 4 is taken.
+        set_owners(&mut s, &[("a", 1), ("b", 1)]);
+        assert_eq!(s.tenure["a"], 3);
+        assert_eq!(s.tenure["b"], 1, "b never moved");
+        assert!(s
+            .apply(&fenced(1, 2, vec![late.clone()], vec![]))
+            .refused
+            .is_some());
+        assert!(s
+            .apply(&fenced(1, 1, vec![], vec![stale.clone()]))
+            .refused
+            .is_some());
+        assert_eq!(
+            s.apply(&fenced(1, 3, vec![late.clone()], vec![])).refused,
+            None
+        );
+        assert_eq!(s.alerts["al"].transitions, 2);
+        // b's tenure never ended: a proposal under map 1 is b's owner's.
+        let mut of_b = late.clone();
+        of_b.id = "bl".into();
+        of_b.target = "b".into();
+        assert_eq!(s.apply(&fenced(1, 1, vec![of_b], vec![])).refused, None);
+        // Another node never writes a's alerts, whatever map it names.
+        assert!(s.apply(&fenced(2, 9, vec![late], vec![])).refused.is_some());
+    }
+
+    #[test]
+    fn an_unrecorded_notice_of_an_ended_tenure_is_not_sent() {
+        let mut s = owned_by(&[("a", 1)]);
+        let old = OutboxEntry {
+            tenure: 1,
+            ..notice("x:2:c", "a", 10_000)
+        };
+        // Moved away and back before the worker looked at it again.
+        set_owners(&mut s, &[("a", 2)]);
+        set_owners(&mut s, &[("a", 1)]);
+        assert_eq!(
+            s.gate_notice(&old, 1, false, 10_000 + NOTICE_COMMIT_GRACE_MS),
+            Gate::Drop,
+            "the herd's history went on without it"
+        );
+        let now = OutboxEntry {
+            tenure: 3,
+            ..notice("x:3:c", "a", 10_000)
+        };
+        assert_eq!(s.gate_notice(&now, 1, false, 10_000), Gate::Wait);
+        // Recorded in the herd (by the last owner): this owner delivers it.
+        s.apply(&queued(vec![old.clone()], &[]));
+        assert_eq!(s.gate_notice(&old, 1, false, 10_000), Gate::Send);
     }
 
     #[test]

@@ -775,6 +775,7 @@ impl Notifier {
             fallbacks,
             last_error: Some(why.to_string()),
             sender: e.sender,
+            tenure: e.tenure,
         });
     }
 

@@ -78,6 +78,8 @@ pub struct AlertDelta {
     pub deleted: Vec<String>,
     pub queued: Vec<OutboxEntry>,
     pub delivered: Vec<String>,
+    /// The ownership map the upserts and deletions were made under (0: none made).
+    pub ownership_version: u64,
 }
 
 impl AlertDelta {
@@ -205,6 +207,9 @@ struct Ctx {
     seen_state: HashMap<(String, String), Value>,
     /// What this node owns now, read again right before an action runs.
     owned: OwnedRx,
+    /// The version of the ownership map the engine last followed: alert changes
+    /// go to the herd fenced by it (the herd refuses those of a tenure that ended).
+    followed_version: u64,
 }
 
 /// The rules task: starts from the stored alerts and the spec in force, then
@@ -293,6 +298,7 @@ async fn start(
         states,
         seen_state: HashMap::new(),
         owned: owned.clone(),
+        followed_version: current.ownership_version,
     };
     take_over_notices(&ctx, &current.notices).await;
     publish(&ctx, &engine);
@@ -309,6 +315,7 @@ async fn follow_owned(ctx: &mut Ctx, engine: &mut Engine, current: &crate::owner
     if current.fenced && !current.targets.is_empty() {
         return;
     }
+    ctx.followed_version = current.ownership_version;
     let rules = effective_rules(&current.spec.rules);
     let dropped = reconfigure(ctx, engine, current, &rules).await;
     // Alerts of targets taken over continue where their last owner left them.
@@ -387,6 +394,7 @@ async fn take_input(ctx: &Ctx, engine: &mut Engine, input: Input) -> Vec<Transit
                 }
                 ctx.handle.replicate(AlertDelta {
                     upserts: vec![a.clone()],
+                    ownership_version: ctx.followed_version,
                     ..Default::default()
                 });
             }
@@ -531,6 +539,7 @@ pub fn outbox_entries(
                 fallbacks: delivery.fallback.clone(),
                 last_error: None,
                 sender: Default::default(),
+                tenure: 0,
             }
         })
         .collect()
@@ -627,7 +636,7 @@ async fn record(ctx: &Ctx, transitions: Vec<Transition>) {
     let (mut batch, deferred) = transition_batch(ctx, transitions, now);
     mark_owner_sent(ctx, &mut batch);
     let wake = !batch.outbox.is_empty();
-    let delta = herd_delta(&batch);
+    let delta = herd_delta(&batch, ctx.followed_version);
     if let Err(e) = ctx.handle.store.alerting(batch).await {
         tracing::error!(error = %e, "cannot store alert transitions");
         return;
@@ -728,18 +737,20 @@ fn queue_notifications(
 /// the fleet has no owner: the node that held the alert sends it as its own.
 fn mark_owner_sent(ctx: &Ctx, batch: &mut AlertingBatch) {
     let herd = ctx.handle.in_herd();
-    let spec = ctx.owned.borrow().spec.clone();
+    let (spec, version) = (ctx.owned.borrow().spec.clone(), ctx.followed_version);
     for e in batch.outbox.iter_mut() {
         if herd && !left_the_fleet(&spec, &e.notification.alert.target) {
             e.sender = Sender::Owner;
+            e.tenure = version;
         }
     }
 }
 
 /// The alert changes of `batch` for the herd, with the entries an owner sends
 /// (what the herd hands over to a new owner).
-fn herd_delta(batch: &AlertingBatch) -> AlertDelta {
+fn herd_delta(batch: &AlertingBatch, ownership_version: u64) -> AlertDelta {
     AlertDelta {
+        ownership_version,
         upserts: batch.alerts.clone(),
         deleted: batch.deleted.clone(),
         queued: batch

@@ -34,6 +34,10 @@ pub struct OutboxEntry {
     /// Who in a herd delivers it.
     #[serde(default)]
     pub sender: Sender,
+    /// For an owner's entry: the version of the ownership map it was queued under
+    /// (0: not in a herd, or made before tenures were recorded).
+    #[serde(default)]
+    pub tenure: u64,
 }
 
 /// A boxed future, for the [`Outbox`] trait.

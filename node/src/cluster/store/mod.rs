@@ -57,6 +57,8 @@ const KEY_STATE: &str = "state";
 /// The state in parts (see [`Part`]).
 const KEY_STATE_SPEC: &str = "state.spec";
 const KEY_STATE_OWNERS: &str = "state.owners";
+/// When each target's owner got it (stored beside the map; absent before tenures).
+const KEY_STATE_TENURE: &str = "state.tenure";
 const KEY_STATE_ALERTS: &str = "state.alerts";
 /// Undelivered and delivered alert notifications (stored with the alerts).
 const KEY_STATE_NOTICES: &str = "state.notices";
@@ -277,6 +279,7 @@ fn put_state(
         spec_source,
         ownership_version,
         owners,
+        tenure,
         alerts,
         notices,
         delivered,
@@ -298,12 +301,15 @@ fn put_state(
                 "fleet spec",
                 &(spec_version, spec_text, spec_source),
             )?,
-            Part::Owners => put_json(
-                table,
-                KEY_STATE_OWNERS,
-                "ownership map",
-                &(ownership_version, owners),
-            )?,
+            Part::Owners => {
+                put_json(
+                    table,
+                    KEY_STATE_OWNERS,
+                    "ownership map",
+                    &(ownership_version, owners),
+                )?;
+                put_json(table, KEY_STATE_TENURE, "ownership tenures", tenure)?;
+            }
             Part::Alerts => {
                 put_json(table, KEY_STATE_ALERTS, "alerts", alerts)?;
                 put_json(
@@ -348,6 +354,9 @@ where
     }
     if let Some((v, owners)) = get_json(table, KEY_STATE_OWNERS, "ownership map")? {
         (s.ownership_version, s.owners) = (v, owners);
+    }
+    if let Some(tenure) = get_json(table, KEY_STATE_TENURE, "ownership tenures")? {
+        s.tenure = tenure;
     }
     if let Some(alerts) = get_json(table, KEY_STATE_ALERTS, "alerts")? {
         s.alerts = alerts;

@@ -363,6 +363,7 @@ async fn every_part_of_the_state_survives_reopen() {
             deleted: vec![],
             queued: vec![crate::cluster::types::tests::notice("a:1:c", "web-1", 3)],
             delivered: vec!["b:1:c".into()],
+            fence: None,
         },
         Command::Sent {
             keys: vec!["k".into()],
