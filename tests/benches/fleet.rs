@@ -59,13 +59,29 @@ use herd_tests::bench::{
 use herd_tests::{ssh_target, Herd, HerdOptions, Sshd, SSH_USER};
 use serde_json::{json, Value};
 
-/// The vitals command exactly as the node sends it
-/// (`node/src/collector/checks/vitals.rs`, `VITALS_COMMAND`); the baseline runs
-/// it through OpenSSH. The fake fleet checks every command it gets against it and
-/// the bench reports a difference.
+/// The vitals commands exactly as the node sends them
+/// (`node/src/collector/checks/vitals.rs`, `VITALS_COMMAND` when the disk figures
+/// are due, every `disk_interval`, and `VITALS_COMMAND_NO_DISK` between); the
+/// baseline runs both through OpenSSH. The fake fleet checks every command it gets
+/// against them and the bench reports a difference.
 const VITALS_COMMAND: &str = "exec 2>/dev/null;\
-for s in stat meminfo loadavg net/dev uptime mounts;do echo \"@@herd:$s\";cat /proc/$s;done;\
+head -n 999999 /proc/stat /proc/meminfo /proc/loadavg /proc/net/dev /proc/uptime /proc/mounts;\
 echo @@herd:df;df -Pk;echo @@herd:dfi;df -Pi;echo @@herd:end";
+const VITALS_COMMAND_NO_DISK: &str = "exec 2>/dev/null;\
+head -n 999999 /proc/stat /proc/meminfo /proc/loadavg /proc/net/dev /proc/uptime;echo @@herd:end";
+
+/// The node scrapes every second with the default `disk_interval` (60 s): one
+/// scrape in 60 reads the disks. OpenSSH's runs make the same mix.
+const DISK_EVERY_CALLS: usize = 60;
+
+/// The command of OpenSSH's `i`-th call, as the node would send it.
+fn command_for_call(i: usize) -> &'static str {
+    if i.is_multiple_of(DISK_EVERY_CALLS) {
+        VITALS_COMMAND
+    } else {
+        VITALS_COMMAND_NO_DISK
+    }
+}
 
 /// What the fake targets answer, moved on per call (see [`fake`]).
 const FIXTURE: &str =
@@ -898,9 +914,9 @@ fn ssh_runs(
     master: Option<&[String]>,
 ) -> Result<SshRun, String> {
     let dest = format!("{SSH_USER}@127.0.0.1");
-    let call = || -> Result<Duration, String> {
+    let call = |i: usize| -> Result<Duration, String> {
         let mut cmd = ssh_command(sshd, extra);
-        cmd.arg(&dest).arg(VITALS_COMMAND);
+        cmd.arg(&dest).arg(command_for_call(i));
         let (out, wall) = run_timed(&mut cmd)?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() || !stdout.contains("@@herd:end") {
@@ -914,7 +930,7 @@ fn ssh_runs(
     };
     let mut master_pid = None;
     if let Some(cm) = master {
-        call()?;
+        call(0)?;
         let mut check = ssh_command(sshd, cm);
         check.args(["-O", "check"]).arg(&dest);
         let (out, _) = run_timed(&mut check)?;
@@ -933,8 +949,8 @@ fn ssh_runs(
     let master0 = master_pid.and_then(threads_cpu).unwrap_or_default();
     let children0 = children_cpu_s();
     let mut walls = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        walls.push(call()?.as_secs_f64() * 1000.0);
+    for i in 0..calls {
+        walls.push(call(i)?.as_secs_f64() * 1000.0);
     }
     let children1 = children_cpu_s();
     let master1 = master_pid.and_then(threads_cpu).unwrap_or_default();
@@ -955,8 +971,8 @@ fn ssh_runs(
 /// account would, minus sshd).
 fn command_alone_cpu_ms(calls: usize) -> f64 {
     let c0 = children_cpu_s();
-    for _ in 0..calls {
-        let _ = run_timed(Command::new("/bin/sh").arg("-c").arg(VITALS_COMMAND));
+    for i in 0..calls {
+        let _ = run_timed(Command::new("/bin/sh").arg("-c").arg(command_for_call(i)));
     }
     (children_cpu_s() - c0) * 1000.0 / calls as f64
 }
@@ -1877,7 +1893,9 @@ mod fake {
             session: &mut Session,
         ) -> Result<(), Self::Error> {
             session.channel_success(channel)?;
-            if command != super::VITALS_COMMAND.as_bytes() {
+            if command != super::VITALS_COMMAND.as_bytes()
+                && command != super::VITALS_COMMAND_NO_DISK.as_bytes()
+            {
                 OTHER_COMMANDS.fetch_add(1, Ordering::Relaxed);
             }
             if let Some(slot) = EXECS.get(slot_now()) {

@@ -125,6 +125,10 @@ check_struct! {
     /// CPU, memory, swap, disk, load, network and uptime in one command.
     #[derive(Default)]
     VitalsCheck {
+        /// How often the disk figures are read (df); the scrapes between read
+        /// the rest only. Default 60 s; at most `interval` reads them every time.
+        #[serde(default)]
+        disk_interval: Option<HumanDuration>,
     }
 }
 
@@ -468,7 +472,11 @@ pub fn validate_check(c: &CheckSpec) -> Vec<String> {
         }
     }
     match c {
-        CheckSpec::Vitals(_) => {}
+        CheckSpec::Vitals(v) => {
+            if v.disk_interval.is_some_and(|d| d.get().is_zero()) {
+                p.push("vitals: disk_interval must be above 0".into());
+            }
+        }
         CheckSpec::Log(l) => {
             if l.path.trim().is_empty() {
                 p.push("log: path is empty".into());

@@ -217,7 +217,7 @@ impl Runner {
 
     pub async fn run(&mut self, spec: &CheckSpec, env: &Env<'_>) -> Result<Outcome, CheckError> {
         match (self, spec) {
-            (Runner::Vitals(state), CheckSpec::Vitals(_)) => run_vitals(state, env).await,
+            (Runner::Vitals(state), CheckSpec::Vitals(spec)) => run_vitals(state, spec, env).await,
             (Runner::FileFresh, CheckSpec::FileFresh(c)) => file_fresh::run(c, env).await,
             (Runner::Port, CheckSpec::Port(c)) => port::run(c, env).await,
             (Runner::Socket, CheckSpec::Socket(c)) => socket::run(c, env).await,
@@ -246,12 +246,21 @@ impl Runner {
     }
 }
 
-async fn run_vitals(state: &mut vitals::VitalsState, env: &Env<'_>) -> Result<Outcome, CheckError> {
-    let out = env
-        .exec(vitals::VITALS_COMMAND, vitals::MAX_OUTPUT_BYTES)
-        .await?;
+async fn run_vitals(
+    state: &mut vitals::VitalsState,
+    spec: &crate::config::checks::VitalsCheck,
+    env: &Env<'_>,
+) -> Result<Outcome, CheckError> {
+    let disk_interval = spec
+        .disk_interval
+        .map_or(vitals::DEFAULT_DISK_INTERVAL, |d| d.get());
+    let command = state.command(env.ts_ms, disk_interval);
+    let out = env.exec(command, vitals::MAX_OUTPUT_BYTES).await?;
     let snap = vitals::parse(&out.stdout)
         .map_err(|e| CheckError::Failed(with_stderr(format!("vitals: {e}"), &out)))?;
+    if command == vitals::VITALS_COMMAND {
+        state.disk_read(env.ts_ms);
+    }
     let mut measurements = state.observe(snap, env.ts_ms);
     for m in &mut measurements {
         m.value = round_derived(m.value);

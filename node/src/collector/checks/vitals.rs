@@ -1,8 +1,11 @@
 //! Vitals: the basic health of a Linux target (CPU, memory, load, network,
 //! uptime, filesystems) from one POSIX `sh` command per scrape.
 //!
-//! [`VITALS_COMMAND`] prints each source after a marker line `@@herd:<section>`
-//! and finishes with `@@herd:end`. [`parse`] splits on those markers and reads
+//! [`VITALS_COMMAND`] prints the /proc files with one `head` (it heads each with
+//! `==> /proc/<section> <==`), then each df after a marker line `@@herd:<section>`,
+//! and finishes with `@@herd:end`; [`VITALS_COMMAND_NO_DISK`] is the same without
+//! the mounts and the dfs, for the scrapes between two disk readings
+//! (`disk_interval`). [`parse`] splits on those markers and reads
 //! each section into a [`VitalsSnapshot`]; CPU shares and network throughput
 //! need two scrapes, so [`VitalsState`] keeps the previous snapshot of its
 //! target and turns the deltas into [`Measurement`]s.
@@ -33,8 +36,9 @@
 //!   filesystem needs /proc/self/mountinfo, and merging rows by equal numbers
 //!   would flap on busy filesystems whose numbers change between two statfs.
 //! - **Optional sections**: `df` and `dfi` may be empty or absent (no df on
-//!   the target, `df -i` unsupported by its busybox): only their metrics are
-//!   then omitted. Every /proc section is required.
+//!   the target, `df -i` unsupported by its busybox, or a scrape between two
+//!   disk readings): only their metrics are then omitted. Every /proc section
+//!   is required, mounts only with a df section.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,20 +46,31 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::model::text::quote_excerpt;
 use crate::model::Measurement;
 
-/// The one sh command run on the target. POSIX sh only, no bash-isms, must
-/// work with busybox.
+/// The sh command run on the target when disk figures are due. POSIX sh only,
+/// no bash-isms, must work with busybox. One process reads every /proc file and
+/// two run df; [`VITALS_COMMAND_NO_DISK`] runs one process in all.
 ///
 /// - `exec 2>/dev/null` silences the whole script once: df complains on
 ///   stderr about mounts it may not read, and error text is not our format.
 /// - There is no `set -e`: a failing part leaves its section empty and the
 ///   rest still runs, and the end marker is printed whatever happened before.
-/// - Section names are the /proc paths themselves, which keeps the loop (and
-///   so the command sent on every scrape) short.
+/// - `head` given several files heads each with `==> FILE <==` (GNU and
+///   busybox alike): the section names are the /proc paths themselves, and one
+///   process reads them all where a `cat` per file forked six.
 /// - `df -P` keeps one row per line in the POSIX column layout; `-k` fixes
 ///   the unit at 1024 bytes whatever `BLOCKSIZE`/`DF_BLOCK_SIZE` say.
 pub const VITALS_COMMAND: &str = "exec 2>/dev/null;\
-for s in stat meminfo loadavg net/dev uptime mounts;do echo \"@@herd:$s\";cat /proc/$s;done;\
+head -n 999999 /proc/stat /proc/meminfo /proc/loadavg /proc/net/dev /proc/uptime /proc/mounts;\
 echo @@herd:df;df -Pk;echo @@herd:dfi;df -Pi;echo @@herd:end";
+
+/// The command of the scrapes between two disk readings: CPU, memory, load,
+/// network and uptime, read by one `head`.
+pub const VITALS_COMMAND_NO_DISK: &str = "exec 2>/dev/null;\
+head -n 999999 /proc/stat /proc/meminfo /proc/loadavg /proc/net/dev /proc/uptime;echo @@herd:end";
+
+/// How often disk figures are read when the check does not say
+/// (`disk_interval`): they change slowly, and df is most of a scrape's cost.
+pub const DEFAULT_DISK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Hard cap on output size accepted (bytes); larger output is an error.
 /// Real output is a few KiB (tens on machines with hundreds of CPUs or
@@ -64,6 +79,9 @@ pub const MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Start of every marker line; the rest of the line names the section.
 const MARKER_PREFIX: &str = "@@herd:";
+/// How `head` heads a file among several: `==> /proc/<section> <==`.
+const HEAD_PREFIX: &str = "==> /proc/";
+const HEAD_SUFFIX: &str = " <==";
 /// Name of the marker printed last; its absence means the output is cut.
 const END_SECTION: &str = "end";
 
@@ -296,9 +314,16 @@ pub fn parse(output: &[u8]) -> Result<VitalsSnapshot, VitalsError> {
     let load = parse_loadavg(required(&sections, Section::Loadavg)?)?;
     let interfaces = parse_net_dev(required(&sections, Section::NetDev)?)?;
     let uptime_s = parse_uptime(required(&sections, Section::Uptime)?)?;
-    let mount_types = parse_mounts(required(&sections, Section::Mounts)?)?;
     let df_rows = optional_df(&sections, Section::Df)?;
     let dfi_rows = optional_df(&sections, Section::DfInodes)?;
+    // Mounts tell df rows apart; a scrape without disk figures reads neither.
+    let disk =
+        find(&sections, Section::Df).is_some() || find(&sections, Section::DfInodes).is_some();
+    let mount_types = if disk || find(&sections, Section::Mounts).is_some() {
+        parse_mounts(required(&sections, Section::Mounts)?)?
+    } else {
+        BTreeMap::new()
+    };
 
     Ok(VitalsSnapshot {
         cpu,
@@ -316,6 +341,8 @@ pub fn parse(output: &[u8]) -> Result<VitalsSnapshot, VitalsError> {
 #[derive(Debug, Default)]
 pub struct VitalsState {
     baseline: Option<Baseline>,
+    /// When disk figures were last read (monitor-side Unix ms).
+    disk_read_ms: Option<i64>,
 }
 
 /// What a rate needs from an earlier scrape.
@@ -338,6 +365,25 @@ enum RateWindow {
 }
 
 impl VitalsState {
+    /// The command for a scrape at `ts_ms`: with the disk figures when none were
+    /// read yet or `disk_interval` has passed since, else without.
+    pub fn command(&self, ts_ms: i64, disk_interval: std::time::Duration) -> &'static str {
+        let due = self.disk_read_ms.is_none_or(|last| {
+            ts_ms.saturating_sub(last)
+                >= i64::try_from(disk_interval.as_millis()).unwrap_or(i64::MAX)
+        });
+        if due {
+            VITALS_COMMAND
+        } else {
+            VITALS_COMMAND_NO_DISK
+        }
+    }
+
+    /// Notes that the disk figures were read at `ts_ms`.
+    pub fn disk_read(&mut self, ts_ms: i64) {
+        self.disk_read_ms = Some(ts_ms);
+    }
+
     /// Returns the measurements for this scrape. `ts_ms` = monitor-side time
     /// of the scrape. Rates are computed over the target's own uptime delta
     /// (immune to SSH latency); `ts_ms` only checks that the two scrapes are
@@ -463,11 +509,20 @@ fn split_sections(text: &str) -> Result<Vec<RawSection<'_>>, VitalsError> {
         let line_no = index.saturating_add(1);
         // A pty on the SSH channel turns newlines into CRLF.
         let line = raw_line.strip_suffix('\r').unwrap_or(raw_line);
-        if let Some(name) = line.strip_prefix(MARKER_PREFIX) {
-            if name == END_SECTION {
+        let head = line
+            .strip_prefix(HEAD_PREFIX)
+            .and_then(|l| l.strip_suffix(HEAD_SUFFIX));
+        if let Some(name) = head.or_else(|| line.strip_prefix(MARKER_PREFIX)) {
+            if name == END_SECTION && head.is_none() {
                 return Ok(sections);
             }
             if let Some(section) = Section::from_name(name) {
+                // head separates files by an empty line: not the last file's.
+                if let Some(current) = sections.last_mut() {
+                    if current.lines.last().is_some_and(|l| l.is_empty()) {
+                        current.lines.pop();
+                    }
+                }
                 if sections.iter().any(|raw| raw.section == section) {
                     return Err(VitalsError::DuplicateSection {
                         section: section.name(),
@@ -1866,21 +1921,113 @@ mod tests {
         assert!(parse_df_row(&raw, 2, "/dev/x 99999999999999999999999 1 1 1% /").is_err());
     }
 
+    /// Runs `command` with `shell` (`sh -c`, or `busybox sh -c` with busybox's
+    /// head and df first in PATH) on this machine.
+    #[cfg(target_os = "linux")]
+    fn run_here(shell: &[&str], command: &str) -> Vec<u8> {
+        let output = std::process::Command::new(shell[0])
+            .args(&shell[1..])
+            .arg("-c")
+            .arg(command)
+            .output()
+            .expect("the shell runs");
+        output.stdout
+    }
+
     #[test]
     #[cfg(target_os = "linux")]
     fn live_command_output_parses() {
-        let output = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(VITALS_COMMAND)
-            .output()
-            .expect("sh runs");
-        let snap = match parse(&output.stdout) {
+        let snap = match parse(&run_here(&["sh"], VITALS_COMMAND)) {
             Ok(snap) => snap,
             Err(err) => panic!("{err}"),
         };
         assert!(snap.memory.total_bytes > 0.0);
         assert!(snap.uptime_s > 0.0);
-        assert_sane(&VitalsState::default().observe(snap, 0));
+        assert!(!snap.filesystems.is_empty(), "df read / at least");
+        let out = VitalsState::default().observe(snap, 0);
+        assert_sane(&out);
+        assert!(find_labelled(&out, "disk.used_pct", "mount", "/").is_some());
+        // Between two disk readings: everything but the disk, from one process.
+        let snap = match parse(&run_here(&["sh"], VITALS_COMMAND_NO_DISK)) {
+            Ok(snap) => snap,
+            Err(err) => panic!("{err}"),
+        };
+        assert!(snap.memory.total_bytes > 0.0 && snap.uptime_s > 0.0);
+        assert!(!snap.interfaces.is_empty(), "lo at least");
+        let out = VitalsState::default().observe(snap, 0);
+        assert_sane(&out);
+        assert!(!emits(&out, "disk."), "no disk figures asked");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn live_command_output_parses_under_busybox() {
+        if std::process::Command::new("busybox")
+            .arg("true")
+            .status()
+            .is_err()
+        {
+            eprintln!("busybox not installed: skipped");
+            return;
+        }
+        // busybox's own head and df, as on a small target.
+        let dir = tempfile::tempdir().expect("temp dir");
+        for tool in ["head", "df"] {
+            std::os::unix::fs::symlink("/bin/busybox", dir.path().join(tool))
+                .or_else(|_| std::os::unix::fs::symlink("/usr/bin/busybox", dir.path().join(tool)))
+                .expect("symlink");
+        }
+        let path = format!("{}:/usr/bin:/bin", dir.path().display());
+        for command in [VITALS_COMMAND, VITALS_COMMAND_NO_DISK] {
+            let output = std::process::Command::new("busybox")
+                .args(["sh", "-c", command])
+                .env("PATH", &path)
+                .output()
+                .expect("busybox sh runs");
+            match parse(&output.stdout) {
+                Ok(snap) => assert!(snap.memory.total_bytes > 0.0, "{command}"),
+                Err(err) => panic!("{command}: {err}"),
+            }
+        }
+    }
+
+    #[test]
+    fn disk_figures_are_read_every_disk_interval() {
+        let every = std::time::Duration::from_secs(60);
+        let mut state = VitalsState::default();
+        assert_eq!(state.command(0, every), VITALS_COMMAND, "the first scrape");
+        state.disk_read(0);
+        assert_eq!(state.command(10_000, every), VITALS_COMMAND_NO_DISK);
+        assert_eq!(state.command(59_999, every), VITALS_COMMAND_NO_DISK);
+        assert_eq!(state.command(60_000, every), VITALS_COMMAND);
+        // disk_interval at or below the interval: every scrape reads them.
+        let short = std::time::Duration::from_secs(1);
+        state.disk_read(60_000);
+        assert_eq!(state.command(61_000, short), VITALS_COMMAND);
+    }
+
+    #[test]
+    fn head_sections_and_markers_read_alike() {
+        // head's way (an empty line between files) and the marker way are the
+        // same snapshot.
+        let heads = "==> /proc/stat <==\ncpu  1 2 3 4 5 6 7 8 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n\n\
+==> /proc/meminfo <==\nMemTotal: 1000 kB\nMemFree: 500 kB\nMemAvailable: 600 kB\n\n\
+==> /proc/loadavg <==\n0.5 0.4 0.3 1/100 42\n\n\
+==> /proc/net/dev <==\nInter-|Receive\n face |bytes\n    lo: 1 2 0 0 0 0 0 0 3 4 0 0 0 0 0 0\n\n\
+==> /proc/uptime <==\n100.5 200.0\n@@herd:end\n";
+        let markers = heads
+            .replace("\n\n==> /proc/", "\n@@herd:")
+            .replace("==> /proc/", "@@herd:")
+            .replace(" <==", "");
+        let (a, b) = (parsed(heads), parsed(&markers));
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert!(a.filesystems.is_empty());
+        // A df section needs the mounts to tell its rows apart.
+        let with_df = heads.replace("@@herd:end", "@@herd:df\nFilesystem 1024-blocks Used Available Capacity Mounted on\n/dev/sda1 100 50 50 50% /\n@@herd:end");
+        assert!(matches!(
+            parse(with_df.as_bytes()),
+            Err(VitalsError::MissingSection("mounts"))
+        ));
     }
 
     /// One random edit of the kind a broken transport or a hostile target
