@@ -1,7 +1,8 @@
 //! `herd export`: a target's samples out of a real node in OpenMetrics, read back by
 //! the real `promtool tsdb create-blocks-from openmetrics` into Prometheus blocks
 //! that hold exactly the exported samples (`promtool tsdb dump`), which are the
-//! samples `herd query` answers; JSON lines too; bad usage exits 2.
+//! samples `herd query` answers; JSON lines too; bad usage exits 2. `herd import`:
+//! an export back into another node losslessly, a real Prometheus's federation.
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
@@ -178,4 +179,149 @@ fn export_feeds_promtool_blocks_that_hold_the_same_samples() {
     );
     let out = herd.cli(&["export"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// The export of one node, imported into another, exports again as the same
+/// samples (names, labels, values, times); a second import overlaps and stores
+/// nothing; a bad line is named with its line number and nothing is stored
+/// unless `--partial`.
+#[test]
+fn import_takes_an_export_back_losslessly_and_checks_every_line_first() {
+    let a = Herd::start(HerdOptions::default().fleet(local_target("box", "1s")));
+    let b = Herd::start(HerdOptions::default().fleet(local_target("other", "1s")));
+    wait_for(BOUND, "a few cpu samples", || {
+        (a.points("box", "cpu.used_pct").len() >= 3).then_some(())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("box.om");
+    let file_s = file.to_str().unwrap();
+    a.cli_ok(&["export", "box", "--since", "10m", "--out", file_s]);
+    let exported = samples(&std::fs::read_to_string(&file).unwrap(), true);
+
+    phase!("herd import box.om into another node; its export is the same samples");
+    let out = b.cli(&["import", file_s]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("{} samples", exported.len())),
+        "{said}"
+    );
+    let again = dir.path().join("again.om");
+    b.cli_ok(&[
+        "export",
+        "box",
+        "--since",
+        "10m",
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    let reexported = samples(&std::fs::read_to_string(&again).unwrap(), true);
+    assert_eq!(reexported, exported, "lossless round trip");
+
+    phase!("the same file again: every series overlaps, nothing is stored, exit 2");
+    let out = b.cli(&["import", file_s]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("overlaps the samples the series holds"),
+        "{said}"
+    );
+    assert!(said.contains("nothing imported"), "{said}");
+
+    phase!("a bad line: named with its number, nothing stored; --partial stores the rest");
+    let now_s = herd_tests::now_ms() / 1000;
+    let hand = dir.path().join("hand.om");
+    std::fs::write(
+        &hand,
+        format!(
+            "# TYPE herd_load_1 gauge\n\
+             herd_load_1{{target=\"hand\"}} 1 {}\n\
+             herd_load_1{{target=\"hand\"}} 2 {}\n\
+             herd_load_1{{target=\"hand\"}} oops {}\n\
+             # EOF\n",
+            now_s - 30,
+            now_s - 20,
+            now_s - 10
+        ),
+    )
+    .unwrap();
+    let hand_s = hand.to_str().unwrap();
+    let out = b.cli(&["import", hand_s]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(&format!(
+            "{hand_s}:4: herd_load_1: value \"oops\" is not a number"
+        )),
+        "{said}"
+    );
+    let out = b.cli(&["query", "hand", "load_1", "--since", "1h"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no data for it"),
+        "nothing stored: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = b.cli(&["import", hand_s, "--partial"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("skipped"), "{said}");
+    let got = b.points("hand", "load_1");
+    assert_eq!(
+        got,
+        vec![((now_s - 30) * 1000, 1.0), ((now_s - 20) * 1000, 2.0)]
+    );
+    let out = b.cli(&["import", "/nonexistent.om"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// What a real Prometheus federates (Prometheus text, times in ms, no `# EOF`)
+/// is imported as is: `up{instance,job}` of target `prom`, the same values at
+/// the same times.
+#[test]
+fn import_reads_what_a_real_prometheus_federates() {
+    // A target nobody serves (port 1 of loopback): Prometheus records `up` 0.
+    let prom = herd_tests::prometheus::Prometheus::start(
+        "  - job_name: down\n    static_configs:\n      - targets: ['127.0.0.1:1']\n",
+    );
+    let fetch = || {
+        let out = run_bounded(
+            Command::new("curl")
+                .args(["-s", "--max-time", "10", "-G"])
+                .arg(format!("{}/federate", prom.url))
+                .arg("--data-urlencode")
+                .arg("match[]=up"),
+            BOUND,
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let text = wait_for(BOUND, "Prometheus federating a few samples of up", || {
+        let t = fetch();
+        (t.lines().filter(|l| l.starts_with("up{")).count() >= 1).then_some(t)
+    });
+    let herd = Herd::start(HerdOptions::default().fleet(local_target("other", "1s")));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("federate.txt");
+    std::fs::write(&file, &text).unwrap();
+    let out = herd.cli(&["import", file.to_str().unwrap(), "--target", "prom"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{said}\n{text}");
+    let federated = samples(&text, false);
+    let json = herd.cli_ok(&["export", "prom", "--since", "1h", "--format", "json"]);
+    let got: BTreeSet<Sample> = json
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let mut labels: BTreeMap<String, String> =
+                serde_json::from_value(v["labels"].clone()).unwrap();
+            // Herd's name for `up` and its target: back to what Prometheus said.
+            labels.insert("__name__".into(), "up".into());
+            labels.remove("target");
+            (
+                labels,
+                format!("{}", v["value"].as_f64().unwrap()),
+                v["ts_ms"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, federated, "{text}");
 }

@@ -436,6 +436,36 @@ impl pb::herd_server::Herd for HerdApi {
         Ok(Response::new(reply))
     }
 
+    async fn import(
+        &self,
+        req: Request<pb::ImportRequest>,
+    ) -> Result<Response<pb::ImportReply>, Status> {
+        let q = req.into_inner();
+        let mut series = Vec::with_capacity(q.series.len());
+        for s in q.series {
+            if s.target.is_empty() || s.metric.is_empty() {
+                return Err(Status::invalid_argument(
+                    "every imported series needs a target and a metric",
+                ));
+            }
+            series.push(crate::store::ImportSeries {
+                target: s.target,
+                metric: s.metric,
+                labels: s.labels.into_iter().collect(),
+                points: s.points.into_iter().map(|p| (p.ts_ms, p.value)).collect(),
+            });
+        }
+        let outcome = self
+            .store
+            .import(series, q.check_only)
+            .await
+            .map_err(|e| Status::unavailable(format!("storing the import: {e}")))?;
+        Ok(Response::new(pb::ImportReply {
+            written: outcome.written,
+            refused: outcome.refused,
+        }))
+    }
+
     type WatchStream = super::watch::ChangeStream;
 
     async fn watch(

@@ -111,6 +111,21 @@ pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError>
                 }
             }
         }
+        Command::Import {
+            file,
+            target,
+            partial,
+            format,
+        } => {
+            let mut client = connect(node, None).await?;
+            let args = super::import::ImportArgs {
+                path: &file,
+                target: target.as_deref(),
+                partial,
+                format,
+            };
+            super::import::import(&mut client, args).await
+        }
         Command::State { target, path } => state(node, &target, path.as_deref()).await,
         Command::Alerts { history, json } => alerts(node, history.as_deref(), json).await,
         Command::Ack { alert, by } => ack(node, &alert, by).await,

@@ -3,6 +3,7 @@ pub mod certs;
 mod commands;
 mod demo;
 mod export;
+mod import;
 mod output;
 
 use std::path::PathBuf;
@@ -123,6 +124,22 @@ pub enum Command {
         /// Write here instead of stdout.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+    },
+    /// History from an OpenMetrics or Prometheus text file (with timestamps) into
+    /// the store of the node it talks to; checked whole first, nothing stored
+    /// when a line is bad or a series overlaps what the node holds.
+    Import {
+        file: std::path::PathBuf,
+        /// The target of series without a `target` label.
+        #[arg(long)]
+        target: Option<String>,
+        /// Skip bad lines and refused series, import the rest.
+        #[arg(long)]
+        partial: bool,
+        /// auto: OpenMetrics (seconds) when the file ends with `# EOF`, else
+        /// Prometheus text (milliseconds).
+        #[arg(long, value_enum, default_value = "auto")]
+        format: import::ImportFormat,
     },
     /// The json_state tree of a target (JSON), whole or at a dotted path.
     State {

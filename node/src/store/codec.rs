@@ -872,7 +872,6 @@ impl ChunkEncoder {
         self.count as usize
     }
 
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }

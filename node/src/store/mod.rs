@@ -87,10 +87,33 @@ pub(crate) enum WriteOp {
     RemoteSinks(Vec<Arc<remote::RemoteSink>>),
     /// The receiver took `name`'s entries up to this seq: delete them.
     RemoteAck(String, u64),
+    /// History to store as closed chunks (`herd import`); with `check_only` only
+    /// what would be refused is said. The reply comes after the commit.
+    Import(
+        Vec<ImportSeries>,
+        bool,
+        std::sync::mpsc::Sender<Result<ImportOutcome, String>>,
+    ),
     /// Commit now; the reply comes after the commit (an error when it failed).
     Flush(std::sync::mpsc::Sender<Result<(), String>>),
     /// Commit and stop; later operations fail with `Closed`.
     Shutdown(std::sync::mpsc::Sender<Result<(), String>>),
+}
+
+/// The samples of one series to import, in time order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportSeries {
+    pub target: String,
+    pub metric: String,
+    pub labels: Labels,
+    pub points: Vec<(i64, f64)>,
+}
+
+/// What an import stored, and what it refused (one line per series, with why).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImportOutcome {
+    pub written: u64,
+    pub refused: Vec<String>,
 }
 
 /// Alert changes written together.
@@ -295,6 +318,31 @@ impl Store {
     pub async fn alerting(&self, batch: AlertingBatch) -> Result<(), StoreError> {
         self.wait_for(move |reply| WriteOp::Alerting(batch, reply))
             .await
+    }
+
+    /// Stores history (`herd import`): each series' samples become closed chunks,
+    /// unless they overlap what the series holds (stored, or in its open chunk),
+    /// are older than the retention, lie in the future, or are not in strictly
+    /// increasing time order: that series is then refused whole, with why. Returns
+    /// once durable. Imported samples do not go to remote_write (they are
+    /// history, not what this node collects).
+    pub async fn import(
+        &self,
+        series: Vec<ImportSeries>,
+        check_only: bool,
+    ) -> Result<ImportOutcome, StoreError> {
+        let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            tx.send(WriteOp::Import(series, check_only, reply_tx))
+                .map_err(|_| StoreError::Closed)?;
+            reply_rx
+                .recv()
+                .map_err(|_| StoreError::Closed)?
+                .map_err(StoreError::Corrupt)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
     }
 
     /// Applies a delivery round to the outbox; returns once durable.
@@ -549,5 +597,110 @@ mod density {
             chunk_bytes as f64 / total as f64
         );
         assert!(per < 64.0, "{per}");
+    }
+}
+
+#[cfg(test)]
+mod import_tests {
+    use super::*;
+    use crate::model::now_ms;
+
+    fn open(dir: &Path) -> Store {
+        Store::open(
+            dir,
+            StoreOptions {
+                retention: Duration::from_secs(30 * 24 * 3600),
+                flush_interval: Duration::from_millis(20),
+                chunk_samples: 100,
+            },
+        )
+        .unwrap()
+    }
+
+    fn series(metric: &str, points: Vec<(i64, f64)>) -> ImportSeries {
+        ImportSeries {
+            target: "web-1".into(),
+            metric: metric.into(),
+            labels: Labels::new(),
+            points,
+        }
+    }
+
+    #[tokio::test]
+    async fn history_joins_a_live_series_and_what_cannot_is_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let now = now_ms();
+        // Live samples: the last 10 s.
+        store.append(
+            (0..10)
+                .map(|i| Sample {
+                    target: "web-1".into(),
+                    metric: "cpu.used_pct".into(),
+                    labels: Labels::new(),
+                    ts_ms: now - 10_000 + i * 1000,
+                    value: i as f64,
+                })
+                .collect(),
+        );
+        store.flush_blocking().unwrap();
+        // A day before them, every 10 s: more than one chunk (100 samples each).
+        let day: Vec<(i64, f64)> = (0..8640)
+            .map(|i| {
+                (
+                    now - 86_400_000 - 20_000 + i * 10_000,
+                    (i % 97) as f64 / 7.0,
+                )
+            })
+            .collect();
+        let check = store
+            .import(vec![series("herd_cpu_used_pct", day.clone())], true)
+            .await
+            .unwrap();
+        assert_eq!(check, ImportOutcome::default(), "a check stores nothing");
+        let got = store
+            .import(vec![series("herd_cpu_used_pct", day.clone())], false)
+            .await
+            .unwrap();
+        assert_eq!(got.written, 8640);
+        assert!(got.refused.is_empty(), "{:?}", got.refused);
+        let all = store
+            .query("web-1", "cpu.used_pct", &Labels::new(), 0, now + 1)
+            .unwrap();
+        assert_eq!(all.len(), 1, "herd_cpu_used_pct is the series cpu.used_pct");
+        assert_eq!(all[0].points.len(), 8650);
+        assert_eq!(&all[0].points[..8640], &day[..], "lossless, in order");
+        // Again: overlaps now. Out of order, too old, in the future: refused.
+        let refused = store
+            .import(
+                vec![
+                    series("cpu.used_pct", day[10..20].to_vec()),
+                    series("other", vec![(now - 5000, 1.0), (now - 6000, 2.0)]),
+                    series("other", vec![(now - 40 * 86_400_000, 1.0)]),
+                    series("other", vec![(now + 3_600_000, 1.0)]),
+                    series("fresh", vec![(now - 1000, 1.0)]),
+                ],
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused.written, 1, "only `fresh`");
+        let says = |i: usize, what: &str| {
+            assert!(refused.refused[i].contains(what), "{}", refused.refused[i])
+        };
+        assert_eq!(refused.refused.len(), 4);
+        says(
+            0,
+            "web-1 cpu.used_pct: overlaps the samples the series holds",
+        );
+        says(1, "not in increasing time order");
+        says(2, "older than the store's retention");
+        says(3, "in the future");
+        // The open chunk counts too: live samples of `fresh`'s time are refused.
+        let live = store
+            .import(vec![series("cpu.used_pct", vec![(now - 3000, 9.0)])], true)
+            .await
+            .unwrap();
+        assert_eq!(live.refused.len(), 1, "inside the live head");
     }
 }

@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::codec::{self, ChunkEncoder};
 use super::remote::RemoteSink;
@@ -18,7 +18,10 @@ use super::rollup::{Agg, Granularity};
 use super::tables::{
     self, ALERTS, CHUNKS, EVENTS, META, OUTBOX, ROLLUPS, SENT, SERIES_INDEX, TRANSITIONS,
 };
-use super::{AlertingBatch, OutboxChange, RollupPoint, StoreOptions, StoreStats, WriteOp};
+use super::{
+    AlertingBatch, ImportOutcome, ImportSeries, OutboxChange, RollupPoint, StoreOptions,
+    StoreStats, WriteOp,
+};
 use crate::model::change::{Change, Feed};
 use crate::model::{now_ms, Event, Sample};
 
@@ -29,6 +32,16 @@ const MAX_BATCH_SAMPLES: usize = 50_000;
 pub const MAX_CHUNK_SPAN_MS: i64 = 4 * 3600 * 1000;
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+/// `target metric{labels}` of an imported series, for what is said of it.
+fn import_name(s: &ImportSeries) -> String {
+    if s.labels.is_empty() {
+        format!("{} {}", s.target, s.metric)
+    } else {
+        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        format!("{} {}{{{}}}", s.target, s.metric, labels.join(","))
+    }
+}
 
 /// A metadata write and who waits for its commit.
 type MetaWrite = (String, Vec<u8>, Sender<Result<(), String>>);
@@ -93,7 +106,12 @@ pub struct Writer {
     /// What the commit being written leaves in each queue.
     remote_bytes_after: Option<HashMap<String, u64>>,
     next_remote_seq: u64,
+    /// Imports waiting for the commit that makes them durable.
+    imports: Vec<(ImportOutcome, Sender<Result<ImportOutcome, String>>)>,
 }
+
+/// How far in the future an imported sample may lie (clocks differ a little).
+const IMPORT_FUTURE_SLACK_MS: i64 = 60_000;
 
 impl Writer {
     pub fn new(
@@ -135,6 +153,7 @@ impl Writer {
             remote_bytes: state.remote_bytes,
             remote_bytes_after: None,
             next_remote_seq: state.next_remote_seq,
+            imports: Vec::new(),
         }
     }
 
@@ -158,6 +177,14 @@ impl Writer {
                 }
                 #[cfg(test)]
                 Ok(WriteOp::PutMeta(k, v, reply)) => self.meta.push((k, v, reply)),
+                Ok(WriteOp::Import(series, check_only, reply)) => {
+                    let outcome = self.import(series, check_only);
+                    if check_only {
+                        let _ = reply.send(Ok(outcome));
+                    } else {
+                        self.imports.push((outcome, reply));
+                    }
+                }
                 Ok(WriteOp::Flush(reply)) => self.waiting.push(reply),
                 Ok(WriteOp::RemoteSinks(sinks)) => self.set_remote_sinks(sinks),
                 Ok(WriteOp::RemoteAck(name, seq)) => self.remote_acks.push((name, seq)),
@@ -178,6 +205,7 @@ impl Writer {
                 || !self.meta.is_empty()
                 || !self.alerting.is_empty()
                 || !self.outbox_changes.is_empty()
+                || !self.imports.is_empty()
             {
                 self.commit();
                 last_commit = Instant::now();
@@ -251,6 +279,146 @@ impl Writer {
                 self.remote_samples.push(s);
             }
         }
+    }
+
+    /// Takes imported series in (see `Store::import`): each becomes closed chunks
+    /// written with the next commit, or is refused whole with why.
+    fn import(&mut self, series: Vec<ImportSeries>, check_only: bool) -> ImportOutcome {
+        let now = now_ms();
+        let retention = i64::try_from(self.options.retention.as_millis()).unwrap_or(i64::MAX);
+        let horizon = now.saturating_sub(retention);
+        let mut outcome = ImportOutcome::default();
+        // `herd_X` is the Herd metric whose Prometheus name it is, among the
+        // series of its target the store holds; else X.
+        let targets: HashSet<&str> = series.iter().map(|s| s.target.as_str()).collect();
+        let mut known: HashMap<(String, String), String> = HashMap::new();
+        for key in self.series.keys() {
+            let mut parts = key.splitn(3, '\0');
+            if let (Some(t), Some(m)) = (parts.next(), parts.next()) {
+                if targets.contains(t) {
+                    known.insert(
+                        (t.to_string(), crate::model::prom_names::metric_name(m)),
+                        m.to_string(),
+                    );
+                }
+            }
+        }
+        let series: Vec<ImportSeries> = series
+            .into_iter()
+            .map(|mut s| {
+                if let Some(rest) = s.metric.strip_prefix("herd_") {
+                    s.metric = known
+                        .get(&(s.target.clone(), s.metric.clone()))
+                        .cloned()
+                        .unwrap_or_else(|| rest.to_string());
+                }
+                s
+            })
+            .collect();
+        for s in series {
+            let key = tables::series_key(&s.target, &s.metric, &s.labels);
+            let name = import_name(&s);
+            let refuse = match self.import_conflict(&key, &s.points, horizon, now) {
+                Ok(None) => None,
+                Ok(Some(why)) => Some(why),
+                Err(e) => Some(format!("cannot read the series' chunks: {e}")),
+            };
+            if let Some(why) = refuse {
+                outcome.refused.push(format!("{name}: {why}"));
+                continue;
+            }
+            if check_only {
+                continue;
+            }
+            let id = self.series_id(&s.target, &s.metric, &s.labels);
+            let mut enc = ChunkEncoder::new();
+            let mut start = 0;
+            for &(ts, v) in &s.points {
+                let full = enc.len() >= self.options.chunk_samples
+                    || (!enc.is_empty() && ts.saturating_sub(start) > MAX_CHUNK_SPAN_MS);
+                if full {
+                    self.closing.push((id, start, enc.bytes()));
+                    enc = ChunkEncoder::new();
+                }
+                if enc.is_empty() {
+                    start = ts;
+                }
+                enc.push(ts, v);
+            }
+            if !enc.is_empty() {
+                self.closing.push((id, start, enc.bytes()));
+            }
+            let n = s.points.len();
+            self.pending_samples += n;
+            outcome.written += n as u64;
+        }
+        outcome
+    }
+
+    /// Why `points` cannot join the series `key`, if they cannot.
+    fn import_conflict(
+        &self,
+        key: &str,
+        points: &[(i64, f64)],
+        horizon: i64,
+        now: i64,
+    ) -> Result<Option<String>, redb::Error> {
+        let (Some(&(first, _)), Some(&(last, _))) = (points.first(), points.last()) else {
+            return Ok(Some("no samples".into()));
+        };
+        if let Some(w) = points.windows(2).find(|w| w[1].0 <= w[0].0) {
+            return Ok(Some(format!(
+                "samples not in increasing time order ({} ms after {} ms)",
+                w[1].0, w[0].0
+            )));
+        }
+        if first < horizon {
+            return Ok(Some(format!(
+                "samples from {first} ms are older than the store's retention (from {horizon} ms on)"
+            )));
+        }
+        if last > now + IMPORT_FUTURE_SLACK_MS {
+            return Ok(Some(format!("samples at {last} ms lie in the future")));
+        }
+        let Some(&id) = self.series.get(key) else {
+            return Ok(None);
+        };
+        let overlaps = |from: i64, to: i64| from <= last && to >= first;
+        let said = |from: i64, to: i64| {
+            Some(format!(
+                "overlaps the samples the series holds from {from} to {to} ms (import history before or after them)"
+            ))
+        };
+        if let Some(head) = self.heads.get(&id) {
+            let to = head.enc.last_ts().unwrap_or(head.start_ts);
+            if overlaps(head.start_ts, to) {
+                return Ok(said(head.start_ts, to));
+            }
+        }
+        for (cid, start, bytes) in &self.closing {
+            if *cid != id {
+                continue;
+            }
+            let to = codec::header(bytes).map_or(*start, |h| h.last_ts);
+            if overlaps(*start, to) {
+                return Ok(said(*start, to));
+            }
+        }
+        let txn = self.db.begin_read()?;
+        let chunks = match txn.open_table(CHUNKS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        for chunk in chunks.range((id, first.saturating_sub(MAX_CHUNK_SPAN_MS))..=(id, last))? {
+            let (k, v) = chunk?;
+            let start = k.value().1;
+            let to = codec::header(v.value()).map_or(start, |h| h.last_ts);
+            if overlaps(start, to) {
+                return Ok(said(start, to));
+            }
+        }
+        Ok(None)
     }
 
     /// The remotes to fill from now on; queues of remotes no longer among them
@@ -329,6 +497,9 @@ impl Writer {
                     for (_, reply) in self.outbox_changes.drain(..) {
                         let _ = reply.send(Ok(()));
                     }
+                    for (outcome, reply) in self.imports.drain(..) {
+                        let _ = reply.send(Ok(outcome));
+                    }
                 }
                 Err(e) => {
                     // Kept in memory: the next commit tries again.
@@ -342,6 +513,11 @@ impl Writer {
                     }
                     for (_, reply) in self.outbox_changes.drain(..) {
                         let _ = reply.send(Err(e.to_string()));
+                    }
+                    for (_, reply) in self.imports.drain(..) {
+                        let _ = reply.send(Err(format!(
+                            "{e} (what was accepted stays queued: the next commit writes it)"
+                        )));
                     }
                 }
             }
