@@ -272,6 +272,30 @@ fn import_takes_an_export_back_losslessly_and_checks_every_line_first() {
     );
     let out = b.cli(&["import", "/nonexistent.om"]);
     assert_eq!(out.status.code(), Some(2));
+
+    phase!("herd compact: refused while the node runs, done once it stopped");
+    let mut b = b;
+    let data = b.data_dir();
+    let data_s = data.to_str().unwrap();
+    let out = herd_tests::herd_cli(&["compact", data_s], BOUND);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("in use: a node runs on this data dir"),
+        "{said}"
+    );
+    assert!(b.sigterm().success());
+    let out = herd_tests::herd_cli(&["compact", data_s], BOUND);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("herd.redb:") && said.contains("raft.redb:"),
+        "{said}"
+    );
 }
 
 /// What a real Prometheus federates (Prometheus text, times in ms, no `# EOF`)

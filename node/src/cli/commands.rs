@@ -52,6 +52,7 @@ pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError>
             interval,
         } => super::demo::run(&data_dir, &grpc, &http, &interval).await,
         Command::Check { file } => check(&file),
+        Command::Compact { data_dir } => compact(&data_dir),
         Command::Cluster { action } => cluster(node, action).await,
         Command::Certs(args) => match super::certs::run(&args) {
             Ok(summary) => {
@@ -205,6 +206,41 @@ fn check(path: &Path) -> Result<(), CliError> {
         spec.targets.len(),
         if spec.targets.len() == 1 { "" } else { "s" }
     );
+    Ok(())
+}
+
+/// `herd compact DATA_DIR`: each redb file of a stopped node compacted in place.
+fn compact(dir: &Path) -> Result<(), CliError> {
+    if !dir.is_dir() {
+        return Err(CliError::Usage(format!(
+            "{}: not a directory (give a node's data_dir)",
+            dir.display()
+        )));
+    }
+    let mut done = 0;
+    for name in [crate::store::FILE_NAME, crate::cluster::store::FILE_NAME] {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let (before, after) = crate::store::compact_file(&path)
+            .map_err(|e| CliError::Failure(format!("{}: {e}", path.display())))?;
+        println!(
+            "{}: {:.1} MB -> {:.1} MB",
+            path.display(),
+            before as f64 / 1e6,
+            after as f64 / 1e6
+        );
+        done += 1;
+    }
+    if done == 0 {
+        return Err(CliError::Usage(format!(
+            "{}: no {} or {} here (give a node's data_dir)",
+            dir.display(),
+            crate::store::FILE_NAME,
+            crate::cluster::store::FILE_NAME
+        )));
+    }
     Ok(())
 }
 

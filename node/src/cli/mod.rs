@@ -81,6 +81,10 @@ pub enum Command {
     },
     /// Validate a fleet spec offline; every error with file, line and key.
     Check { file: PathBuf },
+    /// Compact a stopped node's files (DATA_DIR/herd.redb and raft.redb): the
+    /// free pages a long run leaves go back to the filesystem. Refused while a
+    /// node runs on the directory.
+    Compact { data_dir: PathBuf },
     /// Send a fleet spec to the node; it reconciles its collectors without a restart.
     Apply { file: PathBuf },
     /// Nodes, targets and alerts.

@@ -25,6 +25,33 @@ use crate::model::change::Feed;
 use crate::model::{Event, Labels, Sample};
 pub use query::SeriesPoints;
 
+/// The store's file in a node's data_dir.
+pub const FILE_NAME: &str = "herd.redb";
+
+/// Compacts a redb file of a stopped node in place; returns its size before and
+/// after. A file a running node holds is refused (redb's lock), with that said.
+pub fn compact_file(path: &Path) -> Result<(u64, u64), String> {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let before = size(path);
+    let mut db = match Database::open(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            return Err("in use: a node runs on this data dir (stop it first)".into())
+        }
+        Err(e) => return Err(format!("cannot open: {e}")),
+    };
+    // Each call frees what it can; a few rounds reach the smallest file.
+    for _ in 0..4 {
+        match db.compact() {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(e) => return Err(format!("cannot compact: {e}")),
+        }
+    }
+    drop(db);
+    Ok((before, size(path)))
+}
+
 /// Operations queued between the writer and everyone else. Bounded so that an
 /// overloaded disk slows nobody down without limit: samples beyond it are counted
 /// as dropped.
@@ -168,7 +195,7 @@ impl Store {
     /// Opens (or creates) `dir/herd.redb` and starts the writer thread.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let path = dir.join("herd.redb");
+        let path = dir.join(FILE_NAME);
         let db_err = |e: redb::Error| StoreError::Db {
             path: path.clone(),
             source: e,
@@ -702,5 +729,20 @@ mod import_tests {
             .await
             .unwrap();
         assert_eq!(live.refused.len(), 1, "inside the live head");
+        // Compaction of the stopped store keeps every sample.
+        store.close().unwrap();
+        drop(store);
+        let path = dir.path().join(FILE_NAME);
+        let (before, after) = compact_file(&path).unwrap();
+        assert!(after <= before, "{before} -> {after}");
+        let store = open(dir.path());
+        let all = store
+            .query("web-1", "cpu.used_pct", &Labels::new(), 0, now + 1)
+            .unwrap();
+        assert_eq!(all[0].points.len(), 8650);
+        assert!(
+            compact_file(&path).unwrap_err().contains("in use"),
+            "an open store is refused"
+        );
     }
 }
