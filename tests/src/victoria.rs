@@ -123,6 +123,41 @@ impl VictoriaMetrics {
             .collect()
     }
 
+    /// Where it keeps its data.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// POSTs a Prometheus text file (times in ms) to `/api/v1/import/prometheus`;
+    /// the error is curl's or VictoriaMetrics' answer.
+    pub fn import_prometheus(&self, file: &std::path::Path) -> Result<(), String> {
+        let out = run_bounded(
+            Command::new("curl")
+                .args(["-s", "-S", "-f", "--max-time", "600", "--data-binary"])
+                .arg(format!("@{}", file.display()))
+                .arg(format!("{}/api/v1/import/prometheus", self.url)),
+            Duration::from_secs(620),
+        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Makes what it received searchable and merges its parts as far as it will
+    /// (`/internal/force_flush`, `/internal/force_merge` of `partition`, YYYY_MM).
+    pub fn flush_and_merge(&self, partition: &str) {
+        let _ = self.get("/internal/force_flush");
+        let _ = self.get(&format!(
+            "/internal/force_merge?partition_prefix={partition}"
+        ));
+    }
+
     /// Its log, for a failure's message.
     pub fn log(&self) -> String {
         crate::log_tail(&self.dir.path().join("vm.err"), 30)
