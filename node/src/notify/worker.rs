@@ -3,9 +3,12 @@
 //! fallback is queued in the same commit); each carries an idempotency key.
 //!
 //! Stages per round (`Notifier::round`): due entries, through the herd's gate
-//! and the age limit → grouped by (channel, target) → rate limit → send with a
-//! timeout → record as sent, or retry with backoff, or fall back → one commit, and
-//! the herd told what finished.
+//! and the age limit → grouped by (channel, target) → rate limit → sends started
+//! with a timeout, and the round's other changes committed. Each send is recorded
+//! when it ends (`Notifier::finish`: sent, or retry with backoff, or fall back → one
+//! commit, and the herd told what finished), whatever the others do: a receiver
+//! that hangs until its timeout holds its own entries only, never another
+//! channel's, and rounds go on meanwhile (an entry in flight is not picked again).
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -21,8 +24,8 @@ use crate::store::{OutboxChange, Store};
 
 /// The worker looks at the outbox at least this often, woken or not.
 const IDLE_POLL: Duration = Duration::from_secs(1);
-/// Sends in flight per channel in one round: a backlog drains without opening
-/// hundreds of connections to one receiver at once.
+/// Sends in flight per channel at once: a backlog drains without opening hundreds
+/// of connections to one receiver at once.
 const MAX_PARALLEL_SENDS: usize = 8;
 /// Width of the rate-limit window.
 const RATE_WINDOW_MS: i64 = 60_000;
@@ -80,8 +83,15 @@ struct Built {
 type Group = Vec<(u64, OutboxEntry)>;
 /// A round's due groups, by (channel, target).
 type Groups = BTreeMap<(String, String), Group>;
-/// A round's sends in flight: each group, its channel, and how the send ended.
-type Sends = tokio::task::JoinSet<(Group, Arc<Built>, Result<(), SendError>)>;
+/// A send that ended: its group, its channel, and how it ended.
+type SendDone = (Group, Arc<Built>, Result<(), SendError>);
+
+/// Sends under way: their entries are not picked again until they end.
+#[derive(Default)]
+struct InFlight {
+    seqs: std::collections::HashSet<u64>,
+    per_channel: HashMap<String, usize>,
+}
 
 /// What one round of the outbox has decided so far; committed at its end.
 struct Round {
@@ -187,6 +197,10 @@ pub struct Notifier {
     /// When each keep-alive channel (Alertmanager) was last told the firing
     /// alerts (first seen: counted from then).
     kept_alive: Mutex<HashMap<String, std::time::Instant>>,
+    in_flight: Mutex<InFlight>,
+    /// Where each send tells that it ended; the worker records it.
+    done_tx: tokio::sync::mpsc::UnboundedSender<SendDone>,
+    done_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<SendDone>>>,
 }
 
 /// Notifications of one channel since the node started.
@@ -215,7 +229,11 @@ pub use crate::store::alerting::idempotency_key;
 
 impl Notifier {
     pub fn new(store: Store) -> Arc<Notifier> {
+        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Notifier {
+            in_flight: Mutex::new(InFlight::default()),
+            done_tx,
+            done_rx: Mutex::new(Some(done_rx)),
             store,
             channels: RwLock::new(HashMap::new()),
             broken: RwLock::new(HashMap::new()),
@@ -410,6 +428,15 @@ impl Notifier {
     }
 
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let Some(mut done) = self
+            .done_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            tracing::error!("the outbox worker runs once per node");
+            return;
+        };
         let mut configured = self.configured.subscribe();
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -438,15 +465,25 @@ impl Notifier {
                 _ = cancel.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
+                Some(first) = done.recv() => {
+                    let mut ended = vec![first];
+                    while let Ok(d) = done.try_recv() {
+                        ended.push(d);
+                    }
+                    if let Err(e) = self.finish(ended).await {
+                        tracing::error!(error = %e, "recording ended sends failed; they are tried again");
+                    }
+                }
             }
         }
     }
 
     /// One pass over the outbox, in stages: load it, pick the due entries (the
-    /// herd's gate, the age limit) grouped by (channel, target), start their sends
-    /// (parallel cap, rate limit), record how each send ended (done, retry, or fall
-    /// back), and commit it all at once, telling the herd. Returns when the next
-    /// entry becomes due.
+    /// herd's gate, the age limit; not those in flight) grouped by (channel,
+    /// target), start their sends (parallel cap, rate limit), and commit what the
+    /// round decided without sending (given up, expired, put off), telling the
+    /// herd. Each send is recorded when it ends ([`Notifier::finish`]). Returns when
+    /// the next entry becomes due.
     async fn round(&self) -> Result<Option<i64>, crate::store::StoreError> {
         use std::sync::atomic::Ordering::SeqCst;
         // Before the gate reads the herd's state: a change from now on wakes a
@@ -461,9 +498,42 @@ impl Notifier {
         let mut round = Round::new(now_ms());
         let groups = self.pick_due(entries, herd, &mut round).await;
         self.waiting_on_herd.store(round.waited, SeqCst);
-        let sends = self.start_sends(groups, &mut round).await;
-        self.record_sends(sends, &mut round).await;
+        self.start_sends(groups, &mut round).await;
         self.commit(round, herd).await
+    }
+
+    /// Records sends that ended: each entry is done, or tried again after a
+    /// backoff, or given up (its fallback queued); one commit, the herd told. Their
+    /// entries may be picked again once this is durable.
+    async fn finish(&self, ended: Vec<SendDone>) -> Result<(), crate::store::StoreError> {
+        let herd = self.herd.get();
+        let mut round = Round::new(now_ms());
+        let mut seqs = Vec::new();
+        let mut channels = Vec::new();
+        for (group, built, result) in ended {
+            for (seq, e) in &group {
+                self.tally(&e.notification.channel, |c| c.attempt(result.is_ok()));
+                seqs.push(*seq);
+            }
+            if let Some((_, e)) = group.first() {
+                channels.push(e.notification.channel.clone());
+            }
+            match result {
+                Ok(()) => round.delivered(group),
+                Err(err) => self.retry_or_give_up(group, &built, &err, &mut round).await,
+            }
+        }
+        let committed = self.commit(round, herd).await;
+        let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for seq in seqs {
+            f.seqs.remove(&seq);
+        }
+        for c in channels {
+            if let Some(n) = f.per_channel.get_mut(&c) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        committed.map(|_| ())
     }
 
     /// The outbox's entries, read off the async runtime.
@@ -488,7 +558,16 @@ impl Notifier {
                 .load(std::sync::atomic::Ordering::Relaxed)
             >= REPORT_AGAIN_MS;
         let mut groups = Groups::new();
+        let in_flight: std::collections::HashSet<u64> = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seqs
+            .clone();
         for (seq, e) in entries {
+            if in_flight.contains(&seq) {
+                continue;
+            }
             if e.not_before_ms > round.now {
                 round.due_at(e.not_before_ms);
                 continue;
@@ -514,21 +593,25 @@ impl Notifier {
         groups
     }
 
-    /// Stage 2: each group is sent in a task of its own (at most MAX_PARALLEL_SENDS
-    /// per channel in a round), unless its channel is missing (given up: it falls
-    /// back) or at its rate limit (put off until the limit allows).
-    async fn start_sends(&self, groups: Groups, round: &mut Round) -> Sends {
-        let mut sends = tokio::task::JoinSet::new();
-        let mut per_channel: HashMap<String, usize> = HashMap::new();
+    /// Stage 2: each group is sent in a task of its own (at most
+    /// MAX_PARALLEL_SENDS of a channel in flight at once; the rest wait for one of
+    /// them to end), unless its channel is missing (given up: it falls back) or at
+    /// its rate limit (put off until the limit allows). A send that ends tells the
+    /// worker ([`Notifier::finish`]).
+    async fn start_sends(&self, groups: Groups, round: &mut Round) {
         for ((channel, _target), group) in groups {
-            let n = per_channel.entry(channel.clone()).or_default();
-            if *n >= MAX_PARALLEL_SENDS {
-                // The rest of this channel's due groups go in the next round, which
-                // starts as soon as this one ends.
-                round.next = Some(round.now);
+            let busy = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .per_channel
+                .get(&channel)
+                .copied()
+                .unwrap_or(0);
+            if busy >= MAX_PARALLEL_SENDS {
+                // The end of one of this channel's sends starts the next round.
                 continue;
             }
-            *n += 1;
             let built = self
                 .channels
                 .read()
@@ -555,32 +638,20 @@ impl Notifier {
                 round.due_at(at);
                 continue;
             }
+            {
+                let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                f.seqs.extend(group.iter().map(|(seq, _)| *seq));
+                *f.per_channel.entry(channel.clone()).or_default() += 1;
+            }
             let timeout = built.delivery.timeout.unwrap_or(DEFAULT_TIMEOUT).get();
             let channel_obj = built.channel.clone();
-            sends.spawn(async move {
+            let done = self.done_tx.clone();
+            tokio::spawn(async move {
                 let notes: Vec<Notification> =
                     group.iter().map(|(_, e)| e.notification.clone()).collect();
                 let result = channel_obj.send(&notes, timeout).await;
-                (group, built, result)
+                let _ = done.send((group, built, result));
             });
-        }
-        sends
-    }
-
-    /// Stage 3: as each send ends, its entries are done, or tried again after a
-    /// backoff, or given up (their fallback queued).
-    async fn record_sends(&self, mut sends: Sends, round: &mut Round) {
-        while let Some(joined) = sends.join_next().await {
-            let Ok((group, built, result)) = joined else {
-                continue;
-            };
-            for (_, e) in &group {
-                self.tally(&e.notification.channel, |c| c.attempt(result.is_ok()));
-            }
-            match result {
-                Ok(()) => round.delivered(group),
-                Err(err) => self.retry_or_give_up(group, &built, &err, round).await,
-            }
         }
     }
 
@@ -948,6 +1019,104 @@ mod tests {
                     && e.message.contains("beyond max_age 12h")),
             "{events:?}"
         );
+    }
+
+    /// One receiver that takes the connection and never answers holds only its
+    /// own channel's entry: the other channel's is delivered and leaves the outbox
+    /// long before the hung send's timeout (a round used to wait for its slowest
+    /// send before recording any).
+    #[tokio::test]
+    async fn a_hung_receiver_holds_only_its_own_channel() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ok = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (hung_addr, ok_addr) = (hung.local_addr().unwrap(), ok.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = hung.accept().await {
+                conns.push(c);
+            }
+        });
+        let answered = tokio::spawn(async move {
+            while let Ok((mut c, _)) = ok.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let mut got = Vec::new();
+                    // The request's head and its body (Content-Length).
+                    loop {
+                        let Ok(n) = c.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&got);
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .and_then(|v| v.trim().parse::<usize>().ok())
+                                })
+                                .unwrap_or(0);
+                            if got.len() >= end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    let _ = c
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        let fleet = format!(
+            "[[channel]]\nname = \"hung\"\nkind = \"webhook\"\nurl = \"http://{hung_addr}/\"\ntimeout = \"6s\"\n\n\
+             [[channel]]\nname = \"ok\"\nkind = \"webhook\"\nurl = \"http://{ok_addr}/\"\n"
+        );
+        let spec = crate::config::parse_fleet(&fleet, "test").unwrap();
+        let (_dir, n) = notifier();
+        n.configure(&spec.channels).await;
+        let mut to_hung = crate::cluster::types::tests::notice("h:1:hung", "a", now_ms());
+        to_hung.notification.channel = "hung".into();
+        to_hung.sender = Default::default();
+        let mut to_ok = crate::cluster::types::tests::notice("o:1:ok", "b", now_ms());
+        to_ok.notification.channel = "ok".into();
+        to_ok.sender = Default::default();
+        queue(&n, to_hung).await;
+        let cancel = CancellationToken::new();
+        let worker = tokio::spawn(n.clone().run(cancel.clone()));
+        // The hung send starts first; then the healthy channel's entry comes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        queue(&n, to_ok).await;
+        n.wake();
+        let started = std::time::Instant::now();
+        let keys = |n: &Notifier| -> Vec<String> {
+            n.store
+                .outbox()
+                .unwrap()
+                .into_iter()
+                .map(|(_, e)| e.notification.idempotency_key)
+                .collect()
+        };
+        while keys(&n).contains(&"o:1:ok".to_string()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "the healthy channel waited for the hung one: {:?}",
+                keys(&n)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(keys(&n), ["h:1:hung"], "the hung send is still under way");
+        assert_eq!(n.channel_counts()["ok"].delivered, 1);
+        cancel.cancel();
+        let _ = worker.await;
+        held.abort();
+        answered.abort();
     }
 
     #[test]
