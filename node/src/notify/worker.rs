@@ -198,6 +198,8 @@ pub struct Notifier {
     /// alerts (first seen: counted from then).
     kept_alive: Mutex<HashMap<String, std::time::Instant>>,
     in_flight: Mutex<InFlight>,
+    /// The channel specs last built.
+    configured_specs: Mutex<Option<Vec<ChannelSpec>>>,
     /// Where each send tells that it ended; the worker records it.
     done_tx: tokio::sync::mpsc::UnboundedSender<SendDone>,
     done_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<SendDone>>>,
@@ -232,6 +234,7 @@ impl Notifier {
         let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Notifier {
             in_flight: Mutex::new(InFlight::default()),
+            configured_specs: Mutex::new(None),
             done_tx,
             done_rx: Mutex::new(Some(done_rx)),
             store,
@@ -302,8 +305,23 @@ impl Notifier {
     }
 
     /// Builds the channels of a (new) fleet spec. A channel that cannot be built
-    /// (a secret missing) is reported and its notifications fall back.
+    /// (a secret missing) is reported and its notifications fall back. The same
+    /// channels as last time (the node's targets changed, not its spec) are kept as
+    /// they are, with their connections; secrets are read again when the channels
+    /// of the spec change (or the node starts).
     pub async fn configure(&self, specs: &[ChannelSpec]) {
+        {
+            let mut last = self
+                .configured_specs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.as_deref() == Some(specs) {
+                drop(last);
+                self.configured.send_replace(true);
+                return;
+            }
+            *last = Some(specs.to_vec());
+        }
         let mut built = HashMap::new();
         let mut broken = HashMap::new();
         for spec in specs {
@@ -1117,6 +1135,31 @@ mod tests {
         let _ = worker.await;
         held.abort();
         answered.abort();
+    }
+
+    /// The node's targets changing calls `configure` with the same channels: they
+    /// are kept (with their connections), rebuilt only when the spec changes.
+    #[tokio::test]
+    async fn the_same_channels_are_kept_not_rebuilt() {
+        let spec = |url: &str| {
+            crate::config::parse_fleet(
+                &format!("[[channel]]\nname = \"c\"\nkind = \"webhook\"\nurl = \"{url}\"\n"),
+                "test",
+            )
+            .unwrap()
+            .channels
+        };
+        let (_dir, n) = notifier();
+        let built = |n: &Notifier| n.channels.read().unwrap()["c"].channel.clone();
+        n.configure(&spec("http://127.0.0.1:9/a")).await;
+        let first = built(&n);
+        n.configure(&spec("http://127.0.0.1:9/a")).await;
+        assert!(Arc::ptr_eq(&first, &built(&n)), "kept");
+        n.configure(&spec("http://127.0.0.1:9/b")).await;
+        assert!(
+            !Arc::ptr_eq(&first, &built(&n)),
+            "a changed channel is built again"
+        );
     }
 
     #[test]
