@@ -28,6 +28,9 @@ const QUEUE_DEPTH: usize = 10_000;
 const LOSS_LOG_EVERY_MS: i64 = 10_000;
 /// Timers (`for`, dead-man, hysteresis) are checked this often.
 const TICK: Duration = Duration::from_secs(1);
+/// How stale the alerts readers see (`herd alerts`, the API) may be between two
+/// transitions: values move with samples, the copy is not made per sample.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 
 pub enum Input {
     Samples(Vec<Sample>),
@@ -227,8 +230,13 @@ pub async fn run(
     let (mut ctx, mut engine) = start(handle, &mut owned, notifier, states, transports).await;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Alerts change value with nearly every sample: the copy readers see is made
+    // at once after a transition, an ack or an ownership change, else at most
+    // every PUBLISH_EVERY (not once per input).
+    let mut published = std::time::Instant::now();
+    let mut dirty = false;
     loop {
-        let transitions = tokio::select! {
+        let (transitions, urgent) = tokio::select! {
             _ = cancel.cancelled() => break,
             changed = owned.changed() => {
                 if changed.is_err() {
@@ -236,29 +244,41 @@ pub async fn run(
                 }
                 let current = owned.borrow_and_update().clone();
                 follow_owned(&mut ctx, &mut engine, &current).await;
-                Vec::new()
+                (Vec::new(), true)
             }
             input = rx.recv() => match input {
                 None => break,
-                Some(input) => take_input(&ctx, &mut engine, input).await,
+                Some(input) => {
+                    let ack = matches!(input, Input::Ack { .. });
+                    (take_input(&ctx, &mut engine, input).await, ack)
+                }
             },
             _ = tick.tick() => {
                 // Fenced (parked within the grace): the timers wait; nothing here
                 // may fire, resolve or notify for targets another node may own.
                 if ctx.owned.borrow().fenced {
-                    Vec::new()
+                    (Vec::new(), false)
                 } else {
                     let now = now_ms();
                     let mut t = state_changes(&mut ctx, &mut engine, now);
                     t.extend(engine.tick(now));
                     keep_alive(&ctx, &engine, now);
-                    t
+                    (t, false)
                 }
             }
         };
+        let urgent = urgent || !transitions.is_empty();
         if !transitions.is_empty() {
             record(&ctx, transitions).await;
         }
+        dirty = true;
+        if urgent || published.elapsed() >= PUBLISH_EVERY {
+            publish(&ctx, &engine);
+            published = std::time::Instant::now();
+            dirty = false;
+        }
+    }
+    if dirty {
         publish(&ctx, &engine);
     }
 }
