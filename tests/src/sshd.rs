@@ -180,6 +180,18 @@ impl Sshd {
         );
     }
 
+    /// Puts `command="..."` before the client's key in authorized_keys: sshd runs
+    /// `command` instead of what the client asks (in `$SSH_ORIGINAL_COMMAND`), from
+    /// the next login on.
+    pub fn force_command(&self, command: &str) {
+        let path = self.dir.path().join("authorized_keys");
+        let key = std::fs::read_to_string(&path).expect("authorized_keys");
+        let key = key.lines().last().unwrap_or_default().to_string();
+        let escaped = command.replace('\\', "\\\\").replace('"', "\\\"");
+        std::fs::write(&path, format!("command=\"{escaped}\" {key}\n"))
+            .expect("writing authorized_keys");
+    }
+
     fn write_files(&self) {
         let d = self.dir.path().display();
         let config = format!(

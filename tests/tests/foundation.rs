@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use herd_tests::{
-    herd_cli, local_target, now_ms, phase, ssh_target, wait_until, Herd, HerdOptions, Sshd,
-    SSH_USER,
+    herd_cli, local_target, now_ms, phase, ssh_target, wait_for, wait_until, Herd, HerdOptions,
+    Sshd, SSH_USER,
 };
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -62,6 +62,12 @@ fn vitals_over_ssh_appear_in_query() {
 
     phase!("target.up of sshd-1 reaches 1");
     wait_up_value(&herd, "sshd-1", 1.0, 0, SECS(20));
+
+    let status = herd.target_status("sshd-1").expect("sshd-1 in status");
+    assert_eq!(
+        status["exec_mode"], "shell",
+        "commands run in one long-lived shell: {status}"
+    );
 
     phase!("the vitals metrics have points");
     for metric in ["cpu.used_pct", "mem.used_pct", "load.1", "disk.used_pct"] {
@@ -752,4 +758,89 @@ fn a_node_that_cannot_start_says_why_and_ends() {
         "{err}"
     );
     drop(taken);
+}
+
+/// An account whose sshd runs a forced command that refuses a plain shell (and
+/// runs anything else): the node uses an exec channel per command there, says so
+/// in `herd status`, and the vitals still come.
+#[test]
+fn a_forced_command_account_gets_exec_channels() {
+    let sshd = Sshd::start();
+    sshd.force_command(
+        "case \"$SSH_ORIGINAL_COMMAND\" in 'exec /bin/sh') echo 'no shell here'; exit 1;; \
+         *) exec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\";; esac",
+    );
+    let herd = Herd::start(HerdOptions::with_sshd(&sshd).fleet(ssh_target(
+        "forced",
+        &sshd.address(),
+        "1s",
+    )));
+    wait_up_value(&herd, "forced", 1.0, 0, SECS(20));
+    let mode = wait_for(SECS(15), "the exec mode in status", || {
+        let s = herd.target_status("forced")?;
+        s["exec_mode"].as_str().map(str::to_string)
+    });
+    assert!(mode.starts_with("exec ("), "{mode}");
+    assert!(
+        mode.contains("ended at once") || mode.contains("closed"),
+        "{mode}"
+    );
+    wait_until(SECS(15), "vitals over exec channels", || {
+        herd.points("forced", "cpu.used_pct").len() >= 2
+    });
+    let out = herd.cli_ok(&["status"]);
+    assert!(out.contains("ssh (exec ("), "{out}");
+}
+
+/// A command that hangs past its timeout over the long-lived shell: it is
+/// reported as timed out each time, the shell is closed and opened again, and the
+/// target's other checks go on (they never wait behind the hung one).
+#[test]
+fn a_hung_command_times_out_and_the_other_checks_go_on() {
+    let sshd = Sshd::start();
+    let fleet = herd_tests::ssh_target_with(
+        "hangs",
+        &sshd.address(),
+        &[
+            "{ kind = \"vitals\" }".to_string(),
+            "{ kind = \"command\", name = \"hang\", command = \"sleep 30\", interval = \"2s\", timeout = \"1s\" }"
+                .to_string(),
+            "{ kind = \"command\", name = \"quick\", command = \"echo OK\" }".to_string(),
+        ],
+    );
+    let herd = Herd::start(HerdOptions::with_sshd(&sshd).fleet(fleet));
+    wait_up_value(&herd, "hangs", 1.0, 0, SECS(20));
+    let check = |name: &str| -> Option<serde_json::Value> {
+        let s = herd.target_status("hangs")?;
+        s["checks"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+    };
+    let hang = wait_for(SECS(20), "the hung command reported", || {
+        check("hang").filter(|c| c["status"] == "unknown")
+    });
+    assert!(
+        hang["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not finish within"),
+        "{hang}"
+    );
+    let before = herd.points("hangs", "cpu.used_pct").len();
+    let quick_before = check("quick").map(|c| c["ts_ms"].as_i64().unwrap_or(0));
+    std::thread::sleep(SECS(5));
+    assert!(
+        herd.points("hangs", "cpu.used_pct").len() >= before + 3,
+        "vitals go on beside the hung command"
+    );
+    let quick = check("quick").expect("the quick check");
+    assert_eq!(quick["status"], "ok", "{quick}");
+    assert!(quick["ts_ms"].as_i64() > quick_before, "{quick}");
+    assert_eq!(
+        herd.target_status("hangs").unwrap()["exec_mode"],
+        "shell",
+        "a timeout closes the shell, it is not refused"
+    );
 }

@@ -85,6 +85,7 @@ impl pb::herd_server::Herd for HerdApi {
                         .unwrap_or(-1.0),
                     address: s.address.clone(),
                     transport: s.transport.clone(),
+                    exec_mode: s.exec_mode.clone(),
                     interval_ms: s.interval.as_millis() as u64,
                     last_error: s.last_error.clone().unwrap_or_default(),
                     scrapes: s.scrapes,

@@ -27,6 +27,7 @@ pub fn status_json(r: &pb::StatusReply) -> Value {
             "last_scrape_age_s": (t.last_scrape_age_s >= 0.0).then_some(t.last_scrape_age_s),
             "address": t.address,
             "transport": t.transport,
+            "exec_mode": (!t.exec_mode.is_empty()).then_some(&t.exec_mode),
             "interval_s": t.interval_ms as f64 / 1000.0,
             "scrapes": t.scrapes,
             "last_error": (!t.last_error.is_empty()).then_some(&t.last_error),

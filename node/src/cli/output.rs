@@ -156,7 +156,11 @@ pub fn status_table(r: &pb::StatusReply) -> String {
                 t.name.clone(),
                 up,
                 age(t.last_scrape_age_s),
-                t.transport.clone(),
+                if t.exec_mode.is_empty() {
+                    t.transport.clone()
+                } else {
+                    format!("{} ({})", t.transport, t.exec_mode)
+                },
                 t.address.clone(),
                 t.owner.to_string(),
                 t.last_error.clone(),

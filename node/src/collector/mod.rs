@@ -20,6 +20,8 @@ use crate::transport::SshSettings;
 pub struct TargetStatus {
     pub address: String,
     pub transport: String,
+    /// SSH targets: "shell" or "exec (why)" (see `SshTransport::mode`).
+    pub exec_mode: String,
     pub interval: Duration,
     /// None until the first scrape finished.
     pub up: Option<bool>,

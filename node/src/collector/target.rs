@@ -580,6 +580,14 @@ async fn target_answered(
         .await;
     }
     if let Transport::Ssh(ssh) = transport {
+        let mode = ssh.mode();
+        if let Ok(mut board) = ctx.board.write() {
+            if let Some(s) = board.get_mut(&spec.name) {
+                if s.exec_mode != mode {
+                    s.exec_mode = mode;
+                }
+            }
+        }
         if let Some(fp) = ssh.take_learned_key() {
             record_event(
                 ctx,

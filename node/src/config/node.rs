@@ -148,8 +148,13 @@ pub struct SshSection {
     /// SSH keepalive period; `keepalive_max` unanswered ones end the session.
     pub keepalive_interval: HumanDuration,
     pub keepalive_max: usize,
-    /// Concurrent exec channels per session (OpenSSH allows 10).
+    /// Concurrent exec channels per session (OpenSSH allows 10; the long-lived
+    /// shell takes one more).
     pub max_channels: usize,
+    /// Commands run in one long-lived `sh` per target (a subshell each), not an
+    /// exec channel each: a fraction of the target's CPU per scrape. Accounts that
+    /// refuse it (forced command, restricted shell) get exec channels by themselves.
+    pub shell: bool,
     /// Reconnect backoff: first wait, doubling up to `reconnect_max`, with jitter.
     pub reconnect_min: HumanDuration,
     pub reconnect_max: HumanDuration,
@@ -167,6 +172,7 @@ impl Default for SshSection {
             keepalive_interval: HumanDuration::from_secs(15),
             keepalive_max: 3,
             max_channels: 8,
+            shell: true,
             reconnect_min: HumanDuration::from_secs(1),
             reconnect_max: HumanDuration::from_secs(60),
         }

@@ -383,6 +383,7 @@ fn collector_ctx(
             keepalive_interval: ssh.keepalive_interval.get(),
             keepalive_max: ssh.keepalive_max,
             max_channels: ssh.max_channels,
+            shell: ssh.shell,
         }),
         default_key: ssh.key.as_deref().map(expand_home),
         default_user: ssh.user.clone().unwrap_or_else(current_user),

@@ -2,6 +2,7 @@
 //! an exec channel per command) or `local` (a `sh -c` on the node's own host).
 pub mod http;
 mod local;
+mod shell;
 mod ssh;
 
 use std::time::Duration;

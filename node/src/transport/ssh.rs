@@ -25,6 +25,9 @@ pub struct SshSettings {
     pub keepalive_interval: Duration,
     pub keepalive_max: usize,
     pub max_channels: usize,
+    /// Run commands in a long-lived shell per target (falling back to an exec
+    /// channel per command where the account refuses one).
+    pub shell: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +184,10 @@ pub struct SshTransport {
     channels: Semaphore,
     /// A host key recorded by accept-new during the last connect, to report once.
     learned: Mutex<Option<String>>,
+    /// The long-lived shell, when open (see `transport::shell`).
+    shell: tokio::sync::Mutex<Option<super::shell::Shell>>,
+    /// Why this target's account gives no plain shell: exec channels for good.
+    shell_refused: Mutex<Option<String>>,
 }
 
 impl Drop for SshTransport {
@@ -201,7 +208,55 @@ impl SshTransport {
             connected_before: AtomicBool::new(false),
             channels,
             learned: Mutex::new(None),
+            shell: tokio::sync::Mutex::new(None),
+            shell_refused: Mutex::new(None),
         }
+    }
+
+    /// How this target's commands run: `shell`, or `exec` with why.
+    pub fn mode(&self) -> String {
+        if !self.settings.shell {
+            return "exec".into();
+        }
+        match self.shell_refused.lock().ok().and_then(|r| r.clone()) {
+            Some(why) => format!("exec ({why})"),
+            None => "shell".into(),
+        }
+    }
+
+    /// Runs `command` in the long-lived shell; None when it is busy or refused
+    /// (then an exec channel runs it).
+    async fn exec_in_shell(
+        &self,
+        handle: &Handle<Client>,
+        command: &str,
+        timeout: Duration,
+        max_output: usize,
+    ) -> Option<Result<ExecOutput, TransportError>> {
+        if !self.settings.shell || self.shell_refused.lock().ok()?.is_some() {
+            return None;
+        }
+        let mut slot = self.shell.try_lock().ok()?;
+        if slot.is_none() {
+            match super::shell::Shell::open(handle, &self.target.addr()).await {
+                Ok(s) => *slot = Some(s),
+                Err(super::shell::ShellError::Refused(why)) => {
+                    tracing::warn!(target_addr = %self.target.addr(), reason = %why, "no long-lived shell on this target: an exec channel per command");
+                    if let Ok(mut r) = self.shell_refused.lock() {
+                        *r = Some(why);
+                    }
+                    return None;
+                }
+                Err(super::shell::ShellError::Failed(e)) => return Some(Err(e)),
+            }
+        }
+        let shell = slot.as_mut()?;
+        let result = shell.run(command, timeout, max_output).await;
+        if result.is_err() {
+            // Closed by `run`: the next command opens a new one.
+            *slot = None;
+        }
+        Some(result)
     }
 
     /// The fingerprint of a host key learned (accept-new) since the last call.
@@ -216,6 +271,15 @@ impl SshTransport {
         max_output: usize,
     ) -> Result<ExecOutput, TransportError> {
         let handle = self.session().await?;
+        if let Some(result) = self
+            .exec_in_shell(&handle, command, timeout, max_output)
+            .await
+        {
+            if let Err(TransportError::SessionBroken { .. }) = &result {
+                self.disconnect().await;
+            }
+            return result;
+        }
         let _permit = self
             .channels
             .acquire()
@@ -266,6 +330,11 @@ impl SshTransport {
     }
 
     pub async fn disconnect(&self) {
+        if let Ok(mut slot) = self.shell.try_lock() {
+            if let Some(mut s) = slot.take() {
+                s.close().await;
+            }
+        }
         let old = self.session.lock().await.take();
         if let Some(handle) = old {
             SSH_COUNTERS.open.fetch_sub(1, Ordering::Relaxed);
@@ -294,6 +363,10 @@ impl SshTransport {
                 return Err(e);
             }
         };
+        // A shell of the session before is gone with it.
+        if let Ok(mut shell) = self.shell.try_lock() {
+            *shell = None;
+        }
         SSH_COUNTERS.connects.fetch_add(1, Ordering::Relaxed);
         SSH_COUNTERS.open.fetch_add(1, Ordering::Relaxed);
         if self.connected_before.swap(true, Ordering::Relaxed) {
