@@ -789,8 +789,24 @@ struct Baseline {
     command_cpu_ms: Option<f64>,
     fresh: Option<SshRun>,
     master: Option<SshRun>,
+    /// The herd's node in its default mode (a long-lived shell per target).
     herd: Option<RealHerd>,
+    /// The same with `[ssh] shell = false` (an exec channel per scrape).
+    herd_exec: Option<RealHerd>,
     errors: Vec<String>,
+}
+
+impl RealHerd {
+    fn to_json(&self) -> Value {
+        json!({
+            "scrapes": self.scrapes,
+            "window_s": self.window_s,
+            "node_cpu_ms_per_scrape": self.node_cpu_ms,
+            "sshd_cpu_ms_per_scrape": self.sshd_cpu_ms,
+            "sshd_with_command_cpu_ms_per_scrape": self.sshd_with_command_cpu_ms,
+            "duration_p50_ms": self.duration_p50_ms,
+        })
+    }
 }
 
 impl Baseline {
@@ -800,14 +816,8 @@ impl Baseline {
             "command_alone_cpu_ms": self.command_cpu_ms,
             "fresh_ssh": self.fresh.as_ref().map(SshRun::to_json),
             "control_master": self.master.as_ref().map(SshRun::to_json),
-            "herd_vs_real_sshd": self.herd.as_ref().map(|h| json!({
-                "scrapes": h.scrapes,
-                "window_s": h.window_s,
-                "node_cpu_ms_per_scrape": h.node_cpu_ms,
-                "sshd_cpu_ms_per_scrape": h.sshd_cpu_ms,
-                "sshd_with_command_cpu_ms_per_scrape": h.sshd_with_command_cpu_ms,
-                "duration_p50_ms": h.duration_p50_ms,
-            })),
+            "herd_vs_real_sshd": self.herd.as_ref().map(RealHerd::to_json),
+            "herd_vs_real_sshd_exec_channels": self.herd_exec.as_ref().map(RealHerd::to_json),
             "errors": self.errors,
         })
     }
@@ -865,13 +875,23 @@ fn bench_baseline(rt: &tokio::runtime::Runtime, opts: &Options) -> Baseline {
         .arg(format!("{SSH_USER}@127.0.0.1"));
     let _ = run_timed(&mut exit);
 
-    progress(&format!(
-        "baseline: herd node, 1 target on the real sshd every 1 s for {} s",
-        opts.real_window.as_secs()
-    ));
-    match herd_vs_real(rt, &sshd, listener, opts.real_window) {
-        Ok(h) => b.herd = Some(h),
-        Err(e) => b.errors.push(format!("herd vs real sshd: {e}")),
+    for shell in [true, false] {
+        progress(&format!(
+            "baseline: herd node ({}), 1 target on the real sshd every 1 s for {} s",
+            if shell {
+                "long-lived shell"
+            } else {
+                "exec channels"
+            },
+            opts.real_window.as_secs()
+        ));
+        match herd_vs_real(rt, &sshd, listener, opts.real_window, shell) {
+            Ok(h) if shell => b.herd = Some(h),
+            Ok(h) => b.herd_exec = Some(h),
+            Err(e) => b
+                .errors
+                .push(format!("herd vs real sshd (shell = {shell}): {e}")),
+        }
     }
     for e in &b.errors {
         progress(&format!("baseline: note: {e}"));
@@ -991,10 +1011,12 @@ fn herd_vs_real(
     sshd: &Sshd,
     listener: i32,
     window: Duration,
+    shell: bool,
 ) -> Result<RealHerd, String> {
     let mut herd = Herd::start(HerdOptions {
         flush_interval: "1s".into(),
         connect_timeout: "10s".into(),
+        ssh_extra: format!("shell = {shell}\n"),
         ..HerdOptions::with_sshd(sshd)
     });
     let pid = node_pid(&herd);
@@ -1549,19 +1571,26 @@ fn print_table(rows: &[FleetRow], baseline: Option<&Baseline>) {
                     "baseline: the command alone (sh -c): {c:.2} ms cpu\n"
                 ));
             }
-            match &b.herd {
-                Some(h) => out.push_str(&format!(
-                    "baseline: herd vs real sshd: node cpu {:.2} ms/scrape, \
-                     sshd cpu {:.2} ms/scrape \
-                     ({:.2} with the command), scrape p50 {:.1} ms, {} scrapes in {:.0} s\n",
-                    h.node_cpu_ms,
-                    h.sshd_cpu_ms,
-                    h.sshd_with_command_cpu_ms,
-                    h.duration_p50_ms,
-                    h.scrapes,
-                    h.window_s
-                )),
-                None => out.push_str("baseline: herd vs real sshd: failed\n"),
+            for (mode, herd) in [
+                ("long-lived shell", &b.herd),
+                ("exec channels", &b.herd_exec),
+            ] {
+                match herd {
+                    Some(h) => out.push_str(&format!(
+                        "baseline: herd vs real sshd ({mode}): node cpu {:.2} ms/scrape, \
+                         sshd cpu {:.2} ms/scrape \
+                         ({:.2} with the command), scrape p50 {:.1} ms, {} scrapes in {:.0} s\n",
+                        h.node_cpu_ms,
+                        h.sshd_cpu_ms,
+                        h.sshd_with_command_cpu_ms,
+                        h.duration_p50_ms,
+                        h.scrapes,
+                        h.window_s
+                    )),
+                    None => {
+                        out.push_str(&format!("baseline: herd vs real sshd ({mode}): failed\n"))
+                    }
+                }
             }
             for e in &b.errors {
                 out.push_str(&format!("  ! {e}\n"));
@@ -1722,6 +1751,9 @@ mod fake {
         out: String,
         /// When each open channel was opened.
         opened: std::collections::HashMap<ChannelId, Instant>,
+        /// Channels running the node's long-lived shell, with what came on their
+        /// stdin and is not answered yet.
+        shells: std::collections::HashMap<ChannelId, Vec<u8>>,
     }
 
     impl Machine {
@@ -1743,6 +1775,7 @@ mod fake {
                 calls: 0,
                 out: String::with_capacity(FIXTURE.len() + 256),
                 opened: std::collections::HashMap::new(),
+                shells: std::collections::HashMap::new(),
             };
             OPEN.fetch_add(1, Ordering::Relaxed);
             // Age the counters by the boot offset, then by the time since start.
@@ -1893,6 +1926,12 @@ mod fake {
             session: &mut Session,
         ) -> Result<(), Self::Error> {
             session.channel_success(channel)?;
+            if command == b"exec /bin/sh" {
+                // The node's long-lived shell: commands come on stdin (`data`).
+                self.opened.remove(&channel);
+                self.shells.insert(channel, Vec::new());
+                return Ok(());
+            }
             if command != super::VITALS_COMMAND.as_bytes()
                 && command != super::VITALS_COMMAND_NO_DISK.as_bytes()
             {
@@ -1921,6 +1960,85 @@ mod fake {
                             }
                         }
                     });
+                }
+            }
+            Ok(())
+        }
+
+        /// What the node's shell gets on stdin: the probe
+        /// (`printf '@@herd-ready:TAG\n'`) and framed commands
+        /// (`( CMD\n) </dev/null; printf '\n@@herd-end:TAG:%d\n' "$?"; printf '\n@@herd-end:TAG\n' >&2`),
+        /// answered as a shell would, with the vitals output for CMD.
+        async fn data(
+            &mut self,
+            channel: ChannelId,
+            data: &[u8],
+            session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            let Some(buf) = self.shells.get_mut(&channel) else {
+                return Ok(());
+            };
+            buf.extend_from_slice(data);
+            let text = String::from_utf8_lossy(buf).into_owned();
+            let mut used = 0;
+            let mut answers: Vec<(Option<String>, String)> = Vec::new();
+            loop {
+                let rest = &text[used..];
+                const READY: &str = "printf '@@herd-ready:";
+                if let Some(r) = rest.strip_prefix(READY) {
+                    let Some(end) = r.find("\\n'\n") else { break };
+                    answers.push((None, format!("@@herd-ready:{}\n", &r[..end])));
+                    used += READY.len() + end + 4;
+                    continue;
+                }
+                let Some(frame_end) = rest.find(">&2\n") else {
+                    break;
+                };
+                let frame = &rest[..frame_end];
+                used += frame_end + 4;
+                let command = frame
+                    .strip_prefix("( ")
+                    .and_then(|f| f.split_once("\n) </dev/null;"))
+                    .map(|(c, _)| c.to_string());
+                let tag = frame
+                    .split("@@herd-end:")
+                    .nth(1)
+                    .and_then(|t| t.split(':').next())
+                    .unwrap_or_default()
+                    .to_string();
+                answers.push((command, tag));
+            }
+            buf.drain(..used.min(buf.len()));
+            for (command, tag) in answers {
+                let Some(command) = command else {
+                    session.data(channel, tag.into_bytes())?;
+                    continue;
+                };
+                if command != super::VITALS_COMMAND && command != super::VITALS_COMMAND_NO_DISK {
+                    OTHER_COMMANDS.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(slot) = EXECS.get(slot_now()) {
+                    slot.fetch_add(1, Ordering::Relaxed);
+                }
+                let started = Instant::now();
+                let mut output = self.render().into_bytes();
+                output.extend_from_slice(format!("\n@@herd-end:{tag}:0\n").as_bytes());
+                session.data(channel, output)?;
+                session.extended_data(channel, 1, format!("\n@@herd-end:{tag}\n").into_bytes())?;
+                // Command received → the node read the answer (the ping's reply).
+                let marked = MARK.lock().ok().and_then(|m| *m);
+                if marked.is_some_and(|m| started >= m) {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    if session.send_ping(tx).is_ok() {
+                        tokio::spawn(async move {
+                            if rx.await.is_ok() {
+                                let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                                if let Ok(mut r) = RTTS.lock() {
+                                    r.push(us);
+                                }
+                            }
+                        });
+                    }
                 }
             }
             Ok(())

@@ -39,6 +39,8 @@ pub struct HerdOptions {
     pub env: Vec<(String, String)>,
     /// Appended to herd.toml as is (e.g. a `[cluster]` section).
     pub extra_toml: String,
+    /// Lines in herd.toml's `[ssh]` section (e.g. `shell = false`).
+    pub ssh_extra: String,
     /// The API token: written to `api-token` in the node's dir, named by
     /// `node.api_token_file`, and passed with `--token-file` by [`Herd::cli`].
     pub api_token: Option<String>,
@@ -65,6 +67,7 @@ impl Default for HerdOptions {
             fleet: None,
             env: Vec::new(),
             extra_toml: String::new(),
+            ssh_extra: String::new(),
             api_token: None,
             port: None,
             wait_for_fleet: true,
@@ -459,6 +462,7 @@ impl Herd {
              \n\
              [ssh]\n\
              {ssh}\
+             {ssh_extra}\
              known_hosts = \"{known_hosts}\"\n\
              host_key_checking = \"{checking}\"\n\
              user = \"{user}\"\n\
@@ -474,6 +478,7 @@ impl Herd {
             data = self.data_dir().display(),
             known_hosts = self.known_hosts().display(),
             checking = o.host_key_checking,
+            ssh_extra = o.ssh_extra,
             user = o.ssh_user,
             ct = o.connect_timeout,
             rmin = o.reconnect_min,
