@@ -121,6 +121,9 @@ pub(crate) enum WriteOp {
         bool,
         std::sync::mpsc::Sender<Result<ImportOutcome, String>>,
     ),
+    /// Runs a whole retention pass now (tests); the reply comes after it.
+    #[cfg(test)]
+    RetainNow(std::sync::mpsc::Sender<Result<(), String>>),
     /// Commit now; the reply comes after the commit (an error when it failed).
     Flush(std::sync::mpsc::Sender<Result<(), String>>),
     /// Commit and stop; later operations fail with `Closed`.
@@ -743,6 +746,71 @@ mod import_tests {
         assert!(
             compact_file(&path).unwrap_err().contains("in use"),
             "an open store is refused"
+        );
+    }
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+    use crate::model::now_ms;
+
+    #[test]
+    fn retention_deletes_by_series_in_steps_and_keeps_what_reaches_past_the_cutoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreOptions {
+                retention: Duration::from_secs(2 * 86_400),
+                flush_interval: Duration::from_millis(20),
+                chunk_samples: 100,
+            },
+        )
+        .unwrap();
+        let now = now_ms();
+        let cutoff = now - 2 * 86_400_000;
+        let sample = |metric: String, ts_ms: i64| Sample {
+            target: "t".into(),
+            metric,
+            labels: Labels::new(),
+            ts_ms,
+            value: 1.0,
+        };
+        // 600 series (more than one step): three samples four days ago, one now.
+        for i in 0..600 {
+            let m = format!("m{i}");
+            store.append(
+                (0..3)
+                    .map(|k| sample(m.clone(), now - 4 * 86_400_000 + k * 1000))
+                    .collect(),
+            );
+            store.flush_blocking().unwrap();
+            store.append(vec![sample(m, now - 60_000)]);
+        }
+        // One chunk across the cutoff: kept whole.
+        store.append(vec![
+            sample("across".into(), cutoff - 3_600_000),
+            sample("across".into(), cutoff + 3_600_000),
+        ]);
+        store.flush_blocking().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.tx.send(WriteOp::RetainNow(tx)).unwrap();
+        rx.recv().unwrap().unwrap();
+        for i in [0, 255, 256, 599] {
+            let got = store
+                .query("t", &format!("m{i}"), &Labels::new(), 0, now)
+                .unwrap();
+            let points: Vec<i64> = got
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.0))
+                .collect();
+            assert_eq!(points, [now - 60_000], "m{i}: only the recent sample");
+        }
+        let across = store.query("t", "across", &Labels::new(), 0, now).unwrap();
+        assert_eq!(
+            across[0].points.len(),
+            2,
+            "a chunk reaching past the cutoff stays"
         );
     }
 }

@@ -30,8 +30,14 @@ const MAX_BATCH_SAMPLES: usize = 50_000;
 /// A chunk never spans more than this, so a query need only look this far back
 /// before its start for chunks that overlap it.
 pub const MAX_CHUNK_SPAN_MS: i64 = 4 * 3600 * 1000;
-/// How often retention runs.
+/// How often a retention pass starts.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// Series a retention step goes through, in one transaction of its own between
+/// two commits: the writer is never held longer than that.
+const RETENTION_SERIES_PER_STEP: u64 = 256;
+/// At most one retention step this often (a pass over 10,000 series takes a few
+/// seconds and costs little while samples flow).
+const RETENTION_STEP_EVERY: Duration = Duration::from_millis(50);
 
 /// `target metric{labels}` of an imported series, for what is said of it.
 fn import_name(s: &ImportSeries) -> String {
@@ -108,6 +114,8 @@ pub struct Writer {
     next_remote_seq: u64,
     /// Imports waiting for the commit that makes them durable.
     imports: Vec<(ImportOutcome, Sender<Result<ImportOutcome, String>>)>,
+    /// A retention pass under way: the next series id and the cutoff (Unix ms).
+    retention: Option<(u64, i64)>,
 }
 
 /// How far in the future an imported sample may lie (clocks differ a little).
@@ -154,13 +162,15 @@ impl Writer {
             remote_bytes_after: None,
             next_remote_seq: state.next_remote_seq,
             imports: Vec::new(),
+            retention: None,
         }
     }
 
     pub fn run(mut self, rx: Receiver<WriteOp>) {
         let mut last_commit = Instant::now();
-        self.retention();
+        self.start_retention();
         let mut last_retention = Instant::now();
+        let mut last_step = Instant::now();
         loop {
             let wait = self
                 .options
@@ -184,6 +194,16 @@ impl Writer {
                     } else {
                         self.imports.push((outcome, reply));
                     }
+                }
+                #[cfg(test)]
+                Ok(WriteOp::RetainNow(reply)) => {
+                    self.commit();
+                    self.retention = None;
+                    self.start_retention();
+                    while self.retention.is_some() {
+                        self.retention_step();
+                    }
+                    let _ = reply.send(Ok(()));
                 }
                 Ok(WriteOp::Flush(reply)) => self.waiting.push(reply),
                 Ok(WriteOp::RemoteSinks(sinks)) => self.set_remote_sinks(sinks),
@@ -215,8 +235,12 @@ impl Writer {
                 return;
             }
             if last_retention.elapsed() >= RETENTION_EVERY {
-                self.retention();
+                self.start_retention();
                 last_retention = Instant::now();
+            }
+            if self.retention.is_some() && last_step.elapsed() >= RETENTION_STEP_EVERY {
+                self.retention_step();
+                last_step = Instant::now();
             }
         }
     }
@@ -694,31 +718,71 @@ impl Writer {
     }
 
     /// Deletes chunks and events older than the retention period.
-    fn retention(&mut self) {
-        let cutoff = now_ms().saturating_sub(self.options.retention.as_millis() as i64);
+    /// Starts a retention pass (unless one is under way): series by series, in
+    /// steps of their own ([`Writer::retention_step`]).
+    fn start_retention(&mut self) {
+        if self.retention.is_none() {
+            let cutoff = now_ms().saturating_sub(self.options.retention.as_millis() as i64);
+            self.retention = Some((0, cutoff));
+        }
+    }
+
+    /// One step of a retention pass: the chunks and rollup buckets older than the
+    /// cutoff of the next [`RETENTION_SERIES_PER_STEP`] series, deleted by key
+    /// range (a chunk that starts more than a chunk span before the cutoff ends
+    /// before it: no need to read it; the few that start within a span of it are
+    /// read for their last time); after the last series, old events, transitions
+    /// and sent keys.
+    fn retention_step(&mut self) {
+        let Some((first, cutoff)) = self.retention else {
+            return;
+        };
+        let last = first
+            .saturating_add(RETENTION_SERIES_PER_STEP)
+            .min(self.next_series_id);
+        let finishing = last >= self.next_series_id;
         let result = (|| -> Result<(), redb::Error> {
             let txn = self.db.begin_write()?;
             {
                 let mut chunks = txn.open_table(CHUNKS)?;
-                chunks.retain(|_, bytes| match codec::header(bytes) {
-                    Ok(h) => h.last_ts >= cutoff,
-                    // An unreadable chunk is kept: deleting data is never a guess.
-                    Err(_) => true,
-                })?;
-                let mut events = txn.open_table(EVENTS)?;
-                events.retain_in(..(cutoff, 0), |_, _| false)?;
                 let mut rollups = txn.open_table(ROLLUPS)?;
-                rollups.retain(|k, _| k.2 >= cutoff)?;
-                let mut transitions = txn.open_table(TRANSITIONS)?;
-                transitions.retain_in(..(cutoff, 0), |_, _| false)?;
-                let mut sent = txn.open_table(SENT)?;
-                sent.retain(|_, ts| ts >= cutoff)?;
+                let sure = cutoff.saturating_sub(MAX_CHUNK_SPAN_MS);
+                for id in first..last {
+                    chunks.retain_in((id, i64::MIN)..(id, sure), |_, _| false)?;
+                    chunks.retain_in((id, sure)..(id, cutoff), |_, bytes| {
+                        match codec::header(bytes) {
+                            Ok(h) => h.last_ts >= cutoff,
+                            // An unreadable chunk is kept: deleting data is never a guess.
+                            Err(_) => true,
+                        }
+                    })?;
+                    for g in Granularity::ALL {
+                        rollups.retain_in(
+                            (id, g.code(), i64::MIN)..(id, g.code(), cutoff),
+                            |_, _| false,
+                        )?;
+                    }
+                }
+                if finishing {
+                    let mut events = txn.open_table(EVENTS)?;
+                    events.retain_in(..(cutoff, 0), |_, _| false)?;
+                    let mut transitions = txn.open_table(TRANSITIONS)?;
+                    transitions.retain_in(..(cutoff, 0), |_, _| false)?;
+                    let mut sent = txn.open_table(SENT)?;
+                    sent.retain(|_, ts| ts >= cutoff)?;
+                }
             }
             txn.commit()?;
             Ok(())
         })();
-        if let Err(e) = result {
-            tracing::error!(error = %e, "store retention failed");
+        match result {
+            Ok(()) if finishing => self.retention = None,
+            Ok(()) => self.retention = Some((last, cutoff)),
+            Err(e) => {
+                // Tried again at the next pass.
+                tracing::error!(error = %e, "store retention failed");
+                self.retention = None;
+            }
         }
     }
 }
