@@ -185,6 +185,12 @@ fn series_of(target: &str, rng: &mut Rng) -> Vec<Series> {
             },
             3.0,
         ),
+        mk(
+            "check_status",
+            &[("check", "https"), ("kind", "http")],
+            Kind::Const,
+            0.0,
+        ),
     ];
     for mount in ["/", "/var", "/home"] {
         let used = 30.0 + rng.next() * 50.0;
@@ -366,7 +372,7 @@ fn main() {
     let mut herd = Herd::start(HerdOptions::default().fleet(local_target("self", "1h")));
     progress("density: herd import");
     let t0 = Instant::now();
-    let out = herd.cli(&["import", om.to_str().unwrap()]);
+    let out = herd.cli_within(&["import", om.to_str().unwrap()], LONG);
     let import_s = t0.elapsed().as_secs_f64();
     if !out.status.success() {
         errors.push(format!(
@@ -405,7 +411,13 @@ fn main() {
         back.to_str().unwrap().into(),
     ]);
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let out = herd.cli(&cmd);
+    let t0 = Instant::now();
+    let out = herd.cli_within(&cmd, LONG);
+    let export_s = t0.elapsed().as_secs_f64();
+    progress(&format!(
+        "density: exported in {export_s:.1} s ({:.0} samples/s)",
+        samples as f64 / export_s
+    ));
     let lossless = out.status.success()
         && std::fs::read(&om).ok() == std::fs::read(&back).ok()
         && file_bytes(&om) > 0;
@@ -530,6 +542,7 @@ fn main() {
         "hours": hours,
         "lossless": lossless,
         "import_samples_per_s": samples as f64 / import_s,
+        "export_samples_per_s": samples as f64 / export_s,
         "stores": rows.iter().map(|r| json!({
             "store": r.store, "bytes": r.bytes,
             "bytes_per_sample": r.bytes as f64 / samples as f64, "what": r.note,

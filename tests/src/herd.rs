@@ -275,6 +275,11 @@ impl Herd {
         run_bounded(&mut self.cli_command(args), CLI_TIMEOUT)
     }
 
+    /// Like [`Herd::cli`] with another bound (long imports and exports of benches).
+    pub fn cli_within(&self, args: &[&str], bound: Duration) -> Output {
+        run_bounded(&mut self.cli_command(args), bound)
+    }
+
     /// `herd --node ADDR [--token-file F] ARGS...` in a clean environment.
     fn cli_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(crate::herd_bin());

@@ -71,4 +71,17 @@ pub struct CollectorCtx {
     pub transports: Transports,
     /// The herd's copy of the log tails' positions (None: no herd, in tests).
     pub marks: Option<Arc<dyn crate::model::HerdMarks>>,
+    /// Whether this node's lease holds at this instant (None: always, in tests).
+    /// Asked right before each scrape: the published view says "fenced" a moment
+    /// after the lease ran out (a process resumed after a pause runs its overdue
+    /// scrape timers at once), and a scrape then would be one inside another
+    /// node's tenure.
+    pub may_act: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+}
+
+impl CollectorCtx {
+    /// See `may_act`.
+    pub fn may_act(&self) -> bool {
+        self.may_act.as_ref().is_none_or(|f| f())
+    }
 }

@@ -159,6 +159,16 @@ async fn check_loop(
             }
             next = next.max(Instant::now());
         }
+        if !lp.ctx.may_act() {
+            // The lease ran out and the view does not say so yet: look again soon
+            // (the view parks the task, or the lease comes back).
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(LEASE_RECHECK) => {}
+            }
+            next = next.max(Instant::now());
+            continue;
+        }
         // The lease lost mid-scrape: what it finds is not this node's to record
         // (another node may own the target by now).
         let run = tokio::select! {
@@ -176,6 +186,9 @@ async fn check_loop(
         next = next_tick(next, lp.interval);
     }
 }
+
+/// How soon a scrape held back by a lease that ran out looks again.
+const LEASE_RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// One check of one target, and what its loop remembers between runs.
 struct CheckLoop {

@@ -165,7 +165,11 @@ impl Node {
         // and the outbox must not start from an empty spec after a restart.
         let _ = owned_tx.send(Arc::new(fleet.view_now(cfg.cluster.lease.get())));
         let (tails, tails_rx) = crate::cluster::replication::HerdTails::new(&cluster);
-        let collectors = Arc::new(collector_ctx(&cfg, &store, &rules, tails));
+        let may_act: Arc<dyn Fn() -> bool + Send + Sync> = {
+            let (node, lease) = (cluster.clone(), cfg.cluster.lease.get());
+            Arc::new(move || node.liveness().lease_valid(&node.voters(), lease))
+        };
+        let collectors = Arc::new(collector_ctx(&cfg, &store, &rules, tails, may_act));
         let notifier = Notifier::new(store.clone());
         Ok(Node {
             wiring: Wiring {
@@ -372,6 +376,7 @@ fn collector_ctx(
     store: &Store,
     rules: &RulesHandle,
     marks: Arc<dyn crate::model::HerdMarks>,
+    may_act: Arc<dyn Fn() -> bool + Send + Sync>,
 ) -> CollectorCtx {
     let ssh = &cfg.ssh;
     CollectorCtx {
@@ -395,6 +400,7 @@ fn collector_ctx(
         rules: Some(Arc::new(rules.clone())),
         transports: Arc::new(RwLock::new(Default::default())),
         marks: Some(marks),
+        may_act: Some(may_act),
     }
 }
 
