@@ -361,18 +361,8 @@ impl Store {
         series: Vec<ImportSeries>,
         check_only: bool,
     ) -> Result<ImportOutcome, StoreError> {
-        let (reply_tx, reply_rx) = std::sync::mpsc::channel();
-        let tx = self.tx.clone();
-        tokio::task::spawn_blocking(move || {
-            tx.send(WriteOp::Import(series, check_only, reply_tx))
-                .map_err(|_| StoreError::Closed)?;
-            reply_rx
-                .recv()
-                .map_err(|_| StoreError::Closed)?
-                .map_err(StoreError::Corrupt)
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?
+        self.wait_for(move |reply| WriteOp::Import(series, check_only, reply))
+            .await
     }
 
     /// Applies a delivery round to the outbox; returns once durable.
@@ -381,10 +371,12 @@ impl Store {
             .await
     }
 
-    async fn wait_for(
+    /// Sends the writer `op` with a reply channel and waits, off the async
+    /// workers, for its answer (after the commit it waits for).
+    async fn wait_for<T: Send + 'static>(
         &self,
-        op: impl FnOnce(std::sync::mpsc::Sender<Result<(), String>>) -> WriteOp + Send + 'static,
-    ) -> Result<(), StoreError> {
+        op: impl FnOnce(std::sync::mpsc::Sender<Result<T, String>>) -> WriteOp + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (reply_tx, reply_rx) = std::sync::mpsc::channel();
         let tx = self.tx.clone();
         tokio::task::spawn_blocking(move || {
