@@ -666,7 +666,7 @@ mod import_tests {
                 .collect(),
         );
         store.flush_blocking().unwrap();
-        // A day before them, every 10 s: several chunks (4 h each).
+        // A day before them, every 10 s: more than one chunk (100 samples each).
         let day: Vec<(i64, f64)> = (0..8640)
             .map(|i| {
                 (

@@ -120,11 +120,6 @@ pub struct Writer {
 
 /// How far in the future an imported sample may lie (clocks differ a little).
 const IMPORT_FUTURE_SLACK_MS: i64 = 60_000;
-/// Samples per chunk of imported history: history is never rewritten, so its
-/// chunks are as long as the span allows (the per-chunk costs — key, header, the
-/// coder learning the series again — spread over more samples), not
-/// `chunk_samples`, which bounds how much of a live chunk each commit rewrites.
-const IMPORT_CHUNK_SAMPLES: usize = 4096;
 
 impl Writer {
     pub fn new(
@@ -363,7 +358,7 @@ impl Writer {
             let mut enc = ChunkEncoder::new();
             let mut start = 0;
             for &(ts, v) in &s.points {
-                let full = enc.len() >= IMPORT_CHUNK_SAMPLES
+                let full = enc.len() >= self.options.chunk_samples
                     || (!enc.is_empty() && ts.saturating_sub(start) > MAX_CHUNK_SPAN_MS);
                 if full {
                     self.closing.push((id, start, enc.bytes()));
