@@ -1947,20 +1947,8 @@ mod fake {
             session.close(channel)?;
             // The node's SSH session answers this ping once it has read all of the
             // above: open → that answer is the exec as this target sees it.
-            let opened = self.opened.remove(&channel);
-            let marked = MARK.lock().ok().and_then(|m| *m);
-            if let (Some(opened), Some(mark)) = (opened, marked) {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                if opened >= mark && session.send_ping(tx).is_ok() {
-                    tokio::spawn(async move {
-                        if rx.await.is_ok() {
-                            let us = opened.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                            if let Ok(mut r) = RTTS.lock() {
-                                r.push(us);
-                            }
-                        }
-                    });
-                }
+            if let Some(opened) = self.opened.remove(&channel) {
+                time_until_read(session, opened);
             }
             Ok(())
         }
@@ -2025,23 +2013,31 @@ mod fake {
                 output.extend_from_slice(format!("\n@@herd-end:{tag}:0\n").as_bytes());
                 session.data(channel, output)?;
                 session.extended_data(channel, 1, format!("\n@@herd-end:{tag}\n").into_bytes())?;
-                // Command received → the node read the answer (the ping's reply).
-                let marked = MARK.lock().ok().and_then(|m| *m);
-                if marked.is_some_and(|m| started >= m) {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    if session.send_ping(tx).is_ok() {
-                        tokio::spawn(async move {
-                            if rx.await.is_ok() {
-                                let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                                if let Ok(mut r) = RTTS.lock() {
-                                    r.push(us);
-                                }
-                            }
-                        });
-                    }
-                }
+                // Command received → the node read the answer.
+                time_until_read(session, started);
             }
             Ok(())
+        }
+    }
+
+    /// Records, for an exec or shell command that began at `since` (after the
+    /// mark), how long until the node's session read the answer: a ping sent after
+    /// the answer is answered once the node read everything before it.
+    fn time_until_read(session: &mut Session, since: Instant) {
+        let marked = MARK.lock().ok().and_then(|m| *m);
+        if marked.is_none_or(|m| since < m) {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if session.send_ping(tx).is_ok() {
+            tokio::spawn(async move {
+                if rx.await.is_ok() {
+                    let us = since.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                    if let Ok(mut r) = RTTS.lock() {
+                        r.push(us);
+                    }
+                }
+            });
         }
     }
 
