@@ -463,7 +463,14 @@ impl pb::herd_server::Herd for HerdApi {
             .map_err(|e| Status::unavailable(format!("storing the import: {e}")))?;
         Ok(Response::new(pb::ImportReply {
             written: outcome.written,
-            refused: outcome.refused,
+            refused: outcome
+                .refused
+                .into_iter()
+                .map(|(i, why)| pb::ImportRefusal {
+                    series: i as u32,
+                    why,
+                })
+                .collect(),
         }))
     }
 

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use herd_proto::v1 as pb;
 
 use super::CliError;
+use crate::collector::checks::parse::exposition;
 
 /// Samples sent per request.
 const BATCH_SAMPLES: usize = 20_000;
@@ -60,28 +61,12 @@ pub enum Parsed {
     Eof,
 }
 
-fn is_name_start(c: char) -> bool {
-    c.is_ascii_alphabetic() || c == '_' || c == ':'
-}
-
-fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == ':'
-}
-
-/// A sample value: a float, `NaN`, `+Inf`, `-Inf`, `Inf`.
-fn parse_value(s: &str) -> Option<f64> {
-    match s {
-        "NaN" => Some(f64::NAN),
-        "+Inf" | "Inf" => Some(f64::INFINITY),
-        "-Inf" => Some(f64::NEG_INFINITY),
-        _ => s.parse::<f64>().ok().filter(|v| v.is_finite()),
-    }
-}
-
-/// Parses one line (without its newline).
+/// Parses one line (without its newline): the sample grammar is the exposition
+/// parser's (`collector::checks::parse::exposition::sample_parts`); an import also
+/// needs every sample's time.
 pub fn parse_line(line: &str) -> Result<Parsed, String> {
-    let line = line.strip_suffix('\r').unwrap_or(line);
-    if line.trim().is_empty() {
+    let line = line.strip_suffix('\r').unwrap_or(line).trim();
+    if line.is_empty() {
         return Ok(Parsed::Nothing);
     }
     if let Some(rest) = line.strip_prefix('#') {
@@ -91,26 +76,9 @@ pub fn parse_line(line: &str) -> Result<Parsed, String> {
             Parsed::Nothing
         });
     }
-    let name_end = line
-        .char_indices()
-        .find(|&(_, c)| !is_name_char(c))
-        .map_or(line.len(), |(i, _)| i);
-    let name = &line[..name_end];
-    if !name.starts_with(is_name_start) {
-        return Err(format!("expected a metric name, got {}", excerpt(line)));
-    }
-    let mut rest = &line[name_end..];
-    let mut labels = BTreeMap::new();
-    if let Some(after) = rest.strip_prefix('{') {
-        rest = parse_labels(after, &mut labels)?;
-    }
-    // What follows: value, timestamp, perhaps an exemplar (`# {...} v ts`).
-    let rest = rest.split(" # ").next().unwrap_or("");
-    let mut fields = rest.split_ascii_whitespace();
-    let value = fields.next().ok_or_else(|| format!("{name}: no value"))?;
-    let value =
-        parse_value(value).ok_or_else(|| format!("{name}: value {value:?} is not a number"))?;
-    let ts = fields.next().ok_or_else(|| {
+    let p = exposition::sample_parts(line)?;
+    let name = p.name;
+    let ts = p.timestamp.ok_or_else(|| {
         format!("{name}: no timestamp (an import stores history: every sample needs its time)")
     })?;
     let timestamp = ts
@@ -118,69 +86,12 @@ pub fn parse_line(line: &str) -> Result<Parsed, String> {
         .ok()
         .filter(|t| t.is_finite())
         .ok_or_else(|| format!("{name}: timestamp {ts:?} is not a number"))?;
-    if let Some(extra) = fields.next() {
-        return Err(format!("{name}: unexpected {extra:?} after the timestamp"));
-    }
     Ok(Parsed::Sample(Line {
         name: name.to_string(),
-        labels,
-        value,
+        labels: p.labels,
+        value: p.value,
         timestamp,
     }))
-}
-
-/// Reads `a="b",c="d"}` into `labels`; returns what follows the `}`.
-fn parse_labels<'a>(
-    mut s: &'a str,
-    labels: &mut BTreeMap<String, String>,
-) -> Result<&'a str, String> {
-    loop {
-        s = s.trim_start();
-        if let Some(after) = s.strip_prefix('}') {
-            return Ok(after);
-        }
-        let end = s
-            .char_indices()
-            .find(|&(_, c)| !is_name_char(c))
-            .map_or(s.len(), |(i, _)| i);
-        let key = &s[..end];
-        if key.is_empty() || !key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
-            return Err(format!("expected a label name, got {}", excerpt(s)));
-        }
-        s = s[end..]
-            .trim_start()
-            .strip_prefix("=\"")
-            .ok_or_else(|| format!("label {key}: expected =\"value\""))?;
-        let mut value = String::new();
-        let mut chars = s.char_indices();
-        let close = loop {
-            match chars.next() {
-                None => return Err(format!("label {key}: the value's quote is not closed")),
-                Some((i, '"')) => break i,
-                Some((_, '\\')) => match chars.next() {
-                    Some((_, 'n')) => value.push('\n'),
-                    Some((_, '\\')) => value.push('\\'),
-                    Some((_, '"')) => value.push('"'),
-                    Some((_, c)) => return Err(format!("label {key}: unknown escape \\{c}")),
-                    None => return Err(format!("label {key}: the value's quote is not closed")),
-                },
-                Some((_, c)) => value.push(c),
-            }
-        };
-        if labels.insert(key.to_string(), value).is_some() {
-            return Err(format!("label {key} given twice"));
-        }
-        s = s[close + 1..].trim_start();
-        if let Some(after) = s.strip_prefix(',') {
-            s = after;
-        } else if !s.starts_with('}') {
-            return Err(format!("label {key}: expected , or }} after its value"));
-        }
-    }
-}
-
-fn excerpt(s: &str) -> String {
-    crate::model::text::quote_excerpt(s, 60)
 }
 
 /// The target of a line and its own labels (`target` taken out,
@@ -368,6 +279,7 @@ pub async fn import(
     }
     // Which series would the node refuse? Asked with each series' first and last.
     let om = survey.openmetrics;
+    let keys: Vec<&Key> = survey.series.keys().collect();
     let check: Vec<pb::ImportSeries> = survey
         .series
         .iter()
@@ -385,8 +297,9 @@ pub async fn import(
             pb_series(k, pts)
         })
         .collect();
-    let mut refused = Vec::new();
-    for chunk in check.chunks(1000) {
+    const CHECK_SERIES: usize = 1000;
+    let mut refused: Vec<(Key, String)> = Vec::new();
+    for (n, chunk) in check.chunks(CHECK_SERIES).enumerate() {
         let reply = client
             .import(pb::ImportRequest {
                 series: chunk.to_vec(),
@@ -395,32 +308,30 @@ pub async fn import(
             .await
             .map_err(|s| CliError::Failure(format!("asking the node: {}", s.message())))?
             .into_inner();
-        refused.extend(reply.refused);
-    }
-    // A refusal names the series as `target metric{labels}`: match it back.
-    let refused_names: std::collections::BTreeSet<String> = refused
-        .iter()
-        .filter_map(|r| r.rsplit_once(": ").map(|(n, _)| n.to_string()))
-        .collect();
-    let mut skip = std::collections::BTreeSet::new();
-    if !refused.is_empty() {
-        for k in survey.series.keys() {
-            if refused_names.iter().any(|n| *n == display_name(k)) {
-                skip.insert(k.clone());
+        for r in reply.refused {
+            if let Some(k) = keys.get(n * CHECK_SERIES + r.series as usize) {
+                refused.push(((*k).clone(), r.why));
             }
         }
+    }
+    let skip: std::collections::BTreeSet<Key> = refused.iter().map(|(k, _)| k.clone()).collect();
+    if !refused.is_empty() {
+        let said: Vec<String> = refused
+            .iter()
+            .map(|(k, why)| format!("{}: {why}", display_name(k)))
+            .collect();
         if !args.partial {
-            let mut lines: Vec<String> = refused.iter().take(MAX_LISTED).cloned().collect();
-            if refused.len() > MAX_LISTED {
-                lines.push(format!("... and {} more", refused.len() - MAX_LISTED));
+            let mut lines: Vec<String> = said.iter().take(MAX_LISTED).cloned().collect();
+            if said.len() > MAX_LISTED {
+                lines.push(format!("... and {} more", said.len() - MAX_LISTED));
             }
             lines.push(format!(
                 "nothing imported: the node refuses {} series (--partial imports the others)",
-                refused.len()
+                said.len()
             ));
             return Err(CliError::Usage(lines.join("\n")));
         }
-        for r in &refused {
+        for r in &said {
             eprintln!("herd import: skipped series {r}");
         }
     }
@@ -435,9 +346,13 @@ pub async fn import(
     let mut in_batch = 0usize;
     let (mut sent, mut written) = (0u64, 0u64);
     let mut told = Instant::now();
-    let mut last_seen: BTreeMap<Key, f64> = BTreeMap::new();
-    for line in open(args.path)?.lines() {
+    // The lines the first pass found bad (only with --partial) are left out.
+    let bad: std::collections::HashSet<usize> = survey.bad.iter().map(|(n, _)| *n).collect();
+    for (i, line) in open(args.path)?.lines().enumerate() {
         let line = line.map_err(|e| CliError::Failure(format!("{file}: cannot read: {e}")))?;
+        if bad.contains(&(i + 1)) {
+            continue;
+        }
         let l = match parse_line(&line) {
             Ok(Parsed::Sample(l)) => l,
             Ok(Parsed::Eof) => break,
@@ -449,11 +364,6 @@ pub async fn import(
         if skip.contains(&key) {
             continue;
         }
-        // The bad lines of the first pass (out of order) are skipped again.
-        if last_seen.get(&key).is_some_and(|&t| l.timestamp <= t) {
-            continue;
-        }
-        last_seen.insert(key.clone(), l.timestamp);
         batch.entry(key).or_default().push(pb::Point {
             ts_ms: ts_ms(l.timestamp, om),
             value: l.value,
@@ -491,7 +401,7 @@ pub async fn import(
     Ok(())
 }
 
-/// How the node names a series in a refusal (`target metric{k="v",...}`).
+/// A series as messages name it: `target metric{k="v",...}`.
 fn display_name(k: &Key) -> String {
     if k.2.is_empty() {
         format!("{} {}", k.0, k.1)
@@ -510,10 +420,13 @@ async fn send(
     if batch.is_empty() {
         return Ok(0);
     }
-    let series: Vec<pb::ImportSeries> = std::mem::take(batch)
+    let (keys, series): (Vec<Key>, Vec<pb::ImportSeries>) = std::mem::take(batch)
         .into_iter()
-        .map(|(k, pts)| pb_series(&k, pts))
-        .collect();
+        .map(|(k, pts)| {
+            let s = pb_series(&k, pts);
+            (k, s)
+        })
+        .unzip();
     let reply = client
         .import(pb::ImportRequest {
             series,
@@ -523,7 +436,10 @@ async fn send(
         .map_err(|s| CliError::Failure(format!("importing {file}: {}", s.message())))?
         .into_inner();
     for r in &reply.refused {
-        eprintln!("herd import: the node refused {r}");
+        let name = keys
+            .get(r.series as usize)
+            .map_or_else(|| format!("series {}", r.series), display_name);
+        eprintln!("herd import: the node refused {name}: {}", r.why);
     }
     Ok(reply.written)
 }
@@ -563,17 +479,16 @@ mod tests {
     #[test]
     fn bad_lines_say_what_is_wrong() {
         for (line, says) in [
-            ("9x 1 1", "expected a metric name"),
-            ("x", "no value"),
+            ("9x 1 1", "bad metric name"),
+            ("x", "value missing"),
             ("x 1", "no timestamp"),
-            ("x one 1", "not a number"),
-            ("x 1 soon", "timestamp \"soon\""),
-            ("x 1 2 3", "unexpected \"3\""),
-            ("x{a=1} 1 1", "expected =\"value\""),
-            ("x{a=\"1} 1 1", "not closed"),
-            ("x{a=\"1\",a=\"2\"} 1 1", "given twice"),
-            ("x{a=\"\\q\"} 1 1", "unknown escape"),
-            ("x{a=\"1\" b=\"2\"} 1 1", "expected , or }"),
+            ("x one 1", "bad value \"one\""),
+            ("x 1 soon", "timestamp \"soon\" is not a number"),
+            ("x 1 2 3", "unexpected text after the timestamp"),
+            ("x{a=1} 1 1", "label a: quoted value expected"),
+            ("x{a=\"1} 1 1", "unterminated label value"),
+            ("x{a=\"1\",a=\"2\"} 1 1", "label a repeated"),
+            ("x{a=\"1\" b=\"2\"} 1 1", "',' or '}' expected"),
         ] {
             match parse_line(line) {
                 Err(e) => assert!(e.contains(says), "{line}: {e}"),

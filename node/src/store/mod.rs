@@ -139,11 +139,12 @@ pub struct ImportSeries {
     pub points: Vec<(i64, f64)>,
 }
 
-/// What an import stored, and what it refused (one line per series, with why).
+/// What an import stored, and what it refused: each refused series by its index
+/// in the request, with why.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImportOutcome {
     pub written: u64,
-    pub refused: Vec<String>,
+    pub refused: Vec<(usize, String)>,
 }
 
 /// Alert changes written together.
@@ -708,13 +709,12 @@ mod import_tests {
             .unwrap();
         assert_eq!(refused.written, 1, "only `fresh`");
         let says = |i: usize, what: &str| {
-            assert!(refused.refused[i].contains(what), "{}", refused.refused[i])
+            let (index, why) = &refused.refused[i];
+            assert_eq!(*index, i, "refusals name the series by its index");
+            assert!(why.contains(what), "{why}")
         };
         assert_eq!(refused.refused.len(), 4);
-        says(
-            0,
-            "web-1 cpu.used_pct: overlaps the samples the series holds",
-        );
+        says(0, "overlaps the samples the series holds");
         says(1, "not in increasing time order");
         says(2, "older than the store's retention");
         says(3, "in the future");

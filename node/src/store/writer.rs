@@ -39,16 +39,6 @@ const RETENTION_SERIES_PER_STEP: u64 = 256;
 /// seconds and costs little while samples flow).
 const RETENTION_STEP_EVERY: Duration = Duration::from_millis(50);
 
-/// `target metric{labels}` of an imported series, for what is said of it.
-fn import_name(s: &ImportSeries) -> String {
-    if s.labels.is_empty() {
-        format!("{} {}", s.target, s.metric)
-    } else {
-        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-        format!("{} {}{{{}}}", s.target, s.metric, labels.join(","))
-    }
-}
-
 /// A metadata write and who waits for its commit.
 type MetaWrite = (String, Vec<u8>, Sender<Result<(), String>>);
 
@@ -339,16 +329,15 @@ impl Writer {
                 s
             })
             .collect();
-        for s in series {
+        for (index, s) in series.into_iter().enumerate() {
             let key = tables::series_key(&s.target, &s.metric, &s.labels);
-            let name = import_name(&s);
             let refuse = match self.import_conflict(&key, &s.points, horizon, now) {
                 Ok(None) => None,
                 Ok(Some(why)) => Some(why),
                 Err(e) => Some(format!("cannot read the series' chunks: {e}")),
             };
             if let Some(why) = refuse {
-                outcome.refused.push(format!("{name}: {why}"));
+                outcome.refused.push((index, why));
                 continue;
             }
             if check_only {

@@ -390,8 +390,39 @@ fn is_label_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 
+/// One sample line's parts, the timestamp as written: seconds with a fraction in
+/// OpenMetrics, milliseconds in the Prometheus text format (`herd import` reads both).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleParts<'a> {
+    pub name: &'a str,
+    /// Empty label values are dropped: to Prometheus they equal an absent label.
+    pub labels: Labels,
+    pub value: f64,
+    pub timestamp: Option<&'a str>,
+}
+
 /// `name[{labels}] value [timestamp_ms]`
 fn read_sample(line: &str, types: &BTreeMap<String, String>) -> Result<PromSample, String> {
+    let p = sample_parts(line)?;
+    let timestamp_ms = match p.timestamp {
+        Some(ts) => Some(
+            ts.parse::<i64>()
+                .map_err(|_| format!("bad timestamp {}", quote_excerpt(ts, MAX_QUOTED_CHARS)))?,
+        ),
+        None => None,
+    };
+    Ok(PromSample {
+        family: family_of(p.name, types),
+        name: p.name.to_string(),
+        labels: p.labels,
+        value: p.value,
+        timestamp_ms,
+    })
+}
+
+/// `name[{labels}] value [timestamp]`, then perhaps an OpenMetrics exemplar
+/// (`# {labels} value [timestamp]`), which is left out.
+pub fn sample_parts(line: &str) -> Result<SampleParts<'_>, String> {
     let mut cursor = Cursor { rest: line };
     let name = cursor
         .name(is_name_start, is_name_char)
@@ -411,22 +442,15 @@ fn read_sample(line: &str, types: &BTreeMap<String, String>) -> Result<PromSampl
     let value = cursor.token().ok_or("value missing")?;
     let value = parse_value(value)
         .ok_or_else(|| format!("bad value {}", quote_excerpt(value, MAX_QUOTED_CHARS)))?;
-    let timestamp_ms = match cursor.token() {
-        Some(ts) => Some(
-            ts.parse::<i64>()
-                .map_err(|_| format!("bad timestamp {}", quote_excerpt(ts, MAX_QUOTED_CHARS)))?,
-        ),
-        None => None,
-    };
-    if cursor.token().is_some() {
+    let timestamp = cursor.token().filter(|t| !t.starts_with('#'));
+    if timestamp.is_some() && cursor.token().is_some_and(|t| !t.starts_with('#')) {
         return Err("unexpected text after the timestamp".to_string());
     }
-    Ok(PromSample {
-        family: family_of(name, types),
-        name: name.to_string(),
+    Ok(SampleParts {
+        name,
         labels,
         value,
-        timestamp_ms,
+        timestamp,
     })
 }
 
