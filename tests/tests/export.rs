@@ -232,7 +232,10 @@ fn import_takes_an_export_back_losslessly_and_checks_every_line_first() {
     let out = b.cli(&["import", file_s, "--partial"]);
     let said = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{said}");
-    assert!(said.contains("skipped series box herd_cpu_used_pct"), "{said}");
+    assert!(
+        said.contains("skipped series box herd_cpu_used_pct"),
+        "{said}"
+    );
     assert!(!said.contains("the node refused"), "{said}");
     assert!(said.contains("herd import: 0 samples"), "{said}");
 
