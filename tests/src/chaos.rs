@@ -37,6 +37,8 @@
 //! | `restart` | SIGTERM (the ordered stop), started again at once |
 //! | `rolling-restart` | every node in turn, the leader last, each restarted like `restart` once the herd settled after the one before |
 //! | `apply-during-cut` | the victim cut from both others; an apply through the leader meanwhile |
+//! | `clock-back` | the leader's wall clock steps 60 s back for 4 s, then forward to the true time (libfaketime; the monotonic clock does not move, as with an NTP step) |
+//! | `clock-forward` | an owner's wall clock steps 20 s forward for 4 s, then back |
 //!
 //! **What is checked after each round** (from every node's own store, `Query` with
 //! `local_only`, and from the receiver's log and the action files):
@@ -50,13 +52,18 @@
 //! - *orphan hole*: a target the victim owned went without any sample for longer
 //!   than the limit (the bench: 3 s + one interval; the suite's short run only
 //!   catches hangs);
+//! - *clock step moved*: after a clock fault, another node scraped one of the
+//!   victim's targets (a clock step is not a death: no failover, no takeover). The
+//!   victim's own holes are not counted for these faults: its samples are stamped
+//!   by its stepped clock, and those behind its newest are dropped (as Prometheus
+//!   drops out-of-order samples);
 //! - *not settled*: the herd did not settle within 60 s after the fault.
 //!
 //! Per fault kind it measures the takeover (the first sample of an orphaned target
 //! by another node, minus the fault's start) and the longest hole.
 //!
-//! Faults not built yet: a clock step on one node (`faketime`); the table says which
-//! kinds ran.
+//! The clock faults run only where libfaketime is installed (`scripts/test`
+//! installs Debian's `faketime`); the table says which kinds ran.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -113,7 +120,20 @@ pub enum Fault {
     Restart,
     RollingRestart,
     ApplyDuringCut,
+    /// The victim's wall clock steps back by [`CLOCK_BACK_S`] for the fault's length,
+    /// then forward to the true time again (libfaketime; the monotonic clock stays).
+    ClockBack,
+    /// The victim's wall clock steps forward by [`CLOCK_FORWARD_S`], then back.
+    ClockForward,
 }
+
+/// How far a `clock-back` fault steps the victim's wall clock back: more than the
+/// time a round waits for notifications, so an outbox or timer that waits on the
+/// wall clock shows as a lost transition.
+pub const CLOCK_BACK_S: i64 = 60;
+/// How far a `clock-forward` fault steps it forward. What the victim stamped in
+/// that future stays in its store, so the next round starts once it is past.
+pub const CLOCK_FORWARD_S: i64 = 20;
 
 impl Fault {
     /// Every kind the harness runs.
@@ -133,6 +153,9 @@ impl Fault {
             Fault::RollingRestart,
             Fault::ApplyDuringCut,
         ]);
+        if crate::netns::libfaketime().is_some() {
+            v.extend([Fault::ClockBack, Fault::ClockForward]);
+        }
         v
     }
 
@@ -150,6 +173,8 @@ impl Fault {
             Fault::Restart => "restart".into(),
             Fault::RollingRestart => "rolling-restart".into(),
             Fault::ApplyDuringCut => "apply-during-cut".into(),
+            Fault::ClockBack => "clock-back".into(),
+            Fault::ClockForward => "clock-forward".into(),
         }
     }
 
@@ -158,11 +183,20 @@ impl Fault {
         Fault::all().into_iter().find(|f| f.name() == name)
     }
 
+    /// The wall-clock step of a clock fault, in seconds.
+    fn clock_step_s(&self) -> Option<i64> {
+        match self {
+            Fault::ClockBack => Some(-CLOCK_BACK_S),
+            Fault::ClockForward => Some(CLOCK_FORWARD_S),
+            _ => None,
+        }
+    }
+
     /// Whether the victim is the leader.
     fn on_leader(&self) -> bool {
         matches!(
             self,
-            Fault::KillLeader | Fault::StopLeader(_) | Fault::CutLeader
+            Fault::KillLeader | Fault::StopLeader(_) | Fault::CutLeader | Fault::ClockBack
         )
     }
 }
@@ -184,12 +218,13 @@ pub struct Options {
 }
 
 /// The invariants, in the order of the report.
-pub const INVARIANTS: [&str; 6] = [
+pub const INVARIANTS: [&str; 7] = [
     "double scrape",
     "duplicate key",
     "lost transition",
     "action twice",
     "orphan hole",
+    "clock step moved",
     "not settled",
 ];
 
@@ -294,6 +329,8 @@ impl Rig {
                     "user = \"{SSH_USER}\"\nkey = {}\n",
                     toml_str(&rig.sshd.client_key().display().to_string())
                 ),
+                // Every node can be a clock fault's victim.
+                faketime: crate::netns::libfaketime().is_some(),
             });
             node.trust(&rig.sshd.known_hosts_line());
             rig.nodes.insert(id, node);
@@ -801,6 +838,24 @@ pub fn run(opts: &Options) -> Report {
                 .filter(|(&id, _)| id != victim)
                 .filter_map(|(_, ts)| ts.iter().find(|&&x| x > t0).copied())
                 .min();
+            if fault.clock_step_s().is_some() {
+                // A clock step is no death: nobody else may take the target up.
+                // The victim's own samples of the step are stamped by its stepped
+                // clock (and those behind its newest dropped, as Prometheus drops
+                // out-of-order samples), so its holes are not the herd's.
+                if let Some(f) = first_other {
+                    report.violations.push(Violation {
+                        invariant: "clock step moved",
+                        round: r,
+                        fault: fault.name(),
+                        detail: format!(
+                            "{t}: scraped by another node {} ms after node {victim}'s clock stepped",
+                            f - t0
+                        ),
+                    });
+                }
+                continue;
+            }
             if let Some(f) = first_other {
                 fig.takeover_ms.push((f - t0) as f64);
             }
@@ -886,6 +941,18 @@ pub fn run(opts: &Options) -> Report {
             ));
         }
         report.rounds.push(fig);
+        if fault == Fault::ClockForward {
+            // What the victim stamped ahead must be in the past before the next
+            // round reads its samples.
+            let ahead = t0 + (CLOCK_FORWARD_S * 1000) as i64 + FAULT_MS as i64 + 1000;
+            let wait = ahead - now_ms();
+            if wait > 0 {
+                progress(&format!(
+                    "round {r}: waiting {wait} ms until the stamps of the step are past"
+                ));
+                std::thread::sleep(Duration::from_millis(wait as u64));
+            }
+        }
     }
     if !report.violations.is_empty() || report.aborted.is_some() {
         rig.keep();
@@ -997,6 +1064,13 @@ fn inject(
                 rig.node_mut(id).restart()?;
                 rig.wait_settled()?;
             }
+        }
+        Fault::ClockBack | Fault::ClockForward => {
+            let step = fault.clock_step_s().unwrap_or_default();
+            rig.node(victim).set_clock_offset(step);
+            flip_now(rig);
+            sleep_until(start, FAULT_MS);
+            rig.node(victim).set_clock_offset(0);
         }
         Fault::ApplyDuringCut => {
             for &o in &others {

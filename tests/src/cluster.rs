@@ -57,6 +57,8 @@ pub struct TargetView {
 pub struct Status {
     pub node_id: u64,
     pub leader: Option<u64>,
+    /// The Raft term the node is in (0 from a node that does not say).
+    pub term: u64,
     pub spec_version: u64,
     pub ownership_version: u64,
     pub nodes: Vec<NodeView>,
@@ -114,6 +116,7 @@ impl Status {
         Ok(Status {
             node_id: u64_field(&raw, "node_id")?,
             leader: raw["leader"].as_u64().filter(|&l| l > 0),
+            term: raw["term"].as_u64().unwrap_or(0),
             spec_version: u64_field(&raw, "spec_version")?,
             ownership_version: raw["ownership_version"].as_u64().unwrap_or(0),
             nodes,

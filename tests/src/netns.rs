@@ -326,6 +326,22 @@ pub struct NodeSpec {
     /// Lines added to herd.toml's `[ssh]` section (`user`, `key`), for nodes that
     /// scrape SSH targets; known_hosts is the node dir's (see [`NetNode::trust`]).
     pub ssh_toml: String,
+    /// Run the process under libfaketime (Debian's `faketime`) with its wall clock
+    /// offset by what [`NetNode::set_clock_offset`] writes (0 at start); the
+    /// monotonic clock is left alone, as an NTP step or a VM resume leaves it.
+    pub faketime: bool,
+}
+
+/// Where Debian's libfaketime is, if installed.
+pub fn libfaketime() -> Option<PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join("faketime/libfaketime.so.1"))
+    .find(|p| p.exists())
 }
 
 /// The PEM files of one node (`herd certs` writes them).
@@ -405,6 +421,25 @@ impl NetNode {
             .addr
             .rsplit_once(':')
             .map_or(self.spec.addr.as_str(), |(h, _)| h)
+    }
+
+    /// The file libfaketime reads the wall-clock offset from.
+    fn clock_file(&self) -> PathBuf {
+        self.dir.path().join("faketime.rc")
+    }
+
+    /// Steps the wall clock of a node started with `faketime` to `offset_s` seconds
+    /// from the real time (0: the real time again); libfaketime takes it up within
+    /// a second. The monotonic clock does not move.
+    pub fn set_clock_offset(&self, offset_s: i64) {
+        assert!(
+            self.spec.faketime,
+            "node {} does not run under faketime",
+            self.spec.id
+        );
+        let tmp = self.dir.path().join("faketime.rc.new");
+        std::fs::write(&tmp, format!("{offset_s:+}\n")).expect("writing the clock offset");
+        std::fs::rename(&tmp, self.clock_file()).expect("installing the clock offset");
     }
 
     pub fn dir(&self) -> &Path {
@@ -701,6 +736,20 @@ impl NetNode {
         cmd.args(["--log-format", "json", "node", "--config"])
             .arg(self.config_path());
         clean_env(&mut cmd);
+        if self.spec.faketime {
+            let lib =
+                libfaketime().ok_or("faketime asked for, but libfaketime is not installed")?;
+            let file = self.clock_file();
+            if !file.exists() {
+                std::fs::write(&file, "+0\n")
+                    .map_err(|e| format!("writing {}: {e}", file.display()))?;
+            }
+            // Re-read the offset file at most once a second; only CLOCK_REALTIME moves.
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME_TIMESTAMP_FILE", &file)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         if self.spec.tls.is_none() {
             // Beyond loopback without TLS a node needs the herd secret; the lab's
             // nodes share one (set through the environment, beside extra_toml's

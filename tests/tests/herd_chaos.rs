@@ -1,9 +1,11 @@
 //! The chaos harness's short run in the suite: every fault kind once (kill -9,
 //! SIGSTOP for 0.5 / 1.6 / 5 s, symmetric, partial and one-way partitions, an
-//! ordered restart, an apply during a cut; of an owner and of the leader), against
+//! ordered restart, an apply during a cut, a wall-clock step back and forward; of
+//! an owner and of the leader), against
 //! three real `herd node` processes in network namespaces scraping a real sshd, in
 //! an order drawn from a seed it prints. Fails on any double scrape, duplicate
-//! idempotency key, lost transition or action run twice (see `herd_tests::chaos`).
+//! idempotency key, lost transition, action run twice or target moved by a clock
+//! step (see `herd_tests::chaos`).
 //! The hole limit here only catches hangs (20 s); `scripts/bench chaos` holds the
 //! 3 s goal and runs hundreds of rounds.
 use herd_tests::chaos::{run, Fault, Options};

@@ -150,6 +150,7 @@ fn the_herd_port_refuses_every_call_without_the_herd_credential() {
         last_log_index: u64::MAX,
         boot: 1,
         seq: u64::MAX,
+        leader_silent_ms: Some(u64::MAX),
     };
     let e = rt.block_on(c.beat(with(beat, None, None))).unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");

@@ -9,7 +9,9 @@
 //! - the majority takes its targets; an alert that fires meanwhile on one of them
 //!   is notified once, by the new owner; "node down" goes out once (4);
 //! - after the heal, every node shows every target with exactly one owner, the same
-//!   map everywhere, and no notification ever arrived twice (1, 4).
+//!   map everywhere, and no notification ever arrived twice (1, 4);
+//! - the cut-off node never stood for election (pre-vote): the leader and its term
+//!   are the same after the heal as before the cut.
 //!
 //! Targets are local `file_fresh` checks on files in a temp dir (the filesystem is
 //! shared by every namespace): deleting a file makes its target breach. The waits
@@ -353,6 +355,7 @@ fn partitioned_owner_is_fenced_and_the_majority_notifies_once() {
     let rig = rig();
     let s = rig.node(1).status();
     let leader = s.leader.expect("a leader");
+    let term = s.term;
     let files = file_names();
 
     // The victim: a follower that owns fleet targets (3 if it qualifies).
@@ -518,6 +521,19 @@ fn partitioned_owner_is_fenced_and_the_majority_notifies_once() {
     let statuses = wait_agreed(&rig, "after the heal");
     for s in statuses.values() {
         eprintln!("    {}", s.summary());
+    }
+
+    phase!("no election: node {victim} never stood while cut off (pre-vote), so the leader {leader} keeps its term {term}");
+    for s in statuses.values() {
+        assert_eq!(
+            (s.leader, s.term),
+            (Some(leader), term),
+            "node {} shows leader {:?} in term {}; node {victim}, cut off alone, must not \
+             have raised its term and deposed leader {leader} (term {term}) when it came back",
+            s.node_id,
+            s.leader,
+            s.term
+        );
     }
 
     phase!("exactly one node_down RESOLVED for {}", node_target(victim));

@@ -142,6 +142,7 @@ impl pb::herd_server::Herd for HerdApi {
             spec_version,
             ownership_version: herd.ownership_version,
             leader: self.fleet.cluster().leader(),
+            term: self.fleet.cluster().term(),
             node_id: self.node.id,
             unreachable,
             herd_id: self

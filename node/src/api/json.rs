@@ -13,6 +13,7 @@ pub fn status_json(r: &pb::StatusReply) -> Value {
         "quorum_lost": r.quorum_lost,
         "spec_error": r.spec_error,
         "leader": r.leader,
+        "term": r.term,
         "ownership_version": r.ownership_version,
         "unreachable": r.unreachable,
         "nodes": r.nodes.iter().map(|n| json!({

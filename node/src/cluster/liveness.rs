@@ -60,6 +60,11 @@ pub struct Liveness {
     last_beat: Mutex<HashMap<NodeId, (u64, u64)>>,
     /// The round trip of the newest beat each peer answered (for /metrics).
     rtt: Mutex<HashMap<NodeId, Duration>>,
+    /// Whether this node leads (as its Raft state last said; sent in beats).
+    leading: std::sync::atomic::AtomicBool,
+    /// What each peer's latest beat said of its leader's silence, and when it came
+    /// (None: the peer does not say).
+    peer_leader_silence: Mutex<HashMap<NodeId, (Instant, Option<Duration>)>>,
 }
 
 /// What a beat says of its sender.
@@ -70,6 +75,8 @@ pub struct BeatState {
     pub log_index: u64,
     pub boot: u64,
     pub seq: u64,
+    /// How long since this node last heard a leader; 0 when it leads.
+    pub leader_silent_ms: u64,
 }
 
 impl Liveness {
@@ -88,6 +95,8 @@ impl Liveness {
             seq: AtomicU64::new(0),
             last_beat: Mutex::new(HashMap::new()),
             rtt: Mutex::new(HashMap::new()),
+            leading: std::sync::atomic::AtomicBool::new(false),
+            peer_leader_silence: Mutex::new(HashMap::new()),
         })
     }
 
@@ -99,6 +108,40 @@ impl Liveness {
             log_index: self.log_index(),
             boot: self.boot,
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            leader_silent_ms: if self.leading.load(Ordering::Relaxed) {
+                0
+            } else {
+                self.leader_silent_for().as_millis() as u64
+            },
+        }
+    }
+
+    /// Records whether this node leads now (its beats then say it hears a leader).
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Relaxed);
+    }
+
+    /// Records what `node`'s beat said of how long it has not heard a leader.
+    pub fn heard_leader_silence(&self, node: NodeId, silent: Option<Duration>) {
+        let mut m = self
+            .peer_leader_silence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        m.insert(node, (Instant::now(), silent));
+    }
+
+    /// Whether `node`, as its latest beat said, has not heard a leader for at least
+    /// `at_least` by now (its silence then, plus the time since). A node that never
+    /// said (it predates the field, or no beat came yet) counts as having lost it:
+    /// what openraft alone would assume.
+    pub fn lost_leader(&self, node: NodeId, at_least: Duration) -> bool {
+        let m = self
+            .peer_leader_silence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match m.get(&node) {
+            Some((at, Some(silent))) => *silent + at.elapsed() >= at_least,
+            _ => true,
         }
     }
 

@@ -205,6 +205,7 @@ impl Peers {
             last_log_index: state.log_index,
             boot: state.boot,
             seq: state.seq,
+            leader_silent_ms: Some(state.leader_silent_ms),
         };
         let r = self
             .unary(

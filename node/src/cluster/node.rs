@@ -136,6 +136,10 @@ impl ClusterConfig {
             install_snapshot_timeout: heartbeat.max(2000),
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            // Elections are started by cluster::election only, with a pre-vote on
+            // beats: openraft's own timer would raise the term of a node cut off
+            // alone, which deposes a working leader when it comes back.
+            enable_elect: false,
             ..Default::default()
         }
         .validate()
@@ -412,6 +416,7 @@ impl ClusterNode {
             self.raft.clone(),
             self.liveness.clone(),
             self.config.heartbeat,
+            self.config.election_min,
             self.config.election_max,
             cancel,
         );
@@ -625,6 +630,11 @@ impl ClusterNode {
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader
+    }
+
+    /// The Raft term this node is in.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
     }
 
     /// Whether this node is the leader now (as far as it knows).

@@ -154,20 +154,26 @@ impl RaftRpc for RaftService {
         let from = beat.from;
         caller.must_be(from, "the beat")?;
         let liveness = self.node.liveness();
-        let member = self
-            .raft()
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .any(|(id, _)| *id == from);
+        // A node that has applied no membership yet (it is joining: the leader added
+        // it, and its beats count for the leader's lease from then on) cannot say
+        // who is out; it credits a caller that passed the herd's credential rather
+        // than cost the herd its lease until the membership entry reaches it.
+        let member = {
+            let metrics = self.raft().metrics();
+            let m = metrics.borrow();
+            let mut nodes = m.membership_config.membership().nodes().peekable();
+            nodes.peek().is_none() || nodes.any(|(id, _)| *id == from)
+        };
         // A late beat (it waited in a connection a partition cut) is answered, but
         // what it says is old: taken as news it could make a fenced peer look
         // current, or a current one look behind.
         if member && liveness.fresh_beat(from, beat.boot, beat.seq) {
             liveness.heard(from, beat.ownership_version, beat.acting_version);
             liveness.heard_log(from, beat.last_log_index);
+            liveness.heard_leader_silence(
+                from,
+                beat.leader_silent_ms.map(std::time::Duration::from_millis),
+            );
         }
         Ok(Response::new(BeatReply {
             id: liveness.id(),
