@@ -952,6 +952,33 @@ pub fn run(opts: &Options) -> Report {
                 ));
                 std::thread::sleep(Duration::from_millis(wait as u64));
             }
+            // The step must have happened: the victim stamped samples of its targets
+            // in the future it was moved to (else libfaketime did nothing, and the
+            // round proved nothing).
+            let from = t0 + CLOCK_FORWARD_S * 1000;
+            let stamped = rt
+                .block_on(local_samples(
+                    rig.node(victim).addr(),
+                    &orphans,
+                    from,
+                    from + FAULT_MS as i64 + 2000,
+                ))
+                .map(|m| m.values().map(Vec::len).sum::<usize>());
+            match stamped {
+                Ok(n) if n > 0 || orphans.is_empty() => {
+                    progress(&format!("round {r}: node {victim} stamped {n} samples {CLOCK_FORWARD_S} s ahead, as its clock said"))
+                }
+                Ok(_) => {
+                    report.aborted = Some(format!(
+                        "round {r}: node {victim} stamped no sample ahead: its clock did not step (is libfaketime working?)"
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    report.aborted = Some(format!("round {r}: reading the samples: {e}"));
+                    break;
+                }
+            }
         }
     }
     if !report.violations.is_empty() || report.aborted.is_some() {
