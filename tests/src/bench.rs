@@ -1,7 +1,10 @@
 //! Helpers the benchmarks share (tests/benches/*.rs).
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use herd_proto::v1::herd_client::HerdClient;
 
 /// Thousands of sessions, connections and receiver threads need descriptors: raise
 /// the soft limit to the hard one; child processes inherit it.
@@ -327,6 +330,49 @@ pub async fn node_status(
     tokio::time::timeout(timeout, call)
         .await
         .map_err(|_| format!("status on {addr}: no answer within {timeout:?}"))?
+}
+
+/// `target.up` sample times of each of `targets` in [from, to] in the own store of
+/// the node at `addr`.
+pub async fn local_samples(
+    addr: &str,
+    token: Option<&str>,
+    targets: &[String],
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<BTreeMap<String, Vec<i64>>, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let bearer: Option<tonic::metadata::MetadataValue<_>> = match token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| "the token is not a header value".to_string())?,
+        ),
+        None => None,
+    };
+    let mut client = HerdClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        if let Some(b) = &bearer {
+            req.metadata_mut().insert("authorization", b.clone());
+        }
+        Ok(req)
+    });
+    let mut out = BTreeMap::new();
+    for t in targets {
+        let ts = match client.query(up_query(t, from_ms, to_ms)).await {
+            Ok(r) => point_times(r.into_inner()),
+            // Never held by this node: no data, which is an answer.
+            Err(s) if s.code() == tonic::Code::NotFound => Vec::new(),
+            Err(s) => return Err(format!("query {t} on {addr}: {}", s.message())),
+        };
+        out.insert(t.clone(), ts);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -69,14 +69,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use herd_proto::v1::herd_client::HerdClient;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::bench::{client_runtime, percentile, point_times, up_query};
+use crate::bench::{client_runtime, local_samples, percentile};
 use crate::cluster::Status;
 use crate::netns::{default_timings_toml, NetLab, NetNode, NodeSpec};
 use crate::{now_ms, toml_str, HttpReceiver, Sshd, SSH_USER};
@@ -103,7 +102,6 @@ const TENURE_GAP_MS: i64 = INTERVAL_MS * 3 / 2;
 const INSIDE_SLACK_MS: i64 = 20;
 /// Samples are read from this long before the fault.
 const LOOKBACK_MS: i64 = 5000;
-const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -525,41 +523,6 @@ fn progress(message: &str) {
 // ---------------------------------------------------------------------------------
 // Samples
 
-/// `target.up` sample times of each of `targets` in [from, to] in the own store of
-/// the node at `addr`.
-async fn local_samples(
-    addr: &str,
-    targets: &[String],
-    from_ms: i64,
-    to_ms: i64,
-) -> Result<BTreeMap<String, Vec<i64>>, String> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(QUERY_TIMEOUT)
-        .timeout(QUERY_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {TOKEN}")
-        .parse()
-        .map_err(|_| "the token is not a header value".to_string())?;
-    let mut client = HerdClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-        req.metadata_mut().insert("authorization", bearer.clone());
-        Ok(req)
-    });
-    let mut out = BTreeMap::new();
-    for t in targets {
-        let ts = match client.query(up_query(t, from_ms, to_ms)).await {
-            Ok(r) => point_times(r.into_inner()),
-            // Never held by this node: no data, which is an answer.
-            Err(s) if s.code() == tonic::Code::NotFound => Vec::new(),
-            Err(s) => return Err(format!("query {t} on {addr}: {}", s.message())),
-        };
-        out.insert(t.clone(), ts);
-    }
-    Ok(out)
-}
-
 /// Samples of one target: node → sorted times.
 type PerNode = BTreeMap<u64, Vec<i64>>;
 
@@ -791,7 +754,13 @@ pub fn run(opts: &Options) -> Report {
         let mut per_target: BTreeMap<String, PerNode> = BTreeMap::new();
         let mut query_error = None;
         for (id, addr) in &addrs {
-            match rt.block_on(local_samples(addr, &names, t0 - LOOKBACK_MS, t_end)) {
+            match rt.block_on(local_samples(
+                addr,
+                Some(TOKEN),
+                &names,
+                t0 - LOOKBACK_MS,
+                t_end,
+            )) {
                 Ok(m) => {
                     for (t, ts) in m {
                         per_target.entry(t).or_default().insert(*id, ts);
@@ -944,7 +913,7 @@ pub fn run(opts: &Options) -> Report {
         if fault == Fault::ClockForward {
             // What the victim stamped ahead must be in the past before the next
             // round reads its samples.
-            let ahead = t0 + (CLOCK_FORWARD_S * 1000) as i64 + FAULT_MS as i64 + 1000;
+            let ahead = t0 + CLOCK_FORWARD_S * 1000 + FAULT_MS as i64 + 1000;
             let wait = ahead - now_ms();
             if wait > 0 {
                 progress(&format!(
@@ -959,6 +928,7 @@ pub fn run(opts: &Options) -> Report {
             let stamped = rt
                 .block_on(local_samples(
                     rig.node(victim).addr(),
+                    Some(TOKEN),
                     &orphans,
                     from,
                     from + FAULT_MS as i64 + 2000,

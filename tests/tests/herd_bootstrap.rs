@@ -158,6 +158,86 @@ fn a_node_whose_data_dir_was_wiped_rejoins_by_itself() {
 }
 
 #[test]
+fn a_member_restored_from_its_backup_rejoins_with_its_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = secret_file(tmp.path());
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let base = template(&secret, &ports, 0);
+    phase!("three nodes form their herd and scrape");
+    let started = (1..=3).map(|id| start(&base, id, ports[id as usize - 1]));
+    let mut cluster = Cluster::from_started(started.collect(), base);
+    let members: BTreeSet<u64> = [1, 2, 3].into();
+    let herd = wait_one_herd(&cluster, &members);
+    // What node 3 holds in its own store: `target.up` times of every target.
+    let names = fleet_names();
+    let rt = herd_tests::bench::client_runtime();
+    let local = |cluster: &Cluster| -> Vec<(String, i64)> {
+        let addr = cluster.node(3).addr();
+        let m = rt
+            .block_on(herd_tests::bench::local_samples(
+                &addr,
+                None,
+                &names,
+                0,
+                herd_tests::now_ms(),
+            ))
+            .unwrap_or_default();
+        m.into_iter()
+            .flat_map(|(t, ts)| ts.into_iter().map(move |x| (t.clone(), x)))
+            .collect()
+    };
+    let held = wait_for(BOUND, "node 3 has stored a few scrapes", || {
+        let v = local(&cluster);
+        (v.len() >= 2).then_some(v)
+    });
+
+    phase!(
+        "herd backup of node 3 ({} scrapes in its store)",
+        held.len()
+    );
+    let file = tmp.path().join("node-3.backup");
+    let out = cluster
+        .node(3)
+        .cli(&["backup", "--out", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+
+    phase!("node 3 dies and loses its data dir; restored from the backup");
+    cluster.kill9(3);
+    let data = cluster.node(3).data_dir();
+    std::fs::remove_dir_all(&data).unwrap();
+    let out = cluster.node(3).cli(&[
+        "restore",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        said.contains("other voters (1, 2, 3)") && said.contains("rejoins as itself"),
+        "a member of a larger herd gets its store back, not its vote: {said}"
+    );
+    assert!(
+        data.join("herd.redb").exists() && !data.join("raft.redb").exists(),
+        "the store is restored, the Raft file is not"
+    );
+
+    phase!("node 3 starts: back in the same herd, with its history");
+    cluster.restart(3);
+    let again = wait_one_herd(&cluster, &members);
+    assert_eq!(
+        again, herd,
+        "node 3 is back in the same herd, not a second one"
+    );
+    let now = local(&cluster);
+    let missing: Vec<&(String, i64)> = held.iter().filter(|x| !now.contains(x)).collect();
+    assert!(
+        missing.is_empty(),
+        "node 3's own store holds every scrape it held before the backup; missing: {missing:?}"
+    );
+}
+
+#[test]
 fn five_nodes_form_with_bootstrap_expect_three_and_two_late_nodes_join() {
     let tmp = tempfile::tempdir().unwrap();
     let secret = secret_file(tmp.path());

@@ -476,6 +476,25 @@ impl pb::herd_server::Herd for HerdApi {
     }
 
     type WatchStream = super::watch::ChangeStream;
+    type BackupStream = super::backup::BackupStream;
+
+    async fn backup(
+        &self,
+        _req: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let herd_id = self
+            .fleet
+            .cluster()
+            .credential()
+            .herd_id()
+            .unwrap_or_default();
+        Ok(Response::new(super::backup::start(
+            self.store.clone(),
+            self.fleet.cluster().clone(),
+            self.node.id,
+            herd_id,
+        )))
+    }
 
     async fn watch(
         &self,

@@ -1,5 +1,6 @@
 //! The node's gRPC API (the CLI's only way in). One file maps errors to statuses.
 pub mod auth;
+mod backup;
 mod cluster;
 mod dashboard;
 mod error;

@@ -53,6 +53,12 @@ pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError>
         } => super::demo::run(&data_dir, &grpc, &http, &interval).await,
         Command::Check { file } => check(&file),
         Command::Compact { data_dir } => compact(&data_dir),
+        Command::Restore { file, data_dir } => super::backup::restore(&file, &data_dir),
+        Command::Backup { out } => {
+            // A long stream: no per-call deadline.
+            let mut client = connect(node, None).await?;
+            super::backup::backup(&mut client, &out).await
+        }
         Command::Cluster { action } => cluster(node, action).await,
         Command::Certs(args) => match super::certs::run(&args) {
             Ok(summary) => {

@@ -1,4 +1,5 @@
 //! Subcommands. All but `node`, `demo` and `check` talk to a node over gRPC.
+mod backup;
 pub mod certs;
 mod commands;
 mod demo;
@@ -85,6 +86,20 @@ pub enum Command {
     /// free pages a long run leaves go back to the filesystem. Refused while a
     /// node runs on the directory.
     Compact { data_dir: PathBuf },
+    /// A consistent copy of the node's store (samples, events, alerts, outbox,
+    /// remote_write queues), made while it runs: written to FILE (never over an
+    /// existing one) with FILE.sha256 beside it.
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rebuild a node's store from a backup, offline, into an empty data dir (never
+    /// over a node's files). The node then rejoins its herd as itself.
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Send a fleet spec to the node; it reconciles its collectors without a restart.
     Apply { file: PathBuf },
     /// Nodes, targets and alerts.

@@ -18,6 +18,7 @@
 //! - of those, it has the longest log (beats carry each node's last log index),
 //!   then the lowest id: a vote for a shorter log is refused, and two candidates
 //!   in one term split the vote.
+//!
 //! After a start that did not make it leader it tries again after the same wait
 //! plus a random part of `election_max - election_min` (two nodes that both
 //! believed themselves first do not collide forever).

@@ -211,6 +211,8 @@ pub struct ClusterNode {
     bootstrap: Arc<std::sync::Mutex<String>>,
     /// Set while this node has lost the herd's quorum (see `quorum.rs`).
     quorum_lost: Arc<std::sync::Mutex<String>>,
+    /// The Raft file, for backups.
+    raft_db: Arc<redb::Database>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -241,6 +243,7 @@ impl ClusterNode {
         )
         .map_err(ClusterError::Config)?;
         let (log, sm) = store::open_async(dir.as_ref().to_path_buf()).await?;
+        let raft_db = log.database();
         let state = sm.subscribe();
         let peers = Peers::new(
             config.connect_timeout,
@@ -266,6 +269,7 @@ impl ClusterNode {
             promise: Arc::default(),
             bootstrap: Arc::default(),
             quorum_lost: Arc::default(),
+            raft_db,
         };
         node.follow_herd_id();
         Ok(node)
@@ -630,6 +634,16 @@ impl ClusterNode {
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader
+    }
+
+    /// Copies the herd's state as this node holds it (its Raft file, from one read
+    /// transaction) into `dst`, a backup being written. Blocking.
+    pub fn backup_into(
+        &self,
+        dst: &redb::Database,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, redb::Error> {
+        store::backup_into(&self.raft_db, dst, progress)
     }
 
     /// The Raft term this node is in.

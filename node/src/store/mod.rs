@@ -4,6 +4,7 @@
 //! (at most `flush_interval` apart); reads are MVCC snapshots taken by any thread.
 //! A `kill -9` loses at most the batch not yet committed.
 pub mod alerting;
+pub mod backup;
 pub mod codec;
 mod query;
 pub mod remote;
@@ -71,6 +72,9 @@ pub enum StoreError {
     Closed,
     #[error("store: corrupt record: {0}")]
     Corrupt(String),
+    /// The file is of a newer store format than this build reads.
+    #[error("store {path}: written in store format {found}; this herd ({ours}) reads format {max} and older: run a newer herd on it (nothing was changed)", ours = env!("CARGO_PKG_VERSION"), max = backup::STORE_FORMAT)]
+    NewerFormat { path: PathBuf, found: u32 },
     /// A commit failed; what it held is still in memory (lost if the node stops).
     #[error("store: commit failed: {0}")]
     Commit(String),
@@ -204,6 +208,16 @@ impl Store {
             path: path.clone(),
             source: e,
         };
+        // A file of a newer format is refused before anything writes to it.
+        if path.exists() {
+            let ro = redb::ReadOnlyDatabase::open(&path).map_err(|e| db_err(e.into()))?;
+            match tables::format_of(&ro).map_err(db_err)? {
+                Some(found) if found > backup::STORE_FORMAT => {
+                    return Err(StoreError::NewerFormat { path, found })
+                }
+                _ => {}
+            }
+        }
         let db = Arc::new(Database::create(&path).map_err(|e| db_err(e.into()))?);
         let state = tables::init(&db).map_err(db_err)?;
         let stats = Arc::new(StoreStats::default());

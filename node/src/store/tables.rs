@@ -22,6 +22,21 @@ pub const SENT: TableDefinition<&str, i64> = TableDefinition::new("sent");
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 pub const META_SAMPLES_WRITTEN: &str = "samples_written";
+/// The store format the file is written in (u32, little endian; see
+/// `backup::STORE_FORMAT`). A file without it is of format 1.
+pub const META_FORMAT: &str = "format";
+
+/// The store format of `db`, if it says (a new or a format-1 file does not).
+pub fn format_of(db: &impl ReadableDatabase) -> Result<Option<u32>, redb::Error> {
+    let r = db.begin_read()?;
+    let meta = match r.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let v = meta.get(META_FORMAT)?;
+    Ok(v.and_then(|v| <[u8; 4]>::try_from(v.value()).ok().map(u32::from_le_bytes)))
+}
 
 /// Key of a series in `SERIES_INDEX`. Target names and metric names never hold NUL
 /// (validated / fixed in code), so the prefix `target\0metric\0` is unambiguous.
@@ -59,7 +74,12 @@ pub fn init(db: &Database) -> Result<LoadedState, redb::Error> {
         w.open_table(TRANSITIONS)?;
         w.open_table(OUTBOX)?;
         w.open_table(SENT)?;
-        w.open_table(META)?;
+        let mut meta = w.open_table(META)?;
+        let has_format = meta.get(META_FORMAT)?.is_some();
+        if !has_format {
+            let format = super::backup::STORE_FORMAT.to_le_bytes();
+            meta.insert(META_FORMAT, format.as_slice())?;
+        }
         w.open_table(super::remote::REMOTE_QUEUE)?;
     }
     w.commit()?;

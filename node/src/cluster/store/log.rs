@@ -42,6 +42,11 @@ impl LogStore {
         LogStore { db }
     }
 
+    /// The Raft file (for backups: a read transaction of it).
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
     /// Entries with index in `(lo, hi)`, stopping once `max_bytes` of encoded
     /// entries have been read (but never before the first).
     async fn read(

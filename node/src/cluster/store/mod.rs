@@ -16,6 +16,7 @@
 //!   never on the async workers;
 //! - failures become `openraft::StorageError` (openraft then stops the node
 //!   cleanly); nothing here panics.
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -401,4 +402,79 @@ fn put_json<T: Serialize + ?Sized>(
 ) -> Result<(), Fault> {
     table.insert(key, encode(what, value)?.as_slice())?;
     Ok(())
+}
+
+/// The herd's side of a backup (`herd backup`): the Raft file's tables, copied from
+/// one read transaction of `raft` into `dst` (the backup file the store's tables go
+/// into too; the names do not collide). Returns the rows copied.
+pub fn backup_into(
+    raft: &Database,
+    dst: &Database,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, redb::Error> {
+    let src = raft.begin_read()?;
+    let mut rows = 0;
+    crate::store::backup::copy_table(&src, dst, LOGS, &mut rows, progress)?;
+    crate::store::backup::copy_table(&src, dst, LOG_META, &mut rows, progress)?;
+    crate::store::backup::copy_table(&src, dst, SM, &mut rows, progress)?;
+    Ok(rows)
+}
+
+/// What restoring the herd's side of a backup did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HerdRestore {
+    /// The backup has no herd state (the node was in no herd, or an older backup).
+    Nothing,
+    /// The node was the herd's only voter: its Raft file is restored whole (no
+    /// other voter exists that a restored vote could contradict).
+    Restored,
+    /// The herd has other voters: the Raft file is not restored (an old vote could
+    /// let the node vote twice in one term); the node rejoins as itself and gets
+    /// the herd's state from its leader.
+    Rejoin { voters: BTreeSet<NodeId> },
+}
+
+/// Restores the herd's side of a backup (`src`: a read transaction of it) into
+/// `data_dir` (see [`HerdRestore`]) for node `node_id`. `data_dir` must not hold a
+/// Raft file.
+pub fn restore_from_backup(
+    src: &redb::ReadTransaction,
+    data_dir: &Path,
+    node_id: NodeId,
+) -> Result<HerdRestore, String> {
+    let sm = match src.open_table(SM) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HerdRestore::Nothing),
+        Err(e) => return Err(e.to_string()),
+    };
+    let membership: Option<openraft::StoredMembership<NodeId, openraft::BasicNode>> =
+        get_json(&sm, KEY_MEMBERSHIP, "membership").map_err(|e| e.to_string())?;
+    let voters: BTreeSet<NodeId> = membership
+        .map(|m| m.membership().voter_ids().collect())
+        .unwrap_or_default();
+    if voters.is_empty() {
+        return Ok(HerdRestore::Nothing);
+    }
+    if voters != BTreeSet::from([node_id]) {
+        return Ok(HerdRestore::Rejoin { voters });
+    }
+    let path = data_dir.join(FILE_NAME);
+    if path.exists() {
+        return Err(format!("{}: exists", path.display()));
+    }
+    let partial = data_dir.join(format!("{FILE_NAME}.restoring"));
+    let _ = std::fs::remove_file(&partial);
+    let dst = Database::create(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+    let mut rows = 0;
+    let mut quiet = |_| {};
+    let copy = |rows: &mut u64, quiet: &mut dyn FnMut(u64)| -> Result<(), redb::Error> {
+        crate::store::backup::copy_table(src, &dst, LOGS, rows, quiet)?;
+        crate::store::backup::copy_table(src, &dst, LOG_META, rows, quiet)?;
+        crate::store::backup::copy_table(src, &dst, SM, rows, quiet)?;
+        crate::store::backup::seal(&dst)
+    };
+    copy(&mut rows, &mut quiet).map_err(|e| format!("{}: {e}", partial.display()))?;
+    drop(dst);
+    std::fs::rename(&partial, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(HerdRestore::Restored)
 }
