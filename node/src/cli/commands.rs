@@ -54,6 +54,11 @@ pub async fn run(cli: Cli, node_cfg: Option<NodeConfig>) -> Result<(), CliError>
         Command::Check { file } => check(&file),
         Command::Compact { data_dir } => compact(&data_dir),
         Command::Restore { file, data_dir } => super::backup::restore(&file, &data_dir),
+        Command::Deploy {
+            inventory,
+            binary,
+            dry_run,
+        } => super::deploy::deploy(&inventory, binary.as_deref(), dry_run).await,
         Command::Backup { out } => {
             // A long stream: no per-call deadline.
             let mut client = connect(node, None).await?;
@@ -267,6 +272,17 @@ async fn client(target: &Target) -> Result<Client, CliError> {
 
 /// A client of the node; `call_timeout`: the bound on each call (none for a
 /// stream that lasts until the user stops it).
+/// A client of the node at `addr` (plain gRPC) with `token`, calls bounded as
+/// the CLI's are.
+pub(super) async fn client_for(addr: &str, token: Option<String>) -> Result<Client, CliError> {
+    let target = Target {
+        node: addr.to_string(),
+        token,
+        tls: None,
+    };
+    connect(&target, Some(CALL_TIMEOUT)).await
+}
+
 async fn connect(target: &Target, call_timeout: Option<Duration>) -> Result<Client, CliError> {
     let node = target.node.as_str();
     let scheme = if target.tls.is_some() {

@@ -3,6 +3,7 @@ mod backup;
 pub mod certs;
 mod commands;
 mod demo;
+mod deploy;
 mod export;
 mod import;
 mod output;
@@ -86,6 +87,20 @@ pub enum Command {
     /// free pages a long run leaves go back to the filesystem. Refused while a
     /// node runs on the directory.
     Compact { data_dir: PathBuf },
+    /// Lay the herd down on the servers of an inventory over SSH (copy this
+    /// binary, write each node's config and credentials, start the nodes, form the
+    /// herd), or converge it on a re-run: what is already there is left alone,
+    /// running nodes that changed are restarted one at a time, the leader last.
+    Deploy {
+        inventory: PathBuf,
+        /// The herd binary to install (default: this one), e.g. a new release to
+        /// roll out.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// A consistent copy of the node's store (samples, events, alerts, outbox,
     /// remote_write queues), made while it runs: written to FILE (never over an
     /// existing one) with FILE.sha256 beside it.

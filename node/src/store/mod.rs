@@ -208,17 +208,21 @@ impl Store {
             path: path.clone(),
             source: e,
         };
-        // A file of a newer format is refused before anything writes to it.
+        // A file of a newer format is refused before anything writes to it. A
+        // file that needs repair (the node was killed) cannot be read read-only:
+        // it is checked once opened (and repaired) below.
+        let newer = |found: Option<u32>| found.filter(|f| *f > backup::STORE_FORMAT);
         if path.exists() {
-            let ro = redb::ReadOnlyDatabase::open(&path).map_err(|e| db_err(e.into()))?;
-            match tables::format_of(&ro).map_err(db_err)? {
-                Some(found) if found > backup::STORE_FORMAT => {
-                    return Err(StoreError::NewerFormat { path, found })
+            if let Ok(ro) = redb::ReadOnlyDatabase::open(&path) {
+                if let Some(found) = newer(tables::format_of(&ro).map_err(db_err)?) {
+                    return Err(StoreError::NewerFormat { path, found });
                 }
-                _ => {}
             }
         }
         let db = Arc::new(Database::create(&path).map_err(|e| db_err(e.into()))?);
+        if let Some(found) = newer(tables::format_of(db.as_ref()).map_err(db_err)?) {
+            return Err(StoreError::NewerFormat { path, found });
+        }
         let state = tables::init(&db).map_err(db_err)?;
         let stats = Arc::new(StoreStats::default());
         stats

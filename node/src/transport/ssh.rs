@@ -292,6 +292,36 @@ impl SshTransport {
         result
     }
 
+    /// Runs `command` in an exec channel of its own (never the long-lived shell),
+    /// with `input` on its stdin: how `herd deploy` copies files.
+    pub async fn exec_with_input(
+        &self,
+        command: &str,
+        input: &[u8],
+        timeout: Duration,
+        max_output: usize,
+    ) -> Result<ExecOutput, TransportError> {
+        let handle = self.session().await?;
+        let _permit = self
+            .channels
+            .acquire()
+            .await
+            .map_err(|_| TransportError::Setup("transport closed".into()))?;
+        let result = run_channel_with(
+            &handle,
+            command,
+            Some(input),
+            timeout,
+            max_output,
+            &self.target,
+        )
+        .await;
+        if let Err(TransportError::SessionBroken { .. }) = &result {
+            self.disconnect().await;
+        }
+        result
+    }
+
     /// Opens a TCP or unix-socket tunnel from the target (direct-tcpip or
     /// direct-streamlocal on the session: nothing runs on the target). sshd allows
     /// both by default (AllowTcpForwarding, AllowStreamLocalForwarding).
@@ -574,6 +604,18 @@ async fn run_channel(
     max_output: usize,
     target: &SshTarget,
 ) -> Result<ExecOutput, TransportError> {
+    run_channel_with(handle, command, None, timeout, max_output, target).await
+}
+
+/// [`run_channel`], with `input` written to the command's stdin (then EOF).
+async fn run_channel_with(
+    handle: &Handle<Client>,
+    command: &str,
+    input: Option<&[u8]>,
+    timeout: Duration,
+    max_output: usize,
+    target: &SshTarget,
+) -> Result<ExecOutput, TransportError> {
     let broken = |message: String| TransportError::SessionBroken {
         addr: target.addr(),
         message,
@@ -587,6 +629,23 @@ async fn run_channel(
     if let Err(e) = channel.exec(true, command).await {
         let _ = channel.close().await;
         return Err(broken(format!("exec refused: {e}")));
+    }
+    if let Some(input) = input {
+        let sent = async {
+            channel.data(input).await?;
+            channel.eof().await
+        };
+        match tokio::time::timeout_at(deadline, sent).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = channel.close().await;
+                return Err(broken(format!("cannot write the command's input: {e}")));
+            }
+            Err(_) => {
+                let _ = channel.close().await;
+                return Err(TransportError::CommandTimeout { after: timeout });
+            }
+        }
     }
     let mut out = ExecOutput::default();
     loop {
