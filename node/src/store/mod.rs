@@ -53,6 +53,60 @@ pub fn compact_file(path: &Path) -> Result<(u64, u64), String> {
     Ok((before, size(path)))
 }
 
+/// A store file at least this large is compacted at start when less than half of
+/// it is in use.
+const COMPACT_AT_START_BYTES: u64 = 64 << 20;
+
+/// Compacts the store at start (the only moment nothing else holds it) when
+/// less than half of a large file is in use: free pages a long run left (retention
+/// deletes, rewritten open chunks) go back to the filesystem. Logged either way it
+/// decides for a large file; a failure is logged and the node goes on.
+fn compact_if_sparse(db: &mut Database, path: &Path, min_bytes: u64) {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let file = size(path);
+    if file < min_bytes {
+        return;
+    }
+    let used = match db.begin_write().and_then(|w| {
+        let stats = w.stats();
+        let _ = w.abort();
+        Ok(stats)
+    }) {
+        Ok(Ok(s)) => s.allocated_pages() * s.page_size() as u64,
+        _ => return,
+    };
+    if used * 2 > file {
+        tracing::debug!(
+            file_mb = file >> 20,
+            used_mb = used >> 20,
+            "store file mostly in use: no compaction"
+        );
+        return;
+    }
+    let started = std::time::Instant::now();
+    tracing::info!(
+        file_mb = file >> 20,
+        used_mb = used >> 20,
+        "compacting the store file at start (less than half of it in use)"
+    );
+    for _ in 0..4 {
+        match db.compact() {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot compact the store file; going on");
+                return;
+            }
+        }
+    }
+    tracing::info!(
+        before_mb = file >> 20,
+        after_mb = size(path) >> 20,
+        took_ms = started.elapsed().as_millis() as u64,
+        "store file compacted"
+    );
+}
+
 /// Operations queued between the writer and everyone else. Bounded so that an
 /// overloaded disk slows nobody down without limit: samples beyond it are counted
 /// as dropped.
@@ -219,10 +273,12 @@ impl Store {
                 }
             }
         }
-        let db = Arc::new(Database::create(&path).map_err(|e| db_err(e.into()))?);
-        if let Some(found) = newer(tables::format_of(db.as_ref()).map_err(db_err)?) {
+        let mut db = Database::create(&path).map_err(|e| db_err(e.into()))?;
+        if let Some(found) = newer(tables::format_of(&db).map_err(db_err)?) {
             return Err(StoreError::NewerFormat { path, found });
         }
+        compact_if_sparse(&mut db, &path, COMPACT_AT_START_BYTES);
+        let db = Arc::new(db);
         let state = tables::init(&db).map_err(db_err)?;
         let stats = Arc::new(StoreStats::default());
         stats
@@ -757,6 +813,55 @@ mod import_tests {
             compact_file(&path).unwrap_err().contains("in use"),
             "an open store is refused"
         );
+    }
+}
+
+#[cfg(test)]
+mod compact_at_start_tests {
+    use super::*;
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+
+    const BLOBS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("blobs");
+
+    fn size(p: &Path) -> u64 {
+        std::fs::metadata(p).unwrap().len()
+    }
+
+    #[test]
+    fn a_sparse_file_is_compacted_and_a_dense_one_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.redb");
+        let mut db = Database::create(&path).unwrap();
+        let blob = vec![7u8; 4096];
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(BLOBS).unwrap();
+            for i in 0..2000u64 {
+                t.insert(i, blob.as_slice()).unwrap();
+            }
+        }
+        w.commit().unwrap();
+        let dense = size(&path);
+        compact_if_sparse(&mut db, &path, 1 << 20);
+        assert!(size(&path) >= dense * 9 / 10, "mostly in use: left alone");
+        for _ in 0..2 {
+            let w = db.begin_write().unwrap();
+            {
+                let mut t = w.open_table(BLOBS).unwrap();
+                for i in 0..1900u64 {
+                    t.remove(i).unwrap();
+                }
+            }
+            w.commit().unwrap();
+        }
+        let sparse = size(&path);
+        compact_if_sparse(&mut db, &path, 1 << 20);
+        let after = size(&path);
+        assert!(after * 2 < sparse, "{sparse} -> {after} bytes");
+        let r = db.begin_read().unwrap();
+        let t = r.open_table(BLOBS).unwrap();
+        assert_eq!(t.len().unwrap(), 100, "what was kept is still there");
+        assert_eq!(t.get(1999).unwrap().unwrap().value(), blob.as_slice());
     }
 }
 
