@@ -67,10 +67,10 @@ fn compact_if_sparse(db: &mut Database, path: &Path, min_bytes: u64) {
     if file < min_bytes {
         return;
     }
-    let used = match db.begin_write().and_then(|w| {
+    let used = match db.begin_write().map(|w| {
         let stats = w.stats();
         let _ = w.abort();
-        Ok(stats)
+        stats
     }) {
         Ok(Ok(s)) => s.allocated_pages() * s.page_size() as u64,
         _ => return,

@@ -55,6 +55,9 @@ async fn spawn(id: NodeId, listener: TcpListener, dir: &Path) -> Running {
         .await
         .unwrap();
     let cancel = CancellationToken::new();
+    // Beats and elections, as a running node has them (elections are started by
+    // cluster::election only: openraft's own timer is off).
+    tokio::spawn(node.beats(Duration::from_millis(200), cancel.clone()));
     let stop = cancel.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()

@@ -48,6 +48,11 @@ const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_me
 /// current snapshot (`KEY_SNAPSHOT_META`, `KEY_SNAPSHOT_DATA`) → JSON.
 const SM: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state_machine");
 
+/// The layout of this file's tables and records this build writes and reads
+/// (`KEY_FORMAT` in `LOG_META`, u32 little endian; a file without it is format 1).
+/// A file of a newer format is refused whole, before anything writes to it.
+pub const RAFT_FORMAT: u32 = 1;
+const KEY_FORMAT: &str = "format";
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
@@ -94,6 +99,20 @@ pub enum StoreError {
     },
     #[error("raft store {path}: {message}")]
     Other { path: PathBuf, message: String },
+    #[error("raft store {path}: written in format {found}; this herd ({ours}) reads format {max} and older: run a newer herd on it (nothing was changed)", ours = env!("CARGO_PKG_VERSION"), max = RAFT_FORMAT)]
+    NewerFormat { path: PathBuf, found: u32 },
+}
+
+/// The format a Raft file says it is in, if it says.
+fn format_of(db: &impl redb::ReadableDatabase) -> Result<Option<u32>, redb::Error> {
+    let r = db.begin_read()?;
+    let t = match r.open_table(LOG_META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let v = t.get(KEY_FORMAT)?;
+    Ok(v.and_then(|v| <[u8; 4]>::try_from(v.value()).ok().map(u32::from_le_bytes)))
 }
 
 impl StoreError {
@@ -120,10 +139,24 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
         source,
     })?;
     let path = dir.join(FILE_NAME);
-    let db = Database::create(&path).map_err(|e| StoreError::Db {
+    let db_err = |e: redb::Error| StoreError::Db {
         path: path.clone(),
-        source: e.into(),
-    })?;
+        source: e,
+    };
+    let newer = |found: Option<u32>| found.filter(|f| *f > RAFT_FORMAT);
+    // Checked read-only first (a newer file is not touched); a file that needs
+    // repair after a kill cannot be read so, and is checked once opened.
+    if path.exists() {
+        if let Ok(ro) = redb::ReadOnlyDatabase::open(&path) {
+            if let Some(found) = newer(format_of(&ro).map_err(db_err)?) {
+                return Err(StoreError::NewerFormat { path, found });
+            }
+        }
+    }
+    let db = Database::create(&path).map_err(|e| db_err(e.into()))?;
+    if let Some(found) = newer(format_of(&db).map_err(db_err)?) {
+        return Err(StoreError::NewerFormat { path, found });
+    }
     let db = Arc::new(db);
     let applied = init(&db).map_err(|f| StoreError::from_fault(&path, f))?;
     Ok((
@@ -148,7 +181,12 @@ fn init(db: &Database) -> Result<sm::Applied, Fault> {
     let w = write_txn(db)?;
     {
         w.open_table(LOGS)?;
-        w.open_table(LOG_META)?;
+        let mut meta = w.open_table(LOG_META)?;
+        let has_format = meta.get(KEY_FORMAT)?.is_some();
+        if !has_format {
+            meta.insert(KEY_FORMAT, RAFT_FORMAT.to_le_bytes().as_slice())?;
+        }
+        drop(meta);
         let mut t = w.open_table(SM)?;
         // A state stored whole by an earlier version is stored in parts from now on.
         let whole = get_json::<ClusterState, _>(&t, KEY_STATE, "cluster state")?;

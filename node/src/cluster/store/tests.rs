@@ -312,6 +312,46 @@ fn a_corrupt_state_names_the_file() {
 }
 
 #[test]
+fn a_raft_file_of_a_newer_format_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(open(dir.path()).expect("open"));
+    let path = dir.path().join(FILE_NAME);
+    {
+        let db = redb::Database::create(&path).expect("db");
+        let r = db.begin_read().expect("read");
+        let t = r.open_table(LOG_META).expect("table");
+        let format = t
+            .get(KEY_FORMAT)
+            .expect("get")
+            .expect("a new file says its format");
+        assert_eq!(format.value(), RAFT_FORMAT.to_le_bytes().as_slice());
+        drop((format, t, r));
+        let w = db.begin_write().expect("txn");
+        {
+            let mut t = w.open_table(LOG_META).expect("table");
+            t.insert(KEY_FORMAT, (RAFT_FORMAT + 1).to_le_bytes().as_slice())
+                .expect("insert");
+        }
+        w.commit().expect("commit");
+    }
+    let before = std::fs::read(&path).expect("read");
+    let err = open(dir.path()).err().expect("refused");
+    assert!(
+        matches!(err, StoreError::NewerFormat { found: 2, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("reads format 1 and older"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        before,
+        "nothing was changed"
+    );
+}
+
+#[test]
 fn a_second_open_of_the_same_file_fails_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _first = open(dir.path()).expect("open");
