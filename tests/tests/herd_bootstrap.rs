@@ -127,17 +127,24 @@ fn nodes_started_from_one_template_form_one_herd() {
     }
 }
 
-#[test]
-fn a_node_whose_data_dir_was_wiped_rejoins_by_itself() {
-    let tmp = tempfile::tempdir().unwrap();
-    let secret = secret_file(tmp.path());
+/// Three nodes from one template (the herd secret in `dir`) formed into one herd:
+/// the cluster, its members and its herd id.
+fn three_formed(dir: &Path) -> (Cluster, BTreeSet<u64>, String) {
+    let secret = secret_file(dir);
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let base = template(&secret, &ports, 0);
     phase!("three nodes form their herd");
     let started = (1..=3).map(|id| start(&base, id, ports[id as usize - 1]));
-    let mut cluster = Cluster::from_started(started.collect(), base);
+    let cluster = Cluster::from_started(started.collect(), base);
     let members: BTreeSet<u64> = [1, 2, 3].into();
     let herd = wait_one_herd(&cluster, &members);
+    (cluster, members, herd)
+}
+
+#[test]
+fn a_node_whose_data_dir_was_wiped_rejoins_by_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut cluster, members, herd) = three_formed(tmp.path());
 
     phase!("node 3 dies and loses its data dir");
     cluster.kill9(3);
@@ -160,14 +167,7 @@ fn a_node_whose_data_dir_was_wiped_rejoins_by_itself() {
 #[test]
 fn a_member_restored_from_its_backup_rejoins_with_its_history() {
     let tmp = tempfile::tempdir().unwrap();
-    let secret = secret_file(tmp.path());
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let base = template(&secret, &ports, 0);
-    phase!("three nodes form their herd and scrape");
-    let started = (1..=3).map(|id| start(&base, id, ports[id as usize - 1]));
-    let mut cluster = Cluster::from_started(started.collect(), base);
-    let members: BTreeSet<u64> = [1, 2, 3].into();
-    let herd = wait_one_herd(&cluster, &members);
+    let (mut cluster, members, herd) = three_formed(tmp.path());
     // What node 3 holds in its own store: `target.up` times of every target.
     let names = fleet_names();
     let rt = herd_tests::bench::client_runtime();

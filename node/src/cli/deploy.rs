@@ -468,6 +468,19 @@ async fn converge(
     result
 }
 
+/// How deploy logs in to a server: strict host keys, exec channels.
+fn ssh_settings(s: &Server) -> Arc<SshSettings> {
+    Arc::new(SshSettings {
+        known_hosts: s.known_hosts.clone(),
+        host_key_checking: crate::config::HostKeyChecking::Strict,
+        connect_timeout: Duration::from_secs(10),
+        keepalive_interval: Duration::from_secs(15),
+        keepalive_max: 3,
+        max_channels: 4,
+        shell: false,
+    })
+}
+
 /// Problems that keep the herd from being healthy, as node `from` answers.
 fn unhealthy(status: &pb::StatusReply, servers: &[Server]) -> Vec<String> {
     let mut why = Vec::new();
@@ -588,15 +601,7 @@ pub async fn deploy(
         if let Some(f) = &fleet_text {
             files.push(("etc/fleet.toml".to_string(), f.clone().into(), "600"));
         }
-        let settings = Arc::new(SshSettings {
-            known_hosts: s.known_hosts.clone(),
-            host_key_checking: crate::config::HostKeyChecking::Strict,
-            connect_timeout: Duration::from_secs(10),
-            keepalive_interval: Duration::from_secs(15),
-            keepalive_max: 3,
-            max_channels: 4,
-            shell: false,
-        });
+        let settings = ssh_settings(s);
         let s = s.clone();
         let binary_sum = binary_sum.clone();
         tasks.push(tokio::spawn(async move {
@@ -662,18 +667,7 @@ pub async fn deploy(
         restart.sort_by_key(|s| s.id == leader);
         for s in &restart {
             wait_healthy(&servers, &token, &format!("before restarting {}", s.name())).await?;
-            let t = SshTransport::new(
-                s.ssh.clone(),
-                Arc::new(SshSettings {
-                    known_hosts: s.known_hosts.clone(),
-                    host_key_checking: crate::config::HostKeyChecking::Strict,
-                    connect_timeout: Duration::from_secs(10),
-                    keepalive_interval: Duration::from_secs(15),
-                    keepalive_max: 3,
-                    max_channels: 4,
-                    shell: false,
-                }),
-            );
+            let t = SshTransport::new(s.ssh.clone(), ssh_settings(s));
             let p = sh_quote(&s.prefix);
             let r = run_remote(
                 &t,

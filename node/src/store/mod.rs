@@ -5,6 +5,7 @@
 //! A `kill -9` loses at most the batch not yet committed.
 pub mod alerting;
 pub mod backup;
+pub use tables::format_in;
 pub mod codec;
 mod query;
 pub mod remote;

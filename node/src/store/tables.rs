@@ -28,13 +28,23 @@ pub const META_FORMAT: &str = "format";
 
 /// The store format of `db`, if it says (a new or a format-1 file does not).
 pub fn format_of(db: &impl ReadableDatabase) -> Result<Option<u32>, redb::Error> {
+    format_in(db, META, META_FORMAT)
+}
+
+/// A format number (u32, little endian) stored under `key` of `table`, if any: how
+/// a redb file of Herd (the store, the Raft file) says its format.
+pub fn format_in(
+    db: &impl ReadableDatabase,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> Result<Option<u32>, redb::Error> {
     let r = db.begin_read()?;
-    let meta = match r.open_table(META) {
+    let t = match r.open_table(table) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let v = meta.get(META_FORMAT)?;
+    let v = t.get(key)?;
     Ok(v.and_then(|v| <[u8; 4]>::try_from(v.value()).ok().map(u32::from_le_bytes)))
 }
 

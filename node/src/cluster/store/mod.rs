@@ -105,14 +105,7 @@ pub enum StoreError {
 
 /// The format a Raft file says it is in, if it says.
 fn format_of(db: &impl redb::ReadableDatabase) -> Result<Option<u32>, redb::Error> {
-    let r = db.begin_read()?;
-    let t = match r.open_table(LOG_META) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let v = t.get(KEY_FORMAT)?;
-    Ok(v.and_then(|v| <[u8; 4]>::try_from(v.value()).ok().map(u32::from_le_bytes)))
+    crate::store::format_in(db, LOG_META, KEY_FORMAT)
 }
 
 impl StoreError {
