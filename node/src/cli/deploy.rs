@@ -59,13 +59,33 @@ struct Settings {
     node_toml: Option<String>,
 }
 
+/// A server's node id as the inventory writes it: a number, or "next".
+#[derive(Debug, Default, Deserialize)]
+#[serde(untagged)]
+enum IdSpec {
+    Id(u64),
+    Word(String),
+    #[default]
+    Next,
+}
+
+impl IdSpec {
+    fn fixed(&self) -> Option<u64> {
+        match self {
+            IdSpec::Id(id) => Some(*id),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServerSpec {
     /// The server's SSH host (name or address).
     address: String,
-    /// Node id; absent: the next free one.
-    id: Option<u64>,
+    /// Node id, or "next" (the default): the next free one.
+    #[serde(default)]
+    id: IdSpec,
     /// Where the node listens and the others reach it; default address:grpc_port.
     grpc: Option<String>,
     /// The node's HTTP face (`node.http`); default 127.0.0.1:7481.
@@ -165,8 +185,8 @@ fn load(path: &Path) -> Result<(Vec<Server>, Option<PathBuf>), CliError> {
     if inv.server.is_empty() {
         return Err(usage(path, "no [[server]]: name the monitoring servers"));
     }
-    let taken: BTreeSet<u64> = inv.server.iter().filter_map(|s| s.id).collect();
-    if taken.len() != inv.server.iter().filter(|s| s.id.is_some()).count() {
+    let taken: BTreeSet<u64> = inv.server.iter().filter_map(|s| s.id.fixed()).collect();
+    if taken.len() != inv.server.iter().filter(|s| s.id.fixed().is_some()).count() {
         return Err(usage(path, "two servers have the same id"));
     }
     let mut next = 1u64;
@@ -174,10 +194,13 @@ fn load(path: &Path) -> Result<(Vec<Server>, Option<PathBuf>), CliError> {
     for (i, s) in inv.server.iter().enumerate() {
         let at = |m: &str| usage(path, format!("server[{i}] ({}): {m}", s.address));
         let pick = |f: fn(&Settings) -> Option<String>| f(&s.settings).or_else(|| f(&inv.defaults));
-        let id = match s.id {
-            Some(0) => return Err(at("id must be 1 or more")),
-            Some(id) => id,
-            None => {
+        let id = match &s.id {
+            IdSpec::Id(0) => return Err(at("id must be 1 or more")),
+            IdSpec::Id(id) => *id,
+            IdSpec::Word(w) if w != "next" => {
+                return Err(at(&format!("id {w:?}: a number, or \"next\"")))
+            }
+            IdSpec::Word(_) | IdSpec::Next => {
                 while taken.contains(&next) || out.iter().any(|o: &Server| o.id == next) {
                     next += 1;
                 }
@@ -702,4 +725,107 @@ pub async fn deploy(
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An inventory in a temp dir with the key and known_hosts files it names.
+    fn inventory(servers: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k"), "key").unwrap();
+        std::fs::write(dir.path().join("kh"), "").unwrap();
+        let path = dir.path().join("inv.toml");
+        std::fs::write(
+            &path,
+            format!("[defaults]\nkey = \"k\"\nknown_hosts = \"kh\"\n{servers}"),
+        )
+        .unwrap();
+        (dir, path)
+    }
+
+    fn message(r: Result<(Vec<Server>, Option<PathBuf>), CliError>) -> String {
+        match r {
+            Err(CliError::Usage(m)) => m,
+            Err(e) => panic!("not a usage error: {}", e.message()),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn ids_are_given_in_order_around_the_fixed_ones() {
+        let (_d, p) = inventory(
+            "[[server]]\naddress = \"a\"\n[[server]]\naddress = \"b\"\nid = 2\n\
+             [[server]]\naddress = \"c\"\nid = \"next\"\n[[server]]\naddress = \"d\"\ngrpc = \"10.0.0.4:7501\"\n",
+        );
+        let (servers, _) = load(&p).unwrap();
+        let got: Vec<(u64, &str, &str)> = servers
+            .iter()
+            .map(|s| (s.id, s.address.as_str(), s.grpc.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, "a", "a:7401"),
+                (2, "b", "b:7401"),
+                (3, "c", "c:7401"),
+                (4, "d", "10.0.0.4:7501")
+            ]
+        );
+        assert_eq!(servers[0].prefix, "/opt/herd");
+        assert_eq!(servers[0].ssh.user, "root");
+    }
+
+    #[test]
+    fn bad_inventories_say_what_and_where() {
+        let cases = [
+            ("", "no [[server]]"),
+            ("[[server]]\naddress = \"a\"\nid = 1\n[[server]]\naddress = \"b\"\nid = 1\n", "same id"),
+            ("[[server]]\naddress = \"a\"\nid = \"first\"\n", "server[0] (a): id \"first\""),
+            ("[[server]]\naddress = \"a\"\nprefix = \"opt\"\n", "must be an absolute path"),
+            ("[[server]]\naddress = \"a\"\nservice = \"systemd\"\n", "only \"none\""),
+            ("[[server]]\naddress = \"a\"\nkye = \"x\"\n", "unknown field"),
+            (
+                "[[server]]\naddress = \"a\"\ngrpc = \"h:1\"\n[[server]]\naddress = \"b\"\ngrpc = \"h:1\"\n",
+                "same grpc address",
+            ),
+            ("[[server]]\naddress = \"a\"\nkey = \"missing\"\n", "missing: no such file"),
+        ];
+        for (servers, want) in cases {
+            let (_d, p) = inventory(servers);
+            let m = message(load(&p));
+            assert!(
+                m.contains("inv.toml") && m.contains(want),
+                "{servers:?}: {m}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_node_config_names_every_peer_and_the_herd_size() {
+        let (_d, p) = inventory(
+            "[[server]]\naddress = \"a\"\nhttp = \"127.0.0.1:9\"\nnode_toml = \"[log]\\nlevel = \\\"debug\\\"\\n\"\n\
+             [[server]]\naddress = \"b\"\n",
+        );
+        let (servers, _) = load(&p).unwrap();
+        let text = node_toml(&servers[0], &servers, &p);
+        let cfg: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(cfg["node"]["id"].as_integer(), Some(1));
+        assert_eq!(cfg["node"]["http"].as_str(), Some("127.0.0.1:9"));
+        assert_eq!(cfg["node"]["data_dir"].as_str(), Some("/opt/herd/data"));
+        assert_eq!(cfg["cluster"]["bootstrap_expect"].as_integer(), Some(2));
+        let peers: Vec<&str> = cfg["cluster"]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(peers, vec!["a:7401", "b:7401"]);
+        assert_eq!(cfg["log"]["level"].as_str(), Some("debug"));
+        assert_eq!(
+            cfg["cluster"]["secret_file"].as_str(),
+            Some("/opt/herd/etc/herd-secret")
+        );
+    }
 }
