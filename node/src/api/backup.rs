@@ -71,23 +71,13 @@ fn run(
     if gone || tx.is_closed() {
         return Ok(());
     }
-    // The checksum first (the client checks what it wrote against it).
+    // One pass over the copy: its data, hashed as it goes, then the checksum.
     let mut file = std::fs::File::open(scratch)
         .map_err(|e| Status::internal(format!("backup: reading {}: {e}", scratch.display())))?;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    let mut bytes = 0u64;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| Status::internal(format!("backup: reading the copy: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    let sha256: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let bytes = file
+        .metadata()
+        .map_err(|e| Status::internal(format!("backup: reading the copy: {e}")))?
+        .len();
     tracing::info!(
         rows = meta.rows,
         bytes,
@@ -96,7 +86,6 @@ fn run(
     );
     let header = pb::BackupHeader {
         bytes,
-        sha256,
         node_id,
         herd_id: herd_id.to_string(),
         rows: meta.rows,
@@ -109,15 +98,16 @@ fn run(
     {
         return Ok(());
     }
-    let mut file = std::fs::File::open(scratch)
-        .map_err(|e| Status::internal(format!("backup: reading {}: {e}", scratch.display())))?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; CHUNK_BYTES];
     loop {
         let n = file
             .read(&mut buf)
             .map_err(|e| Status::internal(format!("backup: reading the copy: {e}")))?;
         if n == 0 {
-            return Ok(());
+            break;
         }
+        hash.update(&buf[..n]);
         if tx
             .blocking_send(part(pb::backup_chunk::Part::Data(buf[..n].to_vec())))
             .is_err()
@@ -125,4 +115,7 @@ fn run(
             return Ok(());
         }
     }
+    let sha256 = crate::model::digest::hex(&hash.finalize());
+    let _ = tx.blocking_send(part(pb::backup_chunk::Part::Sha256(sha256)));
+    Ok(())
 }

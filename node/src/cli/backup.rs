@@ -4,7 +4,7 @@
 //! A backup is written to `FILE.partial`, checked against the SHA-256 the node
 //! sent, flushed to disk and only then renamed to FILE; `FILE.sha256` beside it
 //! says the checksum in `sha256sum` form, and `restore` checks it when present.
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,10 +23,6 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
-}
-
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Streams the node's backup into `out`.
@@ -48,6 +44,7 @@ pub async fn backup(client: &mut Client, out: &Path) -> Result<(), CliError> {
     let mut header: Option<pb::BackupHeader> = None;
     let mut hash = Sha256::new();
     let mut got = 0u64;
+    let mut sent_sha: Option<String> = None;
     let mut told = Instant::now();
     let fail = |partial: &Path, m: String| {
         let _ = std::fs::remove_file(partial);
@@ -100,6 +97,7 @@ pub async fn backup(client: &mut Client, out: &Path) -> Result<(), CliError> {
                     );
                 }
             }
+            Some(pb::backup_chunk::Part::Sha256(sha)) => sent_sha = Some(sha),
             None => {}
         }
     }
@@ -108,13 +106,19 @@ pub async fn backup(client: &mut Client, out: &Path) -> Result<(), CliError> {
             "backup: the node ended the stream before sending the backup".into(),
         ));
     };
-    let sha = hex(&hash.finalize());
-    if got != h.bytes || sha != h.sha256 {
+    let sha = crate::model::digest::hex(&hash.finalize());
+    let Some(sent_sha) = sent_sha else {
+        return Err(fail(
+            &partial,
+            "backup: the node ended the stream before its checksum: not kept".into(),
+        ));
+    };
+    if got != h.bytes || sha != sent_sha {
         return Err(fail(
             &partial,
             format!(
-                "backup: received {got} bytes with SHA-256 {sha}; the node sent {} bytes with {}: not kept",
-                h.bytes, h.sha256
+                "backup: received {got} bytes with SHA-256 {sha}; the node sent {} bytes with {sent_sha}: not kept",
+                h.bytes
             ),
         ));
     }
@@ -146,20 +150,6 @@ pub async fn backup(client: &mut Client, out: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The SHA-256 of a file, streaming.
-fn file_sha256(path: &Path) -> Result<String, std::io::Error> {
-    let mut f = std::fs::File::open(path)?;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hex(&hash.finalize()));
-        }
-        hash.update(&buf[..n]);
-    }
-}
-
 /// Restores `file` as the store of `data_dir` (offline).
 pub fn restore(file: &Path, data_dir: &Path) -> Result<(), CliError> {
     if !file.is_file() {
@@ -176,7 +166,7 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<(), CliError> {
                 .next()
                 .unwrap_or_default()
                 .to_string();
-            let have = file_sha256(file)
+            let have = crate::model::digest::file_sha256_hex(file)
                 .map_err(|e| CliError::Failure(format!("{}: {e}", file.display())))?;
             if want != have {
                 return Err(CliError::Failure(format!(

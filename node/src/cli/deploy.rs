@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use herd_proto::v1 as pb;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::CliError;
+use crate::model::digest::sha256_hex;
 use crate::transport::{SshAuth, SshSettings, SshTarget, SshTransport};
 
 /// Longest a remote command may take (a copy of the binary over a slow link).
@@ -152,13 +152,6 @@ impl FileSet {
 
 fn usage(path: &Path, message: impl std::fmt::Display) -> CliError {
     CliError::Usage(format!("{}: {message}", path.display()))
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// A single-quoted shell word.
@@ -288,9 +281,7 @@ fn credential(inventory: &Path, ext: &str, dry_run: bool) -> Result<String, CliE
         }
         return Ok(t);
     }
-    let value: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
+    let value = crate::cluster::credential::random_hex(32);
     if !dry_run {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;

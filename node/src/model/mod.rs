@@ -1,6 +1,7 @@
 //! Plain data shared by every layer: no I/O here.
 mod alert;
 pub mod change;
+pub mod digest;
 pub mod net;
 mod node;
 mod pattern;
