@@ -100,7 +100,12 @@ fn nothing_is_lost_while_the_receiver_is_down_nor_when_the_owner_with_a_backlog_
     let mut vm = VictoriaMetrics::start();
     let names: Vec<String> = (1..=6).map(|i| format!("rw-{i}")).collect();
     let mut fleet: String = names.iter().map(|n| local_target(n, "1s")).collect();
-    fleet.push_str(&remote("vm", &vm.write_url(), ""));
+    // Small requests: the backlog goes out in parallel shards (split by series).
+    fleet.push_str(&remote(
+        "vm",
+        &vm.write_url(),
+        "max_samples_per_send = 20\nmax_shards = 4",
+    ));
     let mut cluster = Cluster::start(3, HerdOptions::default());
     cluster.apply(1, &fleet);
     cluster.wait_until_all_owned_and_scraped(&names, 5.0, BOUND);

@@ -376,6 +376,20 @@ pub async fn render(api: &HerdApi) -> Result<String, tonic::Status> {
             })
             .collect(),
     );
+    labelled(
+        &mut r,
+        "remote_write_shards",
+        "Requests a remote_write sender had in flight in its last round (more than 1 while behind)",
+        remotes
+            .iter()
+            .map(|(remote, st)| {
+                (
+                    one("remote", remote),
+                    st.shards.load(Ordering::Relaxed) as f64,
+                )
+            })
+            .collect(),
+    );
 
     let mut out = String::new();
     encode(&mut out, &r).map_err(|e| tonic::Status::internal(format!("encoding metrics: {e}")))?;

@@ -765,7 +765,7 @@ mod tests {
         assert_eq!(r.max_queue_bytes(), 256 * 1024 * 1024);
         let bad = "[[remote_write]]\nname = \"vm\"\nurl = \"vm:8428\"\n\
                    labels = { \"bad-name\" = \"x\", target = \"y\" }\nusername = \"u\"\n\
-                   max_samples_per_send = 0\n\n\
+                   max_samples_per_send = 0\nmax_shards = 65\n\n\
                    [[remote_write]]\nname = \"vm\"\nurl = \"http://x\"\nqueue = 1\n";
         let all = parse_fleet(bad, "f.toml").unwrap_err().to_string();
         for want in [
@@ -775,6 +775,7 @@ mod tests {
             "\"target\" is set by Herd",
             "username and password go together",
             "max_samples_per_send must be 1 or more",
+            "max_shards must be 1 to 64",
             "remote_write[1] (vm).queue: unknown field",
         ] {
             assert!(all.contains(want), "{want:?} in:\n{all}");

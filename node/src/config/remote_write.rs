@@ -14,6 +14,10 @@ use crate::model::prom_names;
 pub const DEFAULT_MAX_QUEUE_MB: u64 = 256;
 /// Default number of samples in one request at most.
 pub const DEFAULT_MAX_SAMPLES_PER_SEND: usize = 2000;
+/// Default number of requests in flight at most when a queue is behind.
+pub const DEFAULT_MAX_SHARDS: usize = 4;
+/// The most `max_shards` may say.
+pub const MAX_SHARDS_LIMIT: usize = 64;
 /// Default bound of one request.
 pub const DEFAULT_TIMEOUT: HumanDuration = HumanDuration::from_secs(30);
 /// Default longest wait between retries.
@@ -54,6 +58,11 @@ pub struct RemoteWriteSpec {
     pub max_queue_mb: Option<u64>,
     #[serde(default)]
     pub max_samples_per_send: Option<usize>,
+    /// Requests in flight at most when the queue holds more than one request's
+    /// worth: the backlog is split by series into up to this many requests, sent
+    /// in parallel (a series is in one of them, so its samples stay in order).
+    #[serde(default)]
+    pub max_shards: Option<usize>,
     #[serde(default)]
     pub timeout: Option<HumanDuration>,
     /// Retries wait 1 s doubling up to this (or what a 429/503's Retry-After says).
@@ -69,6 +78,10 @@ impl RemoteWriteSpec {
     pub fn max_samples_per_send(&self) -> usize {
         self.max_samples_per_send
             .unwrap_or(DEFAULT_MAX_SAMPLES_PER_SEND)
+    }
+
+    pub fn max_shards(&self) -> usize {
+        self.max_shards.unwrap_or(DEFAULT_MAX_SHARDS)
     }
 
     pub fn timeout(&self) -> std::time::Duration {
@@ -124,6 +137,12 @@ impl RemoteWriteSpec {
         }
         if self.max_samples_per_send == Some(0) {
             p.push("max_samples_per_send must be 1 or more".into());
+        }
+        if self
+            .max_shards
+            .is_some_and(|n| n == 0 || n > MAX_SHARDS_LIMIT)
+        {
+            p.push(format!("max_shards must be 1 to {MAX_SHARDS_LIMIT}"));
         }
         if self.timeout.is_some_and(|t| t.get().is_zero()) {
             p.push("timeout must be above 0".into());

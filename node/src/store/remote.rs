@@ -35,6 +35,8 @@ pub struct RemoteStats {
     pub dropped_refused: AtomicU64,
     /// Requests that failed and were retried.
     pub failed_requests: AtomicU64,
+    /// Requests of the last round (more than 1 when the queue was behind).
+    pub shards: AtomicU64,
 }
 
 /// Encodes the samples of one commit that a remote takes: their count and the
