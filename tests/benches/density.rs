@@ -8,6 +8,8 @@
 //! options: --targets N   targets (default 20)
 //!          --hours H     hours of data ending a minute ago (default 24, at most 700:
 //!                        the store keeps 30 days)
+//!          --from FILE   an OpenMetrics file from `herd export` instead of the
+//!                        synthetic day
 //! ```
 //!
 //! **The data**: per target the 27 series a vitals check gives a machine with three
@@ -28,8 +30,9 @@
 //! `promtool tsdb create-blocks-from openmetrics` with 24 h blocks; the blocks
 //! directory is measured (chunks and index).
 //!
-//! Not measured here: vitals of real targets over hours (the data is synthetic,
-//! modelled on them).
+//! `--from FILE` takes real data instead: an OpenMetrics file that `herd export`
+//! wrote (say, a node's vitals of real targets over hours); its targets and span
+//! are read from it, and the same three stores get the same samples.
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -42,7 +45,7 @@ use herd_tests::victoria::VictoriaMetrics;
 use herd_tests::{herd_cli, local_target, now_ms, Herd, HerdOptions};
 use serde_json::json;
 
-const USAGE: &str = "usage: scripts/bench density [--targets N] [--hours H]";
+const USAGE: &str = "usage: scripts/bench density [--targets N] [--hours H] [--from FILE]";
 const STEP_MS: i64 = 10_000;
 const LONG: Duration = Duration::from_secs(1800);
 
@@ -275,6 +278,73 @@ fn series_text(labels: &BTreeMap<String, String>) -> String {
     format!("{name}{{{}}}", rest.join(","))
 }
 
+/// What the stores are given: the OpenMetrics file, the same as Prometheus text,
+/// the targets, the sample count, the time of the oldest sample (ms) and how the
+/// data is described in the table.
+struct Data {
+    targets: Vec<String>,
+    samples: u64,
+    oldest_ms: i64,
+    what: String,
+}
+
+/// Reads `from` (OpenMetrics as `herd export` writes it), copies it to `om` and
+/// writes the same samples as Prometheus text (ms) to `prom`.
+fn from_export(from: &Path, om: &Path, prom: &Path) -> Result<Data, String> {
+    use std::io::BufRead;
+    let input = std::fs::File::open(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    std::fs::copy(from, om).map_err(|e| format!("{}: {e}", from.display()))?;
+    let mut prom_out = std::io::BufWriter::new(std::fs::File::create(prom).expect("prom file"));
+    let mut targets = std::collections::BTreeSet::new();
+    let (mut samples, mut oldest_ms, mut series) =
+        (0u64, i64::MAX, std::collections::BTreeSet::new());
+    for (i, line) in std::io::BufReader::new(input).lines().enumerate() {
+        let line = line.map_err(|e| format!("{}: {e}", from.display()))?;
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let bad = || {
+            format!(
+                "{}:{}: not a sample line of `herd export`",
+                from.display(),
+                i + 1
+            )
+        };
+        let (head, rest) = line.rsplit_once('}').ok_or_else(bad)?;
+        let mut words = rest.split_whitespace();
+        let (value, secs) = (words.next().ok_or_else(bad)?, words.next().ok_or_else(bad)?);
+        let ms = (secs.parse::<f64>().map_err(|_| bad())? * 1000.0).round() as i64;
+        if let Some(t) = head
+            .split("target=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        {
+            targets.insert(t.to_string());
+        }
+        series.insert(head.to_string());
+        writeln!(prom_out, "{head}}} {value} {ms}").unwrap();
+        samples += 1;
+        oldest_ms = oldest_ms.min(ms);
+    }
+    prom_out.flush().unwrap();
+    if samples == 0 {
+        return Err(format!("{}: no samples", from.display()));
+    }
+    let hours = (now_ms() - oldest_ms) as f64 / 3_600_000.0;
+    Ok(Data {
+        what: format!(
+            "{} targets, {} series, {hours:.1} h, from {}",
+            targets.len(),
+            series.len(),
+            from.file_name()
+                .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+        ),
+        targets: targets.into_iter().collect(),
+        samples,
+        oldest_ms,
+    })
+}
+
 /// Writes the day as OpenMetrics (the export's order and format) and as
 /// Prometheus text (ms); returns the sample count.
 fn generate(targets: usize, hours: i64, om: &Path, prom: &Path) -> u64 {
@@ -348,6 +418,7 @@ fn main() {
     let mut args = BenchArgs::from_env("density", USAGE);
     let targets = args.number("--targets", 20, 1..=1000) as usize;
     let hours = args.number("--hours", 24, 1..=700) as i64;
+    let from = args.text("--from");
     args.finish();
     let work = tempfile::Builder::new()
         .prefix("herd-density-")
@@ -355,11 +426,30 @@ fn main() {
         .expect("temp dir");
     let om = work.path().join("day.om");
     let prom = work.path().join("day.prom");
-    progress(&format!(
-        "density: writing {targets} targets x 27 series, {hours} h at 10 s"
-    ));
     let t0 = Instant::now();
-    let samples = generate(targets, hours, &om, &prom);
+    let data = match from {
+        Some(from) => {
+            progress(&format!("density: reading {from}"));
+            from_export(Path::new(&from), &om, &prom).unwrap_or_else(|e| {
+                eprintln!("density bench: {e}");
+                std::process::exit(2)
+            })
+        }
+        None => {
+            progress(&format!(
+                "density: writing {targets} targets x 27 series, {hours} h at 10 s"
+            ));
+            let samples = generate(targets, hours, &om, &prom);
+            Data {
+                targets: (0..targets).map(|t| format!("host-{t:02}")).collect(),
+                samples,
+                oldest_ms: now_ms() - hours * 3_600_000,
+                what: format!("{targets} targets x 27 series, {hours} h at 10 s, synthetic"),
+            }
+        }
+    };
+    let samples = data.samples;
+    let hours = (now_ms() - data.oldest_ms).div_euclid(3_600_000) + 1;
     progress(&format!(
         "density: {samples} samples, {:.0} MB of OpenMetrics in {:.1} s",
         file_bytes(&om) as f64 / 1e6,
@@ -403,7 +493,7 @@ fn main() {
     progress("density: herd export of every target (the round trip)");
     let back = work.path().join("back.om");
     let mut cmd = vec!["export".to_string()];
-    cmd.extend((0..targets).map(|t| format!("host-{t:02}")));
+    cmd.extend(data.targets.iter().cloned());
     cmd.extend([
         "--since".into(),
         format!("{}h", hours + 1),
@@ -459,7 +549,7 @@ fn main() {
                 String::from_utf8_lossy(&out.stdout).trim().to_string()
             };
             let end = now_ms();
-            let mut months = vec![month(end - hours * 3_600_000), month(end)];
+            let mut months = vec![month(data.oldest_ms), month(end)];
             months.dedup();
             let mut last = 0;
             for round in 0..60 {
@@ -518,8 +608,9 @@ fn main() {
         .find(|r| r.store == "VictoriaMetrics")
         .map(|r| r.bytes);
     let mut table = format!(
-        "density: {samples} samples ({targets} targets x 27 series, {hours} h at 10 s), round trip through Herd {}\n\n\
+        "density: {samples} samples ({}), round trip through Herd {}\n\n\
          | store | bytes | bytes per sample | vs VictoriaMetrics | what |\n|---|---:|---:|---:|---|\n",
+        data.what,
         if lossless { "lossless (export == import, byte for byte)" } else { "NOT lossless" }
     );
     for r in &rows {
@@ -538,7 +629,8 @@ fn main() {
     }
     let doc = json!({
         "samples": samples,
-        "targets": targets,
+        "data": data.what,
+        "targets": data.targets.len(),
         "hours": hours,
         "lossless": lossless,
         "import_samples_per_s": samples as f64 / import_s,

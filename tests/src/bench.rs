@@ -126,6 +126,16 @@ impl BenchArgs {
         Duration::from_secs(self.number(flag, default_s, range))
     }
 
+    /// The word after `flag`, if `flag` was given (exit 2 when nothing follows it).
+    pub fn text(&mut self, flag: &str) -> Option<String> {
+        let i = self.args.iter().position(|a| a.as_deref() == Some(flag))?;
+        self.args[i] = None;
+        match self.args.get_mut(i + 1).and_then(Option::take) {
+            Some(v) => Some(v),
+            None => self.fail(&format!("{flag} wants a value")),
+        }
+    }
+
     /// Whether the switch `flag` was given.
     pub fn switch(&mut self, flag: &str) -> bool {
         let mut found = false;

@@ -560,7 +560,19 @@ impl Wiring {
             ))
             .add_service(self.cluster.service())
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // Without TCP_NODELAY an HTTP/2 reply written in more than one
+                // segment (headers, data, trailers) waits for the client's
+                // delayed ACK: 40 ms on every small call, Raft's and beats' too.
+                // tonic sets it only on the listeners it binds itself.
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    |accepted| {
+                        if let Ok(s) = &accepted {
+                            let _ = s.set_nodelay(true);
+                        }
+                        accepted
+                    },
+                ),
                 async move { grpc.cancelled().await },
             );
         parts.spawn("server", async move {
