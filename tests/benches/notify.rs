@@ -14,6 +14,9 @@
 //!          --nodes N     run the latency part on a herd of N nodes (default 1; 2-5)
 //!          --burst M     targets going critical together in the throughput part (default 500)
 //!          --burst-interval S  their scrape interval (default 2)
+//!          --hung        every rule also routes to a second webhook channel whose
+//!                        receiver accepts connections and never answers (the
+//!                        figures are then those of the healthy channel beside it)
 //! ```
 //!
 //! **The node** is the release `herd` binary (the harness's [`Herd`], flush_interval
@@ -93,7 +96,7 @@ const BACKLOG_TIMEOUT: Duration = Duration::from_secs(20);
 const FSYNC_PROBES: usize = 100;
 
 const USAGE: &str = "usage: notify [latency] [throughput] [--targets N] [--breaches N] \
-[--duration S] [--interval S] [--nodes N] [--burst M] [--burst-interval S]
+[--duration S] [--interval S] [--nodes N] [--burst M] [--burst-interval S] [--hung]
   no mode: latency, then throughput";
 
 fn main() {
@@ -127,6 +130,7 @@ fn main() {
             "burst": opts.burst,
             "burst_interval_s": opts.burst_interval_s,
             "group_window": "0s",
+            "hung_channel": opts.hung.is_some(),
             "herd_bin": herd_tests::herd_bin().display().to_string(),
         },
         "machine": machine(fsync),
@@ -158,6 +162,8 @@ struct Options {
     nodes: u64,
     burst: usize,
     burst_interval_s: u64,
+    /// The URL of a receiver that never answers, routed to beside the healthy one.
+    hung: Option<String>,
 }
 
 impl Options {
@@ -170,6 +176,7 @@ impl Options {
         let nodes = a.number("--nodes", 1, 1..=5);
         let burst = a.number("--burst", 500, 1..=5000) as usize;
         let burst_interval_s = a.number("--burst-interval", 2, 1..=60);
+        let hung = a.switch("--hung").then(hung_receiver);
         let all = a.word("all");
         let mut latency = a.word("latency") || all;
         let mut throughput = a.word("throughput") || all;
@@ -198,31 +205,71 @@ impl Options {
             nodes,
             burst,
             burst_interval_s,
+            hung,
         }
     }
 }
+
+/// The most connections the hung receiver holds (then it stops accepting: the
+/// kernel's backlog holds the rest, unanswered too).
+const HUNG_MAX_CONNECTIONS: usize = 4096;
+
+/// A receiver that accepts connections and never answers: a channel routed to it
+/// waits for its timeout on every send. Its URL.
+fn hung_receiver() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the hung receiver");
+    let addr = listener.local_addr().expect("its address");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().take(HUNG_MAX_CONNECTIONS) {
+            match conn {
+                Ok(c) => held.push(c),
+                Err(_) => break,
+            }
+        }
+        // Hold them until the process ends.
+        std::thread::park();
+        drop(held);
+    });
+    format!("http://{addr}/hung")
+}
+
+/// The second channel's name with `--hung`.
+const HUNG_CHANNEL: &str = "hung";
 
 // ---------------------------------------------------------------------------
 // The fleet
 
 /// One `[[target]]` with its `file_fresh` check and the `[[rule]]` on that check.
-fn target_and_rule(name: &str, check: &str, path: &Path, interval_s: u64) -> String {
+fn target_and_rule(name: &str, check: &str, path: &Path, interval_s: u64, hung: bool) -> String {
+    let channels = if hung {
+        format!("\"{CHANNEL}\", \"{HUNG_CHANNEL}\"")
+    } else {
+        format!("\"{CHANNEL}\"")
+    };
     format!(
         "[[target]]\nname = \"{name}\"\ntransport = \"local\"\ninterval = \"{interval_s}s\"\n\
          checks = [{{ kind = \"file_fresh\", name = \"{check}\", path = \"{path}\", \
          max_age = \"1h\" }}]\n\n\
          [[rule]]\nname = \"{check}\"\ntargets = [\"{name}\"]\ncheck = \"{check}\"\n\
-         kind = \"range\"\nseverity = \"critical\"\nchannels = [\"{CHANNEL}\"]\n\n",
+         kind = \"range\"\nseverity = \"critical\"\nchannels = [{channels}]\n\n",
         path = path.display()
     )
 }
 
 /// The webhook channel to the receiver, without grouping delay.
-fn channel(url: &str, group_window: &str) -> String {
-    format!(
-        "[[channel]]\nname = \"{CHANNEL}\"\nkind = \"webhook\"\nurl = \"{url}\"\n\
-         group_window = \"{group_window}\"\ntimeout = \"30s\"\n"
-    )
+fn channel(url: &str, group_window: &str, hung: Option<&str>) -> String {
+    let one = |name: &str, url: &str| {
+        format!(
+            "[[channel]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"{url}\"\n\
+             group_window = \"{group_window}\"\ntimeout = \"30s\"\n"
+        )
+    };
+    let mut text = one(CHANNEL, url);
+    if let Some(h) = hung {
+        text.push_str(&one(HUNG_CHANNEL, h));
+    }
+    text
 }
 
 /// A fleet of `n` targets watching files in `dir`; `herd check` must accept a zero
@@ -234,7 +281,14 @@ struct Fleet {
     group_window: &'static str,
 }
 
-fn fleet(prefix: &str, n: usize, interval_s: u64, dir: &Path, url: &str) -> Fleet {
+fn fleet(
+    prefix: &str,
+    n: usize,
+    interval_s: u64,
+    dir: &Path,
+    url: &str,
+    hung: Option<&str>,
+) -> Fleet {
     let width = n.saturating_sub(1).to_string().len().max(2);
     let mut names = Vec::with_capacity(n);
     let mut files = Vec::with_capacity(n);
@@ -248,12 +302,13 @@ fn fleet(prefix: &str, n: usize, interval_s: u64, dir: &Path, url: &str) -> Flee
             &format!("fresh-{i:0width$}"),
             &file,
             interval_s,
+            hung.is_some(),
         ));
         names.push(name);
         files.push(file);
     }
     let mut group_window = "0s";
-    let mut text = format!("{targets}{}", channel(url, group_window));
+    let mut text = format!("{targets}{}", channel(url, group_window, hung));
     let path = dir.join("fleet-check.toml");
     std::fs::write(&path, &text).expect("writing fleet.toml");
     let out = herd_tests::herd_cli(
@@ -270,7 +325,7 @@ fn fleet(prefix: &str, n: usize, interval_s: u64, dir: &Path, url: &str) -> Flee
             err.trim()
         ));
         group_window = "1ms";
-        text = format!("{targets}{}", channel(url, group_window));
+        text = format!("{targets}{}", channel(url, group_window, hung));
     }
     Fleet {
         names,
@@ -526,6 +581,7 @@ fn bench_latency(rt: &tokio::runtime::Runtime, receiver: &Receiver, opts: &Optio
         opts.interval_s,
         dir.path(),
         &receiver.url(),
+        opts.hung.as_deref(),
     );
     let nodes = Nodes::start(rt, &fleet, "latency", opts.nodes);
     let mut out = Latency {
@@ -918,7 +974,14 @@ fn bench_throughput(
         .prefix("herd-bench-notify-")
         .tempdir()
         .expect("temp dir");
-    let fleet = fleet("tp", m, opts.burst_interval_s, dir.path(), &receiver.url());
+    let fleet = fleet(
+        "tp",
+        m,
+        opts.burst_interval_s,
+        dir.path(),
+        &receiver.url(),
+        opts.hung.as_deref(),
+    );
     let (herd, pid, warmup_s) = start_node(rt, &fleet, "throughput");
     let mut out = Throughput {
         targets: m,
@@ -1733,6 +1796,12 @@ fn print_table(
     fsync: (f64, f64),
 ) {
     println!("\nHerd notification benchmark (release herd node, local targets, webhook receiver in this process)");
+    if opts.hung.is_some() {
+        println!(
+            "every rule also routes to a second webhook channel whose receiver never answers \
+             (timeout 30 s): the figures are the healthy channel's"
+        );
+    }
     println!(
         "host: {} CPUs; fsync of a 4 KiB write: p50 {:.2} ms, p99 {:.2} ms",
         std::thread::available_parallelism()
