@@ -8,7 +8,10 @@
 //! - a second run changes nothing and says so;
 //! - a node killed with `kill -9` is started again by its supervisor;
 //! - an upgrade (`--binary` a different build) replaces the binary everywhere and
-//!   restarts the nodes one at a time, the herd healthy after each;
+//!   restarts the nodes one at a time, the herd healthy after each; meanwhile no
+//!   target goes unscraped longer than its interval + 3 s, and the alert that
+//!   fires on each target (a webhook receiver in the test) is notified once, not
+//!   again by a restarted node or by the node that took its targets over;
 //! - a server that cannot be reached fails with its name; the others are done.
 //!
 //! Not here: servers in separate network namespaces (loopback stands in for the
@@ -19,7 +22,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use herd_tests::process::run_bounded;
-use herd_tests::{free_port, local_target, phase, wait_for, Sshd, SSH_USER};
+use herd_tests::{free_port, local_target, phase, wait_for, wait_until, Sshd, SSH_USER};
 
 const DEPLOY_BOUND: Duration = Duration::from_secs(300);
 const BOUND: Duration = Duration::from_secs(60);
@@ -35,7 +38,11 @@ struct Server {
 struct Lab {
     dir: tempfile::TempDir,
     servers: Vec<Server>,
+    hook: herd_tests::HttpReceiver,
 }
+
+/// The scrape interval of the fleet's targets.
+const INTERVAL_MS: i64 = 1000;
 
 impl Drop for Lab {
     fn drop(&mut self) {
@@ -74,13 +81,17 @@ impl Drop for Lab {
 impl Lab {
     fn inventory(&self, extra: &str) -> PathBuf {
         let fleet = self.dir.path().join("fleet.toml");
-        std::fs::write(
-            &fleet,
-            (1..=3)
-                .map(|i| local_target(&format!("t-{i}"), "1s"))
-                .collect::<String>(),
-        )
-        .unwrap();
+        // Each target's cpu is above -1 %: an alert fires on each and stays.
+        let mut text: String = (1..=3)
+            .map(|i| local_target(&format!("t-{i}"), "1s"))
+            .collect();
+        text.push_str(&format!(
+            "[[rule]]\nname = \"always\"\nmetric = \"cpu.used_pct\"\nkind = \"range\"\nmax = -1\n\
+             channels = [\"hook\"]\n\n[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n\
+             group_window = \"0s\"\n",
+            self.hook.url("/hook")
+        ));
+        std::fs::write(&fleet, text).unwrap();
         let mut text = format!(
             "fleet = \"fleet.toml\"\n\n[defaults]\nuser = \"{SSH_USER}\"\nmachine = \"none\"\n"
         );
@@ -126,6 +137,55 @@ impl Lab {
             .flatten()
     }
 
+    /// The times of `t-N`'s cpu samples the herd holds from `from_ms` on.
+    fn sample_times(&self, inventory: &Path, target: &str, from_ms: i64) -> Vec<i64> {
+        let since = format!("{}s", (herd_tests::now_ms() - from_ms) / 1000 + 2);
+        let out = cli(&[
+            "--node",
+            &format!("127.0.0.1:{}", self.servers[0].grpc_port),
+            "--token-file",
+            inventory.with_extension("token").to_str().unwrap(),
+            "export",
+            target,
+            "--metric",
+            "cpu.used_pct",
+            "--since",
+            &since,
+            "--format",
+            "json",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let mut times: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["ts_ms"].as_i64())
+            .filter(|t| *t >= from_ms)
+            .collect();
+        times.sort_unstable();
+        times
+    }
+
+    /// The idempotency keys of every firing notification the hook accepted.
+    fn firing_keys(&self) -> Vec<String> {
+        self.hook
+            .accepted()
+            .iter()
+            .flat_map(|r| {
+                r.json()["notifications"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|n| n["kind"] == "firing")
+            .map(|n| {
+                n["idempotency_key"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    }
+
     /// Three members alive, a leader, every fleet target owned.
     fn healthy(&self, inventory: &Path) -> Option<serde_json::Value> {
         let s = self.status(inventory)?;
@@ -152,6 +212,18 @@ fn text(out: &Output) -> String {
         out.status.code(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `ms` (Unix) as the UTC time of day, HH:MM:SS.mmm, as the nodes' logs print it.
+fn clock(ms: i64) -> String {
+    let d = ms.rem_euclid(86_400_000);
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        d / 3_600_000,
+        d / 60_000 % 60,
+        d / 1000 % 60,
+        d % 1000
     )
 }
 
@@ -184,7 +256,11 @@ fn deploy_lays_down_a_herd_converges_and_rolls_an_upgrade() {
             http_port: free_port(),
         })
         .collect();
-    let lab = Lab { dir, servers };
+    let lab = Lab {
+        dir,
+        servers,
+        hook: herd_tests::HttpReceiver::start(),
+    };
     let inventory = lab.inventory("");
     let inv = inventory.to_str().unwrap();
 
@@ -275,6 +351,10 @@ fn deploy_lays_down_a_herd_converges_and_rolls_an_upgrade() {
     std::fs::write(&new_binary, &bytes).unwrap();
     std::fs::set_permissions(&new_binary, std::fs::Permissions::from_mode(0o755)).unwrap();
     let before: Vec<Option<i32>> = (0..3).map(|i| lab.pid(i)).collect();
+    wait_until(BOUND, "the alert of each target notified", || {
+        lab.firing_keys().len() >= 3
+    });
+    let upgrade_from = herd_tests::now_ms();
     let out = cli(&["deploy", inv, "--binary", new_binary.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -302,6 +382,38 @@ fn deploy_lays_down_a_herd_converges_and_rolls_an_upgrade() {
         s["herd_id"],
         herd_id.as_str(),
         "the same herd, not a new one"
+    );
+    // Samples reach the store with its flush: look a few seconds later.
+    std::thread::sleep(Duration::from_secs(4));
+    let upgrade_to = herd_tests::now_ms() - 2000;
+    for t in ["t-1", "t-2", "t-3"] {
+        let times = lab.sample_times(&inventory, t, upgrade_from - INTERVAL_MS);
+        let mut edges = vec![upgrade_from];
+        edges.extend(times.iter().copied().filter(|x| *x <= upgrade_to));
+        edges.push(upgrade_to);
+        let (longest, after) = edges
+            .windows(2)
+            .map(|w| (w[1] - w[0], w[0]))
+            .max()
+            .unwrap_or((0, 0));
+        eprintln!(
+            "    {t}: {} samples over the upgrade's {:.1} s, longest gap {:.2} s (after the sample at {})",
+            times.len(),
+            (upgrade_to - upgrade_from) as f64 / 1000.0,
+            longest as f64 / 1000.0,
+            clock(after)
+        );
+        assert!(
+            longest <= INTERVAL_MS + 3000,
+            "{t} went {longest} ms without a scrape during the upgrade (interval {INTERVAL_MS} ms + 3 s at most)"
+        );
+    }
+    let keys = lab.firing_keys();
+    let distinct: std::collections::BTreeSet<&String> = keys.iter().collect();
+    assert_eq!(
+        (keys.len(), distinct.len()),
+        (3, 3),
+        "one firing notification per target's alert, none again through the kill and the upgrade: {keys:?}"
     );
 
     phase!("a server that cannot be reached: named, exit 1, the others done");

@@ -327,7 +327,9 @@ fn node_toml(s: &Server, all: &[Server], inventory: &Path) -> String {
 }
 
 /// The supervisor (`--service none`): restarts `herd node` a second after it ends
-/// until `run/stop` exists; the pids in `run/`.
+/// (a crashing node does not spin), at once when `run/restart` asks for it (a
+/// rolling restart: back before the herd gives its targets away), until
+/// `run/stop` exists; the pids in `run/`.
 fn supervisor(prefix: &str, fleet: bool) -> String {
     let p = sh_quote(prefix);
     let fleet = if fleet {
@@ -340,7 +342,8 @@ fn supervisor(prefix: &str, fleet: bool) -> String {
          cd {p} || exit 1\necho $$ > run/supervisor.pid\n\
          while [ ! -e run/stop ]; do\n  \
          {p}/bin/herd node --config {p}/etc/herd.toml{fleet} >> {p}/herd.log 2>&1 &\n  \
-         echo $! > run/herd.pid\n  wait $!\n  sleep 1\ndone\n"
+         echo $! > run/herd.pid\n  wait $!\n  \
+         if [ -e run/restart ]; then rm -f run/restart; else sleep 1; fi\ndone\n"
     )
 }
 
@@ -687,7 +690,7 @@ pub async fn deploy(
                 &t,
                 s,
                 "restarting the node",
-                &format!("kill -TERM \"$(cat {p}/run/herd.pid)\""),
+                &format!(": > {p}/run/restart && kill -TERM \"$(cat {p}/run/herd.pid)\""),
                 None,
             )
             .await;

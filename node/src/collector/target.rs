@@ -100,12 +100,20 @@ pub async fn run_target(
     // target.up comes from one check only (the first that uses the transport), so
     // that it is one sample per interval however many checks a target has.
     let up_check = spec.checks.iter().position(|c| c.uses_transport());
+    let start = if at_once {
+        FirstTick::Now
+    } else {
+        match last_up_ms(&ctx, &name, spec.interval.get()).await {
+            Some(ms) => FirstTick::After(ms),
+            None => FirstTick::Spread,
+        }
+    };
     for (i, check) in spec.checks.clone().into_iter().enumerate() {
         loops.spawn(check_loop(
             spec.clone(),
             check,
             up_check == Some(i),
-            at_once,
+            start,
             transport.clone(),
             link.clone(),
             ctx.clone(),
@@ -124,6 +132,66 @@ pub async fn run_target(
     tracing::info!(target_name = %name, "target stopped");
 }
 
+/// When a check's first scrape starts.
+#[derive(Debug, Clone, Copy)]
+enum FirstTick {
+    /// Now: a target taken over from a dead node.
+    Now,
+    /// On the phase the target had before (the Unix ms of its last `target.up` in
+    /// this node's store): a node restarted (a rolling upgrade) scrapes when the
+    /// old process would have, or at once if that moment passed less than an
+    /// interval ago — not up to an interval later, and without bunching targets
+    /// whose phases were spread.
+    After(i64),
+    /// At a random point of the first interval: a target new to this node.
+    Spread,
+}
+
+/// The time of the target's last `target.up` sample in this node's store, if it
+/// is recent (within two intervals): the node scraped it before a restart.
+async fn last_up_ms(ctx: &CollectorCtx, target: &str, interval: Duration) -> Option<i64> {
+    let (store, target) = (ctx.store.clone(), target.to_string());
+    let now = now_ms();
+    let back = i64::try_from(interval.as_millis())
+        .unwrap_or(i64::MAX)
+        .saturating_mul(2);
+    tokio::task::spawn_blocking(move || {
+        store
+            .query(
+                &target,
+                "target.up",
+                &Labels::new(),
+                now.saturating_sub(back),
+                now + 1,
+            )
+            .ok()?
+            .iter()
+            .filter_map(|s| s.points.last().map(|p| p.0))
+            .max()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// How long from `now_ms` until the first scrape of a check last run at `last_ms`
+/// every `interval`: its next moment on the old phase when that is ahead; none
+/// when it passed less than an interval ago; else the next moment of the old phase.
+fn resume_delay(last_ms: i64, interval: Duration, now_ms: i64) -> Duration {
+    let every = i64::try_from(interval.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    let due = last_ms.saturating_add(every) - now_ms;
+    let ms = if due > 0 {
+        due.min(every)
+    } else if due > -every {
+        0
+    } else {
+        due.rem_euclid(every)
+    };
+    Duration::from_millis(ms as u64)
+}
+
 /// Reachability shared by the checks of one target.
 type SharedLink = Arc<Mutex<Link>>;
 
@@ -134,7 +202,7 @@ async fn check_loop(
     spec: Arc<TargetSpec>,
     check: CheckSpec,
     emits_up: bool,
-    at_once: bool,
+    start: FirstTick,
     transport: Arc<Transport>,
     link: SharedLink,
     ctx: Arc<CollectorCtx>,
@@ -144,7 +212,7 @@ async fn check_loop(
     let Some(mut lp) = CheckLoop::new(spec, check, emits_up, transport, link, ctx).await else {
         return;
     };
-    let mut next = lp.first_tick(at_once);
+    let mut next = lp.first_tick(start);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -280,14 +348,16 @@ impl CheckLoop {
         })
     }
 
-    /// The first tick: now (`at_once`), or at a random point of the first interval.
-    fn first_tick(&self, at_once: bool) -> Instant {
-        let spread = if at_once {
-            0.0
-        } else {
-            rand::rng().random_range(0.0..1.0)
+    /// The first tick (see [`FirstTick`]).
+    fn first_tick(&self, start: FirstTick) -> Instant {
+        let wait = match start {
+            FirstTick::Now => Duration::ZERO,
+            FirstTick::After(last) => resume_delay(last, self.interval, now_ms()),
+            FirstTick::Spread => FIRST_SCRAPE_SPREAD
+                .min(self.interval)
+                .mul_f64(rand::rng().random_range(0.0..1.0)),
         };
-        Instant::now() + FIRST_SCRAPE_SPREAD.min(self.interval).mul_f64(spread)
+        Instant::now() + wait
     }
 
     /// Runs the check once (or, while the target is down, waits out the reconnect
@@ -682,4 +752,23 @@ async fn record_event(ctx: &CollectorCtx, target: &str, kind: EventKind, message
         rules.event(&e);
     }
     ctx.store.event(e).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restarted_node_resumes_each_target_on_its_old_phase() {
+        let every = Duration::from_secs(10);
+        let s = |ms: u64| Duration::from_millis(ms);
+        // Last scraped 4 s ago: next on the old phase, in 6 s.
+        assert_eq!(resume_delay(96_000, every, 100_000), s(6_000));
+        // Due 2 s ago (the restart crossed it): at once, not 8 s later.
+        assert_eq!(resume_delay(88_000, every, 100_000), s(0));
+        // Down for a long while: the old phase again, not every target at once.
+        assert_eq!(resume_delay(53_000, every, 100_000), s(3_000));
+        // A clock stepped back: never more than one interval away.
+        assert_eq!(resume_delay(130_000, every, 100_000), s(10_000));
+    }
 }

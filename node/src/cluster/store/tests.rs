@@ -491,3 +491,91 @@ async fn a_state_stored_whole_is_read_and_kept_in_parts() {
     );
     assert!(t.get(KEY_STATE_SPEC).expect("get").is_some());
 }
+
+/// The herd-state apply benchmark (issue 17's figure; prints, asserts nothing):
+/// a state with 10,000 targets, 10,000 alerts firing and 10,000 delivered keys,
+/// then one alert change per entry, each applied alone as a node applies a
+/// commit: p50/p99 of the apply (clone, apply, write of the changed parts, redb
+/// commit with its fsync), and the file's size after. Run with
+/// `cargo test -p herd --release --lib herd_state_apply_bench -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a benchmark: run it by name with --ignored"]
+async fn herd_state_apply_bench() {
+    const TARGETS: usize = 10_000;
+    const CHANGES: u64 = 300;
+    let alert = |i: usize, transitions: u64| crate::model::Alert {
+        id: format!("cpu-high:web-{i:05}"),
+        rule: "cpu-high".into(),
+        target: format!("web-{i:05}"),
+        labels: [("team".to_string(), "ops".to_string())].into(),
+        severity: crate::model::Severity::Critical,
+        state: if transitions % 2 == 1 {
+            crate::model::AlertState::Firing
+        } else {
+            crate::model::AlertState::Resolved
+        },
+        since_ms: 1_796_000_000_000 + transitions as i64,
+        active_since_ms: 1_796_000_000_000,
+        value: "97.5".into(),
+        summary: format!("web-{i:05}: cpu above 90%"),
+        description: "cpu.used_pct above 90 for 5m".into(),
+        transitions,
+        acked_by: None,
+        flapping: false,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm) = open_async(dir.path().to_path_buf()).await.expect("open");
+    let pairs: Vec<(String, u64)> = (0..TARGETS)
+        .map(|i| (format!("web-{i:05}"), 1 + (i % 3) as u64))
+        .collect();
+    let mut index = 1;
+    let mut next = |cmd: Command| {
+        index += 1;
+        entry(1, index, cmd)
+    };
+    let setup = vec![
+        next(Command::SetOwnership {
+            owners: pairs.into_iter().collect(),
+            reason: "bench".into(),
+        }),
+        next(Command::Alerts {
+            upserts: (0..TARGETS).map(|i| alert(i, 1)).collect(),
+            deleted: vec![],
+            queued: vec![],
+            delivered: (0..TARGETS)
+                .map(|i| format!("cpu-high:web-{i:05}:1:c"))
+                .collect(),
+            fence: None,
+        }),
+    ];
+    sm.apply(setup).await.expect("setup");
+    let file = dir.path().join("raft.redb");
+    let before = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let mut took = Vec::new();
+    for c in 0..CHANGES {
+        let i = (c as usize * 37) % TARGETS;
+        let e = next(Command::Alerts {
+            upserts: vec![alert(i, 2 + c)],
+            deleted: vec![],
+            queued: vec![],
+            delivered: vec![format!("cpu-high:web-{i:05}:{}:c", 2 + c)],
+            fence: None,
+        });
+        let t = std::time::Instant::now();
+        sm.apply(vec![e]).await.expect("apply");
+        took.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let after = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    took.sort_by(f64::total_cmp);
+    let q = |p: f64| took[((took.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "herd state apply: {TARGETS} targets, {TARGETS} alerts, {TARGETS} delivered keys; \
+         {CHANGES} single alert changes: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
+         raft.redb {:.1} MB after the setup, {:.1} MB after the changes",
+        q(0.5),
+        q(0.99),
+        took[took.len() - 1],
+        before as f64 / 1e6,
+        after as f64 / 1e6
+    );
+}
