@@ -576,7 +576,7 @@ pub fn owned_view(
             .alerts
             .values()
             .filter(|a| names.contains(a.target.as_str()))
-            .cloned()
+            .map(|a| crate::model::Alert::clone(a))
             .collect(),
         notices: state
             .notices

@@ -47,11 +47,16 @@ const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_me
 /// State machine (`KEY_LAST_APPLIED`, `KEY_MEMBERSHIP`, `KEY_STATE`) and the
 /// current snapshot (`KEY_SNAPSHOT_META`, `KEY_SNAPSHOT_DATA`) → JSON.
 const SM: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state_machine");
+/// The herd's alerts, one row each (id → JSON of the alert): an applied alert
+/// change rewrites its row, not every alert (format 2 on; format 1 kept them whole
+/// under `KEY_STATE_ALERTS` in `SM`, moved here when such a file is opened).
+const SM_ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state_alerts");
 
 /// The layout of this file's tables and records this build writes and reads
 /// (`KEY_FORMAT` in `LOG_META`, u32 little endian; a file without it is format 1).
 /// A file of a newer format is refused whole, before anything writes to it.
-pub const RAFT_FORMAT: u32 = 1;
+/// 2: alerts in rows of their own table (`SM_ALERTS`).
+pub const RAFT_FORMAT: u32 = 2;
 const KEY_FORMAT: &str = "format";
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
@@ -65,6 +70,7 @@ const KEY_STATE_SPEC: &str = "state.spec";
 const KEY_STATE_OWNERS: &str = "state.owners";
 /// When each target's owner got it (stored beside the map; absent before tenures).
 const KEY_STATE_TENURE: &str = "state.tenure";
+/// The alerts whole (format 1; read once to move them into `SM_ALERTS`).
 const KEY_STATE_ALERTS: &str = "state.alerts";
 /// Undelivered and delivered alert notifications (stored with the alerts).
 const KEY_STATE_NOTICES: &str = "state.notices";
@@ -175,17 +181,37 @@ fn init(db: &Database) -> Result<sm::Applied, Fault> {
     {
         w.open_table(LOGS)?;
         let mut meta = w.open_table(LOG_META)?;
-        let has_format = meta.get(KEY_FORMAT)?.is_some();
-        if !has_format {
-            meta.insert(KEY_FORMAT, RAFT_FORMAT.to_le_bytes().as_slice())?;
-        }
+        // This build's layout from here on (an older file is moved below, in the
+        // same transaction; a newer one was refused before).
+        meta.insert(KEY_FORMAT, RAFT_FORMAT.to_le_bytes().as_slice())?;
         drop(meta);
         let mut t = w.open_table(SM)?;
+        let mut rows = w.open_table(SM_ALERTS)?;
         // A state stored whole by an earlier version is stored in parts from now on.
         let whole = get_json::<ClusterState, _>(&t, KEY_STATE, "cluster state")?;
         if let Some(state) = whole {
-            put_state(&mut t, &state, &Part::ALL.into_iter().collect())?;
+            put_state(
+                &mut t,
+                &mut rows,
+                &state,
+                None,
+                &Part::ALL.into_iter().collect(),
+            )?;
             t.remove(KEY_STATE)?;
+        }
+        // Alerts stored whole (format 1) go to their rows.
+        let alerts = get_json::<std::collections::BTreeMap<String, Arc<crate::model::Alert>>, _>(
+            &t,
+            KEY_STATE_ALERTS,
+            "alerts",
+        )?;
+        if let Some(alerts) = alerts {
+            let state = ClusterState {
+                alerts,
+                ..Default::default()
+            };
+            put_alert_rows(&mut rows, &state, None)?;
+            t.remove(KEY_STATE_ALERTS)?;
         }
     }
     w.commit()?;
@@ -193,7 +219,7 @@ fn init(db: &Database) -> Result<sm::Applied, Fault> {
     let t = r.open_table(SM)?;
     let last_applied = get_json(&t, KEY_LAST_APPLIED, "last applied log id")?.flatten();
     let membership = get_json(&t, KEY_MEMBERSHIP, "membership")?.unwrap_or_default();
-    let state = get_state(&t)?;
+    let state = get_state(&t, &r.open_table(SM_ALERTS)?)?;
     Ok(sm::Applied {
         last_applied,
         membership,
@@ -298,10 +324,51 @@ struct Rest {
     action_runs: std::collections::BTreeMap<String, ActionRunRecord>,
 }
 
-/// Stores `parts` of `state`.
+/// The alerts' rows: those of `state` that differ from `prev` written, those
+/// `prev` had and `state` has not removed — O(alerts) pointer comparisons (an
+/// alert unchanged by the batch is the same `Arc`), O(change) writes. Without
+/// `prev`: every row rewritten.
+fn put_alert_rows(
+    rows: &mut redb::Table<&'static str, &'static [u8]>,
+    state: &ClusterState,
+    prev: Option<&ClusterState>,
+) -> Result<(), Fault> {
+    let put =
+        |rows: &mut redb::Table<&'static str, &'static [u8]>, id: &str, a: &crate::model::Alert| {
+            let bytes = encode("alert", a)?;
+            rows.insert(id, bytes.as_slice())?;
+            Ok::<(), Fault>(())
+        };
+    match prev {
+        None => {
+            rows.retain(|_, _| false)?;
+            for (id, a) in &state.alerts {
+                put(rows, id, a)?;
+            }
+        }
+        Some(prev) => {
+            for (id, a) in &state.alerts {
+                if prev.alerts.get(id).is_none_or(|p| !Arc::ptr_eq(p, a)) {
+                    put(rows, id, a)?;
+                }
+            }
+            for id in prev.alerts.keys() {
+                if !state.alerts.contains_key(id) {
+                    rows.remove(id.as_str())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stores `parts` of `state`; `prev`, the state stored before, lets the alerts'
+/// rows be written by difference (`None`: all of them).
 fn put_state(
     table: &mut redb::Table<&'static str, &'static [u8]>,
+    alert_rows: &mut redb::Table<&'static str, &'static [u8]>,
     state: &ClusterState,
+    prev: Option<&ClusterState>,
     parts: &std::collections::BTreeSet<Part>,
 ) -> Result<(), Fault> {
     // Every field named: a field added to the state must be given a part here.
@@ -312,7 +379,7 @@ fn put_state(
         ownership_version,
         owners,
         tenure,
-        alerts,
+        alerts: _,
         notices,
         delivered,
         sent,
@@ -343,7 +410,7 @@ fn put_state(
                 put_json(table, KEY_STATE_TENURE, "ownership tenures", tenure)?;
             }
             Part::Alerts => {
-                put_json(table, KEY_STATE_ALERTS, "alerts", alerts)?;
+                put_alert_rows(alert_rows, state, prev)?;
                 put_json(
                     table,
                     KEY_STATE_NOTICES,
@@ -372,8 +439,9 @@ fn put_state(
     Ok(())
 }
 
-/// Reads the state: from its parts, or whole as an earlier version stored it.
-fn get_state<R>(table: &R) -> Result<ClusterState, Fault>
+/// Reads the state: from its parts and the alerts' rows, or whole as an earlier
+/// version stored it.
+fn get_state<R>(table: &R, alert_rows: &R) -> Result<ClusterState, Fault>
 where
     R: ReadableTable<&'static str, &'static [u8]>,
 {
@@ -390,8 +458,10 @@ where
     if let Some(tenure) = get_json(table, KEY_STATE_TENURE, "ownership tenures")? {
         s.tenure = tenure;
     }
-    if let Some(alerts) = get_json(table, KEY_STATE_ALERTS, "alerts")? {
-        s.alerts = alerts;
+    for row in alert_rows.iter()? {
+        let (id, bytes) = row?;
+        let a: crate::model::Alert = decode("alert", bytes.value())?;
+        s.alerts.insert(id.value().to_string(), Arc::new(a));
     }
     if let Some((notices, delivered)) = get_json(table, KEY_STATE_NOTICES, "alert notifications")? {
         (s.notices, s.delivered) = (notices, delivered);
@@ -448,6 +518,7 @@ pub fn backup_into(
     crate::store::backup::copy_table(&src, dst, LOGS, &mut rows, progress)?;
     crate::store::backup::copy_table(&src, dst, LOG_META, &mut rows, progress)?;
     crate::store::backup::copy_table(&src, dst, SM, &mut rows, progress)?;
+    crate::store::backup::copy_table(&src, dst, SM_ALERTS, &mut rows, progress)?;
     Ok(rows)
 }
 
@@ -502,6 +573,7 @@ pub fn restore_from_backup(
         crate::store::backup::copy_table(src, &dst, LOGS, rows, quiet)?;
         crate::store::backup::copy_table(src, &dst, LOG_META, rows, quiet)?;
         crate::store::backup::copy_table(src, &dst, SM, rows, quiet)?;
+        crate::store::backup::copy_table(src, &dst, SM_ALERTS, rows, quiet)?;
         crate::store::backup::seal(&dst)
     };
     copy(&mut rows, &mut quiet).map_err(|e| format!("{}: {e}", partial.display()))?;

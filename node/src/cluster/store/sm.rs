@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::{
     blocking, decode, encode, get_json, put_json, put_state, sto, write_txn, Fault,
-    KEY_LAST_APPLIED, KEY_MEMBERSHIP, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, SM,
+    KEY_LAST_APPLIED, KEY_MEMBERSHIP, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, SM, SM_ALERTS,
 };
 use crate::cluster::types::{ClusterState, CommandResponse, NodeId, Part, TypeConfig};
 use std::collections::BTreeSet;
@@ -157,11 +157,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         let db = self.db.clone();
         let current = self.applied.clone();
+        let before = current.state.clone();
         let (applied, responses, changed) = blocking(move || {
             let (applied, responses, parts) = apply_entries(current, entries);
             let w = write_txn(&db)?;
             {
                 let mut t = w.open_table(SM)?;
+                let mut rows = w.open_table(SM_ALERTS)?;
                 put_json(
                     &mut t,
                     KEY_LAST_APPLIED,
@@ -169,7 +171,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     &applied.last_applied,
                 )?;
                 put_json(&mut t, KEY_MEMBERSHIP, "membership", &applied.membership)?;
-                put_state(&mut t, &applied.state, &parts)?;
+                put_state(&mut t, &mut rows, &applied.state, Some(&before), &parts)?;
             }
             w.commit()?;
             Ok((applied, responses, !parts.is_empty()))
@@ -228,6 +230,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let w = write_txn(&db)?;
             {
                 let mut t = w.open_table(SM)?;
+                let mut rows = w.open_table(SM_ALERTS)?;
                 put_json(
                     &mut t,
                     KEY_LAST_APPLIED,
@@ -235,7 +238,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     &applied.last_applied,
                 )?;
                 put_json(&mut t, KEY_MEMBERSHIP, "membership", &applied.membership)?;
-                put_state(&mut t, &applied.state, &Part::ALL.into_iter().collect())?;
+                put_state(
+                    &mut t,
+                    &mut rows,
+                    &applied.state,
+                    None,
+                    &Part::ALL.into_iter().collect(),
+                )?;
                 put_json(&mut t, KEY_SNAPSHOT_META, "snapshot meta", &meta_owned)?;
                 t.insert(KEY_SNAPSHOT_DATA, data.as_slice())?;
             }
