@@ -573,14 +573,23 @@ async fn herd_state_apply_bench() {
     let t = std::time::Instant::now();
     let copy = (*state).clone();
     let clone_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let mut applied_copy = copy.clone();
     let t = std::time::Instant::now();
-    let alerts_json = serde_json::to_vec(&copy.alerts).expect("json");
+    applied_copy.apply(&Command::Alerts {
+        upserts: vec![alert(1, 1_000)],
+        deleted: vec![],
+        queued: vec![],
+        delivered: vec!["cpu-high:web-00001:1000:c".into()],
+        fence: None,
+    });
+    let command_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let t = std::time::Instant::now();
     let notices_json = serde_json::to_vec(&(&copy.notices, &copy.delivered)).expect("json");
     let json_ms = t.elapsed().as_secs_f64() * 1000.0;
     println!(
-        "herd state apply breakdown: state copy {clone_ms:.2} ms; JSON of the alerts part \
-         {:.1} MB + notices/delivered {:.1} MB in {json_ms:.2} ms",
-        alerts_json.len() as f64 / 1e6,
+        "herd state apply breakdown: state copy {clone_ms:.2} ms; the command on the copy \
+         {command_ms:.2} ms; JSON of notices and delivered keys ({:.2} MB, rewritten whole) \
+         {json_ms:.2} ms; the rest is the alert's row, the redb commit and its fsync",
         notices_json.len() as f64 / 1e6
     );
     took.sort_by(f64::total_cmp);
