@@ -122,15 +122,17 @@ impl Lab {
             .ok()
     }
 
+    /// The CLI against node 1, with the API token deploy made.
+    fn herd(&self, inventory: &Path, args: &[&str]) -> Output {
+        let node = format!("127.0.0.1:{}", self.servers[0].grpc_port);
+        let token = inventory.with_extension("token");
+        let mut all = vec!["--node", &node, "--token-file", token.to_str().unwrap()];
+        all.extend_from_slice(args);
+        cli(&all)
+    }
+
     fn status(&self, inventory: &Path) -> Option<serde_json::Value> {
-        let out = cli(&[
-            "--node",
-            &format!("127.0.0.1:{}", self.servers[0].grpc_port),
-            "--token-file",
-            inventory.with_extension("token").to_str().unwrap(),
-            "status",
-            "--json",
-        ]);
+        let out = self.herd(inventory, &["status", "--json"]);
         out.status
             .success()
             .then(|| serde_json::from_slice(&out.stdout).ok())
@@ -140,20 +142,19 @@ impl Lab {
     /// The times of `t-N`'s cpu samples the herd holds from `from_ms` on.
     fn sample_times(&self, inventory: &Path, target: &str, from_ms: i64) -> Vec<i64> {
         let since = format!("{}s", (herd_tests::now_ms() - from_ms) / 1000 + 2);
-        let out = cli(&[
-            "--node",
-            &format!("127.0.0.1:{}", self.servers[0].grpc_port),
-            "--token-file",
-            inventory.with_extension("token").to_str().unwrap(),
-            "export",
-            target,
-            "--metric",
-            "cpu.used_pct",
-            "--since",
-            &since,
-            "--format",
-            "json",
-        ]);
+        let out = self.herd(
+            inventory,
+            &[
+                "export",
+                target,
+                "--metric",
+                "cpu.used_pct",
+                "--since",
+                &since,
+                "--format",
+                "json",
+            ],
+        );
         assert!(out.status.success(), "{}", text(&out));
         let mut times: Vec<i64> = String::from_utf8_lossy(&out.stdout)
             .lines()

@@ -362,33 +362,23 @@ pub async fn render(api: &HerdApi) -> Result<String, tonic::Status> {
         "remote_write requests that failed and were retried since start",
         per_remote(|s| s.failed_requests.load(Ordering::Relaxed)),
     );
+    let per_remote_gauge = |f: fn(&crate::store::remote::RemoteStats) -> u64| {
+        remotes
+            .iter()
+            .map(|(remote, st)| (one("remote", remote), f(st) as f64))
+            .collect()
+    };
     labelled(
         &mut r,
         "remote_write_queue_bytes",
         "Bytes waiting on disk for a remote_write receiver",
-        remotes
-            .iter()
-            .map(|(remote, st)| {
-                (
-                    one("remote", remote),
-                    st.queued_bytes.load(Ordering::Relaxed) as f64,
-                )
-            })
-            .collect(),
+        per_remote_gauge(|s| s.queued_bytes.load(Ordering::Relaxed)),
     );
     labelled(
         &mut r,
         "remote_write_shards",
         "Requests a remote_write sender had in flight in its last round (more than 1 while behind)",
-        remotes
-            .iter()
-            .map(|(remote, st)| {
-                (
-                    one("remote", remote),
-                    st.shards.load(Ordering::Relaxed) as f64,
-                )
-            })
-            .collect(),
+        per_remote_gauge(|s| s.shards.load(Ordering::Relaxed)),
     );
 
     let mut out = String::new();
