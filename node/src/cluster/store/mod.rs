@@ -347,15 +347,20 @@ fn put_alert_rows(
             }
         }
         Some(prev) => {
+            // Both maps in key order, side by side: one comparison per step (a
+            // lookup of each id in `prev` was most of an apply's time).
+            let mut old = prev.alerts.iter().peekable();
             for (id, a) in &state.alerts {
-                if prev.alerts.get(id).is_none_or(|p| !Arc::ptr_eq(p, a)) {
-                    put(rows, id, a)?;
+                while let Some((gone, _)) = old.next_if(|(pid, _)| *pid < id) {
+                    rows.remove(gone.as_str())?;
+                }
+                match old.next_if(|(pid, _)| *pid == id) {
+                    Some((_, p)) if Arc::ptr_eq(p, a) => {}
+                    _ => put(rows, id, a)?,
                 }
             }
-            for id in prev.alerts.keys() {
-                if !state.alerts.contains_key(id) {
-                    rows.remove(id.as_str())?;
-                }
+            for (gone, _) in old {
+                rows.remove(gone.as_str())?;
             }
         }
     }

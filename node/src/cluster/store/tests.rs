@@ -682,3 +682,72 @@ fn alerts_stored_whole_by_format_1_move_to_their_rows() {
         RAFT_FORMAT.to_le_bytes().as_slice()
     );
 }
+
+fn alert_of(target: &str, transitions: u64) -> crate::model::Alert {
+    crate::model::Alert {
+        id: format!("cpu:{target}"),
+        rule: "cpu".into(),
+        target: target.into(),
+        labels: Default::default(),
+        severity: crate::model::Severity::Warning,
+        state: crate::model::AlertState::Firing,
+        since_ms: transitions as i64,
+        active_since_ms: 1,
+        value: "97".into(),
+        summary: String::new(),
+        description: String::new(),
+        transitions,
+        acked_by: None,
+        flapping: false,
+    }
+}
+
+/// The alerts' rows follow the applied state through upserts, changes and
+/// deletions (each batch writes only what it changed): a reopened store has
+/// exactly the alerts the state had.
+#[tokio::test]
+async fn alert_rows_follow_upserts_changes_and_deletions_across_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alerts = |upserts: Vec<crate::model::Alert>, deleted: Vec<&str>| Command::Alerts {
+        upserts,
+        deleted: deleted.into_iter().map(String::from).collect(),
+        queued: vec![],
+        delivered: vec![],
+        fence: None,
+    };
+    let want;
+    {
+        let (_log, mut sm) = open_async(dir.path().to_path_buf()).await.expect("open");
+        sm.apply(vec![
+            entry(1, 1, owners(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)])),
+            entry(
+                1,
+                2,
+                alerts(
+                    vec![alert_of("a", 1), alert_of("b", 1), alert_of("c", 1)],
+                    vec![],
+                ),
+            ),
+        ])
+        .await
+        .expect("apply");
+        sm.apply(vec![entry(
+            1,
+            3,
+            alerts(vec![alert_of("c", 2), alert_of("d", 1)], vec!["cpu:b"]),
+        )])
+        .await
+        .expect("apply");
+        sm.apply(vec![entry(1, 4, alerts(vec![], vec!["cpu:a"]))])
+            .await
+            .expect("apply");
+        want = sm.state().alerts.clone();
+        assert_eq!(
+            want.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["cpu:c", "cpu:d"]
+        );
+        assert_eq!(want["cpu:c"].transitions, 2);
+    }
+    let (_log, sm) = open_async(dir.path().to_path_buf()).await.expect("reopen");
+    assert_eq!(sm.state().alerts, want, "the rows hold the applied alerts");
+}
