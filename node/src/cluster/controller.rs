@@ -414,9 +414,12 @@ fn plan(
         .map(|t| t.name)
         .collect();
     owners.extend(machines::owners(&machine_names, members, &live));
-    let ownership_changes = owners != state.owners;
+    let ownership_changes = owners.len() != state.owners.len()
+        || owners.iter().any(|(t, o)| state.owners.get(t) != Some(o));
     if ownership_changes {
-        let moved = assign::moved(&state.owners, &owners);
+        let current: BTreeMap<String, NodeId> =
+            state.owners.iter().map(|(t, o)| (t.clone(), *o)).collect();
+        let moved = assign::moved(&current, &owners);
         commands.push(Command::SetOwnership {
             owners: owners.clone(),
             reason: if changes.is_empty() {

@@ -346,7 +346,7 @@ impl FleetState {
         self.node.liveness().set_applied(state.ownership_version);
         let fenced = !self.node.liveness().lease_valid(&self.node.voters(), lease);
         let (version, spec) = self.spec_of(&state);
-        let mut view = owned_view(me, &state, version, &spec, &BTreeMap::new(), fenced);
+        let mut view = owned_view(me, &state, version, &spec, &imbl::OrdMap::new(), fenced);
         view.spec_unknown = !self.spec_known();
         view
     }
@@ -365,9 +365,9 @@ impl FleetState {
         let mut tick = tokio::time::interval(recheck);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Owners of the map before the current one: who a gained target came from.
-        let mut last_owners: BTreeMap<String, NodeId> = BTreeMap::new();
+        let mut last_owners: imbl::OrdMap<String, NodeId> = imbl::OrdMap::new();
         let mut last_version = 0u64;
-        let mut prev_owners: BTreeMap<String, NodeId> = BTreeMap::new();
+        let mut prev_owners: imbl::OrdMap<String, NodeId> = imbl::OrdMap::new();
         let mut was_fenced: Option<bool> = None;
         // Since when the lease has been lost: within PARK_GRACE the view keeps the
         // targets, parked (a blip keeps sessions and alert state; nothing acts).
@@ -546,7 +546,7 @@ pub fn owned_view(
     state: &ClusterState,
     spec_version: u64,
     spec: &Arc<FleetSpec>,
-    prev_owners: &BTreeMap<String, NodeId>,
+    prev_owners: &imbl::OrdMap<String, NodeId>,
     fenced: bool,
 ) -> Owned {
     let mut targets: Vec<TargetSpec> = Vec::new();
@@ -605,11 +605,12 @@ mod tests {
     fn targets_taken_up_are_held_while_a_member_acts_on_an_older_map() {
         let state = ClusterState {
             owners: [
-                ("a".to_string(), 1),
+                ("a".to_string(), 1u64),
                 ("b".to_string(), 1),
                 ("c".to_string(), 2),
             ]
-            .into(),
+            .into_iter()
+            .collect(),
             ownership_version: 7,
             ..Default::default()
         };
@@ -697,7 +698,7 @@ mod tests {
             delivered: vec![],
             fence: None,
         });
-        let before: BTreeMap<String, NodeId> = [("a".to_string(), 3)].into();
+        let before: imbl::OrdMap<String, NodeId> = [("a".to_string(), 3u64)].into_iter().collect();
         let v = owned_view(1, &state, 1, &spec, &before, false);
         let keys: Vec<&str> = v
             .notices

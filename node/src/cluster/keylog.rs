@@ -2,18 +2,35 @@
 //! notifications already queued or delivered. Lookups are O(1) (every node checks
 //! it for each notification it applies or is about to send); when full, the
 //! oldest key is forgotten first. Stored as a plain list of keys, oldest first.
-use std::collections::{HashSet, VecDeque};
+//!
+//! Both halves are persistent collections: a copy of the log (the herd state is
+//! copied per applied batch) shares them and costs O(1), a change O(log n). Each
+//! key has a sequence number (its place since the log began, counting forgotten
+//! keys): the Raft store keeps one row per key under it, so an applied change
+//! writes the keys added and removes those forgotten, never the whole log.
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(from = "VecDeque<String>")]
 pub struct KeyLog {
     /// Oldest first; each key once.
-    order: VecDeque<String>,
+    order: imbl::Vector<String>,
     /// The same keys, for lookups.
-    set: HashSet<String>,
+    set: imbl::HashSet<String>,
+    /// Sequence number of the oldest key (`order[i]` has `first + i`).
+    first: u64,
 }
+
+impl PartialEq for KeyLog {
+    /// The same keys in the same order (where the numbering starts is storage).
+    fn eq(&self, other: &KeyLog) -> bool {
+        self.order == other.order
+    }
+}
+
+impl Eq for KeyLog {}
 
 impl KeyLog {
     pub fn contains(&self, key: &str) -> bool {
@@ -22,12 +39,14 @@ impl KeyLog {
 
     /// Adds `key` unless present, then forgets the oldest keys beyond `max`.
     pub fn insert(&mut self, key: &str, max: usize) {
-        if self.set.insert(key.to_string()) {
+        if !self.set.contains(key) {
+            self.set.insert(key.to_string());
             self.order.push_back(key.to_string());
         }
         while self.order.len() > max {
             if let Some(old) = self.order.pop_front() {
                 self.set.remove(&old);
+                self.first += 1;
             }
         }
     }
@@ -47,6 +66,31 @@ impl KeyLog {
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.order.iter().map(String::as_str)
     }
+
+    /// Sequence numbers in use: `first..first + len`.
+    pub fn seqs(&self) -> std::ops::Range<u64> {
+        self.first..self.first + self.order.len() as u64
+    }
+
+    /// Keys with their sequence numbers from `from` on (oldest first).
+    pub fn since(&self, from: u64) -> impl Iterator<Item = (u64, &str)> {
+        let skip = from.saturating_sub(self.first) as usize;
+        (self.first + skip as u64..).zip(self.order.iter().skip(skip).map(String::as_str))
+    }
+
+    /// A log read back from its rows, `(seq, key)` in ascending `seq` (contiguous
+    /// as written; a key listed twice is kept once).
+    pub fn from_rows(rows: impl IntoIterator<Item = (u64, String)>) -> KeyLog {
+        let mut log = KeyLog::default();
+        let mut rows = rows.into_iter().peekable();
+        if let Some((seq, _)) = rows.peek() {
+            log.first = *seq;
+        }
+        for (_, k) in rows {
+            log.insert(&k, usize::MAX);
+        }
+        log
+    }
 }
 
 impl From<VecDeque<String>> for KeyLog {
@@ -63,7 +107,7 @@ impl From<VecDeque<String>> for KeyLog {
 impl Serialize for KeyLog {
     /// The keys, oldest first (no copy of the log is made).
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.order.serialize(s)
+        s.collect_seq(self.order.iter())
     }
 }
 
@@ -92,5 +136,21 @@ mod tests {
         let back: KeyLog = serde_json::from_str(r#"["x","y","x"]"#).expect("deserialize");
         assert_eq!(back, log);
         assert!(back.contains("y"));
+    }
+
+    #[test]
+    fn sequence_numbers_count_forgotten_keys_and_come_back_from_rows() {
+        let mut log = KeyLog::default();
+        for k in ["a", "b", "c", "b", "d"] {
+            log.insert(k, 3);
+        }
+        // a=0 forgotten; b=1, c=2, d=3 (the second "b" is no new key).
+        assert_eq!(log.seqs(), 1..4);
+        assert_eq!(log.since(2).collect::<Vec<_>>(), [(2, "c"), (3, "d")]);
+        assert_eq!(log.since(0).count(), 3);
+        let back = KeyLog::from_rows(log.since(0).map(|(s, k)| (s, k.to_string())));
+        assert_eq!(back, log);
+        assert_eq!(back.seqs(), 1..4);
+        assert!(back.contains("c") && !back.contains("a"));
     }
 }

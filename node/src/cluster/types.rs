@@ -242,20 +242,21 @@ pub struct ClusterState {
     pub spec_text: String,
     pub spec_source: String,
     pub ownership_version: u64,
-    pub owners: BTreeMap<String, NodeId>,
+    pub owners: imbl::OrdMap<String, NodeId>,
     /// Per target, the ownership version at which its current owner got it (the
     /// start of the owner's tenure): alert changes proposed under an older map
     /// are refused ([`AlertFence`]), an outbox entry queued under an older tenure
     /// and never recorded is not sent.
     #[serde(default)]
-    pub tenure: BTreeMap<String, u64>,
-    /// Shared values: the copy of the state each applied batch makes costs a
-    /// pointer per alert, not the alert (10,000 alerts: 26 ms a copy before).
-    pub alerts: BTreeMap<String, Arc<Alert>>,
+    pub tenure: imbl::OrdMap<String, u64>,
+    /// Shared values in a persistent map: the copy of the state each applied
+    /// batch makes shares every alert and every node of the map but the changed
+    /// path (10,000 alerts: 26 ms a deep copy before, 4 ms a copy of the map).
+    pub alerts: imbl::OrdMap<String, Arc<Alert>>,
     /// Alert notifications queued by the owner of their target and not delivered
     /// yet, by idempotency key: a new owner delivers them (bounded by MAX_NOTICES).
     #[serde(default)]
-    pub notices: BTreeMap<String, OutboxEntry>,
+    pub notices: imbl::OrdMap<String, OutboxEntry>,
     /// Keys of alert notifications delivered (or given up), oldest first (bounded
     /// by MAX_DELIVERED_KEYS): never sent again by any node.
     #[serde(default)]
@@ -279,7 +280,7 @@ pub struct ClusterState {
     pub action_runs: BTreeMap<String, ActionRunRecord>,
     /// Checks' positions in the files they tail, by key ([`Command::Tails`]).
     #[serde(default)]
-    pub tails: BTreeMap<String, TailMark>,
+    pub tails: imbl::OrdMap<String, TailMark>,
 }
 
 /// How long a node waits for the herd to record an alert notification it queued
@@ -471,18 +472,33 @@ impl ClusterState {
     fn set_ownership(&mut self, owners: &BTreeMap<String, NodeId>) -> CommandResponse {
         self.ownership_version += 1;
         let version = self.ownership_version;
-        self.tenure.retain(|t, _| owners.contains_key(t));
+        self.tenure = std::mem::take(&mut self.tenure)
+            .into_iter()
+            .filter(|(t, _)| owners.contains_key(t))
+            .collect();
         for (t, n) in owners {
             if self.owners.get(t) != Some(n) || !self.tenure.contains_key(t) {
                 self.tenure.insert(t.clone(), version);
             }
         }
-        self.owners = owners.clone();
+        self.owners = owners.iter().map(|(t, n)| (t.clone(), *n)).collect();
         // Alerts of targets that left the fleet have nobody to continue them.
-        self.alerts.retain(|_, a| owners.contains_key(&a.target));
-        self.notices.retain(|_, e| {
-            e.sender == Sender::Leader || owners.contains_key(&e.notification.alert.target)
-        });
+        let gone: Vec<String> = (self.alerts.iter())
+            .filter(|(_, a)| !owners.contains_key(&a.target))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.alerts.remove(&id);
+        }
+        let gone: Vec<String> = (self.notices.iter())
+            .filter(|(_, e)| {
+                e.sender != Sender::Leader && !owners.contains_key(&e.notification.alert.target)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            self.notices.remove(&k);
+        }
         CommandResponse {
             version: self.ownership_version,
             ..Default::default()

@@ -203,7 +203,7 @@ async fn three_nodes_elect_forward_fail_over_and_catch_up() {
         let st = r.node.state();
         wait_until("ownership everywhere", || {
             let s = st.borrow();
-            s.ownership_version == 1 && s.owners == owners
+            s.ownership_version == 1 && s.owners == owners.clone().into_iter().collect()
         })
         .await;
     }
@@ -284,7 +284,9 @@ async fn three_nodes_elect_forward_fail_over_and_catch_up() {
     let st = back.node.state();
     let caught_up = wait_until("restarted node catches up", || {
         let s = st.borrow();
-        s.spec_version == 3 && s.spec_text == text3 && s.owners == owners
+        s.spec_version == 3
+            && s.spec_text == text3
+            && s.owners == owners.clone().into_iter().collect()
     })
     .await;
     println!("restarted node {leader} caught up in {:?}", caught_up);

@@ -7,8 +7,16 @@
 //!   membership and the current snapshot.
 //!
 //! Invariants:
-//! - every write is one redb transaction committed with `Durability::Immediate`
-//!   (an fsync); an append is reported durable to openraft only after that commit;
+//! - every write is one redb transaction; the log's (vote, appends, purges,
+//!   committed) and the snapshots' are committed with `Durability::Immediate` (an
+//!   fsync): an append is reported durable to openraft only after that commit;
+//! - an apply is committed without an fsync (`Durability::None`): what it applies
+//!   is durable already, in the log, and the next durable commit of this file
+//!   (the next append, at the latest the snapshot built before any purge of the
+//!   log) makes the apply durable too. After a crash the state machine may be a
+//!   few entries behind the log, never ahead, and openraft applies those entries
+//!   again (from the `committed` mark at start, or when the leader says). This
+//!   saves the fsync an apply cost (most of its time);
 //! - `last_applied` and the membership are written in the same transaction as the
 //!   state-machine change they describe, so after a crash the state never runs
 //!   ahead of or behind its `last_applied`;
@@ -27,7 +35,9 @@ use redb::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::keylog::KeyLog;
 use super::types::{ActionRunRecord, ClusterState, NodeHealth, NodeId, NodeRecord, Part};
+use crate::store::alerting::OutboxEntry;
 
 mod log;
 mod sm;
@@ -51,12 +61,20 @@ const SM: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state_machin
 /// change rewrites its row, not every alert (format 2 on; format 1 kept them whole
 /// under `KEY_STATE_ALERTS` in `SM`, moved here when such a file is opened).
 const SM_ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state_alerts");
+/// Alert notifications not delivered yet, one row each (idempotency key → JSON
+/// of the outbox entry; format 3 on).
+const SM_NOTICES: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state_notices");
+/// Keys of delivered alert notifications, one row each under their sequence
+/// number in the log of keys ([`KeyLog::seqs`]; format 3 on): a delivery adds a
+/// row, the oldest beyond the bound are removed.
+const SM_DELIVERED: TableDefinition<u64, &str> = TableDefinition::new("raft_state_delivered");
 
 /// The layout of this file's tables and records this build writes and reads
 /// (`KEY_FORMAT` in `LOG_META`, u32 little endian; a file without it is format 1).
 /// A file of a newer format is refused whole, before anything writes to it.
 /// 2: alerts in rows of their own table (`SM_ALERTS`).
-pub const RAFT_FORMAT: u32 = 2;
+/// 3: undelivered notices and delivered keys too (`SM_NOTICES`, `SM_DELIVERED`).
+pub const RAFT_FORMAT: u32 = 3;
 const KEY_FORMAT: &str = "format";
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
@@ -72,7 +90,8 @@ const KEY_STATE_OWNERS: &str = "state.owners";
 const KEY_STATE_TENURE: &str = "state.tenure";
 /// The alerts whole (format 1; read once to move them into `SM_ALERTS`).
 const KEY_STATE_ALERTS: &str = "state.alerts";
-/// Undelivered and delivered alert notifications (stored with the alerts).
+/// Undelivered and delivered alert notifications whole (format 2; read once to
+/// move them into `SM_NOTICES` and `SM_DELIVERED`).
 const KEY_STATE_NOTICES: &str = "state.notices";
 const KEY_STATE_REST: &str = "state.rest";
 const KEY_STATE_TAILS: &str = "state.tails";
@@ -185,33 +204,33 @@ fn init(db: &Database) -> Result<sm::Applied, Fault> {
         // same transaction; a newer one was refused before).
         meta.insert(KEY_FORMAT, RAFT_FORMAT.to_le_bytes().as_slice())?;
         drop(meta);
-        let mut t = w.open_table(SM)?;
-        let mut rows = w.open_table(SM_ALERTS)?;
+        let mut t = Tables::open(&w)?;
         // A state stored whole by an earlier version is stored in parts from now on.
-        let whole = get_json::<ClusterState, _>(&t, KEY_STATE, "cluster state")?;
+        let whole = get_json::<ClusterState, _>(&t.sm, KEY_STATE, "cluster state")?;
         if let Some(state) = whole {
-            put_state(
-                &mut t,
-                &mut rows,
-                &state,
-                None,
-                &Part::ALL.into_iter().collect(),
-            )?;
-            t.remove(KEY_STATE)?;
+            t.put_state(&state, None, &Part::ALL.into_iter().collect())?;
+            t.sm.remove(KEY_STATE)?;
         }
         // Alerts stored whole (format 1) go to their rows.
-        let alerts = get_json::<std::collections::BTreeMap<String, Arc<crate::model::Alert>>, _>(
-            &t,
+        let alerts = get_json::<imbl::OrdMap<String, Arc<crate::model::Alert>>, _>(
+            &t.sm,
             KEY_STATE_ALERTS,
             "alerts",
         )?;
         if let Some(alerts) = alerts {
-            let state = ClusterState {
-                alerts,
-                ..Default::default()
-            };
-            put_alert_rows(&mut rows, &state, None)?;
-            t.remove(KEY_STATE_ALERTS)?;
+            put_rows(&mut t.alerts, "alert", &alerts, None)?;
+            t.sm.remove(KEY_STATE_ALERTS)?;
+        }
+        // Notices and delivered keys stored whole (format 2) go to their rows.
+        let notices = get_json::<(imbl::OrdMap<String, OutboxEntry>, KeyLog), _>(
+            &t.sm,
+            KEY_STATE_NOTICES,
+            "alert notifications",
+        )?;
+        if let Some((notices, delivered)) = notices {
+            put_rows(&mut t.notices, "notice", &notices, None)?;
+            put_delivered_rows(&mut t.delivered, &delivered, None)?;
+            t.sm.remove(KEY_STATE_NOTICES)?;
         }
     }
     w.commit()?;
@@ -219,7 +238,7 @@ fn init(db: &Database) -> Result<sm::Applied, Fault> {
     let t = r.open_table(SM)?;
     let last_applied = get_json(&t, KEY_LAST_APPLIED, "last applied log id")?.flatten();
     let membership = get_json(&t, KEY_MEMBERSHIP, "membership")?.unwrap_or_default();
-    let state = get_state(&t, &r.open_table(SM_ALERTS)?)?;
+    let state = get_state(&r)?;
     Ok(sm::Applied {
         last_applied,
         membership,
@@ -289,6 +308,14 @@ fn write_txn(db: &Database) -> Result<WriteTransaction, Fault> {
     Ok(w)
 }
 
+/// A write transaction for an apply: atomic, made durable by the next durable
+/// commit of the file (see the module's invariants).
+fn apply_txn(db: &Database) -> Result<WriteTransaction, Fault> {
+    let mut w = db.begin_write()?;
+    w.set_durability(Durability::None)?;
+    Ok(w)
+}
+
 fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, Fault> {
     serde_json::to_vec(value).map_err(|source| Fault::Codec { what, source })
 }
@@ -324,132 +351,175 @@ struct Rest {
     action_runs: std::collections::BTreeMap<String, ActionRunRecord>,
 }
 
-/// The alerts' rows: those of `state` that differ from `prev` written, those
-/// `prev` had and `state` has not removed — O(alerts) pointer comparisons (an
-/// alert unchanged by the batch is the same `Arc`), O(change) writes. Without
-/// `prev`: every row rewritten.
-fn put_alert_rows(
+/// Rows of a map of the state (`new`): those that differ from `prev` written,
+/// those `prev` had and `new` has not removed. `new` being `prev` changed by a
+/// batch, the two maps share every node of their trees but the changed paths, and
+/// the diff visits only those: O(change · log n). Without `prev`: every row
+/// rewritten.
+fn put_rows<V: Clone + PartialEq + Serialize>(
     rows: &mut redb::Table<&'static str, &'static [u8]>,
-    state: &ClusterState,
-    prev: Option<&ClusterState>,
+    what: &'static str,
+    new: &imbl::OrdMap<String, V>,
+    prev: Option<&imbl::OrdMap<String, V>>,
 ) -> Result<(), Fault> {
-    let put =
-        |rows: &mut redb::Table<&'static str, &'static [u8]>, id: &str, a: &crate::model::Alert| {
-            let bytes = encode("alert", a)?;
-            rows.insert(id, bytes.as_slice())?;
-            Ok::<(), Fault>(())
-        };
-    match prev {
-        None => {
+    let put = |rows: &mut redb::Table<&'static str, &'static [u8]>, id: &str, v: &V| {
+        rows.insert(id, encode(what, v)?.as_slice())?;
+        Ok::<(), Fault>(())
+    };
+    let Some(prev) = prev else {
+        rows.retain(|_, _| false)?;
+        for (id, v) in new {
+            put(rows, id, v)?;
+        }
+        return Ok(());
+    };
+    for change in prev.diff(new) {
+        match change {
+            imbl::ordmap::DiffItem::Add(id, v) => put(rows, id, v)?,
+            imbl::ordmap::DiffItem::Update { new: (id, v), .. } => put(rows, id, v)?,
+            imbl::ordmap::DiffItem::Remove(id, _) => {
+                rows.remove(id.as_str())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The delivered keys' rows: the keys `new` added since `prev` written under
+/// their sequence numbers, those it forgot removed — O(change), `new` being
+/// `prev` with keys inserted (what an applied batch does). Without `prev`, or
+/// when `new` is not such a continuation: every row rewritten.
+fn put_delivered_rows(
+    rows: &mut redb::Table<u64, &'static str>,
+    new: &KeyLog,
+    prev: Option<&KeyLog>,
+) -> Result<(), Fault> {
+    let (from, to) = (new.seqs(), prev.map(KeyLog::seqs));
+    match to {
+        Some(old) if old.start <= from.start && old.end <= from.end => {
+            for seq in old.start..from.start.min(old.end) {
+                rows.remove(seq)?;
+            }
+            for (seq, key) in new.since(old.end) {
+                rows.insert(seq, key)?;
+            }
+        }
+        _ => {
             rows.retain(|_, _| false)?;
-            for (id, a) in &state.alerts {
-                put(rows, id, a)?;
-            }
-        }
-        Some(prev) => {
-            // Both maps in key order, side by side: one comparison per step (a
-            // lookup of each id in `prev` was most of an apply's time).
-            let mut old = prev.alerts.iter().peekable();
-            for (id, a) in &state.alerts {
-                while let Some((gone, _)) = old.next_if(|(pid, _)| *pid < id) {
-                    rows.remove(gone.as_str())?;
-                }
-                match old.next_if(|(pid, _)| *pid == id) {
-                    Some((_, p)) if Arc::ptr_eq(p, a) => {}
-                    _ => put(rows, id, a)?,
-                }
-            }
-            for (gone, _) in old {
-                rows.remove(gone.as_str())?;
+            for (seq, key) in new.since(0) {
+                rows.insert(seq, key)?;
             }
         }
     }
     Ok(())
 }
 
-/// Stores `parts` of `state`; `prev`, the state stored before, lets the alerts'
-/// rows be written by difference (`None`: all of them).
-fn put_state(
-    table: &mut redb::Table<&'static str, &'static [u8]>,
-    alert_rows: &mut redb::Table<&'static str, &'static [u8]>,
-    state: &ClusterState,
-    prev: Option<&ClusterState>,
-    parts: &std::collections::BTreeSet<Part>,
-) -> Result<(), Fault> {
-    // Every field named: a field added to the state must be given a part here.
-    let ClusterState {
-        spec_version,
-        spec_text,
-        spec_source,
-        ownership_version,
-        owners,
-        tenure,
-        alerts: _,
-        notices,
-        delivered,
-        sent,
-        health,
-        nodes,
-        pauses,
-        draining,
-        silences,
-        herd_id,
-        action_runs,
-        tails,
-    } = state;
-    for part in parts {
-        match part {
-            Part::Spec => put_json(
-                table,
-                KEY_STATE_SPEC,
-                "fleet spec",
-                &(spec_version, spec_text, spec_source),
-            )?,
-            Part::Owners => {
-                put_json(
-                    table,
-                    KEY_STATE_OWNERS,
-                    "ownership map",
-                    &(ownership_version, owners),
-                )?;
-                put_json(table, KEY_STATE_TENURE, "ownership tenures", tenure)?;
-            }
-            Part::Alerts => {
-                put_alert_rows(alert_rows, state, prev)?;
-                put_json(
-                    table,
-                    KEY_STATE_NOTICES,
-                    "alert notifications",
-                    &(notices, delivered),
-                )?;
-            }
-            Part::Rest => put_json(
-                table,
-                KEY_STATE_REST,
-                "cluster state",
-                &RestRef {
-                    sent,
-                    health,
-                    nodes,
-                    pauses,
-                    draining,
-                    silences,
-                    herd_id,
-                    action_runs,
-                },
-            )?,
-            Part::Tails => put_json(table, KEY_STATE_TAILS, "tail marks", tails)?,
-        }
-    }
-    Ok(())
+/// The state machine's tables, open in one write transaction.
+struct Tables<'t> {
+    sm: redb::Table<'t, &'static str, &'static [u8]>,
+    alerts: redb::Table<'t, &'static str, &'static [u8]>,
+    notices: redb::Table<'t, &'static str, &'static [u8]>,
+    delivered: redb::Table<'t, u64, &'static str>,
 }
 
-/// Reads the state: from its parts and the alerts' rows, or whole as an earlier
-/// version stored it.
-fn get_state<R>(table: &R, alert_rows: &R) -> Result<ClusterState, Fault>
-where
-    R: ReadableTable<&'static str, &'static [u8]>,
-{
+impl<'t> Tables<'t> {
+    fn open(w: &'t WriteTransaction) -> Result<Tables<'t>, Fault> {
+        Ok(Tables {
+            sm: w.open_table(SM)?,
+            alerts: w.open_table(SM_ALERTS)?,
+            notices: w.open_table(SM_NOTICES)?,
+            delivered: w.open_table(SM_DELIVERED)?,
+        })
+    }
+
+    /// Stores `parts` of `state`; `prev`, the state stored before, lets the rows
+    /// (alerts, notices, delivered keys) be written by difference (`None`: all).
+    fn put_state(
+        &mut self,
+        state: &ClusterState,
+        prev: Option<&ClusterState>,
+        parts: &std::collections::BTreeSet<Part>,
+    ) -> Result<(), Fault> {
+        let table = &mut self.sm;
+        // Every field named: a field added to the state must be given a part here.
+        let ClusterState {
+            spec_version,
+            spec_text,
+            spec_source,
+            ownership_version,
+            owners,
+            tenure,
+            alerts: _,
+            notices,
+            delivered,
+            sent,
+            health,
+            nodes,
+            pauses,
+            draining,
+            silences,
+            herd_id,
+            action_runs,
+            tails,
+        } = state;
+        for part in parts {
+            match part {
+                Part::Spec => put_json(
+                    table,
+                    KEY_STATE_SPEC,
+                    "fleet spec",
+                    &(spec_version, spec_text, spec_source),
+                )?,
+                Part::Owners => {
+                    put_json(
+                        table,
+                        KEY_STATE_OWNERS,
+                        "ownership map",
+                        &(ownership_version, owners),
+                    )?;
+                    put_json(table, KEY_STATE_TENURE, "ownership tenures", tenure)?;
+                }
+                Part::Alerts => {
+                    put_rows(
+                        &mut self.alerts,
+                        "alert",
+                        &state.alerts,
+                        prev.map(|p| &p.alerts),
+                    )?;
+                    put_rows(
+                        &mut self.notices,
+                        "notice",
+                        notices,
+                        prev.map(|p| &p.notices),
+                    )?;
+                    put_delivered_rows(&mut self.delivered, delivered, prev.map(|p| &p.delivered))?;
+                }
+                Part::Rest => put_json(
+                    table,
+                    KEY_STATE_REST,
+                    "cluster state",
+                    &RestRef {
+                        sent,
+                        health,
+                        nodes,
+                        pauses,
+                        draining,
+                        silences,
+                        herd_id,
+                        action_runs,
+                    },
+                )?,
+                Part::Tails => put_json(table, KEY_STATE_TAILS, "tail marks", tails)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads the state: from its parts and its rows (alerts, notices, delivered
+/// keys), or whole as an earlier version stored it.
+fn get_state(r: &redb::ReadTransaction) -> Result<ClusterState, Fault> {
+    let table = &r.open_table(SM)?;
     if let Some(whole) = get_json::<ClusterState, _>(table, KEY_STATE, "cluster state")? {
         return Ok(whole);
     }
@@ -463,14 +533,22 @@ where
     if let Some(tenure) = get_json(table, KEY_STATE_TENURE, "ownership tenures")? {
         s.tenure = tenure;
     }
-    for row in alert_rows.iter()? {
+    for row in r.open_table(SM_ALERTS)?.iter()? {
         let (id, bytes) = row?;
         let a: crate::model::Alert = decode("alert", bytes.value())?;
         s.alerts.insert(id.value().to_string(), Arc::new(a));
     }
-    if let Some((notices, delivered)) = get_json(table, KEY_STATE_NOTICES, "alert notifications")? {
-        (s.notices, s.delivered) = (notices, delivered);
+    for row in r.open_table(SM_NOTICES)?.iter()? {
+        let (key, bytes) = row?;
+        let e: OutboxEntry = decode("notice", bytes.value())?;
+        s.notices.insert(key.value().to_string(), e);
     }
+    let mut keys = Vec::new();
+    for row in r.open_table(SM_DELIVERED)?.iter()? {
+        let (seq, key) = row?;
+        keys.push((seq.value(), key.value().to_string()));
+    }
+    s.delivered = KeyLog::from_rows(keys);
     if let Some(r) = get_json::<Rest, _>(table, KEY_STATE_REST, "cluster state")? {
         s.sent = r.sent;
         s.health = r.health;
@@ -520,11 +598,24 @@ pub fn backup_into(
 ) -> Result<u64, redb::Error> {
     let src = raft.begin_read()?;
     let mut rows = 0;
-    crate::store::backup::copy_table(&src, dst, LOGS, &mut rows, progress)?;
-    crate::store::backup::copy_table(&src, dst, LOG_META, &mut rows, progress)?;
-    crate::store::backup::copy_table(&src, dst, SM, &mut rows, progress)?;
-    crate::store::backup::copy_table(&src, dst, SM_ALERTS, &mut rows, progress)?;
+    copy_tables(&src, dst, &mut rows, progress)?;
     Ok(rows)
+}
+
+/// Copies every table of a Raft file from `src` into `dst`.
+fn copy_tables(
+    src: &redb::ReadTransaction,
+    dst: &Database,
+    rows: &mut u64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), redb::Error> {
+    use crate::store::backup::copy_table;
+    copy_table(src, dst, LOGS, rows, progress)?;
+    copy_table(src, dst, LOG_META, rows, progress)?;
+    copy_table(src, dst, SM, rows, progress)?;
+    copy_table(src, dst, SM_ALERTS, rows, progress)?;
+    copy_table(src, dst, SM_NOTICES, rows, progress)?;
+    copy_table(src, dst, SM_DELIVERED, rows, progress)
 }
 
 /// What restoring the herd's side of a backup did.
@@ -575,10 +666,7 @@ pub fn restore_from_backup(
     let mut rows = 0;
     let mut quiet = |_| {};
     let copy = |rows: &mut u64, quiet: &mut dyn FnMut(u64)| -> Result<(), redb::Error> {
-        crate::store::backup::copy_table(src, &dst, LOGS, rows, quiet)?;
-        crate::store::backup::copy_table(src, &dst, LOG_META, rows, quiet)?;
-        crate::store::backup::copy_table(src, &dst, SM, rows, quiet)?;
-        crate::store::backup::copy_table(src, &dst, SM_ALERTS, rows, quiet)?;
+        copy_tables(src, &dst, rows, quiet)?;
         crate::store::backup::seal(&dst)
     };
     copy(&mut rows, &mut quiet).map_err(|e| format!("{}: {e}", partial.display()))?;

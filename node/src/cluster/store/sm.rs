@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{
-    blocking, decode, encode, get_json, put_json, put_state, sto, write_txn, Fault,
-    KEY_LAST_APPLIED, KEY_MEMBERSHIP, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, SM, SM_ALERTS,
+    apply_txn, blocking, decode, encode, get_json, put_json, sto, write_txn, Fault, Tables,
+    KEY_LAST_APPLIED, KEY_MEMBERSHIP, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, SM,
 };
 use crate::cluster::types::{ClusterState, CommandResponse, NodeId, Part, TypeConfig};
 use std::collections::BTreeSet;
@@ -60,7 +60,9 @@ pub struct StateMachineStore {
     db: Arc<Database>,
     applied: Applied,
     /// The applied state, published after every apply that changed it and after
-    /// a snapshot install; the value is always durable.
+    /// a snapshot install; what it holds is always committed by the herd (durable
+    /// in the logs of a majority; this file's copy is made durable by its next
+    /// durable commit, see the store's invariants).
     tx: watch::Sender<Arc<ClusterState>>,
     /// Distinguishes snapshots built at the same log position.
     snapshot_seq: u64,
@@ -83,7 +85,7 @@ impl StateMachineStore {
         self.applied.state.clone()
     }
 
-    /// A receiver of the applied state: it sees each durable change (a node
+    /// A receiver of the applied state: it sees each committed change (a node
     /// reconciles what it owns against it). Valid after the store moves into Raft.
     pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
         self.tx.subscribe()
@@ -160,18 +162,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let before = current.state.clone();
         let (applied, responses, changed) = blocking(move || {
             let (applied, responses, parts) = apply_entries(current, entries);
-            let w = write_txn(&db)?;
+            let w = apply_txn(&db)?;
             {
-                let mut t = w.open_table(SM)?;
-                let mut rows = w.open_table(SM_ALERTS)?;
+                let mut t = Tables::open(&w)?;
                 put_json(
-                    &mut t,
+                    &mut t.sm,
                     KEY_LAST_APPLIED,
                     "last applied log id",
                     &applied.last_applied,
                 )?;
-                put_json(&mut t, KEY_MEMBERSHIP, "membership", &applied.membership)?;
-                put_state(&mut t, &mut rows, &applied.state, Some(&before), &parts)?;
+                put_json(&mut t.sm, KEY_MEMBERSHIP, "membership", &applied.membership)?;
+                t.put_state(&applied.state, Some(&before), &parts)?;
             }
             w.commit()?;
             Ok((applied, responses, !parts.is_empty()))
@@ -229,24 +230,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             let w = write_txn(&db)?;
             {
-                let mut t = w.open_table(SM)?;
-                let mut rows = w.open_table(SM_ALERTS)?;
+                let mut t = Tables::open(&w)?;
                 put_json(
-                    &mut t,
+                    &mut t.sm,
                     KEY_LAST_APPLIED,
                     "last applied log id",
                     &applied.last_applied,
                 )?;
-                put_json(&mut t, KEY_MEMBERSHIP, "membership", &applied.membership)?;
-                put_state(
-                    &mut t,
-                    &mut rows,
-                    &applied.state,
-                    None,
-                    &Part::ALL.into_iter().collect(),
-                )?;
-                put_json(&mut t, KEY_SNAPSHOT_META, "snapshot meta", &meta_owned)?;
-                t.insert(KEY_SNAPSHOT_DATA, data.as_slice())?;
+                put_json(&mut t.sm, KEY_MEMBERSHIP, "membership", &applied.membership)?;
+                t.put_state(&applied.state, None, &Part::ALL.into_iter().collect())?;
+                put_json(&mut t.sm, KEY_SNAPSHOT_META, "snapshot meta", &meta_owned)?;
+                t.sm.insert(KEY_SNAPSHOT_DATA, data.as_slice())?;
             }
             w.commit()?;
             Ok(applied)
