@@ -69,6 +69,14 @@ head -n 999999 /proc/stat /proc/meminfo /proc/loadavg /proc/net/dev /proc/uptime
 echo @@herd:df;df -Pk;echo @@herd:dfi;df -Pi;echo @@herd:end";
 const VITALS_COMMAND_NO_DISK: &str = "exec 2>/dev/null;\
 head -n 999999 /proc/stat /proc/meminfo /proc/loadavg /proc/net/dev /proc/uptime;echo @@herd:end";
+/// Their inline forms (`VITALS_INLINE`, `VITALS_INLINE_NO_DISK`), which the node
+/// sends to its long-lived shell to run without a subshell.
+const VITALS_INLINE: &str = "{ \
+head -n 999999 /proc/stat /proc/meminfo /proc/loadavg /proc/net/dev /proc/uptime /proc/mounts;\
+echo @@herd:df;df -Pk;echo @@herd:dfi;df -Pi;echo @@herd:end\n} 2>/dev/null";
+const VITALS_INLINE_NO_DISK: &str = "{ \
+head -n 999999 /proc/stat /proc/meminfo /proc/loadavg /proc/net/dev /proc/uptime;\
+echo @@herd:end\n} 2>/dev/null";
 
 /// The node scrapes every second with the default `disk_interval` (60 s): one
 /// scrape in 60 reads the disks. OpenSSH's runs make the same mix.
@@ -148,8 +156,9 @@ fn main() {
 }
 
 const USAGE: &str = "usage: fleet [fleet [N...]] [baseline] [--window S] [--interval S] \
-[--calls N] [--real-window S] [--stagger]
+[--calls N] [--real-window S] [--stagger] [--heavy-rc]
   no mode: fleet 100 1000 3000, then baseline
+  --heavy-rc: the baseline with the account's login shell bash and a ~100 ms ~/.bashrc
   --stagger: apply the fleet in one batch per second over an interval (spreads the scrapes)";
 
 #[derive(Debug)]
@@ -163,6 +172,8 @@ struct Options {
     real_window: Duration,
     /// Apply the fleet in one batch per second over an interval.
     stagger: bool,
+    /// The baseline's account logs in with bash and a slow ~/.bashrc.
+    heavy_rc: bool,
 }
 
 impl Options {
@@ -173,6 +184,7 @@ impl Options {
         let calls = a.number("--calls", 30, POSITIVE).min(1000) as usize;
         let real_window = a.seconds("--real-window", 20, POSITIVE);
         let stagger = a.switch("--stagger");
+        let heavy_rc = a.switch("--heavy-rc");
         let mut sizes: Vec<usize> = a
             .numbers("fleet size", 1..=20_000)
             .into_iter()
@@ -198,7 +210,48 @@ impl Options {
             calls,
             real_window,
             stagger,
+            heavy_rc,
         }
+    }
+}
+
+/// The baseline account with bash as its login shell and a ~/.bashrc that
+/// costs about 100 ms of CPU (Debian's bash reads ~/.bashrc when sshd starts it
+/// for a command): what every exec pays on such an account. Undone on drop.
+struct HeavyRc {
+    bashrc: PathBuf,
+}
+
+impl HeavyRc {
+    fn install() -> Result<HeavyRc, String> {
+        let home = PathBuf::from(format!("/home/{SSH_USER}"));
+        let bashrc = home.join(".bashrc");
+        std::fs::write(
+            &bashrc,
+            "# herd bench: a slow rc file\ni=0; while [ $i -lt 40000 ]; do i=$((i+1)); done\n",
+        )
+        .map_err(|e| format!("{}: {e}", bashrc.display()))?;
+        let out = Command::new("usermod")
+            .args(["-s", "/bin/bash", SSH_USER])
+            .output()
+            .map_err(|e| format!("usermod: {e}"))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_file(&bashrc);
+            return Err(format!(
+                "usermod -s /bin/bash: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(HeavyRc { bashrc })
+    }
+}
+
+impl Drop for HeavyRc {
+    fn drop(&mut self) {
+        let _ = Command::new("usermod")
+            .args(["-s", "/bin/sh", SSH_USER])
+            .output();
+        let _ = std::fs::remove_file(&self.bashrc);
     }
 }
 
@@ -786,6 +839,8 @@ struct RealHerd {
 #[derive(Debug, Default)]
 struct Baseline {
     skipped: Option<String>,
+    /// Measured with `--heavy-rc`.
+    heavy_rc: bool,
     command_cpu_ms: Option<f64>,
     fresh: Option<SshRun>,
     master: Option<SshRun>,
@@ -813,6 +868,7 @@ impl Baseline {
     fn to_json(&self) -> Value {
         json!({
             "skipped": self.skipped,
+            "heavy_rc": self.heavy_rc,
             "command_alone_cpu_ms": self.command_cpu_ms,
             "fresh_ssh": self.fresh.as_ref().map(SshRun::to_json),
             "control_master": self.master.as_ref().map(SshRun::to_json),
@@ -838,6 +894,23 @@ fn bench_baseline(rt: &tokio::runtime::Runtime, opts: &Options) -> Baseline {
     }
     progress("baseline: starting a real OpenSSH sshd on 127.0.0.1");
     let sshd = Sshd::start();
+    let _rc = if opts.heavy_rc {
+        match HeavyRc::install() {
+            Ok(rc) => {
+                progress(&format!(
+                    "baseline: {SSH_USER} logs in with bash and a slow ~/.bashrc"
+                ));
+                b.heavy_rc = true;
+                Some(rc)
+            }
+            Err(e) => {
+                b.skipped = Some(format!("--heavy-rc: {e}"));
+                return b;
+            }
+        }
+    } else {
+        None
+    };
     let config = sshd.dir().join("sshd_config").display().to_string();
     let listener = pid_with_cmdline(&config).expect("sshd's pid");
 
@@ -1564,6 +1637,11 @@ fn print_table(rows: &[FleetRow], baseline: Option<&Baseline>) {
                 }
                 None => format!("baseline: {name}: failed\n"),
             };
+            if b.heavy_rc {
+                out.push_str(
+                    "baseline: account: login shell bash, a slow ~/.bashrc (--heavy-rc)\n",
+                );
+            }
             out.push_str(&run("fresh ssh", &b.fresh));
             out.push_str(&run("ControlMaster", &b.master));
             if let Some(c) = b.command_cpu_ms {
@@ -1955,7 +2033,8 @@ mod fake {
 
         /// What the node's shell gets on stdin: the probe
         /// (`printf '@@herd-ready:TAG\n'`) and framed commands
-        /// (`( CMD\n) </dev/null; printf '\n@@herd-end:TAG:%d\n' "$?"; printf '\n@@herd-end:TAG\n' >&2`),
+        /// (`( CMD\n) </dev/null; printf '\n@@herd-end:TAG:%d\n' "$?"; printf '\n@@herd-end:TAG\n' >&2`,
+        /// or `{ INLINE\n} </dev/null; ...` for a command's inline form),
         /// answered as a shell would, with the vitals output for CMD.
         async fn data(
             &mut self,
@@ -1984,9 +2063,11 @@ mod fake {
                 };
                 let frame = &rest[..frame_end];
                 used += frame_end + 4;
-                let command = frame
-                    .strip_prefix("( ")
+                let command = (frame.strip_prefix("( "))
                     .and_then(|f| f.split_once("\n) </dev/null;"))
+                    .or_else(|| {
+                        (frame.strip_prefix("{ ")).and_then(|f| f.split_once("\n} </dev/null;"))
+                    })
                     .map(|(c, _)| c.to_string());
                 let tag = frame
                     .split("@@herd-end:")
@@ -2002,7 +2083,13 @@ mod fake {
                     session.data(channel, tag.into_bytes())?;
                     continue;
                 };
-                if command != super::VITALS_COMMAND && command != super::VITALS_COMMAND_NO_DISK {
+                let known = [
+                    super::VITALS_COMMAND,
+                    super::VITALS_COMMAND_NO_DISK,
+                    super::VITALS_INLINE,
+                    super::VITALS_INLINE_NO_DISK,
+                ];
+                if !known.contains(&command.as_str()) {
                     OTHER_COMMANDS.fetch_add(1, Ordering::Relaxed);
                 }
                 if let Some(slot) = EXECS.get(slot_now()) {

@@ -10,6 +10,28 @@ use std::time::Duration;
 pub use local::LocalTransport;
 pub use ssh::{SshAuth, SshSettings, SshTarget, SshTransport, SSH_COUNTERS};
 
+/// A command for the target, with an optional form that runs in the target's
+/// long-lived shell itself, without the subshell each command gets there (a fork
+/// of the target's shell saved per scrape). The inline form must leave the shell
+/// as it found it — no `exit`, `exec`, `cd` or variable it relies on — and send
+/// its own stderr where it wants it; only Herd's own fixed commands have one.
+/// Where no long-lived shell runs it (an exec channel, the local transport), the
+/// standalone form runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Script<'a> {
+    pub standalone: &'a str,
+    pub inline: Option<&'a str>,
+}
+
+impl<'a> From<&'a str> for Script<'a> {
+    fn from(command: &'a str) -> Script<'a> {
+        Script {
+            standalone: command,
+            inline: None,
+        }
+    }
+}
+
 /// What a command printed and how it ended.
 #[derive(Debug, Clone, Default)]
 pub struct ExecOutput {
@@ -143,9 +165,19 @@ impl Transport {
         timeout: Duration,
         max_output: usize,
     ) -> Result<ExecOutput, TransportError> {
+        self.run_script(command.into(), timeout, max_output).await
+    }
+
+    /// [`Transport::exec`] of a [`Script`]: its inline form in a long-lived shell.
+    pub async fn run_script(
+        &self,
+        script: Script<'_>,
+        timeout: Duration,
+        max_output: usize,
+    ) -> Result<ExecOutput, TransportError> {
         match self {
-            Transport::Ssh(t) => t.exec(command, timeout, max_output).await,
-            Transport::Local(t) => t.exec(command, timeout, max_output).await,
+            Transport::Ssh(t) => t.run_script(script, timeout, max_output).await,
+            Transport::Local(t) => t.exec(script.standalone, timeout, max_output).await,
         }
     }
 

@@ -7,7 +7,9 @@
 //! `( C\n) </dev/null; printf '\n@@herd-end:TAG:%d\n' "$?"; printf '\n@@herd-end:TAG\n' >&2`.
 //! The subshell keeps the shell clean (an `exit`, an `exec 2>/dev/null`, a `cd` of
 //! the command stay in it) and `</dev/null` keeps the command off the shell's
-//! input. The command's stdout is everything before `\n@@herd-end:TAG:` (the
+//! input. A [`Script`](super::Script) with an inline form (Herd's own vitals
+//! command, which promises to leave the shell as it found it) is sent as
+//! `{ C\n} </dev/null; ...` instead: run by the shell itself, one fork fewer. The command's stdout is everything before `\n@@herd-end:TAG:` (the
 //! newline is the marker's), its exit status the number after it; its stderr is
 //! everything before the stderr marker. `TAG` is a random session tag and a
 //! counter: output cannot fake it.
@@ -124,18 +126,23 @@ impl Shell {
         }
     }
 
-    /// Runs `command` in a subshell and reads its framed answer. On an error the
-    /// shell is closed (the caller drops it).
+    /// Runs `script` (in a subshell, or its inline form in the shell itself) and
+    /// reads its framed answer. On an error the shell is closed (the caller drops
+    /// it).
     pub async fn run(
         &mut self,
-        command: &str,
+        script: super::Script<'_>,
         timeout: Duration,
         max_output: usize,
     ) -> Result<ExecOutput, TransportError> {
         self.count += 1;
         let tag = format!("{}-{}", self.tag, self.count);
+        let body = match script.inline {
+            Some(inline) => format!("{{ {inline}\n}}"),
+            None => format!("( {}\n)", script.standalone),
+        };
         let script = format!(
-            "( {command}\n) </dev/null; printf '\\n@@herd-end:{tag}:%d\\n' \"$?\"; printf '\\n@@herd-end:{tag}\\n' >&2\n"
+            "{body} </dev/null; printf '\\n@@herd-end:{tag}:%d\\n' \"$?\"; printf '\\n@@herd-end:{tag}\\n' >&2\n"
         );
         let deadline = tokio::time::Instant::now() + timeout;
         if let Err(e) = self.channel.data(script.as_bytes()).await {

@@ -229,7 +229,7 @@ impl SshTransport {
     async fn exec_in_shell(
         &self,
         handle: &Handle<Client>,
-        command: &str,
+        script: super::Script<'_>,
         timeout: Duration,
         max_output: usize,
     ) -> Option<Result<ExecOutput, TransportError>> {
@@ -251,7 +251,7 @@ impl SshTransport {
             }
         }
         let shell = slot.as_mut()?;
-        let result = shell.run(command, timeout, max_output).await;
+        let result = shell.run(script, timeout, max_output).await;
         if result.is_err() {
             // Closed by `run`: the next command opens a new one.
             *slot = None;
@@ -270,9 +270,21 @@ impl SshTransport {
         timeout: Duration,
         max_output: usize,
     ) -> Result<ExecOutput, TransportError> {
+        self.run_script(command.into(), timeout, max_output).await
+    }
+
+    /// Runs `script`: in the long-lived shell (its inline form there, when it has
+    /// one), else its standalone form on an exec channel.
+    pub async fn run_script(
+        &self,
+        script: super::Script<'_>,
+        timeout: Duration,
+        max_output: usize,
+    ) -> Result<ExecOutput, TransportError> {
+        let command = script.standalone;
         let handle = self.session().await?;
         if let Some(result) = self
-            .exec_in_shell(&handle, command, timeout, max_output)
+            .exec_in_shell(&handle, script, timeout, max_output)
             .await
         {
             if let Err(TransportError::SessionBroken { .. }) = &result {

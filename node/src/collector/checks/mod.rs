@@ -45,6 +45,19 @@ impl Env<'_> {
             .map_err(CheckError::Transport)
     }
 
+    /// Runs a [`Script`](crate::transport::Script) on the target, bounded by the
+    /// check's timeout.
+    pub async fn run_script(
+        &self,
+        script: crate::transport::Script<'_>,
+        max_output: usize,
+    ) -> Result<ExecOutput, CheckError> {
+        self.transport
+            .run_script(script, self.timeout, max_output)
+            .await
+            .map_err(CheckError::Transport)
+    }
+
     /// The host part of the target's address (127.0.0.1 for local targets).
     pub fn target_host(&self) -> String {
         self.target
@@ -255,10 +268,10 @@ async fn run_vitals(
         .disk_interval
         .map_or(vitals::DEFAULT_DISK_INTERVAL, |d| d.get());
     let command = state.command(env.ts_ms, disk_interval);
-    let out = env.exec(command, vitals::MAX_OUTPUT_BYTES).await?;
+    let out = env.run_script(command, vitals::MAX_OUTPUT_BYTES).await?;
     let snap = vitals::parse(&out.stdout)
         .map_err(|e| CheckError::Failed(with_stderr(format!("vitals: {e}"), &out)))?;
-    if command == vitals::VITALS_COMMAND {
+    if command.standalone == vitals::VITALS_COMMAND {
         state.disk_read(env.ts_ms);
     }
     let mut measurements = state.observe(snap, env.ts_ms);

@@ -46,12 +46,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::model::text::quote_excerpt;
 use crate::model::Measurement;
 
-/// The sh command run on the target when disk figures are due. POSIX sh only,
-/// no bash-isms, must work with busybox. One process reads every /proc file and
-/// two run df; [`VITALS_COMMAND_NO_DISK`] runs one process in all.
+/// The vitals script with the disk figures: one process reads every /proc file
+/// and two run df. POSIX sh only, no bash-isms, must work with busybox.
 ///
-/// - `exec 2>/dev/null` silences the whole script once: df complains on
-///   stderr about mounts it may not read, and error text is not our format.
 /// - There is no `set -e`: a failing part leaves its section empty and the
 ///   rest still runs, and the end marker is printed whatever happened before.
 /// - `head` given several files heads each with `==> FILE <==` (GNU and
@@ -59,14 +56,36 @@ use crate::model::Measurement;
 ///   process reads them all where a `cat` per file forked six.
 /// - `df -P` keeps one row per line in the POSIX column layout; `-k` fixes
 ///   the unit at 1024 bytes whatever `BLOCKSIZE`/`DF_BLOCK_SIZE` say.
-pub const VITALS_COMMAND: &str = "exec 2>/dev/null;\
-head -n 999999 /proc/stat /proc/meminfo /proc/loadavg /proc/net/dev /proc/uptime /proc/mounts;\
-echo @@herd:df;df -Pk;echo @@herd:dfi;df -Pi;echo @@herd:end";
+macro_rules! vitals_body {
+    () => {
+        "head -n 999999 /proc/stat /proc/meminfo /proc/loadavg /proc/net/dev /proc/uptime /proc/mounts;\
+echo @@herd:df;df -Pk;echo @@herd:dfi;df -Pi;echo @@herd:end"
+    };
+}
 
-/// The command of the scrapes between two disk readings: CPU, memory, load,
-/// network and uptime, read by one `head`.
-pub const VITALS_COMMAND_NO_DISK: &str = "exec 2>/dev/null;\
-head -n 999999 /proc/stat /proc/meminfo /proc/loadavg /proc/net/dev /proc/uptime;echo @@herd:end";
+/// The same without the disk figures (mounts and df): one `head` in all.
+macro_rules! vitals_body_no_disk {
+    () => {
+        "head -n 999999 /proc/stat /proc/meminfo /proc/loadavg /proc/net/dev /proc/uptime;\
+echo @@herd:end"
+    };
+}
+
+/// The sh command run on the target when disk figures are due (an exec channel,
+/// the local transport). `exec 2>/dev/null` silences the whole script once: df
+/// complains on stderr about mounts it may not read, and error text is not our
+/// format.
+pub const VITALS_COMMAND: &str = concat!("exec 2>/dev/null;", vitals_body!());
+
+/// [`VITALS_COMMAND`] without the disk figures.
+pub const VITALS_COMMAND_NO_DISK: &str = concat!("exec 2>/dev/null;", vitals_body_no_disk!());
+
+/// The inline forms ([`crate::transport::Script`]) of the two: run by the
+/// target's long-lived shell itself, without a subshell, so a scrape forks only
+/// `head` (and df when the disk figures are due). A brace group with its stderr
+/// sent to /dev/null: nothing in it changes the shell.
+pub const VITALS_INLINE: &str = concat!("{ ", vitals_body!(), "\n} 2>/dev/null");
+pub const VITALS_INLINE_NO_DISK: &str = concat!("{ ", vitals_body_no_disk!(), "\n} 2>/dev/null");
 
 /// How often disk figures are read when the check does not say
 /// (`disk_interval`): they change slowly, and df is most of a scrape's cost.
@@ -367,15 +386,23 @@ enum RateWindow {
 impl VitalsState {
     /// The command for a scrape at `ts_ms`: with the disk figures when none were
     /// read yet or `disk_interval` has passed since, else without.
-    pub fn command(&self, ts_ms: i64, disk_interval: std::time::Duration) -> &'static str {
+    pub fn command(
+        &self,
+        ts_ms: i64,
+        disk_interval: std::time::Duration,
+    ) -> crate::transport::Script<'static> {
         let due = self.disk_read_ms.is_none_or(|last| {
             ts_ms.saturating_sub(last)
                 >= i64::try_from(disk_interval.as_millis()).unwrap_or(i64::MAX)
         });
-        if due {
-            VITALS_COMMAND
+        let (standalone, inline) = if due {
+            (VITALS_COMMAND, VITALS_INLINE)
         } else {
-            VITALS_COMMAND_NO_DISK
+            (VITALS_COMMAND_NO_DISK, VITALS_INLINE_NO_DISK)
+        };
+        crate::transport::Script {
+            standalone,
+            inline: Some(inline),
         }
     }
 
@@ -1959,6 +1986,32 @@ mod tests {
         assert!(!emits(&out, "disk."), "no disk figures asked");
     }
 
+    /// The inline forms run in the shell itself (as the long-lived shell frames
+    /// them) print what the standalone ones do, and leave the shell as it was:
+    /// its stderr still goes where it went, the next command runs.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn inline_forms_print_the_same_and_leave_the_shell_as_it_was() {
+        for (inline, disk) in [(VITALS_INLINE, true), (VITALS_INLINE_NO_DISK, false)] {
+            let framed = format!("{{ {inline}\n}} </dev/null; echo @@after; echo still-stderr >&2");
+            let output = std::process::Command::new("sh")
+                .args(["-c", &framed])
+                .output()
+                .expect("sh runs");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let (answer, after) = stdout.split_once("@@after").expect("the shell went on");
+            assert_eq!(after.trim(), "", "{inline}");
+            assert_eq!(
+                String::from_utf8_lossy(&output.stderr).trim(),
+                "still-stderr",
+                "the shell's stderr is its own again"
+            );
+            let snap = parse(answer.as_bytes()).unwrap_or_else(|e| panic!("{inline}: {e}"));
+            assert!(snap.memory.total_bytes > 0.0 && snap.uptime_s > 0.0);
+            assert_eq!(!snap.filesystems.is_empty(), disk, "{inline}");
+        }
+    }
+
     #[test]
     #[cfg(target_os = "linux")]
     fn live_command_output_parses_under_busybox() {
@@ -1978,9 +2031,15 @@ mod tests {
                 .expect("symlink");
         }
         let path = format!("{}:/usr/bin:/bin", dir.path().display());
-        for command in [VITALS_COMMAND, VITALS_COMMAND_NO_DISK] {
+        let framed = |inline: &str| format!("{{ {inline}\n}} </dev/null");
+        for command in [
+            VITALS_COMMAND.to_string(),
+            VITALS_COMMAND_NO_DISK.to_string(),
+            framed(VITALS_INLINE),
+            framed(VITALS_INLINE_NO_DISK),
+        ] {
             let output = std::process::Command::new("busybox")
-                .args(["sh", "-c", command])
+                .args(["sh", "-c", &command])
                 .env("PATH", &path)
                 .output()
                 .expect("busybox sh runs");
@@ -1995,15 +2054,21 @@ mod tests {
     fn disk_figures_are_read_every_disk_interval() {
         let every = std::time::Duration::from_secs(60);
         let mut state = VitalsState::default();
-        assert_eq!(state.command(0, every), VITALS_COMMAND, "the first scrape");
+        let at = |state: &VitalsState, ts, every| {
+            let script = state.command(ts, every);
+            (script.standalone, script.inline.expect("an inline form"))
+        };
+        let disk = (VITALS_COMMAND, VITALS_INLINE);
+        let no_disk = (VITALS_COMMAND_NO_DISK, VITALS_INLINE_NO_DISK);
+        assert_eq!(at(&state, 0, every), disk, "the first scrape");
         state.disk_read(0);
-        assert_eq!(state.command(10_000, every), VITALS_COMMAND_NO_DISK);
-        assert_eq!(state.command(59_999, every), VITALS_COMMAND_NO_DISK);
-        assert_eq!(state.command(60_000, every), VITALS_COMMAND);
+        assert_eq!(at(&state, 10_000, every), no_disk);
+        assert_eq!(at(&state, 59_999, every), no_disk);
+        assert_eq!(at(&state, 60_000, every), disk);
         // disk_interval at or below the interval: every scrape reads them.
         let short = std::time::Duration::from_secs(1);
         state.disk_read(60_000);
-        assert_eq!(state.command(61_000, short), VITALS_COMMAND);
+        assert_eq!(at(&state, 61_000, short), disk);
     }
 
     #[test]
