@@ -158,7 +158,7 @@ fn main() {
 const USAGE: &str = "usage: fleet [fleet [N...]] [baseline] [--window S] [--interval S] \
 [--calls N] [--real-window S] [--stagger] [--heavy-rc]
   no mode: fleet 100 1000 3000, then baseline
-  --heavy-rc: the baseline with the account's login shell bash and a ~100 ms ~/.bashrc
+  --heavy-rc: the baseline with the account's login shell bash and a slow ~/.bashrc (~0.3 s)
   --stagger: apply the fleet in one batch per second over an interval (spreads the scrapes)";
 
 #[derive(Debug)]
@@ -216,7 +216,7 @@ impl Options {
 }
 
 /// The baseline account with bash as its login shell and a ~/.bashrc that
-/// costs about 100 ms of CPU (Debian's bash reads ~/.bashrc when sshd starts it
+/// costs about 0.3 s of CPU here (Debian's bash reads ~/.bashrc when sshd starts it
 /// for a command): what every exec pays on such an account. Undone on drop.
 struct HeavyRc {
     bashrc: PathBuf,

@@ -9,6 +9,13 @@
 //! commit, and the herd told what finished), whatever the others do: a receiver
 //! that hangs until its timeout holds its own entries only, never another
 //! channel's, and rounds go on meanwhile (an entry in flight is not picked again).
+//!
+//! The worker keeps a copy of the outbox in memory, read whole when something
+//! else may have changed it (a wake: entries queued by the rules, a takeover, an
+//! action's release; an entry put off becoming due) and else kept up to date with
+//! the worker's own commits (sent, retried, expired entries). A round picks from
+//! the copy: a backlog of thousands drains without the outbox being read and
+//! decoded again for every send that ends.
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -203,6 +210,14 @@ pub struct Notifier {
     /// Where each send tells that it ended; the worker records it.
     done_tx: tokio::sync::mpsc::UnboundedSender<SendDone>,
     done_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<SendDone>>>,
+    /// The outbox as last read, with this worker's own changes since (see the
+    /// module's docs).
+    copy: Mutex<BTreeMap<u64, OutboxEntry>>,
+    /// Set when something else may have changed the outbox: the next round reads
+    /// it whole.
+    stale: std::sync::atomic::AtomicBool,
+    /// Whole reads of the outbox so far.
+    reads: std::sync::atomic::AtomicU64,
 }
 
 /// Notifications of one channel since the node started.
@@ -237,6 +252,9 @@ impl Notifier {
             configured_specs: Mutex::new(None),
             done_tx,
             done_rx: Mutex::new(Some(done_rx)),
+            copy: Mutex::new(BTreeMap::new()),
+            stale: std::sync::atomic::AtomicBool::new(true),
+            reads: std::sync::atomic::AtomicU64::new(0),
             store,
             channels: RwLock::new(HashMap::new()),
             broken: RwLock::new(HashMap::new()),
@@ -253,13 +271,13 @@ impl Notifier {
     }
 
     /// Told when the herd's applied state changed: an entry that waited for the
-    /// herd to record it may go now.
+    /// herd to record it may go now (the outbox itself did not change).
     pub fn herd_changed(&self) {
         if self
             .waiting_on_herd
             .load(std::sync::atomic::Ordering::SeqCst)
         {
-            self.wake();
+            self.wake.notify_one();
         }
     }
 
@@ -361,7 +379,10 @@ impl Notifier {
         self.wake();
     }
 
+    /// Something may have changed the outbox (entries queued or updated by
+    /// another task) or what may be sent: the next round reads it whole.
     pub fn wake(&self) {
+        self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
         self.wake.notify_one();
     }
 
@@ -482,7 +503,10 @@ impl Notifier {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                // An entry put off is due, or a second passed: read the outbox again.
+                _ = tokio::time::sleep(wait) => {
+                    self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 Some(first) = done.recv() => {
                     let mut ended = vec![first];
                     while let Ok(d) = done.try_recv() {
@@ -507,7 +531,27 @@ impl Notifier {
         // Before the gate reads the herd's state: a change from now on wakes a
         // next round.
         self.waiting_on_herd.store(true, SeqCst);
-        let entries = self.load_outbox().await?;
+        if self.stale.swap(false, SeqCst) {
+            self.reads.fetch_add(1, SeqCst);
+            match self.load_outbox().await {
+                Ok(read) => {
+                    *self.copy.lock().unwrap_or_else(|p| p.into_inner()) =
+                        read.into_iter().collect()
+                }
+                Err(e) => {
+                    self.stale.store(true, SeqCst);
+                    return Err(e);
+                }
+            }
+        }
+        let entries: Vec<(u64, OutboxEntry)> = {
+            let copy = self.copy.lock().unwrap_or_else(|p| p.into_inner());
+            let f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            (copy.iter())
+                .filter(|(seq, _)| !f.seqs.contains(seq))
+                .map(|(seq, e)| (*seq, e.clone()))
+                .collect()
+        };
         if entries.is_empty() {
             self.waiting_on_herd.store(false, SeqCst);
             return Ok(None);
@@ -757,7 +801,12 @@ impl Notifier {
             && change.remove.is_empty()
             && change.add.is_empty())
         {
-            self.store.outbox_change(change).await?;
+            let applied = self.copy_after(&change);
+            if let Err(e) = self.store.outbox_change(change).await {
+                self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+                return Err(e);
+            }
+            applied();
         }
         if let Some(h) = herd {
             if !finished.is_empty() || !requeued.is_empty() {
@@ -768,6 +817,30 @@ impl Notifier {
             next = Some(now_ms());
         }
         Ok(next)
+    }
+
+    /// What `change`, once committed, makes of the in-memory copy: entries sent,
+    /// removed or updated there too; entries added (fallbacks: their sequence
+    /// numbers are the store's) make the next round read the outbox whole.
+    fn copy_after(&self, change: &OutboxChange) -> impl FnOnce() + '_ {
+        let gone: Vec<u64> = (change.done.iter().map(|(seq, _)| *seq))
+            .chain(change.remove.iter().copied())
+            .collect();
+        let update = change.update.clone();
+        let added = !change.add.is_empty();
+        move || {
+            if added {
+                self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+                return;
+            }
+            let mut copy = self.copy.lock().unwrap_or_else(|p| p.into_inner());
+            for seq in gone {
+                copy.remove(&seq);
+            }
+            for (seq, e) in update {
+                copy.insert(seq, e);
+            }
+        }
     }
 
     /// Sends `n` through its channel at once, bypassing the outbox (and the fence):
@@ -1045,7 +1118,6 @@ mod tests {
     /// send before recording any).
     #[tokio::test]
     async fn a_hung_receiver_holds_only_its_own_channel() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ok = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (hung_addr, ok_addr) = (hung.local_addr().unwrap(), ok.local_addr().unwrap());
@@ -1055,43 +1127,7 @@ mod tests {
                 conns.push(c);
             }
         });
-        let answered = tokio::spawn(async move {
-            while let Ok((mut c, _)) = ok.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 65536];
-                    let mut got = Vec::new();
-                    // The request's head and its body (Content-Length).
-                    loop {
-                        let Ok(n) = c.read(&mut buf).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        got.extend_from_slice(&buf[..n]);
-                        let text = String::from_utf8_lossy(&got);
-                        if let Some(end) = text.find("\r\n\r\n") {
-                            let len = text[..end]
-                                .lines()
-                                .find_map(|l| {
-                                    l.to_ascii_lowercase()
-                                        .strip_prefix("content-length:")
-                                        .and_then(|v| v.trim().parse::<usize>().ok())
-                                })
-                                .unwrap_or(0);
-                            if got.len() >= end + 4 + len {
-                                break;
-                            }
-                        }
-                    }
-                    let _ = c
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                        )
-                        .await;
-                });
-            }
-        });
+        let answered = tokio::spawn(answer_ok(ok, None));
         let fleet = format!(
             "[[channel]]\nname = \"hung\"\nkind = \"webhook\"\nurl = \"http://{hung_addr}/\"\ntimeout = \"6s\"\n\n\
              [[channel]]\nname = \"ok\"\nkind = \"webhook\"\nurl = \"http://{ok_addr}/\"\n"
@@ -1135,6 +1171,113 @@ mod tests {
         let _ = worker.await;
         held.abort();
         answered.abort();
+    }
+
+    /// Answers 200 to every HTTP request on `listener` once it has read it whole;
+    /// counts the requests in `count` when given.
+    async fn answer_ok(
+        listener: tokio::net::TcpListener,
+        count: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut c, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut got = Vec::new();
+                // The request's head and its body (Content-Length).
+                loop {
+                    let Ok(n) = c.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .and_then(|v| v.trim().parse::<usize>().ok())
+                            })
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                if let Some(c) = &count {
+                    c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let _ = c
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    }
+
+    /// A backlog of hundreds of notifications (one target each, so one send each,
+    /// at most MAX_PARALLEL_SENDS at once) drains from the in-memory copy: each is
+    /// delivered once, and the outbox is read whole a few times, not once per send.
+    #[tokio::test]
+    async fn a_backlog_drains_from_the_copy_not_a_read_per_send() {
+        const N: usize = 200;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server = tokio::spawn(answer_ok(listener, Some(requests.clone())));
+        let fleet =
+            format!("[[channel]]\nname = \"ok\"\nkind = \"webhook\"\nurl = \"http://{addr}/\"\n");
+        let spec = crate::config::parse_fleet(&fleet, "test").unwrap();
+        let (_dir, n) = notifier();
+        n.configure(&spec.channels).await;
+        let entries: Vec<OutboxEntry> = (0..N)
+            .map(|i| {
+                let mut e = crate::cluster::types::tests::notice(
+                    &format!("k{i}:1:ok"),
+                    &format!("t{i}"),
+                    now_ms(),
+                );
+                e.notification.channel = "ok".into();
+                e.sender = Default::default();
+                e
+            })
+            .collect();
+        n.store
+            .alerting(crate::store::AlertingBatch {
+                outbox: entries,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let cancel = CancellationToken::new();
+        let worker = tokio::spawn(n.clone().run(cancel.clone()));
+        let started = std::time::Instant::now();
+        while !n.store.outbox().unwrap().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the backlog did not drain"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+        let _ = worker.await;
+        server.abort();
+        assert_eq!(n.channel_counts()["ok"].delivered, N as u64);
+        assert_eq!(
+            requests.load(std::sync::atomic::Ordering::SeqCst),
+            N,
+            "each once"
+        );
+        let reads = n.reads.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            reads <= (N / MAX_PARALLEL_SENDS / 2) as u64,
+            "{reads} reads of the outbox for {N} sends"
+        );
+        eprintln!("{N} sends, {reads} reads of the outbox");
     }
 
     /// The node's targets changing calls `configure` with the same channels: they
