@@ -393,6 +393,14 @@ struct Obs<'a> {
     series: &'a Labels,
 }
 
+/// What the engine keeps of a forgotten alert.
+#[derive(Debug, Default)]
+struct Tombstone {
+    transitions: u64,
+    /// The alert as it was forgotten (not when the count was raised since).
+    last: Option<Box<Alert>>,
+}
+
 /// The alert machines, apart from the rules so both can be borrowed at once.
 #[derive(Default)]
 struct Alerts {
@@ -400,7 +408,7 @@ struct Alerts {
     /// Transition counters of forgotten alerts, so an alert that comes back
     /// continues its count: `alert-id:transitions` keys stay unique per alert.
     /// Bounded by [`MAX_ALERTS`]; beyond it a returning alert counts from 0.
-    tombstones: HashMap<String, u64>,
+    tombstones: HashMap<String, Tombstone>,
     nan_samples: u64,
     refused_alerts: u64,
     refused_series: u64,
@@ -422,7 +430,7 @@ impl Alerts {
                 return;
             }
             let mut m = new_machine(rule, target, &id, obs.series, obs.ts);
-            m.alert.transitions = self.tombstones.remove(&id).unwrap_or(0);
+            m.alert.transitions = self.tombstones.remove(&id).map_or(0, |t| t.transitions);
             self.machines.insert(id.clone(), m);
         }
         let Some(m) = self.machines.get_mut(&id) else {
@@ -503,10 +511,24 @@ impl Alerts {
     }
 
     /// Drops an alert's machine, keeping its transition counter.
+    /// A forgotten alert's count is at least `transitions` (its last copy stays
+    /// only while it is the latest).
+    fn continue_count(&mut self, id: &str, transitions: u64) {
+        let t = self.tombstones.entry(id.to_string()).or_default();
+        if transitions > t.transitions {
+            t.transitions = transitions;
+            t.last = None;
+        }
+    }
+
     fn forget(&mut self, id: &str) {
         if let Some(m) = self.machines.remove(id) {
             if self.tombstones.len() < MAX_ALERTS {
-                self.tombstones.insert(id.to_string(), m.alert.transitions);
+                let tombstone = Tombstone {
+                    transitions: m.alert.transitions,
+                    last: Some(Box::new(m.alert)),
+                };
+                self.tombstones.insert(id.to_string(), tombstone);
             }
         }
     }
@@ -696,19 +718,32 @@ impl Engine {
     /// one not here already and not inactive is restored like a stored alert, so a
     /// firing alert stays firing without a second notification and its transition
     /// count (part of every idempotency key) goes on. Returns how many were taken.
+    ///
+    /// An alert this engine forgot when its target left it (held after a fence,
+    /// moved away) may have gone on here after the copy the herd holds was made
+    /// (a transition whose herd write had not been applied yet): the copy with
+    /// more transitions is the later one, and is the one continued — the herd's
+    /// older copy would make the same transition again.
     pub fn adopt(&mut self, alerts: Vec<Alert>) -> usize {
         let mut taken = 0;
         for alert in alerts {
             if self.alerts.machines.contains_key(&alert.id) {
                 continue;
             }
+            let ours = self.alerts.tombstones.get(&alert.id).and_then(|t| {
+                (t.last.as_ref()).filter(|last| last.transitions > alert.transitions)
+            });
+            let alert = match ours {
+                Some(later) => (**later).clone(),
+                None => alert,
+            };
             if alert.state == AlertState::Inactive {
                 // Nothing to continue, but its count goes on: a new episode must not
                 // reuse an idempotency key the herd recorded as delivered.
-                let count = self.alerts.tombstones.entry(alert.id).or_insert(0);
-                *count = (*count).max(alert.transitions);
+                self.alerts.continue_count(&alert.id, alert.transitions);
                 continue;
             }
+            self.alerts.tombstones.remove(&alert.id);
             let before = self.alerts.machines.len();
             self.restore(alert);
             taken += usize::from(self.alerts.machines.len() > before);
@@ -725,8 +760,7 @@ impl Engine {
             m.alert.transitions = m.alert.transitions.max(transitions);
             return;
         }
-        let count = self.alerts.tombstones.entry(id.to_string()).or_insert(0);
-        *count = (*count).max(transitions);
+        self.alerts.continue_count(id, transitions);
     }
 
     /// A sample of an owned target.

@@ -141,6 +141,8 @@ pub struct StoreStats {
     pub samples_written: AtomicU64,
     pub samples_dropped: AtomicU64,
     pub commits: AtomicU64,
+    /// Retention passes finished since the store was opened.
+    pub retention_passes: AtomicU64,
 }
 
 /// One request's contribution to the rollups of a series.
@@ -867,6 +869,9 @@ mod compact_at_start_tests {
 }
 
 #[cfg(test)]
+mod retention_bench;
+
+#[cfg(test)]
 mod retention_tests {
     use super::*;
     use crate::model::now_ms;
@@ -928,5 +933,92 @@ mod retention_tests {
             2,
             "a chunk reaching past the cutoff stays"
         );
+    }
+}
+
+#[cfg(test)]
+mod outbox_key_tests {
+    use super::*;
+    use crate::cluster::types::tests::notice;
+
+    fn open(dir: &Path) -> Store {
+        Store::open(
+            dir,
+            StoreOptions {
+                retention: Duration::from_secs(86_400),
+                flush_interval: Duration::from_millis(20),
+                chunk_samples: 100,
+            },
+        )
+        .unwrap()
+    }
+
+    fn keys(store: &Store) -> Vec<String> {
+        let mut keys: Vec<String> = (store.outbox().unwrap().into_iter())
+            .map(|(_, e)| e.notification.idempotency_key)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    fn queue(keys: &[&str]) -> AlertingBatch {
+        AlertingBatch {
+            outbox: keys.iter().map(|k| notice(k, "t", 1)).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// An engine that continued an alert from an older copy makes a transition it
+    /// made before again, with the same key: the node queues it once, sends it once.
+    #[tokio::test]
+    async fn a_key_is_queued_once_while_queued_and_never_after_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.alerting(queue(&["a:2:c", "b:2:c"])).await.unwrap();
+        // Again, and twice in one batch: nothing new.
+        store
+            .alerting(queue(&["a:2:c", "c:1:c", "c:1:c"]))
+            .await
+            .unwrap();
+        assert_eq!(keys(&store), ["a:2:c", "b:2:c", "c:1:c"]);
+        // a is delivered: its key is recorded, its entry goes; queued again later,
+        // it is not taken (nor by a fallback of another entry).
+        let seq_a = (store.outbox().unwrap().into_iter())
+            .find(|(_, e)| e.notification.idempotency_key == "a:2:c")
+            .unwrap()
+            .0;
+        store
+            .outbox_change(OutboxChange {
+                done: vec![(seq_a, "a:2:c".into())],
+                add: vec![notice("a:2:c", "t", 2)],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        store.alerting(queue(&["a:2:c"])).await.unwrap();
+        assert_eq!(keys(&store), ["b:2:c", "c:1:c"]);
+        // Given up (removed without delivery): the key may be queued again.
+        let seq_b = (store.outbox().unwrap().into_iter())
+            .find(|(_, e)| e.notification.idempotency_key == "b:2:c")
+            .unwrap()
+            .0;
+        store
+            .outbox_change(OutboxChange {
+                remove: vec![seq_b],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        store.alerting(queue(&["b:2:c"])).await.unwrap();
+        assert_eq!(keys(&store), ["b:2:c", "c:1:c"]);
+        // After a restart the keys queued are known from the file.
+        store.close().unwrap();
+        drop(store);
+        let store = open(dir.path());
+        store
+            .alerting(queue(&["b:2:c", "c:1:c", "a:2:c", "d:1:c"]))
+            .await
+            .unwrap();
+        assert_eq!(keys(&store), ["b:2:c", "c:1:c", "d:1:c"]);
     }
 }

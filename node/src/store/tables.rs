@@ -66,6 +66,8 @@ pub struct LoadedState {
     pub next_event_seq: u64,
     pub samples_written: u64,
     pub next_outbox_seq: u64,
+    /// The idempotency key of each queued notification, by seq.
+    pub outbox_keys: std::collections::HashMap<u64, String>,
     pub next_transition_seq: u64,
     /// Bytes in each remote-write queue, and the next seq of an entry.
     pub remote_bytes: std::collections::HashMap<String, u64>,
@@ -117,6 +119,14 @@ pub fn init(db: &Database) -> Result<LoadedState, redb::Error> {
         Some((k, _)) => k.value() + 1,
         None => 0,
     };
+    let mut outbox_keys = std::collections::HashMap::new();
+    for entry in outbox.iter()? {
+        let (k, v) = entry?;
+        // An unreadable entry is the notify worker's to report; it has no key here.
+        if let Ok(e) = serde_json::from_slice::<super::alerting::OutboxEntry>(v.value()) {
+            outbox_keys.insert(k.value(), e.notification.idempotency_key);
+        }
+    }
     let transitions = r.open_table(TRANSITIONS)?;
     let next_transition_seq = match transitions.last()? {
         Some((k, _)) => k.value().1 + 1,
@@ -128,6 +138,7 @@ pub fn init(db: &Database) -> Result<LoadedState, redb::Error> {
         remote_bytes,
         next_remote_seq,
         next_outbox_seq,
+        outbox_keys,
         next_transition_seq,
         series,
         next_series_id: max_id + 1,

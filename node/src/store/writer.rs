@@ -106,6 +106,13 @@ pub struct Writer {
     imports: Vec<(ImportOutcome, Sender<Result<ImportOutcome, String>>)>,
     /// A retention pass under way: the next series id and the cutoff (Unix ms).
     retention: Option<(u64, i64)>,
+    /// The idempotency keys in the outbox (seq → key, and the keys): a
+    /// notification is never queued twice by one node, whatever asks for it.
+    outbox_keys: HashMap<u64, String>,
+    queued_keys: HashSet<String>,
+    /// What the commit being written adds to and removes from them.
+    staged_keys: Vec<(u64, String)>,
+    staged_unqueued: Vec<u64>,
 }
 
 /// How far in the future an imported sample may lie (clocks differ a little).
@@ -153,6 +160,10 @@ impl Writer {
             next_remote_seq: state.next_remote_seq,
             imports: Vec::new(),
             retention: None,
+            queued_keys: state.outbox_keys.values().cloned().collect(),
+            outbox_keys: state.outbox_keys,
+            staged_keys: Vec::new(),
+            staged_unqueued: Vec::new(),
         }
     }
 
@@ -492,6 +503,7 @@ impl Writer {
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.pending_samples = 0;
                     self.remote_committed();
+                    self.outbox_keys_committed();
                     self.dirty.clear();
                     self.dirty_rollups.clear();
                     let horizon = now_ms().saturating_sub(ROLLUP_KEEP_MS);
@@ -517,6 +529,8 @@ impl Writer {
                 Err(e) => {
                     // Kept in memory: the next commit tries again.
                     tracing::error!(error = %e, "store commit failed; will retry");
+                    self.staged_keys.clear();
+                    self.staged_unqueued.clear();
                     failed = Some(e.to_string());
                     for (_, _, reply) in self.meta.drain(..) {
                         let _ = reply.send(Err(e.to_string()));
@@ -654,6 +668,41 @@ impl Writer {
         Ok(())
     }
 
+    /// The outbox keys as the last commit left them.
+    fn outbox_keys_committed(&mut self) {
+        for seq in self.staged_unqueued.drain(..) {
+            if let Some(key) = self.outbox_keys.remove(&seq) {
+                self.queued_keys.remove(&key);
+            }
+        }
+        for (seq, key) in self.staged_keys.drain(..) {
+            self.queued_keys.insert(key.clone());
+            self.outbox_keys.insert(seq, key);
+        }
+    }
+
+    /// Whether a notification with this key may be queued in this commit: not when
+    /// the outbox holds it, this commit queues it already, or it was delivered. The
+    /// key names the alert, its transition and the channel, so the same key is the
+    /// same notification (an engine that continued an alert from an older copy
+    /// makes a transition it made before again: its notification goes out once).
+    fn may_queue(
+        &self,
+        key: &str,
+        staged: &HashSet<&str>,
+        sent: &redb::Table<&str, i64>,
+    ) -> Result<bool, redb::Error> {
+        let again = self.queued_keys.contains(key) || staged.contains(key);
+        let again = again || sent.get(key)?.is_some();
+        if again {
+            tracing::info!(
+                key,
+                "notification already queued or delivered by this node: not queued again"
+            );
+        }
+        Ok(!again)
+    }
+
     /// Alert changes and outbox changes of this commit. Sequence numbers advance
     /// only in memory here; a failed commit retries with new numbers, which is fine
     /// since nothing refers to them before the commit.
@@ -662,6 +711,9 @@ impl Writer {
         let mut transitions = txn.open_table(TRANSITIONS)?;
         let mut outbox = txn.open_table(OUTBOX)?;
         let mut sent = txn.open_table(SENT)?;
+        let mut staged_keys = Vec::new();
+        let mut staged_unqueued = Vec::new();
+        let mut staged: HashSet<&str> = HashSet::new();
         for (batch, _) in &self.alerting {
             for a in &batch.alerts {
                 let json = serde_json::to_vec(a).unwrap_or_default();
@@ -676,8 +728,14 @@ impl Writer {
                 self.next_transition_seq += 1;
             }
             for e in &batch.outbox {
+                let key = e.notification.idempotency_key.as_str();
+                if !self.may_queue(key, &staged, &sent)? {
+                    continue;
+                }
                 let json = serde_json::to_vec(e).unwrap_or_default();
                 outbox.insert(self.next_outbox_seq, json.as_slice())?;
+                staged.insert(key);
+                staged_keys.push((self.next_outbox_seq, key.to_string()));
                 self.next_outbox_seq += 1;
             }
         }
@@ -686,6 +744,7 @@ impl Writer {
             for (seq, key) in &change.done {
                 outbox.remove(*seq)?;
                 sent.insert(key.as_str(), now)?;
+                staged_unqueued.push(*seq);
             }
             for key in &change.mark_sent {
                 sent.insert(key.as_str(), now)?;
@@ -696,13 +755,23 @@ impl Writer {
             }
             for seq in &change.remove {
                 outbox.remove(*seq)?;
+                staged_unqueued.push(*seq);
             }
             for e in &change.add {
+                let key = e.notification.idempotency_key.as_str();
+                if !self.may_queue(key, &staged, &sent)? {
+                    continue;
+                }
                 let json = serde_json::to_vec(e).unwrap_or_default();
                 outbox.insert(self.next_outbox_seq, json.as_slice())?;
+                staged.insert(key);
+                staged_keys.push((self.next_outbox_seq, key.to_string()));
                 self.next_outbox_seq += 1;
             }
         }
+        drop(staged);
+        self.staged_keys = staged_keys;
+        self.staged_unqueued = staged_unqueued;
         Ok(())
     }
 
@@ -765,7 +834,10 @@ impl Writer {
             Ok(())
         })();
         match result {
-            Ok(()) if finishing => self.retention = None,
+            Ok(()) if finishing => {
+                self.retention = None;
+                self.stats.retention_passes.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(()) => self.retention = Some((last, cutoff)),
             Err(e) => {
                 // Tried again at the next pass.

@@ -182,6 +182,49 @@ fn transition_counts_survive_an_inactive_alert_across_a_takeover() {
     assert!(!used.contains(&fired[0].alert.transitions));
 }
 
+/// A node resolved an alert, and before the herd applied that write the target
+/// was held from it (a lease blip) and handed back with the herd's older copy
+/// (still firing): the engine continues its own later copy, so the RESOLVED is
+/// not made a second time (same transition count: the same key twice).
+#[test]
+fn a_target_handed_back_continues_the_engines_later_copy_not_the_herds_older_one() {
+    let mut e = one(vec![cpu_rule("")]);
+    let fired = e.on_sample(&sample("web-1", "cpu.used_pct", T0, 95.0));
+    let herds_copy = fired[0].alert.clone();
+    assert_eq!(herds_copy.transitions, 1);
+    let resolved = e.on_sample(&sample("web-1", "cpu.used_pct", T0 + 10 * SEC, 50.0));
+    assert_eq!(steps(&resolved), vec![(Firing, Resolved, N_RESOLVED)]);
+    // Held: the target leaves the engine; back, with the herd's copy.
+    let rules = vec![cpu_rule("")];
+    e.reconfigure(rules.clone(), &[]);
+    e.reconfigure(rules, &targets(&["web-1"]));
+    e.adopt(vec![herds_copy.clone()]);
+    assert_eq!(
+        cpu(&mut e, T0 + 20 * SEC, 50.0),
+        vec![],
+        "resolved once, not again"
+    );
+    let again = e.on_sample(&sample("web-1", "cpu.used_pct", T0 + 30 * SEC, 95.0));
+    assert_eq!(steps(&again), vec![(Resolved, Firing, N_FIRING)]);
+    assert_eq!(again[0].alert.transitions, 3, "the count goes on from ours");
+
+    // The herd's copy is the later one (another node went on with it): it wins.
+    let mut e = one(vec![cpu_rule("")]);
+    e.on_sample(&sample("web-1", "cpu.used_pct", T0, 95.0));
+    let rules = vec![cpu_rule("")];
+    e.reconfigure(rules.clone(), &[]);
+    e.reconfigure(rules, &targets(&["web-1"]));
+    let theirs = Alert {
+        state: Resolved,
+        transitions: 2,
+        ..herds_copy
+    };
+    e.adopt(vec![theirs]);
+    let fired = e.on_sample(&sample("web-1", "cpu.used_pct", T0 + 20 * SEC, 95.0));
+    assert_eq!(steps(&fired), vec![(Resolved, Firing, N_FIRING)]);
+    assert_eq!(fired[0].alert.transitions, 3);
+}
+
 #[test]
 fn range_min_and_max_are_strict() {
     let r = rule("name = \"temp\"\nmetric = \"temp_c\"\nkind = \"range\"\nmin = 10\nmax = 80");
