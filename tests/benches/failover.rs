@@ -84,7 +84,7 @@ use herd_proto::v1::herd_client::HerdClient;
 use herd_proto::v1::StatusReply;
 use herd_tests::bench::{
     bench_setup, client_runtime, host_busy_s, node_status, percentile, point_times, progress,
-    target_dir, up_query, BenchArgs,
+    target_dir, up_query, write_report, BenchArgs,
 };
 use herd_tests::cluster::Cluster;
 use herd_tests::{now_ms, HerdOptions, HttpReceiver, Received};
@@ -202,17 +202,7 @@ fn main() {
         stopped,
     );
     report.print();
-    let path = target_dir().join("bench/failover.json");
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    match std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&report.json).unwrap_or_default() + "\n",
-    ) {
-        Ok(()) => eprintln!("\nwrote {}", path.display()),
-        Err(e) => eprintln!("\ncannot write {}: {e}", path.display()),
-    }
+    write_report("failover", &report.json);
     drop(rig);
     eprintln!("bench took {:.0} s", started.elapsed().as_secs_f64());
 }

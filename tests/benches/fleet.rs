@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use herd_proto::v1::StatusReply;
 use herd_tests::bench::{
-    bench_args, bench_setup, client_runtime, node_status, percentile, progress, target_dir,
+    bench_args, bench_setup, client_runtime, node_status, percentile, progress, write_report,
     BenchArgs, POSITIVE,
 };
 use herd_tests::{ssh_target, Herd, HerdOptions, Sshd, SSH_USER};
@@ -144,14 +144,7 @@ fn main() {
         "total_s": started.elapsed().as_secs_f64(),
     });
     print_table(&rows, baseline.as_ref());
-    let path = json_path();
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    match std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap() + "\n") {
-        Ok(()) => eprintln!("\nwrote {}", path.display()),
-        Err(e) => eprintln!("\ncannot write {}: {e}", path.display()),
-    }
+    write_report("fleet", &report);
     eprintln!("bench took {:.0} s", started.elapsed().as_secs_f64());
 }
 
@@ -1397,10 +1390,6 @@ fn die_with_parent(cmd: &mut Command) {
             Ok(())
         });
     }
-}
-
-fn json_path() -> PathBuf {
-    target_dir().join("bench/fleet.json")
 }
 
 fn which(cmd: &str) -> Option<PathBuf> {

@@ -74,7 +74,7 @@ use herd_proto::v1::herd_client::HerdClient;
 use herd_proto::v1::{AlertsReply, AlertsRequest, StatusReply};
 use herd_tests::bench::{
     bench_setup, client_runtime, host_busy_s, node_status, percentile, progress, target_dir,
-    BenchArgs,
+    write_report, BenchArgs,
 };
 use herd_tests::{Cluster, Herd, HerdOptions, HttpReceiver, Received};
 use rand::Rng;
@@ -139,14 +139,7 @@ fn main() {
         "total_s": started.elapsed().as_secs_f64(),
     });
     print_table(&opts, latency.as_ref(), throughput.as_ref(), fsync);
-    let path = target_dir().join("bench/notify.json");
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    match std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap() + "\n") {
-        Ok(()) => eprintln!("\nwrote {}", path.display()),
-        Err(e) => eprintln!("\ncannot write {}: {e}", path.display()),
-    }
+    write_report("notify", &report);
     eprintln!("bench took {:.0} s", started.elapsed().as_secs_f64());
 }
 

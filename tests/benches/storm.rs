@@ -32,7 +32,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use herd_tests::bench::{bench_setup, node_status, progress, target_dir, BenchArgs};
+use herd_tests::bench::{bench_setup, node_status, progress, write_report, BenchArgs};
 use herd_tests::{Cluster, Herd, HerdOptions, HttpReceiver, Received};
 use serde_json::{json, Value};
 
@@ -132,14 +132,7 @@ fn main() {
                 .join(" / ")
         );
     }
-    let path = target_dir().join("bench/storm.json");
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    match std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap() + "\n") {
-        Ok(()) => eprintln!("\nwrote {}", path.display()),
-        Err(e) => eprintln!("\ncannot write {}: {e}", path.display()),
-    }
+    write_report("storm", &report);
     eprintln!("bench took {:.0} s", started.elapsed().as_secs_f64());
     if [&firing, &resolved]
         .iter()

@@ -50,6 +50,20 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
+/// Writes a bench's JSON report to `target/bench/NAME.json` and says where (or
+/// why not) on stderr.
+pub fn write_report(name: &str, report: &serde_json::Value) {
+    let path = target_dir().join(format!("bench/{name}.json"));
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let text = serde_json::to_string_pretty(report).unwrap_or_default() + "\n";
+    match std::fs::write(&path, text) {
+        Ok(()) => eprintln!("\nwrote {}", path.display()),
+        Err(e) => eprintln!("\ncannot write {}: {e}", path.display()),
+    }
+}
+
 /// Nearest-rank percentile (sorts `v`); NaN when empty.
 pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {

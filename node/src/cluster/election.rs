@@ -82,6 +82,12 @@ pub async fn run(
         };
         liveness.set_log_index(log);
         liveness.set_leading(state == ServerState::Leader);
+        if state == ServerState::Leader {
+            // A leader hears itself: one that steps down (another stood) measures
+            // the silence from then, not from the last beat of a leader before it
+            // (it stood at once, 55 s "silent", in the storm bench: two elections).
+            liveness.leader_heard_now();
+        }
         if !matches!(state, ServerState::Follower | ServerState::Candidate) || !voters.contains(&me)
         {
             continue;

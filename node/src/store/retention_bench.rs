@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Sizes from the environment: `HERD_BENCH_TARGETS` (1000), `HERD_BENCH_SERIES`
-//! per target (4), `HERD_BENCH_DAYS` (30), `HERD_BENCH_INTERVAL_S` (60).
+//! per target (4), `HERD_BENCH_DAYS` (30), `HERD_BENCH_INTERVAL_S` (10).
 
 use super::writer::MAX_CHUNK_SPAN_MS;
 use super::*;
@@ -124,7 +124,7 @@ fn retention_commit_latency_bench() {
     let targets = env_or("HERD_BENCH_TARGETS", 1000);
     let series = env_or("HERD_BENCH_SERIES", 4);
     let days = env_or("HERD_BENCH_DAYS", 30).max(2);
-    let interval_ms = env_or("HERD_BENCH_INTERVAL_S", 60) as i64 * 1000;
+    let interval_ms = env_or("HERD_BENCH_INTERVAL_S", 10) as i64 * 1000;
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -166,6 +166,7 @@ fn retention_commit_latency_bench() {
     }
     let fill_s = fill.elapsed().as_secs_f64();
     store.close().unwrap();
+    drop(store);
     let filled_bytes = std::fs::metadata(dir.path().join("herd.redb"))
         .unwrap()
         .len();
@@ -195,6 +196,7 @@ fn retention_commit_latency_bench() {
         "the pass kept samples from {oldest:?}, cutoff {cutoff}"
     );
     store.close().unwrap();
+    drop(store);
     // The same retention again: a routine pass (nearly nothing to delete).
     let store = Store::open(dir.path(), options(days / 2)).unwrap();
     let (latencies_ms, pass_s) = trickle(&store, targets, series, Some(0), 0);
@@ -211,6 +213,7 @@ fn retention_commit_latency_bench() {
         latencies_ms,
     });
     store.close().unwrap();
+    drop(store);
     let after_bytes = std::fs::metadata(dir.path().join("herd.redb"))
         .unwrap()
         .len();

@@ -32,9 +32,14 @@ const MAX_BATCH_SAMPLES: usize = 50_000;
 pub const MAX_CHUNK_SPAN_MS: i64 = 4 * 3600 * 1000;
 /// How often a retention pass starts.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
-/// Series a retention step goes through, in one transaction of its own between
-/// two commits: the writer is never held longer than that.
+/// Series a retention step goes through at most, in one transaction of its own
+/// between two commits: the writer is never held longer than that.
 const RETENTION_SERIES_PER_STEP: u64 = 256;
+/// And the time a step may spend deleting before it commits what it did: a pass
+/// that deletes much (the retention was shortened: 540 chunks a series) stops
+/// after fewer series (`scripts/bench retention`: commits waited up to 81 ms behind
+/// steps of 256 such series).
+const RETENTION_STEP_BUDGET: Duration = Duration::from_millis(8);
 /// At most one retention step this often (a pass over 10,000 series takes a few
 /// seconds and costs little while samples flow).
 const RETENTION_STEP_EVERY: Duration = Duration::from_millis(50);
@@ -795,17 +800,25 @@ impl Writer {
         let Some((first, cutoff)) = self.retention else {
             return;
         };
-        let last = first
+        let end = first
             .saturating_add(RETENTION_SERIES_PER_STEP)
             .min(self.next_series_id);
-        let finishing = last >= self.next_series_id;
+        let started = Instant::now();
+        let mut last = end;
+        let mut finishing = last >= self.next_series_id;
         let result = (|| -> Result<(), redb::Error> {
             let txn = self.db.begin_write()?;
             {
                 let mut chunks = txn.open_table(CHUNKS)?;
                 let mut rollups = txn.open_table(ROLLUPS)?;
                 let sure = cutoff.saturating_sub(MAX_CHUNK_SPAN_MS);
-                for id in first..last {
+                for id in first..end {
+                    if id > first && started.elapsed() >= RETENTION_STEP_BUDGET {
+                        // The rest of this step's series are the next step's.
+                        last = id;
+                        finishing = false;
+                        break;
+                    }
                     chunks.retain_in((id, i64::MIN)..(id, sure), |_, _| false)?;
                     chunks.retain_in((id, sure)..(id, cutoff), |_, bytes| {
                         match codec::header(bytes) {
