@@ -287,6 +287,7 @@ mod tests {
             retention: Duration::from_secs(3600),
             flush_interval: Duration::from_millis(20),
             chunk_samples: 100,
+            ..Default::default()
         }
     }
 
