@@ -515,7 +515,6 @@ mod tests {
                 retention: Duration::from_secs(24 * 3600),
                 flush_interval: Duration::from_millis(20),
                 chunk_samples: 120,
-                ..Default::default()
             },
         )
         .unwrap()

@@ -187,9 +187,6 @@ impl SshSection {
     }
 }
 
-/// `[store] cache_mb`'s default.
-pub const DEFAULT_CACHE_MB: usize = 64;
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
@@ -200,9 +197,6 @@ pub struct StoreSection {
     pub flush_interval: HumanDuration,
     /// Samples per compressed chunk before a new one is started.
     pub chunk_samples: usize,
-    /// MiB of the store file's pages kept in memory (redb's cache; the kernel's
-    /// page cache is below it either way).
-    pub cache_mb: usize,
 }
 
 impl Default for StoreSection {
@@ -211,7 +205,6 @@ impl Default for StoreSection {
             retention: HumanDuration::from_secs(30 * 24 * 3600),
             flush_interval: HumanDuration::from_secs(1),
             chunk_samples: 240,
-            cache_mb: DEFAULT_CACHE_MB,
         }
     }
 }
@@ -460,12 +453,6 @@ impl NodeConfig {
                 format!("{} is outside 2..=65535", self.store.chunk_samples),
             ));
         }
-        if !(1..=65_536).contains(&self.store.cache_mb) {
-            p.push((
-                "store.cache_mb",
-                format!("{} is outside 1..=65536 (MiB)", self.store.cache_mb),
-            ));
-        }
         let c = &self.cluster;
         for (key, d) in [
             ("cluster.heartbeat", c.heartbeat),
@@ -685,17 +672,8 @@ mod tests {
         c.ssh.max_channels = 12;
         c.ssh.reconnect_min = HumanDuration::from_secs(100);
         c.node.grpc = "nowhere".into();
-        c.store.cache_mb = 0;
         let keys: Vec<_> = c.validate().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(
-            keys,
-            [
-                "node.grpc",
-                "ssh.reconnect_min",
-                "ssh.max_channels",
-                "store.cache_mb"
-            ]
-        );
+        assert_eq!(keys, ["node.grpc", "ssh.reconnect_min", "ssh.max_channels"]);
     }
 
     #[test]

@@ -292,7 +292,6 @@ fn open_store(cfg: &NodeConfig) -> Result<Store, NodeError> {
             retention: cfg.store.retention.get(),
             flush_interval: cfg.store.flush_interval.get(),
             chunk_samples: cfg.store.chunk_samples,
-            cache_bytes: cfg.store.cache_mb << 20,
         },
     )
     .map_err(|source| NodeError::Store {

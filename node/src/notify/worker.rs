@@ -999,7 +999,6 @@ mod tests {
                 retention: Duration::from_secs(3600),
                 flush_interval: Duration::from_millis(50),
                 chunk_samples: 240,
-                ..Default::default()
             },
         )
         .unwrap();

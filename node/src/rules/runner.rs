@@ -924,7 +924,6 @@ mod tests {
             retention: Duration::from_secs(3600),
             flush_interval: Duration::from_millis(100),
             chunk_samples: 240,
-            ..Default::default()
         };
         let store = Store::open(dir.path(), options).unwrap();
         let (handle, _rx) = channel(&store, None, None, None);

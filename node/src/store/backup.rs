@@ -287,7 +287,6 @@ mod tests {
             retention: Duration::from_secs(3600),
             flush_interval: Duration::from_millis(20),
             chunk_samples: 100,
-            ..Default::default()
         }
     }
 

@@ -240,20 +240,6 @@ pub struct StoreOptions {
     pub retention: Duration,
     pub flush_interval: Duration,
     pub chunk_samples: usize,
-    /// redb's page cache for the file (its default, 1 GiB, let a node's RSS grow
-    /// with what it wrote until the whole GiB was used).
-    pub cache_bytes: usize,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions {
-            retention: Duration::from_secs(30 * 24 * 3600),
-            flush_interval: Duration::from_secs(1),
-            chunk_samples: 240,
-            cache_bytes: crate::config::node::DEFAULT_CACHE_MB << 20,
-        }
-    }
 }
 
 /// Handle to the node's store; cheap to clone.
@@ -290,10 +276,7 @@ impl Store {
                 }
             }
         }
-        let mut db = redb::Builder::new()
-            .set_cache_size(options.cache_bytes)
-            .create(&path)
-            .map_err(|e| db_err(e.into()))?;
+        let mut db = Database::create(&path).map_err(|e| db_err(e.into()))?;
         if let Some(found) = newer(tables::format_of(&db).map_err(db_err)?) {
             return Err(StoreError::NewerFormat { path, found });
         }
@@ -639,7 +622,6 @@ mod density {
                 retention: Duration::from_secs(365 * 24 * 3600),
                 flush_interval: Duration::from_millis(50),
                 chunk_samples: 240,
-                ..Default::default()
             },
         )
         .unwrap();
@@ -730,7 +712,6 @@ mod import_tests {
                 retention: Duration::from_secs(30 * 24 * 3600),
                 flush_interval: Duration::from_millis(20),
                 chunk_samples: 100,
-                ..Default::default()
             },
         )
         .unwrap()
@@ -904,7 +885,6 @@ mod retention_tests {
                 retention: Duration::from_secs(2 * 86_400),
                 flush_interval: Duration::from_millis(20),
                 chunk_samples: 100,
-                ..Default::default()
             },
         )
         .unwrap();
@@ -968,7 +948,6 @@ mod outbox_key_tests {
                 retention: Duration::from_secs(86_400),
                 flush_interval: Duration::from_millis(20),
                 chunk_samples: 100,
-                ..Default::default()
             },
         )
         .unwrap()

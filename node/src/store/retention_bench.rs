@@ -29,7 +29,6 @@ fn options(retention_days: u64) -> StoreOptions {
         retention: Duration::from_secs(retention_days * 86_400),
         flush_interval: Duration::from_secs(1),
         chunk_samples: 240,
-        ..Default::default()
     }
 }
 

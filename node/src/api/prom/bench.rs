@@ -92,7 +92,6 @@ fn promql_latency() {
             retention: Duration::from_secs(3 * 24 * 3600),
             flush_interval: Duration::from_millis(200),
             chunk_samples: 240,
-            ..Default::default()
         },
     )
     .unwrap();

@@ -282,7 +282,6 @@ mod tests {
                 retention: Duration::from_secs(3600),
                 flush_interval: Duration::from_millis(100),
                 chunk_samples: 120,
-                ..Default::default()
             },
         )
         .unwrap()

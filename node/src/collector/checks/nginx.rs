@@ -231,7 +231,6 @@ this line is not in the combined format
                 retention: Duration::from_secs(3600),
                 flush_interval: Duration::from_millis(100),
                 chunk_samples: 120,
-                ..Default::default()
             },
         )
         .unwrap();
