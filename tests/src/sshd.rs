@@ -25,6 +25,8 @@ pub struct Sshd {
     dir: TempDir,
     /// The address it listens on (127.0.0.1 unless [`Sshd::start_on`]).
     ip: String,
+    /// The network namespace it runs in ([`Sshd::start_in_netns`]); None: this one.
+    netns: Option<String>,
     port: u16,
     child: Option<Child>,
     host_key_pub: String,
@@ -39,6 +41,18 @@ impl Sshd {
     /// Like [`Sshd::start`], listening on `ip` (an address of this host, e.g. a
     /// network lab's bridge, so that nodes in namespaces reach it).
     pub fn start_on(ip: &str) -> Sshd {
+        Sshd::start_with(ip, None)
+    }
+
+    /// Like [`Sshd::start_on`], run in the network namespace `netns` (`ip netns
+    /// exec`) and listening on `ip`, an address of that namespace: a "server" of its
+    /// own, which this namespace reaches over a [`crate::netns::NetLab`]'s bridge.
+    /// The sessions it forks (and what they leave running) live in that namespace.
+    pub fn start_in_netns(netns: &str, ip: &str) -> Sshd {
+        Sshd::start_with(ip, Some(netns.to_string()))
+    }
+
+    fn start_with(ip: &str, netns: Option<String>) -> Sshd {
         crate::require_root();
         ensure_user();
         ensure_privsep_dir();
@@ -56,6 +70,7 @@ impl Sshd {
         let mut sshd = Sshd {
             dir,
             ip: ip.to_string(),
+            netns,
             port: 0,
             child: None,
             host_key_pub,
@@ -127,6 +142,16 @@ impl Sshd {
     /// The private key that sshd accepts for [`SSH_USER`].
     pub fn client_key(&self) -> PathBuf {
         self.dir.path().join("client_key")
+    }
+
+    /// Lets one more public key (an OpenSSH `.pub` line) log in as [`SSH_USER`].
+    pub fn authorize(&self, public_line: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("authorized_keys"))
+            .expect("opening authorized_keys");
+        writeln!(f, "{}", public_line.trim()).expect("writing authorized_keys");
     }
 
     /// A known_hosts file with exactly [`Sshd::known_hosts_line`].
@@ -220,7 +245,15 @@ impl Sshd {
     fn spawn(&mut self) -> Result<(), String> {
         let log = self.log_path();
         let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        let mut cmd = Command::new(SSHD);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                // `ip netns exec` execs sshd: the child's pid is sshd's.
+                c.args(["netns", "exec", ns, SSHD]);
+                c
+            }
+            None => Command::new(SSHD),
+        };
         cmd.args(["-D", "-e", "-f"])
             .arg(self.dir.path().join("sshd_config"));
         let mut child = spawn_logged(&mut cmd, &self.dir.path().join("sshd.out"), &log);

@@ -1,12 +1,19 @@
-//! `herd deploy` end to end: three "servers", each a real OpenSSH sshd (its own
-//! host key, client key and known_hosts) with its own install directory, all on
-//! loopback (the nodes listen on 127.0.0.1, one port each). The test writes an
-//! inventory and runs the real CLI:
+//! `herd deploy` end to end: three "servers", each in its own network namespace
+//! (a bridge the test makes; nothing else is reachable) with a real OpenSSH sshd
+//! (its own host key, client key and known_hosts) and its own install directory;
+//! the nodes listen on their namespace's address, the same ports on each server,
+//! and watch each other's machine over SSH (the ring: node N's machine is a target
+//! of the next node). The test writes an inventory and runs the real CLI from this
+//! namespace:
 //! - `--dry-run` shows the plan and changes nothing;
 //! - deploy copies the binary, writes each node's config and credentials (0600),
-//!   starts each node under its supervisor, and the herd forms by itself;
+//!   starts each node under its supervisor, and the herd forms by itself; each
+//!   machine is scraped over SSH by the next node in the ring;
 //! - a second run changes nothing and says so;
 //! - a node killed with `kill -9` is started again by its supervisor;
+//! - a node that stays down (its supervisor told to stop, then the node killed) is
+//!   notified down once (`node_down` FIRING for its machine); a re-run of deploy
+//!   starts it again, and it is notified back once;
 //! - an upgrade (`--binary` a different build) replaces the binary everywhere and
 //!   restarts the nodes one at a time, the herd healthy after each; meanwhile no
 //!   target goes unscraped longer than its interval + 3 s, and the alert that
@@ -14,31 +21,44 @@
 //!   again by a restarted node or by the node that took its targets over;
 //! - a server that cannot be reached fails with its name; the others are done.
 //!
-//! Not here: servers in separate network namespaces (loopback stands in for the
-//! network), `--service systemd` (not built). The bounds only catch hangs.
+//! Not here: `--service systemd` (not built). The bounds only catch hangs.
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+use herd_tests::netns::NetLab;
 use herd_tests::process::run_bounded;
-use herd_tests::{free_port, local_target, phase, wait_for, wait_until, Sshd, SSH_USER};
+use herd_tests::{
+    free_port, generate_key, local_target, node_target, phase, toml_str, wait_for, wait_until,
+    Sshd, SSH_USER,
+};
 
 const DEPLOY_BOUND: Duration = Duration::from_secs(300);
 const BOUND: Duration = Duration::from_secs(60);
 
+/// The ports every node listens on, each on its own server's address.
+const GRPC_PORT: u16 = 7401;
+const HTTP_PORT: u16 = 7481;
+
 struct Server {
     sshd: Sshd,
+    /// The server's address (its namespace's, on the lab's bridge).
+    ip: String,
     prefix: PathBuf,
-    grpc_port: u16,
-    http_port: u16,
 }
 
-/// Stops every node the test started through deploy, even when it fails.
+/// Stops every node the test started through deploy, even when it fails; the
+/// namespaces go last (fields drop in order).
 struct Lab {
     dir: tempfile::TempDir,
     servers: Vec<Server>,
     hook: herd_tests::HttpReceiver,
+    /// The key the nodes scrape the machines with (the SSH account's own file).
+    scrape_key: PathBuf,
+    /// Every server's host key: the nodes check the machines they watch against it.
+    known_hosts: PathBuf,
+    _net: NetLab,
 }
 
 /// The scrape interval of the fleet's targets.
@@ -81,31 +101,36 @@ impl Drop for Lab {
 impl Lab {
     fn inventory(&self, extra: &str) -> PathBuf {
         let fleet = self.dir.path().join("fleet.toml");
-        // Each target's cpu is above -1 %: an alert fires on each and stays.
+        // Each fleet target's cpu is above -1 %: an alert fires on each and stays
+        // (not on the machines, `herd-node-N`, whose vitals the ring scrapes). The
+        // herd's own critical notices (node_down) go to the same receiver.
         let mut text: String = (1..=3)
             .map(|i| local_target(&format!("t-{i}"), "1s"))
             .collect();
         text.push_str(&format!(
-            "[[rule]]\nname = \"always\"\nmetric = \"cpu.used_pct\"\nkind = \"range\"\nmax = -1\n\
+            "[[rule]]\nname = \"always\"\ntargets = [\"t-*\"]\nmetric = \"cpu.used_pct\"\nkind = \"range\"\nmax = -1\n\
              channels = [\"hook\"]\n\n[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n\
-             group_window = \"0s\"\n",
+             group_window = \"0s\"\n\n[routes]\ncritical = [\"hook\"]\n",
             self.hook.url("/hook")
         ));
         std::fs::write(&fleet, text).unwrap();
         let mut text = format!(
-            "fleet = \"fleet.toml\"\n\n[defaults]\nuser = \"{SSH_USER}\"\nmachine = \"none\"\n"
+            "fleet = \"fleet.toml\"\n\n[defaults]\nuser = \"{SSH_USER}\"\ngrpc_port = {GRPC_PORT}\n\
+             node_toml = \"\"\"\n[ssh]\nkey = {}\nknown_hosts = {}\n\"\"\"\n",
+            toml_str(&self.scrape_key.display().to_string()),
+            toml_str(&self.known_hosts.display().to_string()),
         );
         for (i, s) in self.servers.iter().enumerate() {
             text.push_str(&format!(
-                "\n[[server]]\naddress = \"127.0.0.1\"\nssh_port = {}\nid = {}\ngrpc = \"127.0.0.1:{}\"\n\
-                 http = \"127.0.0.1:{}\"\nprefix = \"{}\"\nkey = \"{}\"\nknown_hosts = \"{}\"\n",
-                s.sshd.port(),
-                i + 1,
-                s.grpc_port,
-                s.http_port,
+                "\n[[server]]\naddress = \"{ip}\"\nssh_port = {port}\nid = {id}\n\
+                 http = \"{ip}:{HTTP_PORT}\"\nprefix = \"{}\"\nkey = \"{}\"\nknown_hosts = \"{}\"\n\
+                 machine = \"ssh://{SSH_USER}@{ip}:{port}\"\n",
                 s.prefix.display(),
                 s.sshd.client_key().display(),
                 s.sshd.known_hosts().display(),
+                ip = s.ip,
+                port = s.sshd.port(),
+                id = i + 1,
             ));
         }
         text.push_str(extra);
@@ -124,7 +149,7 @@ impl Lab {
 
     /// The CLI against node 1, with the API token deploy made.
     fn herd(&self, inventory: &Path, args: &[&str]) -> Output {
-        let node = format!("127.0.0.1:{}", self.servers[0].grpc_port);
+        let node = format!("{}:{GRPC_PORT}", self.servers[0].ip);
         let token = inventory.with_extension("token");
         let mut all = vec!["--node", &node, "--token-file", token.to_str().unwrap()];
         all.extend_from_slice(args);
@@ -166,18 +191,23 @@ impl Lab {
         times
     }
 
-    /// The idempotency keys of every firing notification the hook accepted.
-    fn firing_keys(&self) -> Vec<String> {
-        self.hook
-            .accepted()
-            .iter()
-            .flat_map(|r| {
-                r.json()["notifications"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
+    /// The notifications the hook accepted of `rule` on `target` (any, when None)
+    /// of `kind` ("firing", "resolved").
+    fn notes(&self, rule: &str, target: Option<&str>, kind: &str) -> Vec<serde_json::Value> {
+        herd_tests::receiver::herd_notes(&self.hook.requests())
+            .into_iter()
+            .filter(|n| {
+                n["alert"]["rule"] == rule
+                    && target.is_none_or(|t| n["alert"]["target"] == t)
+                    && n["kind"] == kind
             })
-            .filter(|n| n["kind"] == "firing")
+            .collect()
+    }
+
+    /// The idempotency keys of every firing notification of the `always` rule.
+    fn firing_keys(&self) -> Vec<String> {
+        self.notes("always", None, "firing")
+            .iter()
             .map(|n| {
                 n["idempotency_key"]
                     .as_str()
@@ -187,17 +217,35 @@ impl Lab {
             .collect()
     }
 
-    /// Three members alive, a leader, every fleet target owned.
+    /// Every node's machine (`herd-node-N`) owned by the next node in the ring
+    /// (`N % 3 + 1`) and up: scraped over SSH from one namespace into another.
+    fn ring_watched(&self, inventory: &Path) -> Option<serde_json::Value> {
+        let s = self.status(inventory)?;
+        let targets = s["targets"].as_array()?;
+        (1..=3u64)
+            .all(|n| {
+                targets.iter().any(|t| {
+                    t["name"] == node_target(n).as_str()
+                        && t["owner"].as_u64() == Some(n % 3 + 1)
+                        && t["up"] == true
+                })
+            })
+            .then_some(s)
+    }
+
+    /// Three members alive, a leader, every target owned (the fleet's three and
+    /// the three machines).
     fn healthy(&self, inventory: &Path) -> Option<serde_json::Value> {
         let s = self.status(inventory)?;
         let nodes = s["nodes"].as_array()?;
         let alive = nodes.iter().filter(|n| n["alive"] == true).count();
-        let owned = s["targets"]
-            .as_array()?
+        let targets = s["targets"].as_array()?;
+        let owned = targets
             .iter()
             .filter(|t| t["owner"].as_u64().is_some_and(|o| o > 0))
             .count();
-        (alive == 3 && s["leader"].as_u64().is_some() && owned == 3).then_some(s)
+        (alive == 3 && s["leader"].as_u64().is_some() && owned == 6 && targets.len() == 6)
+            .then_some(s)
     }
 }
 
@@ -249,21 +297,60 @@ fn deploy_lays_down_a_herd_converges_and_rolls_an_upgrade() {
     let installs = dir.path().join("servers");
     std::fs::create_dir(&installs).unwrap();
     std::fs::set_permissions(&installs, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let servers = (1..=3)
+    let net = NetLab::new(3);
+    let servers: Vec<Server> = (1..=3)
         .map(|i| Server {
-            sshd: Sshd::start(),
+            sshd: Sshd::start_in_netns(net.ns(i), &net.ip(i)),
+            ip: net.ip(i),
             prefix: installs.join(format!("server-{i}")),
-            grpc_port: free_port(),
-            http_port: free_port(),
         })
         .collect();
+    // The nodes run as the SSH account: the key they scrape the machines with is
+    // that account's, each sshd lets it in, and they know every server's host key.
+    let scrape_key = dir.path().join("scrape_key");
+    let public = generate_key(&scrape_key, "herd-deploy-scrape");
+    let chown = run_bounded(
+        std::process::Command::new("chown")
+            .arg(SSH_USER)
+            .arg(&scrape_key),
+        Duration::from_secs(10),
+    );
+    assert!(chown.status.success(), "{}", text(&chown));
+    let known_hosts = dir.path().join("known_hosts");
+    let mut lines = String::new();
+    for s in &servers {
+        s.sshd.authorize(&public);
+        lines.push_str(&format!("{}\n", s.sshd.known_hosts_line()));
+    }
+    std::fs::write(&known_hosts, lines).unwrap();
+    let hook = herd_tests::HttpReceiver::start_on(&net.bridge_ip());
     let lab = Lab {
         dir,
         servers,
-        hook: herd_tests::HttpReceiver::start(),
+        hook,
+        scrape_key,
+        known_hosts,
+        _net: net,
     };
     let inventory = lab.inventory("");
     let inv = inventory.to_str().unwrap();
+
+    phase!("a fleet spec the nodes would refuse: exit 2, file and line, nothing touched");
+    let fleet = lab.dir.path().join("fleet.toml");
+    let good = std::fs::read_to_string(&fleet).unwrap();
+    std::fs::write(&fleet, good.replace("kind = \"range\"", "kind = \"rnage\"")).unwrap();
+    let out = cli(&["deploy", inv]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("fleet.toml:"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        lab.servers.iter().all(|s| !s.prefix.exists()),
+        "nothing written on a server"
+    );
+    std::fs::write(&fleet, good).unwrap();
 
     phase!("herd deploy --dry-run: the plan, nothing changed");
     let out = cli(&["deploy", inv, "--dry-run"]);
@@ -293,6 +380,11 @@ fn deploy_lays_down_a_herd_converges_and_rolls_an_upgrade() {
         || lab.healthy(&inventory),
     );
     let herd_id = s["herd_id"].as_str().unwrap().to_string();
+    wait_for(
+        BOUND,
+        "each machine watched over SSH by the next node in the ring",
+        || lab.ring_watched(&inventory),
+    );
     for srv in &lab.servers {
         let mode = |p: &str| {
             std::fs::metadata(srv.prefix.join(p))
@@ -343,6 +435,68 @@ fn deploy_lays_down_a_herd_converges_and_rolls_an_upgrade() {
         lab.pid(1).filter(|p| *p != killed)
     });
     wait_for(BOUND, "the herd healthy again", || lab.healthy(&inventory));
+
+    phase!("node 3 stays down: notified down once; deploy starts it again; back once");
+    let prefix3 = lab.servers[2].prefix.clone();
+    std::fs::write(prefix3.join("run/stop"), "").unwrap();
+    let supervisor: i32 = std::fs::read_to_string(prefix3.join("run/supervisor.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let victim = lab.pid(2).expect("node 3's pid");
+    // SAFETY: kill(2) on the node deploy started.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    wait_until(BOUND, "node 3's supervisor ends (run/stop)", || {
+        // SAFETY: signal 0 only asks whether the pid is there.
+        unsafe { libc::kill(supervisor, 0) != 0 }
+    });
+    let machine3 = node_target(3);
+    wait_until(BOUND, "node_down FIRING for node 3's machine", || {
+        !lab.notes("node_down", Some(&machine3), "firing").is_empty()
+    });
+    // Its machine is still up: the ring goes on watching it while the node is down.
+    wait_for(
+        BOUND,
+        "node 3's targets taken over, its machine watched",
+        || {
+            let s = lab.status(&inventory)?;
+            let targets = s["targets"].as_array()?;
+            let moved = targets
+                .iter()
+                .all(|t| t["owner"].as_u64().is_some_and(|o| o == 1 || o == 2));
+            let watched = targets
+                .iter()
+                .any(|t| t["name"] == machine3.as_str() && t["up"] == true);
+            (moved && watched).then_some(())
+        },
+    );
+    let out = cli(&["deploy", inv]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("started the node (supervised)"),
+        "deploy starts the node that does not run: {}",
+        text(&out)
+    );
+    wait_for(BOUND, "the herd healthy with node 3 back", || {
+        lab.healthy(&inventory)
+    });
+    wait_until(BOUND, "node_down RESOLVED for node 3's machine", || {
+        !lab.notes("node_down", Some(&machine3), "resolved")
+            .is_empty()
+    });
+    wait_for(BOUND, "the ring as before", || lab.ring_watched(&inventory));
+    // Late copies would come within the outbox's retries: give them time to show.
+    std::thread::sleep(Duration::from_secs(3));
+    for kind in ["firing", "resolved"] {
+        let n = lab.notes("node_down", Some(&machine3), kind);
+        assert_eq!(
+            n.len(),
+            1,
+            "one node_down {kind} for node 3's machine, not {}: {n:?}",
+            n.len()
+        );
+    }
 
     phase!("upgrade: a different binary rolls out, one node at a time");
     let new_binary = lab.dir.path().join("herd-next");

@@ -203,7 +203,7 @@ async fn run_node(cfg: NodeConfig, fleet: Option<&Path>) -> Result<(), CliError>
         .map_err(|e| CliError::Failure(format!("{e:#}")))
 }
 
-fn read_fleet(path: &Path) -> Result<(String, String), CliError> {
+pub(super) fn read_fleet(path: &Path) -> Result<(String, String), CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::Usage(format!("{}: cannot read: {e}", path.display())))?;
     Ok((text, path.display().to_string()))
@@ -256,7 +256,10 @@ fn compact(dir: &Path) -> Result<(), CliError> {
 }
 
 /// The fleet spec in `text`, or every error in it by line (exit 2).
-fn parse_or_usage(text: &str, source: &str) -> Result<crate::config::FleetSpec, CliError> {
+pub(super) fn parse_or_usage(
+    text: &str,
+    source: &str,
+) -> Result<crate::config::FleetSpec, CliError> {
     parse_fleet(text, source).map_err(|errors| {
         let n = errors.0.len();
         CliError::Usage(format!(

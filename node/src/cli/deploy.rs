@@ -573,8 +573,14 @@ pub async fn deploy(
     }
     .into();
     let binary_sum = sha256_hex(&binary);
+    // A fleet spec the nodes would refuse is refused here, as `herd check` would,
+    // before any server is touched.
     let fleet_text = match &fleet {
-        Some(f) => Some(std::fs::read(f).map_err(|e| usage(f, e))?),
+        Some(f) => {
+            let (text, source) = super::commands::read_fleet(f)?;
+            super::commands::parse_or_usage(&text, &source)?;
+            Some(text.into_bytes())
+        }
         None => None,
     };
     eprintln!(
