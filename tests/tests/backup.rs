@@ -3,7 +3,8 @@
 //! node whose data dir was lost comes back from it with its history and its herd
 //! state (a herd of one: it was its only voter); nothing is ever overwritten (an
 //! existing backup file, a data dir holding a node's files: exit 2); a damaged
-//! backup is refused whole (exit 1) and leaves no file behind.
+//! backup is refused whole (exit 1) and leaves no file behind. `herd compact` of a
+//! running node's store loses nothing and the node scrapes on.
 //!
 //! The restore of a member of a larger herd is in `herd_bootstrap.rs` (it needs
 //! the declarative herd's template). The bounds only catch hangs.
@@ -151,6 +152,42 @@ fn a_backup_taken_while_scraping_restores_a_lost_node_with_its_history() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not a Herd backup"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_running_node_compacts_its_store_and_scrapes_on() {
+    let herd = Herd::start(HerdOptions::default().fleet(local_target("box", "1s")));
+    wait_for(BOUND, "a few cpu samples", || {
+        (herd.points("box", "cpu.used_pct").len() >= 3).then_some(())
+    });
+
+    phase!("herd compact: the running node's store, while it scrapes");
+    let acknowledged = herd.points("box", "cpu.used_pct");
+    let out = herd.cli(&["compact"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("store: ") && stdout.contains(" MB -> "),
+        "{}",
+        text(&out)
+    );
+    let after = wait_for(BOUND, "new samples after the compaction", || {
+        let p = herd.points("box", "cpu.used_pct");
+        let newest = acknowledged.last().map_or(0, |l| l.0);
+        p.iter().any(|(t, _)| *t > newest + 2000).then_some(p)
+    });
+    let missing: Vec<&(i64, f64)> = acknowledged.iter().filter(|p| !after.contains(p)).collect();
+    assert!(missing.is_empty(), "lost by the compaction: {missing:?}");
+
+    phase!("herd compact DATA_DIR of the running node: refused (its files are in use)");
+    let dir = herd.data_dir();
+    let out = herd.cli(&["compact", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use"),
         "{}",
         text(&out)
     );

@@ -496,6 +496,23 @@ impl pb::herd_server::Herd for HerdApi {
         )))
     }
 
+    async fn compact(
+        &self,
+        _req: Request<pb::CompactRequest>,
+    ) -> Result<Response<pb::CompactReply>, Status> {
+        match self.store.compact().await {
+            Ok(c) => Ok(Response::new(pb::CompactReply {
+                before_bytes: c.before_bytes,
+                after_bytes: c.after_bytes,
+                took_ms: c.took_ms,
+            })),
+            Err(e @ crate::store::StoreError::Compact(_)) => {
+                Err(Status::failed_precondition(e.to_string()))
+            }
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+
     async fn watch(
         &self,
         req: Request<pb::WatchRequest>,

@@ -83,10 +83,11 @@ pub enum Command {
     },
     /// Validate a fleet spec offline; every error with file, line and key.
     Check { file: PathBuf },
-    /// Compact a stopped node's files (DATA_DIR/herd.redb and raft.redb): the
-    /// free pages a long run leaves go back to the filesystem. Refused while a
-    /// node runs on the directory.
-    Compact { data_dir: PathBuf },
+    /// Compact a node's store file: the free pages deletes leave go back to the
+    /// filesystem. Without DATA_DIR: the running node's (`--node`) store, while it
+    /// runs (its writer and readers wait for it). With DATA_DIR: a stopped node's
+    /// files (herd.redb and raft.redb), refused while a node runs on them.
+    Compact { data_dir: Option<PathBuf> },
     /// Lay the herd down on the servers of an inventory over SSH (copy this
     /// binary, write each node's config and credentials, start the nodes, form the
     /// herd), or converge it on a re-run: what is already there is left alone,

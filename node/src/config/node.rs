@@ -197,7 +197,14 @@ pub struct StoreSection {
     pub flush_interval: HumanDuration,
     /// Samples per compressed chunk before a new one is started.
     pub chunk_samples: usize,
+    /// A store file at least this large (MiB) is compacted, at start and while the
+    /// node runs (after a retention pass), when less than half of it is in use:
+    /// the free pages deletes leave go back to the filesystem. 0: at any size.
+    pub compact_min_mb: u64,
 }
+
+/// `[store] compact_min_mb`'s default.
+pub const COMPACT_MIN_MB: u64 = 64;
 
 impl Default for StoreSection {
     fn default() -> Self {
@@ -205,6 +212,7 @@ impl Default for StoreSection {
             retention: HumanDuration::from_secs(30 * 24 * 3600),
             flush_interval: HumanDuration::from_secs(1),
             chunk_samples: 240,
+            compact_min_mb: COMPACT_MIN_MB,
         }
     }
 }
@@ -451,6 +459,12 @@ impl NodeConfig {
             p.push((
                 "store.chunk_samples",
                 format!("{} is outside 2..=65535", self.store.chunk_samples),
+            ));
+        }
+        if self.store.compact_min_mb > 1 << 30 {
+            p.push((
+                "store.compact_min_mb",
+                format!("{} MiB is beyond 1 PiB", self.store.compact_min_mb),
             ));
         }
         let c = &self.cluster;

@@ -292,6 +292,7 @@ fn open_store(cfg: &NodeConfig) -> Result<Store, NodeError> {
             retention: cfg.store.retention.get(),
             flush_interval: cfg.store.flush_interval.get(),
             chunk_samples: cfg.store.chunk_samples,
+            compact_min_bytes: cfg.store.compact_min_mb << 20,
         },
     )
     .map_err(|source| NodeError::Store {

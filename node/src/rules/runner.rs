@@ -924,6 +924,7 @@ mod tests {
             retention: Duration::from_secs(3600),
             flush_interval: Duration::from_millis(100),
             chunk_samples: 240,
+            compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
         };
         let store = Store::open(dir.path(), options).unwrap();
         let (handle, _rx) = channel(&store, None, None, None);

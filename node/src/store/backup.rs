@@ -164,7 +164,11 @@ impl Store {
         if out.exists() {
             return Err(file_err(out, "exists already"));
         }
-        let src = self.db.begin_read().map_err(|e| file_err(&self.path, e))?;
+        let src = self
+            .db
+            .get()
+            .begin_read()
+            .map_err(|e| file_err(&self.path, e))?;
         let created_ms = crate::model::now_ms();
         let dst = Database::create(out).map_err(|e| file_err(out, e))?;
         let store_rows = copy_all(&src, &dst, progress).map_err(|e| file_err(out, e))?;
@@ -287,6 +291,7 @@ mod tests {
             retention: Duration::from_secs(3600),
             flush_interval: Duration::from_millis(20),
             chunk_samples: 100,
+            compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
         }
     }
 
@@ -333,7 +338,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), options()).unwrap();
         assert_eq!(
-            super::super::tables::format_of(store.db.as_ref()).unwrap(),
+            super::super::tables::format_of(&*store.db.get()).unwrap(),
             Some(STORE_FORMAT)
         );
     }

@@ -33,79 +33,120 @@ pub const FILE_NAME: &str = "herd.redb";
 /// Compacts a redb file of a stopped node in place; returns its size before and
 /// after. A file a running node holds is refused (redb's lock), with that said.
 pub fn compact_file(path: &Path) -> Result<(u64, u64), String> {
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let before = size(path);
+    let before = file_size(path);
     let mut db = match Database::open(path) {
         Ok(db) => db,
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-            return Err("in use: a node runs on this data dir (stop it first)".into())
+            return Err("in use: a node runs on this data dir (`herd compact` without a directory compacts a running node's store)".into())
         }
         Err(e) => return Err(format!("cannot open: {e}")),
     };
-    // Each call frees what it can; a few rounds reach the smallest file.
-    for _ in 0..4 {
-        match db.compact() {
-            Ok(true) => continue,
-            Ok(false) => break,
-            Err(e) => return Err(format!("cannot compact: {e}")),
-        }
-    }
+    compact_rounds(&mut db).map_err(|e| format!("cannot compact: {e}"))?;
     drop(db);
-    Ok((before, size(path)))
+    Ok((before, file_size(path)))
 }
 
-/// A store file at least this large is compacted at start when less than half of
-/// it is in use.
-const COMPACT_AT_START_BYTES: u64 = 64 << 20;
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
 
-/// Compacts the store at start (the only moment nothing else holds it) when
-/// less than half of a large file is in use: free pages a long run left (retention
-/// deletes, rewritten open chunks) go back to the filesystem. Logged either way it
-/// decides for a large file; a failure is logged and the node goes on.
-fn compact_if_sparse(db: &mut Database, path: &Path, min_bytes: u64) {
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let file = size(path);
-    if file < min_bytes {
-        return;
+/// Compacts until redb moves nothing more (each call frees what it can; a few
+/// rounds reach the smallest file).
+fn compact_rounds(db: &mut Database) -> Result<(), redb::CompactionError> {
+    for _ in 0..4 {
+        if !db.compact()? {
+            break;
+        }
     }
-    let used = match db.begin_write().map(|w| {
-        let stats = w.stats();
+    Ok(())
+}
+
+/// A store file at least this large is compacted (at start, and after a
+/// retention pass) when less than half of it is in use: `[store] compact_min_mb`'s
+/// default, for the tests' stores.
+#[cfg(test)]
+pub const COMPACT_MIN_BYTES: u64 = crate::config::node::COMPACT_MIN_MB << 20;
+
+/// The file's size and the bytes in use, when the file is at least `min_bytes`
+/// and less than half of it is in use (worth compacting); else None.
+fn sparse(db: &Database, path: &Path, min_bytes: u64) -> Option<(u64, u64)> {
+    let file = file_size(path);
+    if file < min_bytes {
+        return None;
+    }
+    let stats = db.begin_write().ok().and_then(|w| {
+        let stats = w.stats().ok();
         let _ = w.abort();
         stats
-    }) {
-        Ok(Ok(s)) => s.allocated_pages() * s.page_size() as u64,
-        _ => return,
-    };
+    })?;
+    let used = stats.allocated_pages() * stats.page_size() as u64;
     if used * 2 > file {
         tracing::debug!(
             file_mb = file >> 20,
             used_mb = used >> 20,
             "store file mostly in use: no compaction"
         );
-        return;
+        return None;
     }
+    Some((file, used))
+}
+
+/// Compacts the store at start (nothing else holds it yet) when less than half of
+/// a large file is in use: free pages a long run left (retention deletes,
+/// rewritten open chunks) go back to the filesystem. A failure is logged and the
+/// node goes on.
+fn compact_if_sparse(db: &mut Database, path: &Path, min_bytes: u64) {
+    let Some((file, used)) = sparse(db, path, min_bytes) else {
+        return;
+    };
     let started = std::time::Instant::now();
     tracing::info!(
         file_mb = file >> 20,
         used_mb = used >> 20,
         "compacting the store file at start (less than half of it in use)"
     );
-    for _ in 0..4 {
-        match db.compact() {
-            Ok(true) => continue,
-            Ok(false) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot compact the store file; going on");
-                return;
-            }
-        }
+    if let Err(e) = compact_rounds(db) {
+        tracing::warn!(error = %e, "cannot compact the store file; going on");
+        return;
     }
     tracing::info!(
         before_mb = file >> 20,
-        after_mb = size(path) >> 20,
+        after_mb = file_size(path) >> 20,
         took_ms = started.elapsed().as_millis() as u64,
         "store file compacted"
     );
+}
+
+/// The store's redb file, shared by the writer thread and every reader: they
+/// take it shared (a read or write transaction is begun under it); only a
+/// compaction of the live file takes it alone, as redb compacts through `&mut`.
+#[derive(Clone)]
+pub(crate) struct SharedDb(Arc<std::sync::RwLock<Database>>);
+
+impl SharedDb {
+    fn new(db: Database) -> SharedDb {
+        SharedDb(Arc::new(std::sync::RwLock::new(db)))
+    }
+
+    /// The file, shared (a compaction in progress is waited for).
+    pub(crate) fn get(&self) -> std::sync::RwLockReadGuard<'_, Database> {
+        // A panic under the lock leaves the Database as redb left it: usable.
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The file alone: waits for every reader to let go.
+    fn alone(&self) -> std::sync::RwLockWriteGuard<'_, Database> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What a compaction of the live store did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactOutcome {
+    pub before_bytes: u64,
+    pub after_bytes: u64,
+    /// How long the writer (and readers) waited for it.
+    pub took_ms: u64,
 }
 
 /// Operations queued between the writer and everyone else. Bounded so that an
@@ -133,6 +174,9 @@ pub enum StoreError {
     /// A commit failed; what it held is still in memory (lost if the node stops).
     #[error("store: commit failed: {0}")]
     Commit(String),
+    /// A compaction of the live file could not be done (nothing was lost).
+    #[error("store: cannot compact: {0}")]
+    Compact(String),
 }
 
 /// Counters shown in `herd status`.
@@ -143,6 +187,8 @@ pub struct StoreStats {
     pub commits: AtomicU64,
     /// Retention passes finished since the store was opened.
     pub retention_passes: AtomicU64,
+    /// Compactions of the live file (asked for, or after a retention pass).
+    pub compactions: AtomicU64,
 }
 
 /// One request's contribution to the rollups of a series.
@@ -187,6 +233,9 @@ pub(crate) enum WriteOp {
     RetainNow(std::sync::mpsc::Sender<Result<(), String>>),
     /// Commit now; the reply comes after the commit (an error when it failed).
     Flush(std::sync::mpsc::Sender<Result<(), String>>),
+    /// Commit, then compact the live file (the writer and every reader wait for
+    /// it); the reply says what it did, or why it could not.
+    Compact(std::sync::mpsc::Sender<Result<Result<CompactOutcome, String>, String>>),
     /// Commit and stop; later operations fail with `Closed`.
     Shutdown(std::sync::mpsc::Sender<Result<(), String>>),
 }
@@ -240,12 +289,15 @@ pub struct StoreOptions {
     pub retention: Duration,
     pub flush_interval: Duration,
     pub chunk_samples: usize,
+    /// A file at least this large is compacted (at start, and after a retention
+    /// pass) when less than half of it is in use.
+    pub compact_min_bytes: u64,
 }
 
 /// Handle to the node's store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: SharedDb,
     path: PathBuf,
     tx: SyncSender<WriteOp>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
@@ -280,16 +332,23 @@ impl Store {
         if let Some(found) = newer(tables::format_of(&db).map_err(db_err)?) {
             return Err(StoreError::NewerFormat { path, found });
         }
-        compact_if_sparse(&mut db, &path, COMPACT_AT_START_BYTES);
-        let db = Arc::new(db);
+        compact_if_sparse(&mut db, &path, options.compact_min_bytes);
         let state = tables::init(&db).map_err(db_err)?;
+        let db = SharedDb::new(db);
         let stats = Arc::new(StoreStats::default());
         stats
             .samples_written
             .store(state.samples_written, Ordering::Relaxed);
         let (tx, rx) = sync_channel(QUEUE_DEPTH);
         let feed = Feed::default();
-        let w = writer::Writer::new(db.clone(), state, options, stats.clone(), feed.clone());
+        let w = writer::Writer::new(
+            db.clone(),
+            path.clone(),
+            state,
+            options,
+            stats.clone(),
+            feed.clone(),
+        );
         let handle = std::thread::Builder::new()
             .name("herd-store".into())
             .spawn(move || w.run(rx))?;
@@ -352,7 +411,7 @@ impl Store {
         max_samples: usize,
     ) -> Result<Vec<remote::QueuedBatch>, StoreError> {
         let (db, name) = (self.db.clone(), name.to_string());
-        tokio::task::spawn_blocking(move || remote::oldest(&db, &name, after, max_samples))
+        tokio::task::spawn_blocking(move || remote::oldest(&db.get(), &name, after, max_samples))
             .await
             .map_err(|_| StoreError::Closed)?
             .map_err(|e| self.db_err(e))
@@ -384,7 +443,7 @@ impl Store {
         to_ms: i64,
     ) -> Result<Vec<query::RollupSeries>, StoreError> {
         query::rollups(
-            &self.db,
+            &self.db.get(),
             target,
             metric,
             labels,
@@ -443,6 +502,16 @@ impl Store {
             .await
     }
 
+    /// Compacts the live file now: the writer commits what it holds, then takes
+    /// the file alone (scrapes queue meanwhile, readers wait) and lets redb move
+    /// its pages down and truncate the free ones. Refused while a backup holds a
+    /// read transaction. Returns once done.
+    pub async fn compact(&self) -> Result<CompactOutcome, StoreError> {
+        self.wait_for(WriteOp::Compact)
+            .await?
+            .map_err(StoreError::Compact)
+    }
+
     /// Applies a delivery round to the outbox; returns once durable.
     pub async fn outbox_change(&self, change: OutboxChange) -> Result<(), StoreError> {
         self.wait_for(move |reply| WriteOp::Outbox(change, reply))
@@ -470,17 +539,17 @@ impl Store {
 
     /// Every stored alert.
     pub fn alerts(&self) -> Result<Vec<crate::model::Alert>, StoreError> {
-        query::alerts(&self.db).map_err(|e| self.db_err(e))
+        query::alerts(&self.db.get()).map_err(|e| self.db_err(e))
     }
 
     /// The outbox in order.
     pub fn outbox(&self) -> Result<Vec<(u64, alerting::OutboxEntry)>, StoreError> {
-        query::outbox(&self.db).map_err(|e| self.db_err(e))
+        query::outbox(&self.db.get()).map_err(|e| self.db_err(e))
     }
 
     /// Whether a notification with this idempotency key was delivered.
     pub fn was_sent(&self, key: &str) -> Result<bool, StoreError> {
-        query::was_sent(&self.db, key).map_err(|e| self.db_err(e))
+        query::was_sent(&self.db.get(), key).map_err(|e| self.db_err(e))
     }
 
     /// The entries whose idempotency key this outbox neither holds nor delivered:
@@ -515,7 +584,7 @@ impl Store {
         since_ms: i64,
         limit: usize,
     ) -> Result<Vec<alerting::TransitionRecord>, StoreError> {
-        query::transitions(&self.db, since_ms, limit).map_err(|e| self.db_err(e))
+        query::transitions(&self.db.get(), since_ms, limit).map_err(|e| self.db_err(e))
     }
 
     /// Commits everything queued so far; returns once it is durable.
@@ -531,7 +600,7 @@ impl Store {
     }
 
     pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        tables::get_meta(&self.db, key).map_err(|e| self.db_err(e))
+        tables::get_meta(&self.db.get(), key).map_err(|e| self.db_err(e))
     }
 
     /// Series of `metric` of `target` whose labels include `labels`, with their points in
@@ -544,7 +613,8 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<SeriesPoints>, StoreError> {
-        query::query(&self.db, target, metric, labels, from_ms, to_ms).map_err(|e| self.db_err(e))
+        query::query(&self.db.get(), target, metric, labels, from_ms, to_ms)
+            .map_err(|e| self.db_err(e))
     }
 
     /// Events newest first, optionally of one target, at most `limit`.
@@ -556,7 +626,7 @@ impl Store {
         range_ms: (i64, i64),
         points: bool,
     ) -> Result<Vec<query::NamedSeries>, StoreError> {
-        query::select(&self.db, target, wanted, range_ms, points).map_err(|e| self.db_err(e))
+        query::select(&self.db.get(), target, wanted, range_ms, points).map_err(|e| self.db_err(e))
     }
 
     pub fn events(
@@ -565,7 +635,7 @@ impl Store {
         since_ms: i64,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        query::events(&self.db, target, since_ms, limit).map_err(|e| self.db_err(e))
+        query::events(&self.db.get(), target, since_ms, limit).map_err(|e| self.db_err(e))
     }
 
     /// Size of the redb file in bytes.
@@ -622,6 +692,7 @@ mod density {
                 retention: Duration::from_secs(365 * 24 * 3600),
                 flush_interval: Duration::from_millis(50),
                 chunk_samples: 240,
+                compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
             },
         )
         .unwrap();
@@ -712,6 +783,7 @@ mod import_tests {
                 retention: Duration::from_secs(30 * 24 * 3600),
                 flush_interval: Duration::from_millis(20),
                 chunk_samples: 100,
+                compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
             },
         )
         .unwrap()
@@ -885,6 +957,7 @@ mod retention_tests {
                 retention: Duration::from_secs(2 * 86_400),
                 flush_interval: Duration::from_millis(20),
                 chunk_samples: 100,
+                compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
             },
         )
         .unwrap();
@@ -948,6 +1021,7 @@ mod outbox_key_tests {
                 retention: Duration::from_secs(86_400),
                 flush_interval: Duration::from_millis(20),
                 chunk_samples: 100,
+                compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
             },
         )
         .unwrap()
@@ -1020,5 +1094,166 @@ mod outbox_key_tests {
             .await
             .unwrap();
         assert_eq!(keys(&store), ["b:2:c", "c:1:c", "d:1:c"]);
+    }
+}
+
+#[cfg(test)]
+mod compact_live_tests {
+    use super::*;
+    use crate::model::now_ms;
+    use redb::ReadableDatabase;
+
+    fn open(dir: &Path, compact_min_bytes: u64) -> Store {
+        Store::open(
+            dir,
+            StoreOptions {
+                retention: Duration::from_secs(2 * 86_400),
+                flush_interval: Duration::from_millis(20),
+                chunk_samples: 240,
+                compact_min_bytes,
+            },
+        )
+        .unwrap()
+    }
+
+    fn sample(metric: &str, ts_ms: i64, value: f64) -> Sample {
+        Sample {
+            target: "t".into(),
+            metric: metric.into(),
+            labels: Labels::new(),
+            ts_ms,
+            value,
+        }
+    }
+
+    /// 200 series of 4,800 samples four days old (deleted by the retention pass
+    /// [`expire`] runs: free pages) and one recent sample each (kept).
+    fn fill(store: &Store) -> i64 {
+        let now = now_ms();
+        let old = now - 4 * 86_400_000;
+        for i in 0..200 {
+            let m = format!("m{i}");
+            for block in 0..4 {
+                let samples = (0..1200)
+                    .map(|k| {
+                        let n = block * 1200 + k;
+                        sample(&m, old + n * 10_000, ((n * 7919 + i) % 1000) as f64 / 7.0)
+                    })
+                    .collect();
+                assert!(store.append(samples));
+            }
+            assert!(store.append(vec![sample(&m, now - 60_000, i as f64)]));
+            store.flush_blocking().unwrap();
+        }
+        now
+    }
+
+    /// A whole retention pass, now.
+    fn expire(store: &Store) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.tx.send(WriteOp::RetainNow(tx)).unwrap();
+        rx.recv().unwrap().unwrap();
+    }
+
+    fn fill_and_expire(store: &Store) -> i64 {
+        let now = fill(store);
+        expire(store);
+        now
+    }
+
+    fn size(store: &Store) -> u64 {
+        std::fs::metadata(&store.path).unwrap().len()
+    }
+
+    fn points(store: &Store, metric: &str, now: i64) -> Vec<(i64, f64)> {
+        store
+            .query("t", metric, &Labels::new(), 0, now + 3_600_000)
+            .unwrap()
+            .iter()
+            .flat_map(|s| s.points.clone())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_live_file_shrinks_while_samples_keep_coming_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        // Never by itself: this test asks for it.
+        let store = open(dir.path(), u64::MAX);
+        let now = fill_and_expire(&store);
+        assert_eq!(store.stats.compactions.load(Ordering::Relaxed), 0);
+        // Samples keep coming, one scrape each millisecond, through the compaction.
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for n in 0..3000 {
+                    assert!(store.append(vec![sample("live", now + n, n as f64)]));
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let c = store.compact().await.unwrap();
+        writer.join().unwrap();
+        store.flush_blocking().unwrap();
+        assert!(
+            c.after_bytes < c.before_bytes / 2,
+            "the free pages went back: {c:?}"
+        );
+        assert_eq!(store.stats.compactions.load(Ordering::Relaxed), 1);
+        let live = points(&store, "live", now);
+        assert_eq!(live.len(), 3000, "every sample taken during the compaction");
+        assert!(live.iter().enumerate().all(|(n, p)| p.1 == n as f64));
+        for i in [0, 99, 199] {
+            assert_eq!(
+                points(&store, &format!("m{i}"), now),
+                [(now - 60_000, i as f64)],
+                "m{i}: the recent sample, after the compaction"
+            );
+        }
+        // And it reopens as it was.
+        store.close().unwrap();
+        drop(store);
+        let store = open(dir.path(), u64::MAX);
+        assert_eq!(points(&store, "live", now).len(), 3000);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_transaction_left_open_refuses_the_compaction_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), u64::MAX);
+        let now = fill_and_expire(&store);
+        // As a backup holds one while it copies.
+        let txn = store.db.get().begin_read().unwrap();
+        let err = store.compact().await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Compact(why) if why.contains("read transaction")),
+            "{err}"
+        );
+        assert!(store.append(vec![sample("after", now, 1.0)]));
+        store.flush_blocking().unwrap();
+        drop(txn);
+        assert_eq!(points(&store, "after", now), [(now, 1.0)]);
+        store.compact().await.unwrap();
+        assert_eq!(points(&store, "after", now), [(now, 1.0)]);
+    }
+
+    #[test]
+    fn a_sparse_file_is_compacted_after_a_retention_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        // At any size (the default is 64 MiB).
+        let store = open(dir.path(), 0);
+        let now = fill(&store);
+        let before = size(&store);
+        let compactions = || store.stats.compactions.load(Ordering::Relaxed);
+        let done = compactions();
+        expire(&store);
+        assert_eq!(
+            compactions(),
+            done + 1,
+            "the pass left less than half of the file in use"
+        );
+        let after = size(&store);
+        assert!(after < before / 2, "{before} -> {after}");
+        assert_eq!(points(&store, "m7", now), [(now - 60_000, 7.0)]);
     }
 }

@@ -29,6 +29,8 @@ fn options(retention_days: u64) -> StoreOptions {
         retention: Duration::from_secs(retention_days * 86_400),
         flush_interval: Duration::from_secs(1),
         chunk_samples: 240,
+        // Never by itself here: the bench compacts as a phase of its own.
+        compact_min_bytes: u64::MAX,
     }
 }
 
@@ -58,33 +60,40 @@ struct Phase {
     latencies_ms: Vec<f64>,
 }
 
+/// When [`trickle`] stops.
+enum Until<'a> {
+    /// Once the store has finished more retention passes than this.
+    Pass(u64),
+    /// Once this says so.
+    Done(&'a dyn Fn() -> bool),
+    /// After this many ticks.
+    Ticks(usize),
+}
+
 /// Every 100 ms: the samples of 1 % of the targets (each target every 10 s, as
 /// scrapes come), then a commit forced and timed from append to its reply. Runs
-/// until a retention pass ends (`until_pass`) or for `ticks` ticks.
-fn trickle(
-    store: &Store,
-    targets: u64,
-    series: u64,
-    until_pass: Option<u64>,
-    ticks: usize,
-) -> (Vec<f64>, Option<f64>) {
+/// until `until`; returns the latencies and when it ended (seconds; not for ticks).
+fn trickle(store: &Store, targets: u64, series: u64, until: Until) -> (Vec<f64>, Option<f64>) {
     let started = Instant::now();
     let mut latencies = Vec::new();
     let mut next_target = 0u64;
     let mut ended = None;
     for tick in 0.. {
-        if let Some(passes) = until_pass {
-            if store.stats.retention_passes.load(Ordering::Relaxed) > passes {
+        let over = match &until {
+            Until::Pass(passes) => store.stats.retention_passes.load(Ordering::Relaxed) > *passes,
+            Until::Done(done) => done(),
+            Until::Ticks(ticks) => tick >= *ticks,
+        };
+        if over {
+            if !matches!(until, Until::Ticks(_)) {
                 ended = Some(started.elapsed().as_secs_f64());
-                break;
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(1800),
-                "the retention pass did not end within 30 minutes"
-            );
-        } else if tick >= ticks {
             break;
         }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "the phase did not end within 30 minutes"
+        );
         let due = started + Duration::from_millis(100 * tick as u64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
@@ -175,10 +184,32 @@ fn retention_commit_latency_bench() {
     let mut phases = Vec::new();
     // A shorter retention: the pass at start deletes the older half.
     let store = Store::open(dir.path(), options(days / 2)).unwrap();
-    let (latencies_ms, pass_s) = trickle(&store, targets, series, Some(0), 0);
+    let (latencies_ms, pass_s) = trickle(&store, targets, series, Until::Pass(0));
     phases.push(Phase {
         name: "pass deleting half",
         pass_s,
+        latencies_ms,
+    });
+    // The live file compacted (half of it free now) while samples keep coming.
+    let path = dir.path().join("herd.redb");
+    let before_compact = std::fs::metadata(&path).unwrap().len();
+    let compacted = std::sync::Mutex::new(None);
+    let (latencies_ms, compact_s) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let c = rt.block_on(store.compact()).unwrap();
+            *compacted.lock().unwrap() = Some(c);
+        });
+        let done = || compacted.lock().unwrap().is_some();
+        trickle(&store, targets, series, Until::Done(&done))
+    });
+    let compacted = compacted.into_inner().unwrap().unwrap();
+    phases.push(Phase {
+        name: "compaction",
+        pass_s: compact_s,
         latencies_ms,
     });
     // What the pass kept: from the new cutoff on (a chunk across it stays whole).
@@ -199,14 +230,14 @@ fn retention_commit_latency_bench() {
     drop(store);
     // The same retention again: a routine pass (nearly nothing to delete).
     let store = Store::open(dir.path(), options(days / 2)).unwrap();
-    let (latencies_ms, pass_s) = trickle(&store, targets, series, Some(0), 0);
+    let (latencies_ms, pass_s) = trickle(&store, targets, series, Until::Pass(0));
     phases.push(Phase {
         name: "routine pass",
         pass_s,
         latencies_ms,
     });
     // No pass running: the baseline.
-    let (latencies_ms, _) = trickle(&store, targets, series, None, 300);
+    let (latencies_ms, _) = trickle(&store, targets, series, Until::Ticks(300));
     phases.push(Phase {
         name: "no pass (baseline)",
         pass_s: None,
@@ -219,9 +250,13 @@ fn retention_commit_latency_bench() {
         .len();
 
     println!(
-        "[bench] store: {targets} targets x {series} series x {days} days at {} s = {written} samples ({:.0} samples/s through import), file {filled_bytes} bytes; after the passes {after_bytes} bytes (freed pages stay in the file until compaction)",
+        "[bench] store: {targets} targets x {series} series x {days} days at {} s = {written} samples ({:.0} samples/s through import), file {filled_bytes} bytes; after the passes and the compaction {after_bytes} bytes",
         interval_ms / 1000,
         written as f64 / fill_s
+    );
+    println!(
+        "[bench] compaction of the live file: {before_compact} -> {} bytes, the writer and readers held {} ms",
+        compacted.after_bytes, compacted.took_ms
     );
     println!(
         "[bench] {:<20} {:>8} {:>8} {:>9} {:>9} {:>9}",

@@ -5,12 +5,13 @@
 //! sample up to the last commit; a head that is full is written one last time and a
 //! new chunk starts.
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable};
 
 use super::codec::{self, ChunkEncoder};
 use super::remote::RemoteSink;
@@ -19,8 +20,8 @@ use super::tables::{
     self, ALERTS, CHUNKS, EVENTS, META, OUTBOX, ROLLUPS, SENT, SERIES_INDEX, TRANSITIONS,
 };
 use super::{
-    AlertingBatch, ImportOutcome, ImportSeries, OutboxChange, RollupPoint, StoreOptions,
-    StoreStats, WriteOp,
+    AlertingBatch, CompactOutcome, ImportOutcome, ImportSeries, OutboxChange, RollupPoint,
+    SharedDb, StoreOptions, StoreStats, WriteOp,
 };
 use crate::model::change::{Change, Feed};
 use crate::model::{now_ms, Event, Sample};
@@ -66,7 +67,9 @@ struct Head {
 }
 
 pub struct Writer {
-    db: Arc<Database>,
+    db: SharedDb,
+    /// The file (its size, for compaction).
+    path: PathBuf,
     options: StoreOptions,
     stats: Arc<StoreStats>,
     series: HashMap<String, u64>,
@@ -125,7 +128,8 @@ const IMPORT_FUTURE_SLACK_MS: i64 = 60_000;
 
 impl Writer {
     pub fn new(
-        db: Arc<Database>,
+        db: SharedDb,
+        path: PathBuf,
         state: tables::LoadedState,
         options: StoreOptions,
         stats: Arc<StoreStats>,
@@ -133,6 +137,7 @@ impl Writer {
     ) -> Self {
         Writer {
             db,
+            path,
             options,
             stats,
             series: state.series,
@@ -212,6 +217,11 @@ impl Writer {
                     let _ = reply.send(Ok(()));
                 }
                 Ok(WriteOp::Flush(reply)) => self.waiting.push(reply),
+                Ok(WriteOp::Compact(reply)) => {
+                    self.commit();
+                    last_commit = Instant::now();
+                    let _ = reply.send(Ok(self.compact()));
+                }
                 Ok(WriteOp::RemoteSinks(sinks)) => self.set_remote_sinks(sinks),
                 Ok(WriteOp::RemoteAck(name, seq)) => self.remote_acks.push((name, seq)),
                 Ok(WriteOp::Alerting(batch, reply)) => self.alerting.push((batch, reply)),
@@ -248,6 +258,55 @@ impl Writer {
                 self.retention_step();
                 last_step = Instant::now();
             }
+        }
+    }
+
+    /// Compacts the live file: commits what is held, then takes the file alone.
+    fn compact(&mut self) -> Result<CompactOutcome, String> {
+        self.commit();
+        let before_bytes = super::file_size(&self.path);
+        let started = Instant::now();
+        let result = super::compact_rounds(&mut self.db.alone());
+        let took_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(()) => {
+                self.stats.compactions.fetch_add(1, Ordering::Relaxed);
+                Ok(CompactOutcome {
+                    before_bytes,
+                    after_bytes: super::file_size(&self.path),
+                    took_ms,
+                })
+            }
+            // A backup's read transaction still open: redb refuses; try later.
+            Err(redb::CompactionError::TransactionInProgress) => Err(
+                "a read transaction is open (a backup under way?): try again when it is done"
+                    .into(),
+            ),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// After a retention pass: compacts the live file when less than half of a
+    /// large one is in use (`[store] compact_min_mb`), so a long run does not keep
+    /// the free pages its deletes left.
+    fn compact_if_sparse(&mut self) {
+        let sparse = super::sparse(&self.db.get(), &self.path, self.options.compact_min_bytes);
+        let Some((file, used)) = sparse else {
+            return;
+        };
+        tracing::info!(
+            file_mb = file >> 20,
+            used_mb = used >> 20,
+            "compacting the store file (less than half of it in use after retention)"
+        );
+        match self.compact() {
+            Ok(c) => tracing::info!(
+                before_mb = c.before_bytes >> 20,
+                after_mb = c.after_bytes >> 20,
+                took_ms = c.took_ms,
+                "store file compacted"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot compact the store file; going on"),
         }
     }
 
@@ -433,7 +492,7 @@ impl Writer {
                 return Ok(said(*start, to));
             }
         }
-        let txn = self.db.begin_read()?;
+        let txn = self.db.get().begin_read()?;
         let chunks = match txn.open_table(CHUNKS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -597,7 +656,7 @@ impl Writer {
     }
 
     fn write_txn(&mut self) -> Result<(), redb::Error> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db.get().begin_write()?;
         {
             let mut index = txn.open_table(SERIES_INDEX)?;
             for (key, id) in &self.new_series {
@@ -807,7 +866,7 @@ impl Writer {
         let mut last = end;
         let mut finishing = last >= self.next_series_id;
         let result = (|| -> Result<(), redb::Error> {
-            let txn = self.db.begin_write()?;
+            let txn = self.db.get().begin_write()?;
             {
                 let mut chunks = txn.open_table(CHUNKS)?;
                 let mut rollups = txn.open_table(ROLLUPS)?;
@@ -850,6 +909,7 @@ impl Writer {
             Ok(()) if finishing => {
                 self.retention = None;
                 self.stats.retention_passes.fetch_add(1, Ordering::Relaxed);
+                self.compact_if_sparse();
             }
             Ok(()) => self.retention = Some((last, cutoff)),
             Err(e) => {
