@@ -515,7 +515,7 @@ mod tests {
                 retention: Duration::from_secs(24 * 3600),
                 flush_interval: Duration::from_millis(20),
                 chunk_samples: 120,
-                compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
+                ..Default::default()
             },
         )
         .unwrap()

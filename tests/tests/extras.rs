@@ -390,6 +390,10 @@ fn http_json_picks_and_expect_against_real_nginx() {
         "firing",
         "the version still matches ^1\\."
     );
+
+    phase!("the version becomes 2.0.0: the state rule resolves");
+    write_atomic(&file, &status_doc(3).replace("\"1.2.3\"", "\"2.0.0\""));
+    sink.wait_note("api-v1", "resolved", 1, SECS(15));
 }
 
 // ---------------------------------------------------------------------------------

@@ -187,6 +187,9 @@ impl SshSection {
     }
 }
 
+/// `[store] cache_mb`'s default.
+pub const DEFAULT_CACHE_MB: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
@@ -201,10 +204,13 @@ pub struct StoreSection {
     /// node runs (after a retention pass), when less than half of it is in use:
     /// the free pages deletes leave go back to the filesystem. 0: at any size.
     pub compact_min_mb: u64,
+    /// MiB of the store file's pages kept in memory (redb's cache; the kernel's
+    /// page cache is below it either way).
+    pub cache_mb: usize,
 }
 
 /// `[store] compact_min_mb`'s default.
-pub const COMPACT_MIN_MB: u64 = 64;
+pub const DEFAULT_COMPACT_MIN_MB: u64 = 64;
 
 impl Default for StoreSection {
     fn default() -> Self {
@@ -212,7 +218,8 @@ impl Default for StoreSection {
             retention: HumanDuration::from_secs(30 * 24 * 3600),
             flush_interval: HumanDuration::from_secs(1),
             chunk_samples: 240,
-            compact_min_mb: COMPACT_MIN_MB,
+            compact_min_mb: DEFAULT_COMPACT_MIN_MB,
+            cache_mb: DEFAULT_CACHE_MB,
         }
     }
 }
@@ -467,6 +474,12 @@ impl NodeConfig {
                 format!("{} MiB is beyond 1 PiB", self.store.compact_min_mb),
             ));
         }
+        if !(1..=65_536).contains(&self.store.cache_mb) {
+            p.push((
+                "store.cache_mb",
+                format!("{} is outside 1..=65536 (MiB)", self.store.cache_mb),
+            ));
+        }
         let c = &self.cluster;
         for (key, d) in [
             ("cluster.heartbeat", c.heartbeat),
@@ -686,8 +699,17 @@ mod tests {
         c.ssh.max_channels = 12;
         c.ssh.reconnect_min = HumanDuration::from_secs(100);
         c.node.grpc = "nowhere".into();
+        c.store.cache_mb = 0;
         let keys: Vec<_> = c.validate().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["node.grpc", "ssh.reconnect_min", "ssh.max_channels"]);
+        assert_eq!(
+            keys,
+            [
+                "node.grpc",
+                "ssh.reconnect_min",
+                "ssh.max_channels",
+                "store.cache_mb"
+            ]
+        );
     }
 
     #[test]

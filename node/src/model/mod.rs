@@ -18,12 +18,14 @@ pub use sample::{now_ms, Event, EventKind, HerdMarks, InputSink, Labels, Measure
 
 /// json_state trees: target → check name → (the runner instance that owns the
 /// entry, tree). The instance lets an old runner that stops after its replacement
-/// started (an apply changed the target) leave the new runner's entry alone.
+/// started (an apply changed the target) leave the new runner's entry alone. A
+/// tree is replaced whole when it changes, never edited in place: a reader that
+/// kept the `Arc` of the last tree it saw knows by pointer whether it changed.
 pub type StateBoard = std::sync::Arc<
     std::sync::RwLock<
         std::collections::BTreeMap<
             String,
-            std::collections::BTreeMap<String, (u64, serde_json::Value)>,
+            std::collections::BTreeMap<String, (u64, std::sync::Arc<serde_json::Value>)>,
         >,
     >,
 >;

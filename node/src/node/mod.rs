@@ -293,6 +293,7 @@ fn open_store(cfg: &NodeConfig) -> Result<Store, NodeError> {
             flush_interval: cfg.store.flush_interval.get(),
             chunk_samples: cfg.store.chunk_samples,
             compact_min_bytes: cfg.store.compact_min_mb << 20,
+            cache_bytes: cfg.store.cache_mb << 20,
         },
     )
     .map_err(|source| NodeError::Store {

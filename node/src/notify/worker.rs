@@ -999,7 +999,7 @@ mod tests {
                 retention: Duration::from_secs(3600),
                 flush_interval: Duration::from_millis(50),
                 chunk_samples: 240,
-                compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
+                ..Default::default()
             },
         )
         .unwrap();

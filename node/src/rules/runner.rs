@@ -212,6 +212,11 @@ struct Ctx {
     rules: HashMap<String, RuleSpec>,
     states: StateBoard,
     seen_state: HashMap<(String, String), Value>,
+    /// The json_state trees of each target as of the last tick (by check name's
+    /// order), and the paths the rules read then: only trees replaced since are
+    /// looked at again.
+    seen_trees: HashMap<String, Vec<Arc<Value>>>,
+    state_paths: Vec<String>,
     /// What this node owns now, read again right before an action runs.
     owned: OwnedRx,
     /// The version of the ownership map the engine last followed: alert changes
@@ -330,6 +335,8 @@ async fn start(
         rules: rules.into_iter().map(|r| (r.name.clone(), r)).collect(),
         states,
         seen_state: HashMap::new(),
+        seen_trees: HashMap::new(),
+        state_paths: Vec::new(),
         owned: owned.clone(),
         followed_version: current.ownership_version,
     };
@@ -455,28 +462,51 @@ async fn take_over_notices(ctx: &Ctx, notices: &[OutboxEntry]) {
     }
 }
 
-/// Tells the engine about json_state values that changed since the last tick.
+/// Tells the engine about json_state values that changed since the last tick:
+/// only the trees replaced since then are read (a tree is published whole when it
+/// changes), and none is copied.
 fn state_changes(ctx: &mut Ctx, engine: &mut Engine, now: i64) -> Vec<Transition> {
     let paths: Vec<String> = ctx.rules.values().filter_map(|r| r.state.clone()).collect();
     if paths.is_empty() {
         return Vec::new();
     }
-    let trees = ctx.states.read().map(|b| b.clone()).unwrap_or_default();
+    if paths != ctx.state_paths {
+        // Other paths: every tree is read again for them.
+        ctx.seen_trees.clear();
+        ctx.state_paths = paths.clone();
+    }
+    let changed: Vec<(String, Vec<Arc<Value>>)> = {
+        let board = ctx.states.read().unwrap_or_else(|p| p.into_inner());
+        ctx.seen_trees
+            .retain(|target, _| board.contains_key(target));
+        board
+            .iter()
+            .filter_map(|(target, by_check)| {
+                let trees: Vec<Arc<Value>> = by_check.values().map(|(_, t)| t.clone()).collect();
+                let same = ctx.seen_trees.get(target).is_some_and(|old| {
+                    old.len() == trees.len()
+                        && old.iter().zip(&trees).all(|(a, b)| Arc::ptr_eq(a, b))
+                });
+                (!same).then(|| (target.clone(), trees))
+            })
+            .collect()
+    };
     let mut out = Vec::new();
-    for (target, by_check) in &trees {
+    for (target, trees) in changed {
         for path in &paths {
-            let value = by_check.values().find_map(|(_, tree)| lookup(tree, path));
+            let value = trees.iter().find_map(|tree| lookup(tree, path));
             let key = (target.clone(), path.clone());
             let before = ctx.seen_state.get(&key);
             if before == value.as_ref() {
                 continue;
             }
-            out.extend(engine.on_state(target, path, value.as_ref(), now));
+            out.extend(engine.on_state(&target, path, value.as_ref(), now));
             match value {
                 Some(v) => ctx.seen_state.insert(key, v),
                 None => ctx.seen_state.remove(&key),
             };
         }
+        ctx.seen_trees.insert(target, trees);
     }
     out
 }
@@ -924,7 +954,7 @@ mod tests {
             retention: Duration::from_secs(3600),
             flush_interval: Duration::from_millis(100),
             chunk_samples: 240,
-            compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
+            ..Default::default()
         };
         let store = Store::open(dir.path(), options).unwrap();
         let (handle, _rx) = channel(&store, None, None, None);

@@ -291,7 +291,7 @@ mod tests {
             retention: Duration::from_secs(3600),
             flush_interval: Duration::from_millis(20),
             chunk_samples: 100,
-            compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
+            ..Default::default()
         }
     }
 

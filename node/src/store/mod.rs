@@ -61,12 +61,6 @@ fn compact_rounds(db: &mut Database) -> Result<(), redb::CompactionError> {
     Ok(())
 }
 
-/// A store file at least this large is compacted (at start, and after a
-/// retention pass) when less than half of it is in use: `[store] compact_min_mb`'s
-/// default, for the tests' stores.
-#[cfg(test)]
-pub const COMPACT_MIN_BYTES: u64 = crate::config::node::COMPACT_MIN_MB << 20;
-
 /// The file's size and the bytes in use, when the file is at least `min_bytes`
 /// and less than half of it is in use (worth compacting); else None.
 fn sparse(db: &Database, path: &Path, min_bytes: u64) -> Option<(u64, u64)> {
@@ -292,6 +286,21 @@ pub struct StoreOptions {
     /// A file at least this large is compacted (at start, and after a retention
     /// pass) when less than half of it is in use.
     pub compact_min_bytes: u64,
+    /// redb's page cache for the file (its default, 1 GiB, let a node's RSS grow
+    /// with what it wrote until the whole GiB was used).
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            retention: Duration::from_secs(30 * 24 * 3600),
+            flush_interval: Duration::from_secs(1),
+            chunk_samples: 240,
+            compact_min_bytes: crate::config::node::DEFAULT_COMPACT_MIN_MB << 20,
+            cache_bytes: crate::config::node::DEFAULT_CACHE_MB << 20,
+        }
+    }
 }
 
 /// Handle to the node's store; cheap to clone.
@@ -328,7 +337,10 @@ impl Store {
                 }
             }
         }
-        let mut db = Database::create(&path).map_err(|e| db_err(e.into()))?;
+        let mut db = redb::Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .create(&path)
+            .map_err(|e| db_err(e.into()))?;
         if let Some(found) = newer(tables::format_of(&db).map_err(db_err)?) {
             return Err(StoreError::NewerFormat { path, found });
         }
@@ -692,7 +704,7 @@ mod density {
                 retention: Duration::from_secs(365 * 24 * 3600),
                 flush_interval: Duration::from_millis(50),
                 chunk_samples: 240,
-                compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -783,7 +795,7 @@ mod import_tests {
                 retention: Duration::from_secs(30 * 24 * 3600),
                 flush_interval: Duration::from_millis(20),
                 chunk_samples: 100,
-                compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
+                ..Default::default()
             },
         )
         .unwrap()
@@ -957,7 +969,7 @@ mod retention_tests {
                 retention: Duration::from_secs(2 * 86_400),
                 flush_interval: Duration::from_millis(20),
                 chunk_samples: 100,
-                compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -1021,7 +1033,7 @@ mod outbox_key_tests {
                 retention: Duration::from_secs(86_400),
                 flush_interval: Duration::from_millis(20),
                 chunk_samples: 100,
-                compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
+                ..Default::default()
             },
         )
         .unwrap()
@@ -1111,6 +1123,7 @@ mod compact_live_tests {
                 flush_interval: Duration::from_millis(20),
                 chunk_samples: 240,
                 compact_min_bytes,
+                ..Default::default()
             },
         )
         .unwrap()

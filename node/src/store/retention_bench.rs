@@ -31,6 +31,7 @@ fn options(retention_days: u64) -> StoreOptions {
         chunk_samples: 240,
         // Never by itself here: the bench compacts as a phase of its own.
         compact_min_bytes: u64::MAX,
+        ..Default::default()
     }
 }
 

@@ -75,7 +75,10 @@ pub struct Writer {
     series: HashMap<String, u64>,
     next_series_id: u64,
     next_event_seq: u64,
-    heads: HashMap<u64, Head>,
+    /// Boxed: a head is ~1.2 KB (the encoder's adaptive models), and a map of them
+    /// inline kept a third of its buckets empty at that size (a heap profile of
+    /// 1,000 targets: 41 MB for 21,000 heads).
+    heads: HashMap<u64, Box<Head>>,
     rollups: HashMap<(u64, u8, i64), OpenBucket>,
     dirty_rollups: HashSet<(u64, u8, i64)>,
     new_series: Vec<(String, u64)>,
@@ -356,10 +359,12 @@ impl Writer {
                     }
                 }
             }
-            let head = self.heads.entry(id).or_insert_with(|| Head {
-                start_ts: s.ts_ms,
-                enc: ChunkEncoder::new(),
-                fresh: true,
+            let head = self.heads.entry(id).or_insert_with(|| {
+                Box::new(Head {
+                    start_ts: s.ts_ms,
+                    enc: ChunkEncoder::new(),
+                    fresh: true,
+                })
             });
             head.enc.push(s.ts_ms, s.value);
             self.dirty.insert(id);

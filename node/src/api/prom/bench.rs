@@ -92,7 +92,7 @@ fn promql_latency() {
             retention: Duration::from_secs(3 * 24 * 3600),
             flush_interval: Duration::from_millis(200),
             chunk_samples: 240,
-            compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -49,6 +49,9 @@ pub use sm::StateMachineStore;
 
 /// Name of the Raft file inside the node's data directory.
 pub const FILE_NAME: &str = "raft.redb";
+/// redb's page cache for raft.redb: the log's tail and the state's rows; its
+/// default (1 GiB) let a node's RSS grow with every entry appended.
+const RAFT_CACHE_BYTES: usize = 16 << 20;
 
 /// Log index → `openraft::Entry<TypeConfig>` as JSON.
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_logs");
@@ -171,7 +174,10 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
             }
         }
     }
-    let db = Database::create(&path).map_err(|e| db_err(e.into()))?;
+    let db = redb::Builder::new()
+        .set_cache_size(RAFT_CACHE_BYTES)
+        .create(&path)
+        .map_err(|e| db_err(e.into()))?;
     if let Some(found) = newer(format_of(&db).map_err(db_err)?) {
         return Err(StoreError::NewerFormat { path, found });
     }

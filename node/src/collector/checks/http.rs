@@ -195,10 +195,20 @@ impl HttpState {
             }
         }
         if let Some((board, target, check)) = &self.board {
-            if let Ok(mut b) = board.write() {
-                b.entry(target.clone())
-                    .or_default()
-                    .insert(check.clone(), (0, Value::Object(published)));
+            // Replaced only when it changed: the rules task looks again only at
+            // trees that are new (by pointer).
+            let published = Value::Object(published);
+            let same = board
+                .read()
+                .ok()
+                .and_then(|b| b.get(target)?.get(check).map(|(_, v)| **v == published))
+                .unwrap_or(false);
+            if !same {
+                if let Ok(mut b) = board.write() {
+                    b.entry(target.clone())
+                        .or_default()
+                        .insert(check.clone(), (0, std::sync::Arc::new(published)));
+                }
             }
         }
         let mut failed = Vec::new();

@@ -3,7 +3,7 @@
 //! (target, check): objects merge recursively, later scalars win, `null` deletes a
 //! key; keys untouched for `expire_after` are removed. The tree is readable with
 //! `herd state TARGET [PATH]`; declared numeric paths become samples.
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 
 use serde_json::Value;
 
@@ -101,7 +101,7 @@ impl JsonStateState {
         let mut b = self.board.write().unwrap_or_else(PoisonError::into_inner);
         b.entry(self.target.clone()).or_default().insert(
             self.check.clone(),
-            (self.instance, self.tree.root().clone()),
+            (self.instance, Arc::new(self.tree.root().clone())),
         );
     }
 }
@@ -249,12 +249,12 @@ pub fn lookup(board: &StateBoard, target: &str, path: &str) -> Option<Value> {
     let b = board.read().unwrap_or_else(PoisonError::into_inner);
     let trees = b.get(target)?;
     let root = if trees.len() == 1 {
-        trees.values().next()?.1.clone()
+        Value::clone(&trees.values().next()?.1)
     } else {
         Value::Object(
             trees
                 .iter()
-                .map(|(k, (_, v))| (k.clone(), v.clone()))
+                .map(|(k, (_, v))| (k.clone(), Value::clone(v)))
                 .collect(),
         )
     };
@@ -282,7 +282,7 @@ mod tests {
                 retention: Duration::from_secs(3600),
                 flush_interval: Duration::from_millis(100),
                 chunk_samples: 120,
-                compact_min_bytes: crate::store::COMPACT_MIN_BYTES,
+                ..Default::default()
             },
         )
         .unwrap()
