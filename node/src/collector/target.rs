@@ -311,16 +311,26 @@ impl CheckLoop {
             .map(|t| t.get())
             .unwrap_or(ctx.command_timeout)
             .min(interval);
-        let runner_ctx = RunnerCtx {
-            store: &ctx.store,
-            marks: ctx.marks.as_deref(),
-            target: &spec.name,
-            states: &ctx.states,
+        // A runner may read the store (a tail's offset, a saved tree): off the async
+        // workers, as a compaction of the live file makes reads wait.
+        let made = {
+            let (ctx, spec, check) = (ctx.clone(), spec.clone(), check.clone());
+            tokio::task::spawn_blocking(move || {
+                let runner_ctx = RunnerCtx {
+                    store: &ctx.store,
+                    marks: ctx.marks.as_deref(),
+                    target: &spec.name,
+                    states: &ctx.states,
+                };
+                Runner::new(&check, &runner_ctx).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the check's runner could not be made: {e}")))
         };
-        let runner = match Runner::new(&check, &runner_ctx) {
+        let runner = match made {
             Ok(r) => r,
             Err(e) => {
-                record_event(&ctx, &spec.name, EventKind::CheckError, e.to_string()).await;
+                record_event(&ctx, &spec.name, EventKind::CheckError, e).await;
                 return None;
             }
         };

@@ -201,7 +201,7 @@ pub struct StoreSection {
     /// Samples per compressed chunk before a new one is started.
     pub chunk_samples: usize,
     /// A store file at least this large (MiB) is compacted, at start and while the
-    /// node runs (after a retention pass), when less than half of it is in use:
+    /// node runs (after a retention pass), when less than 40 % of it is in use:
     /// the free pages deletes leave go back to the filesystem. 0: at any size.
     pub compact_min_mb: u64,
     /// MiB of the store file's pages kept in memory (redb's cache; the kernel's

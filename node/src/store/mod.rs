@@ -62,7 +62,10 @@ fn compact_rounds(db: &mut Database) -> Result<(), redb::CompactionError> {
 }
 
 /// The file's size and the bytes in use, when the file is at least `min_bytes`
-/// and less than half of it is in use (worth compacting); else None.
+/// and less than 40 % of it is in use (worth compacting); else None. Not half:
+/// redb grows a file a region at a time, so right after a compaction the next
+/// commits may take the file back up to about twice what is in use; a node must
+/// not compact again for that (the retention bench saw 702 MB -> 1.40 GB).
 fn sparse(db: &Database, path: &Path, min_bytes: u64) -> Option<(u64, u64)> {
     let file = file_size(path);
     if file < min_bytes {
@@ -74,7 +77,7 @@ fn sparse(db: &Database, path: &Path, min_bytes: u64) -> Option<(u64, u64)> {
         stats
     })?;
     let used = stats.allocated_pages() * stats.page_size() as u64;
-    if used * 2 > file {
+    if used * 5 >= file * 2 {
         tracing::debug!(
             file_mb = file >> 20,
             used_mb = used >> 20,
@@ -85,7 +88,7 @@ fn sparse(db: &Database, path: &Path, min_bytes: u64) -> Option<(u64, u64)> {
     Some((file, used))
 }
 
-/// Compacts the store at start (nothing else holds it yet) when less than half of
+/// Compacts the store at start (nothing else holds it yet) when less than 40 % of
 /// a large file is in use: free pages a long run left (retention deletes,
 /// rewritten open chunks) go back to the filesystem. A failure is logged and the
 /// node goes on.
@@ -97,7 +100,7 @@ fn compact_if_sparse(db: &mut Database, path: &Path, min_bytes: u64) {
     tracing::info!(
         file_mb = file >> 20,
         used_mb = used >> 20,
-        "compacting the store file at start (less than half of it in use)"
+        "compacting the store file at start (less than 40 % of it in use)"
     );
     if let Err(e) = compact_rounds(db) {
         tracing::warn!(error = %e, "cannot compact the store file; going on");
@@ -284,7 +287,7 @@ pub struct StoreOptions {
     pub flush_interval: Duration,
     pub chunk_samples: usize,
     /// A file at least this large is compacted (at start, and after a retention
-    /// pass) when less than half of it is in use.
+    /// pass) when less than 40 % of it is in use.
     pub compact_min_bytes: u64,
     /// redb's page cache for the file (its default, 1 GiB, let a node's RSS grow
     /// with what it wrote until the whole GiB was used).
@@ -1263,7 +1266,7 @@ mod compact_live_tests {
         assert_eq!(
             compactions(),
             done + 1,
-            "the pass left less than half of the file in use"
+            "the pass left less than 40 % of the file in use"
         );
         let after = size(&store);
         assert!(after < before / 2, "{before} -> {after}");

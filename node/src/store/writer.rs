@@ -289,7 +289,7 @@ impl Writer {
         }
     }
 
-    /// After a retention pass: compacts the live file when less than half of a
+    /// After a retention pass: compacts the live file when less than 40 % of a
     /// large one is in use (`[store] compact_min_mb`), so a long run does not keep
     /// the free pages its deletes left.
     fn compact_if_sparse(&mut self) {
@@ -300,7 +300,7 @@ impl Writer {
         tracing::info!(
             file_mb = file >> 20,
             used_mb = used >> 20,
-            "compacting the store file (less than half of it in use after retention)"
+            "compacting the store file (less than 40 % of it in use after retention)"
         );
         match self.compact() {
             Ok(c) => tracing::info!(
