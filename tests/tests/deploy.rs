@@ -14,8 +14,10 @@
 //! - a node that stays down (its supervisor told to stop, then the node killed) is
 //!   notified down once (`node_down` FIRING for its machine); a re-run of deploy
 //!   starts it again, and it is notified back once;
-//! - an upgrade (`--binary` a different build) replaces the binary everywhere and
-//!   restarts the nodes one at a time, the herd healthy after each; meanwhile no
+//! - an upgrade replaces the binary everywhere and restarts the nodes one at a time,
+//!   the herd healthy after each: from the previous release (built from git by
+//!   `scripts/test`, `HERD_PREVIOUS_BIN`; every phase before runs it) to this build,
+//!   so that between the restarts the herd runs both versions; meanwhile no
 //!   target goes unscraped longer than its interval + 3 s, and the alert that
 //!   fires on each target (a webhook receiver in the test) is notified once, not
 //!   again by a restarted node or by the node that took its targets over;
@@ -288,6 +290,38 @@ fn sha256(path: &Path) -> String {
         .to_string()
 }
 
+/// The binary the herd is laid down with, the one rolled out over it, and what the
+/// upgrade is: the previous release (`HERD_PREVIOUS_BIN`, built from git by
+/// `scripts/test`), then this build — so that between the restarts the herd runs
+/// both versions; without it, this build and a copy of it that differs (trailing
+/// bytes after the ELF image change nothing it runs).
+fn binaries(dir: &Path) -> (PathBuf, PathBuf, &'static str) {
+    let this = herd_tests::herd_bin();
+    if let Some(previous) = std::env::var_os("HERD_PREVIOUS_BIN").map(PathBuf::from) {
+        assert!(
+            previous.is_file(),
+            "HERD_PREVIOUS_BIN={} is not a file",
+            previous.display()
+        );
+        assert_ne!(
+            sha256(&previous),
+            sha256(&this),
+            "the previous release is another build"
+        );
+        return (previous, this, "the previous release to this build");
+    }
+    let next = dir.join("herd-next");
+    let mut bytes = std::fs::read(&this).unwrap();
+    bytes.extend_from_slice(b"\nherd-next\n");
+    std::fs::write(&next, &bytes).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (
+        this,
+        next,
+        "this build to a copy that differs (HERD_PREVIOUS_BIN unset: no previous release)",
+    )
+}
+
 #[test]
 fn deploy_lays_down_a_herd_converges_and_rolls_an_upgrade() {
     herd_tests::require_root();
@@ -334,12 +368,15 @@ fn deploy_lays_down_a_herd_converges_and_rolls_an_upgrade() {
     };
     let inventory = lab.inventory("");
     let inv = inventory.to_str().unwrap();
+    let (first, new_binary, upgrade) = binaries(lab.dir.path());
+    let first = first.to_str().unwrap();
+    eprintln!("    the herd is laid down with {first}; the upgrade: {upgrade}");
 
     phase!("a fleet spec the nodes would refuse: exit 2, file and line, nothing touched");
     let fleet = lab.dir.path().join("fleet.toml");
     let good = std::fs::read_to_string(&fleet).unwrap();
     std::fs::write(&fleet, good.replace("kind = \"range\"", "kind = \"rnage\"")).unwrap();
-    let out = cli(&["deploy", inv]);
+    let out = cli(&["deploy", inv, "--binary", first]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("fleet.toml:"),
@@ -353,7 +390,7 @@ fn deploy_lays_down_a_herd_converges_and_rolls_an_upgrade() {
     std::fs::write(&fleet, good).unwrap();
 
     phase!("herd deploy --dry-run: the plan, nothing changed");
-    let out = cli(&["deploy", inv, "--dry-run"]);
+    let out = cli(&["deploy", inv, "--binary", first, "--dry-run"]);
     assert!(out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -367,7 +404,7 @@ fn deploy_lays_down_a_herd_converges_and_rolls_an_upgrade() {
     );
 
     phase!("herd deploy: copies, configures, starts; the herd forms by itself");
-    let out = cli(&["deploy", inv]);
+    let out = cli(&["deploy", inv, "--binary", first]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("herd of 3 deployed; leader node"),
@@ -398,7 +435,7 @@ fn deploy_lays_down_a_herd_converges_and_rolls_an_upgrade() {
         assert_eq!(mode("etc/api-token"), 0o600);
         assert_eq!(
             sha256(&srv.prefix.join("bin/herd")),
-            sha256(Path::new(&herd_tests::herd_bin()))
+            sha256(Path::new(first))
         );
     }
     let secret = std::fs::metadata(inventory.with_extension("secret")).unwrap();
@@ -410,7 +447,7 @@ fn deploy_lays_down_a_herd_converges_and_rolls_an_upgrade() {
 
     phase!("a second run changes nothing and says so");
     let pids: Vec<Option<i32>> = (0..3).map(|i| lab.pid(i)).collect();
-    let out = cli(&["deploy", inv]);
+    let out = cli(&["deploy", inv, "--binary", first]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("nothing changed")
@@ -471,7 +508,7 @@ fn deploy_lays_down_a_herd_converges_and_rolls_an_upgrade() {
             (moved && watched).then_some(())
         },
     );
-    let out = cli(&["deploy", inv]);
+    let out = cli(&["deploy", inv, "--binary", first]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("started the node (supervised)"),
@@ -498,13 +535,7 @@ fn deploy_lays_down_a_herd_converges_and_rolls_an_upgrade() {
         );
     }
 
-    phase!("upgrade: a different binary rolls out, one node at a time");
-    let new_binary = lab.dir.path().join("herd-next");
-    let mut bytes = std::fs::read(herd_tests::herd_bin()).unwrap();
-    // A build that differs (trailing bytes after the ELF image change nothing it runs).
-    bytes.extend_from_slice(b"\nherd-next\n");
-    std::fs::write(&new_binary, &bytes).unwrap();
-    std::fs::set_permissions(&new_binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    phase!("upgrade: {upgrade}, one node at a time");
     let before: Vec<Option<i32>> = (0..3).map(|i| lab.pid(i)).collect();
     wait_until(BOUND, "the alert of each target notified", || {
         lab.firing_keys().len() >= 3
