@@ -690,7 +690,7 @@ mod tests {
                 until_ms: None,
             },
         });
-        let notice = crate::cluster::types::tests::notice;
+        let notice = crate::store::alerting::fixtures::notice;
         state.apply(&Command::Alerts {
             upserts: vec![],
             deleted: vec![],

@@ -270,7 +270,7 @@ pub async fn replicate_tails(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::types::tests::notice;
+    use crate::store::alerting::fixtures::notice;
 
     fn delta(version: u64, alert_key: Option<&str>, delivered: &[&str]) -> AlertDelta {
         AlertDelta {

@@ -715,8 +715,9 @@ impl ClusterState {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::store::alerting::fixtures::notice;
 
     #[test]
     fn versions_count_applied_commands() {
@@ -770,41 +771,6 @@ pub(crate) mod tests {
         });
         assert_eq!(s.alerts.keys().collect::<Vec<_>>(), ["1"]);
         assert_eq!(s.notices.keys().collect::<Vec<_>>(), ["1:1:c"]);
-    }
-
-    /// An outbox entry keyed `key` for an alert of `target`, created at `created_ms`.
-    pub(crate) fn notice(key: &str, target: &str, created_ms: i64) -> OutboxEntry {
-        OutboxEntry {
-            notification: crate::model::Notification {
-                idempotency_key: key.into(),
-                channel: "c".into(),
-                kind: crate::model::NotifyKind::Firing,
-                alert: Alert {
-                    id: key.split(':').next().unwrap_or_default().into(),
-                    rule: "r".into(),
-                    target: target.into(),
-                    labels: Default::default(),
-                    severity: crate::model::Severity::Warning,
-                    state: crate::model::AlertState::Firing,
-                    since_ms: created_ms,
-                    active_since_ms: created_ms,
-                    value: String::new(),
-                    summary: String::new(),
-                    description: String::new(),
-                    transitions: 1,
-                    acked_by: None,
-                    flapping: false,
-                },
-                ts_ms: created_ms,
-            },
-            attempts: 0,
-            not_before_ms: created_ms,
-            created_ms,
-            fallbacks: vec![],
-            last_error: None,
-            sender: Sender::Owner,
-            tenure: 0,
-        }
     }
 
     fn queued(entries: Vec<OutboxEntry>, delivered: &[&str]) -> Command {

@@ -286,17 +286,7 @@ fn tell_systemd(n: Arc<sd_notify::SdNotify>, w: &Wiring) -> tokio::task::JoinHan
 /// Opens the node's store in its data directory.
 fn open_store(cfg: &NodeConfig) -> Result<Store, NodeError> {
     let data_dir = &cfg.node.data_dir;
-    Store::open(
-        data_dir,
-        StoreOptions {
-            retention: cfg.store.retention.get(),
-            flush_interval: cfg.store.flush_interval.get(),
-            chunk_samples: cfg.store.chunk_samples,
-            compact_min_bytes: cfg.store.compact_min_mb << 20,
-            cache_bytes: cfg.store.cache_mb << 20,
-        },
-    )
-    .map_err(|source| NodeError::Store {
+    Store::open(data_dir, StoreOptions::from(&cfg.store)).map_err(|source| NodeError::Store {
         dir: data_dir.display().to_string(),
         source: Box::new(source),
     })

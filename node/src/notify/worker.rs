@@ -1039,7 +1039,7 @@ mod tests {
     #[tokio::test]
     async fn queue_new_never_queues_a_key_twice() {
         let (_dir, n) = notifier();
-        let notice = crate::cluster::types::tests::notice;
+        let notice = crate::store::alerting::fixtures::notice;
         let now = now_ms();
         let first = vec![notice("a:1:c", "t", now), notice("b:1:c", "t", now)];
         assert_eq!(n.queue_new(first).await.unwrap(), 2);
@@ -1077,7 +1077,7 @@ mod tests {
             !woken(&n).await,
             "nothing waits: a herd change is no reason to look"
         );
-        let entry = crate::cluster::types::tests::notice("a:1:c", "t", now_ms());
+        let entry = crate::store::alerting::fixtures::notice("a:1:c", "t", now_ms());
         queue(&n, entry).await;
         let next = n.round().await.unwrap().expect("a retry is planned");
         assert!(
@@ -1095,7 +1095,7 @@ mod tests {
         let (_dir, n) = notifier();
         n.configure(&[]).await;
         let day_old = now_ms() - 24 * 3600 * 1000;
-        let mut old = crate::cluster::types::tests::notice("a:1:c", "t", day_old);
+        let mut old = crate::store::alerting::fixtures::notice("a:1:c", "t", day_old);
         old.notification.ts_ms = day_old;
         queue(&n, old).await;
         n.round().await.unwrap();
@@ -1136,10 +1136,10 @@ mod tests {
         let spec = crate::config::parse_fleet(&fleet, "test").unwrap();
         let (_dir, n) = notifier();
         n.configure(&spec.channels).await;
-        let mut to_hung = crate::cluster::types::tests::notice("h:1:hung", "a", now_ms());
+        let mut to_hung = crate::store::alerting::fixtures::notice("h:1:hung", "a", now_ms());
         to_hung.notification.channel = "hung".into();
         to_hung.sender = Default::default();
-        let mut to_ok = crate::cluster::types::tests::notice("o:1:ok", "b", now_ms());
+        let mut to_ok = crate::store::alerting::fixtures::notice("o:1:ok", "b", now_ms());
         to_ok.notification.channel = "ok".into();
         to_ok.sender = Default::default();
         queue(&n, to_hung).await;
@@ -1237,7 +1237,7 @@ mod tests {
         n.configure(&spec.channels).await;
         let entries: Vec<OutboxEntry> = (0..N)
             .map(|i| {
-                let mut e = crate::cluster::types::tests::notice(
+                let mut e = crate::store::alerting::fixtures::notice(
                     &format!("k{i}:1:ok"),
                     &format!("t{i}"),
                     now_ms(),

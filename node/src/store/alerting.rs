@@ -167,6 +167,47 @@ pub enum SelectorError {
     NotNameValue { part: String },
 }
 
+/// Test fixtures other modules' tests share.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{OutboxEntry, Sender};
+
+    /// An outbox entry keyed `key` for an alert of `target`, created at `created_ms`.
+    pub(crate) fn notice(key: &str, target: &str, created_ms: i64) -> OutboxEntry {
+        OutboxEntry {
+            notification: crate::model::Notification {
+                idempotency_key: key.into(),
+                channel: "c".into(),
+                kind: crate::model::NotifyKind::Firing,
+                alert: crate::model::Alert {
+                    id: key.split(':').next().unwrap_or_default().into(),
+                    rule: "r".into(),
+                    target: target.into(),
+                    labels: Default::default(),
+                    severity: crate::model::Severity::Warning,
+                    state: crate::model::AlertState::Firing,
+                    since_ms: created_ms,
+                    active_since_ms: created_ms,
+                    value: String::new(),
+                    summary: String::new(),
+                    description: String::new(),
+                    transitions: 1,
+                    acked_by: None,
+                    flapping: false,
+                },
+                ts_ms: created_ms,
+            },
+            attempts: 0,
+            not_before_ms: created_ms,
+            created_ms,
+            fallbacks: vec![],
+            last_error: None,
+            sender: Sender::Owner,
+            tenure: 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

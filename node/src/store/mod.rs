@@ -294,15 +294,22 @@ pub struct StoreOptions {
     pub cache_bytes: usize,
 }
 
+impl From<&crate::config::node::StoreSection> for StoreOptions {
+    fn from(s: &crate::config::node::StoreSection) -> Self {
+        StoreOptions {
+            retention: s.retention.get(),
+            flush_interval: s.flush_interval.get(),
+            chunk_samples: s.chunk_samples,
+            compact_min_bytes: s.compact_min_mb << 20,
+            cache_bytes: s.cache_mb << 20,
+        }
+    }
+}
+
+/// `[store]`'s defaults.
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            retention: Duration::from_secs(30 * 24 * 3600),
-            flush_interval: Duration::from_secs(1),
-            chunk_samples: 240,
-            compact_min_bytes: crate::config::node::DEFAULT_COMPACT_MIN_MB << 20,
-            cache_bytes: crate::config::node::DEFAULT_CACHE_MB << 20,
-        }
+        (&crate::config::node::StoreSection::default()).into()
     }
 }
 
@@ -1027,7 +1034,7 @@ mod retention_tests {
 #[cfg(test)]
 mod outbox_key_tests {
     use super::*;
-    use crate::cluster::types::tests::notice;
+    use crate::store::alerting::fixtures::notice;
 
     fn open(dir: &Path) -> Store {
         Store::open(

@@ -221,9 +221,9 @@ impl Writer {
                 }
                 Ok(WriteOp::Flush(reply)) => self.waiting.push(reply),
                 Ok(WriteOp::Compact(reply)) => {
-                    self.commit();
-                    last_commit = Instant::now();
+                    // It commits what is held first.
                     let _ = reply.send(Ok(self.compact()));
+                    last_commit = Instant::now();
                 }
                 Ok(WriteOp::RemoteSinks(sinks)) => self.set_remote_sinks(sinks),
                 Ok(WriteOp::RemoteAck(name, seq)) => self.remote_acks.push((name, seq)),

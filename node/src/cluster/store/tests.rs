@@ -404,7 +404,9 @@ async fn every_part_of_the_state_survives_reopen() {
         Command::Alerts {
             upserts: vec![alert],
             deleted: vec![],
-            queued: vec![crate::cluster::types::tests::notice("a:1:c", "web-1", 3)],
+            queued: vec![crate::store::alerting::fixtures::notice(
+                "a:1:c", "web-1", 3,
+            )],
             delivered: vec!["b:1:c".into()],
             fence: None,
         },
