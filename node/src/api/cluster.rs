@@ -116,6 +116,7 @@ impl HerdApi {
                 last_seen_ms: 0,
                 lease: Some(false),
                 targets: 0,
+                command_level: crate::cluster::types::COMMAND_LEVEL,
             }];
         }
         members
@@ -153,6 +154,7 @@ impl HerdApi {
                     last_seen_ms: silent.as_millis() as u64,
                     lease: (id == me).then(|| cluster.liveness().lease_valid(&voters, self.lease)),
                     targets: owned(id),
+                    command_level: herd.nodes.get(&id).map_or(0, |r| r.level),
                 }
             })
             .collect()

@@ -143,6 +143,10 @@ impl pb::herd_server::Herd for HerdApi {
             ownership_version: herd.ownership_version,
             leader: self.fleet.cluster().leader(),
             term: self.fleet.cluster().term(),
+            herd_alerts: herd.alerts.len() as u64,
+            herd_forgotten_alerts: herd.forgotten.len() as u64,
+            herd_level: self.fleet.cluster().herd_level(),
+            unknown_commands: crate::cluster::types::unknown_commands_applied(),
             node_id: self.node.id,
             unreachable,
             herd_id: self

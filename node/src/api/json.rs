@@ -14,12 +14,19 @@ pub fn status_json(r: &pb::StatusReply) -> Value {
         "spec_error": r.spec_error,
         "leader": r.leader,
         "term": r.term,
+        "herd_state": {
+            "alerts": r.herd_alerts,
+            "forgotten_alerts": r.herd_forgotten_alerts,
+            "command_level": r.herd_level,
+            "unknown_commands": r.unknown_commands,
+        },
         "ownership_version": r.ownership_version,
         "unreachable": r.unreachable,
         "nodes": r.nodes.iter().map(|n| json!({
             "id": n.id, "address": n.address, "role": n.role, "alive": n.alive,
             "uptime_s": n.uptime_s, "voter": n.voter, "lease": n.lease,
             "last_seen_ms": n.last_seen_ms, "targets": n.targets,
+            "command_level": n.command_level,
         })).collect::<Vec<_>>(),
         "targets": r.targets.iter().map(|t| json!({
             "name": t.name,

@@ -216,6 +216,30 @@ pub async fn render(api: &HerdApi) -> Result<String, tonic::Status> {
         "Index of the last log entry this node applied",
         raft.last_applied.map_or(0, |l| l.index) as f64,
     );
+    gauge(
+        &mut r,
+        "herd_state_alerts",
+        "Alerts in the herd's replicated state as this node applied it (every state)",
+        s.herd_alerts as f64,
+    );
+    gauge(
+        &mut r,
+        "herd_state_forgotten_alerts",
+        "Alerts the herd forgot once settled, their transition counts kept",
+        s.herd_forgotten_alerts as f64,
+    );
+    gauge(
+        &mut r,
+        "herd_command_level",
+        "The herd command level every member applies (below this build's: a rolling upgrade)",
+        f64::from(s.herd_level),
+    );
+    counter(
+        &mut r,
+        "raft_unknown_commands",
+        "Herd commands of a later build this node applied as nothing",
+        s.unknown_commands,
+    );
     let lease = s
         .nodes
         .iter()

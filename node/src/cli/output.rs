@@ -114,6 +114,24 @@ pub fn status_table(r: &pb::StatusReply) -> String {
     if !r.quorum_lost.is_empty() {
         out.push_str(&format!("QUORUM LOST {}\n", r.quorum_lost));
     }
+    if r.herd_level > 0 && r.herd_level < crate::cluster::types::COMMAND_LEVEL {
+        let older: Vec<String> = (r.nodes.iter())
+            .filter(|n| n.command_level < crate::cluster::types::COMMAND_LEVEL)
+            .map(|n| n.id.to_string())
+            .collect();
+        out.push_str(&format!(
+            "mixed builds: node(s) {} apply herd commands up to level {} only (this build: {}); resolved alerts are kept in the herd until every node runs this build\n",
+            older.join(", "),
+            r.herd_level,
+            crate::cluster::types::COMMAND_LEVEL
+        ));
+    }
+    if r.unknown_commands > 0 {
+        out.push_str(&format!(
+            "this node applied {} herd command(s) of a later build as nothing: upgrade it\n",
+            r.unknown_commands
+        ));
+    }
     if r.rules_inputs_dropped > 0 {
         out.push_str(&format!(
             "rules fell behind: {} samples/events not evaluated since start (queue full)\n",

@@ -578,6 +578,12 @@ pub fn owned_view(
             .filter(|a| names.contains(a.target.as_str()))
             .map(|a| crate::model::Alert::clone(a))
             .collect(),
+        forgotten: state
+            .forgotten
+            .values()
+            .filter(|f| names.contains(f.target.as_str()))
+            .cloned()
+            .collect(),
         notices: state
             .notices
             .values()
@@ -680,6 +686,7 @@ mod tests {
             node: 2,
             addr: "127.0.0.1:2".into(),
             machine: "local".into(),
+            level: 2,
         });
         state.apply(&Command::Pause {
             target: "a".into(),

@@ -393,6 +393,30 @@ impl ClusterNode {
     }
 
     /// Voters of the applied membership.
+    /// The command level every member of the herd applies, as this node knows
+    /// the members' records ([`ClusterState::herd_level`]).
+    pub fn herd_level(&self) -> u32 {
+        let members: Vec<NodeId> = self.members().into_iter().map(|(id, _)| id).collect();
+        // One watch borrow at a time (see `ClusterNode::follow_herd_id`).
+        self.state.borrow().herd_level(members)
+    }
+
+    /// Refuses a command of a level some member cannot apply: a node of an older
+    /// build would stop at it (see [`super::types::COMMAND_LEVEL`]).
+    fn check_level(&self, cmd: &Command) -> Result<(), ClusterError> {
+        if cmd.level() <= 1 {
+            return Ok(());
+        }
+        let herd = self.herd_level();
+        if cmd.level() > herd {
+            return Err(ClusterError::Rejected(format!(
+                "a member of the herd applies herd commands up to level {herd} only, and this one is of level {} (upgrade every node first)",
+                cmd.level()
+            )));
+        }
+        Ok(())
+    }
+
     pub fn voters(&self) -> BTreeSet<NodeId> {
         let m = self.raft.metrics();
         let m = m.borrow();
@@ -494,6 +518,7 @@ impl ClusterNode {
     /// Proposes `cmd` and waits until it is applied (committed by a majority);
     /// on a follower the write goes to the leader. Returns what applying it gave.
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, ClusterError> {
+        self.check_level(&cmd)?;
         let timeout = self.config.write_timeout;
         let deadline = Instant::now() + timeout;
         let timed_out = |last: Option<String>| ClusterError::Timeout {
@@ -583,6 +608,7 @@ impl ClusterNode {
     /// the next leader's to make again. An entry it appended in its own term is
     /// committed in that term or not at all.
     pub async fn write_as_leader(&self, cmd: Command) -> Result<CommandResponse, ClusterError> {
+        self.check_level(&cmd)?;
         let timeout = self.config.write_timeout;
         let res = tokio::time::timeout(timeout, self.raft.client_write(cmd))
             .await

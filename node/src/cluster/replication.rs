@@ -49,7 +49,8 @@ struct Pending {
     deleted: std::collections::BTreeSet<String>,
     queued: std::collections::BTreeMap<String, crate::store::alerting::OutboxEntry>,
     delivered: std::collections::BTreeSet<String>,
-    /// The ownership map the upserts and deletions were made under.
+    forgotten: std::collections::BTreeMap<String, crate::model::ForgottenAlert>,
+    /// The ownership map the upserts, deletions and forgotten alerts were made under.
     ownership_version: u64,
 }
 
@@ -59,21 +60,28 @@ impl Pending {
             && self.deleted.is_empty()
             && self.queued.is_empty()
             && self.delivered.is_empty()
+            && self.forgotten.is_empty()
     }
 
     /// Takes `d` in, unless its alert changes were made under another ownership
     /// map than those already here (then it waits for the next write: each write
     /// is fenced by one map).
-    fn merge(&mut self, d: AlertDelta) -> Result<(), AlertDelta> {
-        let changes = !d.upserts.is_empty() || !d.deleted.is_empty();
+    fn merge(&mut self, d: AlertDelta) -> Result<(), Box<AlertDelta>> {
+        let changes = !d.upserts.is_empty() || !d.deleted.is_empty() || !d.forgotten.is_empty();
         if changes {
-            let mine = !self.upserts.is_empty() || !self.deleted.is_empty();
+            let mine =
+                !self.upserts.is_empty() || !self.deleted.is_empty() || !self.forgotten.is_empty();
             if mine && self.ownership_version != d.ownership_version {
-                return Err(d);
+                return Err(Box::new(d));
             }
             self.ownership_version = d.ownership_version;
         }
+        for f in d.forgotten {
+            self.forgotten.insert(f.id.clone(), f);
+        }
         for a in d.upserts {
+            // Back before the herd forgot it: its count goes on in the alert.
+            self.forgotten.remove(&a.id);
             self.deleted.remove(&a.id);
             self.upserts.insert(a.id.clone(), a);
         }
@@ -89,17 +97,45 @@ impl Pending {
         Ok(())
     }
 
-    fn command(&self, me: super::types::NodeId) -> Command {
-        Command::Alerts {
-            upserts: self.upserts.values().cloned().collect(),
-            deleted: self.deleted.iter().cloned().collect(),
-            queued: self.queued.values().cloned().collect(),
-            delivered: self.delivered.iter().cloned().collect(),
-            fence: Some(super::types::AlertFence {
-                node: me,
-                ownership_version: self.ownership_version,
-            }),
+    /// The commands to write, in order: the alert changes, then the alerts
+    /// forgotten — only when every member applies that command's level
+    /// (`herd_level`); in a herd mid-upgrade the herd keeps its copies of them, as
+    /// before levels.
+    fn commands(&self, me: super::types::NodeId, herd_level: u32) -> Vec<Command> {
+        let fence = Some(super::types::AlertFence {
+            node: me,
+            ownership_version: self.ownership_version,
+        });
+        let mut out = Vec::with_capacity(2);
+        if !(self.upserts.is_empty()
+            && self.deleted.is_empty()
+            && self.queued.is_empty()
+            && self.delivered.is_empty())
+        {
+            out.push(Command::Alerts {
+                upserts: self.upserts.values().cloned().collect(),
+                deleted: self.deleted.iter().cloned().collect(),
+                queued: self.queued.values().cloned().collect(),
+                delivered: self.delivered.iter().cloned().collect(),
+                fence,
+            });
         }
+        if !self.forgotten.is_empty() {
+            let forget = Command::ForgetAlerts {
+                alerts: self.forgotten.values().cloned().collect(),
+                fence,
+            };
+            if forget.level() <= herd_level {
+                out.push(forget);
+            } else {
+                tracing::debug!(
+                    n = self.forgotten.len(),
+                    herd_level,
+                    "the herd keeps resolved alerts: a member's build does not forget them"
+                );
+            }
+        }
+        out
     }
 }
 
@@ -137,7 +173,7 @@ pub async fn replicate_alerts(
         while carry.is_none() {
             let Ok(d) = rx.try_recv() else { break };
             if let Err(d) = pending.merge(d) {
-                carry = Some(d);
+                carry = Some(*d);
             }
         }
         if owned.borrow().fenced {
@@ -158,13 +194,8 @@ pub async fn replicate_alerts(
             }
             continue;
         }
-        match cluster.write(pending.command(me)).await {
-            Ok(r) => {
-                if let Some(why) = r.refused {
-                    // The target moved (away, or away and back) since: its next
-                    // owner's history is the herd's, and this node follows it.
-                    tracing::warn!(refused = %why, "the herd refused alert changes made under an ownership map that is gone");
-                }
+        match write_all(&cluster, pending.commands(me, cluster.herd_level())).await {
+            Ok(()) => {
                 pending = Pending::default();
                 notifier.wake();
             }
@@ -177,6 +208,23 @@ pub async fn replicate_alerts(
             }
         }
     }
+}
+
+/// Writes `commands` in order; the first error stops. Each is idempotent, so a
+/// retry of the whole list after a partial failure applies nothing twice.
+async fn write_all(
+    cluster: &ClusterNode,
+    commands: Vec<Command>,
+) -> Result<(), super::node::ClusterError> {
+    for cmd in commands {
+        let r = cluster.write(cmd).await?;
+        if let Some(why) = r.refused {
+            // The target moved (away, or away and back) since: its next owner's
+            // history is the herd's, and this node follows it.
+            tracing::warn!(refused = %why, "the herd refused alert changes made under an ownership map that is gone");
+        }
+    }
+    Ok(())
 }
 
 /// How often the owners' new tail positions go to the herd (one Raft entry for
@@ -297,9 +345,10 @@ mod tests {
             later.is_err(),
             "a change under map 6 waits for the next write"
         );
-        let Command::Alerts { upserts, fence, .. } = p.command(2) else {
-            panic!("an alerts command");
+        let [Command::Alerts { upserts, fence, .. }] = &p.commands(2, 1)[..] else {
+            panic!("one alerts command");
         };
+        let fence = *fence;
         assert_eq!(upserts.len(), 2);
         assert_eq!(
             fence,
@@ -308,5 +357,46 @@ mod tests {
                 ownership_version: 4
             })
         );
+    }
+
+    fn forgotten(version: u64, id: &str, transitions: u64) -> AlertDelta {
+        AlertDelta {
+            forgotten: vec![crate::model::ForgottenAlert {
+                id: id.into(),
+                target: "a".into(),
+                transitions,
+            }],
+            ownership_version: version,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn forgotten_alerts_go_to_the_herd_only_when_every_member_can_apply_it() {
+        let mut p = Pending::default();
+        assert!(p.merge(delta(4, Some("x:1:c"), &[])).is_ok());
+        assert!(p.merge(forgotten(4, "old", 2)).is_ok());
+        assert!(
+            p.merge(forgotten(5, "older", 2)).is_err(),
+            "forgetting is fenced by the map like any alert change"
+        );
+        // A member of an older build (level 1): the alert changes only.
+        let cmds = p.commands(2, 1);
+        assert_eq!(cmds.len(), 1);
+        assert!(matches!(cmds[0], Command::Alerts { .. }));
+        // Every member at level 2: the changes, then the forgetting, same fence.
+        let cmds = p.commands(2, 2);
+        let [Command::Alerts { .. }, Command::ForgetAlerts { alerts, fence }] = &cmds[..] else {
+            panic!("alerts then forget: {cmds:?}");
+        };
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(fence.map(|f| f.ownership_version), Some(4));
+        // An alert back before the herd forgot it is not forgotten.
+        let mut p = Pending::default();
+        assert!(p.merge(forgotten(4, "x", 1)).is_ok());
+        let mut back = delta(4, Some("x:2:c"), &[]);
+        back.upserts[0].id = "x".into();
+        assert!(p.merge(back).is_ok());
+        assert!(p.forgotten.is_empty());
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keylog::KeyLog;
 use crate::model::Alert;
+pub use crate::model::ForgottenAlert;
 use crate::notify::worker::Gate;
 use crate::ownership::Pause;
 use crate::store::alerting::{OutboxEntry, Sender, Silence};
@@ -76,6 +77,10 @@ pub enum Command {
         node: NodeId,
         addr: String,
         machine: String,
+        /// The highest command level the node's build applies ([`COMMAND_LEVEL`]);
+        /// builds from before levels send none (read as 1).
+        #[serde(default)]
+        level: u32,
     },
     /// A node is leaving: it gets no targets any more (its targets move first, then
     /// the membership changes).
@@ -130,6 +135,37 @@ pub enum Command {
         nonce: u64,
         node: NodeId,
     },
+    /// Level 2. Resolved alerts the owner's engine forgot (settled past its
+    /// retention): the herd drops each one's copy and keeps only its transition
+    /// count, so a later episode counts on (idempotency keys stay unique). Taken
+    /// only from the target's owner, like [`Command::Alerts`], and only for an
+    /// alert still inactive with no more transitions than the owner forgot.
+    ForgetAlerts {
+        alerts: Vec<ForgottenAlert>,
+        fence: Option<AlertFence>,
+    },
+    /// A command of a later build's level, which this build cannot read: kept as
+    /// it came (so it is stored and sent on unchanged) and applied as nothing,
+    /// counted and logged. Proposers never send a command above the level every
+    /// member advertises ([`ClusterState::herd_level`]), so this is met only when
+    /// a node of an older build was added after a newer command was committed.
+    #[serde(untagged)]
+    Unknown(serde_json::Value),
+}
+
+/// The highest level of [`Command`] this build applies. Level 1: every command
+/// before levels existed; level 2 adds [`Command::ForgetAlerts`]. A node records
+/// its level in the herd ([`Command::NodeInfo`]) and a command of level n is
+/// proposed only when every member recorded n or more: during a rolling upgrade
+/// the nodes still on the older build keep applying everything they are sent.
+pub const COMMAND_LEVEL: u32 = 2;
+
+/// Commands of a later level than this build's applied so far (as nothing).
+static UNKNOWN_APPLIED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many commands this process applied as nothing because it could not read them.
+pub fn unknown_commands_applied() -> u64 {
+    UNKNOWN_APPLIED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A check's persisted position (a log tail's file and offset, as JSON) as the
@@ -189,9 +225,19 @@ impl Command {
             Command::ApplySpec { .. } => &[Part::Spec],
             // A new map also drops the alerts of targets that left it.
             Command::SetOwnership { .. } => &[Part::Owners, Part::Alerts],
-            Command::Alerts { .. } => &[Part::Alerts],
+            Command::Alerts { .. } | Command::ForgetAlerts { .. } => &[Part::Alerts],
             Command::Tails { .. } => &[Part::Tails],
+            Command::Unknown(_) => &[],
             _ => &[Part::Rest],
+        }
+    }
+
+    /// The command level a node must apply to read this command.
+    pub fn level(&self) -> u32 {
+        match self {
+            Command::ForgetAlerts { .. } => 2,
+            Command::Unknown(_) => u32::MAX,
+            _ => 1,
         }
     }
 }
@@ -281,6 +327,10 @@ pub struct ClusterState {
     /// Checks' positions in the files they tail, by key ([`Command::Tails`]).
     #[serde(default)]
     pub tails: imbl::OrdMap<String, TailMark>,
+    /// Alerts forgotten by their owner ([`Command::ForgetAlerts`]), by id: only
+    /// their transition counts, which a later episode continues.
+    #[serde(default)]
+    pub forgotten: imbl::OrdMap<String, ForgottenAlert>,
 }
 
 /// How long a node waits for the herd to record an alert notification it queued
@@ -366,7 +416,8 @@ impl ClusterState {
                 node,
                 addr,
                 machine,
-            } => self.set_node_info(*node, addr, machine),
+                level,
+            } => self.set_node_info(*node, addr, machine, *level),
             Command::SilenceAdd { silence } => self.add_silence(silence),
             Command::SilenceRemove { id } => self.remove_silence(id),
             Command::Drain { node } => self.drain(*node),
@@ -395,6 +446,75 @@ impl ClusterState {
                 },
                 *max_per_hour,
             ),
+            Command::ForgetAlerts { alerts, fence } => self.forget_alerts(alerts, *fence),
+            Command::Unknown(raw) => {
+                let n = UNKNOWN_APPLIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let kind = match raw {
+                    serde_json::Value::Object(m) => m.keys().next().cloned(),
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    _ => None,
+                };
+                tracing::warn!(
+                    kind = kind.as_deref().unwrap_or("?"),
+                    total = n,
+                    "applied a herd command of a later build as nothing (this build reads command level {COMMAND_LEVEL}); upgrade this node"
+                );
+                CommandResponse::default()
+            }
+        }
+    }
+
+    /// The command level every member can apply: the lowest level the members
+    /// recorded (a member with no record, or one from a build before levels: 1).
+    pub fn herd_level(&self, members: impl IntoIterator<Item = NodeId>) -> u32 {
+        members
+            .into_iter()
+            .map(|id| self.nodes.get(&id).map_or(1, |r| r.level.max(1)))
+            .min()
+            .unwrap_or(1)
+    }
+
+    /// Drops the herd's copy of alerts their owner forgot, keeping their counts.
+    /// An alert active again, or with more transitions than the owner forgot
+    /// (it went on since), stays; so does one proposed by a node that is not the
+    /// target's owner in its current tenure.
+    fn forget_alerts(
+        &mut self,
+        alerts: &[ForgottenAlert],
+        fence: Option<AlertFence>,
+    ) -> CommandResponse {
+        let mut refused = 0usize;
+        for f in alerts {
+            if !self.within_tenure(fence, &f.target, None) {
+                refused += 1;
+                continue;
+            }
+            if let Some(a) = self.alerts.get(&f.id) {
+                let settled = matches!(
+                    a.state,
+                    crate::model::AlertState::Inactive | crate::model::AlertState::Resolved
+                );
+                if !settled || a.transitions > f.transitions {
+                    continue;
+                }
+                self.alerts.remove(&f.id);
+            }
+            let transitions = self
+                .forgotten
+                .get(&f.id)
+                .map_or(f.transitions, |old| old.transitions.max(f.transitions));
+            self.forgotten.insert(
+                f.id.clone(),
+                ForgottenAlert {
+                    transitions,
+                    ..f.clone()
+                },
+            );
+        }
+        CommandResponse {
+            refused: (refused > 0)
+                .then(|| format!("{refused} forgotten alert(s) of targets that moved since")),
+            ..Default::default()
         }
     }
 
@@ -490,6 +610,13 @@ impl ClusterState {
         for id in gone {
             self.alerts.remove(&id);
         }
+        let gone: Vec<String> = (self.forgotten.iter())
+            .filter(|(_, f)| !owners.contains_key(&f.target))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.forgotten.remove(&id);
+        }
         let gone: Vec<String> = (self.notices.iter())
             .filter(|(_, e)| {
                 e.sender != Sender::Leader && !owners.contains_key(&e.notification.alert.target)
@@ -521,17 +648,22 @@ impl ClusterState {
         let mut refused = 0usize;
         for a in upserts {
             if self.within_tenure(fence, &a.target, None) {
+                // Back: its count goes on in the alert itself.
+                self.forgotten.remove(&a.id);
                 self.alerts.insert(a.id.clone(), Arc::new(a.clone()));
             } else {
                 refused += 1;
             }
         }
         for id in deleted {
-            let Some(target) = self.alerts.get(id).map(|a| a.target.clone()) else {
+            let target = (self.alerts.get(id).map(|a| a.target.clone()))
+                .or_else(|| self.forgotten.get(id).map(|f| f.target.clone()));
+            let Some(target) = target else {
                 continue;
             };
             if self.within_tenure(fence, &target, None) {
                 self.alerts.remove(id);
+                self.forgotten.remove(id);
             } else {
                 refused += 1;
             }
@@ -639,12 +771,19 @@ impl ClusterState {
     }
 
     /// A node's address and how its machine is watched.
-    fn set_node_info(&mut self, node: NodeId, addr: &str, machine: &str) -> CommandResponse {
+    fn set_node_info(
+        &mut self,
+        node: NodeId,
+        addr: &str,
+        machine: &str,
+        level: u32,
+    ) -> CommandResponse {
         self.nodes.insert(
             node,
             NodeRecord {
                 addr: addr.to_string(),
                 machine: machine.to_string(),
+                level,
             },
         );
         CommandResponse::default()
@@ -1146,6 +1285,125 @@ mod tests {
             ["c:1:action"],
             "runs older than a day are forgotten"
         );
+    }
+
+    fn forgotten(id: &str, target: &str, transitions: u64) -> ForgottenAlert {
+        ForgottenAlert {
+            id: id.into(),
+            target: target.into(),
+            transitions,
+        }
+    }
+
+    fn forget(node: NodeId, version: u64, alerts: Vec<ForgottenAlert>) -> Command {
+        Command::ForgetAlerts {
+            alerts,
+            fence: Some(AlertFence {
+                node,
+                ownership_version: version,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_herd_forgets_settled_alerts_of_their_owner_and_keeps_their_counts() {
+        let mut s = owned_by(&[("a", 1), ("b", 2)]);
+        let mut resolved = notice("r:2:c", "a", 1).notification.alert;
+        (resolved.id, resolved.transitions) = ("r".into(), 2);
+        resolved.state = crate::model::AlertState::Resolved;
+        let mut firing = resolved.clone();
+        (firing.id, firing.transitions) = ("f".into(), 3);
+        firing.state = crate::model::AlertState::Firing;
+        s.apply(&fenced(
+            1,
+            1,
+            vec![resolved.clone(), firing.clone()],
+            vec![],
+        ));
+        let r = s.apply(&forget(
+            1,
+            1,
+            vec![forgotten("r", "a", 2), forgotten("f", "a", 3)],
+        ));
+        assert_eq!(r.refused, None);
+        assert!(!s.alerts.contains_key("r"), "the settled one goes");
+        assert_eq!(s.forgotten["r"].transitions, 2, "its count stays");
+        assert!(
+            s.alerts.contains_key("f"),
+            "a firing alert is never forgotten"
+        );
+        // Only the owner forgets: node 2 does not own a.
+        let r = s.apply(&forget(2, 1, vec![forgotten("x", "a", 1)]));
+        assert!(r.refused.is_some());
+        assert!(!s.forgotten.contains_key("x"));
+        // An alert that went on after the owner forgot it (a newer copy) stays.
+        let mut later = resolved.clone();
+        later.transitions = 4;
+        s.apply(&fenced(1, 1, vec![later], vec![]));
+        assert!(
+            !s.forgotten.contains_key("r"),
+            "back: its count is in the alert"
+        );
+        s.apply(&forget(1, 1, vec![forgotten("r", "a", 2)]));
+        assert_eq!(s.alerts["r"].transitions, 4, "the later copy stands");
+        // A target that leaves the fleet takes its counts with it.
+        s.apply(&forget(1, 1, vec![forgotten("gone", "a", 7)]));
+        set_owners(&mut s, &[("b", 2)]);
+        assert!(s.forgotten.is_empty());
+    }
+
+    #[test]
+    fn a_command_of_a_later_build_is_kept_as_it_came_and_applied_as_nothing() {
+        let raw = r#"{"Frobnicate":{"target":"a","level":9}}"#;
+        let cmd: Command = serde_json::from_str(raw).expect("decodes");
+        assert!(matches!(cmd, Command::Unknown(_)));
+        assert_eq!(cmd.level(), u32::MAX);
+        assert!(cmd.parts().is_empty(), "nothing stored");
+        // Stored and sent on unchanged.
+        let again: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&cmd).expect("encodes")).expect("json");
+        assert_eq!(
+            again,
+            serde_json::from_str::<serde_json::Value>(raw).expect("raw")
+        );
+        let mut s = owned_by(&[("a", 1)]);
+        let before = s.clone();
+        let seen = unknown_commands_applied();
+        assert_eq!(s.apply(&cmd), CommandResponse::default());
+        assert_eq!(s, before);
+        assert!(unknown_commands_applied() > seen);
+        // Known commands still decode as themselves.
+        let known = Command::Resume { target: "a".into() };
+        let text = serde_json::to_string(&known).expect("encodes");
+        assert_eq!(
+            serde_json::from_str::<Command>(&text).expect("decodes"),
+            known
+        );
+    }
+
+    #[test]
+    fn the_herd_level_is_the_lowest_a_member_recorded() {
+        let mut s = ClusterState::default();
+        let info = |node: NodeId, level: u32| Command::NodeInfo {
+            node,
+            addr: format!("127.0.0.1:{node}"),
+            machine: "local".into(),
+            level,
+        };
+        s.apply(&info(1, COMMAND_LEVEL));
+        s.apply(&info(2, COMMAND_LEVEL));
+        assert_eq!(s.herd_level([1, 2]), COMMAND_LEVEL);
+        assert_eq!(s.herd_level([1, 2, 3]), 1, "no record yet: level 1");
+        // A build from before levels sends none.
+        let old: Command = serde_json::from_str(
+            r#"{"NodeInfo":{"node":3,"addr":"127.0.0.1:3","machine":"local"}}"#,
+        )
+        .expect("an older build's record decodes");
+        s.apply(&old);
+        assert_eq!(s.nodes[&3].level, 0);
+        assert_eq!(s.herd_level([1, 2, 3]), 1);
+        s.apply(&info(3, COMMAND_LEVEL));
+        assert_eq!(s.herd_level([1, 2, 3]), COMMAND_LEVEL);
     }
 }
 

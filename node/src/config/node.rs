@@ -207,6 +207,10 @@ pub struct StoreSection {
     /// MiB of the store file's pages kept in memory (redb's cache; the kernel's
     /// page cache is below it either way).
     pub cache_mb: usize,
+    /// How long a resolved alert stays listed (`herd alerts`, the herd's state)
+    /// before it is forgotten; its transition count is kept, so a later episode
+    /// notifies under new idempotency keys.
+    pub resolved_retention: HumanDuration,
 }
 
 /// `[store] compact_min_mb`'s default.
@@ -220,6 +224,7 @@ impl Default for StoreSection {
             chunk_samples: 240,
             compact_min_mb: DEFAULT_COMPACT_MIN_MB,
             cache_mb: DEFAULT_CACHE_MB,
+            resolved_retention: HumanDuration::from_secs(3600),
         }
     }
 }
@@ -436,6 +441,7 @@ impl NodeConfig {
             ("ssh.reconnect_max", s.reconnect_max),
             ("store.flush_interval", self.store.flush_interval),
             ("store.retention", self.store.retention),
+            ("store.resolved_retention", self.store.resolved_retention),
         ] {
             if d.get().is_zero() {
                 p.push((key, "must be above 0".into()));

@@ -100,6 +100,16 @@ pub struct Alert {
     pub flapping: bool,
 }
 
+/// What is kept of an alert forgotten once it settled (resolved past the
+/// retention of resolved alerts): its target and its transition count, so that a
+/// later episode counts on and its idempotency keys stay unique.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForgottenAlert {
+    pub id: String,
+    pub target: String,
+    pub transitions: u64,
+}
+
 /// One notification to deliver: what the outbox keeps until a channel took it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {

@@ -159,7 +159,8 @@ impl Node {
         let cluster = start_raft(&cfg, addr, tls.as_ref()).await?;
         let fleet = FleetState::new(cluster.clone(), store.clone());
         let replicate = tokio::sync::mpsc::unbounded_channel();
-        let (rules, rules_rx) = rules_channel(&store, &cluster, &replicate.0);
+        let (mut rules, rules_rx) = rules_channel(&store, &cluster, &replicate.0);
+        rules.set_resolved_retention(cfg.store.resolved_retention.get());
         let (owned_tx, owned_rx) = ownership::channel();
         // The stored spec, ownership and alerts from the first moment: the rules task
         // and the outbox must not start from an empty spec after a restart.
@@ -654,6 +655,7 @@ impl Wiring {
                     me: NodeRecord {
                         addr: self.addr.to_string(),
                         machine: c.machine.clone(),
+                        level: crate::cluster::types::COMMAND_LEVEL,
                     },
                 },
                 herd.clone(),

@@ -27,6 +27,9 @@ pub struct Owned {
     /// Alerts of the owned targets as the herd last recorded them: a new owner
     /// continues them (no second "firing", the "resolved" still goes out).
     pub alerts: Vec<Alert>,
+    /// Transition counts of the owned targets' alerts the herd forgot (settled
+    /// past their retention): a later episode counts on from them.
+    pub forgotten: Vec<crate::model::ForgottenAlert>,
     /// Notifications of the owned targets that their last owner queued and had not
     /// delivered when the herd last recorded them: a new owner delivers them.
     pub notices: Vec<crate::store::alerting::OutboxEntry>,

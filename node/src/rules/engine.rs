@@ -48,7 +48,7 @@ use super::select::{alert_id, format_value, glob_match, is_glob, labels_match};
 use crate::config::fleet::TargetSpec;
 use crate::config::rules::{Direction, RuleKind, RuleSpec, EVENT_RESOLVE_AFTER};
 use crate::model::text::prefix_chars;
-use crate::model::{Alert, AlertState, Event, Labels, NotifyKind, Sample};
+use crate::model::{Alert, AlertState, Event, ForgottenAlert, Labels, NotifyKind, Sample};
 
 /// At most this many alerts (any state) are tracked; beyond, settled ones are
 /// evicted first, and new alerts are refused when none is settled.
@@ -56,7 +56,8 @@ pub const MAX_ALERTS: usize = 100_000;
 /// At most this many series per kind of memory (dead-man clocks, previous values
 /// for change rules); new series beyond it are ignored.
 pub const MAX_SERIES: usize = 100_000;
-/// Resolved alerts are kept for `herd alerts` "recent" this long ...
+/// Resolved alerts are kept for `herd alerts` "recent" this long by default
+/// (`[store] resolved_retention`; [`Engine::set_resolved_retention`]) ...
 pub const RESOLVED_RETENTION_MS: i64 = 3_600_000;
 /// ... and at most this many of them.
 pub const MAX_RESOLVED: usize = 1_000;
@@ -409,6 +410,11 @@ struct Alerts {
     /// continues its count: `alert-id:transitions` keys stay unique per alert.
     /// Bounded by [`MAX_ALERTS`]; beyond it a returning alert counts from 0.
     tombstones: HashMap<String, Tombstone>,
+    /// Settled alerts forgotten (retention, room) since [`Engine::take_forgotten`]
+    /// last took them: the herd forgets its copies too.
+    forgotten: Vec<ForgottenAlert>,
+    /// How long a settled alert is kept before it is forgotten.
+    retention_ms: i64,
     nan_samples: u64,
     refused_alerts: u64,
     refused_series: u64,
@@ -469,7 +475,7 @@ impl Alerts {
             .map(|(id, _)| id.clone());
         match oldest {
             Some(id) => {
-                self.forget(&id);
+                self.forget_settled(&id);
                 true
             }
             None => {
@@ -488,12 +494,12 @@ impl Alerts {
             .machines
             .iter()
             .filter(|(_, m)| {
-                m.settled() && now.saturating_sub(m.alert.since_ms) >= RESOLVED_RETENTION_MS
+                m.settled() && now.saturating_sub(m.alert.since_ms) >= self.retention_ms
             })
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
-            self.forget(&id);
+            self.forget_settled(&id);
         }
         let settled = self.machines.values().filter(|m| m.settled()).count();
         if settled > MAX_RESOLVED {
@@ -505,7 +511,7 @@ impl Alerts {
                 .collect();
             old.sort();
             for (_, id) in old.into_iter().take(settled - MAX_RESOLVED) {
-                self.forget(&id);
+                self.forget_settled(&id);
             }
         }
     }
@@ -519,6 +525,18 @@ impl Alerts {
             t.transitions = transitions;
             t.last = None;
         }
+    }
+
+    /// Forgets a settled alert and says so to [`Engine::take_forgotten`].
+    fn forget_settled(&mut self, id: &str) {
+        if let Some(m) = self.machines.get(id) {
+            self.forgotten.push(ForgottenAlert {
+                id: id.to_string(),
+                target: m.alert.target.clone(),
+                transitions: m.alert.transitions,
+            });
+        }
+        self.forget(id);
     }
 
     fn forget(&mut self, id: &str) {
@@ -614,7 +632,10 @@ impl Engine {
             by_event: HashMap::new(),
             state_rules: Vec::new(),
             targets: HashMap::new(),
-            alerts: Alerts::default(),
+            alerts: Alerts {
+                retention_ms: RESOLVED_RETENTION_MS,
+                ..Alerts::default()
+            },
             watches: HashMap::new(),
             unseen: HashMap::new(),
             state_seen: HashSet::new(),
@@ -751,6 +772,29 @@ impl Engine {
         self.dropped_at_restore.clear();
         self.add_clocks(self.latest_ms);
         taken
+    }
+
+    /// How long a settled (resolved) alert is kept before it is forgotten.
+    pub fn set_resolved_retention(&mut self, ms: i64) {
+        self.alerts.retention_ms = ms.max(1);
+    }
+
+    /// The settled alerts forgotten since the last call (past the retention of
+    /// resolved alerts, or to make room): the herd forgets its copies, keeping
+    /// their counts.
+    pub fn take_forgotten(&mut self) -> Vec<ForgottenAlert> {
+        std::mem::take(&mut self.alerts.forgotten)
+    }
+
+    /// Counts of alerts the herd forgot (their owner let them go when they
+    /// settled): a later episode of one continues its count, unless this engine
+    /// knows a later one.
+    pub fn continue_forgotten(&mut self, forgotten: &[ForgottenAlert]) {
+        for f in forgotten {
+            if self.targets.contains_key(&f.target) {
+                self.continue_count(&f.id, f.transitions);
+            }
+        }
     }
 
     /// An alert this engine no longer holds had `transitions` so far (it was ended

@@ -65,6 +65,9 @@ pub struct RulesHandle {
     /// In a herd, the herd grants each action run (once per transition,
     /// max_per_hour herd-wide).
     claim: Option<super::action::ClaimAction>,
+    /// How long a resolved alert is kept before it is forgotten (`[store]
+    /// resolved_retention`).
+    resolved_retention_ms: i64,
 }
 
 /// Reads the transition count of an alert (by id) in the herd's applied state.
@@ -85,6 +88,8 @@ pub struct AlertDelta {
     pub deleted: Vec<String>,
     pub queued: Vec<OutboxEntry>,
     pub delivered: Vec<String>,
+    /// Settled alerts the engine forgot: the herd keeps only their counts.
+    pub forgotten: Vec<crate::model::ForgottenAlert>,
     /// The ownership map the upserts and deletions were made under (0: none made).
     pub ownership_version: u64,
 }
@@ -95,6 +100,7 @@ impl AlertDelta {
             && self.deleted.is_empty()
             && self.queued.is_empty()
             && self.delivered.is_empty()
+            && self.forgotten.is_empty()
     }
 }
 
@@ -169,6 +175,12 @@ impl RulesHandle {
 
     /// The silences in force (the herd's, as applied on this node: they are
     /// committed through Raft, so every node has them, down ones included once back).
+    /// How long resolved alerts are kept before they are forgotten (set before
+    /// the task starts).
+    pub fn set_resolved_retention(&mut self, retention: Duration) {
+        self.resolved_retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    }
+
     pub fn set_silences(&self, list: Vec<Silence>) {
         if let Ok(mut s) = self.silences.write() {
             *s = list;
@@ -197,6 +209,7 @@ pub fn channel(
         replicate,
         recorded,
         claim,
+        resolved_retention_ms: super::engine::RESOLVED_RETENTION_MS,
     };
     (handle, rx)
 }
@@ -289,6 +302,10 @@ pub async fn run(
         if !transitions.is_empty() {
             record(&ctx, transitions).await;
         }
+        let forgotten = engine.take_forgotten();
+        if !forgotten.is_empty() {
+            forget_in_herd(&ctx, forgotten);
+        }
         dirty = true;
         if urgent || published.elapsed() >= PUBLISH_EVERY {
             publish(&ctx, &engine);
@@ -319,7 +336,9 @@ async fn start(
     let current = owned.borrow_and_update().clone();
     let rules = effective_rules(&current.spec.rules);
     let active: Vec<_> = current.active().cloned().collect();
-    let engine = Engine::new(rules.clone(), &active, restored);
+    let mut engine = Engine::new(rules.clone(), &active, restored);
+    engine.set_resolved_retention(handle.resolved_retention_ms);
+    engine.continue_forgotten(&current.forgotten);
     // Before any spec is applied there is nothing to deliver: the outbox waits for
     // the channels of a real spec (an entry queued before a restart must not meet
     // an empty channel list and be given up).
@@ -360,6 +379,7 @@ async fn follow_owned(ctx: &mut Ctx, engine: &mut Engine, current: &crate::owner
     let dropped = reconfigure(ctx, engine, current, &rules).await;
     // Alerts of targets taken over continue where their last owner left them.
     let adopted = engine.adopt(current.alerts.clone());
+    engine.continue_forgotten(&current.forgotten);
     if adopted > 0 {
         tracing::info!(adopted, "continuing alerts of targets taken over");
     }
@@ -688,6 +708,20 @@ async fn end_visibly(ctx: &Ctx, engine: &mut Engine, ended: Vec<(Alert, String)>
     record(ctx, transitions).await;
 }
 
+/// Settled alerts the engine forgot: in a herd, the herd forgets its copies too
+/// and keeps their counts (the node's own store keeps its copy: a node that
+/// restarts alone continues the count from it).
+fn forget_in_herd(ctx: &Ctx, forgotten: Vec<crate::model::ForgottenAlert>) {
+    tracing::debug!(n = forgotten.len(), "forgetting resolved alerts");
+    if let Some(tx) = &ctx.handle.replicate {
+        let _ = tx.send(AlertDelta {
+            forgotten,
+            ownership_version: ctx.followed_version,
+            ..Default::default()
+        });
+    }
+}
+
 /// An action to run after its transition is stored: the action, its alert, and
 /// the keys of the notifications held until it ends.
 type Deferred = (Action, Alert, Vec<String>);
@@ -823,6 +857,7 @@ fn herd_delta(batch: &AlertingBatch, ownership_version: u64) -> AlertDelta {
             .cloned()
             .collect(),
         delivered: Vec::new(),
+        forgotten: Vec::new(),
     }
 }
 

@@ -36,7 +36,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::keylog::KeyLog;
-use super::types::{ActionRunRecord, ClusterState, NodeHealth, NodeId, NodeRecord, Part};
+use super::types::{
+    ActionRunRecord, ClusterState, ForgottenAlert, NodeHealth, NodeId, NodeRecord, Part,
+};
 use crate::store::alerting::OutboxEntry;
 
 mod log;
@@ -71,6 +73,11 @@ const SM_NOTICES: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_stat
 /// number in the log of keys ([`KeyLog::seqs`]; format 3 on): a delivery adds a
 /// row, the oldest beyond the bound are removed.
 const SM_DELIVERED: TableDefinition<u64, &str> = TableDefinition::new("raft_state_delivered");
+/// Transition counts of alerts their owner forgot, one row each (id → JSON of
+/// the [`ForgottenAlert`]). Added beside format 3 without a new format: a build
+/// that does not know the table leaves it alone, and such a build never applies
+/// the command that fills it (it is of level 2, see [`super::types::COMMAND_LEVEL`]).
+const SM_FORGOTTEN: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state_forgotten");
 
 /// The layout of this file's tables and records this build writes and reads
 /// (`KEY_FORMAT` in `LOG_META`, u32 little endian; a file without it is format 1).
@@ -426,6 +433,7 @@ struct Tables<'t> {
     alerts: redb::Table<'t, &'static str, &'static [u8]>,
     notices: redb::Table<'t, &'static str, &'static [u8]>,
     delivered: redb::Table<'t, u64, &'static str>,
+    forgotten: redb::Table<'t, &'static str, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -435,6 +443,7 @@ impl<'t> Tables<'t> {
             alerts: w.open_table(SM_ALERTS)?,
             notices: w.open_table(SM_NOTICES)?,
             delivered: w.open_table(SM_DELIVERED)?,
+            forgotten: w.open_table(SM_FORGOTTEN)?,
         })
     }
 
@@ -467,6 +476,7 @@ impl<'t> Tables<'t> {
             herd_id,
             action_runs,
             tails,
+            forgotten,
         } = state;
         for part in parts {
             match part {
@@ -499,6 +509,12 @@ impl<'t> Tables<'t> {
                         prev.map(|p| &p.notices),
                     )?;
                     put_delivered_rows(&mut self.delivered, delivered, prev.map(|p| &p.delivered))?;
+                    put_rows(
+                        &mut self.forgotten,
+                        "forgotten alert",
+                        forgotten,
+                        prev.map(|p| &p.forgotten),
+                    )?;
                 }
                 Part::Rest => put_json(
                     table,
@@ -548,6 +564,11 @@ fn get_state(r: &redb::ReadTransaction) -> Result<ClusterState, Fault> {
         let (key, bytes) = row?;
         let e: OutboxEntry = decode("notice", bytes.value())?;
         s.notices.insert(key.value().to_string(), e);
+    }
+    for row in r.open_table(SM_FORGOTTEN)?.iter()? {
+        let (id, bytes) = row?;
+        let f: ForgottenAlert = decode("forgotten alert", bytes.value())?;
+        s.forgotten.insert(id.value().to_string(), f);
     }
     let mut keys = Vec::new();
     for row in r.open_table(SM_DELIVERED)?.iter()? {
@@ -621,6 +642,7 @@ fn copy_tables(
     copy_table(src, dst, SM, rows, progress)?;
     copy_table(src, dst, SM_ALERTS, rows, progress)?;
     copy_table(src, dst, SM_NOTICES, rows, progress)?;
+    copy_table(src, dst, SM_FORGOTTEN, rows, progress)?;
     copy_table(src, dst, SM_DELIVERED, rows, progress)
 }
 

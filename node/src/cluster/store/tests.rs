@@ -402,12 +402,31 @@ async fn every_part_of_the_state_survives_reopen() {
         spec("[[target]]"),
         owners(&[("web-1", 2)]),
         Command::Alerts {
-            upserts: vec![alert],
+            upserts: vec![
+                alert.clone(),
+                crate::model::Alert {
+                    id: "a2".into(),
+                    state: crate::model::AlertState::Resolved,
+                    transitions: 2,
+                    ..alert
+                },
+            ],
             deleted: vec![],
             queued: vec![crate::store::alerting::fixtures::notice(
                 "a:1:c", "web-1", 3,
             )],
             delivered: vec!["b:1:c".into()],
+            fence: None,
+        },
+        // a2 is forgotten (its count kept), a3 was never here (a count only).
+        Command::ForgetAlerts {
+            alerts: ["a2", "a3"]
+                .map(|id| crate::cluster::types::ForgottenAlert {
+                    id: id.into(),
+                    target: "web-1".into(),
+                    transitions: 2,
+                })
+                .to_vec(),
             fence: None,
         },
         Command::Sent {
@@ -424,6 +443,7 @@ async fn every_part_of_the_state_survives_reopen() {
             node: 2,
             addr: "127.0.0.1:2".into(),
             machine: "local".into(),
+            level: 2,
         },
         Command::Drain { node: 3 },
         Command::Pause {
@@ -457,6 +477,11 @@ async fn every_part_of_the_state_survives_reopen() {
     let (_log, sm) = open(dir.path()).expect("reopen");
     assert_eq!(*sm.state(), *expected);
     assert!(!sm.state().silences.is_empty() && !sm.state().alerts.is_empty());
+    assert_eq!(sm.state().alerts.keys().collect::<Vec<_>>(), ["a1"]);
+    assert_eq!(
+        sm.state().forgotten.keys().collect::<Vec<_>>(),
+        ["a2", "a3"]
+    );
     assert!(!sm.state().notices.is_empty() && !sm.state().delivered.is_empty());
 }
 

@@ -1031,6 +1031,35 @@ fn resolved_alerts_are_kept_an_hour() {
 }
 
 #[test]
+fn forgotten_alerts_are_reported_and_a_count_from_the_herd_goes_on() {
+    let mut e = one(vec![cpu_rule("")]);
+    e.set_resolved_retention(10 * SEC);
+    cpu(&mut e, T0, 95.0);
+    cpu(&mut e, T0 + SEC, 50.0);
+    assert!(e.take_forgotten().is_empty(), "resolved, kept");
+    e.tick(T0 + 11 * SEC);
+    let gone = e.take_forgotten();
+    assert_eq!(gone.len(), 1);
+    assert_eq!((gone[0].target.as_str(), gone[0].transitions), ("web-1", 2));
+    assert!(e.take_forgotten().is_empty(), "reported once");
+    // Another engine (a new owner) that never saw the alert: the herd's count.
+    let mut other = one(vec![cpu_rule("")]);
+    other.continue_forgotten(&gone);
+    let t = other.on_sample(&sample("web-1", "cpu.used_pct", T0 + MIN, 95.0));
+    assert_eq!(t[0].alert.id, gone[0].id);
+    assert_eq!(t[0].alert.transitions, 3, "the next episode counts on");
+    // A count for a target the engine does not own is not taken.
+    let mut third = one(vec![cpu_rule("")]);
+    let elsewhere = crate::model::ForgottenAlert {
+        target: "web-9".into(),
+        ..gone[0].clone()
+    };
+    third.continue_forgotten(&[elsewhere]);
+    let t = third.on_sample(&sample("web-1", "cpu.used_pct", T0 + MIN, 95.0));
+    assert_eq!(t[0].alert.transitions, 1);
+}
+
+#[test]
 fn resolved_alerts_are_capped() {
     let ts: Vec<TargetSpec> = (0..MAX_RESOLVED + 5)
         .map(|i| target(&format!("t-{i}"), &[]))
