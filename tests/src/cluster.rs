@@ -387,6 +387,12 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no node {id} in this cluster"))
     }
 
+    pub fn node_mut(&mut self, id: u64) -> &mut Herd {
+        self.nodes
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+
     /// Every node started, live or not.
     pub fn ids(&self) -> Vec<u64> {
         self.nodes.keys().copied().collect()

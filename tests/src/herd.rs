@@ -41,6 +41,11 @@ pub struct HerdOptions {
     pub extra_toml: String,
     /// Lines in herd.toml's `[ssh]` section (e.g. `shell = false`).
     pub ssh_extra: String,
+    /// Lines in herd.toml's `[store]` section (e.g. `resolved_retention = "3s"`).
+    pub store_extra: String,
+    /// The `herd` binary the node runs (another build, e.g. the previous
+    /// release); None: this build ([`crate::herd_bin`]). The CLI is always this build.
+    pub bin: Option<PathBuf>,
     /// The API token: written to `api-token` in the node's dir, named by
     /// `node.api_token_file`, and passed with `--token-file` by [`Herd::cli`].
     pub api_token: Option<String>,
@@ -68,6 +73,8 @@ impl Default for HerdOptions {
             env: Vec::new(),
             extra_toml: String::new(),
             ssh_extra: String::new(),
+            store_extra: String::new(),
+            bin: None,
             api_token: None,
             port: None,
             wait_for_fleet: true,
@@ -97,6 +104,16 @@ impl HerdOptions {
 
     pub fn host_key_checking(mut self, mode: &str) -> Self {
         self.host_key_checking = mode.into();
+        self
+    }
+
+    pub fn bin(mut self, bin: Option<PathBuf>) -> Self {
+        self.bin = bin;
+        self
+    }
+
+    pub fn store_extra(mut self, lines: impl Into<String>) -> Self {
+        self.store_extra = lines.into();
         self
     }
 
@@ -438,6 +455,15 @@ impl Herd {
         self.write_config();
     }
 
+    /// Runs `bin` (None: this build) from the next (re)start on, with `store_extra`
+    /// as its `[store]` lines (herd.toml is written again): an upgrade or a downgrade
+    /// in place, same data dir and port.
+    pub fn switch_build(&mut self, bin: Option<PathBuf>, store_extra: impl Into<String>) {
+        self.opts.bin = bin;
+        self.opts.store_extra = store_extra.into();
+        self.write_config();
+    }
+
     /// Starts the node again: same config, port and data dir. A running node is
     /// killed first (SIGKILL).
     pub fn restart(&mut self) {
@@ -476,7 +502,8 @@ impl Herd {
              reconnect_max = \"{rmax}\"\n\
              \n\
              [store]\n\
-             flush_interval = \"{flush}\"\n",
+             flush_interval = \"{flush}\"\n\
+             {store_extra}",
             id = o.id,
             addr = self.addr(),
             http = self.http_addr(),
@@ -489,6 +516,7 @@ impl Herd {
             rmin = o.reconnect_min,
             rmax = o.reconnect_max,
             flush = o.flush_interval,
+            store_extra = o.store_extra,
         );
         if !o.extra_toml.is_empty() {
             text.push('\n');
@@ -518,7 +546,8 @@ impl Herd {
 
     /// Starts the process and waits until it is [ready](Herd::ready).
     fn spawn(&mut self) -> Result<(), String> {
-        let mut cmd = Command::new(crate::herd_bin());
+        let bin = self.opts.bin.clone().unwrap_or_else(crate::herd_bin);
+        let mut cmd = Command::new(bin);
         cmd.args(["--log-format", "json", "node", "--config"])
             .arg(self.config_path());
         if self.opts.fleet.is_some() {

@@ -1167,3 +1167,214 @@ fn a_new_owner_continues_a_log_where_the_last_one_stopped() {
         seen
     );
 }
+
+// ---------------------------------------------------------------------------------
+// 7. a herd mid-upgrade: a node of the previous release beside two of this build
+
+/// How long a resolved alert is kept before it is forgotten, on the nodes of this
+/// build (`[store] resolved_retention`; the previous release has no such key).
+const RESOLVED_RETENTION: &str = "3s";
+
+/// Past [`RESOLVED_RETENTION`], the rules' 1 s tick and a Raft write.
+const FORGET_WAIT: Duration = Duration::from_secs(8);
+
+/// The `herd_state` of node `id`'s status: alerts kept, alerts forgotten and the
+/// herd's command level, as that node applied the herd's state.
+fn herd_state(cluster: &Cluster, id: u64) -> (u64, u64, u64) {
+    let s = cluster.status_of(id);
+    let h = &s.raw["herd_state"];
+    let n = |k: &str| {
+        h[k].as_u64()
+            .unwrap_or_else(|| panic!("no herd_state.{k}: {}", s.raw))
+    };
+    (n("alerts"), n("forgotten_alerts"), n("command_level"))
+}
+
+/// Waits until the receiver got a `kind` notification of every one of `targets`
+/// whose key carries transition `n`, watches [`QUIET`], and asserts that no key
+/// arrived twice and that each target got exactly `n` notifications of the rule.
+fn expect_transition(hook: &HttpReceiver, targets: &[String], kind: &str, n: u64) {
+    hook.wait_for(
+        BOUND,
+        &format!("{kind} notifications with transition {n} for {targets:?}"),
+        |_| {
+            targets.iter().all(|t| {
+                notes_of(hook, STALE_RULE, t, kind)
+                    .iter()
+                    .any(|x| x.transition() == n)
+            })
+        },
+    );
+    std::thread::sleep(QUIET);
+    let all = notes(hook);
+    let mut keys = std::collections::BTreeSet::new();
+    for x in &all {
+        assert!(
+            keys.insert(x.key.clone()),
+            "the key {} arrived twice; the receiver got:\n{}",
+            x.key,
+            note_lines(hook)
+        );
+    }
+    for t in targets {
+        let of_t: Vec<u64> = all
+            .iter()
+            .filter(|x| x.rule == STALE_RULE && &x.target == t)
+            .map(Note::transition)
+            .collect();
+        assert_eq!(
+            of_t,
+            (1..=n).collect::<Vec<_>>(),
+            "{t}: one notification per transition, in order; the receiver got:\n{}",
+            note_lines(hook)
+        );
+    }
+}
+
+/// Design invariant 4 across a rolling upgrade, and the herd state's bound: with a
+/// node of the previous release in the herd (it applies command level 1 only), the
+/// nodes of this build do not propose the level-2 command that forgets resolved
+/// alerts, and the old node keeps applying the log, scraping and notifying; once it
+/// runs this build too, resolved alerts leave the herd's state (their counts kept),
+/// and later episodes — on the same owner and after a takeover — notify under keys
+/// never used before.
+#[test]
+fn a_herd_mid_upgrade_keeps_its_older_node_working_and_forgets_only_once_all_are_upgraded() {
+    let Some(previous) = std::env::var_os("HERD_PREVIOUS_BIN").map(std::path::PathBuf::from) else {
+        eprintln!(
+            "HERD_PREVIOUS_BIN is unset (scripts/test builds the previous release and sets it): nothing to run"
+        );
+        return;
+    };
+    assert!(
+        previous.is_file(),
+        "HERD_PREVIOUS_BIN={} is not a file",
+        previous.display()
+    );
+    phase!("an HTTP receiver, six watched files; nodes 1 and 2 of this build, node 3 of the previous release");
+    let hook = HttpReceiver::start();
+    let files = Files::new("herd-up-");
+    let fleet = names("up", 6);
+    for t in &fleet {
+        files.create(t);
+    }
+    let store = format!("resolved_retention = \"{RESOLVED_RETENTION}\"\n");
+    let base = HerdOptions::default().store_extra(store.clone());
+    let started = vec![
+        herd_tests::Herd::start(base.clone().id(1)),
+        herd_tests::Herd::start(base.clone().id(2)),
+        herd_tests::Herd::start(HerdOptions::default().id(3).bin(Some(previous.clone()))),
+    ];
+    let mut cluster = Cluster::from_started(started, base);
+    cluster.init(1);
+    cluster.join(2, 1);
+    cluster.join(3, 1);
+    cluster.wait_formed(SCRAPE_BOUND);
+    cluster.apply(1, &stale_fleet(&fleet, &files, &hook));
+    cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
+    let s = cluster.status_of(1);
+    let level_of = |id: u64| {
+        s.raw["nodes"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["id"] == id))
+            .and_then(|n| n["command_level"].as_u64())
+    };
+    assert_eq!(
+        level_of(3),
+        Some(1),
+        "the previous release says no level: {}",
+        s.raw
+    );
+    assert_eq!(level_of(1), Some(2), "{}", s.raw);
+    let old_owns = s.owned_among(3, &fleet);
+    assert!(
+        !old_owns.is_empty(),
+        "node 3 (previous release) owns targets: {}",
+        s.summary()
+    );
+
+    phase!("mixed builds: every file vanishes, then comes back");
+    for t in &fleet {
+        files.remove(t);
+    }
+    expect_transition(&hook, &fleet, "firing", 1);
+    for t in &fleet {
+        files.create(t);
+    }
+    expect_transition(&hook, &fleet, "resolved", 2);
+    std::thread::sleep(FORGET_WAIT);
+    for id in [1, 2] {
+        let (alerts, forgotten, level) = herd_state(&cluster, id);
+        assert_eq!(level, 1, "node {id}: node 3 applies level 1 only");
+        assert_eq!(
+            (alerts, forgotten),
+            (fleet.len() as u64, 0),
+            "node {id}: with an older member the herd keeps its resolved alerts"
+        );
+    }
+    // The older node applied everything it was sent: it answers with the same map.
+    let (v1, v3) = (
+        cluster.status_of(1).raw["ownership_version"].clone(),
+        cluster.status_of(3).raw["ownership_version"].clone(),
+    );
+    assert_eq!(v1, v3, "node 3 follows the herd's log");
+
+    phase!("node 3 is upgraded in place (same data dir) to this build");
+    cluster.node_mut(3).switch_build(None, store);
+    cluster.restart(3);
+    cluster.wait_formed(SCRAPE_BOUND);
+    let mut last = String::new();
+    wait_for(BOUND, "every member records command level 2", || {
+        let levels: Vec<(u64, u64, u64)> = (1..=3).map(|id| herd_state(&cluster, id)).collect();
+        if levels.iter().all(|l| l.2 == 2) {
+            return Some(());
+        }
+        let line = format!("{levels:?} {}", cluster.status_of(1).raw["nodes"]);
+        if line != last {
+            eprintln!("    not yet: (alerts, forgotten, level) per node {line}");
+            last = line;
+        }
+        None
+    });
+    cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
+
+    phase!("all on this build: a second episode, forgotten once resolved");
+    for t in &fleet {
+        files.remove(t);
+    }
+    expect_transition(&hook, &fleet, "firing", 3);
+    for t in &fleet {
+        files.create(t);
+    }
+    expect_transition(&hook, &fleet, "resolved", 4);
+    wait_for(
+        SCRAPE_BOUND,
+        "every node's herd state forgot the resolved alerts",
+        || {
+            (1..=3)
+                .all(|id| {
+                    let (alerts, forgotten, _) = herd_state(&cluster, id);
+                    alerts == 0 && forgotten == fleet.len() as u64
+                })
+                .then_some(())
+        },
+    );
+
+    phase!(
+        "a third episode after the owner's kill -9: the new owner counts on from the herd's counts"
+    );
+    let s = cluster.status();
+    let leader = cluster.wait_leader(BOUND);
+    let (victim, moved) = s.busiest_follower(leader, &fleet);
+    assert!(
+        !moved.is_empty(),
+        "follower {victim} owns targets: {}",
+        s.summary()
+    );
+    let at = cluster.kill9(victim);
+    for t in &moved {
+        files.remove(t);
+    }
+    wait_taken_over(&cluster, &moved, victim, at);
+    expect_transition(&hook, &moved, "firing", 5);
+}

@@ -151,6 +151,7 @@ fn the_herd_port_refuses_every_call_without_the_herd_credential() {
         boot: 1,
         seq: u64::MAX,
         leader_silent_ms: Some(u64::MAX),
+        command_level: u32::MAX,
     };
     let e = rt.block_on(c.beat(with(beat, None, None))).unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");

@@ -154,7 +154,7 @@ impl HerdApi {
                     last_seen_ms: silent.as_millis() as u64,
                     lease: (id == me).then(|| cluster.liveness().lease_valid(&voters, self.lease)),
                     targets: owned(id),
-                    command_level: herd.nodes.get(&id).map_or(0, |r| r.level),
+                    command_level: cluster.liveness().level_of(id),
                 }
             })
             .collect()

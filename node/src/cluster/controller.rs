@@ -122,7 +122,6 @@ pub async fn run(
                 node: me,
                 addr: cfg.me.addr.clone(),
                 machine: cfg.me.machine.clone(),
-                level: cfg.me.level,
             };
             let node = node.clone();
             tokio::spawn(async move {
@@ -648,7 +647,6 @@ mod tests {
         NodeRecord {
             addr: "127.0.0.1:1".into(),
             machine: "local".into(),
-            level: crate::cluster::types::COMMAND_LEVEL,
         }
     }
 

@@ -686,7 +686,6 @@ mod tests {
             node: 2,
             addr: "127.0.0.1:2".into(),
             machine: "local".into(),
-            level: 2,
         });
         state.apply(&Command::Pause {
             target: "a".into(),

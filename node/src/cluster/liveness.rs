@@ -31,6 +31,11 @@ use tokio_util::sync::CancellationToken;
 use super::network::Peers;
 use super::types::NodeId;
 
+/// A member counts at the command level its beats say only while heard from
+/// within this; a member silent longer counts as level 1 (it may come back on an
+/// older build, which must be able to read everything committed meanwhile).
+pub const LEVEL_HEARD_WITHIN: Duration = Duration::from_secs(5);
+
 /// When this node last heard from each peer.
 #[derive(Debug)]
 pub struct Liveness {
@@ -50,6 +55,8 @@ pub struct Liveness {
     log_index: AtomicU64,
     /// The last log index each peer's latest beat said it had.
     peer_logs: Mutex<HashMap<NodeId, u64>>,
+    /// The herd command level each peer's last beat said its build applies.
+    peer_levels: Mutex<HashMap<NodeId, u32>>,
     /// When this node last took an AppendEntries call from a leader (openraft's
     /// own clock of the leader's lease starts there too).
     leader_heard: Mutex<Option<Instant>>,
@@ -90,6 +97,7 @@ impl Liveness {
             fenced: std::sync::atomic::AtomicBool::new(true),
             log_index: AtomicU64::new(0),
             peer_logs: Mutex::new(HashMap::new()),
+            peer_levels: Mutex::new(HashMap::new()),
             leader_heard: Mutex::new(None),
             boot: rand::random::<u64>().max(1),
             seq: AtomicU64::new(0),
@@ -200,6 +208,27 @@ impl Liveness {
     pub fn heard_log(&self, node: NodeId, index: u64) {
         let mut l = self.peer_logs.lock().unwrap_or_else(|p| p.into_inner());
         l.insert(node, index);
+    }
+
+    /// Records the command level `node`'s beat said its build applies.
+    pub fn heard_level(&self, node: NodeId, level: u32) {
+        let mut l = self.peer_levels.lock().unwrap_or_else(|p| p.into_inner());
+        l.insert(node, level);
+    }
+
+    /// The command level `node` applies, as far as this node can rely on it: what
+    /// its beats say while it is heard from (within [`LEVEL_HEARD_WITHIN`]);
+    /// 1 otherwise (silent, it may come back on an older build), and for a build
+    /// from before levels. This node's own: its build's.
+    pub fn level_of(&self, node: NodeId) -> u32 {
+        if node == self.id {
+            return super::types::COMMAND_LEVEL;
+        }
+        if self.silent_for(node) > LEVEL_HEARD_WITHIN {
+            return 1;
+        }
+        let l = self.peer_levels.lock().unwrap_or_else(|p| p.into_inner());
+        l.get(&node).copied().unwrap_or(0).max(1)
     }
 
     /// The last log index `node` said it had, 0 when unknown.
@@ -440,6 +469,29 @@ pub async fn beat_members(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_counts_at_the_level_its_beats_say_while_it_is_heard() {
+        let l = Liveness::new(1);
+        assert_eq!(
+            l.level_of(1),
+            crate::cluster::types::COMMAND_LEVEL,
+            "its own build's"
+        );
+        assert_eq!(l.level_of(2), 1, "never heard: level 1");
+        l.heard(2, 0, 0);
+        assert_eq!(
+            l.level_of(2),
+            1,
+            "heard, with no level (a build before levels)"
+        );
+        l.heard_level(2, 0);
+        assert_eq!(l.level_of(2), 1);
+        l.heard_level(2, 2);
+        assert_eq!(l.level_of(2), 2);
+        // Silent past the bound: it may come back on an older build.
+        assert!(l.silent_at(2, Instant::now() + LEVEL_HEARD_WITHIN * 2) > LEVEL_HEARD_WITHIN);
+    }
 
     #[test]
     fn a_late_beat_of_the_same_process_is_not_news() {

@@ -206,6 +206,7 @@ impl Peers {
             boot: state.boot,
             seq: state.seq,
             leader_silent_ms: Some(state.leader_silent_ms),
+            command_level: super::types::COMMAND_LEVEL,
         };
         let r = self
             .unary(

@@ -393,12 +393,15 @@ impl ClusterNode {
     }
 
     /// Voters of the applied membership.
-    /// The command level every member of the herd applies, as this node knows
-    /// the members' records ([`ClusterState::herd_level`]).
+    /// The command level every member of the herd applies: the lowest of the
+    /// members' ([`Liveness::level_of`]: from their beats), this node's own when
+    /// it is in no herd.
     pub fn herd_level(&self) -> u32 {
-        let members: Vec<NodeId> = self.members().into_iter().map(|(id, _)| id).collect();
-        // One watch borrow at a time (see `ClusterNode::follow_herd_id`).
-        self.state.borrow().herd_level(members)
+        let liveness = self.liveness();
+        (self.members().into_iter())
+            .map(|(id, _)| liveness.level_of(id))
+            .min()
+            .unwrap_or(super::types::COMMAND_LEVEL)
     }
 
     /// Refuses a command of a level some member cannot apply: a node of an older

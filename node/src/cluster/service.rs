@@ -170,6 +170,7 @@ impl RaftRpc for RaftService {
         if member && liveness.fresh_beat(from, beat.boot, beat.seq) {
             liveness.heard(from, beat.ownership_version, beat.acting_version);
             liveness.heard_log(from, beat.last_log_index);
+            liveness.heard_level(from, beat.command_level);
             liveness.heard_leader_silence(
                 from,
                 beat.leader_silent_ms.map(std::time::Duration::from_millis),

@@ -77,10 +77,6 @@ pub enum Command {
         node: NodeId,
         addr: String,
         machine: String,
-        /// The highest command level the node's build applies ([`COMMAND_LEVEL`]);
-        /// builds from before levels send none (read as 1).
-        #[serde(default)]
-        level: u32,
     },
     /// A node is leaving: it gets no targets any more (its targets move first, then
     /// the membership changes).
@@ -147,17 +143,19 @@ pub enum Command {
     /// A command of a later build's level, which this build cannot read: kept as
     /// it came (so it is stored and sent on unchanged) and applied as nothing,
     /// counted and logged. Proposers never send a command above the level every
-    /// member advertises ([`ClusterState::herd_level`]), so this is met only when
+    /// member advertises ([`super::node::ClusterNode::herd_level`]), so this is met only when
     /// a node of an older build was added after a newer command was committed.
     #[serde(untagged)]
     Unknown(serde_json::Value),
 }
 
 /// The highest level of [`Command`] this build applies. Level 1: every command
-/// before levels existed; level 2 adds [`Command::ForgetAlerts`]. A node records
-/// its level in the herd ([`Command::NodeInfo`]) and a command of level n is
-/// proposed only when every member recorded n or more: during a rolling upgrade
-/// the nodes still on the older build keep applying everything they are sent.
+/// before levels existed; level 2 adds [`Command::ForgetAlerts`]. A node says its
+/// level in its beats to every member (not in the replicated state: a node of an
+/// older build drops fields it does not know from what it applies) and a command
+/// of level n is proposed only when every member is heard saying n or more
+/// ([`super::node::ClusterNode::herd_level`]): during a rolling upgrade the nodes
+/// still on the older build keep applying everything they are sent.
 pub const COMMAND_LEVEL: u32 = 2;
 
 /// Commands of a later level than this build's applied so far (as nothing).
@@ -416,8 +414,7 @@ impl ClusterState {
                 node,
                 addr,
                 machine,
-                level,
-            } => self.set_node_info(*node, addr, machine, *level),
+            } => self.set_node_info(*node, addr, machine),
             Command::SilenceAdd { silence } => self.add_silence(silence),
             Command::SilenceRemove { id } => self.remove_silence(id),
             Command::Drain { node } => self.drain(*node),
@@ -462,16 +459,6 @@ impl ClusterState {
                 CommandResponse::default()
             }
         }
-    }
-
-    /// The command level every member can apply: the lowest level the members
-    /// recorded (a member with no record, or one from a build before levels: 1).
-    pub fn herd_level(&self, members: impl IntoIterator<Item = NodeId>) -> u32 {
-        members
-            .into_iter()
-            .map(|id| self.nodes.get(&id).map_or(1, |r| r.level.max(1)))
-            .min()
-            .unwrap_or(1)
     }
 
     /// Drops the herd's copy of alerts their owner forgot, keeping their counts.
@@ -771,19 +758,12 @@ impl ClusterState {
     }
 
     /// A node's address and how its machine is watched.
-    fn set_node_info(
-        &mut self,
-        node: NodeId,
-        addr: &str,
-        machine: &str,
-        level: u32,
-    ) -> CommandResponse {
+    fn set_node_info(&mut self, node: NodeId, addr: &str, machine: &str) -> CommandResponse {
         self.nodes.insert(
             node,
             NodeRecord {
                 addr: addr.to_string(),
                 machine: machine.to_string(),
-                level,
             },
         );
         CommandResponse::default()
@@ -1379,31 +1359,6 @@ mod tests {
             serde_json::from_str::<Command>(&text).expect("decodes"),
             known
         );
-    }
-
-    #[test]
-    fn the_herd_level_is_the_lowest_a_member_recorded() {
-        let mut s = ClusterState::default();
-        let info = |node: NodeId, level: u32| Command::NodeInfo {
-            node,
-            addr: format!("127.0.0.1:{node}"),
-            machine: "local".into(),
-            level,
-        };
-        s.apply(&info(1, COMMAND_LEVEL));
-        s.apply(&info(2, COMMAND_LEVEL));
-        assert_eq!(s.herd_level([1, 2]), COMMAND_LEVEL);
-        assert_eq!(s.herd_level([1, 2, 3]), 1, "no record yet: level 1");
-        // A build from before levels sends none.
-        let old: Command = serde_json::from_str(
-            r#"{"NodeInfo":{"node":3,"addr":"127.0.0.1:3","machine":"local"}}"#,
-        )
-        .expect("an older build's record decodes");
-        s.apply(&old);
-        assert_eq!(s.nodes[&3].level, 0);
-        assert_eq!(s.herd_level([1, 2, 3]), 1);
-        s.apply(&info(3, COMMAND_LEVEL));
-        assert_eq!(s.herd_level([1, 2, 3]), COMMAND_LEVEL);
     }
 }
 

@@ -9,10 +9,6 @@ pub type NodeId = u64;
 pub struct NodeRecord {
     pub addr: String,
     pub machine: String,
-    /// The highest herd command level its build applies (0: a build from before
-    /// levels, which applies level 1).
-    #[serde(default)]
-    pub level: u32,
 }
 
 /// Target names of the herd's machines start with this (reserved in fleet specs).

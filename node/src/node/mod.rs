@@ -655,7 +655,6 @@ impl Wiring {
                     me: NodeRecord {
                         addr: self.addr.to_string(),
                         machine: c.machine.clone(),
-                        level: crate::cluster::types::COMMAND_LEVEL,
                     },
                 },
                 herd.clone(),

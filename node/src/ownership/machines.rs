@@ -97,7 +97,6 @@ mod tests {
         NodeRecord {
             addr: "127.0.0.1:1".into(),
             machine: machine.into(),
-            level: 2,
         }
     }
 

@@ -443,7 +443,6 @@ async fn every_part_of_the_state_survives_reopen() {
             node: 2,
             addr: "127.0.0.1:2".into(),
             machine: "local".into(),
-            level: 2,
         },
         Command::Drain { node: 3 },
         Command::Pause {
