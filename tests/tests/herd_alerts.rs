@@ -1231,6 +1231,19 @@ fn expect_transition(hook: &HttpReceiver, targets: &[String], kind: &str, n: u64
     }
 }
 
+/// Every file of `fleet` vanishes, then comes back: a FIRING with transition
+/// `first` and a RESOLVED with the next for each target, once each.
+fn episode(hook: &HttpReceiver, files: &Files, fleet: &[String], first: u64) {
+    for t in fleet {
+        files.remove(t);
+    }
+    expect_transition(hook, fleet, "firing", first);
+    for t in fleet {
+        files.create(t);
+    }
+    expect_transition(hook, fleet, "resolved", first + 1);
+}
+
 /// Design invariant 4 across a rolling upgrade, and the herd state's bound: with a
 /// node of the previous release in the herd (it applies command level 1 only), the
 /// nodes of this build do not propose the level-2 command that forgets resolved
@@ -1294,14 +1307,7 @@ fn a_herd_mid_upgrade_keeps_its_older_node_working_and_forgets_only_once_all_are
     );
 
     phase!("mixed builds: every file vanishes, then comes back");
-    for t in &fleet {
-        files.remove(t);
-    }
-    expect_transition(&hook, &fleet, "firing", 1);
-    for t in &fleet {
-        files.create(t);
-    }
-    expect_transition(&hook, &fleet, "resolved", 2);
+    episode(&hook, &files, &fleet, 1);
     std::thread::sleep(FORGET_WAIT);
     for id in [1, 2] {
         let (alerts, forgotten, level) = herd_state(&cluster, id);
@@ -1339,14 +1345,7 @@ fn a_herd_mid_upgrade_keeps_its_older_node_working_and_forgets_only_once_all_are
     cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
 
     phase!("all on this build: a second episode, forgotten once resolved");
-    for t in &fleet {
-        files.remove(t);
-    }
-    expect_transition(&hook, &fleet, "firing", 3);
-    for t in &fleet {
-        files.create(t);
-    }
-    expect_transition(&hook, &fleet, "resolved", 4);
+    episode(&hook, &files, &fleet, 3);
     wait_for(
         SCRAPE_BOUND,
         "every node's herd state forgot the resolved alerts",

@@ -331,6 +331,18 @@ pub struct ClusterState {
     pub forgotten: imbl::OrdMap<String, ForgottenAlert>,
 }
 
+/// Removes the entries of `map` whose value is `gone` (a persistent map has no
+/// `retain`).
+fn remove_where<V: Clone>(map: &mut imbl::OrdMap<String, V>, gone: impl Fn(&V) -> bool) {
+    let keys: Vec<String> = (map.iter())
+        .filter(|(_, v)| gone(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in keys {
+        map.remove(&k);
+    }
+}
+
 /// How long a node waits for the herd to record an alert notification it queued
 /// before it delivers it anyway. Its commit through Raft normally takes ms. A node
 /// that cannot commit but still holds its lease is cut from the leader only (a
@@ -590,29 +602,12 @@ impl ClusterState {
         }
         self.owners = owners.iter().map(|(t, n)| (t.clone(), *n)).collect();
         // Alerts of targets that left the fleet have nobody to continue them.
-        let gone: Vec<String> = (self.alerts.iter())
-            .filter(|(_, a)| !owners.contains_key(&a.target))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in gone {
-            self.alerts.remove(&id);
-        }
-        let gone: Vec<String> = (self.forgotten.iter())
-            .filter(|(_, f)| !owners.contains_key(&f.target))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in gone {
-            self.forgotten.remove(&id);
-        }
-        let gone: Vec<String> = (self.notices.iter())
-            .filter(|(_, e)| {
-                e.sender != Sender::Leader && !owners.contains_key(&e.notification.alert.target)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in gone {
-            self.notices.remove(&k);
-        }
+        // (And the counts of those forgotten.)
+        remove_where(&mut self.alerts, |a| !owners.contains_key(&a.target));
+        remove_where(&mut self.forgotten, |f| !owners.contains_key(&f.target));
+        remove_where(&mut self.notices, |e| {
+            e.sender != Sender::Leader && !owners.contains_key(&e.notification.alert.target)
+        });
         CommandResponse {
             version: self.ownership_version,
             ..Default::default()
