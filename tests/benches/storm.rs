@@ -7,6 +7,10 @@
 //! --targets N    targets (default 10000)
 //! --nodes N      nodes of the herd (default 3)
 //! --interval S   their scrape interval (default 10)
+//! --flap-minutes M   after the two storms, keep flapping for M minutes (default 0):
+//!                    breach, resolve, wait past --forget-after, again; sizes of
+//!                    each node's raft.redb and of the herd's alert state per cycle
+//! --forget-after S   the nodes' `[store] resolved_retention` (default 3600)
 //! ```
 //!
 //! **The herd:** N release nodes formed by the harness's [`Cluster`] (`cluster
@@ -36,7 +40,8 @@ use herd_tests::bench::{bench_setup, node_status, progress, write_report, BenchA
 use herd_tests::{Cluster, Herd, HerdOptions, HttpReceiver, Received};
 use serde_json::{json, Value};
 
-const USAGE: &str = "usage: storm [--targets N] [--nodes N] [--interval S]";
+const USAGE: &str =
+    "usage: storm [--targets N] [--nodes N] [--interval S] [--flap-minutes M] [--forget-after S]";
 /// The channel every notification goes to.
 const CHANNEL: &str = "hook";
 /// Longest wait for the herd to place and scrape every target.
@@ -50,6 +55,8 @@ fn main() {
     let targets = a.number("--targets", 10_000, 10..=50_000) as usize;
     let nodes = a.number("--nodes", 3, 1..=5);
     let interval_s = a.number("--interval", 10, 1..=600);
+    let flap_minutes = a.number("--flap-minutes", 0, 0..=24 * 60);
+    let forget_after_s = a.number("--forget-after", 3600, 1..=30 * 24 * 3600);
     a.finish();
     bench_setup("storm");
     let started = Instant::now();
@@ -65,6 +72,7 @@ fn main() {
         nodes,
         HerdOptions {
             flush_interval: "1s".into(),
+            store_extra: format!("resolved_retention = \"{forget_after_s}s\"\n"),
             ..Default::default()
         },
     );
@@ -81,6 +89,16 @@ fn main() {
     let resolved = storm(&herds, &hook, targets, "resolved", interval_s, || {
         service.up()
     });
+    let flaps = flap(
+        &rt,
+        &herds,
+        &hook,
+        targets,
+        interval_s,
+        flap_minutes,
+        forget_after_s,
+        &service,
+    );
     let per_node: Vec<Value> = herds
         .iter()
         .map(|h| {
@@ -106,6 +124,7 @@ fn main() {
         "nodes": per_node,
         "firing": firing.to_json(),
         "resolved": resolved.to_json(),
+        "flap": flaps.iter().map(Cycle::to_json).collect::<Vec<_>>(),
         "total_s": started.elapsed().as_secs_f64(),
     });
     println!();
@@ -132,11 +151,47 @@ fn main() {
                 .join(" / ")
         );
     }
+    if !flaps.is_empty() {
+        println!();
+        println!(
+            "flapping: every target breaches and resolves, then {forget_after_s} s pass (resolved_retention)"
+        );
+        println!(
+            "{:>7} {:>6} {:>10} {:>10} {:>9} {:>6} {:>6}  raft.redb MB per node",
+            "cycle", "min", "herd alerts", "forgotten", "delivered", "dup", "miss"
+        );
+        for c in &flaps {
+            println!(
+                "{:>7} {:>6.1} {:>10} {:>10} {:>9} {:>6} {:>6}  {}",
+                c.cycle,
+                c.minute,
+                c.alerts
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                c.forgotten
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                c.delivered,
+                c.duplicated,
+                c.missing,
+                c.raft_bytes
+                    .iter()
+                    .map(|b| format!("{:.1}", *b as f64 / 1e6))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            );
+        }
+    }
     write_report("storm", &report);
     eprintln!("bench took {:.0} s", started.elapsed().as_secs_f64());
     if [&firing, &resolved]
         .iter()
         .any(|s| s.missing > 0 || s.duplicated > 0)
+        || flaps.iter().any(|c| c.missing > 0 || c.duplicated > 0)
     {
         eprintln!("storm: notifications missing or duplicated (see above)");
         std::process::exit(1);
@@ -303,6 +358,99 @@ fn storm(
         s.missing
     ));
     s
+}
+
+/// One flapping cycle: both storms, then the wait past the retention of resolved
+/// alerts; what the herd held at its end.
+struct Cycle {
+    cycle: usize,
+    minute: f64,
+    delivered: usize,
+    duplicated: usize,
+    missing: usize,
+    /// Per node: alerts and forgotten alerts in its herd state, raft.redb's bytes.
+    alerts: Vec<u64>,
+    forgotten: Vec<u64>,
+    raft_bytes: Vec<u64>,
+}
+
+impl Cycle {
+    fn to_json(&self) -> Value {
+        json!({
+            "cycle": self.cycle, "minute": self.minute, "delivered": self.delivered,
+            "duplicated": self.duplicated, "missing": self.missing,
+            "herd_alerts": self.alerts, "herd_forgotten_alerts": self.forgotten,
+            "raft_redb_bytes": self.raft_bytes,
+        })
+    }
+}
+
+/// Flaps every target for `minutes` (0: not at all): a firing storm, a resolved
+/// storm, then `forget_after_s` + 5 s so the owners forget the resolved alerts;
+/// after each cycle, what each node's herd state and raft.redb hold. Keys are
+/// checked across the whole run: a key that arrives in two cycles is a duplicate.
+#[allow(clippy::too_many_arguments)]
+fn flap(
+    rt: &tokio::runtime::Runtime,
+    herds: &[Herd],
+    hook: &HttpReceiver,
+    targets: usize,
+    interval_s: u64,
+    minutes: u64,
+    forget_after_s: u64,
+    service: &HttpReceiver,
+) -> Vec<Cycle> {
+    let mut out = Vec::new();
+    if minutes == 0 {
+        return out;
+    }
+    let t0 = Instant::now();
+    let until = t0 + Duration::from_secs(minutes * 60);
+    let mut all: HashMap<String, usize> = HashMap::new();
+    let mut seen = 0;
+    while Instant::now() < until {
+        let firing = storm(herds, hook, targets, "firing", interval_s, || {
+            service.down()
+        });
+        let resolved = storm(herds, hook, targets, "resolved", interval_s, || {
+            service.up()
+        });
+        std::thread::sleep(Duration::from_secs(forget_after_s + 5));
+        let new = hook.requests_since(seen);
+        seen += new.len();
+        for n in herd_tests::receiver::herd_notes(&new) {
+            if let Some(k) = n["idempotency_key"].as_str() {
+                *all.entry(k.to_string()).or_insert(0) += 1;
+            }
+        }
+        let status: Vec<_> = herds
+            .iter()
+            .map(|h| rt.block_on(node_status(&h.addr(), true, RPC_TIMEOUT)).ok())
+            .collect();
+        let c = Cycle {
+            cycle: out.len() + 1,
+            minute: t0.elapsed().as_secs_f64() / 60.0,
+            delivered: firing.distinct + resolved.distinct,
+            duplicated: all.values().filter(|c| **c > 1).count(),
+            missing: firing.missing + resolved.missing,
+            alerts: status
+                .iter()
+                .map(|s| s.as_ref().map_or(0, |s| s.herd_alerts))
+                .collect(),
+            forgotten: (status.iter())
+                .map(|s| s.as_ref().map_or(0, |s| s.herd_forgotten_alerts))
+                .collect(),
+            raft_bytes: (herds.iter())
+                .map(|h| std::fs::metadata(h.data_dir().join("raft.redb")).map_or(0, |m| m.len()))
+                .collect(),
+        };
+        progress(&format!(
+            "flap cycle {} at {:.1} min: herd alerts {:?}, forgotten {:?}, raft.redb {:?} B, {} duplicated so far",
+            c.cycle, c.minute, c.alerts, c.forgotten, c.raft_bytes, c.duplicated
+        ));
+        out.push(c);
+    }
+    out
 }
 
 /// What arrived so far: idempotency key → arrivals of the notifications of one
