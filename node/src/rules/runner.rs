@@ -173,14 +173,14 @@ impl RulesHandle {
         self.silences.read().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// The silences in force (the herd's, as applied on this node: they are
-    /// committed through Raft, so every node has them, down ones included once back).
     /// How long resolved alerts are kept before they are forgotten (set before
     /// the task starts).
     pub fn set_resolved_retention(&mut self, retention: Duration) {
         self.resolved_retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     }
 
+    /// The silences in force (the herd's, as applied on this node: they are
+    /// committed through Raft, so every node has them, down ones included once back).
     pub fn set_silences(&self, list: Vec<Silence>) {
         if let Ok(mut s) = self.silences.write() {
             *s = list;
