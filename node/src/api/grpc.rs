@@ -293,7 +293,8 @@ impl pb::herd_server::Herd for HerdApi {
         req: Request<pb::AlertsRequest>,
     ) -> Result<Response<pb::AlertsReply>, Status> {
         let q = req.into_inner();
-        let mut alerts: Vec<pb::AlertInfo> = self.rules.alerts().iter().map(alert_info).collect();
+        let mut alerts: Vec<pb::AlertInfo> =
+            self.rules.alerts().iter().map(|a| alert_info(a)).collect();
         self.herd_alerts(&mut alerts);
         alerts.sort_by(|a, b| a.state.cmp(&b.state).then(b.since_ms.cmp(&a.since_ms)));
         let store = self.store.clone();

@@ -436,19 +436,25 @@ impl Alerts {
                 return;
             }
             let mut m = new_machine(rule, target, &id, obs.series, obs.ts);
-            m.alert.transitions = self.tombstones.remove(&id).map_or(0, |t| t.transitions);
+            m.alert_mut().transitions = self.tombstones.remove(&id).map_or(0, |t| t.transitions);
             self.machines.insert(id.clone(), m);
         }
         let Some(m) = self.machines.get_mut(&id) else {
             return;
         };
         if let Some(v) = obs.value {
-            m.alert.value = v;
+            // Written only when it differs: a change copies an alert the
+            // published list shares.
+            if m.alert.value != v {
+                m.alert_mut().value = v;
+            }
         }
         if let Some(t) = obs.threshold {
             m.threshold = t;
         }
-        m.alert.severity = rule.spec.severity;
+        if m.alert.severity != rule.spec.severity {
+            m.alert_mut().severity = rule.spec.severity;
+        }
         if obs.occurrence {
             let last = m.last_occurrence_ms.map_or(obs.ts, |l| l.max(obs.ts));
             m.last_occurrence_ms = Some(last);
@@ -544,7 +550,7 @@ impl Alerts {
             if self.tombstones.len() < MAX_ALERTS {
                 let tombstone = Tombstone {
                     transitions: m.alert.transitions,
-                    last: Some(Box::new(m.alert)),
+                    last: Some(Box::new(std::sync::Arc::unwrap_or_clone(m.alert))),
                 };
                 self.tombstones.insert(id.to_string(), tombstone);
             }
@@ -719,8 +725,11 @@ impl Engine {
             if let Some(rule) = by_name_ref.get(&machine.alert.rule).map(|i| &rules_ref[*i]) {
                 let mut labels = machine.series.clone();
                 labels.extend(rule.spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-                machine.alert.labels = labels;
-                machine.alert.severity = rule.spec.severity;
+                if machine.alert.labels != labels || machine.alert.severity != rule.spec.severity {
+                    let alert = machine.alert_mut();
+                    alert.labels = labels;
+                    alert.severity = rule.spec.severity;
+                }
             }
         }
         let owned = &self.targets;
@@ -801,7 +810,9 @@ impl Engine {
     /// outside the engine): a later episode counts on from there.
     pub fn continue_count(&mut self, id: &str, transitions: u64) {
         if let Some(m) = self.alerts.machines.get_mut(id) {
-            m.alert.transitions = m.alert.transitions.max(transitions);
+            if transitions > m.alert.transitions {
+                m.alert_mut().transitions = transitions;
+            }
             return;
         }
         self.alerts.continue_count(id, transitions);
@@ -1134,16 +1145,23 @@ impl Engine {
 
     /// Current alerts (pending, firing, resolving, and resolved ones kept for
     /// `herd alerts` "recent": resolved alerts are kept at most 1 h / at most
-    /// 1000), ordered by rule, target and id.
-    pub fn alerts(&self) -> Vec<Alert> {
-        let mut v: Vec<Alert> = self
+    /// 1000), ordered by rule, target and id. Shared with the engine: an alert
+    /// that does not change is not copied, neither here nor when it next changes
+    /// while the list is gone.
+    pub fn alerts(&self) -> Vec<std::sync::Arc<Alert>> {
+        let mut v: Vec<std::sync::Arc<Alert>> = self
             .alerts
             .machines
             .values()
             .filter(|m| m.alert.state != AlertState::Inactive)
             .map(|m| m.alert.clone())
             .collect();
-        v.sort_by(|a, b| (&a.rule, &a.target, &a.id).cmp(&(&b.rule, &b.target, &b.id)));
+        // Ids are unique: an unstable sort gives the same order.
+        v.sort_unstable_by(|a, b| {
+            (a.rule.cmp(&b.rule))
+                .then_with(|| a.target.cmp(&b.target))
+                .then_with(|| a.id.cmp(&b.id))
+        });
         v
     }
 
@@ -1157,8 +1175,8 @@ impl Engine {
         if !m.alert.state.is_firing() {
             return None;
         }
-        m.alert.acked_by = Some(by.to_string());
-        Some(m.alert.clone())
+        m.alert_mut().acked_by = Some(by.to_string());
+        Some(Alert::clone(&m.alert))
     }
 
     #[cfg(test)]

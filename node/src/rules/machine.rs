@@ -45,7 +45,10 @@ pub(crate) struct Texts<'a> {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Machine {
-    pub alert: Alert,
+    /// Shared with the list the rules task publishes: a change copies the alert
+    /// only when that list still holds it ([`Machine::alert_mut`]), so a publish
+    /// copies the alerts that changed since the last one, not every alert.
+    pub alert: std::sync::Arc<Alert>,
     /// The series part of the alert's identity (without the rule's labels).
     pub series: Labels,
     /// Whether the condition held at the last input.
@@ -66,7 +69,7 @@ pub(crate) struct Machine {
 impl Machine {
     pub fn new(alert: Alert, series: Labels) -> Machine {
         Machine {
-            alert,
+            alert: std::sync::Arc::new(alert),
             series,
             holds: false,
             last_occurrence_ms: None,
@@ -75,6 +78,11 @@ impl Machine {
             flaps: VecDeque::new(),
             last_counted_ms: None,
         }
+    }
+
+    /// The alert, to change (copied first when the published list shares it).
+    pub fn alert_mut(&mut self) -> &mut Alert {
+        std::sync::Arc::make_mut(&mut self.alert)
     }
 
     /// Continues an alert read back from the store (after a restart or a takeover):
@@ -124,7 +132,7 @@ impl Machine {
         let to = match (self.alert.state, holds) {
             (Inactive | Resolved, true) => {
                 // A new episode.
-                self.alert.active_since_ms = cond_since.min(ts);
+                self.alert_mut().active_since_ms = cond_since.min(ts);
                 if ts.saturating_sub(self.alert.active_since_ms) >= p.for_ms {
                     Firing
                 } else {
@@ -181,7 +189,7 @@ impl Machine {
                 if self.alert.flapping {
                     notify = None;
                 } else if self.flaps.len() >= n {
-                    self.alert.flapping = true;
+                    self.alert_mut().flapping = true;
                     notify = Some(NotifyKind::Flapping);
                 }
             }
@@ -189,10 +197,10 @@ impl Machine {
         if matches!(notify, Some(NotifyKind::Firing | NotifyKind::Resolved)) {
             self.last_notified = notify;
         }
-        self.alert.state = to;
-        self.alert.since_ms = ts;
+        self.alert_mut().state = to;
+        self.alert_mut().since_ms = ts;
         if to == AlertState::Resolved {
-            self.alert.acked_by = None;
+            self.alert_mut().acked_by = None;
         }
         self.finish(t, from, notify, ts)
     }
@@ -214,7 +222,7 @@ impl Machine {
         if !over {
             return None;
         }
-        self.alert.flapping = false;
+        self.alert_mut().flapping = false;
         self.flaps.clear();
         self.last_counted_ms = None;
         let firing = self.alert.state.is_firing();
@@ -237,10 +245,10 @@ impl Machine {
         notify: Option<NotifyKind>,
         ts: i64,
     ) -> Transition {
-        self.alert.transitions = self.alert.transitions.saturating_add(1);
+        self.alert_mut().transitions = self.alert.transitions.saturating_add(1);
         self.render(t);
         Transition {
-            alert: self.alert.clone(),
+            alert: Alert::clone(&self.alert),
             from,
             to: self.alert.state,
             notify,
@@ -263,7 +271,7 @@ impl Machine {
         };
         let summary = render(t.summary, &vars);
         let description = render(t.description, &vars);
-        self.alert.summary = summary;
-        self.alert.description = description;
+        self.alert_mut().summary = summary;
+        self.alert_mut().description = description;
     }
 }

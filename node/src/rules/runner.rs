@@ -50,7 +50,8 @@ pub enum Input {
 #[derive(Clone)]
 pub struct RulesHandle {
     tx: mpsc::Sender<Input>,
-    alerts: Arc<RwLock<Vec<Alert>>>,
+    /// The engine's alerts as last published, shared with it (see [`publish`]).
+    alerts: Arc<RwLock<Vec<Arc<Alert>>>>,
     silences: Arc<RwLock<Vec<Silence>>>,
     store: Store,
     pub dropped: Arc<AtomicU64>,
@@ -165,7 +166,7 @@ impl RulesHandle {
     }
 
     /// Current alerts (pending, firing, recently resolved).
-    pub fn alerts(&self) -> Vec<Alert> {
+    pub fn alerts(&self) -> Vec<Arc<Alert>> {
         self.alerts.read().map(|a| a.clone()).unwrap_or_default()
     }
 
@@ -415,7 +416,7 @@ async fn reconfigure(
         .alerts()
         .into_iter()
         .filter(|a| a.state.is_firing())
-        .map(|a| (a.id.clone(), a))
+        .map(|a| (a.id.clone(), Arc::unwrap_or_clone(a)))
         .collect();
     let active: Vec<_> = current.active().cloned().collect();
     let mut dropped = engine.reconfigure(rules.to_vec(), &active);
@@ -543,6 +544,9 @@ fn lookup(tree: &Value, path: &str) -> Option<Value> {
     Some(v.clone())
 }
 
+/// The engine's alerts for the API: the list shares each alert with the engine,
+/// so a publish copies pointers (and sorts them); an alert is copied only when it
+/// changes while a published list still holds it.
 fn publish(ctx: &Ctx, engine: &Engine) {
     if let Ok(mut a) = ctx.handle.alerts.write() {
         *a = engine.alerts();
@@ -560,6 +564,7 @@ fn keep_alive(ctx: &Ctx, engine: &Engine, now: i64) {
         .alerts()
         .into_iter()
         .filter(|a| a.state.is_firing() && !silences.iter().any(|s| s.covers(a, now)))
+        .map(Arc::unwrap_or_clone)
         .map(|a| {
             let routes = route(&ctx.spec, ctx.rules.get(&a.rule), a.severity);
             (a, routes)

@@ -872,7 +872,7 @@ fn restore_continues_a_firing_alert_without_a_second_notification() {
     let stored = fired[0].alert.clone();
     // A new owner takes over from the stored record.
     let mut e2 = Engine::new(rules, &targets(&["web-1"]), vec![stored.clone()]);
-    assert_eq!(e2.alerts(), vec![stored.clone()]);
+    assert_eq!(e2.alerts(), vec![std::sync::Arc::new(stored.clone())]);
     assert!(e2.tick(T0 + 40 * SEC).is_empty());
     assert_eq!(cpu(&mut e2, T0 + 41 * SEC, 97.0), vec![]);
     let done = e2.on_sample(&sample("web-1", "cpu.used_pct", T0 + 50 * SEC, 10.0));
@@ -947,7 +947,7 @@ fn restore_leaves_out_alerts_of_unknown_rules_or_targets() {
         &targets(&["web-1"]),
         vec![a1.clone(), a2.clone(), other],
     );
-    assert_eq!(e2.alerts(), vec![a1]);
+    assert_eq!(e2.alerts(), vec![std::sync::Arc::new(a1)]);
     let mut dropped = e2.take_dropped_at_restore();
     dropped.sort();
     let mut want = vec![a2.id, "0000000000000001".to_string()];
@@ -1385,4 +1385,53 @@ fn random_inputs_keep_the_invariants() {
                 .all(|a| a.acked_by.is_none() || a.state.is_firing()));
         }
     }
+}
+
+/// What a publish of the alert list costs with 10,000 firing alerts, one of which
+/// changed since the last publish: the list shares the alerts (this build) against
+/// a deep copy of each (what a publish did before; emulated here by cloning every
+/// alert of the list). Run: `cargo test -p herd --release --lib
+/// publish_cost_bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn publish_cost_bench() {
+    let ts: Vec<TargetSpec> = (0..10_000)
+        .map(|i| target(&format!("t-{i:05}"), &[]))
+        .collect();
+    let mut e = Engine::new(vec![cpu_rule("")], &ts, Vec::new());
+    for (i, t) in ts.iter().enumerate() {
+        e.on_sample(&sample(&t.name, "cpu.used_pct", T0 + i as i64, 95.0));
+    }
+    let mut held = e.alerts();
+    assert_eq!(held.len(), 10_000);
+    let rounds = 200;
+    let (mut shared, mut deep) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        // One alert's value changes between publishes, as a sample does.
+        let t = &ts[r % ts.len()].name;
+        e.on_sample(&sample(
+            t,
+            "cpu.used_pct",
+            T0 + MIN + r as i64,
+            96.0 + r as f64,
+        ));
+        let t0 = std::time::Instant::now();
+        held = e.alerts();
+        shared.push(t0.elapsed().as_secs_f64() * 1e3);
+        let t0 = std::time::Instant::now();
+        let copies: Vec<Alert> = held.iter().map(|a| Alert::clone(a)).collect();
+        deep.push(t0.elapsed().as_secs_f64() * 1e3 + shared.last().copied().unwrap_or(0.0));
+        std::hint::black_box(copies);
+    }
+    let p = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * q) as usize]
+    };
+    println!(
+        "publish of 10,000 alerts, {rounds} rounds: shared p50/p99 {:.3}/{:.3} ms; deep copy (before) p50/p99 {:.3}/{:.3} ms",
+        p(&mut shared, 0.5),
+        p(&mut shared, 0.99),
+        p(&mut deep, 0.5),
+        p(&mut deep, 0.99)
+    );
 }
