@@ -73,6 +73,8 @@ pub struct Writer {
     options: StoreOptions,
     stats: Arc<StoreStats>,
     series: HashMap<String, u64>,
+    /// Where each sample's series key is written to look its id up (reused).
+    key_buf: Vec<u8>,
     next_series_id: u64,
     next_event_seq: u64,
     /// Boxed: a head is ~1.2 KB (the encoder's adaptive models), and a map of them
@@ -144,6 +146,7 @@ impl Writer {
             options,
             stats,
             series: state.series,
+            key_buf: Vec::new(),
             next_series_id: state.next_series_id,
             next_event_seq: state.next_event_seq,
             heads: HashMap::new(),
@@ -315,17 +318,18 @@ impl Writer {
 
     /// The id of a series, allocated (and queued for the index) on first sight.
     fn series_id(&mut self, target: &str, metric: &str, labels: &crate::model::Labels) -> u64 {
-        let key = tables::series_key(target, metric, labels);
-        match self.series.get(&key) {
-            Some(id) => *id,
-            None => {
-                let id = self.next_series_id;
-                self.next_series_id += 1;
-                self.series.insert(key.clone(), id);
-                self.new_series.push((key, id));
-                id
-            }
+        tables::write_series_key(&mut self.key_buf, target, metric, labels);
+        // Valid UTF-8 (two strs, NULs and JSON); a lossy copy would never match.
+        let key = String::from_utf8_lossy(&self.key_buf);
+        if let Some(id) = self.series.get(key.as_ref()) {
+            return *id;
         }
+        let key = key.into_owned();
+        let id = self.next_series_id;
+        self.next_series_id += 1;
+        self.series.insert(key.clone(), id);
+        self.new_series.push((key, id));
+        id
     }
 
     fn accept_rollup(&mut self, p: RollupPoint) {
