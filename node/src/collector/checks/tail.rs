@@ -60,7 +60,7 @@ impl Tail {
     pub async fn read(&mut self, env: &Env<'_>) -> Result<TailRead, CheckError> {
         let cmd = logtail::command(&self.path, self.pos.as_ref(), self.max_bytes);
         let out = env.exec(&cmd, logtail::max_output(self.max_bytes)).await?;
-        if self.pos.is_none() && out.stdout.windows(MISSING.len()).any(|w| w == MISSING) {
+        if self.pos.is_none() && memchr::memmem::find(&out.stdout, MISSING).is_some() {
             // The file does not exist yet: when it appears, everything in it is
             // new, so read it from its start (inode 0 never matches a real file).
             self.pos = Some(TailPosition {
