@@ -474,6 +474,16 @@ fn metrics_pass_promtool_and_say_what_the_node_does() {
         "a herd of one leads: {text}"
     );
     assert_eq!(sample(&text, "herd_lease_valid"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "herd_command_level"),
+        Some(2.0),
+        "a herd of one of this build applies command level 2: {text}"
+    );
+    assert_eq!(
+        sample(&text, "herd_raft_unknown_commands_total"),
+        Some(0.0),
+        "{text}"
+    );
     assert!(
         sample(&text, "herd_scrapes_total").is_some_and(|n| n >= 1.0),
         "{text}"

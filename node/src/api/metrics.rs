@@ -218,19 +218,19 @@ pub async fn render(api: &HerdApi) -> Result<String, tonic::Status> {
     );
     gauge(
         &mut r,
-        "herd_state_alerts",
+        "state_alerts",
         "Alerts in the herd's replicated state as this node applied it (every state)",
         s.herd_alerts as f64,
     );
     gauge(
         &mut r,
-        "herd_state_forgotten_alerts",
+        "state_forgotten_alerts",
         "Alerts the herd forgot once settled, their transition counts kept",
         s.herd_forgotten_alerts as f64,
     );
     gauge(
         &mut r,
-        "herd_command_level",
+        "command_level",
         "The herd command level every member applies (below this build's: a rolling upgrade)",
         f64::from(s.herd_level),
     );
