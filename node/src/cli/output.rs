@@ -120,7 +120,7 @@ pub fn status_table(r: &pb::StatusReply) -> String {
             .map(|n| n.id.to_string())
             .collect();
         out.push_str(&format!(
-            "mixed builds: node(s) {} apply herd commands up to level {} only (this build: {}); resolved alerts are kept in the herd until every node runs this build\n",
+            "herd command level {1} (this build: {2}): node(s) {0} are not heard at level {2} (an older build, or silent for 5 s); meanwhile the herd keeps its resolved alerts\n",
             older.join(", "),
             r.herd_level,
             crate::cluster::types::COMMAND_LEVEL

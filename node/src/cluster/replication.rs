@@ -87,6 +87,7 @@ impl Pending {
         }
         for id in d.deleted {
             self.upserts.remove(&id);
+            self.forgotten.remove(&id);
             self.deleted.insert(id);
         }
         for e in d.queued {

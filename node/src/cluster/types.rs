@@ -144,7 +144,8 @@ pub enum Command {
     /// it came (so it is stored and sent on unchanged) and applied as nothing,
     /// counted and logged. Proposers never send a command above the level every
     /// member advertises ([`super::node::ClusterNode::herd_level`]), so this is met only when
-    /// a node of an older build was added after a newer command was committed.
+    /// a node was added after a command of a later level was committed (a build
+    /// from before levels has no such fallback: it cannot read that entry at all).
     #[serde(untagged)]
     Unknown(serde_json::Value),
 }
@@ -630,8 +631,17 @@ impl ClusterState {
         let mut refused = 0usize;
         for a in upserts {
             if self.within_tenure(fence, &a.target, None) {
-                // Back: its count goes on in the alert itself.
-                self.forgotten.remove(&a.id);
+                // Back: its count goes on in the alert itself — unless the
+                // alert counts less than the herd kept (an owner of an older
+                // build that never had the count): then the count stays, and a
+                // new owner continues from the higher of the two.
+                if self
+                    .forgotten
+                    .get(&a.id)
+                    .is_none_or(|f| a.transitions >= f.transitions)
+                {
+                    self.forgotten.remove(&a.id);
+                }
                 self.alerts.insert(a.id.clone(), Arc::new(a.clone()));
             } else {
                 refused += 1;
@@ -1311,6 +1321,14 @@ mod tests {
         let r = s.apply(&forget(2, 1, vec![forgotten("x", "a", 1)]));
         assert!(r.refused.is_some());
         assert!(!s.forgotten.contains_key("x"));
+        // An owner that counts less than the herd kept (an older build that never
+        // had the count): its copy is taken, the higher count stays.
+        let mut lower = resolved.clone();
+        (lower.id, lower.transitions) = ("low".into(), 1);
+        s.apply(&forget(1, 1, vec![forgotten("low", "a", 6)]));
+        s.apply(&fenced(1, 1, vec![lower], vec![]));
+        assert!(s.alerts.contains_key("low"));
+        assert_eq!(s.forgotten["low"].transitions, 6);
         // An alert that went on after the owner forgot it (a newer copy) stays.
         let mut later = resolved.clone();
         later.transitions = 4;
