@@ -157,6 +157,11 @@ pub enum Command {
 /// of level n is proposed only when every member is heard saying n or more
 /// ([`super::node::ClusterNode::herd_level`]): during a rolling upgrade the nodes
 /// still on the older build keep applying everything they are sent.
+///
+/// A change to the shape of an existing command (a new field without a default,
+/// a new value of an enum inside it, such as a severity) needs a new level too:
+/// a build that cannot decode a command of a kind it knows reads it as
+/// [`Command::Unknown`] and applies nothing, where before levels it stopped.
 pub const COMMAND_LEVEL: u32 = 2;
 
 /// Commands of a later level than this build's applied so far (as nothing).
