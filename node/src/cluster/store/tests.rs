@@ -808,25 +808,6 @@ async fn alert_rows_follow_upserts_changes_and_deletions_across_reopen() {
     assert_eq!(sm.state().alerts, want, "the rows hold the applied alerts");
 }
 
-fn notice_of(key: &str, target: &str, created_ms: i64) -> crate::store::alerting::OutboxEntry {
-    crate::store::alerting::OutboxEntry {
-        notification: crate::model::Notification {
-            idempotency_key: key.into(),
-            channel: "hook".into(),
-            kind: crate::model::NotifyKind::Firing,
-            alert: alert_of(target, 1),
-            ts_ms: created_ms,
-        },
-        attempts: 0,
-        not_before_ms: created_ms,
-        created_ms,
-        fallbacks: vec![],
-        last_error: None,
-        sender: crate::store::alerting::Sender::Owner,
-        tenure: 0,
-    }
-}
-
 /// Notices and delivered keys are rows of their own (format 3): they follow the
 /// applied state through queueing, delivery and the forgetting of the oldest
 /// delivered keys past the bound, and a reopened store has exactly what the
@@ -853,7 +834,10 @@ async fn notice_and_delivered_rows_follow_the_state_across_reopen() {
                 1,
                 2,
                 cmd(
-                    vec![notice_of("k1", "a", 1), notice_of("k2", "b", 2)],
+                    vec![
+                        crate::store::alerting::fixtures::notice("k1", "a", 1),
+                        crate::store::alerting::fixtures::notice("k2", "b", 2),
+                    ],
                     vec![],
                 ),
             ),
@@ -864,7 +848,10 @@ async fn notice_and_delivered_rows_follow_the_state_across_reopen() {
         sm.apply(vec![entry(
             1,
             3,
-            cmd(vec![notice_of("k3", "a", 3)], vec!["k1".into()]),
+            cmd(
+                vec![crate::store::alerting::fixtures::notice("k3", "a", 3)],
+                vec!["k1".into()],
+            ),
         )])
         .await
         .expect("apply");
@@ -918,8 +905,11 @@ fn notices_stored_whole_by_format_2_move_to_their_rows() {
     let dir = tempfile::tempdir().expect("tempdir");
     drop(open(dir.path()).expect("open"));
     let path = dir.path().join(FILE_NAME);
-    let notices: std::collections::BTreeMap<String, crate::store::alerting::OutboxEntry> =
-        [("k9".to_string(), notice_of("k9", "a", 9))].into();
+    let notices: std::collections::BTreeMap<String, crate::store::alerting::OutboxEntry> = [(
+        "k9".to_string(),
+        crate::store::alerting::fixtures::notice("k9", "a", 9),
+    )]
+    .into();
     let delivered = vec!["k1", "k2"];
     {
         let db = redb::Database::create(&path).expect("db");
@@ -945,7 +935,7 @@ fn notices_stored_whole_by_format_2_move_to_their_rows() {
     let state = sm.state();
     assert_eq!(
         state.notices.get("k9"),
-        Some(&notice_of("k9", "a", 9)),
+        Some(&crate::store::alerting::fixtures::notice("k9", "a", 9)),
         "the notice"
     );
     assert_eq!(state.delivered.iter().collect::<Vec<_>>(), delivered);
