@@ -1343,6 +1343,20 @@ fn a_herd_mid_upgrade_keeps_its_older_node_working_and_forgets_only_once_all_are
         None
     });
     cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
+    // What the owners forgot while node 3 could not: held by nodes 1 and 2 until
+    // the herd's level let it go; node 3's own, forgotten again by this build.
+    wait_for(
+        SCRAPE_BOUND,
+        "the alerts resolved in mixed builds leave the herd's state once every member forgets",
+        || {
+            (1..=3)
+                .all(|id| {
+                    let (alerts, forgotten, _) = herd_state(&cluster, id);
+                    alerts == 0 && forgotten == fleet.len() as u64
+                })
+                .then_some(())
+        },
+    );
 
     phase!("all on this build: a second episode, forgotten once resolved");
     episode(&hook, &files, &fleet, 3);

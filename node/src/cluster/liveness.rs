@@ -32,9 +32,14 @@ use super::network::Peers;
 use super::types::NodeId;
 
 /// A member counts at the command level its beats say only while heard from
-/// within this; a member silent longer counts as level 1 (it may come back on an
-/// older build, which must be able to read everything committed meanwhile).
+/// within this (or [`LEVEL_HEARD_BEATS`] beats, when they are slower); a member
+/// silent longer counts as level 1 (it may come back on an older build, which
+/// must be able to read everything committed meanwhile).
 pub const LEVEL_HEARD_WITHIN: Duration = Duration::from_secs(5);
+
+/// Beats a member may miss before its level stops counting, when the beat
+/// interval is so long that [`LEVEL_HEARD_WITHIN`] would span fewer of them.
+pub const LEVEL_HEARD_BEATS: u32 = 25;
 
 /// When this node last heard from each peer.
 #[derive(Debug)]
@@ -57,6 +62,8 @@ pub struct Liveness {
     peer_logs: Mutex<HashMap<NodeId, u64>>,
     /// The herd command level each peer's last beat said its build applies.
     peer_levels: Mutex<HashMap<NodeId, u32>>,
+    /// How long a member's level counts after its last beat (ms).
+    level_within_ms: AtomicU64,
     /// When this node last took an AppendEntries call from a leader (openraft's
     /// own clock of the leader's lease starts there too).
     leader_heard: Mutex<Option<Instant>>,
@@ -98,6 +105,7 @@ impl Liveness {
             log_index: AtomicU64::new(0),
             peer_logs: Mutex::new(HashMap::new()),
             peer_levels: Mutex::new(HashMap::new()),
+            level_within_ms: AtomicU64::new(LEVEL_HEARD_WITHIN.as_millis() as u64),
             leader_heard: Mutex::new(None),
             boot: rand::random::<u64>().max(1),
             seq: AtomicU64::new(0),
@@ -216,15 +224,29 @@ impl Liveness {
         l.insert(node, level);
     }
 
+    /// Sets how long a member's level counts after its last beat from the beat
+    /// interval: [`LEVEL_HEARD_WITHIN`], or [`LEVEL_HEARD_BEATS`] beats when longer.
+    pub fn set_beat_interval(&self, every: Duration) {
+        let within = LEVEL_HEARD_WITHIN.max(every.saturating_mul(LEVEL_HEARD_BEATS));
+        self.level_within_ms.store(
+            u64::try_from(within.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn level_within(&self) -> Duration {
+        Duration::from_millis(self.level_within_ms.load(Ordering::Relaxed))
+    }
+
     /// The command level `node` applies, as far as this node can rely on it: what
-    /// its beats say while it is heard from (within [`LEVEL_HEARD_WITHIN`]);
+    /// its beats say while it is heard from (see [`Liveness::set_beat_interval`]);
     /// 1 otherwise (silent, it may come back on an older build), and for a build
     /// from before levels. This node's own: its build's.
     pub fn level_of(&self, node: NodeId) -> u32 {
         if node == self.id {
             return super::types::COMMAND_LEVEL;
         }
-        if self.silent_for(node) > LEVEL_HEARD_WITHIN {
+        if self.silent_for(node) > self.level_within() {
             return 1;
         }
         let l = self.peer_levels.lock().unwrap_or_else(|p| p.into_inner());
@@ -491,6 +513,13 @@ mod tests {
         assert_eq!(l.level_of(2), 2);
         // Silent past the bound: it may come back on an older build.
         assert!(l.silent_at(2, Instant::now() + LEVEL_HEARD_WITHIN * 2) > LEVEL_HEARD_WITHIN);
+        // The window spans enough beats however slow they are.
+        assert_eq!(l.level_within(), LEVEL_HEARD_WITHIN);
+        l.set_beat_interval(Duration::from_millis(200));
+        assert_eq!(l.level_within(), LEVEL_HEARD_WITHIN);
+        l.set_beat_interval(Duration::from_secs(2));
+        assert_eq!(l.level_within(), Duration::from_secs(50));
+        assert_eq!(l.level_of(2), 2);
     }
 
     #[test]

@@ -435,6 +435,7 @@ impl ClusterNode {
         cancel: tokio_util::sync::CancellationToken,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let me = self.clone();
+        self.liveness.set_beat_interval(interval);
         let beats = super::liveness::beat_members(
             self.liveness.clone(),
             self.peers.clone(),

@@ -52,6 +52,27 @@ struct Pending {
     forgotten: std::collections::BTreeMap<String, crate::model::ForgottenAlert>,
     /// The ownership map the upserts, deletions and forgotten alerts were made under.
     ownership_version: u64,
+    /// Alerts forgotten while a member could not apply it (a herd mid-upgrade),
+    /// with the map each was forgotten under: they go to the herd once every
+    /// member can (at most [`MAX_HELD_FORGOTTEN`]; dropped when this node is
+    /// fenced — the next owner's engine forgets them again).
+    held: std::collections::BTreeMap<String, (u64, crate::model::ForgottenAlert)>,
+}
+
+/// Forgotten alerts held for a herd mid-upgrade at most; beyond, the herd keeps
+/// its copies of the rest until their next episode ends.
+const MAX_HELD_FORGOTTEN: usize = 100_000;
+
+/// How often held forgotten alerts look whether the herd's level lets them go.
+const HELD_RETRY: Duration = Duration::from_secs(5);
+
+/// The level of [`Command::ForgetAlerts`].
+fn forget_level() -> u32 {
+    Command::ForgetAlerts {
+        alerts: Vec::new(),
+        fence: None,
+    }
+    .level()
 }
 
 impl Pending {
@@ -82,12 +103,14 @@ impl Pending {
         for a in d.upserts {
             // Back before the herd forgot it: its count goes on in the alert.
             self.forgotten.remove(&a.id);
+            self.held.remove(&a.id);
             self.deleted.remove(&a.id);
             self.upserts.insert(a.id.clone(), a);
         }
         for id in d.deleted {
             self.upserts.remove(&id);
             self.forgotten.remove(&id);
+            self.held.remove(&id);
             self.deleted.insert(id);
         }
         for e in d.queued {
@@ -99,14 +122,17 @@ impl Pending {
     }
 
     /// The commands to write, in order: the alert changes, then the alerts
-    /// forgotten — only when every member applies that command's level
-    /// (`herd_level`); in a herd mid-upgrade the herd keeps its copies of them, as
-    /// before levels.
-    fn commands(&self, me: super::types::NodeId, herd_level: u32) -> Vec<Command> {
-        let fence = Some(super::types::AlertFence {
-            node: me,
-            ownership_version: self.ownership_version,
-        });
+    /// forgotten (one command per ownership map they were forgotten under) — only
+    /// when every member applies that command's level (`herd_level`). In a herd
+    /// mid-upgrade the herd keeps its copies of them meanwhile, as before levels,
+    /// and they are held here for a later write.
+    fn commands(&mut self, me: super::types::NodeId, herd_level: u32) -> Vec<Command> {
+        let fence = |ownership_version| {
+            Some(super::types::AlertFence {
+                node: me,
+                ownership_version,
+            })
+        };
         let mut out = Vec::with_capacity(2);
         if !(self.upserts.is_empty()
             && self.deleted.is_empty()
@@ -118,25 +144,54 @@ impl Pending {
                 deleted: self.deleted.iter().cloned().collect(),
                 queued: self.queued.values().cloned().collect(),
                 delivered: self.delivered.iter().cloned().collect(),
-                fence,
+                fence: fence(self.ownership_version),
             });
         }
-        if !self.forgotten.is_empty() {
-            let forget = Command::ForgetAlerts {
-                alerts: self.forgotten.values().cloned().collect(),
-                fence,
-            };
-            if forget.level() <= herd_level {
-                out.push(forget);
-            } else {
-                tracing::debug!(
-                    n = self.forgotten.len(),
-                    herd_level,
-                    "the herd keeps resolved alerts: a member's build does not forget them"
-                );
+        let version = self.ownership_version;
+        for (id, f) in std::mem::take(&mut self.forgotten) {
+            if self.held.len() < MAX_HELD_FORGOTTEN || self.held.contains_key(&id) {
+                self.held.insert(id, (version, f));
             }
         }
+        if self.held.is_empty() {
+            return out;
+        }
+        if forget_level() > herd_level {
+            tracing::debug!(
+                n = self.held.len(),
+                herd_level,
+                "resolved alerts wait to leave the herd's state: a member's build does not forget them"
+            );
+            return out;
+        }
+        let mut by_map: std::collections::BTreeMap<u64, Vec<crate::model::ForgottenAlert>> =
+            std::collections::BTreeMap::new();
+        for (version, f) in self.held.values() {
+            by_map.entry(*version).or_default().push(f.clone());
+        }
+        out.extend(
+            by_map
+                .into_iter()
+                .map(|(version, alerts)| Command::ForgetAlerts {
+                    alerts,
+                    fence: fence(version),
+                }),
+        );
         out
+    }
+
+    /// What stays for the next write once `herd_level`'s commands were written:
+    /// the forgotten alerts held (when they could not go).
+    fn written(&mut self, herd_level: u32) {
+        let held = if forget_level() > herd_level {
+            std::mem::take(&mut self.held)
+        } else {
+            Default::default()
+        };
+        *self = Pending {
+            held,
+            ..Default::default()
+        };
     }
 }
 
@@ -159,17 +214,24 @@ pub async fn replicate_alerts(
     loop {
         if pending.is_empty() {
             let d = match carry.take() {
-                Some(d) => d,
+                Some(d) => Some(d),
                 None => tokio::select! {
                     _ = cancel.cancelled() => return,
                     d = rx.recv() => match d {
                         None => return,
-                        Some(d) => d,
+                        Some(d) => Some(d),
                     },
+                    _ = tokio::time::sleep(HELD_RETRY), if !pending.held.is_empty() => None,
                 },
             };
-            // An empty `pending` takes any delta.
-            let _ = pending.merge(d);
+            match d {
+                // An empty `pending` takes any delta.
+                Some(d) => {
+                    let _ = pending.merge(d);
+                }
+                None if forget_level() > cluster.herd_level() => continue,
+                None => {}
+            }
         }
         while carry.is_none() {
             let Ok(d) = rx.try_recv() else { break };
@@ -195,9 +257,10 @@ pub async fn replicate_alerts(
             }
             continue;
         }
-        match write_all(&cluster, pending.commands(me, cluster.herd_level())).await {
+        let herd_level = cluster.herd_level();
+        match write_all(&cluster, pending.commands(me, herd_level)).await {
             Ok(()) => {
-                pending = Pending::default();
+                pending.written(herd_level);
                 notifier.wake();
             }
             Err(e) => {
@@ -366,6 +429,7 @@ mod tests {
                 id: id.into(),
                 target: "a".into(),
                 transitions,
+                settled_ms: 0,
             }],
             ownership_version: version,
             ..Default::default()
@@ -381,17 +445,56 @@ mod tests {
             p.merge(forgotten(5, "older", 2)).is_err(),
             "forgetting is fenced by the map like any alert change"
         );
-        // A member of an older build (level 1): the alert changes only.
+        // A member of an older build (level 1): the alert changes only; the
+        // forgotten alert is held for a later write.
         let cmds = p.commands(2, 1);
         assert_eq!(cmds.len(), 1);
         assert!(matches!(cmds[0], Command::Alerts { .. }));
-        // Every member at level 2: the changes, then the forgetting, same fence.
+        p.written(1);
+        assert!(p.is_empty(), "nothing else to write now");
+        assert_eq!(p.held.len(), 1, "held: {:?}", p.held);
+        // Another one forgotten under a later map, still at level 1.
+        assert!(p.merge(forgotten(5, "older", 3)).is_ok());
+        assert!(p.commands(2, 1).is_empty());
+        p.written(1);
+        assert_eq!(p.held.len(), 2);
+        // Every member at level 2: one forget per map, each fenced by its own.
+        let cmds = p.commands(2, 2);
+        let [Command::ForgetAlerts {
+            alerts: a4,
+            fence: f4,
+        }, Command::ForgetAlerts {
+            alerts: a5,
+            fence: f5,
+        }] = &cmds[..]
+        else {
+            panic!("two forgets: {cmds:?}");
+        };
+        assert_eq!((a4.len(), a4[0].id.as_str()), (1, "old"));
+        assert_eq!((a5.len(), a5[0].id.as_str()), (1, "older"));
+        assert_eq!(f4.map(|f| f.ownership_version), Some(4));
+        assert_eq!(f5.map(|f| f.ownership_version), Some(5));
+        p.written(2);
+        assert!(p.held.is_empty(), "sent once");
+        // Changes and forgetting in one write at level 2: changes first.
+        let mut p = Pending::default();
+        assert!(p.merge(delta(4, Some("x:1:c"), &[])).is_ok());
+        assert!(p.merge(forgotten(4, "old", 2)).is_ok());
         let cmds = p.commands(2, 2);
         let [Command::Alerts { .. }, Command::ForgetAlerts { alerts, fence }] = &cmds[..] else {
             panic!("alerts then forget: {cmds:?}");
         };
         assert_eq!(alerts.len(), 1);
         assert_eq!(fence.map(|f| f.ownership_version), Some(4));
+        // A held alert back before the herd forgot it is not forgotten.
+        let mut p = Pending::default();
+        assert!(p.merge(forgotten(4, "h", 1)).is_ok());
+        assert!(p.commands(2, 1).is_empty());
+        p.written(1);
+        let mut back = delta(6, Some("h:2:c"), &[]);
+        back.upserts[0].id = "h".into();
+        assert!(p.merge(back).is_ok());
+        assert!(p.held.is_empty());
         // An alert back before the herd forgot it is not forgotten.
         let mut p = Pending::default();
         assert!(p.merge(forgotten(4, "x", 1)).is_ok());

@@ -504,18 +504,25 @@ impl ClusterState {
                 }
                 self.alerts.remove(&f.id);
             }
-            let transitions = self
-                .forgotten
-                .get(&f.id)
-                .map_or(f.transitions, |old| old.transitions.max(f.transitions));
+            let (transitions, settled_ms) =
+                self.forgotten
+                    .get(&f.id)
+                    .map_or((f.transitions, f.settled_ms), |old| {
+                        (
+                            old.transitions.max(f.transitions),
+                            old.settled_ms.max(f.settled_ms),
+                        )
+                    });
             self.forgotten.insert(
                 f.id.clone(),
                 ForgottenAlert {
                     transitions,
+                    settled_ms,
                     ..f.clone()
                 },
             );
         }
+        self.keep_recent_forgotten();
         CommandResponse {
             refused: (refused > 0)
                 .then(|| format!("{refused} forgotten alert(s) of targets that moved since")),
@@ -709,6 +716,23 @@ impl ClusterState {
             .unwrap_or(f.ownership_version);
         // 0: made before tenures were recorded (an upgrade); the owner decides.
         made_under == 0 || self.tenure.get(target).is_none_or(|&t| t <= made_under)
+    }
+
+    /// Keeps at most MAX_FORGOTTEN counts: beyond it, drops those that settled
+    /// first down to nine tenths of it (so that a herd at the bound sorts them
+    /// once per tenth, not on every apply).
+    fn keep_recent_forgotten(&mut self) {
+        if self.forgotten.len() <= crate::model::MAX_FORGOTTEN {
+            return;
+        }
+        let mut by_age: Vec<(i64, String)> = (self.forgotten.iter())
+            .map(|(id, f)| (f.settled_ms, id.clone()))
+            .collect();
+        by_age.sort_unstable();
+        let excess = self.forgotten.len() - crate::model::MAX_FORGOTTEN * 9 / 10;
+        for (_, id) in by_age.into_iter().take(excess) {
+            self.forgotten.remove(&id);
+        }
     }
 
     /// Keeps at most MAX_NOTICES notices, forgetting the oldest first.
@@ -1282,6 +1306,7 @@ mod tests {
             id: id.into(),
             target: target.into(),
             transitions,
+            settled_ms: 0,
         }
     }
 
@@ -1348,6 +1373,32 @@ mod tests {
         s.apply(&forget(1, 1, vec![forgotten("gone", "a", 7)]));
         set_owners(&mut s, &[("b", 2)]);
         assert!(s.forgotten.is_empty());
+    }
+
+    #[test]
+    fn the_herd_keeps_the_counts_of_the_alerts_that_settled_last() {
+        let max = crate::model::MAX_FORGOTTEN;
+        let mut s = owned_by(&[("a", 1)]);
+        let batch = |from: usize, n: usize| {
+            (from..from + n)
+                .map(|i| ForgottenAlert {
+                    settled_ms: i as i64,
+                    ..forgotten(&format!("x{i:06}"), "a", 1)
+                })
+                .collect::<Vec<_>>()
+        };
+        s.apply(&forget(1, 1, batch(0, max)));
+        assert_eq!(s.forgotten.len(), max, "up to the bound, all kept");
+        // One more: those that settled first go, down to nine tenths.
+        s.apply(&forget(1, 1, batch(max, 1)));
+        assert_eq!(s.forgotten.len(), max * 9 / 10);
+        assert!(!s.forgotten.contains_key("x000000"), "the oldest went");
+        assert!(
+            s.forgotten.contains_key(&format!("x{max:06}")),
+            "the newest stays"
+        );
+        let oldest_kept = s.forgotten.values().map(|f| f.settled_ms).min();
+        assert_eq!(oldest_kept, Some((max + 1 - max * 9 / 10) as i64));
     }
 
     #[test]

@@ -108,7 +108,17 @@ pub struct ForgottenAlert {
     pub id: String,
     pub target: String,
     pub transitions: u64,
+    /// When it settled (ms since the epoch; 0 from a build before this field):
+    /// the herd keeps the most recent [`MAX_FORGOTTEN`] counts.
+    #[serde(default)]
+    pub settled_ms: i64,
 }
+
+/// Transition counts of forgotten alerts the herd keeps at most; beyond it, the
+/// counts of the alerts that settled first go (a later episode of one of them
+/// counts from what its owner's engine still knows, or from 0 — its old keys
+/// are long gone from the herd's delivered keys by then).
+pub const MAX_FORGOTTEN: usize = 100_000;
 
 /// One notification to deliver: what the outbox keeps until a channel took it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

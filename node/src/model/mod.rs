@@ -10,7 +10,9 @@ pub mod retry;
 mod sample;
 pub mod text;
 
-pub use alert::{Alert, AlertState, ForgottenAlert, Notification, NotifyKind, Severity};
+pub use alert::{
+    Alert, AlertState, ForgottenAlert, Notification, NotifyKind, Severity, MAX_FORGOTTEN,
+};
 pub use node::{NodeId, NodeRecord, MACHINE_PREFIX};
 pub use pattern::{fnv1a64, glob_match, FNV_OFFSET};
 pub use retry::{Retry, RetryPolicy};

@@ -540,6 +540,7 @@ impl Alerts {
                 id: id.to_string(),
                 target: m.alert.target.clone(),
                 transitions: m.alert.transitions,
+                settled_ms: m.alert.since_ms,
             });
         }
         self.forget(id);

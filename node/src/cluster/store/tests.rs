@@ -425,6 +425,7 @@ async fn every_part_of_the_state_survives_reopen() {
                     id: id.into(),
                     target: "web-1".into(),
                     transitions: 2,
+                    settled_ms: 0,
                 })
                 .to_vec(),
             fence: None,
