@@ -526,6 +526,11 @@ impl Alerts {
     /// A forgotten alert's count is at least `transitions` (its last copy stays
     /// only while it is the latest).
     fn continue_count(&mut self, id: &str, transitions: u64) {
+        if self.tombstones.len() >= MAX_ALERTS && !self.tombstones.contains_key(id) {
+            // Bounded like the tombstones of forgotten alerts: this one counts
+            // from what the herd still keeps of it.
+            return;
+        }
         let t = self.tombstones.entry(id.to_string()).or_default();
         if transitions > t.transitions {
             t.transitions = transitions;
