@@ -23,7 +23,8 @@
 //! `127.0.0.1:PORT` under its own name: each has its own SSH session. The server
 //! answers every exec with the `linux_real.txt` vitals fixture whose CPU, uptime,
 //! load, memory and network counters move on with time per session, so the node
-//! computes real rates. The node is the release `herd` binary with a generated
+//! computes real rates; the disk sections (mounts, df) only to the commands that
+//! read the disks (one scrape in `disk_interval`), as a shell would. The node is the release `herd` binary with a generated
 //! herd.toml (flush_interval 1 s) and a fleet applied with `herd apply`.
 //!
 //! **Baseline.** A real OpenSSH sshd on loopback (the harness's `Sshd`, account
@@ -1716,6 +1717,9 @@ mod fake {
     /// A fixture line, or a slot the renderer fills.
     enum Line {
         Raw(&'static str),
+        /// A line of the disk sections (mounts, df, df -i, their markers too):
+        /// printed only when the command reads the disks, as a shell would.
+        Disk(&'static str),
         CpuAll,
         Cpu(usize),
         Eth0,
@@ -1744,6 +1748,14 @@ mod fake {
             .collect()
     }
 
+    /// The sections only the commands that read the disks print.
+    const DISK_SECTIONS: [&str; 3] = ["mounts", "df", "dfi"];
+
+    /// Whether `command` (as exec'd, or framed for the shell) reads the disks.
+    fn reads_disks(command: &str) -> bool {
+        command == super::VITALS_COMMAND || command == super::VITALS_INLINE
+    }
+
     static TEMPLATE: LazyLock<Template> = LazyLock::new(|| {
         let mut t = Template {
             lines: Vec::new(),
@@ -1758,7 +1770,15 @@ mod fake {
         for line in FIXTURE.lines() {
             if let Some(s) = line.strip_prefix("@@herd:") {
                 section = s;
-                t.lines.push(Line::Raw(line));
+                t.lines.push(if DISK_SECTIONS.contains(&s) {
+                    Line::Disk(line)
+                } else {
+                    Line::Raw(line)
+                });
+                continue;
+            }
+            if DISK_SECTIONS.contains(&section) {
+                t.lines.push(Line::Disk(line));
                 continue;
             }
             let first = line.split_whitespace().next().unwrap_or("");
@@ -1869,7 +1889,7 @@ mod fake {
             self.net[3] += rx / 1200.0 / 2.0;
         }
 
-        fn render(&mut self) -> String {
+        fn render(&mut self, disk: bool) -> String {
             let now = START.elapsed().as_secs_f64();
             let dt = (now - self.last).max(0.0);
             self.last = now;
@@ -1895,6 +1915,12 @@ mod fake {
                     Line::Raw(l) => {
                         out.push_str(l);
                         out.push('\n');
+                    }
+                    Line::Disk(l) => {
+                        if disk {
+                            out.push_str(l);
+                            out.push('\n');
+                        }
                     }
                     Line::CpuAll => {
                         let mut sum = [0.0; 10];
@@ -2007,7 +2033,7 @@ mod fake {
             if let Some(slot) = EXECS.get(slot_now()) {
                 slot.fetch_add(1, Ordering::Relaxed);
             }
-            let output = self.render();
+            let output = self.render(reads_disks(&String::from_utf8_lossy(command)));
             session.data(channel, output)?;
             session.exit_status_request(channel, 0)?;
             session.eof(channel)?;
@@ -2085,7 +2111,7 @@ mod fake {
                     slot.fetch_add(1, Ordering::Relaxed);
                 }
                 let started = Instant::now();
-                let mut output = self.render().into_bytes();
+                let mut output = self.render(reads_disks(&command)).into_bytes();
                 output.extend_from_slice(format!("\n@@herd-end:{tag}:0\n").as_bytes());
                 session.data(channel, output)?;
                 session.extended_data(channel, 1, format!("\n@@herd-end:{tag}\n").into_bytes())?;
