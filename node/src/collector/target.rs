@@ -554,14 +554,15 @@ impl CheckLoop {
             ts_ms: run.ts,
         });
         self.persist_events(&mut run).await;
-        let samples = samples_of(
+        let samples: std::sync::Arc<[crate::model::Sample]> = samples_of(
             &self.spec.name,
             &self.check,
             self.check_labels.as_ref(),
             run.outcome,
             self.emits_up.then_some(run.up).flatten(),
             run.ts,
-        );
+        )
+        .into();
         self.ctx.stats.record(run.started.elapsed(), run.late);
         if let Some(rules) = &self.ctx.rules {
             rules.samples(&samples);

@@ -114,7 +114,8 @@ pub fn now_ms() -> i64 {
 /// Where the collectors hand what they collected for evaluation (the rules task);
 /// the node's wiring connects the two, so neither imports the other.
 pub trait InputSink: Send + Sync {
-    fn samples(&self, samples: &[Sample]);
+    /// A scrape's samples, shared (the store takes the same ones).
+    fn samples(&self, samples: &std::sync::Arc<[Sample]>);
     fn event(&self, e: &Event);
 }
 

@@ -37,7 +37,8 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 const MAX_INPUTS_PER_ROUND: usize = 512;
 
 pub enum Input {
-    Samples(Vec<Sample>),
+    /// A scrape's samples, shared with the store (not copied).
+    Samples(Arc<[Sample]>),
     Event(Event),
     Ack {
         id: String,
@@ -106,7 +107,7 @@ impl AlertDelta {
 }
 
 impl crate::model::InputSink for RulesHandle {
-    fn samples(&self, samples: &[Sample]) {
+    fn samples(&self, samples: &Arc<[Sample]>) {
         RulesHandle::samples(self, samples)
     }
     fn event(&self, e: &Event) {
@@ -115,8 +116,8 @@ impl crate::model::InputSink for RulesHandle {
 }
 
 impl RulesHandle {
-    pub fn samples(&self, samples: &[Sample]) {
-        if self.tx.try_send(Input::Samples(samples.to_vec())).is_err() {
+    pub fn samples(&self, samples: &Arc<[Sample]>) {
+        if self.tx.try_send(Input::Samples(samples.clone())).is_err() {
             self.lost(samples.len() as u64, "samples");
         }
     }
@@ -1009,7 +1010,7 @@ mod tests {
         }
         assert_eq!(handle.inputs_dropped(), 0);
         handle.event(&e);
-        handle.samples(&[]);
+        handle.samples(&Arc::from([]));
         assert_eq!(handle.inputs_dropped(), 1);
         store.close().unwrap();
     }

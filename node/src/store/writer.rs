@@ -21,13 +21,13 @@ use super::tables::{
 };
 use super::{
     AlertingBatch, CompactOutcome, ImportOutcome, ImportSeries, OutboxChange, RollupPoint,
-    SharedDb, StoreOptions, StoreStats, WriteOp,
+    SampleLane, SharedDb, StoreOptions, StoreStats, WriteOp,
 };
 use crate::model::change::{Change, Feed};
 use crate::model::{now_ms, Event, Sample};
 
 /// Commit early when this many samples are waiting, whatever the interval.
-const MAX_BATCH_SAMPLES: usize = 50_000;
+pub(super) const MAX_BATCH_SAMPLES: usize = 50_000;
 /// A chunk never spans more than this, so a query need only look this far back
 /// before its start for chunks that overlap it.
 pub const MAX_CHUNK_SPAN_MS: i64 = 4 * 3600 * 1000;
@@ -72,6 +72,10 @@ pub struct Writer {
     path: PathBuf,
     options: StoreOptions,
     stats: Arc<StoreStats>,
+    /// Where samples wait for this writer (see [`SampleLane`]).
+    lane: Arc<SampleLane>,
+    /// The lane's batches taken at the last turn (its capacity reused).
+    lane_taken: Vec<Arc<[Sample]>>,
     series: HashMap<String, u64>,
     /// Where each sample's series key is written to look its id up (reused).
     key_buf: Vec<u8>,
@@ -139,12 +143,15 @@ impl Writer {
         options: StoreOptions,
         stats: Arc<StoreStats>,
         feed: Feed,
+        lane: Arc<SampleLane>,
     ) -> Self {
         Writer {
             db,
             path,
             options,
             stats,
+            lane,
+            lane_taken: Vec::new(),
             series: state.series,
             key_buf: Vec::new(),
             next_series_id: state.next_series_id,
@@ -195,7 +202,7 @@ impl Writer {
                 .saturating_sub(last_commit.elapsed());
             let mut stop = false;
             match rx.recv_timeout(wait) {
-                Ok(WriteOp::Samples(s)) => self.accept(s),
+                Ok(WriteOp::Wake) => {}
                 Ok(WriteOp::Rollup(p)) => self.accept_rollup(p),
                 Ok(WriteOp::Event(e)) => self.events.push(e),
                 Ok(WriteOp::Persist(events, meta)) => {
@@ -238,6 +245,12 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => stop = true,
+            }
+            self.take_lane();
+            if stop {
+                self.lane.close();
+                // What came in between the last take and the close.
+                self.take_lane();
             }
             let due = last_commit.elapsed() >= self.options.flush_interval;
             if stop
@@ -345,7 +358,19 @@ impl Writer {
         }
     }
 
-    fn accept(&mut self, samples: Vec<Sample>) {
+    /// Takes in the samples waiting in the lane.
+    fn take_lane(&mut self) {
+        let mut taken = std::mem::take(&mut self.lane_taken);
+        if self.lane.take(&mut taken) > 0 {
+            for batch in &taken {
+                self.accept(batch);
+            }
+        }
+        taken.clear();
+        self.lane_taken = taken;
+    }
+
+    fn accept(&mut self, samples: &[Sample]) {
         for s in samples {
             let id = self.series_id(&s.target, &s.metric, &s.labels);
             if let Some(head) = self.heads.get(&id) {
@@ -374,7 +399,7 @@ impl Writer {
             self.dirty.insert(id);
             self.pending_samples += 1;
             if !self.remote_sinks.is_empty() {
-                self.remote_samples.push(s);
+                self.remote_samples.push(s.clone());
             }
         }
     }
