@@ -495,17 +495,28 @@ struct RawSection<'a> {
     section: Section,
     /// 1-based output line of the marker.
     marker_line: usize,
-    lines: Vec<&'a str>,
+    /// The output from the line after the marker on (lines are read from it
+    /// as they are needed: no vector of lines is built per scrape).
+    text: &'a str,
+    /// How many lines of `text` are the section's.
+    lines: usize,
+    /// Whether the last of them is empty.
+    last_empty: bool,
 }
 
 impl<'a> RawSection<'a> {
     /// Lines with their 1-based output line numbers.
     fn numbered(&self) -> impl Iterator<Item = (usize, &'a str)> + '_ {
         let first = self.marker_line.saturating_add(1);
-        self.lines
-            .iter()
+        self.text
+            .split('\n')
+            .take(self.lines)
             .enumerate()
-            .map(move |(index, line)| (first.saturating_add(index), *line))
+            .map(move |(index, line)| {
+                // A pty on the SSH channel turns newlines into CRLF.
+                let line = line.strip_suffix('\r').unwrap_or(line);
+                (first.saturating_add(index), line)
+            })
     }
 
     /// The first line with something on it.
@@ -531,9 +542,12 @@ impl<'a> RawSection<'a> {
 /// marker counts: a mount named `@@herd:x` shows up inside a longer line and
 /// so cannot start a section.
 fn split_sections(text: &str) -> Result<Vec<RawSection<'_>>, VitalsError> {
-    let mut sections: Vec<RawSection<'_>> = Vec::new();
+    let mut sections: Vec<RawSection<'_>> = Vec::with_capacity(SECTIONS.len());
+    let mut offset = 0;
     for (index, raw_line) in text.split('\n').enumerate() {
         let line_no = index.saturating_add(1);
+        let after = (offset + raw_line.len() + 1).min(text.len());
+        offset = after;
         // A pty on the SSH channel turns newlines into CRLF.
         let line = raw_line.strip_suffix('\r').unwrap_or(raw_line);
         let head = line
@@ -546,8 +560,8 @@ fn split_sections(text: &str) -> Result<Vec<RawSection<'_>>, VitalsError> {
             if let Some(section) = Section::from_name(name) {
                 // head separates files by an empty line: not the last file's.
                 if let Some(current) = sections.last_mut() {
-                    if current.lines.last().is_some_and(|l| l.is_empty()) {
-                        current.lines.pop();
+                    if current.lines > 0 && current.last_empty {
+                        current.lines -= 1;
                     }
                 }
                 if sections.iter().any(|raw| raw.section == section) {
@@ -559,14 +573,17 @@ fn split_sections(text: &str) -> Result<Vec<RawSection<'_>>, VitalsError> {
                 sections.push(RawSection {
                     section,
                     marker_line: line_no,
-                    lines: Vec::new(),
+                    text: &text[after..],
+                    lines: 0,
+                    last_empty: false,
                 });
                 continue;
             }
         }
         // Before the first marker this is shell start-up noise: dropped.
         if let Some(current) = sections.last_mut() {
-            current.lines.push(line);
+            current.lines += 1;
+            current.last_empty = line.is_empty();
         }
     }
     Err(VitalsError::Truncated)
@@ -1928,7 +1945,9 @@ mod tests {
         let raw = RawSection {
             section: Section::Df,
             marker_line: 1,
-            lines: Vec::new(),
+            text: "",
+            lines: 0,
+            last_empty: false,
         };
         let row = parse_df_row(&raw, 2, "/dev/sdb1 100 60 40 60% /media/x 1 2 3 4% y")
             .expect("numbers fit")
