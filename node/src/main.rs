@@ -6,6 +6,19 @@ use clap::Parser;
 use herd::{Cli, Command, LogFormatArg};
 use herd::{LogFormat, NodeConfig};
 
+/// jemalloc rather than glibc's malloc: a node allocates and frees small buffers
+/// per scrape on many threads, and glibc's malloc was a fifth of its CPU
+/// (`scripts/bench fleet`; figures in the README).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings (read at its start; `_RJEM_MALLOC_CONF` overrides):
+/// pages freed go back to the system within a second rather than ten.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:4\0";
+
 fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
