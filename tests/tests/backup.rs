@@ -174,6 +174,19 @@ fn a_running_node_compacts_its_store_and_scrapes_on() {
         "{}",
         text(&out)
     );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("raft: ") && l.contains(" MB -> ")),
+        "the Raft file is compacted too: {}",
+        text(&out)
+    );
+    // The herd's log and state go on after it: a write through Raft, applied.
+    let paused = herd.cli_ok(&["pause", "box", "--for", "1h", "--reason", "after compact"]);
+    assert!(paused.contains("box"), "{paused}");
+    let listed = herd.cli_ok(&["status"]);
+    assert!(listed.contains("(after compact)"), "{listed}");
+    herd.cli_ok(&["resume", "box"]);
     let after = wait_for(BOUND, "new samples after the compaction", || {
         let p = herd.points("box", "cpu.used_pct");
         let newest = acknowledged.last().map_or(0, |l| l.0);

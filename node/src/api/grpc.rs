@@ -506,11 +506,22 @@ impl pb::herd_server::Herd for HerdApi {
         _req: Request<pb::CompactRequest>,
     ) -> Result<Response<pb::CompactReply>, Status> {
         match self.store.compact().await {
-            Ok(c) => Ok(Response::new(pb::CompactReply {
-                before_bytes: c.before_bytes,
-                after_bytes: c.after_bytes,
-                took_ms: c.took_ms,
-            })),
+            Ok(c) => {
+                let cluster = self.fleet.cluster().clone();
+                let raft = tokio::task::spawn_blocking(move || cluster.compact_raft(0, true))
+                    .await
+                    .map_err(|e| Status::internal(format!("compaction task: {e}")))?
+                    .map_err(|e| Status::internal(format!("raft.redb: {e}")))?;
+                Ok(Response::new(pb::CompactReply {
+                    before_bytes: c.before_bytes,
+                    after_bytes: c.after_bytes,
+                    took_ms: c.took_ms,
+                    raft_compacted: raft.is_some(),
+                    raft_before_bytes: raft.map_or(0, |r| r.before_bytes),
+                    raft_after_bytes: raft.map_or(0, |r| r.after_bytes),
+                    raft_took_ms: raft.map_or(0, |r| r.took_ms),
+                }))
+            }
             Err(e @ crate::store::StoreError::Compact(_)) => {
                 Err(Status::failed_precondition(e.to_string()))
             }

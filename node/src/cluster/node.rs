@@ -211,9 +211,17 @@ pub struct ClusterNode {
     bootstrap: Arc<std::sync::Mutex<String>>,
     /// Set while this node has lost the herd's quorum (see `quorum.rs`).
     quorum_lost: Arc<std::sync::Mutex<String>>,
-    /// The Raft file, for backups.
-    raft_db: Arc<redb::Database>,
+    /// The Raft file, for backups and compactions, and its directory.
+    raft_db: crate::store::SharedDb,
+    raft_dir: std::path::PathBuf,
 }
+
+/// How long a compaction of the Raft file waits for a moment with no
+/// transaction open on it before it gives up until the next time.
+pub const RAFT_COMPACT_TRIES_FOR: Duration = Duration::from_secs(5);
+
+/// How often a node looks whether its Raft file is worth compacting.
+pub const RAFT_COMPACT_EVERY: Duration = Duration::from_secs(600);
 
 impl std::fmt::Debug for ClusterNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -270,6 +278,7 @@ impl ClusterNode {
             bootstrap: Arc::default(),
             quorum_lost: Arc::default(),
             raft_db,
+            raft_dir: dir.as_ref().to_path_buf(),
         };
         node.follow_herd_id();
         Ok(node)
@@ -673,7 +682,50 @@ impl ClusterNode {
         dst: &redb::Database,
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64, redb::Error> {
-        store::backup_into(&self.raft_db, dst, progress)
+        store::backup_into(&self.raft_db.get(), dst, progress)
+    }
+
+    /// Compacts this node's Raft file while the node runs: when `force`, or when
+    /// it is `min_bytes` or more and less than 40 % of it is in use. The file is
+    /// taken alone only once no transaction is open on it — a compaction never
+    /// queues ahead of the log and the state machine (their next transactions
+    /// would wait behind it for as long as a backup reads) — tried for
+    /// [`RAFT_COMPACT_TRIES_FOR`]; the Raft storage then waits for the
+    /// compaction itself. `None`: nothing to do, or the file stayed busy. Blocking.
+    pub fn compact_raft(
+        &self,
+        min_bytes: u64,
+        force: bool,
+    ) -> Result<Option<crate::store::CompactOutcome>, String> {
+        store::compact_live(
+            &self.raft_db,
+            &self.raft_dir.join(store::FILE_NAME),
+            min_bytes,
+            force,
+            RAFT_COMPACT_TRIES_FOR,
+        )
+    }
+
+    /// Every [`RAFT_COMPACT_EVERY`], compacts the Raft file when it is sparse (see
+    /// [`ClusterNode::compact_raft`]): a storm's log and alerts leave free pages
+    /// behind once purged and forgotten.
+    pub async fn compact_raft_when_sparse(
+        self,
+        min_bytes: u64,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(RAFT_COMPACT_EVERY) => {}
+            }
+            let node = self.clone();
+            let done =
+                tokio::task::spawn_blocking(move || node.compact_raft(min_bytes, false)).await;
+            if let Ok(Err(e)) = done {
+                tracing::warn!(error = %e, "cannot compact raft.redb; going on");
+            }
+        }
     }
 
     /// The Raft term this node is in.

@@ -634,6 +634,12 @@ impl Wiring {
             self.cluster.beats(c.beat_interval.get(), herd.clone()),
         );
         parts.spawn(
+            "raft compaction",
+            self.cluster
+                .clone()
+                .compact_raft_when_sparse(self.cfg.store.compact_min_mb << 20, herd.clone()),
+        );
+        parts.spawn(
             "ownership",
             self.fleet.clone().publish_owned(
                 owned_tx,

@@ -46,13 +46,13 @@ pub fn compact_file(path: &Path) -> Result<(u64, u64), String> {
     Ok((before, file_size(path)))
 }
 
-fn file_size(path: &Path) -> u64 {
+pub(crate) fn file_size(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Compacts until redb moves nothing more (each call frees what it can; a few
 /// rounds reach the smallest file).
-fn compact_rounds(db: &mut Database) -> Result<(), redb::CompactionError> {
+pub(crate) fn compact_rounds(db: &mut Database) -> Result<(), redb::CompactionError> {
     for _ in 0..4 {
         if !db.compact()? {
             break;
@@ -66,7 +66,7 @@ fn compact_rounds(db: &mut Database) -> Result<(), redb::CompactionError> {
 /// redb grows a file a region at a time, so right after a compaction the next
 /// commits may take the file back up to about twice what is in use; a node must
 /// not compact again for that (the retention bench saw 702 MB -> 1.40 GB).
-fn sparse(db: &Database, path: &Path, min_bytes: u64) -> Option<(u64, u64)> {
+pub(crate) fn sparse(db: &Database, path: &Path, min_bytes: u64) -> Option<(u64, u64)> {
     let file = file_size(path);
     if file < min_bytes {
         return None;
@@ -114,14 +114,16 @@ fn compact_if_sparse(db: &mut Database, path: &Path, min_bytes: u64) {
     );
 }
 
-/// The store's redb file, shared by the writer thread and every reader: they
-/// take it shared (a read or write transaction is begun under it); only a
-/// compaction of the live file takes it alone, as redb compacts through `&mut`.
+/// A redb file shared by a writer and every reader (the store's; the Raft
+/// file's): they take it shared (a read or write transaction is begun and
+/// ended under it); only a compaction of the live file takes it alone, as redb
+/// compacts through `&mut`. Never take it twice on one thread: a compaction
+/// waiting between the two would wait forever.
 #[derive(Clone)]
 pub(crate) struct SharedDb(Arc<std::sync::RwLock<Database>>);
 
 impl SharedDb {
-    fn new(db: Database) -> SharedDb {
+    pub(crate) fn new(db: Database) -> SharedDb {
         SharedDb(Arc::new(std::sync::RwLock::new(db)))
     }
 
@@ -131,8 +133,18 @@ impl SharedDb {
         self.0.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The file alone if nobody holds it now (never waits: a waiting taker
+    /// would hold up every reader that comes after it).
+    pub(crate) fn try_alone(&self) -> Option<std::sync::RwLockWriteGuard<'_, Database>> {
+        match self.0.try_write() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// The file alone: waits for every reader to let go.
-    fn alone(&self) -> std::sync::RwLockWriteGuard<'_, Database> {
+    pub(crate) fn alone(&self) -> std::sync::RwLockWriteGuard<'_, Database> {
         self.0.write().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -1,13 +1,12 @@
 //! The Raft log and vote.
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
     ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader, StorageError, Vote,
 };
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable};
 use serde::Deserialize;
 
 use super::{
@@ -15,6 +14,7 @@ use super::{
     KEY_VOTE, LOGS, LOG_META,
 };
 use crate::cluster::types::{NodeId, TypeConfig};
+use crate::store::SharedDb;
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -27,7 +27,7 @@ pub const MAX_READ_BYTES: usize = 2 * 1024 * 1024;
 /// Log storage; clones (the log readers) share the same file.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    db: SharedDb,
 }
 
 /// Only the log id of a stored entry, decoded without its payload (a fleet spec
@@ -38,12 +38,12 @@ struct EntryLogId {
 }
 
 impl LogStore {
-    pub(super) fn new(db: Arc<Database>) -> LogStore {
+    pub(super) fn new(db: SharedDb) -> LogStore {
         LogStore { db }
     }
 
     /// The Raft file (for backups: a read transaction of it).
-    pub fn database(&self) -> Arc<Database> {
+    pub fn database(&self) -> SharedDb {
         self.db.clone()
     }
 
@@ -60,6 +60,8 @@ impl LogStore {
         }
         let db = self.db.clone();
         blocking(move || {
+            // Shared for the whole transaction (see `SharedDb`).
+            let db = db.get();
             let r = db.begin_read()?;
             let t = r.open_table(LOGS)?;
             let mut out = Vec::new();
@@ -91,6 +93,8 @@ impl LogStore {
     {
         let db = self.db.clone();
         blocking(move || {
+            // Shared for the whole transaction (see `SharedDb`).
+            let db = db.get();
             let w = write_txn(&db)?;
             {
                 let mut t = w.open_table(LOG_META)?;
@@ -114,6 +118,8 @@ impl LogStore {
     {
         let db = self.db.clone();
         blocking(move || {
+            // Shared for the whole transaction (see `SharedDb`).
+            let db = db.get();
             let r = db.begin_read()?;
             let t = r.open_table(LOG_META)?;
             get_json(&t, key, key)
@@ -168,6 +174,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let db = self.db.clone();
         blocking(move || {
+            // Shared for the whole transaction (see `SharedDb`).
+            let db = db.get();
             let r = db.begin_read()?;
             let meta = r.open_table(LOG_META)?;
             let last_purged: Option<LogId<NodeId>> =
@@ -230,6 +238,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let db = self.db.clone();
         let res = blocking(move || {
+            // Shared for the whole transaction (see `SharedDb`).
+            let db = db.get();
             let w = write_txn(&db)?;
             {
                 let mut t = w.open_table(LOGS)?;
@@ -257,6 +267,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let db = self.db.clone();
         blocking(move || {
+            // Shared for the whole transaction (see `SharedDb`).
+            let db = db.get();
             let w = write_txn(&db)?;
             {
                 let mut t = w.open_table(LOGS)?;
@@ -274,6 +286,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let db = self.db.clone();
         blocking(move || {
+            // Shared for the whole transaction (see `SharedDb`).
+            let db = db.get();
             let w = write_txn(&db)?;
             {
                 let mut meta = w.open_table(LOG_META)?;

@@ -40,6 +40,7 @@ use super::types::{
     ActionRunRecord, ClusterState, ForgottenAlert, NodeHealth, NodeId, NodeRecord, Part,
 };
 use crate::store::alerting::OutboxEntry;
+use crate::store::SharedDb;
 
 mod log;
 mod sm;
@@ -188,8 +189,8 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
     if let Some(found) = newer(format_of(&db).map_err(db_err)?) {
         return Err(StoreError::NewerFormat { path, found });
     }
-    let db = Arc::new(db);
     let applied = init(&db).map_err(|f| StoreError::from_fault(&path, f))?;
+    let db = SharedDb::new(db);
     Ok((
         LogStore::new(db.clone()),
         StateMachineStore::new(db, applied),
@@ -613,6 +614,52 @@ fn put_json<T: Serialize + ?Sized>(
 ) -> Result<(), Fault> {
     table.insert(key, encode(what, value)?.as_slice())?;
     Ok(())
+}
+
+/// Compacts the live Raft file at `path` (see `ClusterNode::compact_raft`):
+/// when `force`, or when sparse; taken alone only while no transaction is open
+/// on it, tried for `tries_for`. `None`: nothing to do, or it stayed busy.
+pub fn compact_live(
+    db: &SharedDb,
+    path: &Path,
+    min_bytes: u64,
+    force: bool,
+    tries_for: std::time::Duration,
+) -> Result<Option<crate::store::CompactOutcome>, String> {
+    let before = crate::store::file_size(path);
+    if !force {
+        // The shared hold ends here, before the file is taken alone.
+        let sparse = crate::store::sparse(&db.get(), path, min_bytes);
+        if sparse.is_none() {
+            return Ok(None);
+        }
+    }
+    let tried = std::time::Instant::now();
+    let mut alone = loop {
+        if let Some(alone) = db.try_alone() {
+            break alone;
+        }
+        if tried.elapsed() >= tries_for {
+            tracing::info!("raft.redb stayed busy: not compacted this time");
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    let started = std::time::Instant::now();
+    crate::store::compact_rounds(&mut alone).map_err(|e| format!("{}: {e}", path.display()))?;
+    drop(alone);
+    let outcome = crate::store::CompactOutcome {
+        before_bytes: before,
+        after_bytes: crate::store::file_size(path),
+        took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    tracing::info!(
+        before_mb = outcome.before_bytes >> 20,
+        after_mb = outcome.after_bytes >> 20,
+        took_ms = outcome.took_ms,
+        "raft.redb compacted"
+    );
+    Ok(Some(outcome))
 }
 
 /// The herd's side of a backup (`herd backup`): the Raft file's tables, copied from

@@ -7,7 +7,7 @@ use openraft::{
     BasicNode, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
     Snapshot, SnapshotMeta, StorageError, StoredMembership,
 };
-use redb::{Database, ReadableDatabase};
+use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -16,6 +16,7 @@ use super::{
     KEY_LAST_APPLIED, KEY_MEMBERSHIP, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, SM,
 };
 use crate::cluster::types::{ClusterState, CommandResponse, NodeId, Part, TypeConfig};
+use crate::store::SharedDb;
 use std::collections::BTreeSet;
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -57,7 +58,7 @@ struct SnapshotIn {
 ///
 /// [`subscribe`]: StateMachineStore::subscribe
 pub struct StateMachineStore {
-    db: Arc<Database>,
+    db: SharedDb,
     applied: Applied,
     /// The applied state, published after every apply that changed it and after
     /// a snapshot install; what it holds is always committed by the herd (durable
@@ -69,7 +70,7 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    pub(super) fn new(db: Arc<Database>, applied: Applied) -> StateMachineStore {
+    pub(super) fn new(db: SharedDb, applied: Applied) -> StateMachineStore {
         let (tx, _) = watch::channel(applied.state.clone());
         StateMachineStore {
             db,
@@ -161,6 +162,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let current = self.applied.clone();
         let before = current.state.clone();
         let (applied, responses, changed) = blocking(move || {
+            // Shared for the whole transaction (see `SharedDb`).
+            let db = db.get();
             let (applied, responses, parts) = apply_entries(current, entries);
             let w = apply_txn(&db)?;
             {
@@ -209,6 +212,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let meta_owned = meta.clone();
         let applied = blocking(move || {
+            // Shared for the whole transaction (see `SharedDb`).
+            let db = db.get();
             let body: SnapshotIn = decode("snapshot", &data)?;
             if body.format != SNAPSHOT_FORMAT {
                 return Err(Fault::Invalid(format!(
@@ -259,6 +264,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let db = self.db.clone();
         blocking(move || {
+            // Shared for the whole transaction (see `SharedDb`).
+            let db = db.get();
             let r = db.begin_read()?;
             let t = r.open_table(SM)?;
             let Some(meta) = get_json::<Meta, _>(&t, KEY_SNAPSHOT_META, "snapshot meta")? else {
@@ -280,7 +287,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 /// Builds a snapshot of the state as it was when the builder was made, while
 /// the state machine goes on applying.
 pub struct SnapshotBuilder {
-    db: Arc<Database>,
+    db: SharedDb,
     applied: Applied,
     seq: u64,
 }
@@ -302,6 +309,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let db = self.db.clone();
         let meta_owned = meta.clone();
         let data = blocking(move || {
+            // Shared for the whole transaction (see `SharedDb`).
+            let db = db.get();
             let data = encode(
                 "snapshot",
                 &SnapshotOut {

@@ -1,6 +1,7 @@
 use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::ops::Bound;
+use std::time::Duration;
 
 use redb::ReadableTableMetadata;
 
@@ -1005,4 +1006,68 @@ async fn an_apply_is_made_durable_by_the_next_append_and_never_runs_ahead() {
     let (applied, _) = dsm.applied_state().await.expect("applied");
     assert_eq!(applied, Some(log_id(1, 3)));
     assert_eq!(*dsm.state(), *want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_raft_file_shrinks_while_the_log_grows_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(FILE_NAME);
+    let (mut log, sm) = open(dir.path()).expect("open");
+    // A storm's worth of log (large specs), then purged: free pages.
+    let big = "x".repeat(64 * 1024);
+    for chunk in 0..10u64 {
+        let entries: Vec<Entry> = (1..=50)
+            .map(|i| entry(1, chunk * 50 + i, spec(&big)))
+            .collect();
+        log.blocking_append(entries).await.expect("append");
+    }
+    log.purge(log_id(1, 490)).await.expect("purge");
+    let db = log.database();
+    let before = crate::store::file_size(&path);
+    assert!(
+        compact_live(&db, &path, u64::MAX, false, Duration::from_secs(5))
+            .expect("looked")
+            .is_none(),
+        "below the size bound: left alone"
+    );
+    // Entries keep coming through the compaction.
+    let appender = {
+        let mut log = log.clone();
+        tokio::spawn(async move {
+            for i in 501..=700 {
+                log.blocking_append(vec![entry(1, i, spec("y"))])
+                    .await
+                    .expect("append during the compaction");
+            }
+        })
+    };
+    let compacted = {
+        let (db, path) = (db.clone(), path.clone());
+        tokio::task::spawn_blocking(move || {
+            compact_live(&db, &path, 0, false, Duration::from_secs(30))
+        })
+        .await
+        .expect("task")
+        .expect("compacted")
+        .expect("sparse: compacted")
+    };
+    appender.await.expect("appender");
+    assert_eq!(compacted.before_bytes, before);
+    assert!(
+        compacted.after_bytes * 2 < before,
+        "{} -> {} bytes",
+        before,
+        compacted.after_bytes
+    );
+    let got = log.try_get_log_entries(0..).await.expect("logs");
+    assert_eq!(
+        got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+        (491..=700).collect::<Vec<_>>(),
+        "every entry not purged is there, in order"
+    );
+    drop((log, sm, db));
+    let (mut log, _sm) = open(dir.path()).expect("reopen");
+    let state = log.get_log_state().await.expect("state");
+    assert_eq!(state.last_log_id, Some(log_id(1, 700)));
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 490)));
 }
