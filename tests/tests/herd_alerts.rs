@@ -1343,35 +1343,26 @@ fn a_herd_mid_upgrade_keeps_its_older_node_working_and_forgets_only_once_all_are
         None
     });
     cluster.wait_until_all_owned_and_scraped(&fleet, FRESH_S, SCRAPE_BOUND);
-    // What the owners forgot while node 3 could not: held by nodes 1 and 2 until
-    // the herd's level let it go; node 3's own, forgotten again by this build.
-    wait_for(
-        SCRAPE_BOUND,
-        "the alerts resolved in mixed builds leave the herd's state once every member forgets",
-        || {
+    // Every node's herd state holds no alert and a count for each target's.
+    let all_forgotten = |what: &str| {
+        wait_for(SCRAPE_BOUND, what, || {
             (1..=3)
                 .all(|id| {
                     let (alerts, forgotten, _) = herd_state(&cluster, id);
                     alerts == 0 && forgotten == fleet.len() as u64
                 })
                 .then_some(())
-        },
+        })
+    };
+    // What the owners forgot while node 3 could not: held by nodes 1 and 2 until
+    // the herd's level let it go; node 3's own, forgotten again by this build.
+    all_forgotten(
+        "the alerts resolved in mixed builds leave the herd's state once every member forgets",
     );
 
     phase!("all on this build: a second episode, forgotten once resolved");
     episode(&hook, &files, &fleet, 3);
-    wait_for(
-        SCRAPE_BOUND,
-        "every node's herd state forgot the resolved alerts",
-        || {
-            (1..=3)
-                .all(|id| {
-                    let (alerts, forgotten, _) = herd_state(&cluster, id);
-                    alerts == 0 && forgotten == fleet.len() as u64
-                })
-                .then_some(())
-        },
-    );
+    all_forgotten("every node's herd state forgot the resolved alerts");
 
     phase!(
         "a third episode after the owner's kill -9: the new owner counts on from the herd's counts"
