@@ -476,8 +476,8 @@ fn metrics_pass_promtool_and_say_what_the_node_does() {
     assert_eq!(sample(&text, "herd_lease_valid"), Some(1.0), "{text}");
     assert_eq!(
         sample(&text, "herd_command_level"),
-        Some(2.0),
-        "a herd of one of this build applies command level 2: {text}"
+        Some(3.0),
+        "a herd of one of this build applies command level 3: {text}"
     );
     assert_eq!(
         sample(&text, "herd_raft_unknown_commands_total"),

@@ -1298,7 +1298,8 @@ fn a_herd_mid_upgrade_keeps_its_older_node_working_and_forgets_only_once_all_are
         "the previous release says no level: {}",
         s.raw
     );
-    assert_eq!(level_of(1), Some(2), "{}", s.raw);
+    // This build's level (`COMMAND_LEVEL`).
+    assert_eq!(level_of(1), Some(3), "{}", s.raw);
     let old_owns = s.owned_among(3, &fleet);
     assert!(
         !old_owns.is_empty(),
@@ -1330,9 +1331,9 @@ fn a_herd_mid_upgrade_keeps_its_older_node_working_and_forgets_only_once_all_are
     cluster.restart(3);
     cluster.wait_formed(SCRAPE_BOUND);
     let mut last = String::new();
-    wait_for(BOUND, "every member records command level 2", || {
+    wait_for(BOUND, "every member records command level 3", || {
         let levels: Vec<(u64, u64, u64)> = (1..=3).map(|id| herd_state(&cluster, id)).collect();
-        if levels.iter().all(|l| l.2 == 2) {
+        if levels.iter().all(|l| l.2 == 3) {
             return Some(());
         }
         let line = format!("{levels:?} {}", cluster.status_of(1).raw["nodes"]);

@@ -507,11 +507,21 @@ impl pb::herd_server::Herd for HerdApi {
     ) -> Result<Response<pb::CompactReply>, Status> {
         match self.store.compact().await {
             Ok(c) => {
+                // The store's compaction stands whatever becomes of the Raft file's.
                 let cluster = self.fleet.cluster().clone();
-                let raft = tokio::task::spawn_blocking(move || cluster.compact_raft(0, true))
-                    .await
-                    .map_err(|e| Status::internal(format!("compaction task: {e}")))?
-                    .map_err(|e| Status::internal(format!("raft.redb: {e}")))?;
+                let (raft, raft_note) = match tokio::task::spawn_blocking(move || {
+                    cluster.compact_raft(0, true)
+                })
+                .await
+                {
+                    Ok(Ok(Some(r))) => (Some(r), String::new()),
+                    Ok(Ok(None)) => (
+                        None,
+                        "busy (transactions open on it for 5 s); try again".to_string(),
+                    ),
+                    Ok(Err(e)) => (None, e),
+                    Err(e) => (None, format!("compaction task: {e}")),
+                };
                 Ok(Response::new(pb::CompactReply {
                     before_bytes: c.before_bytes,
                     after_bytes: c.after_bytes,
@@ -520,6 +530,7 @@ impl pb::herd_server::Herd for HerdApi {
                     raft_before_bytes: raft.map_or(0, |r| r.before_bytes),
                     raft_after_bytes: raft.map_or(0, |r| r.after_bytes),
                     raft_took_ms: raft.map_or(0, |r| r.took_ms),
+                    raft_note,
                 }))
             }
             Err(e @ crate::store::StoreError::Compact(_)) => {

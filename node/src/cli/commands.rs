@@ -249,8 +249,8 @@ async fn compact_live(node: &Target) -> Result<(), CliError> {
             c.raft_after_bytes as f64 / 1e6,
             c.raft_took_ms as f64 / 1000.0
         );
-    } else {
-        println!("raft: busy (transactions open on it for 5 s): not compacted this time");
+    } else if !c.raft_note.is_empty() {
+        println!("raft: not compacted: {}", c.raft_note);
     }
     Ok(())
 }

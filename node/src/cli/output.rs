@@ -119,8 +119,14 @@ pub fn status_table(r: &pb::StatusReply) -> String {
             .filter(|n| n.command_level < crate::cluster::types::COMMAND_LEVEL)
             .map(|n| n.id.to_string())
             .collect();
+        // What the herd does without until every member is at this build's level.
+        let meanwhile = if r.herd_level < 2 {
+            "keeps its resolved alerts"
+        } else {
+            "keeps every forgotten alert's count"
+        };
         out.push_str(&format!(
-            "herd command level {1} (this build: {2}): node(s) {0} are not heard at level {2} (an older build, or silent for 5 s); meanwhile the herd keeps its resolved alerts\n",
+            "herd command level {1} (this build: {2}): node(s) {0} are not heard at level {2} (an older build, or silent for 5 s); meanwhile the herd {meanwhile}\n",
             older.join(", "),
             r.herd_level,
             crate::cluster::types::COMMAND_LEVEL

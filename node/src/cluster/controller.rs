@@ -138,6 +138,7 @@ pub async fn run(
             continue;
         }
         versions.saw(state.ownership_version, now);
+        trim_forgotten(&node, &state).await;
         let lag = |id: NodeId| {
             if id == me {
                 return Duration::ZERO;
@@ -628,6 +629,28 @@ async fn queue_peer_notices(
     notifier.wake();
     if let Err(e) = node.write_as_leader(Command::Sent { keys }).await {
         tracing::warn!(error = %e, "cannot mark peer notices queued (the next round records them again)");
+    }
+}
+
+/// Beyond [`crate::model::MAX_FORGOTTEN`] forgotten alerts' counts, the leader
+/// names those to drop ([`Command::TrimForgotten`]) — once every member applies
+/// that command; until then the herd keeps them all.
+async fn trim_forgotten(node: &super::node::ClusterNode, state: &ClusterState) {
+    let ids = state.forgotten_to_trim();
+    if ids.is_empty() {
+        return;
+    }
+    let n = ids.len();
+    let cmd = Command::TrimForgotten { ids };
+    if cmd.level() > node.herd_level() {
+        return;
+    }
+    match node.write_as_leader(cmd).await {
+        Ok(_) => tracing::info!(
+            dropped = n,
+            "the herd dropped the oldest forgotten alerts' counts"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot trim the forgotten alerts' counts; retrying"),
     }
 }
 

@@ -719,6 +719,11 @@ impl ClusterNode {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(RAFT_COMPACT_EVERY) => {}
             }
+            // A leader of others does not hold its log for a compaction: its
+            // followers would hear no heartbeat meanwhile.
+            if self.is_leader() && self.voters().len() > 1 {
+                continue;
+            }
             let node = self.clone();
             let done =
                 tokio::task::spawn_blocking(move || node.compact_raft(min_bytes, false)).await;

@@ -54,8 +54,8 @@ struct Pending {
     ownership_version: u64,
     /// Alerts forgotten while a member could not apply it (a herd mid-upgrade),
     /// with the map each was forgotten under: they go to the herd once every
-    /// member can (at most [`MAX_HELD_FORGOTTEN`]; dropped when this node is
-    /// fenced — the next owner's engine forgets them again).
+    /// member can (at most [`MAX_HELD_FORGOTTEN`]; kept while this node is
+    /// fenced: each is refused by the herd if its target moved meanwhile).
     held: std::collections::BTreeMap<String, (u64, crate::model::ForgottenAlert)>,
 }
 
@@ -147,12 +147,7 @@ impl Pending {
                 fence: fence(self.ownership_version),
             });
         }
-        let version = self.ownership_version;
-        for (id, f) in std::mem::take(&mut self.forgotten) {
-            if self.held.len() < MAX_HELD_FORGOTTEN || self.held.contains_key(&id) {
-                self.held.insert(id, (version, f));
-            }
-        }
+        self.hold_forgotten();
         if self.held.is_empty() {
             return out;
         }
@@ -178,6 +173,16 @@ impl Pending {
                 }),
         );
         out
+    }
+
+    /// Moves the alerts forgotten under this write's map to those held.
+    fn hold_forgotten(&mut self) {
+        let version = self.ownership_version;
+        for (id, f) in std::mem::take(&mut self.forgotten) {
+            if self.held.len() < MAX_HELD_FORGOTTEN || self.held.contains_key(&id) {
+                self.held.insert(id, (version, f));
+            }
+        }
     }
 
     /// What stays for the next write once `herd_level`'s commands were written:
@@ -240,13 +245,26 @@ pub async fn replicate_alerts(
             }
         }
         if owned.borrow().fenced {
-            // What was delivered stays true; the rest is the next owner's to redo.
+            // What was delivered stays true, and what the engine forgot (each
+            // fenced by the map it was forgotten under: refused if its target
+            // moved meanwhile); the rest is the next owner's to redo.
             let mut delivered = std::mem::take(&mut pending.delivered);
+            pending.hold_forgotten();
+            let mut held = std::mem::take(&mut pending.held);
             if let Some(c) = carry.take() {
                 delivered.extend(c.delivered);
+                let mut later = Pending {
+                    ownership_version: c.ownership_version,
+                    forgotten: c.forgotten.into_iter().map(|f| (f.id.clone(), f)).collect(),
+                    held,
+                    ..Default::default()
+                };
+                later.hold_forgotten();
+                held = later.held;
             }
             pending = Pending {
                 delivered,
+                held,
                 ..Default::default()
             };
             if !pending.is_empty() {

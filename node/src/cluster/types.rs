@@ -140,6 +140,13 @@ pub enum Command {
         alerts: Vec<ForgottenAlert>,
         fence: Option<AlertFence>,
     },
+    /// The leader drops these forgotten alerts' counts (the herd keeps at most
+    /// [`crate::model::MAX_FORGOTTEN`]; it names the ids, those that settled
+    /// first, so that every node drops the same ones whatever it holds of their
+    /// ages). Level 3.
+    TrimForgotten {
+        ids: Vec<String>,
+    },
     /// A command of a later build's level, which this build cannot read: kept as
     /// it came (so it is stored and sent on unchanged) and applied as nothing,
     /// counted and logged. Proposers never send a command above the level every
@@ -151,7 +158,8 @@ pub enum Command {
 }
 
 /// The highest level of [`Command`] this build applies. Level 1: every command
-/// before levels existed; level 2 adds [`Command::ForgetAlerts`]. A node says its
+/// before levels existed; level 2 adds [`Command::ForgetAlerts`]; level 3
+/// [`Command::TrimForgotten`] (a level-2 build keeps every count). A node says its
 /// level in its beats to every member (not in the replicated state: a node of an
 /// older build drops fields it does not know from what it applies) and a command
 /// of level n is proposed only when every member is heard saying n or more
@@ -162,7 +170,7 @@ pub enum Command {
 /// a new value of an enum inside it, such as a severity) needs a new level too:
 /// a build that cannot decode a command of a kind it knows reads it as
 /// [`Command::Unknown`] and applies nothing, where before levels it stopped.
-pub const COMMAND_LEVEL: u32 = 2;
+pub const COMMAND_LEVEL: u32 = 3;
 
 /// Commands of a later level than this build's applied so far (as nothing).
 static UNKNOWN_APPLIED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -229,7 +237,9 @@ impl Command {
             Command::ApplySpec { .. } => &[Part::Spec],
             // A new map also drops the alerts of targets that left it.
             Command::SetOwnership { .. } => &[Part::Owners, Part::Alerts],
-            Command::Alerts { .. } | Command::ForgetAlerts { .. } => &[Part::Alerts],
+            Command::Alerts { .. }
+            | Command::ForgetAlerts { .. }
+            | Command::TrimForgotten { .. } => &[Part::Alerts],
             Command::Tails { .. } => &[Part::Tails],
             Command::Unknown(_) => &[],
             _ => &[Part::Rest],
@@ -240,6 +250,7 @@ impl Command {
     pub fn level(&self) -> u32 {
         match self {
             Command::ForgetAlerts { .. } => 2,
+            Command::TrimForgotten { .. } => 3,
             Command::Unknown(_) => u32::MAX,
             _ => 1,
         }
@@ -335,6 +346,29 @@ pub struct ClusterState {
     /// their transition counts, which a later episode continues.
     #[serde(default)]
     pub forgotten: imbl::OrdMap<String, ForgottenAlert>,
+}
+
+impl ClusterState {
+    /// What the leader trims ([`Command::TrimForgotten`]) when the herd holds
+    /// more than MAX_FORGOTTEN forgotten alerts' counts: the ids of those that
+    /// settled first, down to nine tenths of it (so a herd at the bound trims once
+    /// per tenth, not on every forget). Empty: nothing to trim.
+    pub fn forgotten_to_trim(&self) -> Vec<String> {
+        let max = crate::model::MAX_FORGOTTEN;
+        if self.forgotten.len() <= max {
+            return Vec::new();
+        }
+        let mut by_age: Vec<(i64, &String)> = (self.forgotten.iter())
+            .map(|(id, f)| (f.settled_ms, id))
+            .collect();
+        by_age.sort_unstable();
+        let excess = self.forgotten.len() - max * 9 / 10;
+        by_age
+            .into_iter()
+            .take(excess)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
 }
 
 /// Removes the entries of `map` whose value is `gone` (a persistent map has no
@@ -462,6 +496,12 @@ impl ClusterState {
                 *max_per_hour,
             ),
             Command::ForgetAlerts { alerts, fence } => self.forget_alerts(alerts, *fence),
+            Command::TrimForgotten { ids } => {
+                for id in ids {
+                    self.forgotten.remove(id);
+                }
+                CommandResponse::default()
+            }
             Command::Unknown(raw) => {
                 let n = UNKNOWN_APPLIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 let kind = match raw {
@@ -522,7 +562,6 @@ impl ClusterState {
                 },
             );
         }
-        self.keep_recent_forgotten();
         CommandResponse {
             refused: (refused > 0)
                 .then(|| format!("{refused} forgotten alert(s) of targets that moved since")),
@@ -716,23 +755,6 @@ impl ClusterState {
             .unwrap_or(f.ownership_version);
         // 0: made before tenures were recorded (an upgrade); the owner decides.
         made_under == 0 || self.tenure.get(target).is_none_or(|&t| t <= made_under)
-    }
-
-    /// Keeps at most MAX_FORGOTTEN counts: beyond it, drops those that settled
-    /// first down to nine tenths of it (so that a herd at the bound sorts them
-    /// once per tenth, not on every apply).
-    fn keep_recent_forgotten(&mut self) {
-        if self.forgotten.len() <= crate::model::MAX_FORGOTTEN {
-            return;
-        }
-        let mut by_age: Vec<(i64, String)> = (self.forgotten.iter())
-            .map(|(id, f)| (f.settled_ms, id.clone()))
-            .collect();
-        by_age.sort_unstable();
-        let excess = self.forgotten.len() - crate::model::MAX_FORGOTTEN * 9 / 10;
-        for (_, id) in by_age.into_iter().take(excess) {
-            self.forgotten.remove(&id);
-        }
     }
 
     /// Keeps at most MAX_NOTICES notices, forgetting the oldest first.
@@ -1389,9 +1411,25 @@ mod tests {
         };
         s.apply(&forget(1, 1, batch(0, max)));
         assert_eq!(s.forgotten.len(), max, "up to the bound, all kept");
-        // One more: those that settled first go, down to nine tenths.
+        assert!(s.forgotten_to_trim().is_empty(), "nothing to trim");
+        // One more: the leader names those that settled first, down to nine tenths,
+        // and every node applying the command drops the same ids.
         s.apply(&forget(1, 1, batch(max, 1)));
+        assert_eq!(
+            s.forgotten.len(),
+            max + 1,
+            "forgetting never trims by itself"
+        );
+        let ids = s.forgotten_to_trim();
+        assert_eq!(ids.len(), max + 1 - max * 9 / 10);
+        assert_eq!(ids[0], "x000000", "the oldest first");
+        let trim = Command::TrimForgotten { ids };
+        assert_eq!(trim.level(), 3);
+        let mut other = s.clone();
+        s.apply(&trim);
+        other.apply(&trim);
         assert_eq!(s.forgotten.len(), max * 9 / 10);
+        assert_eq!(s.forgotten, other.forgotten);
         assert!(!s.forgotten.contains_key("x000000"), "the oldest went");
         assert!(
             s.forgotten.contains_key(&format!("x{max:06}")),
@@ -1399,6 +1437,7 @@ mod tests {
         );
         let oldest_kept = s.forgotten.values().map(|f| f.settled_ms).min();
         assert_eq!(oldest_kept, Some((max + 1 - max * 9 / 10) as i64));
+        assert!(s.forgotten_to_trim().is_empty());
     }
 
     #[test]

@@ -212,6 +212,8 @@ impl Writer {
                 #[cfg(test)]
                 Ok(WriteOp::PutMeta(k, v, reply)) => self.meta.push((k, v, reply)),
                 Ok(WriteOp::Import(series, check_only, reply)) => {
+                    // The heads as appended so far: an import checks against them.
+                    self.take_lane();
                     let outcome = self.import(series, check_only);
                     if check_only {
                         let _ = reply.send(Ok(outcome));
@@ -221,6 +223,7 @@ impl Writer {
                 }
                 #[cfg(test)]
                 Ok(WriteOp::RetainNow(reply)) => {
+                    self.take_lane();
                     self.commit();
                     self.retention = None;
                     self.start_retention();
@@ -232,6 +235,7 @@ impl Writer {
                 Ok(WriteOp::Flush(reply)) => self.waiting.push(reply),
                 Ok(WriteOp::Compact(reply)) => {
                     // It commits what is held first.
+                    self.take_lane();
                     let _ = reply.send(Ok(self.compact()));
                     last_commit = Instant::now();
                 }

@@ -162,9 +162,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let current = self.applied.clone();
         let before = current.state.clone();
         let (applied, responses, changed) = blocking(move || {
-            // Shared for the whole transaction (see `SharedDb`).
-            let db = db.get();
             let (applied, responses, parts) = apply_entries(current, entries);
+            // Shared for the whole transaction (see `SharedDb`), not the work before.
+            let db = db.get();
             let w = apply_txn(&db)?;
             {
                 let mut t = Tables::open(&w)?;
@@ -212,8 +212,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let meta_owned = meta.clone();
         let applied = blocking(move || {
-            // Shared for the whole transaction (see `SharedDb`).
-            let db = db.get();
             let body: SnapshotIn = decode("snapshot", &data)?;
             if body.format != SNAPSHOT_FORMAT {
                 return Err(Fault::Invalid(format!(
@@ -233,6 +231,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 membership: meta_owned.last_membership.clone(),
                 state: Arc::new(body.state),
             };
+            // Shared for the whole transaction (see `SharedDb`), not the decoding.
+            let db = db.get();
             let w = write_txn(&db)?;
             {
                 let mut t = Tables::open(&w)?;
@@ -309,8 +309,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let db = self.db.clone();
         let meta_owned = meta.clone();
         let data = blocking(move || {
-            // Shared for the whole transaction (see `SharedDb`).
-            let db = db.get();
             let data = encode(
                 "snapshot",
                 &SnapshotOut {
@@ -320,6 +318,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     state: &applied.state,
                 },
             )?;
+            // Shared for the whole transaction (see `SharedDb`), not the encoding.
+            let db = db.get();
             let w = write_txn(&db)?;
             {
                 let mut t = w.open_table(SM)?;
