@@ -509,19 +509,16 @@ impl pb::herd_server::Herd for HerdApi {
             Ok(c) => {
                 // The store's compaction stands whatever becomes of the Raft file's.
                 let cluster = self.fleet.cluster().clone();
-                let (raft, raft_note) = match tokio::task::spawn_blocking(move || {
-                    cluster.compact_raft(0, true)
-                })
-                .await
-                {
-                    Ok(Ok(Some(r))) => (Some(r), String::new()),
-                    Ok(Ok(None)) => (
-                        None,
-                        "busy (transactions open on it for 5 s); try again".to_string(),
-                    ),
-                    Ok(Err(e)) => (None, e),
-                    Err(e) => (None, format!("compaction task: {e}")),
-                };
+                let (raft, raft_note) =
+                    match tokio::task::spawn_blocking(move || cluster.compact_raft(None)).await {
+                        Ok(Ok(Some(r))) => (Some(r), String::new()),
+                        Ok(Ok(None)) => (
+                            None,
+                            "busy (transactions open on it for 5 s); try again".to_string(),
+                        ),
+                        Ok(Err(e)) => (None, e),
+                        Err(e) => (None, format!("compaction task: {e}")),
+                    };
                 Ok(Response::new(pb::CompactReply {
                     before_bytes: c.before_bytes,
                     after_bytes: c.after_bytes,

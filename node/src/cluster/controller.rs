@@ -636,15 +636,14 @@ async fn queue_peer_notices(
 /// names those to drop ([`Command::TrimForgotten`]) — once every member applies
 /// that command; until then the herd keeps them all.
 async fn trim_forgotten(node: &super::node::ClusterNode, state: &ClusterState) {
-    let ids = state.forgotten_to_trim();
-    if ids.is_empty() {
+    // Cheap checks first: this runs every beat, and the sort only beyond the bound.
+    let trim_level = Command::TrimForgotten { ids: Vec::new() }.level();
+    if state.forgotten.len() <= crate::model::MAX_FORGOTTEN || trim_level > node.herd_level() {
         return;
     }
+    let ids = state.forgotten_to_trim();
     let n = ids.len();
     let cmd = Command::TrimForgotten { ids };
-    if cmd.level() > node.herd_level() {
-        return;
-    }
     match node.write_as_leader(cmd).await {
         Ok(_) => tracing::info!(
             dropped = n,

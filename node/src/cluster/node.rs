@@ -685,8 +685,8 @@ impl ClusterNode {
         store::backup_into(&self.raft_db.get(), dst, progress)
     }
 
-    /// Compacts this node's Raft file while the node runs: when `force`, or when
-    /// it is `min_bytes` or more and less than 40 % of it is in use. The file is
+    /// Compacts this node's Raft file while the node runs: always, or with
+    /// `min_bytes` only when it is that big or more and less than 40 % in use. The file is
     /// taken alone only once no transaction is open on it — a compaction never
     /// queues ahead of the log and the state machine (their next transactions
     /// would wait behind it for as long as a backup reads) — tried for
@@ -694,14 +694,12 @@ impl ClusterNode {
     /// compaction itself. `None`: nothing to do, or the file stayed busy. Blocking.
     pub fn compact_raft(
         &self,
-        min_bytes: u64,
-        force: bool,
+        min_bytes: Option<u64>,
     ) -> Result<Option<crate::store::CompactOutcome>, String> {
         store::compact_live(
             &self.raft_db,
             &self.raft_dir.join(store::FILE_NAME),
             min_bytes,
-            force,
             RAFT_COMPACT_TRIES_FOR,
         )
     }
@@ -726,7 +724,7 @@ impl ClusterNode {
             }
             let node = self.clone();
             let done =
-                tokio::task::spawn_blocking(move || node.compact_raft(min_bytes, false)).await;
+                tokio::task::spawn_blocking(move || node.compact_raft(Some(min_bytes))).await;
             if let Ok(Err(e)) = done {
                 tracing::warn!(error = %e, "cannot compact raft.redb; going on");
             }

@@ -177,10 +177,19 @@ impl Pending {
 
     /// Moves the alerts forgotten under this write's map to those held.
     fn hold_forgotten(&mut self) {
-        let version = self.ownership_version;
-        for (id, f) in std::mem::take(&mut self.forgotten) {
-            if self.held.len() < MAX_HELD_FORGOTTEN || self.held.contains_key(&id) {
-                self.held.insert(id, (version, f));
+        let forgotten = std::mem::take(&mut self.forgotten);
+        self.hold(self.ownership_version, forgotten.into_values());
+    }
+
+    /// Holds `forgotten`, forgotten under map `version` (bounded).
+    fn hold(
+        &mut self,
+        version: u64,
+        forgotten: impl IntoIterator<Item = crate::model::ForgottenAlert>,
+    ) {
+        for f in forgotten {
+            if self.held.len() < MAX_HELD_FORGOTTEN || self.held.contains_key(&f.id) {
+                self.held.insert(f.id.clone(), (version, f));
             }
         }
     }
@@ -250,21 +259,13 @@ pub async fn replicate_alerts(
             // moved meanwhile); the rest is the next owner's to redo.
             let mut delivered = std::mem::take(&mut pending.delivered);
             pending.hold_forgotten();
-            let mut held = std::mem::take(&mut pending.held);
             if let Some(c) = carry.take() {
                 delivered.extend(c.delivered);
-                let mut later = Pending {
-                    ownership_version: c.ownership_version,
-                    forgotten: c.forgotten.into_iter().map(|f| (f.id.clone(), f)).collect(),
-                    held,
-                    ..Default::default()
-                };
-                later.hold_forgotten();
-                held = later.held;
+                pending.hold(c.ownership_version, c.forgotten);
             }
             pending = Pending {
                 delivered,
-                held,
+                held: std::mem::take(&mut pending.held),
                 ..Default::default()
             };
             if !pending.is_empty() {

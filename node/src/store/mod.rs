@@ -61,6 +61,22 @@ pub(crate) fn compact_rounds(db: &mut Database) -> Result<(), redb::CompactionEr
     Ok(())
 }
 
+/// [`compact_rounds`] on the file at `path`, with its sizes before and after and
+/// how long it took.
+pub(crate) fn compact_measured(
+    db: &mut Database,
+    path: &Path,
+) -> Result<CompactOutcome, redb::CompactionError> {
+    let before_bytes = file_size(path);
+    let started = std::time::Instant::now();
+    compact_rounds(db)?;
+    Ok(CompactOutcome {
+        before_bytes,
+        after_bytes: file_size(path),
+        took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
 /// The file's size and the bytes in use, when the file is at least `min_bytes`
 /// and less than 40 % of it is in use (worth compacting); else None. Not half:
 /// redb grows a file a region at a time, so right after a compaction the next
@@ -133,13 +149,23 @@ impl SharedDb {
         self.0.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The file alone if nobody holds it now (never waits: a waiting taker
-    /// would hold up every reader that comes after it).
-    pub(crate) fn try_alone(&self) -> Option<std::sync::RwLockWriteGuard<'_, Database>> {
-        match self.0.try_write() {
-            Ok(g) => Some(g),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
+    /// The file alone at a moment nobody holds it, looked for during `tries_for`
+    /// (never queued for: a waiting taker would hold up every reader that comes
+    /// after it). `None`: it stayed held.
+    pub(crate) fn alone_when_free(
+        &self,
+        tries_for: Duration,
+    ) -> Option<std::sync::RwLockWriteGuard<'_, Database>> {
+        let tried = std::time::Instant::now();
+        loop {
+            match self.0.try_write() {
+                Ok(g) => return Some(g),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) if tried.elapsed() < tries_for => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return None,
+            }
         }
     }
 
@@ -167,10 +193,10 @@ const QUEUE_DEPTH: usize = 16_384;
 /// they are counted as dropped, as a full queue's were.
 const LANE_SAMPLES: usize = 262_144;
 
-/// Samples on their way to the writer. Appending does not wake it (a wake per
-/// scrape was a tenth of a node's CPU at 3,000 targets): it takes them at its
-/// next turn — at the latest its next commit — and is woken only when
-/// [`writer::MAX_BATCH_SAMPLES`] are waiting.
+/// Samples on their way to the writer. Appending does not wake it (through the
+/// channel, every scrape woke the writer thread: a futex wake and a switch each):
+/// it takes them at its next turn — at the latest its next commit — and is
+/// woken only when [`writer::MAX_BATCH_SAMPLES`] are waiting.
 #[derive(Default)]
 pub(crate) struct SampleLane(Mutex<LaneBatches>);
 

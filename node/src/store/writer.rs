@@ -287,18 +287,10 @@ impl Writer {
     /// Compacts the live file: commits what is held, then takes the file alone.
     fn compact(&mut self) -> Result<CompactOutcome, String> {
         self.commit();
-        let before_bytes = super::file_size(&self.path);
-        let started = Instant::now();
-        let result = super::compact_rounds(&mut self.db.alone());
-        let took_ms = started.elapsed().as_millis() as u64;
-        match result {
-            Ok(()) => {
+        match super::compact_measured(&mut self.db.alone(), &self.path) {
+            Ok(outcome) => {
                 self.stats.compactions.fetch_add(1, Ordering::Relaxed);
-                Ok(CompactOutcome {
-                    before_bytes,
-                    after_bytes: super::file_size(&self.path),
-                    took_ms,
-                })
+                Ok(outcome)
             }
             // A backup's read transaction still open: redb refuses; try later.
             Err(redb::CompactionError::TransactionInProgress) => Err(

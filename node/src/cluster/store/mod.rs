@@ -617,42 +617,29 @@ fn put_json<T: Serialize + ?Sized>(
 }
 
 /// Compacts the live Raft file at `path` (see `ClusterNode::compact_raft`):
-/// when `force`, or when sparse; taken alone only while no transaction is open
-/// on it, tried for `tries_for`. `None`: nothing to do, or it stayed busy.
+/// always, or with `min_bytes` only when sparse; taken alone only at a moment
+/// no transaction is open on it, looked for during `tries_for`. `None`: nothing
+/// to do, or it stayed busy.
 pub fn compact_live(
     db: &SharedDb,
     path: &Path,
-    min_bytes: u64,
-    force: bool,
+    min_bytes: Option<u64>,
     tries_for: std::time::Duration,
 ) -> Result<Option<crate::store::CompactOutcome>, String> {
-    let before = crate::store::file_size(path);
-    if !force {
+    if let Some(min_bytes) = min_bytes {
         // The shared hold ends here, before the file is taken alone.
         let sparse = crate::store::sparse(&db.get(), path, min_bytes);
         if sparse.is_none() {
             return Ok(None);
         }
     }
-    let tried = std::time::Instant::now();
-    let mut alone = loop {
-        if let Some(alone) = db.try_alone() {
-            break alone;
-        }
-        if tried.elapsed() >= tries_for {
-            tracing::info!("raft.redb stayed busy: not compacted this time");
-            return Ok(None);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+    let Some(mut alone) = db.alone_when_free(tries_for) else {
+        tracing::info!("raft.redb stayed busy: not compacted this time");
+        return Ok(None);
     };
-    let started = std::time::Instant::now();
-    crate::store::compact_rounds(&mut alone).map_err(|e| format!("{}: {e}", path.display()))?;
+    let outcome = crate::store::compact_measured(&mut alone, path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     drop(alone);
-    let outcome = crate::store::CompactOutcome {
-        before_bytes: before,
-        after_bytes: crate::store::file_size(path),
-        took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    };
     tracing::info!(
         before_mb = outcome.before_bytes >> 20,
         after_mb = outcome.after_bytes >> 20,

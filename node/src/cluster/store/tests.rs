@@ -1025,7 +1025,7 @@ async fn the_live_raft_file_shrinks_while_the_log_grows_and_nothing_is_lost() {
     let db = log.database();
     let before = crate::store::file_size(&path);
     assert!(
-        compact_live(&db, &path, u64::MAX, false, Duration::from_secs(5))
+        compact_live(&db, &path, Some(u64::MAX), Duration::from_secs(5))
             .expect("looked")
             .is_none(),
         "below the size bound: left alone"
@@ -1044,7 +1044,7 @@ async fn the_live_raft_file_shrinks_while_the_log_grows_and_nothing_is_lost() {
     let compacted = {
         let (db, path) = (db.clone(), path.clone());
         tokio::task::spawn_blocking(move || {
-            compact_live(&db, &path, 0, false, Duration::from_secs(30))
+            compact_live(&db, &path, Some(0), Duration::from_secs(30))
         })
         .await
         .expect("task")
